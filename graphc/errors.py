@@ -1,0 +1,15 @@
+"""The errors graphc raises on bad input: each says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class GraphcError(Exception):
+    """Base of every error graphc raises on purpose."""
+
+
+class TraceError(GraphcError):
+    """A model could not be traced; the message names the model's source line and the reason."""
+
+
+class GraphFormatError(GraphcError):
+    """A graph file (graphc JSON or an imported benchmark format) is malformed; names file and field."""

@@ -2,5 +2,17 @@
 
 from graphc.errors import GraphcError, GraphFormatError, TraceError
 from graphc.graph import EdgeData, Graph, NodeData
+from graphc.leaf import leaf_module
+from graphc.tracing import TracedProgram, trace
 
-__all__ = ["EdgeData", "Graph", "GraphFormatError", "GraphcError", "NodeData", "TraceError"]
+__all__ = [
+    "EdgeData",
+    "Graph",
+    "GraphFormatError",
+    "GraphcError",
+    "NodeData",
+    "TraceError",
+    "TracedProgram",
+    "leaf_module",
+    "trace",
+]

@@ -139,9 +139,13 @@ class Graph:
 
     # -- reading ------------------------------------------------------------------------------
     def node(self, name: str) -> NodeData:
+        if name not in self._g:
+            raise KeyError(f"graph {self.name!r} has no node {name!r}")
         return self._g.nodes[name]["data"]
 
     def edge(self, src: str, dst: str) -> EdgeData:
+        if not self._g.has_edge(src, dst):
+            raise KeyError(f"graph {self.name!r} has no edge {src!r} -> {dst!r}")
         return self._g.edges[src, dst]["data"]
 
     def __contains__(self, name: object) -> bool:
@@ -247,6 +251,7 @@ class Graph:
             ends = [raw.pop("src", None), raw.pop("dst", None)]
             for key, end in zip(("src", "dst"), ends):
                 _check(end in graph, source, f"{where}.{key}", f"no node named {end!r}")
+            _check(not graph._g.has_edge(*ends), source, where, f"duplicate edge {ends[0]!r} -> {ends[1]!r}")
             graph.add_edge(ends[0], ends[1], EdgeData(**_record(raw, _EDGE_FIELDS, source, where)))
         _check(nx.is_directed_acyclic_graph(graph._g), source, "edges", "the graph has a cycle")
         return graph
@@ -257,8 +262,8 @@ class Graph:
         path = Path(path)
         try:
             doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise GraphFormatError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GraphFormatError(f"{path}: cannot read the file ({exc})") from None
         except json.JSONDecodeError as exc:
             raise GraphFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
         return cls.from_dict(doc, str(path))
@@ -287,7 +292,7 @@ def _conforms(value: Any, annotation: str) -> bool:
     if annotation == "float | None":
         return value is None or _conforms(value, "float")
     if annotation == "int | None":
-        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+        return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
     if annotation == "str | None":
         return value is None or isinstance(value, str)
     if annotation == "list[str]":

@@ -1,0 +1,85 @@
+"""Importers of published benchmark graphs, so graphc's solvers run on the graphs of published baselines.
+
+- :func:`load_pipedream`: PipeDream layer profiles (``pipedream/*.txt``).
+- :func:`load_dnn_partitioning`: NeurIPS 2020 device-placement inputs (``dnn-partitioning/*/*.json``),
+  and :func:`load_expert_split` for their human-expert splits (``dnn-partitioning/experts/*.json``).
+- :func:`load_benchmark`: either, chosen by the file's suffix.
+- :func:`shared_benchmarks_dir`: where the published files live.
+
+Every importer raises :class:`graphc.errors.GraphFormatError` on a malformed file, naming the file and
+the line or the JSON field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graphc.graph import Graph
+from graphc.importers.dnn_partitioning import load_dnn_partitioning, load_expert_split
+from graphc.importers.pipedream import load_pipedream
+
+ENV_VAR = "GRAPHC_BENCHMARKS"
+
+__all__ = [
+    "ENV_VAR",
+    "load_benchmark",
+    "load_dnn_partitioning",
+    "load_expert_split",
+    "load_pipedream",
+    "shared_benchmarks_dir",
+]
+
+
+def shared_benchmarks_dir() -> Path:
+    """The folder of published benchmark graphs.
+
+    ``$GRAPHC_BENCHMARKS`` when set, else ``shared/benchmarks`` next to the repository root (where a
+    source checkout keeps it: ``<root>/../shared/benchmarks``).
+
+    Raises:
+        FileNotFoundError: the folder does not exist; the message says how to point graphc at it.
+    """
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        folder, origin = Path(configured).expanduser(), f"${ENV_VAR}"
+    else:
+        folder, origin = Path(__file__).resolve().parents[3] / "shared" / "benchmarks", "the default"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"benchmark folder {folder} ({origin}) does not exist; set {ENV_VAR} to the folder holding "
+            "pipedream/ and dnn-partitioning/"
+        )
+    return folder
+
+
+def load_benchmark(path: str | Path, *, device_label: str = "V100") -> Graph:
+    """Import a benchmark graph by suffix: ``.txt`` PipeDream, ``.json`` dnn-partitioning.
+
+    A relative ``path`` that does not exist from the working directory is looked up under
+    :func:`shared_benchmarks_dir`, so ``load_benchmark("pipedream/vgg16.txt")`` works anywhere.
+    ``device_label`` is the device a PipeDream profile was measured on (unused for JSON inputs).
+
+    Raises:
+        ValueError: the suffix is neither ``.txt`` nor ``.json``.
+        GraphFormatError: the file is missing or malformed.
+    """
+    path = _resolve(Path(path))
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return load_pipedream(path, device_label)
+    if suffix == ".json":
+        return load_dnn_partitioning(path)
+    raise ValueError(
+        f"{path}: unknown benchmark format {suffix!r}: expected .txt (PipeDream) or .json (dnn-partitioning)"
+    )
+
+
+def _resolve(path: Path) -> Path:
+    if path.is_absolute() or path.exists():
+        return path
+    try:
+        shared = shared_benchmarks_dir() / path
+    except FileNotFoundError:
+        return path
+    return shared if shared.exists() else path

@@ -1,0 +1,201 @@
+"""graphc.trace on small hand-written models: FLOP formulas, memory accounting, granularity, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphc
+from graphc import TraceError, trace
+
+
+def _only(graph: graphc.Graph, op_prefix: str) -> graphc.NodeData:
+    matches = [n for n in graph.nodes() if n.op.startswith(op_prefix)]
+    assert len(matches) == 1, [n.op for n in graph.nodes()]
+    return matches[0]
+
+
+def test_linear_flops_match_textbook_and_first_layer_backward_skips_input_gradient():
+    batch, d_in, d_hidden, d_out = 8, 32, 64, 16
+    model = nn.Sequential(nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_out))
+    graph = trace(model, torch.randn(batch, d_in), granularity="module").graph
+    first, second = graph.node("0"), graph.node("1")
+    assert first.fwd_flops == 2 * batch * d_in * d_hidden
+    assert second.fwd_flops == 2 * batch * d_hidden * d_out
+    # the input needs no gradient: the first layer computes only its weight gradient (and bias sum)
+    assert first.bwd_flops == pytest.approx(2 * batch * d_in * d_hidden, rel=0.02)
+    assert second.bwd_flops == pytest.approx(2 * 2 * batch * d_hidden * d_out, rel=0.02)
+    assert first.param_bytes == 4 * (d_in * d_hidden + d_hidden)
+    assert first.params == ["0.weight", "0.bias"]
+
+
+@pytest.mark.parametrize("groups,stride", [(1, 1), (2, 2)])
+def test_conv2d_flops_match_textbook(groups, stride):
+    c_in, c_out, k, hw, batch = 4, 6, 3, 10, 2
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=1, groups=groups)
+    graph = trace(conv, torch.randn(batch, c_in, hw, hw), granularity="module").graph
+    node = graph.node("root")
+    out_hw = (hw + 2 - k) // stride + 1
+    assert node.output_shapes == [[batch, c_out, out_hw, out_hw]]
+    assert node.fwd_flops == 2 * batch * c_out * out_hw * out_hw * (c_in // groups) * k * k
+
+
+def test_matmul_and_attention_flops_match_textbook():
+    b, h, length, d = 2, 3, 16, 8
+
+    def attention(q, k, v):
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True) + scores.sum()
+
+    q, k, v = (torch.randn(b, h, length, d) for _ in range(3))
+    graph = trace(attention, (q, k, v)).graph
+    matmul_flops = sum(n.fwd_flops for n in graph.nodes() if n.op.startswith(("aten.matmul", "aten.bmm")))
+    assert matmul_flops == 2 * b * h * length * length * d
+    sdpa = _only(graph, "aten.scaled_dot_product_attention")
+    assert sdpa.fwd_flops == 4 * b * h * length * length * d
+
+
+def test_activation_bytes_charge_saved_outputs_to_their_producer():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    graph = trace(model, torch.randn(7, 4), granularity="module").graph
+    # ReLU saves its own output for backward, the second Linear saves its input (the same tensor):
+    # counted once, on the ReLU; the first Linear's output is needed by nobody's backward.
+    assert graph.node("1").activation_bytes == 7 * 5 * 4
+    assert graph.node("0").activation_bytes == 0
+    assert graph.edge("0", "1").bytes == 7 * 5 * 4
+    (graph_input,) = graph.predecessors("0")
+    assert graph.node(graph_input).op == "input"
+    assert graph.edge(graph_input, "0").bytes == 7 * 4 * 4
+
+
+class _Cell(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.norm(self.fc(x)))
+
+
+class _Unrolled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = _Cell()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            x = self.cell(x) + x
+        return x
+
+
+def test_module_granularity_gives_one_node_per_call_and_marked_blocks_stay_whole():
+    x = torch.randn(2, 6)
+    per_layer = trace(_Unrolled(), x, granularity="module").graph
+    layer_nodes = [n.name for n in per_layer.nodes() if n.op in ("Linear", "LayerNorm")]
+    assert layer_nodes == ["cell.fc", "cell.norm", "cell.fc@1", "cell.norm@1", "cell.fc@2", "cell.norm@2"]
+    whole = trace(_Unrolled(), x, granularity="module", leaf_modules=[_Cell]).graph
+    cells = [n for n in whole.nodes() if n.op == "_Cell"]
+    assert [c.name for c in cells] == ["cell", "cell@1", "cell@2"]
+    assert len(cells[0].fx_nodes) >= 3  # linear, layer_norm, tanh
+    assert cells[0].fwd_flops == sum(
+        n.fwd_flops for n in per_layer.nodes() if n.name in ("cell.fc", "cell.norm", "tanh")
+    )
+    # the tied parameters are owned by the first call; later calls receive them along an edge
+    assert cells[0].param_bytes > 0 and cells[1].param_bytes == 0
+    assert whole.edge("cell", "cell@1").bytes >= cells[0].param_bytes
+    op_level = trace(_Unrolled(), x, granularity="op").graph
+    assert len(op_level) >= len(per_layer) > len(whole)  # training-IR linear and layer_norm are single ops
+    assert op_level.total_fwd_flops() == per_layer.total_fwd_flops() == whole.total_fwd_flops()
+
+
+def test_traced_function_of_module_and_tensors_equals_eager_with_gradients():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 2))
+
+    def loss_fn(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(net(x), target)
+
+    x, target = torch.randn(4, 5), torch.randn(4, 2)
+    program = trace(loss_fn, (model, x, target))
+    assert program.module_positions == (0,)
+    assert [n.op for n in program.graph.nodes()][:2] == ["input", "input"]
+    expected = loss_fn(model, x, target)
+    expected.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = program(model, x, target)
+    got.backward()
+    assert torch.allclose(got, expected)
+    for g_eager, p in zip(eager_grads, model.parameters()):  # the program holds the model's parameters
+        assert torch.allclose(p.grad, g_eager)
+
+
+def test_model_on_meta_device_is_annotated_without_memory():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4096, 16384), nn.ReLU(), nn.Linear(16384, 4096))
+    graph = trace(model, torch.empty(2, 4096, device="meta"), granularity="module").graph
+    assert graph.total_param_bytes() == 4 * (2 * 4096 * 16384 + 16384 + 4096)
+    assert graph.node("0").fwd_flops == 2 * 2 * 4096 * 16384
+    assert graph.meta["num_params"] == 2 * 4096 * 16384 + 16384 + 4096
+
+
+def test_fx_fallback_is_used_when_export_fails(monkeypatch):
+    def failing_export(*args, **kwargs):
+        raise RuntimeError("export unavailable")
+
+    monkeypatch.setattr(torch.export, "export", failing_export)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    x = torch.randn(2, 3)
+    program = trace(model, x)
+    assert program.method == "fx"
+    assert [n.op for n in program.graph.nodes()] == ["input", "Linear", "ReLU"]
+    assert program.graph.node("_0").fwd_flops == 2 * 2 * 3 * 4
+    assert torch.allclose(program(x), model(x))
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # the line the error must name
+            return x * 2
+        return x
+
+
+class _Unsupported(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(x.numpy().mean())  # the line the error must name
+        return x * scale
+
+
+@pytest.mark.parametrize(
+    "model,marker,reason",
+    [
+        (_DataDependent(), "if x.sum() > 0:", "data-dependent control flow"),
+        (_Unsupported(), "scale = float(x.numpy().mean())", "an operation tracing does not support"),
+    ],
+)
+def test_untraceable_model_names_its_source_line_and_the_reason(model, marker, reason):
+    with pytest.raises(TraceError) as info:
+        trace(model, torch.randn(3))
+    message = str(info.value)
+    assert reason in message
+    assert f"{__file__}:" in message and marker in message
+    assert "what to do:" in message
+
+
+def test_bad_arguments_are_refused_clearly():
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        trace(nn.Linear(2, 2), torch.randn(1, 2), granularity="layer")
+    with pytest.raises(TypeError, match="example input 0 is a list"):
+        trace(nn.Linear(2, 2), ([1.0, 2.0],))
+
+
+def test_traced_graph_round_trips_through_json(tmp_path):
+    graph = trace(_Unrolled(), torch.randn(2, 6), granularity="module").graph
+    graph.save(tmp_path / "g.json")
+    assert graphc.Graph.load(tmp_path / "g.json") == graph
+    assert math.isclose(graph.total_fwd_flops(), graphc.Graph.load(tmp_path / "g.json").total_fwd_flops())

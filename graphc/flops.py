@@ -68,8 +68,9 @@ def _convolution(args: tuple, kwargs: dict, out: Any) -> float:
 
 
 def _convolution_backward(args: tuple, kwargs: dict, out: Any) -> float:
+    # (grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, ..., output_mask)
     grad_out, x, w = args[0], args[1], args[2]
-    transposed = bool(args[6])
+    transposed = bool(args[7])
     output_mask = args[-1]
     one_gradient = _conv_flops(x.shape, w.shape, grad_out.shape, transposed)
     return one_gradient * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
@@ -82,7 +83,7 @@ def _attention_forward(args: tuple, kwargs: dict, out: Any) -> float:
 
 
 def _attention_backward(args: tuple, kwargs: dict, out: Any) -> float:
-    grad_out, q, k = args[0], args[1], args[2]
+    q, k = args[1], args[2]  # args[0] is the gradient of the output
     return 2.0 * _attention_forward((q, k), kwargs, out)
 
 

@@ -305,6 +305,7 @@ def _group_export(
     group_of: dict[str, str] = {}
     group_info: dict[str, tuple[str, str]] = {}
     module_groups: dict[str, str] = {}  # nn_module_stack key of a leaf call -> cost node name
+    state_updates: dict[str, list[str]] = {}  # module path -> state updates waiting for its next op
     for node in gm.graph.nodes:
         if _is_skipped(node):
             continue
@@ -316,16 +317,44 @@ def _group_export(
             continue
         stack = list(node.meta.get("nn_module_stack", {}).items())
         innermost = stack[-1][1][0] if stack else ""
+        if _is_state_update(node):
+            state_updates.setdefault(innermost, []).append(node.name)
+            continue
         leaf = _outermost_leaf(stack, model, is_leaf) if granularity == "module" else None
         if leaf is None:
             group_of[node.name] = _new_group(group_info, node.name, _op_name(node, gm), innermost)
+            _attach(state_updates.pop(innermost, []), group_of[node.name], group_of)
             continue
         key, path, cls_name = leaf
         if key not in module_groups:
             call_suffix = key[key.rfind("@"):] if "@" in key else ""
             module_groups[key] = _new_group(group_info, (path or "root") + call_suffix, cls_name, path)
         group_of[node.name] = module_groups[key]
+        _attach(state_updates.pop(innermost, []), group_of[node.name], group_of)
+    for module_path, names in state_updates.items():  # updates no later op of their module follows
+        for name in names:
+            group_of[name] = _new_group(group_info, name, _op_name(_node_named(gm, name), gm), module_path)
     return group_of, group_info
+
+
+def _is_state_update(node: fx.Node) -> bool:
+    """An in-place update of module state (batch norm's ``num_batches_tracked += 1``): it reads only
+    parameters or buffers and nothing reads its result. It joins the next op of its module, the op
+    whose device holds that state."""
+    return (
+        node.op == "call_function"
+        and not node.users
+        and all(arg.op == "get_attr" for arg in node.all_input_nodes)
+    )
+
+
+def _attach(names: list[str], group: str, group_of: dict[str, str]) -> None:
+    for name in names:
+        group_of[name] = group
+
+
+def _node_named(gm: fx.GraphModule, name: str) -> fx.Node:
+    return next(n for n in gm.graph.nodes if n.name == name)
 
 
 def _outermost_leaf(

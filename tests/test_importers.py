@@ -6,7 +6,6 @@ Counts and spot-checked values are read from the raw files here, independently o
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest

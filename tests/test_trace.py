@@ -42,6 +42,11 @@ def test_conv2d_flops_match_textbook(groups, stride):
     out_hw = (hw + 2 - k) // stride + 1
     assert node.output_shapes == [[batch, c_out, out_hw, out_hw]]
     assert node.fwd_flops == 2 * batch * c_out * out_hw * out_hw * (c_in // groups) * k * k
+    # the image needs no gradient: backward computes the weight gradient only (plus the bias sum)
+    assert node.bwd_flops == node.fwd_flops
+    model = nn.Sequential(nn.Conv2d(c_in, c_in, 1), conv)  # now the input of ``conv`` needs a gradient too
+    second = trace(model, torch.randn(batch, c_in, hw, hw), granularity="module").graph.node("1")
+    assert second.bwd_flops == 2 * second.fwd_flops
 
 
 def test_matmul_and_attention_flops_match_textbook():

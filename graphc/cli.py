@@ -1,0 +1,160 @@
+"""The ``graphc`` command line: trace zoo or user models, import benchmark graphs, run the demo.
+
+Each sub-command is one function ``cmd_<name>(args) -> int``; :func:`main` parses and dispatches and
+turns a :class:`~graphc.errors.GraphcError` into a one-paragraph message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+
+from graphc import zoo
+from graphc.errors import GraphcError
+from graphc.graph import Graph
+from graphc.importers import load_benchmark, shared_benchmarks_dir
+from graphc.report import graph_totals_table, op_breakdown_table
+from graphc.tracing import TracedProgram, trace
+
+
+def _load_user_model(spec: str, batch_size: int) -> tuple[torch.nn.Module, tuple]:
+    """``path.py:Name``: ``Name`` is an nn.Module class (built with no arguments) or a function returning
+    ``(model, example_inputs)``; a class needs an ``example_inputs(batch_size)`` static method."""
+    path, _, name = spec.partition(":")
+    if not name or not path.endswith(".py"):
+        raise GraphcError(f"model {spec!r}: expected a zoo name ({', '.join(zoo.NAMES)}) or path.py:Name")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).is_file():
+        raise GraphcError(f"model {spec!r}: no such file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    target = getattr(module, name, None)
+    if target is None:
+        raise GraphcError(f"model {spec!r}: {path} defines no {name!r}")
+    if isinstance(target, type) and issubclass(target, torch.nn.Module):
+        if not hasattr(target, "example_inputs"):
+            raise GraphcError(f"model {spec!r}: give {name} a static method example_inputs(batch_size)")
+        inputs = target.example_inputs(batch_size)
+        return target(), inputs if isinstance(inputs, tuple) else (inputs,)
+    model, inputs = target(batch_size)
+    return model, inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def trace_model_spec(spec: str, batch_size: int, size: str, granularity: str, device: str) -> TracedProgram:
+    """Trace a zoo network by name, or a user model given as ``path.py:Name``."""
+    if spec in zoo.NAMES:
+        zm = zoo.build(spec, batch_size=batch_size, size=size, device=device)
+        return trace(zm.model, zm.example_inputs, granularity=granularity, name=spec)
+    model, inputs = _load_user_model(spec, batch_size)
+    return trace(model, inputs, granularity=granularity, name=Path(spec.partition(":")[0]).stem)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    console = Console(quiet=args.quiet)
+    start = time.perf_counter()
+    with console.status(f"tracing and annotating {args.model} ..."):
+        program = trace_model_spec(args.model, args.batch_size, args.size, args.granularity, args.device)
+    console.print(f"traced in {time.perf_counter() - start:.1f} s with torch.{program.method}")
+    _show(console, program.graph)
+    if args.out:
+        program.graph.save(args.out)
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    console = Console(quiet=args.quiet)
+    graph = load_benchmark(args.file)
+    _show(console, graph)
+    if args.out:
+        graph.save(args.out)
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Trace and annotate ResNet-50 (published size, on the meta device), check a traced network
+    against eager PyTorch on real inputs, and import a published PipeDream profile."""
+    console = Console(quiet=args.quiet)
+    console.rule("1. trace ResNet-50 (batch 32, 224x224) without allocating it")
+    start = time.perf_counter()
+    with console.status("tracing and annotating resnet50 ..."):
+        zm = zoo.build("resnet50", batch_size=32, device="meta")
+        graph = trace(zm.model, zm.example_inputs, granularity="module", name="resnet50").graph
+    console.print(f"traced and annotated in {time.perf_counter() - start:.1f} s")
+    _show(console, graph)
+
+    console.rule("2. the traced program equals eager PyTorch (small GPT-2, outputs and gradients)")
+    zm = zoo.build("gpt2", batch_size=2, size="small", dropout=0.0)
+    program = trace(zm.model, zm.example_inputs)
+    worst = _compare_with_eager(zm, program)
+    console.print(f"largest difference over loss and {len(list(zm.model.parameters()))} gradients: {worst:.2e}")
+    if worst > 1e-4:
+        console.print("[red]MISMATCH: the traced program does not reproduce eager PyTorch[/red]")
+        return 1
+    console.print("[green]match[/green]")
+
+    console.rule("3. import a published profile (PipeDream, VGG-16 measured on a V100)")
+    _show(console, load_benchmark(shared_benchmarks_dir() / "pipedream" / "vgg16.txt"))
+    return 0
+
+
+def _compare_with_eager(zm: zoo.ZooModel, program: TracedProgram) -> float:
+    """Largest absolute difference of loss and parameter gradients between eager and traced runs."""
+    runs = []
+    for forward in (zm.model, program):
+        zm.model.zero_grad(set_to_none=True)
+        loss = zm.loss(forward(*zm.example_inputs))
+        loss.backward()
+        runs.append([loss.detach()] + [p.grad.clone() for p in zm.model.parameters()])
+    return max(float((a - b).abs().max()) for a, b in zip(*runs))
+
+
+def _show(console: Console, graph: Graph) -> None:
+    console.print(graph_totals_table(graph))
+    console.print(op_breakdown_table(graph))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphc", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="what `make demo` runs: trace, check against eager, import")
+    demo.set_defaults(run=cmd_demo)
+
+    traced = commands.add_parser("trace", help="trace and annotate a model; print its cost graph")
+    traced.add_argument("model", help=f"a zoo network ({', '.join(zoo.NAMES)}) or path.py:Name")
+    traced.add_argument("-b", "--batch-size", type=int, default=1)
+    traced.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
+    traced.add_argument("--granularity", choices=("op", "module"), default="module")
+    traced.add_argument("--device", default="meta", help="where zoo weights live (meta: no memory)")
+    traced.add_argument("-o", "--out", help="save the cost graph as JSON")
+    traced.set_defaults(run=cmd_trace)
+
+    imported = commands.add_parser("import", help="import a published benchmark graph; print it")
+    imported.add_argument("file", help="a PipeDream .txt or dnn-partitioning .json file")
+    imported.add_argument("-o", "--out", help="save the cost graph as JSON")
+    imported.set_defaults(run=cmd_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except GraphcError as exc:
+        print(f"graphc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Suite-wide test settings."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """Run on one intra-op thread: the tests' tiny ops gain nothing from two, and on a shared 2-core
+    machine the thread pool's spin-waiting under load makes them up to a hundred times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ an imported or traced graph round-trips through :meth:`Graph.save` / :meth:`Grap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -201,6 +202,19 @@ class Graph:
         if "num_params" in self.meta:
             return int(self.meta["num_params"])
         return int(self.total_param_bytes() // 4)
+
+    def fingerprint(self) -> str:
+        """A hash of the graph's structure: node names, ops, output shapes and dtypes, and edges.
+
+        Costs are left out, so re-annotating the same model with another cost model keeps it; tracing
+        other input shapes or another model changes it. Plans record it to refuse the wrong model.
+        """
+        digest = hashlib.sha256()
+        for n in self.nodes():
+            digest.update(json.dumps([n.name, n.op, n.output_shapes, n.output_dtypes]).encode())
+        for src, dst, _ in self.edges():
+            digest.update(json.dumps([src, dst]).encode())
+        return digest.hexdigest()[:16]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from graphc.graph import EdgeData, Graph, NodeData
-
 from placement import Cluster, CostModel, lower_bound, simulate
 
 

@@ -1,9 +1,18 @@
-"""graphc: trace a PyTorch model into a cost graph, place it across devices, and run it."""
+"""graphc: trace a PyTorch model into a cost graph, place it across devices, and run it.
+
+The cost-graph types import without torch (a solver never needs it); ``trace``, ``TracedProgram`` and
+``leaf_module`` load torch on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from graphc.errors import GraphcError, GraphFormatError, TraceError
 from graphc.graph import EdgeData, Graph, NodeData
-from graphc.leaf import leaf_module
-from graphc.tracing import TracedProgram, trace
+
+_LAZY = {"trace": "graphc.tracing", "TracedProgram": "graphc.tracing", "leaf_module": "graphc.leaf"}
 
 __all__ = [
     "EdgeData",
@@ -16,3 +25,9 @@ __all__ = [
     "leaf_module",
     "trace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")

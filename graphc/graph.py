@@ -89,6 +89,18 @@ class NodeData:
     is_output: bool = False
 
 
+    def profile_key(self) -> str:
+        """What a profiled time is keyed by: the op, output shapes and dtypes, FLOPs and bytes read.
+
+        Two nodes with the same key compute the same thing on tensors of the same sizes (the FLOPs and
+        bytes read stand in for the input and parameter shapes), so one measurement serves both.
+        """
+        return json.dumps(
+            [self.op, self.output_shapes, self.output_dtypes, round(self.fwd_flops), round(self.bwd_flops), round(self.bytes_read)],
+            separators=(",", ":"),
+        )
+
+
 @dataclass
 class EdgeData:
     """A tensor flowing from one node to another.

@@ -1,0 +1,36 @@
+"""placement: clusters, the cost model, the simulator of placed graphs, and lower bounds.
+
+Nothing in this package imports torch: a plan can be made, simulated and bounded from a cost graph alone.
+"""
+
+from placement.bounds import Bound, lower_bound
+from placement.cluster import Cluster, Device, Host, Link, Route, Switch
+from placement.cost_model import CostModel, ProfiledTimes, TimeSource, graph_inputs
+from placement.errors import ClusterFormatError, PlacementError, ProfileFormatError
+from placement.plan import Plan
+from placement.presets import cluster_presets
+from placement.simulate import simulate
+from placement.timeline import SimResult, TimelineEvent
+
+__all__ = [
+    "Bound",
+    "Cluster",
+    "ClusterFormatError",
+    "CostModel",
+    "Device",
+    "Host",
+    "Link",
+    "PlacementError",
+    "Plan",
+    "ProfileFormatError",
+    "ProfiledTimes",
+    "Route",
+    "SimResult",
+    "Switch",
+    "TimeSource",
+    "TimelineEvent",
+    "cluster_presets",
+    "graph_inputs",
+    "lower_bound",
+    "simulate",
+]

@@ -1,0 +1,341 @@
+"""The cost model: how long a node takes on a device, and a tensor between two devices.
+
+A node's time on a device comes from the first of these sources that has it:
+
+1. **Measured, same label.** ``NodeData.measured_ms`` (forward, or the node's own pass for an explicit
+   backward node) and ``NodeData.measured_bwd_ms`` (backward) keyed by the device's ``kind``
+   (``"V100"`` for PipeDream profiles) are used as given; failing that, keyed by its ``category``
+   (``"cpu"``, ``"accelerator"``, ``"gpu"``: the labels of the dnn-partitioning files).
+2. **Profiled.** A table of times measured on a real device of this kind, keyed by the node's profile
+   key (op, shapes, dtypes, FLOPs, bytes) and the device kind: a :class:`ProfiledTimes` filled by
+   :mod:`graphc.profile` and loaded from its JSON cache, or any object with a ``lookup(node, device)``
+   method (:class:`TimeSource`).
+3. **Measured on another GPU kind, scaled.** When the node was measured on a GPU kind this device is not
+   (a V100 profile placed on an H100), the measured time is multiplied by ``peak(measured kind) /
+   peak(device kind)`` for the node's dtype (default ``float32``). The peaks come from
+   :data:`placement.specs.DEVICE_SPECS` or from a device of that kind in the cluster. This assumes the
+   op is compute-bound and runs at the same fraction of peak on both; it is the crudest source
+   short of the roofline, which is why an exact-kind profile (2) is preferred to it.
+4. **Analytic roofline.** ``max(flops / (peak * compute_efficiency), bytes / (memory bandwidth *
+   memory_efficiency), op_overhead)`` with the device's peak for the node's dtype. Forward: ``fwd_flops``
+   and ``bytes_read + bytes_written``. Backward: ``bwd_flops`` and twice the forward bytes (it reads the
+   output gradient and the saved tensors, writes input and parameter gradients); a node with
+   ``bwd_flops == 0`` needs no gradient and its backward takes 0.
+
+A node whose ``op`` is ``"input"`` costs nothing (graph inputs are data loading, not compute). So does a
+node named in ``graph.meta["input_nodes"]`` (PipeDream's Input layers, whose profiled "forward time" is
+the data loader): :func:`graph_inputs` names both, and the simulator and the bounds apply it (``node_ms``
+sees a node without its graph).
+
+A transfer between two devices takes ``EdgeData.transfer_ms`` when the edge carries a time for the pair
+(see :meth:`CostModel.measured_transfer_ms` for the labels matched), else ``route latency + bytes /
+bottleneck bandwidth`` on the cluster's route. On one device it is free.
+
+All times are milliseconds, as in :mod:`graphc.graph`.
+"""
+
+# node_times compares with `if` rather than calling max(): it prices 100,000 nodes in a loop.
+# ruff: noqa: PLR1730, FURB136
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from graphc.graph import EdgeData, Graph, NodeData
+from placement.cluster import Cluster, Device
+from placement.errors import PlacementError, ProfileFormatError
+from placement.specs import DEVICE_SPECS
+
+PROFILE_SCHEMA = "graphc.profiled_times"
+PROFILE_SCHEMA_VERSION = 1
+
+# Where a node time came from (the second item of :meth:`CostModel.explain`).
+SOURCE_INPUT = "input"
+SOURCE_MEASURED = "measured"
+SOURCE_PROFILED = "profiled"
+SOURCE_SCALED = "measured-scaled"
+SOURCE_ANALYTIC = "analytic"
+
+
+def graph_inputs(graph: Graph) -> set[str]:
+    """Names of the graph's inputs: nodes with op ``"input"`` and names in ``meta["input_nodes"]``."""
+    names = {n.name for n in graph.nodes() if n.op == "input"}
+    names.update(n for n in graph.meta.get("input_nodes", []) if n in graph)
+    return names
+
+
+class TimeSource(Protocol):
+    """Anything that may know a node's profiled times on a device."""
+
+    def lookup(self, node: NodeData, device: Device) -> tuple[float, float] | None:
+        """``(forward_ms, backward_ms)`` of ``node`` on ``device``, or None when unknown."""
+        ...
+
+
+@dataclass
+class ProfiledTimes:
+    """Profiled times keyed by (node key, device kind) -> (forward ms, backward ms).
+
+    The node key is :meth:`graphc.graph.NodeData.profile_key`: the op, its output shapes and dtypes,
+    FLOPs and bytes read, so nodes computing the same thing on tensors of the same sizes share one
+    measurement. The profiler (:mod:`graphc.profile`) fills the table by running each op on a real
+    device; :meth:`save` and :meth:`load` keep it in a JSON cache so a later run does not measure again.
+    """
+
+    times: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+
+    def add_key(self, key: str, device_kind: str, fwd_ms: float, bwd_ms: float) -> None:
+        self.times[(key, device_kind)] = (float(fwd_ms), float(bwd_ms))
+
+    def get_key(self, key: str, device_kind: str) -> tuple[float, float] | None:
+        return self.times.get((key, device_kind))
+
+    def add(self, node: NodeData, device_kind: str, fwd_ms: float, bwd_ms: float) -> None:
+        """Record the times of ``node`` (by its profile key) on devices of ``device_kind``."""
+        self.add_key(node.profile_key(), device_kind, fwd_ms, bwd_ms)
+
+    def lookup(self, node: NodeData, device: Device) -> tuple[float, float] | None:
+        return self.times.get((node.profile_key(), device.kind))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": PROFILE_SCHEMA,
+            "version": PROFILE_SCHEMA_VERSION,
+            "entries": [
+                {"key": key, "device_kind": kind, "fwd_ms": f, "bwd_ms": b}
+                for (key, kind), (f, b) in self.times.items()
+            ],
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "<dict>") -> ProfiledTimes:
+        def check(ok: bool, where: str, why: str) -> None:
+            if not ok:
+                raise ProfileFormatError(f"{source}: {where}: {why}")
+
+        check(isinstance(doc, dict), "top level", "expected a JSON object")
+        check(doc.get("schema") == PROFILE_SCHEMA, "schema", f"expected {PROFILE_SCHEMA!r}, got {doc.get('schema')!r}")
+        check(
+            doc.get("version") == PROFILE_SCHEMA_VERSION,
+            "version",
+            f"this graphc reads version {PROFILE_SCHEMA_VERSION}, the file has {doc.get('version')!r}",
+        )
+        check(isinstance(doc.get("entries"), list), "entries", "expected a list")
+        table = cls()
+        for i, e in enumerate(doc["entries"]):
+            where = f"entries[{i}]"
+            check(isinstance(e, dict), where, "expected an object")
+            for key in e:
+                check(key in ("key", "device_kind", "fwd_ms", "bwd_ms"), f"{where}.{key}", "unknown field")
+            for key in ("key", "device_kind"):
+                check(isinstance(e.get(key), str), f"{where}.{key}", f"expected a string, got {e.get(key)!r}")
+            for key in ("fwd_ms", "bwd_ms"):
+                v = e.get(key)
+                check(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                    f"{where}.{key}",
+                    f"expected a number >= 0, got {v!r}",
+                )
+            table.add_key(e["key"], e["device_kind"], e["fwd_ms"], e["bwd_ms"])
+        return table
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfiledTimes:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProfileFormatError(f"{path}: no such file") from None
+        except json.JSONDecodeError as exc:
+            raise ProfileFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        return cls.from_dict(doc, str(path))
+
+
+class CostModel:
+    """Node times per device and transfer times per device pair, in milliseconds (module docstring).
+
+    Args:
+        cluster: the cluster whose devices and routes are priced; devices may be passed by name.
+        profiled: a table of profiled times (source 2), or None.
+        compute_efficiency: fraction of peak FLOP/s the roofline assumes an op achieves.
+        memory_efficiency: fraction of peak memory bandwidth the roofline assumes.
+        default_dtype: dtype of a node that states none (imported profiles).
+        use_measured: False ignores ``measured_ms`` (sources 1 and 3), to compare the roofline with them.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        profiled: TimeSource | None = None,
+        compute_efficiency: float = 0.7,
+        memory_efficiency: float = 0.8,
+        default_dtype: str = "float32",
+        use_measured: bool = True,
+    ) -> None:
+        if not (0 < compute_efficiency <= 1 and 0 < memory_efficiency <= 1):
+            raise PlacementError("CostModel: efficiencies must be in (0, 1]")
+        self.cluster = cluster
+        self.profiled = profiled
+        self.compute_efficiency = compute_efficiency
+        self.memory_efficiency = memory_efficiency
+        self.default_dtype = default_dtype
+        self.use_measured = use_measured
+        # Peak FLOP/s per (kind, dtype) of GPU kinds a measurement may be scaled from.
+        self._gpu_kinds: dict[str, Device] = {}
+        for kind, s in DEVICE_SPECS.items():
+            if s.category == "gpu":
+                self._gpu_kinds[kind] = Device(kind, kind, "gpu", "-", dict(s.peak_flops), s.memory_bandwidth, s.memory_bytes)
+        for d in cluster.devices:
+            if d.category == "gpu":
+                self._gpu_kinds.setdefault(d.kind, d)
+
+    # -- nodes --------------------------------------------------------------------------------
+    def node_ms(self, node: NodeData, device: Device | str, backward: bool = False) -> float:
+        """Time of ``node``'s forward (or backward) pass on ``device``, ms."""
+        return self._resolve(node, self._device(device), backward)[0]
+
+    def node_times(
+        self, nodes: Sequence[NodeData], devices: Sequence[Device], backward: bool = True
+    ) -> tuple[list[float], list[float]]:
+        """Forward and backward times of ``nodes[i]`` on ``devices[i]`` for every ``i``, ms: the values of
+        :meth:`node_ms`, computed in one pass (the simulator prices 100,000 nodes with it).
+        ``backward=False`` leaves the backward list at zeros."""
+        fwd: list[float] = []
+        bwd: list[float] = []
+        resolve = self._resolve
+        use_measured, profiled = self.use_measured, self.profiled
+        ce, me, default_dtype = self.compute_efficiency, self.memory_efficiency, self.default_dtype
+        per_device: dict[str, tuple[dict[str, float], float, float]] = {}
+        for nd, dev in zip(nodes, devices):
+            if (use_measured and (nd.measured_ms or nd.measured_bwd_ms)) or profiled is not None or nd.op == "input":
+                fwd.append(resolve(nd, dev, False)[0])
+                bwd.append(resolve(nd, dev, True)[0] if backward else 0.0)
+                continue
+            # _roofline (the same operations, so the same floats), the device's figures looked up once.
+            consts = per_device.get(dev.name)
+            if consts is None:
+                consts = per_device[dev.name] = ({}, dev.memory_bandwidth * me, dev.op_overhead_s)
+            peaks, bw, floor = consts
+            dtype = nd.output_dtypes[0] if nd.output_dtypes else default_dtype
+            peak = peaks.get(dtype)
+            if peak is None:
+                peak = peaks[dtype] = dev.peak(dtype) * ce
+            nbytes = nd.bytes_read + nd.bytes_written
+            t = nd.fwd_flops / peak
+            if nbytes / bw > t:
+                t = nbytes / bw
+            fwd.append(1e3 * (t if t > floor else floor))
+            flops = nd.bwd_flops
+            if not backward or flops == 0:
+                bwd.append(0.0)
+                continue
+            t = flops / peak
+            if 2.0 * nbytes / bw > t:
+                t = 2.0 * nbytes / bw
+            bwd.append(1e3 * (t if t > floor else floor))
+        return fwd, bwd
+
+    def explain(self, node: NodeData, device: Device | str, backward: bool = False) -> tuple[float, str]:
+        """``(ms, source)``: the time and where it came from (``measured:V100``, ``measured-scaled:V100``,
+        ``profiled``, ``analytic``, ``input``)."""
+        ms, source, label = self._resolve(node, self._device(device), backward)
+        return ms, f"{source}:{label}" if label else source
+
+    def _resolve(self, node: NodeData, dev: Device, backward: bool) -> tuple[float, str, str]:
+        if node.op == "input":
+            return 0.0, SOURCE_INPUT, ""
+        if self.use_measured:
+            table = node.measured_bwd_ms if backward else node.measured_ms
+            if table:
+                ms = table.get(dev.kind)
+                if ms is not None:
+                    return ms, SOURCE_MEASURED, dev.kind
+                ms = table.get(dev.category)
+                if ms is not None:
+                    return ms, SOURCE_MEASURED, dev.category
+        if self.profiled is not None:
+            hit = self.profiled.lookup(node, dev)
+            if hit is not None:
+                return hit[1] if backward else hit[0], SOURCE_PROFILED, ""
+        if self.use_measured and dev.category == "gpu":
+            table = node.measured_bwd_ms if backward else node.measured_ms
+            for label, ms in table.items():
+                other = self._gpu_kinds.get(label)
+                if other is not None:
+                    dtype = self._dtype(node)
+                    return ms * other.peak(dtype) / dev.peak(dtype), SOURCE_SCALED, label
+        return self._roofline(node, dev, backward), SOURCE_ANALYTIC, ""
+
+    def _roofline(self, node: NodeData, dev: Device, backward: bool) -> float:
+        if backward:
+            flops = node.bwd_flops
+            if flops == 0:
+                return 0.0
+            nbytes = 2.0 * (node.bytes_read + node.bytes_written)
+        else:
+            flops = node.fwd_flops
+            nbytes = node.bytes_read + node.bytes_written
+        compute = flops / (dev.peak(self._dtype(node)) * self.compute_efficiency)
+        memory = nbytes / (dev.memory_bandwidth * self.memory_efficiency)
+        return 1e3 * max(compute, memory, dev.op_overhead_s)
+
+    def _dtype(self, node: NodeData) -> str:
+        return node.output_dtypes[0] if node.output_dtypes else self.default_dtype
+
+    def _device(self, device: Device | str) -> Device:
+        return device if isinstance(device, Device) else self.cluster.device(device)
+
+    # -- transfers ----------------------------------------------------------------------------
+    def transfer_ms(
+        self,
+        nbytes: float,
+        src: Device | str,
+        dst: Device | str,
+        measured: Mapping[str, float] | None = None,
+    ) -> float:
+        """Time to move ``nbytes`` from ``src`` to ``dst`` with the links to itself, ms.
+
+        ``measured`` (an edge's ``transfer_ms``) wins when it has a label for the pair; else route latency
+        + bytes / bottleneck bandwidth. Zero on one device.
+        """
+        s, d = self._device(src), self._device(dst)
+        if s.name == d.name:
+            return 0.0
+        if measured:
+            ms = self.measured_transfer_ms(measured, s, d)
+            if ms is not None:
+                return ms
+        route = self.cluster.route(s.name, d.name)
+        return 1e3 * (route.latency_s + nbytes / route.bandwidth)
+
+    def edge_ms(self, edge: EdgeData, src: Device | str, dst: Device | str) -> float:
+        """Time of one edge's tensor from ``src`` to ``dst``, ms."""
+        return self.transfer_ms(edge.bytes, src, dst, edge.transfer_ms)
+
+    @staticmethod
+    def measured_transfer_ms(measured: Mapping[str, float], src: Device, dst: Device) -> float | None:
+        """The measured time for a transfer from ``src`` to ``dst`` in an edge's ``transfer_ms``, or None.
+
+        Labels tried, first match wins: ``"{src kind}->{dst kind}"`` (this direction only), then
+        ``"{a}<->{b}"`` and ``"{a}-{b}"`` with the two kinds in either order (both directions), the same
+        with the categories (the dnn-partitioning importer writes ``"accelerator-cpu"``), then ``"*"``
+        (any pair of distinct devices). A pair no label matches (two accelerators, for an edge priced
+        only between accelerator and CPU) is priced on the route instead.
+        """
+        for a, b in ((src.kind, dst.kind), (src.category, dst.category)):
+            for label in (f"{a}->{b}", f"{a}<->{b}", f"{b}<->{a}", f"{a}-{b}", f"{b}-{a}"):
+                ms = measured.get(label)
+                if ms is not None:
+                    return ms
+        return measured.get("*")

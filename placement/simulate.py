@@ -1,0 +1,829 @@
+"""An event-driven simulator of one training or inference step of a placed graph.
+
+Tasks. Every node ``v`` placed on device ``dev(v)`` has, per microbatch ``k``, a forward task ``F(v,k)``.
+In training, a graph of forward nodes gets a backward task ``B(v,k)`` per node: it runs on ``dev(v)``
+after ``F(v,k)`` and after ``B(w,k)`` of every successor ``w`` (the gradient of ``v``'s output is the sum
+of what its consumers send back). A graph holding explicit backward nodes (``NodeData.is_backward``,
+dnn-partitioning training files) is simulated as given: each node is one task, no backward is derived;
+in inference mode its backward nodes are left out. Graph inputs (:func:`placement.cost_model.graph_inputs`)
+cost no compute and receive no gradient. Task durations come from the :class:`CostModel`.
+
+Transfers. When ``F(u,k)`` ends, ``u``'s output is sent once to each other device holding consumers of
+it; every consumer there waits for that one transfer (a tensor consumed twice on a device is sent once).
+Its bytes: the largest edge per ``output_index`` summed over the indices sent (an edge with no index
+stands for all outputs). In training the gradient goes back the reverse route with the same bytes, once
+all consumers on that device finished their backward (their gradients are summed there first). A transfer
+between a device and itself is free and not simulated. A transfer's duration is the cost model's:
+``EdgeData.transfer_ms`` when the edge gives one for the device pair (the largest over the group's
+edges), else route latency + bytes / bottleneck bandwidth. The sends of one output leave in the order of
+the receiving devices in the cluster.
+
+Contention. Each direction of each full-duplex link is a resource (a half-duplex link is one resource
+for both directions). A transfer is requested when its data is ready and holds every link of its route
+at once for its whole duration (a circuit, not store-and-forward): it starts when the last of those
+links becomes free, and each link serves requests first come, first served (a link is booked when the
+request is made, so a transfer waiting for one busy link also keeps the others of its route from
+later requests; requests of one instant are booked in task order). So two transfers sharing a link take
+twice as long as one, and transfers on disjoint links overlap.
+
+Compute. A device runs one task at a time. Among its ready tasks it starts the one first in priority:
+``priority="topological"`` (default) orders forwards by microbatch then topological position and
+backwards by microbatch then reverse topological position; ``"critical_path"`` orders by the longest
+remaining path of compute (no communication) instead. Following GPipe, a device starts no backward until
+all its forwards (of every microbatch) are done. ``order`` fixes the sequence on some devices instead:
+``order[device]`` lists that device's nodes; it runs them in that order for each microbatch in turn, then
+(training) their backwards in reverse order for each microbatch; an order that contradicts the
+dependencies is reported as a deadlock.
+
+Microbatches. ``microbatches=m`` splits the batch: every task's time, every transfer's bytes (and a
+measured transfer time), every activation and every received tensor are divided by ``m``, and the
+``m`` microbatches flow through the devices, so a pipeline across devices overlaps them. Latency and
+static memory are not divided.
+
+Memory, per device: static = parameters + buffers, in training also gradients (as large as the
+parameters) and optimizer state (``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or
+``NodeData.memory_bytes`` for a node that gives one (its whole footprint, nothing else is counted for it).
+Then, in training: ``activation_bytes`` of ``v`` is held from the end of ``F(v,k)`` until the end of
+``B(v,k)``; a received activation from its arrival until every consumer on the device finished its
+backward; a received gradient from its arrival until the producer's backward ends. In inference (and for
+graphs with explicit backward nodes): ``output_bytes`` of ``v`` from the end of ``F(v,k)`` until its
+consumers on the device finished and its sends completed (kept to the end when nothing consumes it), a
+received tensor from its arrival until every consumer on the device finished. Peak = the highest total;
+at one instant, memory freed is subtracted before memory allocated is added.
+
+Ties. All events of one instant (task completions, inputs arriving) are processed before any idle
+device picks its next task, so a device chooses among everything ready at that instant.
+
+Cost. Setup is linear in nodes and edges; the loop pops one event per task end and at most one per task
+whose last input arrives from another device, with a heap of pending events and one ready heap per
+device (``O((tasks + transfers) log)``). Memory is computed after the loop from the recorded intervals.
+"""
+
+# The hot loops compare with `if` rather than calling max(): it is faster there.
+# ruff: noqa: PLR1730
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import math
+import operator
+from array import array
+from collections.abc import Mapping, Sequence
+from operator import attrgetter
+
+import numpy as np
+
+from graphc.graph import Graph
+from placement.cluster import Cluster
+from placement.cost_model import CostModel, graph_inputs
+from placement.errors import PlacementError
+from placement.timeline import RawTimeline, SimResult
+
+MODES = ("training", "inference")
+PRIORITIES = ("topological", "critical_path")
+
+
+def simulate(
+    graph: Graph,
+    cluster: Cluster,
+    assignment: Mapping[str, str],
+    cost_model: CostModel | None = None,
+    *,
+    mode: str = "training",
+    microbatches: int = 1,
+    order: Mapping[str, Sequence[str]] | None = None,
+    priority: str = "topological",
+    optimizer_state_factor: float = 2.0,
+    check_allowed_kinds: bool = True,
+) -> SimResult:
+    """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name).
+
+    See the module docstring for the exact semantics. ``cost_model`` defaults to ``CostModel(cluster)``.
+    ``check_allowed_kinds`` rejects a node placed on a device outside its ``allowed_kinds`` (matched
+    against the device's kind or category). Raises :class:`PlacementError` for an unassigned node, an
+    unknown node or device, a bad ``order``, or an order that deadlocks.
+    """
+    if mode not in MODES:
+        raise PlacementError(f"simulate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if priority not in PRIORITIES:
+        raise PlacementError(f"simulate: priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+        raise PlacementError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
+    cm = cost_model or CostModel(cluster)
+    # The loop allocates many short-lived tuples and no cycles; the collector would rescan the graph's
+    # objects again and again for nothing.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        sim = _Simulation(graph, cluster, assignment, cm, mode, microbatches, check_allowed_kinds)
+        sim.prepare(order, priority, optimizer_state_factor)
+        return sim.run()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+class _Simulation:
+    """Integer-indexed arrays built from the graph, the event loop over them, and the result."""
+
+    def __init__(self, graph: Graph, cluster: Cluster, assignment, cm: CostModel, mode: str, m: int, check_kinds: bool):
+        self.graph, self.cluster, self.cm, self.m, self.mode = graph, cluster, cm, m, mode
+        self.assignment, self.check_kinds = assignment, check_kinds
+        self.training = mode == "training"
+        self.devices = cluster.devices
+
+    def prepare(self, order, priority: str, opt_factor: float) -> None:
+        nxg = self.graph.to_networkx()
+        nodes = nxg.nodes
+        explicit = any(d.is_backward for _, d in nodes(data="data"))
+        self.has_bwd = self.training and not explicit
+        keep_all = self.training or not explicit
+        kept = [(n, d) for n, d in nodes(data="data") if keep_all or not d.is_backward]
+        self._index(nxg, [n for n, _ in kept], [d for _, d in kept])
+        self._assign()
+        self._costs(opt_factor)
+        self._groups()
+        self._priorities(order, priority)
+
+    # -- preparation ----------------------------------------------------------------------------
+    def _index(self, nxg, names: list[str], data: list) -> None:
+        """Nodes as 0..n-1 in a deterministic topological order (ties: insertion order); edges as ints."""
+        pos = {name: i for i, name in enumerate(names)}
+        edges = list(nxg.edges(data="data"))
+        if len(names) < nxg.number_of_nodes():  # some nodes left out: keep the edges between kept ones
+            edges = [e for e in edges if e[0] in pos and e[1] in pos]
+        if edges:
+            us, vs, edata = (list(x) for x in zip(*edges))
+            src = list(map(pos.__getitem__, us))
+            dst = list(map(pos.__getitem__, vs))
+        else:
+            src, dst, edata = [], [], []
+        forward = not any(map(operator.ge, src, dst))
+        n = len(names)
+        if not forward:  # insertion order is not topological: Kahn's algorithm, smallest index first
+            succ: list[list[int]] = [[] for _ in range(n)]
+            indeg = [0] * n
+            for i, j in zip(src, dst):
+                succ[i].append(j)
+                indeg[j] += 1
+            heap = [i for i in range(n) if indeg[i] == 0]
+            heapq.heapify(heap)
+            topo: list[int] = []
+            while heap:
+                i = heapq.heappop(heap)
+                topo.append(i)
+                for j in succ[i]:
+                    indeg[j] -= 1
+                    if indeg[j] == 0:
+                        heapq.heappush(heap, j)
+            if len(topo) != n:
+                raise PlacementError(f"graph {self.graph.name!r} has a cycle; cannot simulate")
+            rank = [0] * n
+            for r, i in enumerate(topo):
+                rank[i] = r
+            names = [names[i] for i in topo]
+            data = [data[i] for i in topo]
+            src = [rank[i] for i in src]
+            dst = [rank[j] for j in dst]
+        self.n = n
+        self.names = names
+        self.index = {name: i for i, name in enumerate(names)}
+        self.data = data
+        self.e_src, self.e_dst, self.e_data = src, dst, edata
+
+    def _assign(self) -> None:
+        cluster, assignment = self.cluster, self.assignment
+        dev_index = {d.name: i for i, d in enumerate(cluster.devices)}
+        get = assignment.get
+        dev = [dev_index.get(get(name, ""), -1) for name in self.names]
+        if -1 in dev:
+            missing = [name for name, d in zip(self.names, dev) if d == -1 and name not in assignment]
+            if missing:
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise PlacementError(f"{len(missing)} node(s) have no device: {', '.join(missing[:5])}{more}")
+            name = next(name for name, d in zip(self.names, dev) if d == -1)
+            raise PlacementError(
+                f"node {name!r} is assigned to {assignment[name]!r}, which cluster {cluster.name!r} lacks; "
+                f"devices: {', '.join(cluster.device_names[:8])}{' ...' if len(cluster) > 8 else ''}"
+            )
+        if len(assignment) != self.n:
+            for name in assignment:
+                if name not in self.graph:
+                    raise PlacementError(f"assignment names {name!r}, which graph {self.graph.name!r} lacks")
+        if self.check_kinds:
+            for i, nd in enumerate(self.data):
+                kinds = nd.allowed_kinds
+                if kinds is not None:
+                    dv = self.devices[dev[i]]
+                    if dv.kind not in kinds and dv.category not in kinds:
+                        raise PlacementError(
+                            f"node {nd.name!r} may run on {kinds} but is assigned to {dv.name!r} "
+                            f"(kind {dv.kind!r}, category {dv.category!r})"
+                        )
+        self.dev = dev
+
+    def _costs(self, opt_factor: float) -> None:
+        m, n, devices, dev, data = self.m, self.n, self.devices, self.dev, self.data
+        inputs = graph_inputs(self.graph)
+        fwd, bwd = self.cm.node_times(data, [devices[d] for d in dev], self.has_bwd)
+        needs_grad = [True] * n
+        if inputs:
+            for i, nd in enumerate(data):
+                if nd.name in inputs:
+                    needs_grad[i] = False
+                    fwd[i] = bwd[i] = 0.0
+        if m > 1:
+            fwd = [t / m for t in fwd]
+            bwd = [t / m for t in bwd]
+        self.fwd, self.bwd, self.needs_grad = fwd, bwd, needs_grad
+        static = [0.0] * len(devices)
+        act = [0.0] * n
+        out = [0.0] * n
+        mult = (2.0 + opt_factor) if self.training else 1.0
+        has_bwd = self.has_bwd
+        for i, nd in enumerate(data):
+            d = dev[i]
+            if nd.memory_bytes is not None:
+                static[d] += nd.memory_bytes
+                continue
+            static[d] += mult * nd.param_bytes + nd.buffer_bytes
+            if has_bwd:
+                act[i] = nd.activation_bytes / m
+            else:
+                out[i] = nd.output_bytes / m
+        self.static, self.act, self.out = static, act, out
+
+    def _groups(self) -> None:
+        """Local successor/predecessor lists, transfer groups (producer, receiving device), their routes.
+
+        A group is one send: a producer's output to one other device, shared by its consumers there.
+        Groups are numbered by (producer, receiving device)."""
+        n, m, dev = self.n, self.m, self.dev
+        devices, cluster = self.devices, self.cluster
+        ndev = len(devices)
+        e_src, e_dst, e_data = self.e_src, self.e_dst, self.e_data
+        local_succ: list[list[int]] = [[] for _ in range(n)]
+        local_pred: list[list[int]] = [[] for _ in range(n)]
+        groups_of: list[list[int]] = [[] for _ in range(n)]  # groups a node sends
+        in_groups: list[list[int]] = [[] for _ in range(n)]  # groups a node consumes
+        src = np.asarray(e_src, dtype=np.int64)
+        dst = np.asarray(e_dst, dtype=np.int64)
+        dev_np = np.asarray(dev, dtype=np.int64)
+        self.indeg = np.bincount(dst, minlength=n).tolist()
+        d_src, d_dst = dev_np[src], dev_np[dst]
+        cross = d_src != d_dst
+        for u, v in zip(src[~cross].tolist(), dst[~cross].tolist()):
+            local_succ[u].append(v)
+            local_pred[v].append(u)
+        cross_edges = np.flatnonzero(cross)
+        keys, first, gid = np.unique(src[cross_edges] * ndev + d_dst[cross_edges], return_index=True, return_inverse=True)
+        gid = gid.reshape(-1)
+        g_src = (keys // ndev).tolist()
+        g_dst = (keys % ndev).tolist()
+        cons = dst[cross_edges]
+        for v, g in zip(cons.tolist(), gid.tolist()):
+            in_groups[v].append(g)
+        for g, u in enumerate(g_src):
+            groups_of[u].append(g)
+        # Consumers of each group: edges sorted by group, cut at group boundaries.
+        by_group = np.argsort(gid, kind="stable")
+        cons_sorted = cons[by_group].tolist()
+        sizes = np.bincount(gid, minlength=len(keys))
+        cuts = np.concatenate(([0], np.cumsum(sizes))).tolist()
+        g_cons = [cons_sorted[a:b] for a, b in itertools.pairwise(cuts)]
+        edge_of = cross_edges[by_group].tolist()  # edge indices, grouped
+        g_more = {g: [e_data[i] for i in edge_of[cuts[g]:cuts[g + 1]]] for g in np.flatnonzero(sizes > 1).tolist()}
+        measured_groups: list[int] = []
+        if any(map(attrgetter("transfer_ms"), e_data)):
+            measured_groups = [g for g, i in zip(gid.tolist(), cross_edges.tolist()) if e_data[i].transfer_ms]
+        G = len(g_src)
+        e_bytes = np.fromiter(map(attrgetter("bytes"), e_data), dtype=float, count=len(e_data))
+        g_bytes = e_bytes[cross_edges[first]]
+        for g, edges in g_more.items():
+            g_bytes[g] = _group_bytes(edges)
+        # Routes of the device pairs in use: forward sends go src -> dst, gradients dst -> src.
+        src_dev = np.asarray(dev, dtype=np.int64)[np.asarray(g_src, dtype=np.int64)] if G else np.zeros(0, np.int64)
+        dst_dev = np.asarray(g_dst, dtype=np.int64)
+        pairs, route_of = np.unique(np.concatenate((src_dev * ndev + dst_dev, dst_dev * ndev + src_dev)), return_inverse=True)
+        route_of = route_of.reshape(-1)
+        routes = [cluster.route(devices[p // ndev].name, devices[p % ndev].name) for p in pairs.tolist()]
+        latency = np.asarray([1e3 * r.latency_s for r in routes])
+        per_byte = np.asarray([1e3 / r.bandwidth for r in routes])
+        nbytes = g_bytes / m
+        f_route, b_route = route_of[:G], route_of[G:]
+        f_dur = (latency[f_route] + nbytes * per_byte[f_route]).tolist()
+        b_dur = (latency[b_route] + nbytes * per_byte[b_route]).tolist()
+        measured_ms = self.cm.measured_transfer_ms
+        for g in dict.fromkeys(measured_groups):
+            edges = g_more.get(g) or [e_data[cross_edges[first[g]]]]
+            for a, b, store in ((dev[g_src[g]], g_dst[g], f_dur), (g_dst[g], dev[g_src[g]], b_dur)):
+                times = [measured_ms(e.transfer_ms, devices[a], devices[b]) for e in edges if e.transfer_ms]
+                times = [t for t in times if t is not None]
+                if times:
+                    store[g] = max(times) / m
+        self.local_succ, self.local_pred, self.groups_of, self.in_groups = local_succ, local_pred, groups_of, in_groups
+        self.g_src, self.g_dst, self.g_cons = g_src, g_dst, g_cons
+        self.g_bytes = nbytes.tolist()
+        self.f_dur, self.b_dur = f_dur, b_dur
+        self.f_route, self.b_route = f_route.tolist(), b_route.tolist()
+        self.routes = routes
+        self.route_resources = _merge_resources([r.resources for r in routes])
+
+    def _priorities(self, order, priority: str) -> None:
+        """Integer key per node for forward (``fkey``) and backward (``bkey``) tasks, and explicit orders."""
+        n, dev = self.n, self.dev
+        ndev = len(self.devices)
+        self.explicit_dev = [False] * ndev
+        self.dev_len = [0] * ndev
+        self.order_lists: dict[int, list[int]] = {}
+        if priority == "topological":
+            fkey = list(range(n))
+            bkey = list(range(n - 1, -1, -1))
+        else:
+            fkey, bkey = self._critical_path_keys()
+        if order:
+            on_dev: list[list[int]] = [[] for _ in range(ndev)]
+            for v in range(n):
+                on_dev[dev[v]].append(v)
+            for dname, seq in order.items():
+                d = self.cluster.device_index(dname)
+                pos: dict[int, int] = {}
+                for p, name in enumerate(seq):
+                    v = self.index.get(name)
+                    if v is None:
+                        raise PlacementError(f"order[{dname!r}][{p}]: no node {name!r} in the simulated graph")
+                    if dev[v] != d:
+                        raise PlacementError(
+                            f"order[{dname!r}][{p}]: node {name!r} is assigned to {self.devices[dev[v]].name!r}"
+                        )
+                    if v in pos:
+                        raise PlacementError(f"order[{dname!r}][{p}]: node {name!r} is listed twice")
+                    pos[v] = p
+                if len(pos) != len(on_dev[d]):
+                    absent = [self.names[v] for v in on_dev[d] if v not in pos]
+                    raise PlacementError(f"order[{dname!r}] leaves out node(s) placed there: {', '.join(absent[:5])}")
+                nd = len(pos)
+                for v, p in pos.items():
+                    fkey[v] = p
+                    bkey[v] = nd - 1 - p
+                self.explicit_dev[d] = True
+                self.dev_len[d] = nd
+                self.order_lists[d] = [self.index[x] for x in seq]
+        self.fkey, self.bkey = fkey, bkey
+
+    def _critical_path_keys(self) -> tuple[list[int], list[int]]:
+        """Ranks by longest remaining path of compute (no communication), longest first."""
+        n, fwd, bwd, needs_grad = self.n, self.fwd, self.bwd, self.needs_grad
+        succ: list[list[int]] = [[] for _ in range(n)]
+        pred: list[list[int]] = [[] for _ in range(n)]
+        for u, v in zip(self.e_src, self.e_dst):
+            succ[u].append(v)
+            pred[v].append(u)
+        bl_b = [0.0] * n  # longest backward path starting at B(v)
+        for v in range(n):
+            best = 0.0
+            for u in pred[v]:
+                if needs_grad[u] and bl_b[u] > best:
+                    best = bl_b[u]
+            bl_b[v] = bwd[v] + best
+        bl_f = [0.0] * n  # longest path starting at F(v)
+        for v in range(n - 1, -1, -1):
+            best = bl_b[v] if self.has_bwd else 0.0
+            for w in succ[v]:
+                if bl_f[w] > best:
+                    best = bl_f[w]
+            bl_f[v] = fwd[v] + best
+        fkey = [0] * n
+        bkey = [0] * n
+        for r, v in enumerate(sorted(range(n), key=lambda v: (-bl_f[v], v))):
+            fkey[v] = r
+        for r, v in enumerate(sorted(range(n), key=lambda v: (-bl_b[v], -v))):
+            bkey[v] = r
+        return fkey, bkey
+
+    # -- the event loop -------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        n, m = self.n, self.m
+        has_bwd = self.has_bwd
+        dev, fwd, bwd = self.dev, self.fwd, self.bwd
+        local_succ, local_pred, groups_of, in_groups = self.local_succ, self.local_pred, self.groups_of, self.in_groups
+        g_src, g_cons = self.g_src, self.g_cons
+        f_dur, b_dur, route_res = self.f_dur, self.b_dur, self.route_resources
+        f_res = [route_res[r] for r in self.f_route]
+        b_res = [route_res[r] for r in self.b_route]
+        needs_grad, fkey, bkey = self.needs_grad, self.fkey, self.bkey
+        ndev = len(self.devices)
+        G = len(g_src)
+        MN = m * n
+        T = (2 if has_bwd else 1) * MN
+        MG = m * G
+        explicit_dev, dev_len = self.explicit_dev, self.dev_len
+        any_explicit = any(explicit_dev)
+        inf = math.inf
+
+        # Per (microbatch, node): inputs still missing and the latest arrival among remote ones.
+        fneed = self.indeg * m
+        f_at = [0.0] * MN
+        # Per (microbatch, group): consumers still to finish (backward in training, forward otherwise),
+        # and when they all have (the received tensor is freed then).
+        gneed = [len(c) for c in g_cons] * m
+        g_free = array("d", [inf]) * MG
+        if has_bwd:
+            # B(v) waits for F(v), the backward of each local consumer and each gradient sent back.
+            bneed = [1 + len(local_succ[v]) + len(groups_of[v]) if needs_grad[v] else 1 for v in range(n)] * m
+            b_at = [0.0] * MN
+        else:
+            # Local consumers still to finish; when they have; when the last send arrived.
+            oneed = [len(local_succ[v]) for v in range(n)] * m
+            local_done = [0.0] * MN
+            sent_at = [0.0] * MN
+
+        fwd_left = [0] * ndev
+        for v in range(n):
+            fwd_left[dev[v]] += m
+        cursor = [0] * ndev
+        busy = [False] * ndev
+        busy_until = [0.0] * ndev  # end of the task a busy device runs
+        ready: list[list[int]] = [[] for _ in range(ndev)]  # heaps of key * T + task
+        # Written once per entry and read back by numpy: C doubles, viewed without a copy later.
+        task_start = array("d", [-1.0]) * T
+        t_start = array("d", [-1.0]) * (2 * MG if has_bwd else MG)
+        t_end = array("d", [-1.0]) * len(t_start)
+        free_at = [0.0] * (1 + max((max(r, default=0) for r in route_res), default=0))
+        events: list[tuple[float, int]] = []  # (time, code): code < T task ends, else task T - code ready
+        heappush, heappop = heapq.heappush, heapq.heappop
+
+        def try_start(d: int, now: float) -> None:
+            h = ready[d]
+            if busy[d] or not h:
+                return
+            top = h[0]
+            task = top % T
+            if any_explicit and explicit_dev[d]:
+                if top // T != cursor[d]:
+                    return
+                cursor[d] += 1
+            elif task >= MN and fwd_left[d]:
+                return  # GPipe: no backward while forwards remain on the device
+            heappop(h)
+            busy[d] = True
+            task_start[task] = now
+            end = now + (fwd[task % n] if task < MN else bwd[(task - MN) % n])
+            busy_until[d] = end
+            heappush(events, (end, task))
+
+        # Idle devices with new ready tasks; they pick a task once every event of the instant is in.
+        pending: list[int] = []
+        marked = [False] * ndev
+
+        def ready_fwd(v: int, k: int, now: float) -> None:
+            d = dev[v]
+            key = k * dev_len[d] + fkey[v] if explicit_dev[d] else k * n + fkey[v]
+            heappush(ready[d], key * T + k * n + v)
+            if not busy[d] and not marked[d]:
+                marked[d] = True
+                pending.append(d)
+
+        def ready_bwd(v: int, k: int, now: float) -> None:
+            d = dev[v]
+            key = (m + k) * dev_len[d] + bkey[v] if explicit_dev[d] else MN + k * n + bkey[v]
+            heappush(ready[d], key * T + MN + k * n + v)
+            if not busy[d] and not marked[d]:
+                marked[d] = True
+                pending.append(d)
+
+        for k in range(m):
+            for v in range(n):
+                if fneed[k * n + v] == 0:
+                    ready_fwd(v, k, 0.0)
+        for d in pending:
+            marked[d] = False
+            try_start(d, 0.0)
+        pending.clear()
+
+        now = 0.0
+        while events:
+            now, code = heappop(events)
+            if code < MN:  # F(v,k) ends
+                k, v = divmod(code, n)
+                d = dev[v]
+                busy[d] = False
+                fwd_left[d] -= 1
+                base = k * n
+                if has_bwd:
+                    i = base + v
+                    bneed[i] -= 1
+                    if bneed[i] == 0:
+                        t = b_at[i]
+                        if t <= now or (busy[d] and busy_until[d] > t):
+                            ready_bwd(v, k, now)
+                        else:
+                            heappush(events, (t, T + MN + i))
+                else:
+                    if not local_succ[v]:
+                        local_done[base + v] = now
+                    for u in local_pred[v]:
+                        i = base + u
+                        oneed[i] -= 1
+                        if oneed[i] == 0:
+                            local_done[i] = now
+                    kg = k * G
+                    for g in in_groups[v]:
+                        i = kg + g
+                        gneed[i] -= 1
+                        if gneed[i] == 0:
+                            g_free[i] = now
+                for w in local_succ[v]:
+                    i = base + w
+                    fneed[i] -= 1
+                    if fneed[i] == 0:
+                        t = f_at[i]
+                        if t <= now or (busy[dev[w]] and busy_until[dev[w]] > t):
+                            ready_fwd(w, k, now)  # due before its device can next start a task
+                        else:
+                            heappush(events, (t, T + i))
+                last = now
+                for g in groups_of[v]:
+                    # Book every link of the route, first come first served; the data lands at `en`.
+                    res = f_res[g]
+                    st = now
+                    for r in res:
+                        if free_at[r] > st:
+                            st = free_at[r]
+                    en = st + f_dur[g]
+                    for r in res:
+                        free_at[r] = en
+                    x = k * G + g
+                    t_start[x] = st
+                    t_end[x] = en
+                    if en > last:
+                        last = en
+                    for w in g_cons[g]:
+                        i = base + w
+                        if en > f_at[i]:
+                            f_at[i] = en
+                        fneed[i] -= 1
+                        if fneed[i] == 0:
+                            t = f_at[i]
+                            if busy[dev[w]] and busy_until[dev[w]] > t:
+                                ready_fwd(w, k, now)
+                            else:
+                                heappush(events, (t, T + i))
+                if not has_bwd:
+                    sent_at[base + v] = last
+                if not marked[d]:
+                    marked[d] = True
+                    pending.append(d)
+            elif code < T:  # B(v,k) ends
+                k, v = divmod(code - MN, n)
+                d = dev[v]
+                busy[d] = False
+                base = k * n
+                for u in local_pred[v]:
+                    if needs_grad[u]:
+                        i = base + u
+                        bneed[i] -= 1
+                        if bneed[i] == 0:
+                            t = b_at[i]
+                            if t <= now or (busy[d] and busy_until[d] > t):
+                                ready_bwd(u, k, now)
+                            else:
+                                heappush(events, (t, T + MN + i))
+                kg = k * G
+                for g in in_groups[v]:
+                    x = kg + g
+                    gneed[x] -= 1
+                    if gneed[x] == 0:
+                        g_free[x] = now
+                        u = g_src[g]
+                        if needs_grad[u]:
+                            res = b_res[g]
+                            st = now
+                            for r in res:
+                                if free_at[r] > st:
+                                    st = free_at[r]
+                            en = st + b_dur[g]
+                            for r in res:
+                                free_at[r] = en
+                            t_start[MG + x] = st
+                            t_end[MG + x] = en
+                            i = base + u
+                            if en > b_at[i]:
+                                b_at[i] = en
+                            bneed[i] -= 1
+                            if bneed[i] == 0:
+                                t = b_at[i]
+                                du = dev[u]
+                                if busy[du] and busy_until[du] > t:
+                                    ready_bwd(u, k, now)
+                                else:
+                                    heappush(events, (t, T + MN + i))
+                if not marked[d]:
+                    marked[d] = True
+                    pending.append(d)
+            else:  # the last input of a task arrives
+                task = code - T
+                v = task % n
+                d = dev[v]
+                if (
+                    not busy[d]
+                    and not ready[d]
+                    and not explicit_dev[d]
+                    and (task < MN or not fwd_left[d])
+                    and (not events or events[0][0] > now)
+                ):
+                    # The device is idle and nothing else can be ready there at this instant: start it
+                    # now (what the ready heap would do, without it).
+                    busy[d] = True
+                    task_start[task] = now
+                    end = now + (fwd[v] if task < MN else bwd[v])
+                    busy_until[d] = end
+                    heappush(events, (end, task))
+                elif task < MN:
+                    ready_fwd(v, task // n, now)
+                else:
+                    ready_bwd(v, (task - MN) // n, now)
+            if pending and (not events or events[0][0] > now):
+                # Every event of this instant is in: each idle device starts its best ready task.
+                for d in pending:
+                    marked[d] = False
+                    try_start(d, now)
+                pending.clear()
+
+        done = T - task_start.count(-1.0)
+        if done != T:
+            self._deadlock(done, T, cursor)
+        self.task_start, self.t_start, self.t_end, self.g_free = task_start, t_start, t_end, g_free
+        if not has_bwd:
+            self.local_done, self.sent_at = local_done, sent_at
+        return self._result(now)
+
+    def _deadlock(self, done: int, total: int, cursor: list[int]) -> None:
+        stuck = []
+        phases = 2 * self.m if self.has_bwd else self.m
+        for d, dv in enumerate(self.devices):
+            nd = self.dev_len[d]
+            if self.explicit_dev[d] and cursor[d] < phases * nd:
+                phase, p = divmod(cursor[d], nd)
+                seq = self.order_lists[d]
+                if phase < self.m:
+                    what = f"forward of {self.names[seq[p]]!r} (microbatch {phase})"
+                else:
+                    what = f"backward of {self.names[seq[nd - 1 - p]]!r} (microbatch {phase - self.m})"
+                stuck.append(f"{dv.name} waits to run the {what}")
+        detail = "; ".join(stuck[:4]) or "no device can proceed"
+        raise PlacementError(
+            f"the execution order deadlocks: {done} of {total} tasks ran; {detail}, whose inputs need a task "
+            "that the order puts later"
+        )
+
+    # -- results --------------------------------------------------------------------------------
+    def _peak_memory(self) -> list[float]:
+        """Peak per device from the allocation intervals the loop recorded (frees first at ties)."""
+        n, m, G = self.n, self.m, len(self.g_src)
+        MN = m * n
+        dev = np.asarray(self.dev, dtype=np.int64)
+        start = np.frombuffer(self.task_start)
+        f_end = start[:MN] + np.tile(np.asarray(self.fwd), m)
+        node_dev = np.tile(dev, m)
+        g_dst = np.tile(np.asarray(self.g_dst, dtype=np.int64), m)
+        g_src_dev = np.tile(dev[np.asarray(self.g_src, dtype=np.int64)] if G else np.zeros(0, np.int64), m)
+        g_bytes = np.tile(np.asarray(self.g_bytes), m)
+        t_end = np.frombuffer(self.t_end)
+        parts_dev, parts_time, parts_delta = [], [], []
+
+        def interval(devs, alloc, free, size) -> None:
+            parts_dev.extend((devs, devs))
+            parts_time.extend((alloc, free))
+            parts_delta.extend((size, -size))
+
+        if self.has_bwd:
+            b_end = start[MN:] + np.tile(np.asarray(self.bwd), m)
+            interval(node_dev, f_end, b_end, np.tile(np.asarray(self.act), m))
+            interval(g_dst, t_end[: m * G], np.frombuffer(self.g_free), g_bytes)
+            # Gradients: held at the producer from arrival until its backward ends.
+            g_src_node = np.tile(np.asarray(self.g_src, dtype=np.int64), m) + np.repeat(np.arange(m) * n, G)
+            sent = t_end[m * G :] >= 0
+            interval(g_src_dev[sent], t_end[m * G :][sent], b_end[g_src_node[sent]], g_bytes[sent])
+        else:
+            free = np.maximum(np.asarray(self.local_done), np.asarray(self.sent_at))
+            consumers = np.asarray([len(self.local_succ[v]) + len(self.groups_of[v]) for v in range(n)])
+            free[np.tile(consumers, m) == 0] = np.inf  # graph outputs stay to the end
+            interval(node_dev, f_end, free, np.tile(np.asarray(self.out), m))
+            interval(g_dst, t_end[: m * G], np.frombuffer(self.g_free), g_bytes)
+        devs = np.concatenate(parts_dev).astype(np.int16 if len(self.devices) < 2**15 else np.int64)
+        times = np.concatenate(parts_time)
+        delta = np.concatenate(parts_delta)
+        keep = delta != 0
+        devs, times, delta = devs[keep], times[keep], delta[keep]
+        peak = list(self.static)
+        if len(delta):
+            by_time = np.argsort(times)
+            by_dev = by_time[np.argsort(devs[by_time], kind="stable")]  # by device, then by time
+            devs, times, delta = devs[by_dev], times[by_dev], delta[by_dev]
+            level = np.cumsum(delta)
+            # Frees come before allocations at one instant, so the level worth reading is the one after
+            # the last change at each (device, time): where either changes next.
+            last = np.ones(len(devs), dtype=bool)
+            last[:-1] = (devs[1:] != devs[:-1]) | (times[1:] != times[:-1])
+            bounds = np.flatnonzero(devs[1:] != devs[:-1]) + 1
+            starts = np.concatenate(([0], bounds))
+            ends = np.concatenate((bounds, [len(devs)]))
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                base = level[s - 1] if s > 0 else 0.0
+                top = float(level[s:e][last[s:e]].max() - base)
+                d = int(devs[s])
+                peak[d] = self.static[d] + max(0.0, top)
+        return peak
+
+    def _result(self, step: float) -> SimResult:
+        m, G = self.m, len(self.g_src)
+        devices, routes = self.devices, self.routes
+        names = [d.name for d in devices]
+        dev = np.asarray(self.dev, dtype=np.int64)
+        busy = np.bincount(dev, weights=m * (np.asarray(self.fwd) + np.asarray(self.bwd)), minlength=len(devices))
+        # Traffic per route first (at most one per device pair), then per link.
+        f_route = np.asarray(self.f_route, dtype=np.int64)
+        b_route = np.asarray(self.b_route, dtype=np.int64)
+        full = m * np.asarray(self.g_bytes)
+        route_bytes = np.bincount(f_route, weights=full, minlength=len(routes))
+        route_busy = np.bincount(f_route, weights=m * np.asarray(self.f_dur), minlength=len(routes))
+        count = m * G
+        if self.has_bwd and G:
+            grads = np.asarray(self.needs_grad)[np.asarray(self.g_src, dtype=np.int64)]
+            route_bytes += np.bincount(b_route[grads], weights=full[grads], minlength=len(routes))
+            route_busy += np.bincount(b_route[grads], weights=m * np.asarray(self.b_dur)[grads], minlength=len(routes))
+            count += m * int(grads.sum())
+        link_bytes: dict[str, float] = {}
+        link_busy: dict[str, float] = {}
+        for r, route in enumerate(routes):
+            if route_bytes[r] or route_busy[r]:
+                for name in route.links:
+                    link_bytes[name] = link_bytes.get(name, 0.0) + float(route_bytes[r])
+                    link_busy[name] = link_busy.get(name, 0.0) + float(route_busy[r])
+        capacity = {d.name: d.memory_bytes for d in devices}
+        peak_d = dict(zip(names, self._peak_memory()))
+        raw = RawTimeline(
+            device_names=names,
+            node_names=self.names,
+            node_device=self.dev,
+            node_is_backward=[nd.is_backward for nd in self.data],
+            fwd_ms=self.fwd,
+            bwd_ms=self.bwd,
+            task_start=self.task_start,
+            microbatches=m,
+            group_src=self.g_src,
+            group_dst_device=self.g_dst,
+            group_bytes=self.g_bytes,
+            group_fwd_route=self.f_route,
+            group_bwd_route=self.b_route,
+            route_links=[r.links for r in routes],
+            transfer_start=self.t_start,
+            transfer_end=self.t_end,
+        )
+        return SimResult(
+            step_ms=step,
+            mode=self.mode,
+            microbatches=m,
+            busy_ms=dict(zip(names, busy.tolist())),
+            peak_memory_bytes=peak_d,
+            static_memory_bytes=dict(zip(names, self.static)),
+            memory_capacity_bytes=capacity,
+            over_capacity=[d for d in names if peak_d[d] > capacity[d]],
+            link_bytes=link_bytes,
+            link_busy_ms=link_busy,
+            transferred_bytes=float(route_bytes.sum()),
+            num_transfers=count,
+            raw=raw,
+        )
+
+
+def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Renumber link resources so that resources used by exactly the same routes become one.
+
+    Under the circuit model every transfer books all links of its route for the same interval, so two
+    resources crossed by the same set of routes are always free at the same time: one suffices. This
+    shortens the loop over a route's links (a NIC's PCIe link and its network port, say) and changes
+    no result.
+    """
+    users: dict[int, list[int]] = {}
+    for r, res in enumerate(route_resources):
+        for x in res:
+            users.setdefault(x, []).append(r)
+    merged: dict[tuple[int, ...], int] = {}
+    new_id = {x: merged.setdefault(tuple(rs), len(merged)) for x, rs in users.items()}
+    return [tuple(dict.fromkeys(new_id[x] for x in res)) for res in route_resources]
+
+
+def _group_bytes(edges) -> float:
+    """Bytes of one send carrying every edge of a group: the largest edge per ``output_index``, summed;
+    an edge with no index stands for all outputs, so the send is at least that large."""
+    per_index: dict[int, float] = {}
+    whole = 0.0
+    for e in edges:
+        if e.output_index is None:
+            whole = max(whole, e.bytes)
+        else:
+            per_index[e.output_index] = max(per_index.get(e.output_index, 0.0), e.bytes)
+    return max(whole, sum(per_index.values()))

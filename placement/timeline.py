@@ -1,0 +1,177 @@
+"""What :func:`placement.simulate` returns: the step's figures and, built on demand, its timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+FORWARD = "forward"
+BACKWARD = "backward"
+SEND = "send"  # an activation (forward output) moving to a consumer's device
+SEND_GRAD = "send_grad"  # a gradient moving back to the producer's device
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One task of the simulated step.
+
+    Attributes:
+        kind: ``forward``, ``backward`` (a node's pass on its device), ``send`` (a node's output moving
+            to another device) or ``send_grad`` (the gradient of that output moving back).
+        name: the node computed, or the node whose output (or its gradient) moves.
+        microbatch: 0-based microbatch index.
+        device: the device computing, or the device receiving a transfer.
+        start_ms, end_ms: interval of the task; a transfer's starts once every link of its route is free.
+        src_device: the sending device (transfers only).
+        bytes: bytes moved (transfers only; already divided by the number of microbatches).
+        links: names of the links crossed (transfers only).
+    """
+
+    kind: str
+    name: str
+    microbatch: int
+    device: str
+    start_ms: float
+    end_ms: float
+    src_device: str = ""
+    bytes: float = 0.0
+    links: tuple[str, ...] = ()
+
+    @property
+    def duration_ms(self) -> float:
+        return self.end_ms - self.start_ms
+
+
+@dataclass
+class RawTimeline:
+    """Compact arrays the simulator fills; :attr:`SimResult.timeline` turns them into events.
+
+    Task ``t`` is forward of node ``t % n`` in microbatch ``t // n`` for ``t < m * n`` and backward of
+    node ``(t - m n) % n`` in microbatch ``(t - m n) // n`` after; transfer ``x`` is the forward send of
+    group ``x % g`` in microbatch ``x // g`` for ``x < m * g`` and the gradient send after. Devices and
+    routes are indices into ``device_names`` and ``route_links``; a start of -1 marks what never ran.
+    """
+
+    device_names: list[str]
+    node_names: list[str]
+    node_device: list[int]
+    node_is_backward: list[bool]
+    fwd_ms: list[float]
+    bwd_ms: list[float]
+    task_start: Sequence[float]
+    microbatches: int
+    group_src: list[int]
+    group_dst_device: list[int]
+    group_bytes: list[float]
+    group_fwd_route: list[int]
+    group_bwd_route: list[int]
+    route_links: list[tuple[str, ...]]
+    transfer_start: Sequence[float]
+    transfer_end: Sequence[float]
+
+
+@dataclass
+class SimResult:
+    """Figures of one simulated step (times in ms, memory and traffic in bytes).
+
+    Attributes:
+        step_ms: time from the first task's start to the last task's end.
+        mode: ``training`` or ``inference``.
+        microbatches: number of microbatches the step was split into.
+        busy_ms: compute time per device (every device of the cluster, 0 when unused).
+        peak_memory_bytes: highest memory in use per device (static + activations + received tensors).
+        static_memory_bytes: parameters, gradients, optimizer state and buffers per device.
+        memory_capacity_bytes: each device's memory capacity, for comparison.
+        over_capacity: devices whose peak exceeds their capacity.
+        link_bytes: bytes carried per link (both directions), links that carried any.
+        link_busy_ms: time each link was occupied (both directions summed), links that carried any.
+        transferred_bytes: bytes sent between devices (each transfer counted once, however many links).
+        num_transfers: transfers between devices (sends and gradient sends, all microbatches).
+    """
+
+    step_ms: float
+    mode: str
+    microbatches: int
+    busy_ms: dict[str, float]
+    peak_memory_bytes: dict[str, float]
+    static_memory_bytes: dict[str, float]
+    memory_capacity_bytes: dict[str, float]
+    over_capacity: list[str]
+    link_bytes: dict[str, float]
+    link_busy_ms: dict[str, float]
+    transferred_bytes: float
+    num_transfers: int
+    raw: RawTimeline = field(repr=False, compare=False)
+
+    def utilization(self) -> dict[str, float]:
+        """Busy time over step time per device."""
+        return {d: (b / self.step_ms if self.step_ms > 0 else 0.0) for d, b in self.busy_ms.items()}
+
+    @cached_property
+    def timeline(self) -> list[TimelineEvent]:
+        """Every task and transfer of the step, ordered by start time (built on first access)."""
+        r = self.raw
+        n, m = len(r.node_names), r.microbatches
+        devs = r.device_names
+        events: list[TimelineEvent] = []
+        for t, start in enumerate(r.task_start):
+            if start < 0:
+                continue
+            k, v = divmod(t, n)
+            if k < m:
+                kind = BACKWARD if r.node_is_backward[v] else FORWARD
+                dur = r.fwd_ms[v]
+            else:
+                k -= m
+                kind, dur = BACKWARD, r.bwd_ms[v]
+            events.append(TimelineEvent(kind, r.node_names[v], k, devs[r.node_device[v]], start, start + dur))
+        g = len(r.group_src)
+        for x, start in enumerate(r.transfer_start):
+            if start < 0:
+                continue
+            k, i = divmod(x, g)
+            u = r.group_src[i]
+            a, b = devs[r.node_device[u]], devs[r.group_dst_device[i]]
+            if k < m:
+                events.append(TimelineEvent(SEND, r.node_names[u], k, b, start, r.transfer_end[x], a,
+                                            r.group_bytes[i], r.route_links[r.group_fwd_route[i]]))
+            else:
+                events.append(TimelineEvent(SEND_GRAD, r.node_names[u], k - m, a, start, r.transfer_end[x], b,
+                                            r.group_bytes[i], r.route_links[r.group_bwd_route[i]]))
+        events.sort(key=lambda e: (e.start_ms, e.end_ms))
+        return events
+
+    def to_chrome_trace(self) -> dict[str, Any]:
+        """The timeline in Chrome trace format (``chrome://tracing``, Perfetto): one row per device, one per
+        device pair for transfers; times in µs."""
+        trace = []
+        for e in self.timeline:
+            row = e.device if not e.src_device else f"{e.src_device} -> {e.device}"
+            trace.append(
+                {"name": f"{e.kind} {e.name}", "cat": e.kind, "ph": "X", "pid": 0, "tid": row,
+                 "ts": 1e3 * e.start_ms, "dur": 1e3 * e.duration_ms,
+                 "args": {"microbatch": e.microbatch, "bytes": e.bytes}}
+            )
+        return {"traceEvents": trace, "displayTimeUnit": "ms"}
+
+    def summary(self) -> str:
+        """A table for people: per used device, busy time, utilization, peak memory."""
+        lines = [
+            (
+                f"{self.mode} step: {self.step_ms:.3f} ms, {self.microbatches} microbatch(es), "
+                f"{self.num_transfers} transfers, {self.transferred_bytes / 1e6:.1f} MB moved"
+            ),
+            f"{'device':<16}{'busy ms':>12}{'util':>8}{'peak MB':>12}{'capacity MB':>14}",
+        ]
+        util = self.utilization()
+        for d, busy in self.busy_ms.items():
+            if busy == 0 and self.peak_memory_bytes[d] == 0:
+                continue
+            flag = "  OVER" if d in self.over_capacity else ""
+            lines.append(
+                f"{d:<16}{busy:>12.3f}{util[d]:>8.1%}{self.peak_memory_bytes[d] / 1e6:>12.1f}"
+                f"{self.memory_capacity_bytes[d] / 1e6:>14.1f}{flag}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The cost model: its chain of sources for node times, and transfer times on routes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from graphc.graph import EdgeData, Graph, NodeData
+from placement import (
+    Cluster,
+    CostModel,
+    Device,
+    Link,
+    PlacementError,
+    ProfiledTimes,
+    ProfileFormatError,
+    Switch,
+    graph_inputs,
+)
+from placement.specs import DEVICE_SPECS
+
+
+def cluster(*devices: Device, bandwidth: float = 1e9, latency: float = 1e-3) -> Cluster:
+    return Cluster("c", devices, [Link(d.name, "sw", "pcie", bandwidth, latency) for d in devices], [Switch("sw", "pcie_switch", "h")])
+
+
+def dev(name: str, kind: str, category: str = "gpu", flops: float = 1e12, bw: float = 1e11, overhead: float = 1e-5) -> Device:
+    return Device(name, kind, category, "h", {"float32": flops, "float16": 4 * flops}, bw, 1e10, overhead)
+
+
+GPU = dev("g", "V100", flops=15.7e12, bw=900e9)
+H100 = dev("h", "H100", flops=67e12, bw=3350e9)
+CPU = dev("c", "cpu", "cpu", flops=1e11, bw=2e10, overhead=2e-6)
+ACC = dev("a", "accelerator", "accelerator")
+CM = CostModel(cluster(GPU, H100, CPU, ACC), compute_efficiency=0.5, memory_efficiency=0.5)
+
+
+# -- measured -------------------------------------------------------------------------------------
+def test_measured_time_of_the_exact_kind_is_used_as_given() -> None:
+    node = NodeData("n", "Conv2d", measured_ms={"V100": 3.0}, measured_bwd_ms={"V100": 5.0}, fwd_flops=1e15)
+    assert CM.node_ms(node, GPU) == 3.0
+    assert CM.node_ms(node, "g", backward=True) == 5.0
+    assert CM.explain(node, GPU) == (3.0, "measured:V100")
+
+
+def test_measured_time_by_category_label() -> None:
+    node = NodeData("n", "layer", measured_ms={"cpu": 7.0, "accelerator": 0.5})
+    assert CM.explain(node, CPU) == (7.0, "measured:cpu")
+    assert CM.explain(node, ACC) == (0.5, "measured:accelerator")
+
+
+def test_measured_on_another_gpu_kind_is_scaled_by_peak_ratio() -> None:
+    node = NodeData("n", "Conv2d", measured_ms={"V100": 10.0}, measured_bwd_ms={"V100": 20.0})
+    ratio = DEVICE_SPECS["V100"].peak_flops["float32"] / H100.peak("float32")
+    assert CM.explain(node, H100) == (pytest.approx(10.0 * ratio), "measured-scaled:V100")
+    assert CM.node_ms(node, H100, backward=True) == pytest.approx(20.0 * ratio)
+    half = NodeData("m", "Linear", output_dtypes=["float16"], measured_ms={"V100": 10.0})
+    assert CM.node_ms(half, H100) == pytest.approx(10.0 * 125e12 / H100.peak("float16"))
+
+
+def test_measured_on_a_gpu_is_not_scaled_to_a_cpu() -> None:
+    node = NodeData("n", "op", measured_ms={"V100": 10.0}, fwd_flops=2e9)
+    assert CM.explain(node, CPU) == (pytest.approx(1e3 * 2e9 / (1e11 * 0.5)), "analytic")
+
+
+def test_use_measured_false_falls_back_to_the_roofline() -> None:
+    node = NodeData("n", "op", measured_ms={"V100": 10.0}, fwd_flops=1e12)
+    cm = CostModel(CM.cluster, use_measured=False, compute_efficiency=0.5)
+    assert cm.explain(node, GPU) == (pytest.approx(1e3 * 1e12 / (15.7e12 * 0.5)), "analytic")
+
+
+# -- profiled -------------------------------------------------------------------------------------
+def test_profiled_table_is_used_for_its_kind(tmp_path: Path) -> None:
+    node = NodeData("n", "aten.mm.default", output_shapes=[[64, 64]], output_dtypes=["float32"], fwd_flops=2 * 64**3)
+    other_shape = NodeData("n2", "aten.mm.default", output_shapes=[[32, 64]], output_dtypes=["float32"], fwd_flops=2 * 64**3)
+    table = ProfiledTimes()
+    table.add(node, "cpu", 0.25, 0.5)
+    cm = CostModel(CM.cluster, profiled=table)
+    assert cm.explain(node, CPU) == (0.25, "profiled")
+    assert cm.node_ms(node, CPU, backward=True) == 0.5
+    assert cm.explain(node, GPU)[1] == "analytic"  # no entry for V100
+    assert cm.explain(other_shape, CPU)[1] == "analytic"  # other shapes, other key
+    path = tmp_path / "times.json"
+    table.save(path)
+    again = ProfiledTimes.load(path)
+    assert again == table and len(again) == 1
+    assert again.get_key(node.profile_key(), "cpu") == (0.25, 0.5)
+
+
+def test_exact_measurement_beats_profile_beats_scaling() -> None:
+    node = NodeData("n", "op", measured_ms={"V100": 10.0, "cpu": 4.0})
+    table = ProfiledTimes()
+    table.add(node, "cpu", 1.0, 2.0)
+    table.add(node, "H100", 3.0, 6.0)
+    cm = CostModel(CM.cluster, profiled=table)
+    assert cm.explain(node, CPU) == (4.0, "measured:cpu")
+    assert cm.explain(node, H100) == (3.0, "profiled")
+
+
+@pytest.mark.parametrize(
+    "entry, field",
+    [
+        ({"key": "k", "device_kind": "cpu", "fwd_ms": -1, "bwd_ms": 0}, r"entries\[0\]\.fwd_ms"),
+        ({"key": 3, "device_kind": "cpu", "fwd_ms": 1, "bwd_ms": 0}, r"entries\[0\]\.key"),
+        ({"key": "k", "device_kind": "cpu", "fwd_ms": 1, "bwd_ms": 0, "x": 1}, r"entries\[0\]\.x"),
+    ],
+)
+def test_profile_cache_validation_names_the_field(entry: dict, field: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 1, "entries": [entry]}))
+    with pytest.raises(ProfileFormatError, match=rf"p\.json: {field}"):
+        ProfiledTimes.load(path)
+
+
+# -- analytic -------------------------------------------------------------------------------------
+def test_roofline_compute_bound_memory_bound_and_floor() -> None:
+    cm = CostModel(cluster(GPU), compute_efficiency=0.5, memory_efficiency=0.5)
+    compute = NodeData("mm", "mm", fwd_flops=15.7e9, bwd_flops=31.4e9, bytes_read=1e3, bytes_written=1e3)
+    assert cm.node_ms(compute, GPU) == pytest.approx(2.0)  # 15.7 GFLOP at half of 15.7 TFLOP/s
+    assert cm.node_ms(compute, GPU, backward=True) == pytest.approx(4.0)
+    memory = NodeData("relu", "relu", fwd_flops=1e6, bwd_flops=1e6, bytes_read=450e6, bytes_written=450e6)
+    assert cm.node_ms(memory, GPU) == pytest.approx(2.0)  # 900 MB at half of 900 GB/s
+    assert cm.node_ms(memory, GPU, backward=True) == pytest.approx(4.0)  # twice the bytes
+    tiny = NodeData("view", "view", fwd_flops=1.0, bwd_flops=1.0)
+    assert cm.node_ms(tiny, GPU) == pytest.approx(1e3 * GPU.op_overhead_s)
+    no_grad = NodeData("idx", "arange", fwd_flops=10.0)
+    assert cm.node_ms(no_grad, GPU, backward=True) == 0.0
+
+
+def test_roofline_uses_the_dtype_peak() -> None:
+    half = NodeData("mm", "mm", output_dtypes=["float16"], fwd_flops=4e12)
+    cm = CostModel(cluster(GPU), compute_efficiency=1.0)
+    assert cm.node_ms(half, GPU) == pytest.approx(1e3 * 4e12 / (4 * 15.7e12))
+    assert CostModel(cluster(GPU), default_dtype="float16", compute_efficiency=1.0).node_ms(
+        NodeData("x", "mm", fwd_flops=4e12), GPU
+    ) == pytest.approx(1e3 * 4e12 / (4 * 15.7e12))
+
+
+def test_heterogeneous_devices_price_one_node_differently() -> None:
+    c = Cluster.preset("pcie-4gpu")
+    cm = CostModel(c)
+    node = NodeData("conv", "Conv2d", fwd_flops=1e11, bwd_flops=2e11, bytes_read=1e7, bytes_written=1e7)
+    on_gpu, on_cpu = cm.node_ms(node, "gpu0"), cm.node_ms(node, "cpu0")
+    assert on_cpu > on_gpu
+    assert on_gpu / on_cpu == pytest.approx(c.device("cpu0").peak() / c.device("gpu0").peak())
+
+
+def test_inputs_cost_nothing() -> None:
+    node = NodeData("x", "input", measured_ms={"V100": 18.0}, measured_bwd_ms={"V100": 1.0})
+    assert CM.explain(node, GPU) == (0.0, "input")
+    g = Graph("g", {"input_nodes": ["node1"]})
+    g.add_node(NodeData("node1", "Input", measured_ms={"V100": 18.0}))
+    g.add_node(NodeData("x", "input"))
+    g.add_node(NodeData("y", "Conv2d"))
+    assert graph_inputs(g) == {"node1", "x"}
+
+
+def test_bulk_node_times_equal_node_ms() -> None:
+    table = ProfiledTimes()
+    nodes = [
+        NodeData("a", "mm", fwd_flops=3e10, bwd_flops=6e10, bytes_read=1e6, bytes_written=2e6),
+        NodeData("b", "relu", fwd_flops=1e3, bytes_read=8e8, bytes_written=8e8, output_dtypes=["float16"]),
+        NodeData("c", "layer", measured_ms={"V100": 2.0}, measured_bwd_ms={"V100": 3.0}),
+        NodeData("d", "input"),
+    ]
+    for devices in ([GPU, H100, CPU, ACC], [H100, CPU, GPU, GPU]):
+        for cm in (CM, CostModel(CM.cluster, profiled=table)):
+            fwd, bwd = cm.node_times(nodes, devices)
+            assert fwd == [cm.node_ms(n, d) for n, d in zip(nodes, devices)]
+            assert bwd == [cm.node_ms(n, d, True) for n, d in zip(nodes, devices)]
+
+
+def test_bad_efficiency() -> None:
+    with pytest.raises(PlacementError, match="efficiencies"):
+        CostModel(CM.cluster, compute_efficiency=0)
+
+
+# -- transfers ------------------------------------------------------------------------------------
+def test_transfer_is_latency_plus_bytes_over_bottleneck() -> None:
+    c = Cluster.preset("pcie-8gpu-two-sockets")
+    cm = CostModel(c)
+    r = c.route("gpu0", "gpu4")
+    assert cm.transfer_ms(90e6, "gpu0", "gpu4") == pytest.approx(1e3 * (r.latency_s + 90e6 / 9e9))
+    assert cm.edge_ms(EdgeData(bytes=90e6), "gpu4", "gpu0") == pytest.approx(cm.transfer_ms(90e6, "gpu0", "gpu4"))
+    assert cm.transfer_ms(90e6, "gpu3", "gpu3") == 0.0
+
+
+def test_measured_transfer_labels() -> None:
+    edge = EdgeData(bytes=1e9, transfer_ms={"accelerator-cpu": 7.0})
+    assert CM.edge_ms(edge, "a", "c") == 7.0
+    assert CM.edge_ms(edge, "c", "a") == 7.0  # either direction
+    assert CM.edge_ms(edge, "a", "g") == pytest.approx(1e3 * (2e-3 + 1.0))  # no label for the pair: the route
+    assert CM.edge_ms(edge, "a", "a") == 0.0
+    directed = {"V100->cpu": 1.0, "cpu<->V100": 2.0, "*": 3.0}
+    assert CM.transfer_ms(0, "g", "c", directed) == 1.0
+    assert CM.transfer_ms(0, "c", "g", directed) == 2.0
+    assert CM.transfer_ms(0, "g", "h", directed) == 3.0

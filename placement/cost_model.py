@@ -11,7 +11,8 @@ A node's time on a device comes from the first of these sources that has it:
    :mod:`graphc.profile` and loaded from its JSON cache, or any object with a ``lookup(node, device)``
    method (:class:`TimeSource`).
 3. **Measured on another GPU kind, scaled.** When the node was measured on a GPU kind this device is not
-   (a V100 profile placed on an H100), the measured time is multiplied by ``peak(measured kind) /
+   (a V100 profile placed on an H100; or on a CPU when the node has no FLOP counts for the roofline, as
+   in imported profiles, where a time of 0 would be silently wrong), the measured time is multiplied by ``peak(measured kind) /
    peak(device kind)`` for the node's dtype (default ``float32``). The peaks come from
    :data:`placement.specs.DEVICE_SPECS` or from a device of that kind in the cluster. This assumes the
    op is compute-bound and runs at the same fraction of peak on both; it is the crudest source
@@ -268,7 +269,7 @@ class CostModel:
             hit = self.profiled.lookup(node, dev)
             if hit is not None:
                 return hit[1] if backward else hit[0], SOURCE_PROFILED, ""
-        if self.use_measured and dev.category == "gpu":
+        if self.use_measured and (dev.category == "gpu" or (node.fwd_flops == 0 and node.bwd_flops == 0)):
             table = node.measured_bwd_ms if backward else node.measured_ms
             for label, ms in table.items():
                 other = self._gpu_kinds.get(label)

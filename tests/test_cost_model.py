@@ -65,6 +65,13 @@ def test_measured_on_a_gpu_is_not_scaled_to_a_cpu() -> None:
     assert CM.explain(node, CPU) == (pytest.approx(1e3 * 2e9 / (1e11 * 0.5)), "analytic")
 
 
+def test_measured_on_a_gpu_is_scaled_to_a_cpu_when_no_flops_are_known() -> None:
+    node = NodeData("n", "op", measured_ms={"V100": 10.0})
+    ms, source = CM.explain(node, CPU)
+    assert source == "measured-scaled:V100"
+    assert ms == pytest.approx(10.0 * GPU.peak() / CPU.peak())
+
+
 def test_use_measured_false_falls_back_to_the_roofline() -> None:
     node = NodeData("n", "op", measured_ms={"V100": 10.0}, fwd_flops=1e12)
     cm = CostModel(CM.cluster, use_measured=False, compute_efficiency=0.5)

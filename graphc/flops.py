@@ -162,6 +162,11 @@ _FORMULAS: dict[Any, FlopFormula] = {
     aten.max_pool2d_with_indices.default: lambda a, k, out: _numel(out[0].shape) * _numel(a[1]),
     aten.avg_pool2d.default: lambda a, k, out: _numel(out.shape) * _numel(a[1]),
     aten._adaptive_avg_pool2d.default: _per_input_element(1.0),
+    # backward of pooling and embedding: a scatter of the output gradient, one op per element
+    aten.max_pool2d_with_indices_backward.default: lambda a, k, out: _numel(a[1].shape),
+    aten.avg_pool2d_backward.default: lambda a, k, out: _numel(a[1].shape),
+    aten._adaptive_avg_pool2d_backward.default: lambda a, k, out: _numel(a[1].shape),
+    aten.embedding_dense_backward.default: _per_input_element(1.0),
 }
 
 

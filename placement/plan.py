@@ -16,10 +16,17 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphc.graph import Graph
+from placement.cluster import Cluster
+from placement.cost_model import CostModel, ProfiledTimes
 from placement.errors import PlacementError
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from placement.timeline import SimResult
 
 SCHEMA = "graphc.plan"
 SCHEMA_VERSION = 1
@@ -65,6 +72,8 @@ class Plan:
         solver: the solver's name (``"m-etf"``, ``"cp-sat"``, ``"auto"``, ...).
         solve_seconds: wall time the solver took.
         settings: the solver's settings (time limit, seed, ...), JSON values only.
+        graph, cluster, cost_model: what the plan was made from, when known (set by the solvers and by
+            :meth:`load` for a file that embeds them); the inspection methods need them.
     """
 
     graph_name: str
@@ -83,6 +92,9 @@ class Plan:
     solver: str = ""
     solve_seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    graph: Graph | None = field(default=None, compare=False, repr=False)
+    cluster: Cluster | None = field(default=None, compare=False, repr=False)
+    cost_model: CostModel | None = field(default=None, compare=False, repr=False)
 
     def devices_used(self) -> list[str]:
         """The devices that run at least one node, in first-use order."""
@@ -117,9 +129,68 @@ class Plan:
             + ". Re-plan for this model and these input shapes."
         )
 
+    # -- inspection (placement.inspect) --------------------------------------------------------
+    def simulate(self) -> "SimResult":
+        """Simulate the plan again (same graph, cluster and cost model) for its timeline and figures."""
+        from placement.simulate import simulate
+
+        graph, cluster = self._made_from()
+        order = self.order or None
+        return simulate(graph, cluster, self.assignment, self.cost_model, mode=self.mode, microbatches=self.microbatches, order=order)
+
+    def summary(self) -> "Group":
+        """Tables per device and per link and the headline figures (a rich renderable: print it)."""
+        from placement.inspect import summary_table
+
+        graph, cluster = self._made_from()
+        return summary_table(self, graph, cluster, self.simulate())
+
+    def to_chrome_trace(self, path: str | Path) -> None:
+        """Write the simulated timeline for Perfetto / chrome://tracing: a track per device and per link."""
+        from placement.inspect import chrome_trace
+
+        Path(path).write_text(json.dumps(chrome_trace(self.simulate())))
+
+    def gantt(self, path: str | Path) -> None:
+        """Draw the simulated timeline as a PNG."""
+        from placement.inspect import gantt_png
+
+        gantt_png(self.simulate(), path, title=f"{self.graph_name} on {self.cluster_name}: {self.solver}")
+
+    def to_dot(self, path: str | Path) -> None:
+        """Write Graphviz source of the graph coloured by device, cut edges marked."""
+        from placement.inspect import to_dot
+
+        graph, _ = self._made_from()
+        Path(path).write_text(to_dot(self, graph))
+
+    def _made_from(self) -> tuple[Graph, Cluster]:
+        if self.graph is None or self.cluster is None:
+            raise PlacementError(
+                "this plan does not carry its graph and cluster (it was built by hand or loaded from a file "
+                "without them): set plan.graph and plan.cluster first"
+            )
+        if self.cost_model is None:
+            self.cost_model = CostModel(self.cluster)
+        return self.graph, self.cluster
+
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "version": SCHEMA_VERSION, **asdict(self)}
+        """The plan as JSON values; the graph, cluster and cost-model settings are embedded when known,
+        so a saved plan can be inspected and run elsewhere."""
+        embedded = ("graph", "cluster", "cost_model")
+        doc: dict[str, Any] = {"schema": SCHEMA, "version": SCHEMA_VERSION}
+        for name in self.__dataclass_fields__:
+            if name not in embedded:
+                value = getattr(self, name)
+                doc[name] = [asdict(st) for st in value] if name == "stages" else value
+        if self.graph is not None:
+            doc["graph"] = self.graph.to_dict()
+        if self.cluster is not None:
+            doc["cluster"] = self.cluster.to_dict()
+        if self.cost_model is not None:
+            doc["cost_model"] = _cost_model_to_dict(self.cost_model, self.graph)
+        return doc
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
@@ -186,9 +257,17 @@ class Plan:
         known = set(cls.__dataclass_fields__) | {"schema", "version"}
         unknown = sorted(set(doc) - known)
         _require(not unknown, source, unknown[0] if unknown else "", "unknown field")
-        fields = {k: v for k, v in doc.items() if k not in ("schema", "version")}
+        fields = {k: v for k, v in doc.items() if k not in ("schema", "version", "graph", "cluster", "cost_model")}
         fields["stages"] = stages
-        return cls(**fields)
+        plan = cls(**fields)
+        if "graph" in doc:
+            plan.graph = Graph.from_dict(doc["graph"], f"{source}: graph")
+        if "cluster" in doc:
+            plan.cluster = Cluster.from_dict(doc["cluster"], f"{source}: cluster")
+        if "cost_model" in doc:
+            _require(plan.cluster is not None, source, "cost_model", "needs the embedded cluster")
+            plan.cost_model = _cost_model_from_dict(doc["cost_model"], plan.cluster, source)
+        return plan
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -200,6 +279,32 @@ class Plan:
         except json.JSONDecodeError as exc:
             raise PlanFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
         return cls.from_dict(doc, str(path))
+
+
+_COST_SETTINGS = ("compute_efficiency", "memory_efficiency", "default_dtype", "use_measured")
+
+
+def _cost_model_to_dict(cost_model: CostModel, graph: Graph | None) -> dict[str, Any]:
+    """The cost model's settings, and the profiled times of the graph's nodes when it has a table."""
+    doc: dict[str, Any] = {key: getattr(cost_model, key) for key in _COST_SETTINGS}
+    table = cost_model.profiled
+    if isinstance(table, ProfiledTimes):
+        keys = {n.profile_key() for n in graph.nodes()} if graph is not None else None
+        used = ProfiledTimes({k: v for k, v in table.times.items() if keys is None or k[0] in keys})
+        doc["profiled"] = used.to_dict()
+    return doc
+
+
+def _cost_model_from_dict(doc: Any, cluster: Cluster, source: str) -> CostModel:
+    _require(isinstance(doc, dict), source, "cost_model", "expected an object")
+    unknown = sorted(set(doc) - set(_COST_SETTINGS) - {"profiled"})
+    _require(not unknown, source, f"cost_model.{unknown[0]}" if unknown else "", "unknown field")
+    profiled = ProfiledTimes.from_dict(doc["profiled"], f"{source}: cost_model.profiled") if "profiled" in doc else None
+    settings = {k: doc[k] for k in _COST_SETTINGS if k in doc}
+    try:
+        return CostModel(cluster, profiled=profiled, **settings)
+    except (TypeError, PlacementError) as exc:
+        raise PlanFormatError(f"{source}: cost_model: {exc}") from None
 
 
 def _is_number(value: Any) -> bool:

@@ -157,6 +157,9 @@ def finish_plan(
         solver=solver,
         solve_seconds=time.perf_counter() - problem.started,
         settings={"time_limit": problem.time_limit, "seed": problem.seed, **(settings or {})},
+        graph=problem.graph,
+        cluster=problem.cluster,
+        cost_model=problem.cost_model,
     )
 
 

@@ -1,7 +1,7 @@
 """graphc: trace a PyTorch model into a cost graph, place it across devices, and run it.
 
-The cost-graph types import without torch (a solver never needs it); ``trace``, ``TracedProgram`` and
-``leaf_module`` load torch on first use.
+The cost-graph types import without torch (a solver never needs it); ``trace``, ``compile`` and the
+other torch-facing names load torch on first use.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from typing import Any
 from graphc.errors import GraphcError, GraphFormatError, TraceError
 from graphc.graph import EdgeData, Graph, NodeData
 
-_LAZY = {"trace": "graphc.tracing", "TracedProgram": "graphc.tracing", "leaf_module": "graphc.leaf"}
+_LAZY = {
+    "trace": "graphc.tracing",
+    "TracedProgram": "graphc.tracing",
+    "leaf_module": "graphc.leaf",
+    "compile": "graphc.compile",
+    "CompiledModel": "graphc.compile",
+}
 
 __all__ = [
+    "CompiledModel",
     "EdgeData",
     "Graph",
     "GraphFormatError",
@@ -22,6 +29,7 @@ __all__ = [
     "NodeData",
     "TraceError",
     "TracedProgram",
+    "compile",
     "leaf_module",
     "trace",
 ]

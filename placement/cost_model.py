@@ -4,7 +4,8 @@ A node's time on a device comes from the first of these sources that has it:
 
 1. **Measured, same label.** ``NodeData.measured_ms`` (forward, or the node's own pass for an explicit
    backward node) and ``NodeData.measured_bwd_ms`` (backward) keyed by the device's ``kind``
-   (``"V100"`` for PipeDream profiles) are used as given; failing that, keyed by its ``category``
+   (``"V100"`` for PipeDream profiles) are used as given; failing that, keyed by its ``category`` (a GPU
+   also matches ``"accelerator"``)
    (``"cpu"``, ``"accelerator"``, ``"gpu"``: the labels of the dnn-partitioning files).
 2. **Profiled.** A table of times measured on a real device of this kind, keyed by the node's profile
    key (op, shapes, dtypes, FLOPs, bytes) and the device kind: a :class:`ProfiledTimes` filled by
@@ -60,6 +61,12 @@ SOURCE_MEASURED = "measured"
 SOURCE_PROFILED = "profiled"
 SOURCE_SCALED = "measured-scaled"
 SOURCE_ANALYTIC = "analytic"
+
+
+def _category_labels(dev: Device) -> tuple[str, ...]:
+    """The generic labels a measurement may use for this device: its category, and for a GPU also
+    ``"accelerator"`` (the dnn-partitioning files call every non-CPU device an accelerator)."""
+    return (dev.category, "accelerator") if dev.category == "gpu" else (dev.category,)
 
 
 def graph_inputs(graph: Graph) -> set[str]:
@@ -262,9 +269,10 @@ class CostModel:
                 ms = table.get(dev.kind)
                 if ms is not None:
                     return ms, SOURCE_MEASURED, dev.kind
-                ms = table.get(dev.category)
-                if ms is not None:
-                    return ms, SOURCE_MEASURED, dev.category
+                for label in _category_labels(dev):
+                    ms = table.get(label)
+                    if ms is not None:
+                        return ms, SOURCE_MEASURED, label
         if self.profiled is not None:
             hit = self.profiled.lookup(node, dev)
             if hit is not None:

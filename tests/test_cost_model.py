@@ -204,3 +204,9 @@ def test_measured_transfer_labels() -> None:
     assert CM.transfer_ms(0, "g", "c", directed) == 1.0
     assert CM.transfer_ms(0, "c", "g", directed) == 2.0
     assert CM.transfer_ms(0, "g", "h", directed) == 3.0
+
+
+def test_a_gpu_uses_times_measured_for_an_accelerator() -> None:
+    node = NodeData("n", "op", measured_ms={"cpu": 10.0, "accelerator": 1.0})
+    assert CM.explain(node, GPU) == (1.0, "measured:accelerator")
+    assert CM.explain(node, CPU) == (10.0, "measured:cpu")

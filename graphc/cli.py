@@ -24,6 +24,11 @@ from graphc.report import graph_totals_table, op_breakdown_table
 from graphc.tracing import TracedProgram, trace
 
 
+def _console(args: argparse.Namespace) -> Console:
+    """Rich output; wide enough for the plan tables when not printing to a terminal (logs, CI)."""
+    return Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 140)
+
+
 def _load_user_model(spec: str, batch_size: int) -> tuple[torch.nn.Module, tuple]:
     """``path.py:Name``: ``Name`` is an nn.Module class (built with no arguments) or a function returning
     ``(model, example_inputs)``; a class needs an ``example_inputs(batch_size)`` static method."""
@@ -57,7 +62,7 @@ def trace_model_spec(spec: str, batch_size: int, size: str, granularity: str, de
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    console = Console(quiet=args.quiet)
+    console = _console(args)
     start = time.perf_counter()
     with console.status(f"tracing and annotating {args.model} ..."):
         program = trace_model_spec(args.model, args.batch_size, args.size, args.granularity, args.device)
@@ -70,7 +75,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    console = Console(quiet=args.quiet)
+    console = _console(args)
     graph = load_benchmark(args.file)
     _show(console, graph)
     if args.out:
@@ -79,10 +84,69 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Trace (or import) a model, place it, print the plan's summary and save it."""
+    from graphc.compile import resolve_cluster
+    from placement.solvers import solve
+
+    console = _console(args)
+    cluster = resolve_cluster(args.cluster)
+    with console.status(f"tracing {args.model} ..."):
+        graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
+    with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
+        plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed, solver=args.solver)
+    console.print(plan.summary())
+    plan.save(args.out)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def _graph_for(spec: str, batch_size: int, size: str, granularity: str) -> Graph:
+    """A zoo network or path.py:Name (traced on the meta device where possible), or a benchmark file."""
+    if spec.endswith((".txt", ".json")) and ":" not in spec:
+        return load_benchmark(spec)
+    return trace_model_spec(spec, batch_size, size, granularity, device="meta" if spec in zoo.NAMES else "cpu").graph
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Summarise a saved plan and write its trace and pictures."""
+    from placement.plan import Plan
+
+    console = _console(args)
+    plan = Plan.load(args.plan)
+    console.print(plan.summary())
+    for path, write in ((args.trace, plan.to_chrome_trace), (args.gantt, plan.gantt), (args.dot, plan.to_dot)):
+        if path:
+            write(path)
+            console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Models x clusters x solvers -> Markdown, CSV and a bar chart."""
+    from graphc.compare import bar_chart, benchmark_files, compare, to_markdown, write_csv
+
+    console = _console(args)
+    graphs = [g for g in args.models.split(",") if g]
+    if args.benchmarks:
+        graphs += benchmark_files()
+    rows = compare(graphs, args.clusters.split(","), args.solvers.split(","), batch_size=args.batch_size,
+                   time_limit=args.time_limit, seed=args.seed, quiet=args.quiet)  # fmt: skip
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(rows)
+    (out / "compare.md").write_text(markdown)
+    write_csv(rows, out / "compare.csv")
+    bar_chart(rows, out / "compare.png")
+    console.print(markdown)
+    console.print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Trace and annotate ResNet-50 (published size, on the meta device), check a traced network
     against eager PyTorch on real inputs, and import a published PipeDream profile."""
-    console = Console(quiet=args.quiet)
+    console = _console(args)
     console.rule("1. trace ResNet-50 (batch 32, 224x224) without allocating it")
     start = time.perf_counter()
     with console.status("tracing and annotating resnet50 ..."):
@@ -138,6 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     traced.add_argument("--device", default="meta", help="where zoo weights live (meta: no memory)")
     traced.add_argument("-o", "--out", help="save the cost graph as JSON")
     traced.set_defaults(run=cmd_trace)
+
+    planned = commands.add_parser("plan", help="place a model on a cluster; print and save the plan")
+    planned.add_argument("model", help="a zoo network, path.py:Name, or a benchmark graph file (.txt/.json)")
+    planned.add_argument("-b", "--batch-size", type=int, default=32)
+    planned.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
+    planned.add_argument("--granularity", choices=("op", "module"), default="module")
+    planned.add_argument("-c", "--cluster", default="pcie-4gpu", help="a preset name or a cluster JSON file")
+    planned.add_argument("-s", "--solver", default="auto", help="auto, cp-sat, m-etf, m-sct, heft, ... (placement.solvers)")
+    planned.add_argument("--objective", choices=("latency", "throughput"), default="latency")
+    planned.add_argument("-t", "--time-limit", type=float, default=30.0, help="seconds the solver may take")
+    planned.add_argument("--seed", type=int, default=0)
+    planned.add_argument("-o", "--out", default="plan.json", help="where to save the plan (JSON)")
+    planned.set_defaults(run=cmd_plan)
+
+    shown = commands.add_parser("show", help="summarise a saved plan; write its trace and pictures")
+    shown.add_argument("plan", help="a plan.json written by `graphc plan`")
+    shown.add_argument("--trace", help="write the simulated timeline for Perfetto / chrome://tracing")
+    shown.add_argument("--gantt", help="write the timeline as a PNG")
+    shown.add_argument("--dot", help="write the graph coloured by device (Graphviz)")
+    shown.set_defaults(run=cmd_show)
+
+    compared = commands.add_parser("compare", help="models x clusters x solvers -> table (md, csv) and chart")
+    compared.add_argument("--models", default=",".join(zoo.NAMES), help="comma-separated zoo names or benchmark files")
+    compared.add_argument("--benchmarks", action="store_true", help="add every published benchmark graph")
+    compared.add_argument("--clusters", default="pcie-4gpu,dgx1-v100")
+    compared.add_argument("--solvers", default="single,round-robin,m-topo,m-etf,m-sct,heft,critical-path,auto")
+    compared.add_argument("-b", "--batch-size", type=int, default=32)
+    compared.add_argument("-t", "--time-limit", type=float, default=10.0, help="seconds per solve")
+    compared.add_argument("--seed", type=int, default=0)
+    compared.add_argument("--out-dir", default="results/compare")
+    compared.set_defaults(run=cmd_compare)
 
     imported = commands.add_parser("import", help="import a published benchmark graph; print it")
     imported.add_argument("file", help="a PipeDream .txt or dnn-partitioning .json file")

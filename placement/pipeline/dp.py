@@ -1,0 +1,369 @@
+r"""The exact contiguous split: dynamic programming over ideals (NeurIPS 2020; PipeDream's DP generalised).
+
+For an ideal :math:`I` (see :mod:`placement.pipeline.ideals`) and a vector :math:`s` of device counts
+per class, :math:`D[I, s]` is the least max-load of a contiguous split of :math:`I` using at most
+:math:`s_t` devices of class :math:`t`:
+
+.. math::
+
+    D[\emptyset, s] &= 0\\
+    D[I, s] &= \min_{J \subsetneq I \text{ ideal}}\ \min_{t,\ 1 \le r \le s_t}\
+               \max\bigl(D[J, s - r e_t],\ \mathrm{load}_{t,r}(I \setminus J)\bigr)
+
+where :math:`\mathrm{load}_{t,r}` is the replicated load of :mod:`placement.pipeline.instance`
+(:math:`\infty` when :math:`I \setminus J` does not fit a device of class :math:`t` or holds a node not
+allowed there; :math:`r = 1` unless the instance allows replication). "At most" needs no extra term:
+:math:`D[\emptyset, \cdot] = 0` and :math:`D[J, \cdot]` is non-increasing in :math:`s` by induction.
+The answer is :math:`D[V, n]`; the argmins give the chain of ideals, i.e. the stages in pipeline order.
+This is the recurrence of Tarnawski et al. (NeurIPS 2020) for accelerators and CPUs, with PipeDream's
+replicated stages (Narayanan et al., SOSP 2019) added through :math:`r`.
+
+Evaluation. Ideals are sorted by size, so every :math:`J \subsetneq I` comes before :math:`I`. For each
+:math:`I` all its sub-ideals :math:`J` are found at once (bitset test on packed words) and the loads of
+all differences :math:`I \setminus J` are computed as vectors: compute, memory and parameter sums as
+differences of per-ideal prefix sums, and the communication term exactly from two per-ideal tables for
+every node :math:`u` that has a successor in another block: whether :math:`u \in I`, and
+:math:`|\mathrm{succ}(u) \cap I|` counted in blocks. With :math:`S = I \setminus J`,
+:math:`|\mathrm{succ}(u) \cap S| = |\mathrm{succ}(u) \cap I| - |\mathrm{succ}(u) \cap J|`, and :math:`u`
+crosses the boundary of :math:`S` iff it is in :math:`S` with fewer than all its successor blocks in
+:math:`S`, or outside :math:`S` with at least one in :math:`S`. The work is
+:math:`O(\#\text{pairs} \cdot (|R| + \text{states}))` with numpy, :math:`|R|` the number of such nodes.
+A lattice whose tables (:data:`MAX_TABLE_CELLS`) or estimated work (:data:`MAX_WORK`) are too large is
+refused as :class:`~placement.pipeline.ideals.TooManyIdeals` before any work, and a deadline stops the
+loop (:class:`DPTimeout`), so a caller can fall back to the prefix lattice.
+
+When no split fits in memory, the same recurrence with :math:`\max_S (\mathrm{mem}(S) - M_t)` as the
+stage cost finds the least overflow any contiguous split must have, and :class:`InfeasibleError` names it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from placement.constraints import InfeasibleError
+from placement.errors import PlacementError
+from placement.pipeline.ideals import (
+    Blocks,
+    TooManyIdeals,
+    chunk_blocks,
+    enumerate_ideals,
+    prefix_ideals,
+    structure_blocks,
+)
+from placement.pipeline.instance import (
+    Partition,
+    ThroughputInstance,
+    format_bytes,
+    make_part,
+    max_load,
+)
+
+MAX_TABLE_CELLS = 30_000_000  # ideals x blocks: the per-ideal membership table
+MAX_WORK = 5e9  # pairs of ideals x (nodes that may cross + states x options), estimated as N^2/2
+
+
+class DPTimeout(PlacementError):
+    """The dynamic program passed its deadline."""
+
+
+@dataclass
+class _Tables:
+    """Per-ideal sums and the communication tables of the module docstring."""
+
+    inst: ThroughputInstance
+    blocks: Blocks
+    ideals: list[int]
+    exhaustive: bool
+    words: np.ndarray  # N x W uint64: the ideals as packed bitsets
+    compute: np.ndarray  # N x T: sum of finite loads per class
+    forbidden: np.ndarray  # N x T: number of nodes not allowed on the class
+    memory: np.ndarray  # N
+    params: np.ndarray  # N
+    comm_cost: np.ndarray  # |R|
+    in_ideal: np.ndarray  # N x |R| bool
+    succ_in: np.ndarray  # N x |R| int32
+    degree: np.ndarray  # |R|
+
+    @property
+    def size(self) -> int:
+        return len(self.ideals)
+
+    def subsets(self, i: int) -> np.ndarray:
+        """Indices ``j < i`` of the ideals contained in ideal ``i``."""
+        if not self.exhaustive:
+            return np.arange(i)
+        w = self.words
+        return np.flatnonzero(~np.any(w[:i] & ~w[i], axis=1))
+
+    def comm(self, i: int, js: np.ndarray) -> np.ndarray:
+        """Communication of ``I_i \\ I_j`` for every ``j`` in ``js`` (module docstring)."""
+        if self.comm_cost.size == 0:
+            return np.zeros(len(js))
+        in_s = self.in_ideal[i] & ~self.in_ideal[js]
+        succ_s = self.succ_in[i] - self.succ_in[js]
+        cross = np.where(in_s, succ_s < self.degree, succ_s > 0)
+        return cross.astype(np.float64) @ self.comm_cost
+
+
+def _tables(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], exhaustive: bool) -> _Tables:
+    n, nb, k = inst.n, len(blocks), len(inst.classes)
+    words_per = max(1, (nb + 63) // 64)
+    mask = (1 << 64) - 1
+    words = np.array([[(x >> (64 * q)) & mask for q in range(words_per)] for x in ideals], dtype=np.uint64)
+    member = np.unpackbits(words.astype("<u8").view(np.uint8), axis=1, bitorder="little")[:, :nb].astype(np.float64)
+    load = np.array(inst.load, dtype=np.float64).reshape(n, k)
+    finite = np.where(np.isinf(load), 0.0, load)
+    per_block = np.zeros((nb, k))
+    forb_block = np.zeros((nb, k))
+    mem_block = np.zeros(nb)
+    par_block = np.zeros(nb)
+    np.add.at(per_block, blocks.block_of, finite)
+    np.add.at(forb_block, blocks.block_of, np.isinf(load).astype(np.float64))
+    np.add.at(mem_block, blocks.block_of, np.asarray(inst.memory, dtype=np.float64))
+    np.add.at(par_block, blocks.block_of, np.asarray(inst.param_bytes, dtype=np.float64))
+    # Nodes whose output may cross a boundary: a successor in another block and a cost.
+    succ_blocks: dict[int, set[int]] = {}
+    for u, w in inst.edges:
+        bu, bw = blocks.block_of[u], blocks.block_of[w]
+        if bu != bw and inst.comm[u] > 0:
+            succ_blocks.setdefault(u, set()).add(bw)
+    rel = sorted(succ_blocks)
+    adj = np.zeros((nb, len(rel)), dtype=np.float32)
+    for j, u in enumerate(rel):
+        for b in succ_blocks[u]:
+            adj[b, j] = 1.0
+    own = [blocks.block_of[u] for u in rel]
+    return _Tables(
+        inst=inst,
+        blocks=blocks,
+        ideals=ideals,
+        exhaustive=exhaustive,
+        words=words,
+        compute=member @ per_block,
+        forbidden=np.rint(member @ forb_block),
+        memory=member @ mem_block,
+        params=member @ par_block,
+        comm_cost=np.array([inst.comm[u] for u in rel], dtype=np.float64),
+        in_ideal=member[:, own].astype(bool),
+        succ_in=np.rint(member.astype(np.float32) @ adj).astype(np.int32),
+        degree=adj.sum(axis=0).astype(np.int32),
+    )
+
+
+# (t, r) -> vector over js of the stage cost of I_i \ I_j on r devices of class t.
+_StageCost = Callable[[int, np.ndarray], dict[tuple[int, int], np.ndarray]]
+
+
+def _options(inst: ThroughputInstance, replication: bool) -> list[tuple[int, int]]:
+    return [(t, r) for t, c in enumerate(inst.classes) for r in range(1, (c.count if replication else 1) + 1)]
+
+
+def _run(tab: _Tables, cost: _StageCost, options: list[tuple[int, int]], deadline: float | None):
+    """The recurrence of the module docstring; returns the value table and the argmin table."""
+    counts = [c.count for c in tab.inst.classes]
+    strides = [1] * len(counts)
+    for t in range(len(counts) - 2, -1, -1):
+        strides[t] = strides[t + 1] * (counts[t + 1] + 1)
+    states = strides[0] * (counts[0] + 1)
+    per_state = np.array(np.unravel_index(np.arange(states), [c + 1 for c in counts])).T  # states x T
+    valid = {(t, r): np.flatnonzero(per_state[:, t] >= r) for t, r in options}
+    n_ideals = tab.size
+    value = np.full((n_ideals, states), np.inf)
+    value[0] = 0.0
+    arg_j = np.full((n_ideals, states), -1, dtype=np.int64)
+    arg_o = np.full((n_ideals, states), -1, dtype=np.int16)
+    pairs = 0
+    for i in range(1, n_ideals):
+        if deadline is not None and (i & 63) == 0 and time.perf_counter() > deadline:
+            raise DPTimeout(f"the DP over {n_ideals} ideals passed its deadline at ideal {i}")
+        js = tab.subsets(i)
+        pairs += len(js)
+        stage = cost(i, js)
+        prev_all = value[js]
+        best = value[i]
+        for o, (t, r) in enumerate(options):
+            loads = stage[(t, r)]
+            if not np.isfinite(loads).any():
+                continue
+            dst = valid[(t, r)]
+            cand = np.maximum(prev_all[:, dst - r * strides[t]], loads[:, None])
+            pick = cand.argmin(axis=0)
+            got = cand[pick, np.arange(len(dst))]
+            better = got < best[dst]
+            if better.any():
+                where = dst[better]
+                best[where] = got[better]
+                arg_j[i, where] = js[pick[better]]
+                arg_o[i, where] = o
+    return value, arg_j, arg_o, strides, pairs
+
+
+def _chain(tab: _Tables, arg_j, arg_o, strides, options) -> list[tuple[int, int, int]]:
+    """Walk the argmins back from the full ideal: ``(ideal mask of the stage, class, replicas)`` in order."""
+    i = tab.size - 1
+    s = sum(c.count * st for c, st in zip(tab.inst.classes, strides))
+    stages = []
+    while i != 0:
+        j, o = int(arg_j[i, s]), int(arg_o[i, s])
+        t, r = options[o]
+        stages.append((tab.ideals[i] & ~tab.ideals[j], t, r))
+        i, s = j, s - r * strides[t]
+    stages.reverse()
+    return stages
+
+
+def _load_cost(tab: _Tables, options: list[tuple[int, int]]) -> _StageCost:
+    inst = tab.inst
+
+    def cost(i: int, js: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        comm = None
+        mem = tab.memory[i] - tab.memory[js]
+        par = tab.params[i] - tab.params[js]
+        base: dict[int, np.ndarray] = {}
+        out = {}
+        for t, r in options:
+            if t not in base:
+                cls = inst.classes[t]
+                b = tab.compute[i, t] - tab.compute[js, t]
+                if cls.pays_comm:
+                    if comm is None:
+                        comm = tab.comm(i, js)
+                    b = b + comm
+                bad = (tab.forbidden[i, t] - tab.forbidden[js, t] > 0) | (mem > cls.capacity * (1 + 1e-12))
+                base[t] = np.where(bad, np.inf, b)
+            cls = inst.classes[t]
+            if r == 1:
+                out[(t, r)] = base[t]
+            else:
+                out[(t, r)] = base[t] / r + 2.0 * (r - 1) / r * par * cls.allreduce_ms_per_byte
+        return out
+
+    return cost
+
+
+def _overflow_cost(tab: _Tables, options: list[tuple[int, int]]) -> _StageCost:
+    def cost(i: int, js: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        mem = tab.memory[i] - tab.memory[js]
+        out = {}
+        for t, r in options:
+            cap = tab.inst.classes[t].capacity
+            over = mem - cap if cap != math.inf else np.full(len(js), -np.inf)
+            out[(t, r)] = np.where(tab.forbidden[i, t] - tab.forbidden[js, t] > 0, np.inf, over)
+        return out
+
+    return cost
+
+
+def contiguous_dp(
+    inst: ThroughputInstance,
+    *,
+    exhaustive: bool = True,
+    max_ideals: int = 50_000,
+    chunks: int = 256,
+    replication: bool | None = None,
+    deadline: float | None = None,
+) -> Partition:
+    """The best contiguous split of ``inst`` (module docstring), as a :class:`Partition` in pipeline order.
+
+    Args:
+        exhaustive: DP over all ideals (exact; raises :class:`~placement.pipeline.ideals.TooManyIdeals`
+            past ``max_ideals``); False: over the prefixes of one topological order cut into at most
+            ``chunks`` groups (an upper bound, fast on any graph).
+        replication: allow replicated stages (default: ``inst.replication``).
+        deadline: ``time.perf_counter()`` value after which :class:`DPTimeout` is raised.
+
+    Raises:
+        InfeasibleError: no contiguous split fits in memory; says which device overflows by how much.
+    """
+    started = time.perf_counter()
+    replicate = inst.replication if replication is None else replication
+    blocks = structure_blocks(inst)
+    options = _options(inst, replicate)
+    if exhaustive:
+        ideals = enumerate_ideals(blocks, max_ideals)
+        _check_size(inst, blocks, ideals, options)
+    else:
+        weights = [0.0] * len(blocks)
+        for v, b in enumerate(blocks.block_of):
+            weights[b] += min(x for x in inst.load[v] if x != math.inf)
+        blocks = chunk_blocks(blocks, weights, chunks)
+        ideals = prefix_ideals(len(blocks))
+    tab = _tables(inst, blocks, ideals, exhaustive)
+    value, arg_j, arg_o, strides, pairs = _run(tab, _load_cost(tab, options), options, deadline)
+    full = sum(c.count * st for c, st in zip(inst.classes, strides))
+    if not np.isfinite(value[-1, full]):
+        raise _infeasible(tab, deadline)
+    parts = [make_part(inst, blocks.nodes_of(mask), t, r) for mask, t, r in _chain(tab, arg_j, arg_o, strides, options)]
+    best = max_load(inst, parts)
+    return Partition(
+        parts=parts,
+        max_load=best,
+        method="dp-ideals" if exhaustive else "dp-prefixes",
+        optimal=exhaustive,
+        bound=best if exhaustive else 0.0,
+        contiguous=True,
+        seconds=time.perf_counter() - started,
+        stats={
+            "ideals": len(ideals),
+            "pairs": pairs,
+            "blocks": len(blocks),
+            "comm_nodes": int(tab.comm_cost.size),
+            "dp_value": float(value[-1, full]),
+            "replication": replicate,
+        },
+    )
+
+
+def _check_size(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], options: list) -> None:
+    """Refuse (as too many ideals) a lattice whose tables or pairs would not fit in memory or time."""
+    n_ideals, nb = len(ideals), len(blocks)
+    states = 1
+    for c in inst.classes:
+        states *= c.count + 1
+    comm_nodes = sum(1 for u, w in inst.edges if inst.comm[u] > 0 and blocks.block_of[u] != blocks.block_of[w])
+    work = n_ideals * n_ideals / 2 * (min(comm_nodes, inst.n) + states * len(options))
+    if n_ideals * nb > MAX_TABLE_CELLS or work > MAX_WORK:
+        raise TooManyIdeals(
+            n_ideals, n_ideals - 1,
+            f"{n_ideals} ideals of {nb} blocks: about {work:.1e} steps of DP, more than the exact DP takes on",
+        )  # fmt: skip
+
+
+def _infeasible(tab: _Tables, deadline: float | None) -> InfeasibleError:
+    """Explain why no contiguous split fits: the least overflow any split has, on which device."""
+    inst = tab.inst
+    total = math.fsum(inst.memory)
+    room = math.fsum(c.capacity * c.count for c in inst.classes)
+    overall = (
+        f"the graph needs {format_bytes(total)} but all devices together hold {format_bytes(room)}; "
+        if total > room
+        else ""
+    )
+    options = _options(inst, False)
+    value, arg_j, arg_o, strides, _ = _run(tab, _overflow_cost(tab, options), options, deadline)
+    full = sum(c.count * st for c, st in zip(inst.classes, strides))
+    if not np.isfinite(value[-1, full]) or value[-1, full] <= 0:
+        return InfeasibleError("no contiguous split satisfies the constraints (allowed device kinds and colocation)")
+    used = [0] * len(inst.classes)
+    worst = None
+    for mask, t, _ in _chain(tab, arg_j, arg_o, strides, options):
+        cls = inst.classes[t]
+        nodes = tab.blocks.nodes_of(mask)
+        mem = sum(inst.memory[v] for v in nodes)
+        device = cls.devices[used[t]] if used[t] < len(cls.devices) else f"{cls.name}[{used[t]}]"
+        used[t] += 1
+        if worst is None or mem - cls.capacity > worst[0]:
+            worst = (mem - cls.capacity, device, cls, nodes, mem)
+    over, device, cls, nodes, mem = worst
+    names = [inst.names[v] for v in nodes]
+    shown = ", ".join(names[:4]) + (f" ... {names[-1]}" if len(names) > 4 else "")
+    return InfeasibleError(
+        f"{overall}no contiguous split{'' if tab.exhaustive else ' along one topological order'} fits in memory: the best one still needs {format_bytes(mem)} on {device} "
+        f"(class {cls.name!r}, {format_bytes(cls.capacity)}; over by {format_bytes(over)}) for its "
+        f"{len(nodes)} node(s) {shown}. Use more devices or a larger memory budget."
+    )

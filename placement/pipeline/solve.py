@@ -1,0 +1,189 @@
+"""``solve_throughput``: a pipelined plan for a placement problem, the public entry of this package.
+
+Steps, each a module of its own:
+
+1. the problem becomes a :class:`~placement.pipeline.instance.ThroughputInstance`
+   (:mod:`~placement.pipeline.build`);
+2. a split is chosen (``method``):
+
+   * ``"dp"``: the exact contiguous DP over ideals (:mod:`~placement.pipeline.dp`), with replicated stages
+     when the instance allows them; when the graph has too many ideals for the time budget, the DP over
+     prefixes of a topological order (an upper bound), then the contiguous CP-SAT model started from it
+     in half the time left (it proves the contiguous optimum of Inception-v3 in about a minute);
+   * ``"ilp"``: the non-contiguous CP-SAT model (:mod:`~placement.pipeline.ilp`), started from the
+     prefix DP's split;
+   * ``"equal-split"``: the naive baseline (:mod:`~placement.pipeline.baselines`);
+   * ``"auto"`` (default): ``"dp"`` within half the time budget, then, when the model is small enough
+     (at most :data:`ILP_MAX_VARIABLES` unit-device pairs) and time is left, the non-contiguous ILP
+     started from the DP's split for most of the rest, unless the DP's split replicates a stage (the
+     ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's
+     after its idle devices are given to its parts as replicas when the instance allows it
+     (:mod:`~placement.pipeline.replication`);
+3. the parts get concrete devices, in pipeline order, as :class:`~placement.plan.Stage` records;
+4. the microbatch count is the problem's, the caller's, or the fastest simulated one that fits
+   (:mod:`~placement.pipeline.microbatches`);
+5. :func:`~placement.solvers.common.finish_plan` checks, simulates and bounds the plan.
+
+The plan's ``settings`` record the max-load of the split (``max_load_ms``: the time per step of the
+slowest stage with its transfers, the objective here), a lower bound on it over all splits
+(``load_bound_ms``), whether the split is contiguous and proven optimal, and the microbatch candidates.
+The simulator runs every node of a replicated stage on its first device: the plan's predicted step time
+does not see the replicas, ``max_load_ms`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from placement.constraints import InfeasibleError
+from placement.errors import PlacementError
+from placement.pipeline.baselines import equal_split
+from placement.pipeline.bound import load_lower_bound
+from placement.pipeline.build import instance_from_problem, stages_of
+from placement.pipeline.dp import DPTimeout, contiguous_dp
+from placement.pipeline.ideals import TooManyIdeals
+from placement.pipeline.ilp import noncontiguous_ilp
+from placement.pipeline.instance import Partition, ThroughputInstance, colocation_units
+from placement.pipeline.microbatches import choose_microbatches
+from placement.pipeline.replication import replicate
+from placement.plan import Plan
+from placement.solvers.common import Problem, finish_plan
+
+METHODS = ("auto", "dp", "ilp", "equal-split")
+ILP_MAX_VARIABLES = 5_000
+PREFIX_CHUNKS = 256
+
+
+def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int) -> Partition:
+    """The exact DP; past its limits, the prefix DP improved (and often proven optimal) by the contiguous
+    CP-SAT model started from it, in half the time left. When the prefix DP finds no split fitting in
+    memory (prefixes of one order are fewer splits), the contiguous CP-SAT model alone."""
+    try:
+        return contiguous_dp(inst, max_ideals=max_ideals, deadline=problem.started + 0.5 * problem.time_limit)
+    except (TooManyIdeals, DPTimeout) as why:
+        reason = str(why)
+    small = _ilp_size(inst) <= ILP_MAX_VARIABLES
+    try:
+        part = contiguous_dp(inst, exhaustive=False, chunks=PREFIX_CHUNKS)
+    except InfeasibleError:
+        if not small:
+            raise
+        part = noncontiguous_ilp(inst, contiguous=True, time_limit=max(1.0, 0.5 * problem.time_left()), seed=problem.seed)
+    else:
+        if small and problem.time_left() > 1.0 and all(p.replicas == 1 for p in part.parts):
+            try:
+                ilp = noncontiguous_ilp(
+                    inst, contiguous=True, time_limit=0.5 * problem.time_left(), seed=problem.seed, hint=part
+                )
+                if inst.replication:  # the ILP has no replicas: it proves nothing about replicated splits
+                    part = _best(inst, part, replicate(inst, ilp))
+                else:
+                    part = ilp if ilp.optimal else _best(inst, part, ilp)
+            except PlacementError as failed:  # nothing found in time: keep the prefix DP's split
+                part.stats["ilp"] = str(failed)
+    part.stats["fallback"] = reason
+    return part
+
+
+def _ilp_size(inst: ThroughputInstance) -> int:
+    return len(set(colocation_units(inst))) * inst.num_devices
+
+
+def _best(inst: ThroughputInstance, a: Partition, b: Partition) -> Partition:
+    """The smaller max-load; ``a`` on a tie (within float noise)."""
+    return b if b.max_load < a.max_load * (1 - 1e-9) else a
+
+
+def choose_partition(problem: Problem, inst: ThroughputInstance, method: str = "auto", max_ideals: int = 50_000) -> tuple[Partition, float]:
+    """The split of step 2 of the module docstring and a lower bound on the max-load of any split."""
+    if method not in METHODS:
+        raise PlacementError(f"solve_throughput: method must be one of {METHODS}, got {method!r}")
+    bound = load_lower_bound(inst)
+    if method == "equal-split":
+        return equal_split(inst), bound
+    if method == "ilp":
+        try:
+            start: Partition | None = contiguous_dp(inst, exhaustive=False, chunks=PREFIX_CHUNKS, replication=False)
+        except InfeasibleError:
+            start = None
+        ilp = noncontiguous_ilp(inst, time_limit=max(0.5, 0.8 * problem.time_left()), seed=problem.seed, hint=start)
+        best = ilp if start is None else _best(inst, ilp, start)
+        if not inst.replication:
+            return best, max(bound, ilp.bound)
+        return replicate(inst, best), bound
+    part = _dp(problem, inst, max_ideals)
+    replicated = any(p.replicas > 1 for p in part.parts)
+    if method == "auto" and not replicated and _ilp_size(inst) <= ILP_MAX_VARIABLES and problem.time_left() > 1.0:
+        # The ILP has no replicas: worth running only when the DP's best split did not use them.
+        try:
+            ilp = noncontiguous_ilp(inst, time_limit=0.6 * problem.time_left(), seed=problem.seed, hint=part)
+        except InfeasibleError:
+            raise
+        except PlacementError as why:  # no split within the time: keep the DP's
+            part.stats["ilp"] = str(why)
+            return part, bound
+        if not inst.replication:
+            bound = max(bound, ilp.bound)
+        if ilp.optimal:
+            part.stats["noncontiguous_optimum_ms"] = ilp.max_load
+        part = _best(inst, part, replicate(inst, ilp) if inst.replication else ilp)
+    return part, bound
+
+
+def solve_throughput(
+    problem: Problem,
+    *,
+    method: str = "auto",
+    replication: bool | None = None,
+    microbatches: int | None = None,
+    max_ideals: int = 50_000,
+) -> Plan:
+    """A pipelined plan minimising the time of the slowest stage including its transfers (module docstring).
+
+    Args:
+        problem: from :func:`placement.solvers.common.make_problem` (its time limit is the budget).
+        method: ``"auto"``, ``"dp"``, ``"ilp"`` or ``"equal-split"``.
+        replication: allow replicated stages (default: yes, except for the NeurIPS 2020 inputs).
+        microbatches: fix the microbatch count (default: ``problem.microbatches``, else chosen).
+        max_ideals: the most ideals the exact DP enumerates before it falls back to prefixes.
+
+    Raises:
+        InfeasibleError: no split fits in memory (the message names the device and the overflow) or the
+            constraints conflict.
+    """
+    started = time.perf_counter()
+    inst = instance_from_problem(problem, replication=replication)
+    part, bound = choose_partition(problem, inst, method, max_ideals)
+    assignment, stages = stages_of(inst, part)
+    m = microbatches or problem.microbatches
+    candidates: dict[str, float] = {}
+    if m is None:
+        choice = choose_microbatches(problem, assignment, deadline=problem.deadline)
+        m = choice.microbatches
+        candidates = {str(k): v for k, v in choice.step_ms.items()}
+    settings = {
+        "method": method,
+        "split": part.method,
+        "max_load_ms": part.max_load,
+        "load_bound_ms": min(bound, part.max_load),
+        "load_gap": max(0.0, (part.max_load - bound) / part.max_load) if part.max_load > 0 else 0.0,
+        "contiguous": part.contiguous,
+        "optimal": part.optimal,
+        "replication": inst.replication,
+        "replicas": [p.replicas for p in part.parts],
+        "stage_loads_ms": [p.load for p in part.parts],
+        "microbatch_step_ms": candidates,
+        "split_seconds": part.seconds,
+        "partition_stats": {k: v for k, v in part.stats.items() if _json_ok(v)},
+        "pipeline_seconds": time.perf_counter() - started,
+    }
+    return finish_plan(problem, assignment, solver=f"pipeline-{part.method}", settings=settings, stages=stages, microbatches=m)
+
+
+def _json_ok(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_ok(v) for v in value)
+    return isinstance(value, (int, str, bool)) or value is None

@@ -1,0 +1,141 @@
+"""solve_throughput end to end: plans, stages, microbatches, replication, and the constraints every solver
+honours (pins, colocation, forbidden kinds, memory budgets), with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from graphc.importers import load_benchmark
+from placement import Cluster
+from placement.constraints import Constraints, InfeasibleError
+from placement.pipeline import (
+    bubble_fraction,
+    choose_microbatches,
+    contiguous_dp,
+    instance_from_problem,
+    solve_throughput,
+)
+from placement.plan import Plan
+from placement.presets import accelerators_with_cpu
+from placement.solvers.common import make_problem
+
+BERT_OPTIMUM = 17.78990625  # tests/test_pipeline_dnn.py
+
+
+def bert_problem(constraints: Constraints | None = None, time_limit: float = 10.0, **kw):
+    graph = load_benchmark("dnn-partitioning/throughput/bert24_inference.json")
+    m = graph.meta
+    cluster = accelerators_with_cpu(m["max_accelerators"], m["max_cpus"], m["max_accelerator_bytes"])
+    return make_problem(graph, cluster, objective="throughput", mode="inference", constraints=constraints,
+                        time_limit=time_limit, **kw)  # fmt: skip
+
+
+def check_stages(plan: Plan, graph_nodes: list[str]) -> None:
+    staged = [n for s in plan.stages for n in s.nodes]
+    assert sorted(staged) == sorted(graph_nodes)
+    devices = [d for s in plan.stages for d in s.devices]
+    assert len(devices) == len(set(devices))
+    for s in plan.stages:
+        assert all(plan.assignment[n] == s.devices[0] for n in s.nodes)
+
+
+def test_dp_plan_on_bert(tmp_path) -> None:
+    problem = bert_problem()
+    plan = solve_throughput(problem, method="dp")
+    assert plan.objective == "throughput" and plan.solver == "pipeline-dp-ideals"
+    assert plan.settings["max_load_ms"] == pytest.approx(BERT_OPTIMUM)
+    assert plan.settings["optimal"] and plan.settings["contiguous"]
+    assert plan.settings["load_bound_ms"] <= plan.settings["max_load_ms"]
+    check_stages(plan, problem.graph.node_names())
+    steps = {int(k): v for k, v in plan.settings["microbatch_step_ms"].items()}
+    assert plan.microbatches == min(steps, key=lambda m: (steps[m], m))
+    assert plan.predicted_step_ms == pytest.approx(steps[plan.microbatches])
+    plan.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json") == plan
+
+
+def test_auto_is_no_worse_than_the_contiguous_optimum() -> None:
+    plan = solve_throughput(bert_problem(time_limit=4.0), microbatches=4)
+    assert plan.microbatches == 4
+    assert plan.settings["max_load_ms"] <= BERT_OPTIMUM + 1e-9
+    assert plan.settings["load_bound_ms"] <= plan.settings["max_load_ms"]
+
+
+def test_pins_colocation_and_forbidden_kinds_are_honoured() -> None:
+    constraints = Constraints(pins={"node10": "acc3"}, colocate=[["node5", "node6"]], forbid_kinds=["cpu"])
+    problem = bert_problem(constraints)
+    inst = instance_from_problem(problem)
+    assert [(c.count, c.devices[0]) for c in inst.classes] == [(5, "acc0"), (1, "acc3"), (1, "cpu0")]  # acc3 alone
+    plan = solve_throughput(problem, method="dp", microbatches=1)
+    assert plan.assignment["node10"] == "acc3"
+    assert plan.assignment["node5"] == plan.assignment["node6"]
+    assert not any(d.startswith("cpu") for d in plan.assignment.values())
+    assert plan.settings["max_load_ms"] >= BERT_OPTIMUM - 1e-9
+
+
+def test_memory_budget_too_small_names_device_and_overflow() -> None:
+    budget = {f"acc{i}": 0.2 * 2**30 for i in range(6)}
+    problem = bert_problem(Constraints(forbid_kinds=["cpu"], memory_budget=budget))
+    with pytest.raises(InfeasibleError, match=r"acc\d.*over by [\d.]+ [MG]iB"):
+        solve_throughput(problem, method="dp")
+    with pytest.raises(InfeasibleError, match="over by"):
+        solve_throughput(problem, method="ilp")
+
+
+def test_contradictory_pins_name_the_conflict() -> None:
+    with pytest.raises(InfeasibleError, match="node5|node6"):
+        bert_problem(Constraints(pins={"node5": "acc0", "node6": "acc1"}, colocate=[["node5", "node6"]]))
+
+
+def test_replicated_stages_on_a_gpu_box() -> None:
+    graph = load_benchmark("pipedream/vgg16.txt")
+    problem = make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", time_limit=10)
+    plan = solve_throughput(problem, method="dp", microbatches=2)
+    check_stages(plan, graph.node_names())
+    assert plan.settings["replication"]
+    assert max(len(s.devices) for s in plan.stages) > 1  # the convolutions are worth replicating
+    single = solve_throughput(
+        make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", time_limit=10),
+        method="dp", replication=False, microbatches=2,
+    )  # fmt: skip
+    assert all(len(s.devices) == 1 for s in single.stages)
+    assert plan.settings["max_load_ms"] < single.settings["max_load_ms"]
+
+
+def test_equal_split_and_ilp_methods() -> None:
+    naive = solve_throughput(bert_problem(), method="equal-split", microbatches=1)
+    assert naive.settings["max_load_ms"] > BERT_OPTIMUM
+    problem = bert_problem(time_limit=3.0)
+    start = contiguous_dp(instance_from_problem(problem), exhaustive=False).max_load
+    ilp = solve_throughput(problem, method="ilp", microbatches=1)
+    assert ilp.settings["max_load_ms"] <= start + 1e-9  # started from the prefix DP, never worse
+    with pytest.raises(Exception, match="method"):
+        solve_throughput(bert_problem(), method="magic")
+
+
+def test_microbatch_choice_and_bubble() -> None:
+    assert bubble_fraction(4, 12) == pytest.approx(3 / 15)
+    assert bubble_fraction(1, 1) == 0
+    problem = bert_problem()
+    plan = solve_throughput(problem, method="dp", microbatches=1)
+    choice = choose_microbatches(problem, plan.assignment, candidates=[1, 2, 8])
+    assert set(choice.step_ms) == {1, 2, 8}
+    assert choice.microbatches == min(choice.step_ms, key=choice.step_ms.get)
+    assert choice.step_ms[8] < choice.step_ms[1]  # pipelining fills the stages
+
+
+def test_pipeline_package_does_not_import_torch() -> None:
+    code = "import sys, placement.pipeline; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_past_the_ideal_limit_cp_sat_still_reaches_the_contiguous_optimum() -> None:
+    plan = solve_throughput(bert_problem(time_limit=20.0), method="dp", max_ideals=10, microbatches=1)
+    stats = plan.settings["partition_stats"]
+    assert "more than 10 ideals" in stats["fallback"]
+    assert plan.settings["split"] == "ilp-contiguous" and plan.settings["optimal"]
+    resolution = stats["resolution_ms"]  # CP-SAT's costs are rounded (placement/pipeline/ilp.py)
+    assert BERT_OPTIMUM - 1e-12 <= plan.settings["max_load_ms"] <= BERT_OPTIMUM + resolution

@@ -16,8 +16,8 @@ _LAZY = {
     "trace": "graphc.tracing",
     "TracedProgram": "graphc.tracing",
     "leaf_module": "graphc.leaf",
-    "compile": "graphc.compile",
-    "CompiledModel": "graphc.compile",
+    "compile": "graphc.compiler",
+    "CompiledModel": "graphc.compiler",
 }
 
 __all__ = [

@@ -7,12 +7,18 @@ from placement.bounds import Bound, lower_bound
 from placement.cluster import Cluster, Device, Host, Link, Route, Switch
 from placement.cost_model import CostModel, ProfiledTimes, TimeSource, graph_inputs
 from placement.errors import ClusterFormatError, PlacementError, ProfileFormatError
+from placement.constraints import Constraints, InfeasibleError
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.simulate import simulate
+from placement.solvers import SOLVERS, solve
 from placement.timeline import SimResult, TimelineEvent
 
 __all__ = [
+    "Constraints",
+    "InfeasibleError",
+    "SOLVERS",
+    "solve",
     "Bound",
     "Cluster",
     "ClusterFormatError",

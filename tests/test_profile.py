@@ -21,7 +21,10 @@ def test_profiled_times_are_positive_and_backward_only_where_gradients_are_neede
     timings = {t.node: t for t in time_nodes(program, (x,), ProfileSettings(repeats=3, warmup=1))}
     assert set(timings) == {n.name for n in program.graph.nodes() if n.op != "input"}
     assert all(t.fwd_ms > 0 for t in timings.values())
-    assert all(t.bwd_ms > 0 for t in timings.values())  # every layer here is on the gradient path
+    # every layer is on the gradient path; a ReLU's backward can be within the noise of the subtracted
+    # autograd call overhead, a Linear's cannot
+    assert all(t.bwd_ms >= 0 for t in timings.values())
+    assert all(timings[n].bwd_ms > 0 for n in ("0", "2", "4"))
     # a 512x512 layer does 2x the work of a 256x512 one: allow for noise, not for a wrong op
     assert timings["2"].fwd_ms > 0.8 * timings["0"].fwd_ms
 

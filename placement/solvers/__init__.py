@@ -1,0 +1,105 @@
+"""Placement solvers behind one interface: ``solve(graph, cluster, ...) -> Plan``.
+
+Every solver is a function ``Problem -> Plan`` registered by name in :data:`SOLVERS`:
+
+=================  ============================================================================
+``single``         every node on the one device where the step is fastest (baseline)
+``round-robin``    nodes dealt to the devices in turn (baseline)
+``expert``         the human-expert split published with a dnn-partitioning input (baseline)
+``m-topo``         Baechi's memory-aware topological packing (Jeon et al., SoCC 2020)
+``m-etf``          memory-aware Earliest Task First (Hwang et al. 1989; Baechi)
+``m-sct``          memory-aware Small Communication Time, favourite-child LP (Hanen & Munier; Baechi)
+``heft``           Heterogeneous Earliest Finish Time (Topcuoglu et al., IEEE TPDS 2002)
+``critical-path``  CPOP, critical-path-on-a-processor list scheduling (Topcuoglu et al. 2002)
+``cp-sat``         joint placement and scheduling with OR-Tools CP-SAT, coarsened, warm-started,
+                   refined by large-neighbourhood search; reports CP-SAT's proven bound
+``auto``           picks and combines the above by graph size and time budget; throughput requests
+                   go to :func:`placement.pipeline.solve_throughput`
+=================  ============================================================================
+
+All honour the resolved constraints (pins, colocation, forbidden kinds, memory budgets) and return
+:func:`~placement.solvers.common.finish_plan`'s checked, simulated, bounded Plan. Same inputs and seed
+give the same plan (see :mod:`placement.solvers.auto` for the one caveat, CP-SAT under a loaded clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from graphc.graph import Graph
+from placement.cluster import Cluster
+from placement.constraints import Constraints
+from placement.cost_model import CostModel
+from placement.errors import PlacementError
+from placement.plan import Plan
+from placement.solvers.auto import auto
+from placement.solvers.baselines import expert, round_robin, single_device
+from placement.solvers.common import Problem, make_problem
+from placement.solvers.cpop import cpop
+from placement.solvers.cpsat import cp_sat
+from placement.solvers.etf import m_etf
+from placement.solvers.heft import heft
+from placement.solvers.sct import m_sct
+from placement.solvers.topo import m_topo
+
+Solver = Callable[[Problem], Plan]
+
+#: name -> solver. ``ilp`` is another name for ``cp-sat``, ``cpop`` for ``critical-path``.
+SOLVERS: dict[str, Solver] = {
+    "auto": auto,
+    "cp-sat": cp_sat,
+    "ilp": cp_sat,
+    "single": single_device,
+    "round-robin": round_robin,
+    "expert": expert,
+    "m-topo": m_topo,
+    "m-etf": m_etf,
+    "m-sct": m_sct,
+    "heft": heft,
+    "critical-path": cpop,
+    "cpop": cpop,
+}
+
+#: The published heuristics (what the ILP and ``auto`` are compared with).
+HEURISTICS: tuple[str, ...] = ("m-topo", "m-etf", "m-sct", "heft", "critical-path")
+#: The baselines.
+BASELINES: tuple[str, ...] = ("single", "round-robin", "expert")
+
+
+def solve(
+    graph: Graph,
+    cluster: Cluster,
+    objective: str = "latency",
+    constraints: Constraints | None = None,
+    time_limit: float = 30.0,
+    seed: int = 0,
+    solver: str = "auto",
+    cost_model: CostModel | None = None,
+    mode: str = "training",
+    microbatches: int | None = None,
+) -> Plan:
+    """Place ``graph`` on ``cluster`` with ``solver`` (a name of :data:`SOLVERS`).
+
+    ``objective``: ``"latency"`` (one step as fast as possible) or ``"throughput"`` (pipelined; only
+    ``auto`` serves it). ``constraints`` pins, colocates, forbids kinds and budgets memory;
+    ``time_limit`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed`` fixes every random
+    choice. Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the
+    graph cannot fit, and :class:`PlacementError` for an unknown solver name.
+    """
+    if solver not in SOLVERS:
+        raise PlacementError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+    problem = make_problem(
+        graph,
+        cluster,
+        objective=objective,
+        constraints=constraints,
+        cost_model=cost_model,
+        mode=mode,
+        time_limit=time_limit,
+        seed=seed,
+        microbatches=microbatches,
+    )
+    return SOLVERS[solver](problem)
+
+
+__all__ = ["BASELINES", "HEURISTICS", "SOLVERS", "Problem", "Solver", "make_problem", "solve"]

@@ -27,7 +27,9 @@ class Problem:
     """One placement request: the graph, the cluster, how to price it, and what is required.
 
     ``started`` is the ``time.perf_counter()`` at which solving began (solve time is measured from it);
-    ``deadline`` the perf_counter value by which a solver must return.
+    ``deadline`` the perf_counter value by which a solver must return. ``cache`` holds what solvers
+    derive from the problem once and share (the integer-indexed :class:`~placement.solvers.instance.Instance`,
+    the best plan found so far under ``auto``); it is not part of the request.
     """
 
     graph: Graph
@@ -41,6 +43,7 @@ class Problem:
     microbatches: int | None = None
     started: float = field(default_factory=time.perf_counter)
     _bound: Bound | None = None
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def deadline(self) -> float:

@@ -1,0 +1,326 @@
+"""The ILP solver: CP-SAT on the graph (or a coarsening of it), warm-started, refined, bounded.
+
+Stages, each given a share of the time limit (``CpSatSettings``):
+
+1. **Warm start.** The fast heuristics (one device where the graph fits, m-ETF, m-SCT, HEFT,
+   critical path, m-TOPO) are run and simulated; the best is the incumbent.
+2. **CP-SAT.** If ``nodes x devices <= full_limit`` the model of :mod:`placement.solvers.ilp` is built
+   for the whole graph, else for a coarsening of it (:func:`placement.coarsen.coarsen`, about
+   ``coarse_limit / devices`` nodes). It is hinted with the incumbent scheduled in the model's time.
+   On tiny instances (``nodes x devices^2 <= exact_limit``) the model also books transfers on the
+   links they cross and runs backwards in the reverse order of forwards, as the simulator does with a
+   plan's order, and a second, relaxed solve proves the bound.
+3. **Polish**: moves across cut edges and of short chains, judged by the simulator
+   (:func:`placement.solvers.search.polish`).
+4. **Large-neighbourhood search** on the full graph (:mod:`placement.solvers.lns`), in rounds with
+   the polish, perturbing the best plan when a round finds nothing, until the work budget is spent.
+
+The plan is the best candidate seen (by simulated step). Its lower bound is the larger of the generic
+bound (:func:`placement.bounds.lower_bound`) and CP-SAT's proven bound when that is a bound of the full
+problem (whole graph, no memory rows: see :mod:`placement.solvers.ilp`); the gap is
+``(step - bound) / step``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from placement.constraints import InfeasibleError
+from placement.errors import PlacementError
+from placement.plan import Plan
+from placement.solvers.baselines import single_schedule
+from placement.solvers.common import Problem
+from placement.solvers.cpop import cpop_schedule
+from placement.solvers.etf import etf_schedule, static_priority
+from placement.solvers.heft import heft_schedule
+from placement.solvers.ilp import LatencyModel
+from placement.solvers.instance import Instance, instance
+from placement.solvers.listsched import Schedule, memory_retries, to_plan
+from placement.solvers.lns import lns
+from placement.solvers.sct import sct_schedule
+from placement.solvers.topo import topo_schedule
+from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
+
+# The warm-start heuristics: name -> Instance -> Schedule.
+WARM_START: dict[str, Callable[[Instance], Schedule]] = {
+    "single": single_schedule,
+    "m-etf": lambda inst: memory_retries(lambda h: etf_schedule(inst, static_priority(inst), headroom=h)),
+    "m-sct": sct_schedule,
+    "heft": heft_schedule,
+    "critical-path": cpop_schedule,
+    "m-topo": topo_schedule,
+}
+
+
+@dataclass
+class CpSatSettings:
+    """Knobs of :func:`cp_sat` (recorded in the plan's settings).
+
+    Attributes:
+        full_limit: model the whole graph when nodes x devices is at most this.
+        coarse_limit: else coarsen to about this many (coarse nodes x devices).
+        exact_limit: also model link contention and the reverse backward order when nodes x
+            devices^2 is at most this.
+        ilp_share: fraction of the time (after the warm start) for CP-SAT; the rest goes to rounds of
+            polish and LNS.
+        lns_window: fine nodes freed per LNS step; ``lns_base``: coarse nodes of the LNS's partition.
+        lns_step_seconds: CP-SAT budget per LNS step; ``lns_round``: LNS steps per round.
+        perturb_fraction: share of the cut-edge nodes moved when a round finds nothing.
+        workers: CP-SAT workers (with more than one, OR-Tools' deterministic interleaved search).
+    """
+
+    full_limit: int = 480
+    coarse_limit: int = 400
+    exact_limit: int = 160
+    ilp_share: float = 0.35
+    lns_window: int = 24
+    lns_base: int = 60
+    lns_step_seconds: float = 1.0
+    lns_round: int = 3
+    perturb_fraction: float = 0.1
+    workers: int = 1
+
+
+def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: list[str] | None = None) -> tuple[Candidate, list[Candidate]]:
+    """Run the warm-start heuristics; the best candidate and all of them. Raises the first
+    heuristic's infeasibility when none finds a placement."""
+    candidates: list[Candidate] = []
+    first_error: Exception | None = None
+    for name in names or list(WARM_START):
+        try:
+            sched = WARM_START[name](inst)
+        except InfeasibleError as exc:
+            if name != "single":  # "does not fit on one device" says little to a multi-device solver
+                first_error = first_error or exc
+            continue
+        seq = None if name in ("single", "m-topo") else sched.seq
+        cand = evaluator(sched.dev, seq, name)
+        if np.isfinite(cand.step_ms):
+            candidates.append(cand)
+    if not candidates:
+        raise first_error or InfeasibleError("no warm-start heuristic found a placement that fits in memory")
+    best = min(candidates, key=lambda c: c.step_ms)
+    return best, candidates
+
+
+def cp_sat(problem: Problem, settings: CpSatSettings | None = None) -> Plan:
+    """The ILP solver (module docstring)."""
+    _check_latency(problem, "cp-sat")
+    cfg = settings or CpSatSettings()
+    plan, _ = improve(problem, cfg, solver="cp-sat")
+    return plan
+
+
+def improve(
+    problem: Problem,
+    cfg: CpSatSettings,
+    *,
+    solver: str,
+    incumbent: Candidate | None = None,
+) -> tuple[Plan, dict[str, Any]]:
+    """Stages 1-4 of the module docstring; the plan and a record of what each stage did.
+
+    Every stage gets a *work* budget computed from the time limit and the graph's size alone (CP-SAT's
+    deterministic time; simulations, an LNS step counting as ``lns_step_seconds`` worth of them), so a
+    seed reproduces the plan; the wall clock only stops a stage that overruns, and the record says
+    which. After the first polish, rounds of LNS steps and polish alternate until the work is spent;
+    a round that finds nothing perturbs the best plan (random moves across cut edges) and polishes
+    that instead (iterated local search).
+    """
+    inst = instance(problem)
+    evaluator = Evaluator(problem, inst)
+    record: dict[str, Any] = {"cp_sat": asdict(cfg)}
+    D = inst.num_devices
+    if incumbent is None:
+        incumbent, cands = warm_start(problem, inst, evaluator)
+        record["warm_start"] = {c.source: c.step_ms for c in cands}
+    best = incumbent
+    bound_ms = 0.0
+    generic = problem.bound(problem.microbatches or 1).step_ms
+    budget = Budget.of(problem, inst, cfg)
+    record["budget"] = asdict(budget)
+    hard = problem.deadline - _reserve(inst)
+    cut_by_clock: list[str] = []
+    rng = random.Random(problem.seed)
+
+    def proven() -> bool:  # the incumbent meets a lower bound: nothing left to find
+        return best.step_ms <= max(generic, bound_ms) * (1 + 1e-9) + 1e-12
+
+    if D > 1 and inst.n > 1:
+        # -- CP-SAT on the graph or a coarsening --------------------------------------------
+        if budget.ilp_seconds > 0.05 and not proven():
+            wall = min(hard, time.perf_counter() + 2.0 * budget.ilp_seconds + 0.5)
+            cand, info = _ilp_stage(inst, evaluator, best, cfg, budget.ilp_seconds, wall, problem.seed)
+            record["ilp"] = info
+            if info.get("stopped_by_wall_clock"):
+                cut_by_clock.append("cp-sat")
+            if cand is not None and cand.better_than(best):
+                best = cand
+            if info.get("bound_valid"):
+                bound_ms = info["bound_ms"]
+        # -- rounds of polish and LNS until the work is spent --------------------------------
+        start_calls = evaluator.calls
+        step_units = int(cfg.lns_step_seconds / budget.sim_seconds) + 2
+        lns_steps = 0
+        rounds: list[dict[str, Any]] = []
+        current = best
+        while not proven():
+            left = budget.search_evals - (evaluator.calls - start_calls) - lns_steps * step_units
+            if left <= 0:
+                break
+            if time.perf_counter() >= hard:
+                cut_by_clock.append("search")
+                break
+            before = best.step_ms
+            current, done = polish(evaluator, current, hard, seed=rng.randrange(2**31), max_evals=left)
+            if not done:
+                cut_by_clock.append("polish")
+            if current.better_than(best):
+                best = current
+            left = budget.search_evals - (evaluator.calls - start_calls) - lns_steps * step_units
+            steps = min(cfg.lns_round, left // step_units)
+            if steps > 0 and not proven() and time.perf_counter() < hard:
+                current, stats = lns(
+                    inst, evaluator, best, hard, seed=rng.randrange(2**31), window=cfg.lns_window,
+                    base_size=cfg.lns_base, step_seconds=cfg.lns_step_seconds, max_steps=steps, workers=cfg.workers,
+                )  # fmt: skip
+                lns_steps += stats["steps"]
+                if stats["steps"] < steps:
+                    cut_by_clock.append("lns")
+                if current.better_than(best):
+                    best = current
+            rounds.append({"before_ms": before, "after_ms": best.step_ms})
+            if best.step_ms >= before * (1 - 1e-9):
+                if steps <= 0 and left < 2:
+                    break
+                current = _perturb(inst, best, evaluator, rng, cfg.perturb_fraction)  # diversify
+            else:
+                current = best
+        record["search"] = {"rounds": rounds, "lns_steps": lns_steps, "simulations": evaluator.calls - start_calls}
+
+    record["proven_optimal"] = proven()
+    record["stopped_by_wall_clock"] = sorted(set(cut_by_clock))
+    record["simulations"] = evaluator.calls
+    record["found_by"] = best.source
+    plan = to_plan(problem, inst, best.dev, solver=solver, settings=record, seq=best.seq, bound_ms=bound_ms or None)
+    return plan, record
+
+
+def _perturb(inst: Instance, cand: Candidate, evaluator: Evaluator, rng: random.Random, fraction: float) -> Candidate:
+    """``cand`` with a random ``fraction`` of its cut-edge nodes moved to their neighbour's device
+    (colocation groups whole, allowed devices only), simulated."""
+    dev = cand.dev.copy()
+    moves = sorted(boundary_moves(inst, dev))
+    rng.shuffle(moves)
+    for v, d in moves[: max(1, int(fraction * len(moves)))]:
+        members = inst.members[inst.group[v]]
+        if inst.allowed[members, d].all():
+            dev[members] = d
+    return evaluator(dev, None, cand.source + "+kick")
+
+
+@dataclass
+class Budget:
+    """Work allowed, from the time limit and the graph's size only (deterministic).
+
+    Attributes:
+        ilp_seconds: CP-SAT's nominal seconds (its deterministic limit is a fraction of them).
+        search_evals: simulations for the polish and LNS rounds (an LNS step counts as
+            ``lns_step_seconds / sim_seconds`` of them).
+        sim_seconds: the estimated seconds of one simulation.
+    """
+
+    ilp_seconds: float
+    search_evals: int
+    sim_seconds: float
+
+    @classmethod
+    def of(cls, problem: Problem, inst: Instance, cfg: CpSatSettings) -> Budget:
+        warm = 0.05 + 4e-4 * inst.n  # the warm start's heuristics and simulations, estimated
+        avail = max(0.0, problem.time_limit - warm - _reserve(inst))
+        sim = 3e-4 + 6e-6 * inst.n * max(1, problem.microbatches or 1)  # one simulation, estimated
+        ilp = cfg.ilp_share * avail
+        return cls(ilp_seconds=ilp, search_evals=int((avail - ilp) / sim), sim_seconds=sim)
+
+
+def _ilp_stage(
+    inst: Instance,
+    evaluator: Evaluator,
+    incumbent: Candidate,
+    cfg: CpSatSettings,
+    seconds: float,
+    deadline: float,
+    seed: int,
+) -> tuple[Candidate | None, dict[str, Any]]:
+    """Solve the model of the whole graph or of a coarsening; judge its solution by the simulator."""
+    from placement.coarsen import coarsen
+
+    D = inst.num_devices
+    whole = inst.n * D <= cfg.full_limit
+    exact = whole and inst.n * D * D <= cfg.exact_limit
+    co = None
+    target = inst
+    if not whole:
+        co = coarsen(inst, max(8, cfg.coarse_limit // D))
+        target = co.coarse
+    priority = incumbent.starts
+    hint_dev = incumbent.dev
+    if co is not None:
+        hint_dev = co.project(incumbent.dev)
+        if priority is not None:
+            priority = np.asarray([min(priority[v] for v in mem) for mem in co.members])
+    info: dict[str, Any] = {"graph": "full" if co is None else f"coarse ({co.size} nodes)", "exact": exact}
+    model = LatencyModel(target, contention=exact, reverse_backward=exact)
+    info["hint_ms"] = model.hint(hint_dev, priority)
+    share = 0.6 if exact else 1.0
+    result = model.solve(
+        share * seconds, seed=seed, workers=cfg.workers,
+        wall_limit=max(0.05, share * (deadline - time.perf_counter())),
+        presolve=target.n * D <= cfg.full_limit // 2,
+    )  # fmt: skip
+    info.update(
+        status=result.status, objective_ms=result.objective_ms, model_bound_ms=result.bound_ms,
+        seconds=round(result.wall_s, 3), size=result.size, stopped_by_wall_clock=result.stopped_by_wall_clock,
+    )  # fmt: skip
+    bound_ms, valid = result.bound_ms, co is None and result.relaxation
+    if exact:
+        # The exact model is not a relaxation of the simulator's own order; a relaxed solve proves the bound.
+        relaxed = LatencyModel(target, contention=True, reverse_backward=False)
+        if result.status in ("OPTIMAL", "FEASIBLE"):
+            relaxed.hint(result.dev, None)
+        rb = relaxed.solve(
+            (1 - share) * seconds, seed=seed, workers=cfg.workers,
+            wall_limit=max(0.05, deadline - time.perf_counter()),
+        )  # fmt: skip
+        bound_ms, valid = rb.bound_ms, rb.relaxation
+        info["relaxed_status"] = rb.status
+        info["stopped_by_wall_clock"] = info["stopped_by_wall_clock"] or rb.stopped_by_wall_clock
+    info["bound_ms"] = bound_ms
+    info["bound_valid"] = bool(valid) and bool(np.isfinite(bound_ms)) and bound_ms > 0
+    if result.status not in ("OPTIMAL", "FEASIBLE"):
+        return None, info
+    if co is None:
+        return evaluator(result.dev, result.seq, "cp-sat"), info
+    return evaluator(co.expand(result.dev), co.expand_seq(result.seq), "cp-sat (coarse)"), info
+
+
+def _reserve(inst: Instance) -> float:
+    """Seconds kept for the final plan (three simulations and the bound: about 0.2 s each per 10,000
+    nodes) and for a simulation under way when the clock runs out."""
+    return 0.2 + 1.2 * inst.n / 10_000
+
+
+def _check_latency(problem: Problem, name: str) -> None:
+    if problem.objective != "latency":
+        raise PlacementError(
+            f"solver {name!r} minimises the latency of one step; for objective={problem.objective!r} "
+            "use solver='auto' (it calls the pipeline solver)"
+        )
+
+
+__all__ = ["WARM_START", "CpSatSettings", "cp_sat", "improve", "warm_start"]

@@ -1,0 +1,128 @@
+"""m-ETF: memory-aware Earliest Task First list scheduling.
+
+ETF (Hwang, Chow, Anger and Lee, "Scheduling precedence graphs in systems with interprocessor
+communication times", SIAM J. Comput. 18(2), 1989) repeatedly schedules, among all ready tasks and all
+processors, the (task, processor) pair that can *start* earliest, ties going to the task of highest
+static level. Baechi (Jeon et al., "Baechi: fast device placement of machine learning graphs", SoCC
+2020) made it memory-aware as m-ETF: a device is a candidate for an operator only while the operator
+still fits in the device's memory, and each backward operator is colocated with its forward one.
+ETF assumes identical processors. On a cluster that mixes device kinds, a device is charged for its
+slowness: the start time compared is the start plus the time the task takes beyond its fastest
+allowed device (zero on identical devices, where this is ETF itself), so that a chain is not left on a
+slow CPU merely because the CPU could start it a microsecond earlier.
+
+Here the task times are forward + backward (the training-folded model of
+:mod:`placement.solvers.listsched`), colocation groups are placed as a unit (the first member fixes
+the device of the rest), and a pinned node only sees its devices.
+
+Implementation: each device keeps the ready tasks in two heaps, those whose inputs could already be
+there when the device is free (keyed by priority) and those that arrive later (keyed by arrival), so a
+step costs ``O(D log n)`` instead of a scan of every ready pair: ``O(n D log n)`` in all.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from placement.plan import Plan
+from placement.solvers.common import Problem
+from placement.solvers.instance import Instance, instance
+from placement.solvers.listsched import Schedule, mean_work, memory_retries, to_plan, upward_rank
+
+
+def etf_schedule(
+    inst: Instance, priority: np.ndarray, home: np.ndarray | None = None, headroom: float = 1.0
+) -> Schedule:
+    """The ETF list schedule of ``inst`` with tie-breaking ``priority`` (higher first).
+
+    ``home[v] >= 0`` names a node whose device the task must join when it can (m-SCT's favourite
+    child): the task is then offered to that node's device alone, unless it does not fit there or
+    that device is slower for it than its fastest allowed device.
+    """
+    n, D = inst.n, inst.num_devices
+    sched = Schedule(inst, headroom=headroom)
+    dev, free, ledger = sched.dev, sched.free, sched.ledger
+    fastest = np.where(inst.allowed, sched.work, np.inf).min(axis=1, keepdims=True)
+    slow = (sched.work - fastest).tolist()
+    # Devices of equal offers: the faster (less total work) first, then by index.
+    totals = sched.work.sum(axis=0)
+    rank = [0] * D
+    for r, d in enumerate(sorted(range(D), key=lambda d: (totals[d], d))):
+        rank[d] = r
+    indeg = np.fromiter((len(p) for p in inst.preds), dtype=np.int64, count=n)
+    waiting: list[list[tuple[float, float, int]]] = [[] for _ in range(D)]
+    avail: list[list[tuple[float, int]]] = [[] for _ in range(D)]
+    ready_at: dict[int, np.ndarray] = {}
+    prio = (-np.asarray(priority, dtype=float)).tolist()
+
+    def release(v: int) -> None:
+        row = sched.ready_row(v)
+        ready_at[v] = row
+        options = [d for d in range(D) if ledger.may_use(v, d)]
+        if home is not None and home[v] >= 0:
+            h = int(dev[home[v]])
+            if h in options and slow[v][h] <= 1e-9 * (1.0 + fastest[v, 0]) and ledger.fits(v, h, dev):
+                options = [h]
+        for d in options:
+            heapq.heappush(waiting[d], (float(row[d]), prio[v], v))
+
+    for v in range(n):
+        if indeg[v] == 0:
+            release(v)
+
+    while sched.placed < n:
+        best: tuple[float, float, int, int, float, int] | None = None
+        for d in range(D):
+            W, A, f = waiting[d], avail[d], free[d]
+            while W and W[0][0] <= f:
+                _, p, v = heapq.heappop(W)
+                if dev[v] < 0:
+                    heapq.heappush(A, (p, v))
+            while A and (dev[A[0][1]] >= 0 or not ledger.may_use(A[0][1], d) or not ledger.fits(A[0][1], d, dev)):
+                heapq.heappop(A)
+            if A:
+                v = A[0][1]
+                key = (f + slow[v][d], A[0][0], rank[d], v, f, d)
+            else:
+                while W and (dev[W[0][2]] >= 0 or not ledger.may_use(W[0][2], d) or not ledger.fits(W[0][2], d, dev)):
+                    heapq.heappop(W)
+                if not W:
+                    continue
+                v = W[0][2]
+                key = (W[0][0] + slow[v][d], W[0][1], rank[d], v, W[0][0], d)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            # Every offer was withdrawn (memory ran out or a group went elsewhere): retry the ready
+            # tasks once on every device, and give up on the first that fits nowhere.
+            stuck = [v for v in ready_at if dev[v] < 0]
+            for v in stuck:
+                options = sched.candidates(v)
+                if not options:
+                    raise ledger.infeasible(v, dev)
+                for d in options:
+                    heapq.heappush(waiting[d], (float(ready_at[v][d]), prio[v], v))
+            continue
+        _, _, _, v, start, d = best
+        sched.place(v, d, start)
+        del ready_at[v]
+        for w, _ in inst.succs[v]:
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                release(w)
+    return sched
+
+
+def static_priority(inst: Instance) -> np.ndarray:
+    """ETF's tie-break: the static level (longest path of mean compute to a sink, no communication)."""
+    return upward_rank(inst, mean_work(inst), np.zeros(inst.num_edges))
+
+
+def m_etf(problem: Problem) -> Plan:
+    """Place with m-ETF and record the schedule's order per device."""
+    inst = instance(problem)
+    priority = static_priority(inst)
+    sched = memory_retries(lambda h: etf_schedule(inst, priority, headroom=h))
+    return to_plan(problem, inst, sched.dev, solver="m-etf", seq=sched.seq)

@@ -1,0 +1,104 @@
+"""Large-neighbourhood search on the full graph with CP-SAT, judged by the simulator.
+
+Each step frees a neighbourhood of the incumbent and re-optimises it with the model of
+:mod:`placement.solvers.ilp`, everything else keeping its device:
+
+1. The full graph is coarsened *respecting the incumbent* (:func:`placement.coarsen.coarsen` with
+   ``respect`` = the incumbent's devices), so the incumbent is exactly a solution of the coarse graph.
+2. A window is grown from a seed coarse node (an end of an edge cut by the incumbent, or any node),
+   through coarse neighbours, until it holds ``window`` fine nodes; its coarse nodes are split back
+   into fine nodes (:meth:`~placement.coarsen.Coarsening.refine`).
+3. CP-SAT solves that model with the coarse nodes outside the window fixed to their devices and the
+   window's fine nodes free, hinted with the incumbent scheduled in the model's time (priorities from
+   the incumbent's simulated timeline).
+4. The result is expanded to the full graph and simulated; it replaces the incumbent if its step is
+   shorter, and the coarsening is redone around the new incumbent.
+
+Windows are drawn from a generator seeded by the problem's seed, so the sequence of neighbourhoods is
+reproducible (the number of steps taken depends on the time limit).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from placement.solvers.ilp import LatencyModel
+from placement.solvers.instance import Instance
+from placement.solvers.search import Candidate, Evaluator
+
+if TYPE_CHECKING:
+    from placement.coarsen import Coarsening
+
+
+def grow_window(co: Coarsening, dev: np.ndarray, size: int, rng: random.Random) -> list[int]:
+    """Coarse nodes around a seed (an end of a cut edge half the time) holding about ``size`` fine nodes."""
+    coarse = co.coarse
+    cdev = co.project(dev)
+    cut = [int(x) for e in range(coarse.num_edges) if cdev[coarse.src[e]] != cdev[coarse.dst[e]]
+           for x in (coarse.src[e], coarse.dst[e])]
+    seed = rng.choice(cut) if cut and rng.random() < 0.5 else rng.randrange(co.size)
+    window, frontier, total = [seed], [seed], len(co.members[seed])
+    seen = {seed}
+    while frontier and total < size:
+        c = frontier.pop(0)
+        nbrs = [x for x, _ in coarse.preds[c]] + [x for x, _ in coarse.succs[c]]
+        rng.shuffle(nbrs)
+        for x in nbrs:
+            if x not in seen and total < size:
+                seen.add(x)
+                window.append(x)
+                frontier.append(x)
+                total += len(co.members[x])
+    return window
+
+
+def lns(
+    inst: Instance,
+    evaluator: Evaluator,
+    incumbent: Candidate,
+    deadline: float,
+    *,
+    seed: int = 0,
+    window: int = 24,
+    base_size: int = 60,
+    step_seconds: float = 1.5,
+    max_steps: int = 1_000_000,
+    workers: int = 1,
+) -> tuple[Candidate, dict]:
+    """Improve ``incumbent`` for ``max_steps`` steps of ``step_seconds`` CP-SAT budget each, or until
+    the wall-clock ``deadline`` (module docstring); returns it and step statistics."""
+    from placement.coarsen import coarsen  # placement.coarsen imports this package's Instance
+
+    rng = random.Random(seed)
+    stats = {"steps": 0, "improvements": 0}
+    base = coarsen(inst, base_size, respect=incumbent.dev)
+    while stats["steps"] < max_steps:
+        left = deadline - time.perf_counter()
+        if left < 0.05:
+            break
+        win = grow_window(base, incumbent.dev, window, rng)
+        co = base.refine(win)
+        in_window = np.zeros(co.size, dtype=bool)
+        for fine in (v for c in win for v in base.members[c]):
+            in_window[co.part[fine]] = True
+        cdev = co.project(incumbent.dev)
+        fixed = {c: int(cdev[c]) for c in range(co.size) if not in_window[c]}
+        model = LatencyModel(co.coarse, fixed=fixed, symmetry=False)
+        priority = None
+        if incumbent.starts is not None:
+            priority = np.asarray([min(incumbent.starts[v] for v in mem) for mem in co.members])
+        model.hint(cdev, priority)
+        result = model.solve(step_seconds, seed=rng.randrange(2**31), workers=workers, wall_limit=min(2 * step_seconds, left), presolve=False)
+        stats["steps"] += 1
+        if result.status not in ("OPTIMAL", "FEASIBLE"):
+            continue
+        cand = evaluator(co.expand(result.dev), co.expand_seq(result.seq), incumbent.source + "+lns")
+        if cand.better_than(incumbent):
+            incumbent = cand
+            stats["improvements"] += 1
+            base = coarsen(inst, base_size, respect=incumbent.dev)
+    return incumbent, stats

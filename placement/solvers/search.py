@@ -1,0 +1,181 @@
+"""What the improving solvers share: judging a candidate by the simulator, and a local search.
+
+:class:`Evaluator` is the one judge of a candidate assignment: the simulator (the same one
+:func:`~placement.solvers.common.finish_plan` runs), with the device memory the constraints allow. A
+candidate that comes with a per-device order is simulated both with that order and with the
+simulator's own priority, and the faster counts, since a solver's model of time is never exactly the
+simulator's (see :mod:`placement.solvers.ilp`).
+
+:func:`polish` is a first-improvement local search on the full graph, judged by the simulator (so it
+sees link contention and the simulator's order, which no model here does): it moves a node (with its
+colocation group) across a cut edge to the device of its neighbour, and keeps the move when the step
+gets shorter. Candidates are visited in a seeded random order, so a seed gives one trajectory; the
+search stops at a local optimum, after ``max_evals`` simulations, or at the deadline. A second
+neighbourhood moves short chains whole, which single moves cannot do when each half of the move
+alone makes the step longer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from placement.errors import PlacementError
+from placement.simulate import simulate
+from placement.solvers.common import Problem
+from placement.solvers.instance import Instance
+
+
+@dataclass
+class Candidate:
+    """A judged assignment: device per node, the order it was simulated with (None: the simulator's
+    priority), its simulated step (inf if it does not fit) and where it came from."""
+
+    dev: np.ndarray
+    seq: list[list[int]] | None
+    step_ms: float
+    source: str
+    starts: np.ndarray | None = field(default=None, repr=False)
+
+    def better_than(self, other: Candidate | None) -> bool:
+        return other is None or self.step_ms < other.step_ms * (1 - 1e-9) - 1e-12
+
+
+class Evaluator:
+    """Simulate candidates of one problem; count the simulations and their time."""
+
+    def __init__(self, problem: Problem, inst: Instance) -> None:
+        self.problem, self.inst = problem, inst
+        self.capacity = {d.name: c for d, c in zip(inst.devices, inst.capacity)}
+        self.microbatches = problem.microbatches or 1
+        self.calls = 0
+        self.seconds = 0.0
+
+    def step(self, dev: np.ndarray, seq: list[list[int]] | None = None) -> tuple[float, np.ndarray | None]:
+        """Simulated step of ``dev`` (with order ``seq`` when given), inf when memory overflows; and the
+        forward start of every node."""
+        inst, p = self.inst, self.problem
+        start = time.perf_counter()
+        try:
+            result = simulate(
+                p.graph,
+                p.cluster,
+                inst.assignment_names(dev),
+                p.cost_model,
+                mode=p.mode,
+                microbatches=self.microbatches,
+                order=inst.order_names(seq) if seq is not None else None,
+            )
+        except PlacementError:
+            return float("inf"), None
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - start
+        for name, peak in result.peak_memory_bytes.items():
+            if peak > self.capacity[name]:
+                return float("inf"), None
+        starts = np.frombuffer(result.raw.task_start)[: inst.n] if result.raw is not None else None
+        return result.step_ms, starts
+
+    def __call__(self, dev: np.ndarray, seq: list[list[int]] | None, source: str) -> Candidate:
+        """The better of ``dev`` with the order ``seq`` and with the simulator's priority."""
+        dev = np.asarray(dev, dtype=np.int64)
+        step, starts = self.step(dev)
+        best = Candidate(dev, None, step, source, starts)
+        if seq is not None:
+            step, starts = self.step(dev, seq)
+            if step < best.step_ms:
+                best = Candidate(dev, seq, step, source, starts)
+        return best
+
+
+def polish(
+    evaluator: Evaluator,
+    incumbent: Candidate,
+    deadline: float,
+    *,
+    seed: int = 0,
+    max_evals: int = 100_000,
+) -> tuple[Candidate, bool]:
+    """Local search judged by the simulator (module docstring), in two neighbourhoods: a node (with
+    its colocation group) moved across a cut edge to its neighbour's device, until no such move helps;
+    then a *segment* (a coarse node of the graph coarsened to a third of its size respecting the
+    current devices: a short chain) moved to any device; back to single moves after a segment move
+    helps, stop when neither does. Returns the result and whether the search ended by itself (local
+    optimum or ``max_evals``) rather than at the wall-clock ``deadline``."""
+    from placement.coarsen import coarsen
+
+    inst = evaluator.inst
+    rng = random.Random(seed)
+    dev = incumbent.dev.copy()
+    # Moves are judged with the simulator's own priority (an order would not survive them).
+    best_step = incumbent.step_ms if incumbent.seq is None else evaluator.step(dev)[0]
+    evals = 0
+
+    def attempt(nodes: list[int], d: int) -> bool:
+        nonlocal best_step, evals
+        members = sorted({m for v in nodes for m in inst.members[inst.group[v]]})
+        if (dev[members] == d).all() or not inst.allowed[members, d].all():
+            return False
+        old = dev[members].copy()
+        dev[members] = d
+        step, _ = evaluator.step(dev)
+        evals += 1
+        if step < best_step * (1 - 1e-9) - 1e-12:
+            best_step = step
+            return True
+        dev[members] = old
+        return False
+
+    clock = False
+
+    def out_of_time() -> bool:
+        nonlocal clock
+        if evals >= max_evals:
+            return True
+        if time.perf_counter() >= deadline:
+            clock = True
+            return True
+        return False
+
+    while not out_of_time():
+        improved = True
+        while improved and not out_of_time():
+            improved = False
+            moves = sorted(boundary_moves(inst, dev))
+            rng.shuffle(moves)
+            for v, d in moves:
+                if out_of_time():
+                    break
+                improved |= attempt([v], d)
+        if out_of_time() or inst.n < 3:
+            break
+        segments = coarsen(inst, max(2, inst.n // 3), respect=dev).members
+        order = [(i, d) for i in range(len(segments)) for d in range(inst.num_devices)]
+        rng.shuffle(order)
+        moved = False
+        for i, d in order:
+            if out_of_time():
+                break
+            if len(segments[i]) > 1 and attempt(segments[i], d):
+                moved = True
+        if not moved:
+            break
+    if best_step < incumbent.step_ms * (1 - 1e-9) - 1e-12:
+        return Candidate(dev, None, best_step, incumbent.source + "+polish"), not clock
+    return incumbent, not clock
+
+
+def boundary_moves(inst: Instance, dev: np.ndarray) -> set[tuple[int, int]]:
+    """(node, device) pairs moving a node to the device of a neighbour across a cut edge."""
+    src, dst = inst.src, inst.dst
+    cut = np.flatnonzero(dev[src] != dev[dst])
+    moves = set()
+    for e in cut.tolist():
+        u, v = int(src[e]), int(dst[e])
+        moves.add((u, int(dev[v])))
+        moves.add((v, int(dev[u])))
+    return moves

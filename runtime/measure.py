@@ -1,0 +1,184 @@
+"""Measuring a step: wall time and peak memory per device, next to what the plan predicted.
+
+Memory. CUDA devices report the caching allocator's peak (``torch.cuda.max_memory_allocated``). The
+CPU has no such counter, so :class:`MemoryTracker` counts it: a ``TorchDispatchMode`` that sees every op
+of the step (forward, the autograd engine's backward, the optimizer) and follows the storage of every
+tensor they make until its last tensor is freed. A device's figure is its static bytes (parameters,
+buffers, optimizer state, counted before the step) plus the peak of the live bytes made during the
+step: the same quantities the simulator adds up, so the two can be compared. Interception slows every
+op down, so memory is measured in a step of its own, never in a timed one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import weakref
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from rich.table import Table
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from placement.plan import Plan
+from runtime.step import StepResult
+
+
+class MemoryTracker(TorchDispatchMode):
+    """Peak live bytes per device label while active (see the module docstring).
+
+    Args:
+        static: device label -> bytes alive before the step and not freed during it.
+        label_of: the label of a tensor made before the step (a parameter's owner), or None.
+        default: the label of tensors made where nothing else tells (a single-device process).
+
+    A new tensor is labelled :attr:`current` when set (the device whose program is running), else
+    with the label of the first of the op's inputs that has one (so backward ops follow the forward
+    tensors they read), else ``default``.
+    """
+
+    def __init__(
+        self,
+        static: dict[str, int],
+        label_of: Callable[[torch.Tensor], str | None] | None = None,
+        default: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.static = dict(static)
+        self.label_of = label_of or (lambda t: None)
+        self.default = default
+        self.current: str | None = None
+        self._live: dict[tuple[str, int], list[Any]] = {}  # storage -> [bytes, label, tensors alive]
+        self._bytes: dict[str, int] = defaultdict(int)
+        self._peak: dict[str, int] = defaultdict(int)
+
+    def peaks(self) -> dict[str, int]:
+        """Device label -> static bytes + peak bytes made during the step."""
+        labels = set(self.static) | set(self._peak)
+        return {label: self.static.get(label, 0) + self._peak.get(label, 0) for label in labels}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        label = self.current or self._input_label(args) or self.default
+        if label is None:
+            return out
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._track(t, label)
+        return out
+
+    def _key(self, t: torch.Tensor) -> tuple[str, int]:
+        return (str(t.device), t.untyped_storage().data_ptr())
+
+    def _input_label(self, args: tuple) -> str | None:
+        for t in tree_leaves(args):
+            if isinstance(t, torch.Tensor):
+                entry = self._live.get(self._key(t))
+                label = entry[1] if entry is not None else self.label_of(t)
+                if label is not None:
+                    return label
+        return None
+
+    def _track(self, t: torch.Tensor, label: str) -> None:
+        key = self._key(t)
+        if key[1] == 0:
+            return
+        entry = self._live.get(key)
+        if entry is None:
+            nbytes = t.untyped_storage().nbytes()
+            entry = self._live[key] = [nbytes, label, 0]
+            self._bytes[label] += nbytes
+            self._peak[label] = max(self._peak[label], self._bytes[label])
+        entry[2] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: tuple[str, int]) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[2] -= 1
+        if entry[2] == 0:
+            self._bytes[entry[1]] -= entry[0]
+            del self._live[key]
+
+
+# -- a measured run next to its prediction --------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """What :func:`measure` needs of an executor (both executors have it)."""
+
+    def step(self, inputs: Any = None, targets: Any = None, *, measure_memory: bool = False) -> StepResult: ...
+
+    def gather(self, value: Any) -> list[Any]: ...
+
+
+@dataclass
+class Measurement:
+    """Measured steps of a placed program, and what the plan predicted.
+
+    Attributes:
+        step_ms: median step time (per step, the slowest rank's).
+        steps_ms: every timed step's time.
+        peak_memory_bytes: device -> peak bytes of live tensors in a step.
+        predicted_step_ms: the plan's predicted step time, when known.
+        predicted_peak_memory_bytes: device -> the plan's predicted peak memory, when known.
+    """
+
+    step_ms: float
+    steps_ms: list[float]
+    peak_memory_bytes: dict[str, int]
+    predicted_step_ms: float | None = None
+    predicted_peak_memory_bytes: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self, title: str = "measured vs predicted") -> Table:
+        """One row for the step and one per device: measured, predicted, and their ratio."""
+        table = Table(title=title)
+        for column in ("what", "measured", "predicted", "predicted / measured"):
+            table.add_column(column, justify="left" if column == "what" else "right")
+        table.add_row("step (ms, median)", f"{self.step_ms:.1f}", *_predicted(self.predicted_step_ms, self.step_ms, "{:.1f}"))
+        for device, peak in self.peak_memory_bytes.items():
+            predicted = self.predicted_peak_memory_bytes.get(device)
+            mib = predicted / 2**20 if predicted is not None else None
+            table.add_row(f"peak memory {device} (MiB)", f"{peak / 2**20:.1f}", *_predicted(mib, peak / 2**20, "{:.1f}"))
+        return table
+
+
+def _predicted(value: float | None, measured: float, fmt: str) -> tuple[str, str]:
+    if value is None or value <= 0:
+        return "-", "-"
+    return fmt.format(value), f"{value / measured:.2f}" if measured > 0 else "-"
+
+
+def measure(
+    executor: Executor,
+    inputs: Any,
+    targets: Any,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    plan: Plan | None = None,
+) -> Measurement:
+    """Time ``steps`` training steps after ``warmup`` ones, then measure memory in one more step; next to
+    ``plan``'s predictions when it has them. On a distributed executor every rank calls it and gets the
+    same result (the ranks' figures are gathered)."""
+    for _ in range(warmup):
+        executor.step(inputs, targets)
+    times = [executor.step(inputs, targets).step_ms for _ in range(steps)]
+    peaks = executor.step(inputs, targets, measure_memory=True).peak_memory_bytes
+    gathered = executor.gather((times, peaks))
+    per_step = [max(step) for step in zip(*(t for t, _ in gathered))]
+    return Measurement(
+        step_ms=statistics.median(per_step),
+        steps_ms=per_step,
+        peak_memory_bytes={d: b for _, p in gathered for d, b in p.items()},
+        predicted_step_ms=plan.predicted_step_ms if plan is not None and plan.predicted_step_ms > 0 else None,
+        predicted_peak_memory_bytes=dict(plan.peak_memory_bytes) if plan is not None else {},
+    )
+

@@ -1,0 +1,258 @@
+"""Pipeline schedules as data: per device, the order in which it runs the forward and backward of each
+microbatch; checked before anything runs, and printable.
+
+An :class:`Action` is ``F k`` (the device's program on microbatch ``k``, with the sends and receives it
+contains) or ``B k`` (the backward of that microbatch on the device: it posts the receives of the
+gradients of the values it sent, then, in the reverse order of the forward, sends back the gradients
+of the values it received and waits for those of the values it sent). A :class:`Schedule` gives every device its list of actions:
+
+* :func:`gpipe` (Huang et al. 2019): all forwards, then all backwards. Valid for any partition.
+* :func:`one_f_one_b` (PipeDream-flush, Narayanan et al. 2021): stage ``s`` of ``S`` runs ``S - 1 - s``
+  warm-up forwards, then alternates one forward and one backward, then drains the backwards, so at most
+  ``S - s`` microbatches keep activations alive at once. It needs the devices to form a pipeline (data
+  flows one way between them): :func:`pipeline_stages` orders them or says why not.
+
+:func:`validate` is the checker that needs no simulator: it expands each device's actions into the
+communication events of its program (sends never block, a wait blocks until the matching send was
+posted) and plays them until every device is done. It refuses a schedule that deadlocks (naming each
+stuck device, its action and the value it waits for), a send without a receive, a microbatch missing or
+run twice, and, for backends whose messages carry no tags (NCCL), a pair of devices whose messages
+would be received in another order than sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from runtime import comm
+from runtime.errors import ScheduleError
+from runtime.partition import PartitionedProgram, device_sort_key
+
+FORWARD = "F"
+BACKWARD = "B"
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a device: the forward (``F``) or backward (``B``) of one microbatch."""
+
+    kind: str
+    microbatch: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.microbatch}"
+
+
+@dataclass
+class Schedule:
+    """Which actions every device runs, in order.
+
+    Attributes:
+        name: ``gpipe``, ``1f1b`` or a user's name.
+        microbatches: microbatches per step.
+        actions: device -> its actions in order.
+        training: backward actions are expected (False: forwards only, inference).
+    """
+
+    name: str
+    microbatches: int
+    actions: dict[str, list[Action]] = field(default_factory=dict)
+    training: bool = True
+
+    def __str__(self) -> str:
+        width = max((len(d) for d in self.actions), default=0)
+        lines = [f"{self.name} schedule: {self.microbatches} microbatch(es) on {len(self.actions)} device(s)"]
+        for device, actions in self.actions.items():
+            lines.append(f"  {device:<{width}} | {' '.join(str(a) for a in actions)}")
+        return "\n".join(lines)
+
+
+def gpipe(devices: list[str], microbatches: int, training: bool = True) -> Schedule:
+    """All forwards in microbatch order, then (training) all backwards in microbatch order."""
+    forwards = [Action(FORWARD, k) for k in range(microbatches)]
+    backwards = [Action(BACKWARD, k) for k in range(microbatches)] if training else []
+    return Schedule("gpipe", microbatches, {d: forwards + backwards for d in devices}, training)
+
+
+def one_f_one_b(stages: list[str], microbatches: int) -> Schedule:
+    """1F1B for devices in pipeline order (``stages[0]`` first; see the module docstring)."""
+    actions = {}
+    for s, device in enumerate(stages):
+        warmup = min(len(stages) - 1 - s, microbatches)
+        seq = [Action(FORWARD, k) for k in range(warmup)]
+        forward, backward = warmup, 0
+        while forward < microbatches:
+            seq += [Action(FORWARD, forward), Action(BACKWARD, backward)]
+            forward, backward = forward + 1, backward + 1
+        seq += [Action(BACKWARD, k) for k in range(backward, microbatches)]
+        actions[device] = seq
+    return Schedule("1f1b", microbatches, actions, True)
+
+
+def pipeline_stages(program: PartitionedProgram) -> list[str]:
+    """The devices in pipeline order (a topological order of who sends to whom), or a ScheduleError
+    naming a cycle when data flows both ways between devices."""
+    flow = nx.DiGraph()
+    flow.add_nodes_from(program.devices)
+    flow.add_edges_from((t.src, t.dst) for t in program.transfers)
+    rank = {d: i for i, d in enumerate(program.devices)}
+    try:
+        return list(nx.lexicographical_topological_sort(flow, key=rank.__getitem__))
+    except nx.NetworkXUnfeasible:
+        cycle = [u for u, _ in nx.find_cycle(flow)]
+        raise ScheduleError(
+            f"the devices do not form a pipeline: data flows {' -> '.join(cycle + cycle[:1])}; 1F1B needs stages "
+            "that only send forward: use schedule='gpipe', or a plan whose stages form a chain"
+        ) from None
+
+
+def make_schedule(program: PartitionedProgram, name: str, training: bool = True) -> Schedule:
+    """The schedule ``name`` (``gpipe`` or ``1f1b``) for ``program``'s devices and microbatches."""
+    if name == "gpipe" or (name == "1f1b" and not training):
+        return gpipe(program.devices, program.microbatches, training)
+    if name == "1f1b":
+        return one_f_one_b(pipeline_stages(program), program.microbatches)
+    raise ScheduleError(f"unknown schedule {name!r}; schedules: {', '.join(SCHEDULES)}")
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One communication step of a device: ``send`` and ``post`` never block, ``wait`` does."""
+
+    kind: str
+    key: tuple[int, int, bool]  # (transfer tag, microbatch, is gradient)
+    action: Action
+    peer: str
+
+
+def validate(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = False) -> None:
+    """Raise :class:`ScheduleError` unless ``schedule`` runs ``program`` to the end (module docstring).
+
+    ``in_order``: also require that every pair of devices receives its messages in the order they are
+    sent (for NCCL, whose point-to-point messages are matched by order, not by tag).
+    """
+    _check_actions(schedule, program)
+    events = {d: [e for a in schedule.actions[d] for e in _expand(program, d, a)] for d in program.devices}
+    _play(events, program)
+    if in_order:
+        _check_order(events, program)
+
+
+def _check_actions(schedule: Schedule, program: PartitionedProgram) -> None:
+    if set(schedule.actions) != set(program.devices):
+        raise ScheduleError(
+            f"the schedule covers devices {sorted(schedule.actions, key=device_sort_key)}, the program runs on {program.devices}"
+        )
+    if schedule.microbatches != program.microbatches:
+        raise ScheduleError(f"the schedule has {schedule.microbatches} microbatches, the program {program.microbatches}")
+    kinds = (FORWARD, BACKWARD) if schedule.training else (FORWARD,)
+    for device, actions in schedule.actions.items():
+        for kind in kinds:
+            seen = sorted(a.microbatch for a in actions if a.kind == kind)
+            if seen != list(range(schedule.microbatches)):
+                raise ScheduleError(
+                    f"{device} runs {kind} for microbatches {seen}; it must run each of 0..{schedule.microbatches - 1} once"
+                )
+        extra = [str(a) for a in actions if a.kind not in kinds]
+        if extra:
+            raise ScheduleError(f"{device} has actions {extra} that a {'training' if schedule.training else 'forward-only'} schedule cannot run")
+        done: set[int] = set()
+        for a in actions:
+            if a.kind == FORWARD:
+                done.add(a.microbatch)
+            elif a.microbatch not in done:
+                raise ScheduleError(f"{device} runs B{a.microbatch} before F{a.microbatch}")
+
+
+def _expand(program: PartitionedProgram, device: str, action: Action) -> list[_Event]:
+    """The communication events of one action of ``device``, in the order the device meets them.
+
+    Forward: the program's ops in order (its receives are posted first). Backward: the receives of
+    the gradients of the values the device sent are posted first, then the gradient steps run in the
+    reverse of the forward order: a received value's gradient is sent back, a sent value's is waited for.
+    """
+    k = action.microbatch
+    forward: list[_Event] = []
+    gradient_posts: list[_Event] = []
+    gradient_steps: list[_Event] = []
+    for node in program.programs[device].comm_nodes():
+        if node.target is comm.send:
+            t = program.transfer(node.kwargs["tag"])
+            forward.append(_Event("send", (t.tag, k, False), action, t.dst))
+            if t.grad:
+                gradient_posts.append(_Event("post", (t.tag, k, True), action, t.dst))
+                gradient_steps.append(_Event("wait", (t.tag, k, True), action, t.dst))
+        elif node.target is comm.recv:
+            t = program.transfer(node.kwargs["tag"])
+            forward.append(_Event("post", (t.tag, k, False), action, t.src))
+        else:
+            t = program.transfer(node.args[0].kwargs["tag"])
+            forward.append(_Event("wait", (t.tag, k, False), action, t.src))
+            if t.grad:
+                gradient_steps.append(_Event("send", (t.tag, k, True), action, t.src))
+    if action.kind == FORWARD:
+        return forward
+    return list(reversed(gradient_posts)) + list(reversed(gradient_steps))
+
+
+def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
+    position = dict.fromkeys(events, 0)
+    sent: set[tuple[int, int, bool]] = set()
+    received: set[tuple[int, int, bool]] = set()
+    progress = True
+    while progress:
+        progress = False
+        for device, seq in events.items():
+            while position[device] < len(seq):
+                event = seq[position[device]]
+                if event.kind == "wait":
+                    if event.key not in sent:
+                        break
+                    received.add(event.key)
+                elif event.kind == "send":
+                    sent.add(event.key)
+                position[device] += 1
+                progress = True
+    stuck = [(d, seq[position[d]]) for d, seq in events.items() if position[d] < len(seq)]
+    if stuck:
+        lines = [f"{d} at {event.action} waits for {_describe(program, event)}" for d, event in stuck]
+        raise ScheduleError("the schedule deadlocks: " + "; ".join(lines))
+    unmatched = sorted(sent - received)
+    if unmatched:
+        tag, k, grad = unmatched[0]
+        t = program.transfer(tag)
+        what = f"the gradient of {t.value!r} from {t.dst} to {t.src}" if grad else f"{t.value!r} from {t.src} to {t.dst}"
+        raise ScheduleError(f"{len(unmatched)} send(s) have no receive, e.g. {what} in microbatch {k}")
+
+
+def _describe(program: PartitionedProgram, event: _Event) -> str:
+    tag, k, grad = event.key
+    t = program.transfer(tag)
+    what = f"the gradient of {t.value!r}" if grad else repr(t.value)
+    return f"{what} (transfer {tag}, microbatch {k}) from {event.peer}"
+
+
+def _check_order(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
+    sends: dict[tuple[str, str], list] = {}
+    recvs: dict[tuple[str, str], list] = {}
+    for device, seq in events.items():
+        for e in seq:
+            if e.kind == "send":
+                sends.setdefault((device, e.peer), []).append(e.key)
+            elif e.kind == "post":
+                recvs.setdefault((e.peer, device), []).append(e.key)
+    for channel, sequence in sends.items():
+        expected = recvs.get(channel, [])
+        if sequence != expected:
+            i = next(i for i, (a, b) in enumerate(zip(sequence + [None], expected + [None])) if a != b)
+            raise ScheduleError(
+                f"{channel[0]} -> {channel[1]}: message {i} is sent as transfer {sequence[i] if i < len(sequence) else '-'} "
+                f"but received as {expected[i] if i < len(expected) else '-'}; a backend without tags (NCCL) would "
+                "mix them up: use a schedule in which both devices meet their messages in the same order"
+            )

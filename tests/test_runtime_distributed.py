@@ -1,0 +1,191 @@
+"""runtime.DistributedExecutor: one gloo rank per device gives eager PyTorch's numbers.
+
+Ranks start once per world size (:func:`runtime.launch.spawn`, in a module fixture) and run every case in
+turn; the parent traces and partitions, and the partitions travel to the ranks by value. Placements
+are random (a fresh seed per run, printed on failure; ``GRAPHC_TEST_SEED`` replays one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+import graphc
+from graphc import zoo
+from runtime import (
+    DistributedExecutor,
+    EagerRun,
+    PartitionedProgram,
+    contiguous_plan,
+    eager_run,
+    init_from_env,
+    partition,
+    plan_from_assignment,
+    relative_difference,
+    zoo_loss,
+)
+from runtime.launch import spawn
+from runtime.step import ZooLoss
+
+RTOL = 1e-4
+
+
+def build(name: str, batch: int = 2) -> zoo.ZooModel:
+    knobs = {} if name == "resnet50" else {"dropout": 0.0}
+    return zoo.build(name, batch_size=batch, size="small", **knobs)
+
+
+@functools.cache
+def traced(name: str) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
+    zm = build(name)
+    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
+
+
+@functools.cache
+def eager(name: str) -> EagerRun:
+    ref = build(name)
+    return eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+@dataclass
+class Case:
+    """One program to train on every rank."""
+
+    program: PartitionedProgram
+    inputs: tuple
+    targets: torch.Tensor
+    loss_fn: ZooLoss
+    steps: int = 1
+    optimizer: bool = False
+    schedule: str = "gpipe"
+
+
+def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
+    """What a rank runs: every case, returning this rank's losses, outputs, gradients and parameters."""
+    init_from_env()
+    results = []
+    for case in cases:
+        executor = DistributedExecutor(
+            case.program,
+            loss_fn=case.loss_fn,
+            optimizer=adam if case.optimizer else None,
+            schedule=case.schedule,
+            timeout_s=30,
+        )
+        steps = [executor.step(case.inputs, case.targets) for _ in range(case.steps)]
+        results.append(
+            {
+                "losses": [s.loss for s in steps],
+                "outputs": steps[-1].outputs,
+                "grads": {n: p.grad for n, p in executor.named_parameters()},
+                "params": {n: p.detach() for n, p in executor.named_parameters()},
+            }
+        )
+        executor.close()
+    return results
+
+
+def run(world_size: int, cases: list[Case]) -> list[dict[str, Any]]:
+    """Run the cases on ``world_size`` ranks; per case, the loss and outputs of the output rank and the
+    gradients and parameters of all ranks merged."""
+    outcomes = spawn(run_cases, world_size, (cases,), timeout_s=120)
+    for o in outcomes:
+        assert o.ok, f"rank {o.rank} failed: {o.error}"
+    merged = []
+    for i, case in enumerate(cases):
+        out = outcomes[case.program.devices.index(case.program.output_device)].result[i]
+        grads, params = {}, {}
+        for o in outcomes:
+            grads.update(o.result[i]["grads"])
+            params.update(o.result[i]["params"])
+        merged.append({"losses": out["losses"], "outputs": out["outputs"], "grads": grads, "params": params})
+    return merged
+
+
+def random_case(name: str, devices: list[str], rng: random.Random) -> Case:
+    zm, program = traced(name)
+    names = program.graph.node_names()
+    choice = [rng.choice(devices) for _ in names]
+    choice[: len(devices)] = devices  # every rank has a device
+    rng.shuffle(choice)
+    plan = plan_from_assignment(program.graph, dict(zip(names, choice)))
+    return Case(partition(program, plan), zm.example_inputs, zm.targets, zoo_loss(zm))
+
+
+SEED = int(os.environ.get("GRAPHC_TEST_SEED", random.randrange(2**31)))  # failures print it; set it to replay
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict[str, Any]:
+    """Two ranks: every zoo model on a random placement, and three Adam steps of GPT-2 (tied embedding)
+    and ResNet (batch norm) on another."""
+    rng = random.Random(SEED)
+    cases = {name: random_case(name, ["cpu0", "cpu1"], rng) for name in zoo.NAMES}
+    for name in ("gpt2", "resnet50"):
+        zm = build(name)  # a model of its own: the optimizer updates it
+        program = graphc.trace(zm.model, zm.example_inputs, name=name)
+        devices = [rng.choice(["cpu0", "cpu1"]) for _ in program.graph.node_names()]
+        devices[:2] = ["cpu0", "cpu1"]
+        plan = plan_from_assignment(program.graph, dict(zip(program.graph.node_names(), devices)))
+        cases[f"{name} x3"] = Case(partition(program, plan), zm.example_inputs, zm.targets, zoo_loss(zm), 3, True)
+    return dict(zip(cases, run(2, list(cases.values()))))
+
+
+@pytest.fixture(scope="module")
+def three_ranks() -> dict[str, Any]:
+    """Three ranks: every zoo model on a random placement, and GPT-2 and VGG pipelined through three
+    stages in 4 microbatches under GPipe and 1F1B."""
+    rng = random.Random(SEED + 1)
+    cases = {name: random_case(name, ["cpu0", "cpu1", "cpu2"], rng) for name in zoo.NAMES}
+    for name in PIPELINED:
+        zm = build(name, BATCH)
+        full = graphc.trace(zm.model, zm.example_inputs, name=name)
+        micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name=name)
+        plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=M)
+        program = partition(micro.graph_module, plan, full.graph)
+        for schedule in ("gpipe", "1f1b"):
+            cases[f"{name} {schedule}"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=schedule)
+    return dict(zip(cases, run(3, list(cases.values()))))
+
+
+PIPELINED, BATCH, M = ("gpt2", "vgg16"), 8, 4
+
+
+@pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_random_placements_match_eager(name, ranks, request):
+    got = request.getfixturevalue(ranks)[name]
+    reference = eager(name)
+    assert got["losses"][0] == pytest.approx(reference.losses[0], rel=1e-5), f"seed {SEED}"
+    assert relative_difference({"out": got["outputs"]}, {"out": reference.outputs.detach()})[0] < RTOL, f"seed {SEED}"
+    assert relative_difference(got["grads"], reference.grads) < (RTOL, ""), f"seed {SEED}"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "resnet50"])
+def test_parameters_match_eager_after_optimizer_steps(name, two_ranks):
+    got = two_ranks[f"{name} x3"]
+    ref = build(name)
+    reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), adam, 3)
+    assert got["losses"] == pytest.approx(reference.losses, rel=1e-5), f"seed {SEED}"
+    assert relative_difference(got["params"], reference.params) < (RTOL, ""), f"seed {SEED}"
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("name", PIPELINED)
+def test_pipelined_steps_give_the_full_batch_gradients(name, schedule, three_ranks):
+    got = three_ranks[f"{name} {schedule}"]
+    ref = build(name, BATCH)
+    reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
+    assert got["losses"][0] == pytest.approx(reference.losses[0], rel=1e-5)
+    assert got["outputs"].shape == reference.outputs.shape
+    assert relative_difference(got["grads"], reference.grads) < (RTOL, "")

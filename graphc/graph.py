@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import networkx as nx
 
 from graphc.errors import GraphFormatError
+from graphc.jsonfile import read_json, write_json
 
 SCHEMA = "graphc.graph"
 SCHEMA_VERSION = 1
@@ -249,7 +250,7 @@ class Graph:
 
     def save(self, path: str | Path) -> None:
         """Write the graph as JSON (``allow_nan`` off: every number is finite)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> "Graph":
@@ -285,14 +286,7 @@ class Graph:
     @classmethod
     def load(cls, path: str | Path) -> "Graph":
         """Read a graph written by :meth:`save`."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GraphFormatError(f"{path}: cannot read the file ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise GraphFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, GraphFormatError, "graph"), str(path))
 
 
 def _check(ok: bool, source: str, where: str, why: str) -> None:

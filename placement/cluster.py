@@ -24,7 +24,6 @@ bad field (``devices[2].memory_bytes: expected a positive number, got -1``).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import networkx as nx
 
+from graphc.jsonfile import read_json, write_json
 from placement.errors import ClusterFormatError, PlacementError
 
 SCHEMA = "graphc.cluster"
@@ -360,7 +360,7 @@ class Cluster:
 
     def save(self, path: str | Path) -> None:
         """Write the cluster as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> Cluster:
@@ -414,14 +414,7 @@ class Cluster:
     @classmethod
     def load(cls, path: str | Path) -> Cluster:
         """Read a cluster written by :meth:`save` (or by hand)."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ClusterFormatError(f"{path}: no such file") from None
-        except json.JSONDecodeError as exc:
-            raise ClusterFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, ClusterFormatError, "cluster"), str(path))
 
 
 # -- validation -----------------------------------------------------------------------------------

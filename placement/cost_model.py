@@ -40,13 +40,13 @@ All times are milliseconds, as in :mod:`graphc.graph`.
 # ruff: noqa: PLR1730, FURB136
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from graphc.jsonfile import read_json, write_json
 from graphc.graph import EdgeData, Graph, NodeData
 from placement.cluster import Cluster, Device
 from placement.errors import PlacementError, ProfileFormatError
@@ -123,7 +123,7 @@ class ProfiledTimes:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> ProfiledTimes:
@@ -159,14 +159,7 @@ class ProfiledTimes:
 
     @classmethod
     def load(cls, path: str | Path) -> ProfiledTimes:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProfileFormatError(f"{path}: no such file") from None
-        except json.JSONDecodeError as exc:
-            raise ProfileFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, ProfileFormatError, "profiled times"), str(path))
 
 
 class CostModel:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphc.graph import Graph
+from graphc.jsonfile import read_json, write_json
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, ProfiledTimes
 from placement.errors import PlacementError
@@ -193,7 +194,7 @@ class Plan:
         return doc
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> "Plan":
@@ -271,14 +272,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanFormatError(f"{path}: cannot read the plan ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise PlanFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, PlanFormatError, "plan"), str(path))
 
 
 _COST_SETTINGS = ("compute_efficiency", "memory_efficiency", "default_dtype", "use_measured")

@@ -4,7 +4,7 @@
 - :func:`load_dnn_partitioning`: NeurIPS 2020 device-placement inputs (``dnn-partitioning/*/*.json``),
   and :func:`load_expert_split` for their human-expert splits (``dnn-partitioning/experts/*.json``).
 - :func:`load_benchmark`: either, chosen by the file's suffix.
-- :func:`shared_benchmarks_dir`: where the published files live.
+- :func:`shared_benchmarks_dir`: where the published files live; :func:`benchmark_files` lists them.
 
 Every importer raises :class:`graphc.errors.GraphFormatError` on a malformed file, naming the file and
 the line or the JSON field.
@@ -23,6 +23,7 @@ ENV_VAR = "GRAPHC_BENCHMARKS"
 
 __all__ = [
     "ENV_VAR",
+    "benchmark_files",
     "load_benchmark",
     "load_dnn_partitioning",
     "load_expert_split",
@@ -83,3 +84,14 @@ def _resolve(path: Path) -> Path:
     except FileNotFoundError:
         return path
     return shared if shared.exists() else path
+
+
+def benchmark_files(*, throughput: bool = True) -> list[str]:
+    """Every published graph file, relative to :func:`shared_benchmarks_dir`: the PipeDream profiles, the
+    dnn-partitioning latency inputs and (``throughput=True``) its throughput inputs. Expert splits and
+    licence files are not graphs and are left out."""
+    root = shared_benchmarks_dir()
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "pipedream").glob("*.txt") if p.stem != "LICENSE")
+    for sub in ("latency", "throughput") if throughput else ("latency",):
+        files += sorted(p.relative_to(root).as_posix() for p in (root / "dnn-partitioning" / sub).glob("*.json"))
+    return files

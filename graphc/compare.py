@@ -203,7 +203,7 @@ def to_summary_markdown(rows: list[Row]) -> str:
         if pipelined:
             p = pipelined.get((graph, cluster))
             if p is None or p.error:
-                cells += ["—", p.error[:40] if p else "—"]
+                cells += ["—", f"none: {p.error.split(':')[0]}" if p else "—"]
             else:
                 cells += [f"{p.step_ms:,.2f}", f"{p.stages} x {p.microbatches}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -38,6 +38,7 @@ def test_summary_uses_the_best_bound_bolds_the_best_and_averages_geometrically()
         _row("g2", "single", 50.0, 50.0),
         _row("g2", "m-etf", 0, 0, error="does not fit"),
         _row("g2", "auto", 50.0, 50.0),
+        _row("g2", "pipeline", 0, 0, objective="throughput", error="the plan does not fit in memory: gpu0 needs 13 GiB"),
     ]
     lines = to_summary_markdown(rows).splitlines()
     assert _cells(lines[0]) == ["graph", "cluster", "bound (ms)", "single", "m-etf", "auto", "auto step (ms)",
@@ -45,7 +46,7 @@ def test_summary_uses_the_best_bound_bolds_the_best_and_averages_geometrically()
     g1, g2, means = _cells(lines[2]), _cells(lines[3]), _cells(lines[4])
     assert g1 == ["g1", "c", "100.00", "2.000", "1.500", "**1.200**", "120.00", "16.7%", "80.00", "2 x 4"]
     assert g2[:6] == ["g2", "c", "50.00", "**1.000**", "—", "**1.000**"]
-    assert g2[-2:] == ["—", "—"]  # no pipelined plan for g2
+    assert g2[-2:] == ["—", "none: the plan does not fit in memory"]
     assert means[3] == f"{math.sqrt(2.0 * 1.0):.3f}" and means[4] == "1.500" and means[5] == f"{math.sqrt(1.2):.3f}"
     auto_line = next(line for line in lines if line.startswith("auto / best other solver"))
     assert f"{math.sqrt(120 / 150 * 1.0):.3f}" in auto_line and "over 2 rows" in auto_line

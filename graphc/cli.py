@@ -171,55 +171,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: trace a benchmark network, place it on the default cluster, print the plan,
-    execute it on local devices, check it against eager PyTorch, and compare predicted with measured time."""
-    import copy
+    """The main job (:mod:`graphc.demo`): trace, profile, place, execute, check against eager, and
+    compare predicted with measured step time."""
+    from graphc.demo import run_demo
 
-    from graphc.profile import ProfileSettings, profile_program
-    from placement import Cluster, CostModel
-    from placement.solvers import solve
-    from runtime import LocalExecutor, partition, zoo_loss
-    from runtime.measure import measure
-
-    console = _console(args)
-    torch.set_num_threads(1)
-    cluster = Cluster.preset("local", workers=2)
-    console.rule(f"1. trace Inception-v3 (small, batch 8) and profile its ops on this CPU; cluster: {cluster.name}")
-    zm = zoo.build("inception_v3", batch_size=8, size="small", width=0.25, dropout=0.0)
-    reference = copy.deepcopy(zm.model)
-    with console.status("tracing and profiling ..."):
-        program = trace(zm.model, zm.example_inputs, granularity="module", name="inception_v3")
-        profiled = profile_program(program, zm.example_inputs, ProfileSettings(repeats=3))
-    console.print(graph_totals_table(program.graph))
-
-    console.rule("2. place it on the local cluster (2 CPU worker devices) with solver=auto")
-    with console.status("solving ..."):
-        plan = solve(program.graph, cluster, time_limit=10.0, cost_model=CostModel(cluster, profiled=profiled))
-    console.print(plan.summary())
-
-    console.rule("3. execute the plan on local devices and check it against eager PyTorch")
-    executor = LocalExecutor(partition(program, plan), loss_fn=zoo_loss(zm))
-    result = executor.step(zm.example_inputs, zm.targets)
-    reference.zero_grad(set_to_none=True)
-    eager_loss = zm.loss(reference(*zm.example_inputs))
-    eager_loss.backward()
-    grads = dict(executor.named_parameters())
-    worst = max(float((grads[n].grad - p.grad).abs().max()) for n, p in reference.named_parameters())
-    worst = max(worst, abs(result.loss - eager_loss.item()))
-    console.print(f"loss placed {result.loss:.6f}, eager {eager_loss.item():.6f}; largest gradient difference {worst:.2e}")
-    if worst > 1e-3:  # float32: ops run in another order on another device
-        console.print("[red]MISMATCH: the placed run does not reproduce eager PyTorch[/red]")
-        return 1
-    console.print("[green]placed execution matches eager PyTorch[/green]")
-
-    console.rule("4. predicted vs measured step time (logical devices run one after another in this process)")
-    measured = measure(executor, zm.example_inputs, zm.targets, steps=5, warmup=1, plan=plan)
-    busy = sum(plan.simulate().busy_ms.values())
-    console.print(
-        f"predicted step {plan.predicted_step_ms:.1f} ms on {len(plan.devices_used())} device(s) "
-        f"(sum of device busy time {busy:.1f} ms); measured in one process {measured.step_ms:.1f} ms"
-    )
-    return 0
+    return run_demo(_console(args))
 
 
 def _show(console: Console, graph: Graph) -> None:
@@ -232,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="what `make demo` runs: trace, check against eager, import")
+    demo = commands.add_parser("demo", help="what `make demo` runs: trace, profile, place, execute, check against eager, time")
     demo.set_defaults(run=cmd_demo)
 
     traced = commands.add_parser("trace", help="trace and annotate a model; print its cost graph")

@@ -66,3 +66,11 @@ def test_compare_refuses_a_readme_without_markers_before_solving(tmp_path, capsy
 def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "plan for 'inception_v3' on 'local'" in out
+    assert "placed execution matches eager PyTorch" in out
+    assert "predicted step" in out and "measured" in out and "median of 5 steps" in out

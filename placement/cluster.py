@@ -69,6 +69,11 @@ class Device:
     memory_bytes: float
     op_overhead_s: float = 5e-6
 
+    def speed_key(self) -> tuple:
+        """What the cost model prices this device by: two devices with equal keys run every node in the
+        same time (kind, category, peaks, memory bandwidth, per-op overhead)."""
+        return (self.kind, self.category, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth, self.op_overhead_s)
+
     def peak(self, dtype: str = "float32") -> float:
         """Peak FLOP/s for ``dtype``; a dtype the device lacks runs at its ``float32`` rate."""
         flops = self.peak_flops.get(dtype)

@@ -29,6 +29,11 @@ node named in ``graph.meta["input_nodes"]`` (PipeDream's Input layers, whose pro
 the data loader): :func:`graph_inputs` names both, and the simulator and the bounds apply it (``node_ms``
 sees a node without its graph).
 
+A microbatch (a slice ``1/m`` of the batch) of a pass that takes ``t`` on the whole batch takes
+``max(t / m, min(t, floor))`` where ``floor`` is the device's per-op overhead times the ops the node
+stands for (:meth:`CostModel.microbatch_ms`): the work divides, the launch overhead is paid by every
+microbatch.
+
 A transfer between two devices takes ``EdgeData.transfer_ms`` when the edge carries a time for the pair
 (see :meth:`CostModel.measured_transfer_ms` for the labels matched), else ``route latency + bytes /
 bottleneck bandwidth`` on the cluster's route. On one device it is free.
@@ -46,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from graphc.jsonfile import read_json, write_json
 from graphc.graph import EdgeData, Graph, NodeData
+from graphc.jsonfile import read_json, write_json
 from placement.cluster import Cluster, Device
 from placement.errors import PlacementError, ProfileFormatError
 from placement.specs import DEVICE_SPECS
@@ -207,11 +212,46 @@ class CostModel:
         return self._resolve(node, self._device(device), backward)[0]
 
     def node_times(
-        self, nodes: Sequence[NodeData], devices: Sequence[Device], backward: bool = True
+        self, nodes: Sequence[NodeData], devices: Sequence[Device], backward: bool = True, microbatches: int = 1
     ) -> tuple[list[float], list[float]]:
         """Forward and backward times of ``nodes[i]`` on ``devices[i]`` for every ``i``, ms: the values of
         :meth:`node_ms`, computed in one pass (the simulator prices 100,000 nodes with it).
-        ``backward=False`` leaves the backward list at zeros."""
+        ``backward=False`` leaves the backward list at zeros. ``microbatches=m`` gives the time of one
+        microbatch instead (:meth:`microbatch_ms` of each)."""
+        fwd, bwd = self._full_batch_times(nodes, devices, backward)
+        if microbatches != 1:
+            split = self.microbatch_ms
+            fwd = [split(t, nd, dev, microbatches) for t, nd, dev in zip(fwd, nodes, devices)]
+            bwd = [split(t, nd, dev, microbatches) for t, nd, dev in zip(bwd, nodes, devices)]
+        return fwd, bwd
+
+    @staticmethod
+    def task_floor_ms(node: NodeData, device: Device) -> float:
+        """The least time of one pass of ``node`` on ``device``, however little data it gets, ms: the
+        device's per-op overhead (:attr:`Device.op_overhead_s`: kernel launch, framework dispatch) once
+        per op the node stands for (its ``fx_nodes``; one when it names none)."""
+        return 1e3 * device.op_overhead_s * max(1, len(node.fx_nodes))
+
+    @classmethod
+    def microbatch_ms(cls, full_ms: float, node: NodeData, device: Device, microbatches: int) -> float:
+        """Time of one of ``microbatches`` slices of a pass that takes ``full_ms`` on the whole batch, ms.
+
+        ``max(full_ms / m, min(full_ms, floor))`` with ``floor`` = :meth:`task_floor_ms`: the work
+        divides, but a pass never gets faster than its launch overhead (a GPU kernel launch, a CPU op
+        dispatch), which is paid again by every microbatch. This is the roofline's floor
+        (``max(compute, memory, op_overhead)``) carried to a split batch, and what gives the choice of
+        the microbatch count (:mod:`placement.pipeline.microbatches`) an optimum below the largest
+        candidate. A pass that takes 0 (an input, a node with no backward) stays 0.
+        """
+        floor = cls.task_floor_ms(node, device)
+        share = full_ms / microbatches
+        least = full_ms if full_ms < floor else floor
+        return share if share > least else least
+
+    def _full_batch_times(
+        self, nodes: Sequence[NodeData], devices: Sequence[Device], backward: bool
+    ) -> tuple[list[float], list[float]]:
+        """:meth:`node_times` of the whole batch."""
         fwd: list[float] = []
         bwd: list[float] = []
         resolve = self._resolve

@@ -45,11 +45,23 @@ class PlanMismatchError(PlacementError):
 
 @dataclass
 class Stage:
-    """One stage of a pipelined plan: a set of nodes, replicated data-parallel on ``devices``."""
+    """One stage of a pipelined plan: a set of nodes, replicated data-parallel on ``devices``.
+
+    The plan assigns the stage's nodes to ``devices[0]``. With ``r`` devices and ``m`` microbatches,
+    microbatch ``k`` runs on ``devices[k % r]`` (round robin), and after the stage's last backward its
+    devices all-reduce the parameter gradients (a ring, in this order); :func:`placement.simulate`
+    models exactly that when given :func:`stage_replicas`.
+    """
 
     index: int
     nodes: list[str]
     devices: list[str]
+
+
+def stage_replicas(stages: list[Stage]) -> dict[str, list[str]]:
+    """The ``replicas`` argument of :func:`placement.simulate` for these stages: first device -> all the
+    stage's devices, for each stage with more than one."""
+    return {st.devices[0]: list(st.devices) for st in stages if len(st.devices) > 1}
 
 
 @dataclass
@@ -131,15 +143,18 @@ class Plan:
         )
 
     # -- inspection (placement.inspect) --------------------------------------------------------
-    def simulate(self) -> "SimResult":
+    def simulate(self) -> SimResult:
         """Simulate the plan again (same graph, cluster and cost model) for its timeline and figures."""
         from placement.simulate import simulate
 
         graph, cluster = self._made_from()
         order = self.order or None
-        return simulate(graph, cluster, self.assignment, self.cost_model, mode=self.mode, microbatches=self.microbatches, order=order)
+        return simulate(
+            graph, cluster, self.assignment, self.cost_model, mode=self.mode, microbatches=self.microbatches,
+            order=order, replicas=stage_replicas(self.stages),
+        )  # fmt: skip
 
-    def summary(self) -> "Group":
+    def summary(self) -> Group:
         """Tables per device and per link and the headline figures (a rich renderable: print it)."""
         from placement.inspect import summary_table
 
@@ -197,7 +212,7 @@ class Plan:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str = "<dict>") -> "Plan":
+    def from_dict(cls, doc: Any, source: str = "<dict>") -> Plan:
         """Validate and build a plan; an error names the source and the bad field."""
         _require(isinstance(doc, dict), source, "top level", "expected a JSON object")
         _require(doc.get("schema") == SCHEMA, source, "schema", f"expected {SCHEMA!r}, got {doc.get('schema')!r}")
@@ -271,7 +286,7 @@ class Plan:
         return plan
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         return cls.from_dict(read_json(path, PlanFormatError, "plan"), str(path))
 
 

@@ -35,10 +35,22 @@ all its forwards (of every microbatch) are done. ``order`` fixes the sequence on
 (training) their backwards in reverse order for each microbatch; an order that contradicts the
 dependencies is reported as a deadlock.
 
-Microbatches. ``microbatches=m`` splits the batch: every task's time, every transfer's bytes (and a
-measured transfer time), every activation and every received tensor are divided by ``m``, and the
-``m`` microbatches flow through the devices, so a pipeline across devices overlaps them. Latency and
+Microbatches. ``microbatches=m`` splits the batch: every transfer's bytes (and a measured transfer
+time), every activation and every received tensor are divided by ``m``, and the ``m`` microbatches flow
+through the devices, so a pipeline across devices overlaps them. A task's time is divided by ``m`` down
+to its launch overhead, which every microbatch pays again (:meth:`CostModel.microbatch_ms`). Latency and
 static memory are not divided.
+
+Replicated stages. ``replicas[d]`` lists the devices of a data-parallel stage whose nodes are assigned
+to ``d`` (``d`` first; interchangeable devices that run no other node). Microbatch ``k`` of the stage
+runs on replica ``k mod r`` (round robin); a tensor of microbatch ``k`` goes from the replica holding
+``k`` in the producer's stage to the one holding ``k`` in the consumer's, and its gradient back. Every
+replica holds the stage's static memory. In training, when the last task on the stage's devices ends
+(after the sends it makes), the replicas all-reduce the stage's parameter gradients with a ring in the
+listed order: ``2 (r - 1)`` rounds of the slowest ring edge's latency plus ``2 (r - 1) / r`` x parameter
+bytes over its bandwidth, holding the links of every ring edge (booked like a transfer) for that time.
+The step ends when the last all-reduce does. Per replica this is the load model of
+:mod:`placement.pipeline.instance`: ``(compute) / r + 2 (r - 1) / r x bytes / bandwidth``.
 
 Memory, per device: static = parameters + buffers, in training also gradients (as large as the
 parameters) and optimizer state (``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or
@@ -78,7 +90,7 @@ from graphc.graph import Graph
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
-from placement.timeline import RawTimeline, SimResult
+from placement.timeline import AllReduce, RawTimeline, SimResult
 
 MODES = ("training", "inference")
 PRIORITIES = ("topological", "critical_path")
@@ -96,13 +108,17 @@ def simulate(
     priority: str = "topological",
     optimizer_state_factor: float = 2.0,
     check_allowed_kinds: bool = True,
+    replicas: Mapping[str, Sequence[str]] | None = None,
 ) -> SimResult:
     """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name).
 
     See the module docstring for the exact semantics. ``cost_model`` defaults to ``CostModel(cluster)``.
     ``check_allowed_kinds`` rejects a node placed on a device outside its ``allowed_kinds`` (matched
-    against the device's kind or category). Raises :class:`PlacementError` for an unassigned node, an
-    unknown node or device, a bad ``order``, or an order that deadlocks.
+    against the device's kind or category). ``replicas`` replicates stages data-parallel:
+    ``replicas[d]`` lists the devices of the stage whose nodes are assigned to ``d``, ``d`` first
+    (:func:`placement.plan.stage_replicas` makes it from a plan's stages). Raises :class:`PlacementError`
+    for an unassigned node, an unknown node or device, bad ``replicas``, a bad ``order``, or an order that
+    deadlocks.
     """
     if mode not in MODES:
         raise PlacementError(f"simulate: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -116,7 +132,7 @@ def simulate(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        sim = _Simulation(graph, cluster, assignment, cm, mode, microbatches, check_allowed_kinds)
+        sim = _Simulation(graph, cluster, assignment, cm, mode, microbatches, check_allowed_kinds, replicas or {})
         sim.prepare(order, priority, optimizer_state_factor)
         return sim.run()
     finally:
@@ -127,9 +143,9 @@ def simulate(
 class _Simulation:
     """Integer-indexed arrays built from the graph, the event loop over them, and the result."""
 
-    def __init__(self, graph: Graph, cluster: Cluster, assignment, cm: CostModel, mode: str, m: int, check_kinds: bool):
+    def __init__(self, graph: Graph, cluster: Cluster, assignment, cm: CostModel, mode: str, m: int, check_kinds: bool, replicas):
         self.graph, self.cluster, self.cm, self.m, self.mode = graph, cluster, cm, m, mode
-        self.assignment, self.check_kinds = assignment, check_kinds
+        self.assignment, self.check_kinds, self.replicas = assignment, check_kinds, replicas
         self.training = mode == "training"
         self.devices = cluster.devices
 
@@ -142,6 +158,7 @@ class _Simulation:
         kept = [(n, d) for n, d in nodes(data="data") if keep_all or not d.is_backward]
         self._index(nxg, [n for n, _ in kept], [d for _, d in kept])
         self._assign()
+        self._replicate()
         self._costs(opt_factor)
         self._groups()
         self._priorities(order, priority)
@@ -223,19 +240,73 @@ class _Simulation:
                         )
         self.dev = dev
 
+    def _replicate(self) -> None:
+        """Check ``replicas``; the device of every (microbatch, node) and the replicated stages.
+
+        ``kdev[k][v]`` is the device running node ``v`` in microbatch ``k``: replica ``k mod r`` of its
+        stage. Without replication every ``kdev[k]`` is ``dev``, one list shared."""
+        devices, dev, m = self.devices, self.dev, self.m
+        ndev = len(devices)
+        group = [(d,) for d in range(ndev)]  # each device's stage devices, primary first
+        stage_of = [-1] * ndev  # replicated stage index of a device, -1 if none
+        stages: list[tuple[int, ...]] = []
+        hosts_nodes = set(dev)
+        for primary, members in self.replicas.items():
+            where = f"replicas[{primary!r}]"
+            if primary not in self.cluster:
+                raise PlacementError(f"{where}: cluster {self.cluster.name!r} has no device {primary!r}")
+            if isinstance(members, str) or not members or members[0] != primary:
+                raise PlacementError(f"{where} must list the stage's devices, {primary!r} first; got {members!r}")
+            ids = []
+            for name in members:
+                if name not in self.cluster:
+                    raise PlacementError(f"{where}: cluster {self.cluster.name!r} has no device {name!r}")
+                d = self.cluster.device_index(name)
+                if d in ids or stage_of[d] >= 0:
+                    raise PlacementError(f"{where}: device {name!r} is in two replicated stages (or twice in one)")
+                if ids and d in hosts_nodes:
+                    raise PlacementError(
+                        f"{where}: replica {name!r} also runs nodes assigned to it; a device belongs to one stage"
+                    )
+                if ids and devices[d].speed_key() != devices[ids[0]].speed_key():
+                    raise PlacementError(
+                        f"{where}: replica {name!r} ({devices[d].kind}) is not interchangeable with {primary!r} "
+                        f"({devices[ids[0]].kind}); data-parallel replicas need devices of one kind and speed"
+                    )
+                ids.append(d)
+            if len(ids) > 1:
+                for d in ids:
+                    group[d] = tuple(ids)
+                    stage_of[d] = len(stages)
+                stages.append(tuple(ids))
+        self.group, self.stage_of, self.stages = group, stage_of, stages
+        self.rep_count = [len(group[d]) for d in range(ndev)]
+        # Phases: microbatches k and k + P run on the same devices.
+        period = math.lcm(*(len(s) for s in stages)) if stages else 1
+        self.P = P = min(period, m)
+        if P == 1:
+            self.phase_map = [list(range(ndev))]
+            self.kdev = [dev] * m
+        else:
+            self.phase_map = [[group[d][p % len(group[d])] for d in range(ndev)] for p in range(P)]
+            by_phase = [[pm[d] for d in dev] for pm in self.phase_map]
+            self.kdev = [by_phase[k % P] for k in range(m)]
+        # Microbatches each device runs (its share of the round robin).
+        self.mb_on = [0] * ndev
+        for d in range(ndev):
+            r = len(group[d])
+            self.mb_on[d] = len(range(group[d].index(d), m, r))
+
     def _costs(self, opt_factor: float) -> None:
         m, n, devices, dev, data = self.m, self.n, self.devices, self.dev, self.data
         inputs = graph_inputs(self.graph)
-        fwd, bwd = self.cm.node_times(data, [devices[d] for d in dev], self.has_bwd)
+        fwd, bwd = self.cm.node_times(data, [devices[d] for d in dev], self.has_bwd, microbatches=m)
         needs_grad = [True] * n
         if inputs:
             for i, nd in enumerate(data):
                 if nd.name in inputs:
                     needs_grad[i] = False
                     fwd[i] = bwd[i] = 0.0
-        if m > 1:
-            fwd = [t / m for t in fwd]
-            bwd = [t / m for t in bwd]
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, needs_grad
         static = [0.0] * len(devices)
         act = [0.0] * n
@@ -252,7 +323,17 @@ class _Simulation:
                 act[i] = nd.activation_bytes / m
             else:
                 out[i] = nd.output_bytes / m
+        for stage in self.stages:  # every replica holds the stage's parameters and state
+            for d in stage[1:]:
+                static[d] = static[stage[0]]
         self.static, self.act, self.out = static, act, out
+        # Gradients a replicated stage all-reduces: its parameters (training only).
+        self.stage_param_bytes = [0.0] * len(self.stages)
+        if self.training and self.stages:
+            for i, nd in enumerate(data):
+                s = self.stage_of[dev[i]]
+                if s >= 0:
+                    self.stage_param_bytes[s] += nd.param_bytes
 
     def _groups(self) -> None:
         """Local successor/predecessor lists, transfer groups (producer, receiving device), their routes.
@@ -302,33 +383,74 @@ class _Simulation:
         g_bytes = e_bytes[cross_edges[first]]
         for g, edges in g_more.items():
             g_bytes[g] = _group_bytes(edges)
-        # Routes of the device pairs in use: forward sends go src -> dst, gradients dst -> src.
-        src_dev = np.asarray(dev, dtype=np.int64)[np.asarray(g_src, dtype=np.int64)] if G else np.zeros(0, np.int64)
-        dst_dev = np.asarray(g_dst, dtype=np.int64)
-        pairs, route_of = np.unique(np.concatenate((src_dev * ndev + dst_dev, dst_dev * ndev + src_dev)), return_inverse=True)
+        # Routes of the device pairs in use, per phase (replicas): forward sends go src -> dst, gradients
+        # dst -> src; then the rings of the replicated stages' all-reduces.
+        g_src_np = np.asarray(g_src, dtype=np.int64)
+        dst_np = np.asarray(g_dst, dtype=np.int64)
+        codes = []
+        for pm in self.phase_map:
+            pm_np = np.asarray(pm, dtype=np.int64)
+            src_dev = pm_np[dev_np[g_src_np]] if G else np.zeros(0, np.int64)
+            dst_dev = pm_np[dst_np]
+            codes += [src_dev * ndev + dst_dev, dst_dev * ndev + src_dev]
+        rings = [list(zip(stage, stage[1:] + stage[:1])) for stage in self.stages]
+        codes.append(np.asarray([a * ndev + b for ring in rings for a, b in ring], dtype=np.int64))
+        pairs, route_of = np.unique(np.concatenate(codes), return_inverse=True)
         route_of = route_of.reshape(-1)
         routes = [cluster.route(devices[p // ndev].name, devices[p % ndev].name) for p in pairs.tolist()]
         latency = np.asarray([1e3 * r.latency_s for r in routes])
         per_byte = np.asarray([1e3 / r.bandwidth for r in routes])
         nbytes = g_bytes / m
-        f_route, b_route = route_of[:G], route_of[G:]
-        f_dur = (latency[f_route] + nbytes * per_byte[f_route]).tolist()
-        b_dur = (latency[b_route] + nbytes * per_byte[b_route]).tolist()
         measured_ms = self.cm.measured_transfer_ms
+        measured: dict[int, list[float | None]] = {}  # the same on every phase: replicas are alike
         for g in dict.fromkeys(measured_groups):
             edges = g_more.get(g) or [e_data[cross_edges[first[g]]]]
-            for a, b, store in ((dev[g_src[g]], g_dst[g], f_dur), (g_dst[g], dev[g_src[g]], b_dur)):
+            measured[g] = []
+            for a, b in ((dev[g_src[g]], g_dst[g]), (g_dst[g], dev[g_src[g]])):
                 times = [measured_ms(e.transfer_ms, devices[a], devices[b]) for e in edges if e.transfer_ms]
                 times = [t for t in times if t is not None]
-                if times:
-                    store[g] = max(times) / m
+                measured[g].append(max(times) / m if times else None)
+        f_route, b_route, f_dur, b_dur = [], [], [], []
+        for p in range(len(self.phase_map)):
+            fr, br = route_of[2 * p * G : (2 * p + 1) * G], route_of[(2 * p + 1) * G : (2 * p + 2) * G]
+            fd = (latency[fr] + nbytes * per_byte[fr]).tolist()
+            bd = (latency[br] + nbytes * per_byte[br]).tolist()
+            for g, (mf, mb) in measured.items():
+                if mf is not None:
+                    fd[g] = mf
+                if mb is not None:
+                    bd[g] = mb
+            f_route.append(fr.tolist())
+            b_route.append(br.tolist())
+            f_dur.append(fd)
+            b_dur.append(bd)
         self.local_succ, self.local_pred, self.groups_of, self.in_groups = local_succ, local_pred, groups_of, in_groups
         self.g_src, self.g_dst, self.g_cons = g_src, g_dst, g_cons
         self.g_bytes = nbytes.tolist()
-        self.f_dur, self.b_dur = f_dur, b_dur
-        self.f_route, self.b_route = f_route.tolist(), b_route.tolist()
+        self.f_dur, self.b_dur = f_dur, b_dur  # per phase, per group
+        self.f_route, self.b_route = f_route, b_route
         self.routes = routes
         self.route_resources = _merge_resources([r.resources for r in routes])
+        self._allreduces(rings, route_of[2 * len(self.phase_map) * G :].tolist())
+
+    def _allreduces(self, rings: list[list[tuple[int, int]]], ring_routes: list[int]) -> None:
+        """Duration, link resources and routes of each replicated stage's gradient all-reduce.
+
+        A ring all-reduce of ``P`` bytes over ``r`` replicas (reduce-scatter then all-gather) sends
+        ``2 (r - 1)`` chunks of ``P / r`` bytes along every edge of the ring, one chunk per round: it
+        takes ``2 (r - 1) x`` the latency plus ``2 (r - 1) / r x P`` bytes over the slowest edge of the
+        ring, and holds the links of every edge for that time."""
+        self.ar_dur, self.ar_res, self.ar_routes = [], [], []
+        it = iter(ring_routes)
+        for s, ring in enumerate(rings):
+            r = len(ring)
+            routes = [next(it) for _ in ring]
+            slow = min(routes, key=lambda x: self.routes[x].bandwidth)
+            lat = max(self.routes[x].latency_s for x in routes)
+            nbytes = 2 * (r - 1) / r * self.stage_param_bytes[s]
+            self.ar_dur.append(1e3 * (2 * (r - 1) * lat + nbytes / self.routes[slow].bandwidth) if nbytes else 0.0)
+            self.ar_res.append(tuple(dict.fromkeys(x for q in routes for x in self.route_resources[q])))
+            self.ar_routes.append(routes)
 
     def _priorities(self, order, priority: str) -> None:
         """Integer key per node for forward (``fkey``) and backward (``bkey``) tasks, and explicit orders."""
@@ -348,6 +470,11 @@ class _Simulation:
                 on_dev[dev[v]].append(v)
             for dname, seq in order.items():
                 d = self.cluster.device_index(dname)
+                if self.group[d][0] != d:
+                    raise PlacementError(
+                        f"order[{dname!r}]: {dname!r} is a replica of {self.devices[self.group[d][0]].name!r}'s "
+                        "stage and runs its order; give the order for that device"
+                    )
                 pos: dict[int, int] = {}
                 for p, name in enumerate(seq):
                     v = self.index.get(name)
@@ -370,6 +497,10 @@ class _Simulation:
                 self.explicit_dev[d] = True
                 self.dev_len[d] = nd
                 self.order_lists[d] = [self.index[x] for x in seq]
+                for replica in self.group[d][1:]:
+                    self.explicit_dev[replica] = True
+                    self.dev_len[replica] = nd
+                    self.order_lists[replica] = self.order_lists[d]
         self.fkey, self.bkey = fkey, bkey
 
     def _critical_path_keys(self) -> tuple[list[int], list[int]]:
@@ -406,12 +537,18 @@ class _Simulation:
     def run(self) -> SimResult:
         n, m = self.n, self.m
         has_bwd = self.has_bwd
-        dev, fwd, bwd = self.dev, self.fwd, self.bwd
+        kdev, fwd, bwd = self.kdev, self.fwd, self.bwd
         local_succ, local_pred, groups_of, in_groups = self.local_succ, self.local_pred, self.groups_of, self.in_groups
         g_src, g_cons = self.g_src, self.g_cons
-        f_dur, b_dur, route_res = self.f_dur, self.b_dur, self.route_resources
-        f_res = [route_res[r] for r in self.f_route]
-        b_res = [route_res[r] for r in self.b_route]
+        route_res, P = self.route_resources, self.P
+        # Per microbatch (the lists of its phase): durations and link resources of each group's sends.
+        k_fdur = [self.f_dur[k % P] for k in range(m)]
+        k_bdur = [self.b_dur[k % P] for k in range(m)]
+        phase_fres = [[route_res[r] for r in routes] for routes in self.f_route]
+        phase_bres = [[route_res[r] for r in routes] for routes in self.b_route]
+        k_fres = [phase_fres[k % P] for k in range(m)]
+        k_bres = [phase_bres[k % P] for k in range(m)]
+        rep_count, mb_on, stage_of = self.rep_count, self.mb_on, self.stage_of
         needs_grad, fkey, bkey = self.needs_grad, self.fkey, self.bkey
         ndev = len(self.devices)
         G = len(g_src)
@@ -440,8 +577,17 @@ class _Simulation:
             sent_at = [0.0] * MN
 
         fwd_left = [0] * ndev
-        for v in range(n):
-            fwd_left[dev[v]] += m
+        for k in range(m):
+            for d in kdev[k]:
+                fwd_left[d] += 1
+        # Replicated stages: tasks still to end on their devices, then the all-reduce's interval.
+        stage_left = [0] * len(self.stages)
+        for d, left in enumerate(fwd_left):
+            if stage_of[d] >= 0:
+                stage_left[stage_of[d]] += left * (2 if has_bwd else 1)
+        ar_start = [-1.0] * len(self.stages)
+        ar_end = [-1.0] * len(self.stages)
+        ar_dur, ar_res, reduce = self.ar_dur, self.ar_res, self.training
         cursor = [0] * ndev
         busy = [False] * ndev
         busy_until = [0.0] * ndev  # end of the task a busy device runs
@@ -477,17 +623,32 @@ class _Simulation:
         pending: list[int] = []
         marked = [False] * ndev
 
+        def stage_task_done(d: int, now: float) -> None:
+            # The last task of a replicated stage starts its gradient all-reduce (training), after the
+            # sends that task made.
+            s = stage_of[d]
+            stage_left[s] -= 1
+            if stage_left[s] == 0 and reduce:
+                st = now
+                for r in ar_res[s]:
+                    if free_at[r] > st:
+                        st = free_at[r]
+                en = st + ar_dur[s]
+                for r in ar_res[s]:
+                    free_at[r] = en
+                ar_start[s], ar_end[s] = st, en
+
         def ready_fwd(v: int, k: int, now: float) -> None:
-            d = dev[v]
-            key = k * dev_len[d] + fkey[v] if explicit_dev[d] else k * n + fkey[v]
+            d = kdev[k][v]
+            key = k // rep_count[d] * dev_len[d] + fkey[v] if explicit_dev[d] else k * n + fkey[v]
             heappush(ready[d], key * T + k * n + v)
             if not busy[d] and not marked[d]:
                 marked[d] = True
                 pending.append(d)
 
         def ready_bwd(v: int, k: int, now: float) -> None:
-            d = dev[v]
-            key = (m + k) * dev_len[d] + bkey[v] if explicit_dev[d] else MN + k * n + bkey[v]
+            d = kdev[k][v]
+            key = (mb_on[d] + k // rep_count[d]) * dev_len[d] + bkey[v] if explicit_dev[d] else MN + k * n + bkey[v]
             heappush(ready[d], key * T + MN + k * n + v)
             if not busy[d] and not marked[d]:
                 marked[d] = True
@@ -507,7 +668,8 @@ class _Simulation:
             now, code = heappop(events)
             if code < MN:  # F(v,k) ends
                 k, v = divmod(code, n)
-                d = dev[v]
+                dk = kdev[k]
+                d = dk[v]
                 busy[d] = False
                 fwd_left[d] -= 1
                 base = k * n
@@ -539,11 +701,12 @@ class _Simulation:
                     fneed[i] -= 1
                     if fneed[i] == 0:
                         t = f_at[i]
-                        if t <= now or (busy[dev[w]] and busy_until[dev[w]] > t):
+                        if t <= now or (busy[dk[w]] and busy_until[dk[w]] > t):
                             ready_fwd(w, k, now)  # due before its device can next start a task
                         else:
                             heappush(events, (t, T + i))
                 last = now
+                f_res, f_dur = k_fres[k], k_fdur[k]
                 for g in groups_of[v]:
                     # Book every link of the route, first come first served; the data lands at `en`.
                     res = f_res[g]
@@ -566,18 +729,21 @@ class _Simulation:
                         fneed[i] -= 1
                         if fneed[i] == 0:
                             t = f_at[i]
-                            if busy[dev[w]] and busy_until[dev[w]] > t:
+                            if busy[dk[w]] and busy_until[dk[w]] > t:
                                 ready_fwd(w, k, now)
                             else:
                                 heappush(events, (t, T + i))
                 if not has_bwd:
                     sent_at[base + v] = last
+                if stage_of[d] >= 0:
+                    stage_task_done(d, now)
                 if not marked[d]:
                     marked[d] = True
                     pending.append(d)
             elif code < T:  # B(v,k) ends
                 k, v = divmod(code - MN, n)
-                d = dev[v]
+                dk = kdev[k]
+                d = dk[v]
                 busy[d] = False
                 base = k * n
                 for u in local_pred[v]:
@@ -598,12 +764,12 @@ class _Simulation:
                         g_free[x] = now
                         u = g_src[g]
                         if needs_grad[u]:
-                            res = b_res[g]
+                            res = k_bres[k][g]
                             st = now
                             for r in res:
                                 if free_at[r] > st:
                                     st = free_at[r]
-                            en = st + b_dur[g]
+                            en = st + k_bdur[k][g]
                             for r in res:
                                 free_at[r] = en
                             t_start[MG + x] = st
@@ -614,18 +780,20 @@ class _Simulation:
                             bneed[i] -= 1
                             if bneed[i] == 0:
                                 t = b_at[i]
-                                du = dev[u]
+                                du = dk[u]
                                 if busy[du] and busy_until[du] > t:
                                     ready_bwd(u, k, now)
                                 else:
                                     heappush(events, (t, T + MN + i))
+                if stage_of[d] >= 0:
+                    stage_task_done(d, now)
                 if not marked[d]:
                     marked[d] = True
                     pending.append(d)
             else:  # the last input of a task arrives
                 task = code - T
-                v = task % n
-                d = dev[v]
+                k, v = divmod(task, n)
+                d = kdev[k if k < m else k - m][v]
                 if (
                     not busy[d]
                     and not ready[d]
@@ -655,22 +823,23 @@ class _Simulation:
         if done != T:
             self._deadlock(done, T, cursor)
         self.task_start, self.t_start, self.t_end, self.g_free = task_start, t_start, t_end, g_free
+        self.ar_start, self.ar_end = ar_start, ar_end
         if not has_bwd:
             self.local_done, self.sent_at = local_done, sent_at
-        return self._result(now)
+        return self._result(max(now, *ar_end) if ar_end else now)
 
     def _deadlock(self, done: int, total: int, cursor: list[int]) -> None:
         stuck = []
-        phases = 2 * self.m if self.has_bwd else self.m
         for d, dv in enumerate(self.devices):
-            nd = self.dev_len[d]
-            if self.explicit_dev[d] and cursor[d] < phases * nd:
+            nd, mb = self.dev_len[d], self.mb_on[d]
+            if self.explicit_dev[d] and cursor[d] < (2 * mb if self.has_bwd else mb) * nd:
                 phase, p = divmod(cursor[d], nd)
                 seq = self.order_lists[d]
-                if phase < self.m:
-                    what = f"forward of {self.names[seq[p]]!r} (microbatch {phase})"
+                first, r = self.group[d].index(d), self.rep_count[d]  # this device's k: first, first + r, ...
+                if phase < mb:
+                    what = f"forward of {self.names[seq[p]]!r} (microbatch {first + r * phase})"
                 else:
-                    what = f"backward of {self.names[seq[nd - 1 - p]]!r} (microbatch {phase - self.m})"
+                    what = f"backward of {self.names[seq[nd - 1 - p]]!r} (microbatch {first + r * (phase - mb)})"
                 stuck.append(f"{dv.name} waits to run the {what}")
         detail = "; ".join(stuck[:4]) or "no device can proceed"
         raise PlacementError(
@@ -683,12 +852,12 @@ class _Simulation:
         """Peak per device from the allocation intervals the loop recorded (frees first at ties)."""
         n, m, G = self.n, self.m, len(self.g_src)
         MN = m * n
-        dev = np.asarray(self.dev, dtype=np.int64)
         start = np.frombuffer(self.task_start)
         f_end = start[:MN] + np.tile(np.asarray(self.fwd), m)
-        node_dev = np.tile(dev, m)
-        g_dst = np.tile(np.asarray(self.g_dst, dtype=np.int64), m)
-        g_src_dev = np.tile(dev[np.asarray(self.g_src, dtype=np.int64)] if G else np.zeros(0, np.int64), m)
+        node_dev = self._task_devices()
+        g_src_node0 = np.asarray(self.g_src, dtype=np.int64)
+        g_src_dev = node_dev[(np.arange(m)[:, None] * n + g_src_node0).reshape(-1)]
+        g_dst = self._receiving_devices()
         g_bytes = np.tile(np.asarray(self.g_bytes), m)
         t_end = np.frombuffer(self.t_end)
         parts_dev, parts_time, parts_delta = [], [], []
@@ -703,7 +872,7 @@ class _Simulation:
             interval(node_dev, f_end, b_end, np.tile(np.asarray(self.act), m))
             interval(g_dst, t_end[: m * G], np.frombuffer(self.g_free), g_bytes)
             # Gradients: held at the producer from arrival until its backward ends.
-            g_src_node = np.tile(np.asarray(self.g_src, dtype=np.int64), m) + np.repeat(np.arange(m) * n, G)
+            g_src_node = np.tile(g_src_node0, m) + np.repeat(np.arange(m) * n, G)
             sent = t_end[m * G :] >= 0
             interval(g_src_dev[sent], t_end[m * G :][sent], b_end[g_src_node[sent]], g_bytes[sent])
         else:
@@ -737,24 +906,50 @@ class _Simulation:
                 peak[d] = self.static[d] + max(0.0, top)
         return peak
 
+    def _task_devices(self) -> np.ndarray:
+        """The device of forward task ``k * n + v`` (and of the backward of the same node and microbatch)."""
+        if self.P == 1:
+            return np.tile(np.asarray(self.dev, dtype=np.int64), self.m)
+        return np.asarray(self.kdev, dtype=np.int64).reshape(-1)
+
+    def _receiving_devices(self) -> np.ndarray:
+        """The device receiving transfer ``k * G + g`` of the forward sends."""
+        g_dst = np.asarray(self.g_dst, dtype=np.int64)
+        phases = np.asarray(self.phase_map, dtype=np.int64)[:, g_dst]
+        return phases[np.arange(self.m) % self.P].reshape(-1)
+
     def _result(self, step: float) -> SimResult:
-        m, G = self.m, len(self.g_src)
+        m, G, P = self.m, len(self.g_src), self.P
         devices, routes = self.devices, self.routes
         names = [d.name for d in devices]
-        dev = np.asarray(self.dev, dtype=np.int64)
-        busy = np.bincount(dev, weights=m * (np.asarray(self.fwd) + np.asarray(self.bwd)), minlength=len(devices))
+        busy = np.bincount(self._task_devices(), weights=np.tile(np.asarray(self.fwd) + np.asarray(self.bwd), m), minlength=len(devices))
         # Traffic per route first (at most one per device pair), then per link.
-        f_route = np.asarray(self.f_route, dtype=np.int64)
-        b_route = np.asarray(self.b_route, dtype=np.int64)
-        full = m * np.asarray(self.g_bytes)
+        per_k = np.arange(m) % P
+        f_route = np.asarray(self.f_route, dtype=np.int64).reshape(P, G)[per_k].reshape(-1)
+        b_route = np.asarray(self.b_route, dtype=np.int64).reshape(P, G)[per_k].reshape(-1)
+        f_dur = np.asarray(self.f_dur).reshape(P, G)[per_k].reshape(-1)
+        b_dur = np.asarray(self.b_dur).reshape(P, G)[per_k].reshape(-1)
+        full = np.tile(np.asarray(self.g_bytes), m)
         route_bytes = np.bincount(f_route, weights=full, minlength=len(routes))
-        route_busy = np.bincount(f_route, weights=m * np.asarray(self.f_dur), minlength=len(routes))
+        route_busy = np.bincount(f_route, weights=f_dur, minlength=len(routes))
         count = m * G
         if self.has_bwd and G:
-            grads = np.asarray(self.needs_grad)[np.asarray(self.g_src, dtype=np.int64)]
+            grads = np.tile(np.asarray(self.needs_grad)[np.asarray(self.g_src, dtype=np.int64)], m)
             route_bytes += np.bincount(b_route[grads], weights=full[grads], minlength=len(routes))
-            route_busy += np.bincount(b_route[grads], weights=m * np.asarray(self.b_dur)[grads], minlength=len(routes))
-            count += m * int(grads.sum())
+            route_busy += np.bincount(b_route[grads], weights=b_dur[grads], minlength=len(routes))
+            count += int(grads.sum())
+        sent = float(route_bytes.sum())
+        allreduces = []
+        for s, stage in enumerate(self.stages):  # ring all-reduces: links only, not counted as transfers
+            if self.ar_start[s] < 0 or self.ar_dur[s] == 0:
+                continue
+            r = len(stage)
+            nbytes = 2 * (r - 1) / r * self.stage_param_bytes[s]
+            for q in self.ar_routes[s]:
+                route_bytes[q] += nbytes
+                route_busy[q] += self.ar_dur[s]
+            links = [routes[q].links for q in self.ar_routes[s]]
+            allreduces.append(AllReduce([names[d] for d in stage], nbytes, self.ar_start[s], self.ar_end[s], links))
         link_bytes: dict[str, float] = {}
         link_busy: dict[str, float] = {}
         for r, route in enumerate(routes):
@@ -767,20 +962,21 @@ class _Simulation:
         raw = RawTimeline(
             device_names=names,
             node_names=self.names,
-            node_device=self.dev,
+            node_device=self.kdev,
             node_is_backward=[nd.is_backward for nd in self.data],
             fwd_ms=self.fwd,
             bwd_ms=self.bwd,
             task_start=self.task_start,
             microbatches=m,
             group_src=self.g_src,
-            group_dst_device=self.g_dst,
+            group_dst_device=[[pm[d] for d in self.g_dst] for pm in self.phase_map],
             group_bytes=self.g_bytes,
             group_fwd_route=self.f_route,
             group_bwd_route=self.b_route,
             route_links=[r.links for r in routes],
             transfer_start=self.t_start,
             transfer_end=self.t_end,
+            allreduces=allreduces,
         )
         return SimResult(
             step_ms=step,
@@ -793,7 +989,7 @@ class _Simulation:
             over_capacity=[d for d in names if peak_d[d] > capacity[d]],
             link_bytes=link_bytes,
             link_busy_ms=link_busy,
-            transferred_bytes=float(route_bytes.sum()),
+            transferred_bytes=sent,
             num_transfers=count,
             raw=raw,
         )

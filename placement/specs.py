@@ -8,7 +8,9 @@ memory bandwidth, bytes for memory capacity, seconds for the per-op overhead.
 
 The per-op overhead (the floor of the roofline: the time of an op that does almost nothing) is not a
 datasheet figure. We use 5 µs for a GPU kernel launch through a framework and 2 µs for an op on a CPU
-core; the profiled cost model is the way to calibrate both on a real machine.
+core; the profiled cost model is the way to calibrate both on a real machine. The overhead is also the
+least time of one microbatch of an op (:meth:`placement.CostModel.microbatch_ms`), which is what makes
+more microbatches cost something.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ FORWARD = "forward"
 BACKWARD = "backward"
 SEND = "send"  # an activation (forward output) moving to a consumer's device
 SEND_GRAD = "send_grad"  # a gradient moving back to the producer's device
+ALLREDUCE = "allreduce"  # a replicated stage's replicas summing their parameter gradients
 
 
 @dataclass(frozen=True)
@@ -19,14 +20,17 @@ class TimelineEvent:
 
     Attributes:
         kind: ``forward``, ``backward`` (a node's pass on its device), ``send`` (a node's output moving
-            to another device) or ``send_grad`` (the gradient of that output moving back).
-        name: the node computed, or the node whose output (or its gradient) moves.
-        microbatch: 0-based microbatch index.
-        device: the device computing, or the device receiving a transfer.
+            to another device), ``send_grad`` (the gradient of that output moving back) or ``allreduce``
+            (a replicated stage's gradient all-reduce after its last backward; one event per replica).
+        name: the node computed, or the node whose output (or its gradient) moves; for an all-reduce,
+            the stage's devices joined by ``+``.
+        microbatch: 0-based microbatch index (-1 for an all-reduce: it sums every microbatch's).
+        device: the device computing, or the device receiving a transfer, or a replica all-reducing.
         start_ms, end_ms: interval of the task; a transfer's starts once every link of its route is free.
         src_device: the sending device (transfers only).
-        bytes: bytes moved (transfers only; already divided by the number of microbatches).
-        links: names of the links crossed (transfers only).
+        bytes: bytes moved (transfers only; already divided by the number of microbatches; for an
+            all-reduce, what each replica sends).
+        links: names of the links crossed (transfers; for an all-reduce, those to the ring's next device).
     """
 
     kind: str
@@ -44,6 +48,18 @@ class TimelineEvent:
         return self.end_ms - self.start_ms
 
 
+@dataclass(frozen=True)
+class AllReduce:
+    """The gradient all-reduce of one replicated stage: its devices (ring order), the bytes each sends
+    to the next, its interval, and per device the links to the next device of the ring."""
+
+    devices: list[str]
+    bytes: float
+    start_ms: float
+    end_ms: float
+    links: list[tuple[str, ...]]
+
+
 @dataclass
 class RawTimeline:
     """Compact arrays the simulator fills; :attr:`SimResult.timeline` turns them into events.
@@ -52,24 +68,28 @@ class RawTimeline:
     node ``(t - m n) % n`` in microbatch ``(t - m n) // n`` after; transfer ``x`` is the forward send of
     group ``x % g`` in microbatch ``x // g`` for ``x < m * g`` and the gradient send after. Devices and
     routes are indices into ``device_names`` and ``route_links``; a start of -1 marks what never ran.
+    Replicated stages make devices and routes depend on the microbatch: ``node_device[k][v]`` is the
+    device of node ``v`` in microbatch ``k``; ``group_dst_device``, ``group_fwd_route`` and
+    ``group_bwd_route`` are given per phase ``p`` (microbatch ``k`` is in phase ``k % phases``).
     """
 
     device_names: list[str]
     node_names: list[str]
-    node_device: list[int]
+    node_device: list[list[int]]
     node_is_backward: list[bool]
     fwd_ms: list[float]
     bwd_ms: list[float]
     task_start: Sequence[float]
     microbatches: int
     group_src: list[int]
-    group_dst_device: list[int]
+    group_dst_device: list[list[int]]
     group_bytes: list[float]
-    group_fwd_route: list[int]
-    group_bwd_route: list[int]
+    group_fwd_route: list[list[int]]
+    group_bwd_route: list[list[int]]
     route_links: list[tuple[str, ...]]
     transfer_start: Sequence[float]
     transfer_end: Sequence[float]
+    allreduces: list[AllReduce] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +109,9 @@ class SimResult:
         link_busy_ms: time each link was occupied (both directions summed), links that carried any.
         transferred_bytes: bytes sent between devices (each transfer counted once, however many links).
         num_transfers: transfers between devices (sends and gradient sends, all microbatches).
+
+    The all-reduces of replicated stages count in ``link_bytes`` and ``link_busy_ms`` but not in
+    ``transferred_bytes`` nor ``num_transfers``; :attr:`timeline` shows them.
     """
 
     step_ms: float
@@ -126,20 +149,28 @@ class SimResult:
             else:
                 k -= m
                 kind, dur = BACKWARD, r.bwd_ms[v]
-            events.append(TimelineEvent(kind, r.node_names[v], k, devs[r.node_device[v]], start, start + dur))
+            events.append(TimelineEvent(kind, r.node_names[v], k, devs[r.node_device[k][v]], start, start + dur))
         g = len(r.group_src)
+        phases = len(r.group_dst_device)
         for x, start in enumerate(r.transfer_start):
             if start < 0:
                 continue
             k, i = divmod(x, g)
+            grad = k >= m
+            k = k - m if grad else k
+            p = k % phases
             u = r.group_src[i]
-            a, b = devs[r.node_device[u]], devs[r.group_dst_device[i]]
-            if k < m:
+            a, b = devs[r.node_device[k][u]], devs[r.group_dst_device[p][i]]
+            if not grad:
                 events.append(TimelineEvent(SEND, r.node_names[u], k, b, start, r.transfer_end[x], a,
-                                            r.group_bytes[i], r.route_links[r.group_fwd_route[i]]))
+                                            r.group_bytes[i], r.route_links[r.group_fwd_route[p][i]]))
             else:
-                events.append(TimelineEvent(SEND_GRAD, r.node_names[u], k - m, a, start, r.transfer_end[x], b,
-                                            r.group_bytes[i], r.route_links[r.group_bwd_route[i]]))
+                events.append(TimelineEvent(SEND_GRAD, r.node_names[u], k, a, start, r.transfer_end[x], b,
+                                            r.group_bytes[i], r.route_links[r.group_bwd_route[p][i]]))
+        for ar in r.allreduces:
+            label = "+".join(ar.devices)
+            for d, links in zip(ar.devices, ar.links):
+                events.append(TimelineEvent(ALLREDUCE, label, -1, d, ar.start_ms, ar.end_ms, "", ar.bytes, links))
         events.sort(key=lambda e: (e.start_ms, e.end_ms))
         return events
 

@@ -210,3 +210,18 @@ def test_a_gpu_uses_times_measured_for_an_accelerator() -> None:
     node = NodeData("n", "op", measured_ms={"cpu": 10.0, "accelerator": 1.0})
     assert CM.explain(node, GPU) == (1.0, "measured:accelerator")
     assert CM.explain(node, CPU) == (10.0, "measured:cpu")
+
+
+def test_a_microbatch_never_runs_faster_than_its_launch_overhead() -> None:
+    # 1 ms per op, the node stands for 3 ops: it takes at least 3 ms, however little data it gets.
+    dev = Device("g", "X", "gpu", "h", {"float32": 1e12}, 1e11, 1e12, op_overhead_s=1e-3)
+    node = NodeData("n", "op", fx_nodes=["x", "y", "z"])
+    assert CostModel.task_floor_ms(node, dev) == pytest.approx(3.0)
+    assert CostModel.task_floor_ms(NodeData("one", "op"), dev) == pytest.approx(1.0)
+    split = [CostModel.microbatch_ms(12.0, node, dev, m) for m in (1, 2, 4, 8)]
+    assert split == pytest.approx([12.0, 6.0, 3.0, 3.0])
+    assert CostModel.microbatch_ms(2.0, node, dev, 4) == pytest.approx(2.0)  # below the floor: unsplit
+    assert CostModel.microbatch_ms(0.0, node, dev, 4) == 0.0  # no pass, no overhead
+    cluster = Cluster("one", [dev])
+    measured = NodeData("m", "op", measured_ms={"X": 12.0}, measured_bwd_ms={"X": 0.5}, fx_nodes=["x", "y", "z"])
+    assert CostModel(cluster).node_times([measured], [dev], microbatches=4) == ([3.0], [0.5])

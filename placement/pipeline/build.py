@@ -48,10 +48,6 @@ def is_paper_model(problem: Problem) -> bool:
     return problem.graph.meta.get("source") == "dnn-partitioning"
 
 
-def _speed_key(device) -> tuple:
-    return (device.kind, device.category, tuple(sorted(device.peak_flops.items())), device.memory_bandwidth, device.op_overhead_s)
-
-
 def device_classes(problem: Problem, replication: bool) -> list[DeviceClass]:
     """The classes of interchangeable devices (module docstring), in cluster order."""
     cluster, resolved = problem.cluster, problem.resolved
@@ -62,7 +58,7 @@ def device_classes(problem: Problem, replication: bool) -> list[DeviceClass]:
             allows[d].add(rep)
     keyed: dict[tuple, list[int]] = {}
     for d, dev in enumerate(cluster.devices):
-        key = (_speed_key(dev), resolved.capacity[d], frozenset(allows[d]))
+        key = (dev.speed_key(), resolved.capacity[d], frozenset(allows[d]))
         keyed.setdefault(key, []).append(d)
     names_used: dict[str, int] = {}
     classes = []

@@ -52,8 +52,11 @@ def choose_microbatches(
     *,
     candidates: Sequence[int] | None = None,
     deadline: float | None = None,
+    replicas: Mapping[str, Sequence[str]] | None = None,
 ) -> MicrobatchChoice:
     """Simulate each candidate and keep the fastest that fits (module docstring).
+
+    ``replicas``: the replicated stages (:func:`placement.plan.stage_replicas`), simulated as such.
 
     When none fits, the one with the least total overflow is returned (the plan's memory check then
     reports it). Candidates past ``deadline`` (a ``time.perf_counter()`` value) are skipped, but at least
@@ -67,7 +70,10 @@ def choose_microbatches(
     for m in sorted(set(candidates)):
         if choice.step_ms and deadline is not None and time.perf_counter() > deadline:
             break
-        result = simulate(problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode, microbatches=m)
+        result = simulate(
+            problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode, microbatches=m,
+            replicas=replicas,
+        )  # fmt: skip
         over = sum(max(0.0, peak - capacity[d]) for d, peak in result.peak_memory_bytes.items())
         choice.step_ms[m] = result.step_ms
         choice.fits[m] = over <= 0

@@ -47,7 +47,7 @@ from placement.pipeline.ilp import noncontiguous_ilp
 from placement.pipeline.instance import Partition, ThroughputInstance, colocation_units
 from placement.pipeline.microbatches import choose_microbatches
 from placement.pipeline.replication import replicate
-from placement.plan import Plan
+from placement.plan import Plan, stage_replicas
 from placement.solvers.common import Problem, finish_plan
 
 METHODS = ("auto", "dp", "ilp", "equal-split")
@@ -159,7 +159,7 @@ def solve_throughput(
     m = microbatches or problem.microbatches
     candidates: dict[str, float] = {}
     if m is None:
-        choice = choose_microbatches(problem, assignment, deadline=problem.deadline)
+        choice = choose_microbatches(problem, assignment, deadline=problem.deadline, replicas=stage_replicas(stages))
         m = choice.microbatches
         candidates = {str(k): v for k, v in choice.step_ms.items()}
     settings = {

@@ -18,7 +18,7 @@ from placement.cluster import Cluster
 from placement.constraints import Constraints, InfeasibleError, Resolved, check_memory, resolve
 from placement.cost_model import CostModel
 from placement.errors import PlacementError
-from placement.plan import MODES, OBJECTIVES, Plan, Stage
+from placement.plan import MODES, OBJECTIVES, Plan, Stage, stage_replicas
 from placement.simulate import simulate
 
 
@@ -138,6 +138,7 @@ def finish_plan(
         mode=problem.mode,
         microbatches=microbatches,
         order=order,
+        replicas=stage_replicas(list(stages)),
     )
     check_memory(result.peak_memory_bytes, problem.cluster, problem.resolved)
     bound = max(problem.bound(microbatches).step_ms, bound_ms or 0.0)

@@ -139,3 +139,27 @@ def test_past_the_ideal_limit_cp_sat_still_reaches_the_contiguous_optimum() -> N
     assert plan.settings["split"] == "ilp-contiguous" and plan.settings["optimal"]
     resolution = stats["resolution_ms"]  # CP-SAT's costs are rounded (placement/pipeline/ilp.py)
     assert BERT_OPTIMUM - 1e-12 <= plan.settings["max_load_ms"] <= BERT_OPTIMUM + resolution
+
+
+def test_a_split_that_overflows_once_simulated_is_tightened_until_it_fits() -> None:
+    # a -> b -> c (forward = backward = 0.5, 1, 1.5 ms), every node 4 GB, on three 8.05 GB devices. By
+    # the instance's memory (own nodes only) and loads, {a, b} | {c} is the best split (cutting a -> b
+    # costs 1 ms each way, more than a's work). Simulated, the device of {a, b} also holds the 0.1 GB gradient that c
+    # sends back: 8.1 GB, over. The retry takes that off the capacity, so no device holds two nodes,
+    # and {a} | {b} | {c} fits (b: 4 GB + 1 GB received + 0.1 GB of gradient).
+    from graphc.graph import EdgeData, Graph, NodeData
+    from placement import Device, Link, Switch
+
+    devices = [Device(f"d{i}", "X", "gpu", "h", {"float32": 1e12}, 1e11, 8.05e9) for i in range(3)]
+    cluster = Cluster("star", devices, [Link(d.name, "sw", "pcie", 1e12) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    graph = Graph("chain")
+    for name, ms in (("a", 0.5), ("b", 1.0), ("c", 1.5)):
+        graph.add_node(NodeData(name, "op", measured_ms={"X": ms}, measured_bwd_ms={"X": ms}, memory_bytes=4e9))
+    graph.add_edge("a", "b", EdgeData(bytes=1e9))
+    graph.add_edge("b", "c", EdgeData(bytes=1e8))
+    problem = make_problem(graph, cluster, objective="throughput", time_limit=10)
+    plan = solve_throughput(problem, method="dp", replication=False, microbatches=1)
+    assert plan.settings["memory_retries"] == 1
+    assert [s.nodes for s in plan.stages] == [["a"], ["b"], ["c"]]
+    assert max(plan.peak_memory_bytes.values()) <= 8.05e9
+    assert plan.settings["load_bound_ms"] == pytest.approx(3.0)  # c's load: a bound of any split

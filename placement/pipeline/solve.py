@@ -27,14 +27,22 @@ Steps, each a module of its own:
 The plan's ``settings`` record the max-load of the split (``max_load_ms``: the time per step of the
 slowest stage with its transfers, the objective here), a lower bound on it over all splits
 (``load_bound_ms``), whether the split is contiguous and proven optimal, and the microbatch candidates.
-The simulator runs every node of a replicated stage on its first device: the plan's predicted step time
-does not see the replicas, ``max_load_ms`` does.
+The plan is simulated with its replicated stages (:func:`placement.plan.stage_replicas`).
+
+**Memory.** The instance counts each node's own memory (:mod:`~placement.pipeline.build`); the simulator
+also counts, per stage, the activations it receives and keeps for the backward and the gradients in
+flight. When the simulated plan overflows a device, steps 2-4 run again with that device class's
+capacity lowered by the stage's memory outside the instance's model (at most :data:`MEMORY_RETRIES`
+times; ``settings["memory_retries"]`` says how many), so a tight memory budget gives a split that fits
+rather than an error. The reported ``load_bound_ms`` is the least over the attempts: a bound of a
+tightened instance is not a bound of the problem.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
@@ -44,14 +52,21 @@ from placement.pipeline.build import instance_from_problem, stages_of
 from placement.pipeline.dp import DPTimeout, contiguous_dp
 from placement.pipeline.ideals import TooManyIdeals
 from placement.pipeline.ilp import noncontiguous_ilp
-from placement.pipeline.instance import Partition, ThroughputInstance, colocation_units
+from placement.pipeline.instance import (
+    Partition,
+    ThroughputInstance,
+    colocation_units,
+    part_memory,
+)
 from placement.pipeline.microbatches import choose_microbatches
 from placement.pipeline.replication import replicate
-from placement.plan import Plan, stage_replicas
+from placement.plan import Plan, Stage, stage_replicas
+from placement.simulate import simulate
 from placement.solvers.common import Problem, finish_plan
 
 METHODS = ("auto", "dp", "ilp", "equal-split")
 ILP_MAX_VARIABLES = 5_000
+MEMORY_RETRIES = 3  # splits tried again with tightened capacities when the simulated plan overflows
 PREFIX_CHUNKS = 256
 
 
@@ -154,14 +169,21 @@ def solve_throughput(
     """
     started = time.perf_counter()
     inst = instance_from_problem(problem, replication=replication)
-    part, bound = choose_partition(problem, inst, method, max_ideals)
-    assignment, stages = stages_of(inst, part)
-    m = microbatches or problem.microbatches
-    candidates: dict[str, float] = {}
-    if m is None:
-        choice = choose_microbatches(problem, assignment, deadline=problem.deadline, replicas=stage_replicas(stages))
-        m = choice.microbatches
-        candidates = {str(k): v for k, v in choice.step_ms.items()}
+    bound = math.inf
+    for attempt in range(MEMORY_RETRIES + 1):
+        part, attempt_bound = choose_partition(problem, inst, method, max_ideals)
+        bound = min(bound, attempt_bound)  # a tightened instance's bound is not one of the problem's
+        assignment, stages = stages_of(inst, part)
+        m = microbatches or problem.microbatches
+        candidates: dict[str, float] = {}
+        if m is None:
+            choice = choose_microbatches(problem, assignment, deadline=problem.deadline, replicas=stage_replicas(stages))
+            m = choice.microbatches
+            candidates = {str(k): v for k, v in choice.step_ms.items()}
+        tightened = _tightened(problem, inst, part, assignment, stages, m)
+        if tightened is None or attempt == MEMORY_RETRIES or problem.time_left() <= 0:
+            break
+        inst = tightened
     settings = {
         "method": method,
         "split": part.method,
@@ -176,9 +198,35 @@ def solve_throughput(
         "microbatch_step_ms": candidates,
         "split_seconds": part.seconds,
         "partition_stats": {k: v for k, v in part.stats.items() if _json_ok(v)},
+        "memory_retries": attempt,
         "pipeline_seconds": time.perf_counter() - started,
     }
     return finish_plan(problem, assignment, solver=f"pipeline-{part.method}", settings=settings, stages=stages, microbatches=m)
+
+
+def _tightened(
+    problem: Problem, inst: ThroughputInstance, part: Partition, assignment: dict[str, str], stages: list[Stage], m: int
+) -> ThroughputInstance | None:
+    """``inst`` with smaller capacities when the simulated plan overflows a device, else None.
+
+    The instance counts a part's own nodes only; the simulator also counts the tensors a stage receives
+    and the gradients it sends back (module docstring). For a device that overflows, the difference
+    between the two (the part's memory outside the model) is taken off its class's capacity, so the
+    next split leaves that room.
+    """
+    result = simulate(problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode,
+                      microbatches=m, replicas=stage_replicas(stages))  # fmt: skip
+    capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))
+    extra = [0.0] * len(inst.classes)
+    for p, stage in zip(part.parts, stages):
+        for device in stage.devices:
+            peak = result.peak_memory_bytes.get(device, 0.0)
+            if peak > capacity[device]:
+                extra[p.device_class] = max(extra[p.device_class], peak - part_memory(inst, p.nodes))
+    if not any(extra):
+        return None
+    classes = [replace(c, capacity=c.capacity - e) if e > 0 else c for c, e in zip(inst.classes, extra)]
+    return replace(inst, classes=classes)
 
 
 def _json_ok(value) -> bool:

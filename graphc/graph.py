@@ -19,14 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 
 from graphc.errors import GraphFormatError
-from graphc.jsonfile import read_json, write_json
+from graphc.jsonfile import check_header, read_json, write_json
 
 SCHEMA = "graphc.graph"
 SCHEMA_VERSION = 1
@@ -253,16 +254,9 @@ class Graph:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str = "<dict>") -> "Graph":
+    def from_dict(cls, doc: Any, source: str = "<dict>") -> Graph:
         """Build a graph from :meth:`to_dict` output, validating every field; errors name the field."""
-        _check(isinstance(doc, dict), source, "top level", "expected a JSON object")
-        _check(doc.get("schema") == SCHEMA, source, "schema", f"expected {SCHEMA!r}, got {doc.get('schema')!r}")
-        _check(
-            doc.get("version") == SCHEMA_VERSION,
-            source,
-            "version",
-            f"this graphc reads version {SCHEMA_VERSION}, the file has {doc.get('version')!r}",
-        )
+        check_header(doc, SCHEMA, SCHEMA_VERSION, source, GraphFormatError)
         _check(isinstance(doc.get("name"), str), source, "name", "expected a string")
         _check(isinstance(doc.get("meta", {}), dict), source, "meta", "expected an object")
         graph = cls(doc["name"], doc.get("meta", {}))
@@ -284,7 +278,7 @@ class Graph:
         return graph
 
     @classmethod
-    def load(cls, path: str | Path) -> "Graph":
+    def load(cls, path: str | Path) -> Graph:
         """Read a graph written by :meth:`save`."""
         return cls.from_dict(read_json(path, GraphFormatError, "graph"), str(path))
 

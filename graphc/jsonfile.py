@@ -1,8 +1,9 @@
 """Reading and writing the JSON files graphc keeps (graphs, plans, clusters, profiled times).
 
 One place turns the ways reading can fail (missing file, unreadable file, invalid JSON) into the
-format error of the caller, naming the file (and the line of invalid JSON); validation of the content
-stays with each record's ``from_dict``.
+format error of the caller, naming the file (and the line of invalid JSON), and checks the header every
+file starts with (:func:`check_header`: its schema name and version); validation of the rest of the
+content stays with each record's ``from_dict``.
 """
 
 from __future__ import annotations
@@ -28,3 +29,14 @@ def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
 def write_json(path: str | Path, doc: Any) -> None:
     """Write ``doc`` indented; ``allow_nan`` off, so every number written is finite."""
     Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False))
+
+
+def check_header(doc: Any, schema: str, version: int, source: str, error: type[Exception]) -> None:
+    """Refuse ``doc`` unless it is a JSON object whose ``schema`` and ``version`` fields are these;
+    ``error`` says which file (``source``) and which field, and what was expected."""
+    if not isinstance(doc, dict):
+        raise error(f"{source}: top level: expected a JSON object")
+    if doc.get("schema") != schema:
+        raise error(f"{source}: schema: expected {schema!r}, got {doc.get('schema')!r}")
+    if doc.get("version") != version:
+        raise error(f"{source}: version: this graphc reads version {version}, the file has {doc.get('version')!r}")

@@ -32,7 +32,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphc.jsonfile import read_json, write_json
+from graphc.jsonfile import check_header, read_json, write_json
 from placement.errors import ClusterFormatError, PlacementError
 
 SCHEMA = "graphc.cluster"
@@ -370,17 +370,10 @@ class Cluster:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> Cluster:
         """Build a cluster from :meth:`to_dict` output, validating every field; errors name the field."""
-        _check(isinstance(doc, dict), source, "top level", "expected a JSON object")
+        check_header(doc, SCHEMA, SCHEMA_VERSION, source, ClusterFormatError)
         known = {"schema", "version", "name", "description", "hosts", "devices", "switches", "links"}
         for key in doc:
             _check(key in known, source, key, f"unknown field (known: {', '.join(sorted(known))})")
-        _check(doc.get("schema") == SCHEMA, source, "schema", f"expected {SCHEMA!r}, got {doc.get('schema')!r}")
-        _check(
-            doc.get("version") == SCHEMA_VERSION,
-            source,
-            "version",
-            f"this graphc reads version {SCHEMA_VERSION}, the file has {doc.get('version')!r}",
-        )
         _check(isinstance(doc.get("name"), str), source, "name", "expected a string")
         _check(isinstance(doc.get("description", ""), str), source, "description", "expected a string")
         records = {}

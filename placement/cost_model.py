@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from graphc.graph import EdgeData, Graph, NodeData
-from graphc.jsonfile import read_json, write_json
+from graphc.jsonfile import check_header, read_json, write_json
 from placement.cluster import Cluster, Device
 from placement.errors import PlacementError, ProfileFormatError
 from placement.specs import DEVICE_SPECS
@@ -136,13 +136,7 @@ class ProfiledTimes:
             if not ok:
                 raise ProfileFormatError(f"{source}: {where}: {why}")
 
-        check(isinstance(doc, dict), "top level", "expected a JSON object")
-        check(doc.get("schema") == PROFILE_SCHEMA, "schema", f"expected {PROFILE_SCHEMA!r}, got {doc.get('schema')!r}")
-        check(
-            doc.get("version") == PROFILE_SCHEMA_VERSION,
-            "version",
-            f"this graphc reads version {PROFILE_SCHEMA_VERSION}, the file has {doc.get('version')!r}",
-        )
+        check_header(doc, PROFILE_SCHEMA, PROFILE_SCHEMA_VERSION, source, ProfileFormatError)
         check(isinstance(doc.get("entries"), list), "entries", "expected a list")
         table = cls()
         for i, e in enumerate(doc["entries"]):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphc.graph import Graph
-from graphc.jsonfile import read_json, write_json
+from graphc.jsonfile import check_header, read_json, write_json
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, ProfiledTimes
 from placement.errors import PlacementError
@@ -214,14 +214,7 @@ class Plan:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> Plan:
         """Validate and build a plan; an error names the source and the bad field."""
-        _require(isinstance(doc, dict), source, "top level", "expected a JSON object")
-        _require(doc.get("schema") == SCHEMA, source, "schema", f"expected {SCHEMA!r}, got {doc.get('schema')!r}")
-        _require(
-            doc.get("version") == SCHEMA_VERSION,
-            source,
-            "version",
-            f"this graphc reads version {SCHEMA_VERSION}, the file has {doc.get('version')!r}",
-        )
+        check_header(doc, SCHEMA, SCHEMA_VERSION, source, PlanFormatError)
         for key in ("graph_name", "graph_fingerprint", "cluster_name", "solver"):
             _require(isinstance(doc.get(key, ""), str), source, key, "expected a string")
         _require(doc.get("objective") in OBJECTIVES, source, "objective", f"expected one of {OBJECTIVES}")

@@ -3,21 +3,33 @@ shared machinery (memory ledger, insertion timeline, ranks), and their speed."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
+from test_solvers_common import (
+    branches,
+    check_plan,
+    gigabyte_chain,
+    graph,
+    random_graph,
+    star,
+)
 
 from graphc.importers import load_benchmark
 from placement import Cluster, simulate
+from placement.constraints import Constraints
 from placement.errors import PlacementError
 from placement.solvers import HEURISTICS, SOLVERS, solve
 from placement.solvers.common import make_problem
+from placement.solvers.cpsat import warm_start
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import instance
 from placement.solvers.listsched import MemoryLedger, Timeline, upward_rank
 from placement.solvers.sct import favourite_parents
-from test_solvers_common import branches, check_plan, graph, random_graph, star
+from placement.solvers.search import Evaluator
+from placement.solvers.topo import balanced_split, split_counts
 
 
 def test_single_device_is_the_fastest_device() -> None:
@@ -39,6 +51,42 @@ def test_m_topo_packs_devices_in_topological_order() -> None:
     devices = [plan.assignment[f"n{i}"] for i in range(6)]
     assert devices == sorted(devices)  # contiguous blocks
     assert len(set(devices)) == 3  # an equal share each
+
+
+def cpu_beside_gpus(gpu_memory: float) -> Cluster:
+    """star(4) with d0 a slow CPU of 1 TB and d1-d3 GPUs of ``gpu_memory`` bytes."""
+    c = star(4, kinds=("cpu",))
+    devices = [dataclasses.replace(d, memory_bytes=1e12 if d.category == "cpu" else gpu_memory) for d in c.devices]
+    return Cluster(c.name, devices, c.links, c.switches)
+
+
+def test_balanced_split_packs_contiguous_blocks_on_the_fastest_devices() -> None:
+    # Nine nodes of 1 GB on GPUs of 3.5 GB: three GPUs are the fewest that hold them, the CPU is left out.
+    problem = make_problem(gigabyte_chain(9), cpu_beside_gpus(3.5e9))
+    inst = instance(problem)
+    assert split_counts(inst) == [3, 4]
+    dev = balanced_split(inst, 3)
+    assert [inst.devices[d].name for d in dev] == ["d1"] * 3 + ["d2"] * 3 + ["d3"] * 3
+    assert np.isfinite(Evaluator(problem, inst).step(dev)[0])  # fits by the simulator's accounting
+    with pytest.raises(PlacementError, match="count must be between 1 and the 4 devices"):
+        balanced_split(inst, 5)
+
+
+def test_balanced_split_keeps_colocation_groups_whole() -> None:
+    cons = Constraints(colocate=[["n0", "n8"]])
+    inst = instance(make_problem(gigabyte_chain(9), cpu_beside_gpus(3.5e9), constraints=cons))
+    dev = balanced_split(inst, 3)
+    assert dev[inst.index["n0"]] == dev[inst.index["n8"]]
+    assert all(inst.devices[d].category == "gpu" for d in dev)
+
+
+def test_warm_start_tries_the_balanced_splits() -> None:
+    # The ledger of the list schedulers keeps room for transfers; the splits are judged by the simulator.
+    problem = make_problem(gigabyte_chain(9), cpu_beside_gpus(3.5e9))
+    inst = instance(problem)
+    best, cands = warm_start(problem, inst, Evaluator(problem, inst))
+    assert "split/3" in {c.source for c in cands}
+    assert best.step_ms == min(c.step_ms for c in cands)
 
 
 def test_etf_prefers_the_fast_device_on_a_mixed_cluster() -> None:

@@ -3,7 +3,9 @@
 Stages, each given a share of the time limit (``CpSatSettings``):
 
 1. **Warm start.** The fast heuristics (one device where the graph fits, m-ETF, m-SCT, HEFT,
-   critical path, m-TOPO) are run and simulated; the best is the incumbent.
+   critical path, m-TOPO, and the memory-balanced split onto the ``k`` fastest devices for each useful
+   ``k``: :func:`placement.solvers.topo.balanced_split`) are run and simulated; the best is the
+   incumbent.
 2. **CP-SAT.** If ``nodes x devices <= full_limit`` the model of :mod:`placement.solvers.ilp` is built
    for the whole graph, else for a coarsening of it (:func:`placement.coarsen.coarsen`, about
    ``coarse_limit / devices`` nodes). It is hinted with the incumbent scheduled in the model's time.
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +46,8 @@ from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, memory_retries, to_plan
 from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
-from placement.solvers.topo import topo_schedule
 from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
+from placement.solvers.topo import balanced_split, split_counts, topo_schedule
 
 # The warm-start heuristics: name -> Instance -> Schedule.
 WARM_START: dict[str, Callable[[Instance], Schedule]] = {
@@ -87,8 +90,10 @@ class CpSatSettings:
 
 
 def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: list[str] | None = None) -> tuple[Candidate, list[Candidate]]:
-    """Run the warm-start heuristics; the best candidate and all of them. Raises the first
-    heuristic's infeasibility when none finds a placement."""
+    """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them and then
+    the balanced split onto the ``k`` fastest devices for each ``k`` of
+    :func:`~placement.solvers.topo.split_counts`, named ``split/k``); the best candidate and all of
+    them. Raises the first heuristic's infeasibility when none finds a placement."""
     candidates: list[Candidate] = []
     first_error: Exception | None = None
     for name in names or list(WARM_START):
@@ -102,6 +107,11 @@ def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: li
         cand = evaluator(sched.dev, seq, name)
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
+    if names is None:
+        for k in split_counts(inst):
+            cand = evaluator(balanced_split(inst, k), None, f"split/{k}")
+            if np.isfinite(cand.step_ms):  # the simulator's memory check (the split has no ledger)
+                candidates.append(cand)
     if not candidates:
         raise first_error or InfeasibleError("no warm-start heuristic found a placement that fits in memory")
     best = min(candidates, key=lambda c: c.step_ms)
@@ -241,9 +251,10 @@ class Budget:
 
     @classmethod
     def of(cls, problem: Problem, inst: Instance, cfg: CpSatSettings) -> Budget:
-        warm = 0.05 + 4e-4 * inst.n  # the warm start's heuristics and simulations, estimated
-        avail = max(0.0, problem.time_limit - warm - _reserve(inst))
         sim = 3e-4 + 6e-6 * inst.n * max(1, problem.microbatches or 1)  # one simulation, estimated
+        # The warm start's heuristics and simulations, estimated (one simulation per balanced split).
+        warm = 0.05 + 4e-4 * inst.n + len(split_counts(inst)) * sim
+        avail = max(0.0, problem.time_limit - warm - _reserve(inst))
         ilp = cfg.ilp_share * avail
         return cls(ilp_seconds=ilp, search_evals=int((avail - ilp) / sim), sim_seconds=sim)
 

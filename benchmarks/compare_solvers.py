@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc.graph import EdgeData, Graph, NodeData
-from graphc.importers import load_benchmark, shared_benchmarks_dir
+from graphc.importers import benchmark_files, load_benchmark
 from placement import Cluster
 from placement.errors import PlacementError
 from placement.simulate import simulate
@@ -41,15 +41,6 @@ from placement.solvers.common import make_problem
 
 ZOO_CACHE = Path("results/zoo_graphs")
 LAYER_LEVEL = "pipedream"  # the graphs whose nodes are layers (the 5%-of-bound target)
-
-
-def benchmark_files() -> list[str]:
-    """Every graph file in the shared benchmark folder, relative to it."""
-    root = shared_benchmarks_dir()
-    files = sorted(p.relative_to(root).as_posix() for p in (root / "pipedream").glob("*.txt") if p.stem != "LICENSE")
-    for sub in ("latency", "throughput"):
-        files += sorted(p.relative_to(root).as_posix() for p in (root / "dnn-partitioning" / sub).glob("*.json"))
-    return files
 
 
 def zoo_graph(name: str, batch_size: int) -> Graph:
@@ -239,9 +230,9 @@ def main() -> None:
     timing = heuristic_timing(console, args.timing_nodes) if args.timing_nodes else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(time_limit=args.time_limit, seed=args.seed, batch_size=args.batch_size, presets=presets,
-                machine=platform.machine(), python=platform.python_version())
-    out.write_text(json.dumps(dict(meta=meta, summary=summary, rows=rows, heuristic_timing=timing), indent=1, default=str))
+    meta = {"time_limit": args.time_limit, "seed": args.seed, "batch_size": args.batch_size, "presets": presets,
+                "machine": platform.machine(), "python": platform.python_version()}
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "heuristic_timing": timing}, indent=1, default=str))
     console.print(f"wrote {out}")
 
 

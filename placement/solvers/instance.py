@@ -187,8 +187,7 @@ def _speed_classes(devices: list[Device]) -> list[list[int]]:
     """Device ids grouped by the figures the cost model reads, so each class is priced once."""
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(devices):
-        key = (d.kind, d.category, tuple(sorted(d.peak_flops.items())), d.memory_bandwidth, d.op_overhead_s)
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(d.speed_key(), []).append(i)
     return list(groups.values())
 
 

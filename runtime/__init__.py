@@ -14,10 +14,18 @@ and :func:`runtime.launch.spawn` runs a function on local ranks (not imported he
 ``python -m runtime.launch``, the worker torchrun starts, is imported only once).
 
 Numbers. A placed step computes what eager PyTorch computes on one device, up to float32 rounding of
-sums taken in another order, with two exceptions that follow from the placement itself: random ops
-(dropout) draw from each device's own generator, so their masks differ from a single-device run; and a
-pipelined step computes batch-norm statistics per microbatch (as GPipe does). Models without either
-give eager's losses, outputs, gradients and, after optimizer steps, parameters.
+sums taken in another order, with exceptions that follow from the placement itself:
+
+* random ops (dropout) draw from the generator of the device that runs them, in that device's order.
+  The :class:`LocalExecutor` on logical CPU devices draws from the one CPU generator in the traced
+  program's order, so with one microbatch and a plan that keeps that order (one without ``order``) it
+  draws eager's masks when both start from the same seed (``torch.manual_seed``). Ranks, CUDA devices,
+  microbatches or a reordering plan draw other masks than eager, each from the right distribution;
+  seeded, a plan's run is reproducible;
+* a pipelined step computes batch-norm statistics per microbatch (as GPipe does), and a replicated
+  stage keeps each replica's running statistics of its own microbatches.
+
+Models without either give eager's losses, outputs, gradients and, after optimizer steps, parameters.
 """
 
 from runtime.check import EagerRun, eager_run, relative_difference

@@ -22,6 +22,15 @@ Microbatches follow a :class:`~runtime.schedule.Schedule` (GPipe or 1F1B), valid
 before the first step. Messages carry tags (transfer, microbatch, direction), so gloo matches them
 whatever the order; with NCCL the schedule is also checked to keep every pair's messages in order.
 
+Replicated stages (:mod:`runtime.partition`). Every replica is a rank; microbatch ``k`` of a stage on
+``r`` replicas runs on replica ``k mod r``, and a transfer of microbatch ``k`` goes between the ranks
+that hold ``k`` (:meth:`~runtime.partition.PartitionedProgram.runner`). The schedule's ``AR`` action,
+after a replica's last backward, sums the stage's parameter gradients over a process group of its
+replicas (``torch.distributed.new_group``; one flat tensor per dtype), so every replica updates its
+copy of the parameters with the gradients of the whole batch. When the output stage is replicated its
+replicas exchange their microbatches' losses and outputs after the step (not timed), so each returns
+the whole step's loss and outputs.
+
 Faults. Waits run under the executor's timeout; a dead or hung peer becomes a
 :class:`~runtime.errors.RankFailure` naming the culprit rank and the op (:mod:`runtime.faults`).
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import itertools
 import os
 import time
@@ -39,7 +49,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 from torch.utils._pytree import tree_map
 
 from runtime.comm import active
@@ -47,7 +57,7 @@ from runtime.errors import ProgramMismatch, RuntimeFault
 from runtime.faults import FaultMonitor, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import FORWARD, Schedule, make_schedule, validate
+from runtime.schedule import ALLREDUCE, FORWARD, Schedule, make_schedule, validate
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -102,8 +112,8 @@ class DistributedExecutor:
         device: this rank's torch device (default ``cuda:LOCAL_RANK`` under NCCL, else the CPU).
 
     The default process group must be initialized (:func:`init_from_env`); the executor makes its own
-    group over all ranks, with ``timeout_s`` (a collective: construct executors in the same order on
-    every rank).
+    group over all ranks and one over the replicas of every replicated stage, with ``timeout_s`` (a
+    collective: construct executors in the same order on every rank).
     """
 
     def __init__(
@@ -133,6 +143,15 @@ class DistributedExecutor:
         self.group = dist.new_group(list(range(world)), timeout=datetime.timedelta(seconds=timeout_s))
         self.rank = dist.get_rank()
         self.device = program.devices[self.rank]
+        self._rank_of = {d: r for r, d in enumerate(program.devices)}
+        self.stage = program.stage_device(self.device)
+        self.replica_group: Any = None  # the process group of this rank's stage replicas, if replicated
+        for stage in sorted(program.replicas, key=program.devices.index):  # every rank makes every group
+            group = dist.new_group(
+                [self._rank_of[d] for d in program.replicas[stage]], timeout=datetime.timedelta(seconds=timeout_s)
+            )
+            if stage == self.stage:
+                self.replica_group = group
         self.torch_device = torch.device(device) if device is not None else _default_device(self.backend)
         self.part = program.programs[self.device]
         self.part.module.to(self.torch_device)
@@ -142,7 +161,6 @@ class DistributedExecutor:
         self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
         namespace = f"graphc/executor{next(_executors)}/"
         self.monitor = FaultMonitor(self.rank, program.devices, store_from_env(timeout_s), timeout_s, namespace)
-        self._rank_of = {d: r for r, d in enumerate(program.devices)}
         self._pending_sends: list[_Pending] = []
 
     # -- parameters ---------------------------------------------------------------------------
@@ -156,19 +174,22 @@ class DistributedExecutor:
 
     @property
     def is_output_rank(self) -> bool:
-        return self.device == self.program.output_device
+        """This rank computes the loss (of its microbatches, when the output stage is replicated)."""
+        return self.stage == self.program.output_device
 
     # -- steps --------------------------------------------------------------------------------
     def forward(self, inputs: Any = None) -> Any:
         """The model's outputs for ``inputs`` without gradients; returned on the output rank, None elsewhere.
         Every rank calls it (ranks that take no input may pass None)."""
         feeds = self._feeds(inputs)
-        outputs = []
+        outputs = {}
         with torch.no_grad():
-            for k in range(self.program.microbatches):
-                outputs.append(self._forward(feeds[k], DistributedComm(self, k)))
+            for k in self.program.microbatches_of(self.device):
+                outputs[k] = self._forward(feeds[k], DistributedComm(self, k))
             self._finish_sends()
-        return concat_microbatches(outputs) if self.is_output_rank else None
+        if not self.is_output_rank:
+            return None
+        return concat_microbatches(list(self._gather_output_stage(outputs).values()))
 
     def step(self, inputs: Any = None, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
         """One training step on this rank: the schedule's forwards and backwards, then the optimizer.
@@ -192,20 +213,22 @@ class DistributedExecutor:
         start = time.perf_counter()
         comms: dict[int, DistributedComm] = {}
         roots: dict[int, list[torch.Tensor]] = {}
-        losses: list[torch.Tensor] = []
-        outputs: list[Any] = []
+        losses: dict[int, torch.Tensor] = {}
+        outputs: dict[int, Any] = {}
         with tracker if tracker is not None else contextlib.nullcontext():
             for action in self.schedule.actions[self.device]:
                 k = action.microbatch
-                if action.kind == FORWARD:
+                if action.kind == ALLREDUCE:
+                    self._allreduce_gradients()
+                elif action.kind == FORWARD:
                     comm = comms[k] = DistributedComm(self, k)
                     out = self._forward(feeds[k], comm)
                     roots[k] = comm.tokens
                     if self.is_output_rank:
                         loss = microbatch_loss(self.loss_fn, out, mb_targets[k], m)
                         roots[k] = [loss, *roots[k]]
-                        losses.append(loss.detach())
-                        outputs.append(tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out))
+                        losses[k] = loss.detach()
+                        outputs[k] = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
                 else:
                     comms.pop(k).post_gradient_receives()
                     tensors = roots.pop(k)
@@ -222,7 +245,9 @@ class DistributedExecutor:
             peaks = {self.device: torch.cuda.max_memory_allocated(self.torch_device)}
         if not self.is_output_rank:
             return StepResult(None, None, step_ms, peaks)
-        return StepResult(float(sum(losses)), concat_microbatches(outputs), step_ms, peaks)
+        gathered = self._gather_output_stage({k: (losses[k], outputs[k]) for k in losses})
+        loss = float(sum(loss for loss, _ in gathered.values()))
+        return StepResult(loss, concat_microbatches([out for _, out in gathered.values()]), step_ms, peaks)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank (a collective: all ranks call it)."""
@@ -252,12 +277,42 @@ class DistributedExecutor:
             flat = self.part.module(*feeds)
         return unflatten_outputs(self.program, flat) if self.is_output_rank else None
 
+    # -- replicated stages --------------------------------------------------------------------
+    def _allreduce_gradients(self) -> None:
+        """Sum this stage's parameter gradients over its replicas, one flat tensor per dtype (a parameter
+        without a gradient has none on every replica: they run the same program)."""
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in self.parameters():
+            if p.grad is not None:
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        peer = next(d for d in self.program.replicas[self.stage] if d != self.device)
+        for dtype, grads in by_dtype.items():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            op = f"all-reduce of the gradients of the stage of {self.stage} ({len(grads)} {dtype} tensor(s))"
+            work = self._guarded(peer, op, functools.partial(dist.all_reduce, flat, group=self.replica_group, async_op=True))
+            with self.monitor.waiting(self._rank_of[peer], op):
+                self._guarded(peer, op, work.wait)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def _gather_output_stage(self, results: dict[int, Any]) -> dict[int, Any]:
+        """Microbatch -> result of every replica of the output stage, in microbatch order, on each of them
+        (``results`` as is when the output stage is not replicated)."""
+        if self.replica_group is None:
+            return results
+        gathered: list[Any] = [None] * len(self.program.replicas[self.stage])
+        dist.all_gather_object(gathered, results, group=self.replica_group)
+        merged = {k: v for part in gathered for k, v in part.items()}
+        return {k: merged[k] for k in sorted(merged)}
+
     # -- point to point, under the fault monitor ----------------------------------------------
     def _tag(self, transfer: Transfer, microbatch: int, grad: bool) -> int:
         return (microbatch * len(self.program.transfers) + transfer.tag) * 2 + int(grad)
 
     def _isend(self, tensor: torch.Tensor, transfer: Transfer, microbatch: int, grad: bool) -> None:
-        peer = transfer.src if grad else transfer.dst
+        peer = self.program.runner(transfer.src if grad else transfer.dst, microbatch)
         tensor = tensor.detach().contiguous()
         op = f"send of {_what(transfer, grad)} (microbatch {microbatch}) to {peer}"
         tag = self._tag(transfer, microbatch, grad)
@@ -265,7 +320,7 @@ class DistributedExecutor:
         self._pending_sends.append(_Pending(work, tensor, transfer, peer, op))
 
     def _irecv(self, transfer: Transfer, microbatch: int, grad: bool) -> _Pending:
-        peer = transfer.dst if grad else transfer.src
+        peer = self.program.runner(transfer.dst if grad else transfer.src, microbatch)
         buffer = torch.empty(transfer.shape, dtype=transfer.dtype, device=self.torch_device)
         op = f"receive of {_what(transfer, grad)} (microbatch {microbatch}) from {peer}"
         tag = self._tag(transfer, microbatch, grad)

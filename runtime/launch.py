@@ -30,6 +30,7 @@ import queue as queue_module
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -93,10 +94,20 @@ def spawn(
     A rank still running ``timeout_s`` after the start, or ``grace_s`` after another rank failed, is
     killed.
     """
+    with tempfile.TemporaryDirectory(prefix="graphc-spawn-") as scratch:
+        # The payload goes through a file: multiprocessing writes a process's arguments into a pipe before
+        # it lets go of the pipe's other end, so a large payload to a rank that dies while starting up
+        # would block this process for ever.
+        payload = Path(scratch) / "payload.pickle"
+        payload.write_bytes(pickle.dumps((fn, args)))
+        return _run_ranks(str(payload), world_size, timeout_s, grace_s, threads)
+
+
+def _run_ranks(payload: str, world_size: int, timeout_s: float, grace_s: float, threads: int) -> list[RankOutcome]:
+    """:func:`spawn` with the pickled function and arguments in the file ``payload``."""
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout_s))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    payload = pickle.dumps((fn, args))
     processes = [
         ctx.Process(target=_rank_main, args=(payload, rank, world_size, store.port, threads, results), daemon=True)
         for rank in range(world_size)
@@ -134,7 +145,7 @@ def spawn(
     return [outcomes[r] for r in range(world_size)]
 
 
-def _rank_main(payload: bytes, rank: int, world_size: int, port: int, threads: int, results: Any) -> None:
+def _rank_main(payload: str, rank: int, world_size: int, port: int, threads: int, results: Any) -> None:
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -146,7 +157,7 @@ def _rank_main(payload: bytes, rank: int, world_size: int, port: int, threads: i
     )
     torch.set_num_threads(threads)
     try:
-        fn, args = pickle.loads(payload)
+        fn, args = pickle.loads(Path(payload).read_bytes())
         result = fn(*args)
     except BaseException as exc:  # reported to the caller, whatever it is
         results.put((rank, None, _picklable(exc)))
@@ -204,7 +215,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``graphc run``: start one rank per device of the plan with torchrun; returns torchrun's status."""
     plan = Plan.load(args.plan)
-    devices = len(plan.devices_used())
+    devices = len(set(plan.devices_used()).union(*(stage.devices for stage in plan.stages)))  # replicas too
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
         raise GraphcError(

@@ -11,7 +11,14 @@ gradients across every cut; each parameter lives on the device that owns it and 
 On CUDA the kernels of different GPUs overlap because launches are asynchronous; on logical CPU
 devices the run is sequential. Either way the numbers are those of eager PyTorch on one device (up to
 float32 rounding of ops that run in another order). Microbatches run as GPipe does: all forwards,
-then all backwards.
+then all backwards. Random ops draw from their torch device's generator in the global run order: on
+logical CPU devices with one microbatch and the traced program's order, the masks of eager dropout.
+
+A replicated stage (:mod:`runtime.partition`) runs microbatch ``k`` on its replica ``k mod r``, each
+replica with its own copy of the parameters; after the backward, :meth:`LocalExecutor.step` gives every
+replica the sum of the replicas' gradients (the all-reduce of the distributed executor, summed in
+replica order), so the copies stay equal. A differentiable call (:meth:`LocalExecutor.__call__`) cannot
+sum gradients that a later ``backward`` makes, so it refuses a program with replicated stages.
 """
 
 from __future__ import annotations
@@ -23,8 +30,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
+from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from runtime.comm import LocalComm, active
@@ -113,11 +119,13 @@ class LocalExecutor:
         self.devices = torch_devices(program.devices, devices)
         for device, part in program.programs.items():
             part.module.to(self.devices[device])
-        self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
+        self._every_copy = [p for part in program.programs.values() for p in part.parameters.values()]
+        self.optimizer = optimizer(self._every_copy) if optimizer is not None else None
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Every parameter, by its name in the traced model, on the device that owns it."""
-        for device in self.program.devices:
+        """Every parameter once, by its name in the traced model, on the device that owns it (a replicated
+        stage's first device; its replicas hold equal copies)."""
+        for device in self.program.stage_devices:
             yield from self.program.programs[device].parameters.items()
 
     def parameters(self) -> Iterator[nn.Parameter]:
@@ -131,15 +139,20 @@ class LocalExecutor:
     def __call__(self, *inputs: Any) -> Any:
         """The model's outputs for ``inputs``, differentiable: a ``backward`` of anything computed from
         them sends gradients back across every cut into the parameters (as ``graphc.compile`` needs)."""
+        if self.program.replicas:
+            raise ProgramMismatch(
+                f"the program replicates stages ({', '.join(self.program.replicas)}), whose gradients a step sums "
+                "over the replicas: train it with step(), or partition a plan without replicated stages"
+            )
         check_inputs(self.program, inputs)
-        return concat_microbatches([self._forward(mb) for mb in self._split(tuple(inputs))])
+        return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(tuple(inputs)))])
 
     def forward(self, inputs: Any) -> Any:
         """The model's outputs for ``inputs`` without gradients (inference)."""
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         with torch.no_grad():
-            return concat_microbatches([self._forward(mb) for mb in self._split(inputs)])
+            return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(inputs))])
 
     def step(self, inputs: Any, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
         """One training step: forward and backward of every microbatch, then the optimizer's update.
@@ -152,20 +165,21 @@ class LocalExecutor:
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         m = self.program.microbatches
-        for p in self.parameters():
+        for p in self._every_copy:
             p.grad = None
         tracker = self._tracker() if measure_memory and any(t.type == "cpu" for t in self.devices.values()) else None
         self._reset_cuda_peaks()
         start = time.perf_counter()
         with tracker if tracker is not None else contextlib.nullcontext():
             losses, outputs = [], []
-            on_output = to_device(targets, self.devices[self.program.output_device])
-            for mb, mb_targets in zip(self._split(inputs), split_batch(on_output, m)):
-                out = self._forward(mb, tracker)
+            for k, (mb, mb_targets) in enumerate(zip(self._split(inputs), split_batch(targets, m))):
+                out = self._forward(mb, k, tracker)
                 outputs.append(out)
-                losses.append(microbatch_loss(self.loss_fn, out, mb_targets, m))
+                on_output = self.devices[self.program.runner(self.program.output_device, k)]
+                losses.append(microbatch_loss(self.loss_fn, out, to_device(mb_targets, on_output), m))
             for loss in losses:
                 loss.backward()
+            self._sum_replica_gradients()
             if self.optimizer is not None:
                 self.optimizer.step()
             self._synchronize()
@@ -181,21 +195,38 @@ class LocalExecutor:
         per_input = [split_batch(t, m) for t in inputs]
         return [{name: chunks[k] for name, chunks in zip(self.program.input_names, per_input)} for k in range(m)]
 
-    def _forward(self, feeds: dict[str, torch.Tensor], tracker: MemoryTracker | None = None) -> Any:
-        interpreters = {d: _DeviceInterpreter(p.module) for d, p in self.program.programs.items()}
+    def _forward(self, feeds: dict[str, torch.Tensor], microbatch: int, tracker: MemoryTracker | None = None) -> Any:
+        """Microbatch ``microbatch`` through every stage, each on the device that runs it (its replica)."""
+        runner = {d: self.program.runner(d, microbatch) for d in self.program.stage_devices}
+        on = {d: self.devices[r] for d, r in runner.items()}  # stage device -> torch device of its runner
+        interpreters = {d: _DeviceInterpreter(self.program.programs[r].module) for d, r in runner.items()}
         for device, interp in interpreters.items():
-            interp.feeds = {n: feeds[n].to(self.devices[device]) for n in self.program.programs[device].inputs}
+            interp.feeds = {n: feeds[n].to(on[device]) for n in self.program.programs[device].inputs}
         flat: Any = ()
-        with active(LocalComm(self.devices)):
+        with active(LocalComm(on)):
             for device, name in self.program.schedule:
                 if tracker is not None:
-                    tracker.current = device
+                    tracker.current = runner[device]
                 value = interpreters[device].advance(name)
                 if device == self.program.output_device and name == "output":
                     flat = value
         if tracker is not None:
             tracker.current = None
         return unflatten_outputs(self.program, flat)
+
+    def _sum_replica_gradients(self) -> None:
+        """Give every replica of a replicated stage the sum of the replicas' gradients (module docstring)."""
+        for stage, replicas in self.program.replicas.items():
+            for name in self.program.programs[stage].parameters:
+                copies = [self.program.programs[r].parameters[name] for r in replicas]
+                grads = [p.grad.to(self.devices[stage]) for p in copies if p.grad is not None]
+                if not grads:
+                    continue
+                total = grads[0]
+                for grad in grads[1:]:
+                    total = total + grad
+                for p, replica in zip(copies, replicas):
+                    p.grad = total.to(self.devices[replica], copy=True)
 
     # -- memory -------------------------------------------------------------------------------
     def _owners(self) -> dict[int, str]:

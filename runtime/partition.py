@@ -23,6 +23,18 @@ The rules the mechanism applies whatever the policy says:
   the loss is computed).
 * Export's input-guard call ``_guards_fn`` is dropped: executors check their inputs themselves.
 
+Replicated stages. A pipeline stage of a throughput plan may run data-parallel on several devices
+(``Stage.devices``; the plan assigns its nodes to the first, the *stage device*). The program is split
+by stage device as above; every other replica gets a copy of the stage device's program with its own
+copy of the parameters and buffers (:meth:`DeviceProgram.replica`). Microbatch ``k`` of a stage on
+``r`` replicas runs on replica ``k mod r`` (:meth:`PartitionedProgram.runner`; the round robin of
+PipeDream's replicated stages, Narayanan et al., SOSP 2019), so a transfer of microbatch ``k`` goes
+from the replica holding ``k`` in the producing stage to the one holding it in the consuming stage.
+After the stage's last backward the replicas sum their parameter gradients (an all-reduce, a step of
+the schedule: :mod:`runtime.schedule`), so every replica ends the step with the gradients, and after
+the update the parameters, of the unreplicated plan. Batch-norm running statistics are each replica's
+own (a replica sees only its microbatches).
+
 Deadlock freedom. Every device runs its nodes in the order of one global topological order, sends
 never block, and a device waits only for a value whose producer comes earlier in that order; so the
 device waiting on the earliest unfinished value always finds it sent. Waits on the values coming from
@@ -33,6 +45,7 @@ what NCCL, whose point-to-point messages carry no tags, needs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import operator
@@ -44,8 +57,7 @@ from typing import Any
 
 import networkx as nx
 import torch
-import torch.fx as fx
-import torch.nn as nn
+from torch import fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec_loads
 
 from graphc.graph import Graph
@@ -131,6 +143,12 @@ class DeviceProgram:
         )
         return (_rebuild_device_program, (self.device, root, records, self.inputs, type(self.module).__name__, state))
 
+    def replica(self, device: str) -> DeviceProgram:
+        """The same program for ``device``, with its own copy of the parameters and buffers (a replica of
+        a data-parallel stage)."""
+        _, (_, root, records, inputs, _, state) = self.__reduce__()
+        return _rebuild_device_program(device, copy.deepcopy(root), records, inputs, _class_name(device), state)
+
 
 @dataclass
 class PartitionedProgram:
@@ -138,12 +156,15 @@ class PartitionedProgram:
 
     Attributes:
         name: the program's name (the cost graph's, when partitioned from a plan).
-        devices: the devices used, in rank order (rank ``r`` of a distributed run runs ``devices[r]``).
-        programs: device -> its :class:`DeviceProgram`.
-        transfers: every transfer, by tag order.
-        schedule: the global run order as ``(device, node name in that device's module)``: running the
-            nodes in this order in one process is a valid execution of all devices.
-        output_device: the device that gathers the outputs and computes the loss.
+        devices: the devices used, replicas included, in rank order (rank ``r`` of a distributed run runs
+            ``devices[r]``).
+        programs: device -> its :class:`DeviceProgram` (a replica's is a copy of its stage device's).
+        transfers: every transfer, by tag order, between stage devices (:meth:`runner` says which replicas
+            exchange it in a microbatch).
+        schedule: the global run order of one microbatch as ``(stage device, node name in that device's
+            module)``: running the nodes in this order in one process is a valid execution of all stages.
+        output_device: the stage device that gathers the outputs and computes the loss (with its replicas,
+            each for its microbatches).
         input_names: names of the traced program's inputs, in call order.
         input_specs: the shape and dtype of each input for one microbatch.
         out_spec: how the flat outputs nest into what the traced program returns.
@@ -152,6 +173,8 @@ class PartitionedProgram:
         cost_nodes: fx node name -> the cost node it belongs to (the names are the same in the device
             programs); empty when partitioned without a cost graph.
         microbatches: how many microbatches a step is split into.
+        replicas: stage device -> every device of its data-parallel stage, the stage device first; only
+            replicated stages are listed (see the module docstring).
     """
 
     name: str
@@ -166,9 +189,30 @@ class PartitionedProgram:
     node_order: dict[str, list[str]] = field(default_factory=dict)
     cost_nodes: dict[str, str] = field(default_factory=dict)
     microbatches: int = 1
+    replicas: dict[str, list[str]] = field(default_factory=dict)
 
     def transfer(self, tag: int) -> Transfer:
         return self.transfers[tag]
+
+    @property
+    def stage_devices(self) -> list[str]:
+        """The devices that are not a copy of another (one per stage, when pipelined), in rank order."""
+        copies = {d for replicas in self.replicas.values() for d in replicas[1:]}
+        return [d for d in self.devices if d not in copies]
+
+    def stage_device(self, device: str) -> str:
+        """The stage device whose program ``device`` runs (itself, unless it is a replica)."""
+        return next((stage for stage, replicas in self.replicas.items() if device in replicas), device)
+
+    def runner(self, device: str, microbatch: int) -> str:
+        """The device that runs stage device ``device``'s program on ``microbatch``: replica ``k mod r``."""
+        replicas = self.replicas.get(device)
+        return replicas[microbatch % len(replicas)] if replicas else device
+
+    def microbatches_of(self, device: str) -> list[int]:
+        """The microbatches ``device`` runs, in order (all of them, unless it is one of ``r`` replicas)."""
+        replicas = self.replicas.get(self.stage_device(device), [device])
+        return list(range(replicas.index(device), self.microbatches, len(replicas)))
 
     def only(self, device: str) -> PartitionedProgram:
         """The same program holding only ``device``'s part (what one rank needs once its schedule is
@@ -198,7 +242,16 @@ class PartitionedProgram:
                 f"outputs and loss on {self.output_device}"
             )
         ]
+        for stage, replicas in self.replicas.items():
+            runs = "; ".join(f"{d}: microbatches {', '.join(map(str, self.microbatches_of(d)))}" for d in replicas)
+            lines.append(
+                f"stage of {stage} replicated on {len(replicas)} devices ({runs}); gradients all-reduced; "
+                f"transfers name {stage}, and each microbatch's go to or from the replica that runs it"
+            )
         for device in self.devices:
+            if self.stage_device(device) != device:
+                lines += ["", f"── {device}: a replica of {self.stage_device(device)}, running the same program"]
+                continue
             p = self.programs[device]
             sends = sum(1 for t in self.transfers if t.src == device)
             recvs = sum(1 for t in self.transfers if t.dst == device)
@@ -237,7 +290,7 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
     Refused before anything runs, with the reason (:class:`~placement.plan.PlanMismatchError` or
     :class:`~runtime.errors.ProgramMismatch`): a plan made for another graph, a cost graph naming fx
     nodes the program lacks or with other ops, inputs of other shapes, an execution order that
-    contradicts the dependencies, a stage replicated on several devices.
+    contradicts the dependencies, a replicated stage the runtime cannot run (:func:`stage_replicas`).
     """
     gm = program.graph_module if isinstance(program, TracedProgram) else program
     if graph is None:
@@ -245,17 +298,12 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
             raise ProgramMismatch("partition(graph_module, plan) needs the cost graph the plan was made for: pass graph=")
         graph = program.graph
     plan.check_matches(graph)
-    for stage in plan.stages:
-        if len(stage.devices) != 1:
-            raise ProgramMismatch(
-                f"stage {stage.index} is replicated on {stage.devices}: the runtime runs one device per stage; "
-                "re-plan without data-parallel stages"
-            )
+    replicas = stage_replicas(plan)
     devices = fx_devices(gm, plan, graph)
     specs = _microbatch_input_specs(gm, graph, plan.microbatches)
     values = propagate(gm, specs)
     cost_of = {f: node.name for node in graph.nodes() for f in node.fx_nodes}
-    return split_by_device(
+    parts = split_by_device(
         gm,
         lambda node: devices[node.name],
         values=values,
@@ -264,6 +312,62 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
         cost_of=cost_of,
         name=graph.name,
         microbatches=plan.microbatches,
+    )
+    return replicate_stages(parts, replicas)
+
+
+def stage_replicas(plan: Plan) -> dict[str, list[str]]:
+    """Stage device -> the devices of its replicated stage (the stage device first), for the stages of
+    ``plan`` on more than one device, checked to be what the runtime runs: the plan assigns the stage's
+    nodes to its first device, a replica runs nothing else, and every replica gets a microbatch."""
+    replicas: dict[str, list[str]] = {}
+    owner: dict[str, int] = {}
+    used = set(plan.assignment.values())
+    for stage in plan.stages:
+        if len(stage.devices) < 2:
+            continue  # the assignment says where an unreplicated stage runs
+        if plan.microbatches < len(stage.devices):
+            raise ProgramMismatch(
+                f"stage {stage.index} is replicated on {len(stage.devices)} devices but a step has only "
+                f"{plan.microbatches} microbatch(es); replica k runs microbatches k, k + r, ...: use at least "
+                f"{len(stage.devices)} microbatches, or fewer replicas"
+            )
+        elsewhere = sorted({plan.assignment[n] for n in stage.nodes if n in plan.assignment} - {stage.devices[0]})
+        if elsewhere:
+            raise ProgramMismatch(
+                f"stage {stage.index} runs on {stage.devices}, but the plan assigns some of its nodes to {elsewhere}; "
+                "a replicated stage's nodes go on its first device (placement.pipeline makes such plans)"
+            )
+        for device in stage.devices:
+            if owner.setdefault(device, stage.index) != stage.index:
+                raise ProgramMismatch(
+                    f"device {device} serves stages {owner[device]} and {stage.index}; a device runs one stage: re-plan"
+                )
+        taken = sorted(used.intersection(stage.devices[1:]))
+        if taken:
+            raise ProgramMismatch(
+                f"{taken} replicate stage {stage.index} (on {stage.devices[0]}) but also run nodes of another; re-plan"
+            )
+        replicas[stage.devices[0]] = list(stage.devices)
+    return replicas
+
+
+def replicate_stages(program: PartitionedProgram, replicas: dict[str, list[str]]) -> PartitionedProgram:
+    """``program`` with each stage device of ``replicas`` copied to its other devices (module docstring)."""
+    if not replicas:
+        return program
+    unknown = sorted(set(replicas) - set(program.devices))
+    if unknown:
+        raise ProgramMismatch(f"replicated stage device(s) {unknown} run nothing in the program; re-plan")
+    programs = dict(program.programs)
+    for stage, devices in replicas.items():
+        for device in devices[1:]:
+            programs[device] = program.programs[stage].replica(device)
+    return dataclasses.replace(
+        program,
+        devices=sorted(programs, key=device_sort_key),
+        programs=programs,
+        replicas={stage: list(devices) for stage, devices in replicas.items()},
     )
 
 
@@ -616,7 +720,7 @@ class _Splitter:
                     owned_buffers[buffer_names[id(obj)]] = obj
             for target in self.attrs[d]:
                 _check_unshared_module(self.attrs, d, target)
-            module = fx.GraphModule(root, self.graphs[d], class_name=f"Program_{re.sub(r'[^0-9a-zA-Z_]', '_', d)}")
+            module = fx.GraphModule(root, self.graphs[d], class_name=_class_name(d))
             programs[d] = DeviceProgram(d, module, self.inputs[d], owned_params, owned_buffers)
         node_order: dict[str, list[str]] = {}
         if self.cost_of:
@@ -673,6 +777,10 @@ def _rebuild_device_program(
         {name: module.get_parameter(path) for name, path in params.items()},
         {name: module.get_buffer(path) for name, path in buffers.items()},
     )
+
+
+def _class_name(device: str) -> str:
+    return f"Program_{re.sub(r'[^0-9a-zA-Z_]', '_', device)}"
 
 
 def _post_receives_first(graph: fx.Graph) -> None:

@@ -45,14 +45,18 @@ def single_device_plan(graph: Graph, device: str = "cpu0", *, mode: str = "train
 
 def contiguous_plan(
     graph: Graph,
-    devices: Sequence[str],
+    devices: Sequence[str | Sequence[str]],
     *,
     microbatches: int = 1,
     mode: str = "training",
 ) -> Plan:
     """Cut the topological order into ``len(devices)`` contiguous runs of about equal forward and backward
     FLOPs, one per device: stages of a pipeline when ``microbatches > 1`` (objective ``throughput``),
-    a sequential split otherwise."""
+    a sequential split otherwise. A list of devices in place of one replicates that stage data-parallel
+    on them (pipelined plans only): ``contiguous_plan(g, [["cpu0", "cpu1"], "cpu2"], microbatches=4)``."""
+    groups = [[d] if isinstance(d, str) else list(d) for d in devices]
+    if any(not g for g in groups) or (microbatches == 1 and any(len(g) > 1 for g in groups)):
+        raise ProgramMismatch(f"devices={list(devices)}: every stage needs a device, and only a pipelined plan replicates one")
     order = graph.topological_order()
     work = [graph.node(n).fwd_flops + graph.node(n).bwd_flops for n in order]
     total = sum(work) or 1.0
@@ -61,7 +65,7 @@ def contiguous_plan(
     done = 0.0
     for name, w in zip(order, work):
         index = min(int(len(devices) * (done + w / 2) / total), len(devices) - 1)
-        assignment[name] = devices[index]
+        assignment[name] = groups[index][0]
         stages[index].append(name)
         done += w
     plan = plan_from_assignment(
@@ -72,5 +76,5 @@ def contiguous_plan(
         microbatches=microbatches,
     )
     if microbatches > 1:
-        plan.stages = [Stage(i, nodes, [d]) for i, (nodes, d) in enumerate(zip(stages, devices)) if nodes]
+        plan.stages = [Stage(i, nodes, g) for i, (nodes, g) in enumerate(zip(stages, groups)) if nodes]
     return plan

@@ -4,7 +4,9 @@ microbatch; checked before anything runs, and printable.
 An :class:`Action` is ``F k`` (the device's program on microbatch ``k``, with the sends and receives it
 contains) or ``B k`` (the backward of that microbatch on the device: it posts the receives of the
 gradients of the values it sent, then, in the reverse order of the forward, sends back the gradients
-of the values it received and waits for those of the values it sent). A :class:`Schedule` gives every device its list of actions:
+of the values it received and waits for those of the values it sent), or ``AR`` on a replica of a
+data-parallel stage (the all-reduce that sums the stage's parameter gradients over its replicas, after
+its last backward). A :class:`Schedule` gives every device its list of actions:
 
 * :func:`gpipe` (Huang et al. 2019): all forwards, then all backwards. Valid for any partition.
 * :func:`one_f_one_b` (PipeDream-flush, Narayanan et al. 2021): stage ``s`` of ``S`` runs ``S - 1 - s``
@@ -12,12 +14,18 @@ of the values it received and waits for those of the values it sent). A :class:`
   ``S - s`` microbatches keep activations alive at once. It needs the devices to form a pipeline (data
   flows one way between them): :func:`pipeline_stages` orders them or says why not.
 
+A stage replicated on ``r`` devices (:mod:`runtime.partition`) gets the stage's actions restricted to the
+microbatches of each replica (replica ``j`` runs ``j, j + r, ...``), in the same order, then ``AR``
+(:func:`replicate`). Restricting a valid schedule keeps it free of deadlock: every replica meets its
+messages in the order the stage did, and the all-reduce comes last.
+
 :func:`validate` is the checker that needs no simulator: it expands each device's actions into the
 communication events of its program (sends never block, a wait blocks until the matching send was
-posted) and plays them until every device is done. It refuses a schedule that deadlocks (naming each
-stuck device, its action and the value it waits for), a send without a receive, a microbatch missing or
-run twice, and, for backends whose messages carry no tags (NCCL), a pair of devices whose messages
-would be received in another order than sent.
+posted; an all-reduce blocks until every replica of the stage reaches it) and plays them until every
+device is done. It refuses a schedule that deadlocks (naming each stuck device, its action and what it
+waits for), a send without a receive, a microbatch missing, run twice or run by the wrong replica, an
+all-reduce missing or not last, and, for backends whose messages carry no tags (NCCL), a pair of
+devices whose messages would be received in another order than sent.
 """
 
 from __future__ import annotations
@@ -32,18 +40,20 @@ from runtime.partition import PartitionedProgram, device_sort_key
 
 FORWARD = "F"
 BACKWARD = "B"
+ALLREDUCE = "AR"
 SCHEDULES = ("gpipe", "1f1b")
 
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a device: the forward (``F``) or backward (``B``) of one microbatch."""
+    """One step of a device: the forward (``F``) or backward (``B``) of one microbatch, or the all-reduce
+    of a replicated stage's gradients (``AR``, no microbatch)."""
 
     kind: str
-    microbatch: int
+    microbatch: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.kind}{self.microbatch}"
+        return self.kind if self.microbatch is None else f"{self.kind}{self.microbatch}"
 
 
 @dataclass
@@ -93,12 +103,12 @@ def one_f_one_b(stages: list[str], microbatches: int) -> Schedule:
 
 
 def pipeline_stages(program: PartitionedProgram) -> list[str]:
-    """The devices in pipeline order (a topological order of who sends to whom), or a ScheduleError
+    """The stage devices in pipeline order (a topological order of who sends to whom), or a ScheduleError
     naming a cycle when data flows both ways between devices."""
     flow = nx.DiGraph()
-    flow.add_nodes_from(program.devices)
+    flow.add_nodes_from(program.stage_devices)
     flow.add_edges_from((t.src, t.dst) for t in program.transfers)
-    rank = {d: i for i, d in enumerate(program.devices)}
+    rank = {d: i for i, d in enumerate(program.stage_devices)}
     try:
         return list(nx.lexicographical_topological_sort(flow, key=rank.__getitem__))
     except nx.NetworkXUnfeasible:
@@ -110,12 +120,33 @@ def pipeline_stages(program: PartitionedProgram) -> list[str]:
 
 
 def make_schedule(program: PartitionedProgram, name: str, training: bool = True) -> Schedule:
-    """The schedule ``name`` (``gpipe`` or ``1f1b``) for ``program``'s devices and microbatches."""
+    """The schedule ``name`` (``gpipe`` or ``1f1b``) for ``program``'s devices and microbatches, its
+    replicated stages expanded to their replicas (:func:`replicate`)."""
     if name == "gpipe" or (name == "1f1b" and not training):
-        return gpipe(program.devices, program.microbatches, training)
-    if name == "1f1b":
-        return one_f_one_b(pipeline_stages(program), program.microbatches)
-    raise ScheduleError(f"unknown schedule {name!r}; schedules: {', '.join(SCHEDULES)}")
+        schedule = gpipe(program.stage_devices, program.microbatches, training)
+    elif name == "1f1b":
+        schedule = one_f_one_b(pipeline_stages(program), program.microbatches)
+    else:
+        raise ScheduleError(f"unknown schedule {name!r}; schedules: {', '.join(SCHEDULES)}")
+    return replicate(schedule, program)
+
+
+def replicate(schedule: Schedule, program: PartitionedProgram) -> Schedule:
+    """``schedule``, made for ``program``'s stage devices, with every replicated stage's actions given to
+    its replicas: each runs the stage's actions of its own microbatches, in order, then (training) ``AR``."""
+    actions: dict[str, list[Action]] = {}
+    for device in program.devices:
+        stage = program.stage_device(device)
+        if stage not in schedule.actions:
+            raise ScheduleError(f"the schedule has no actions for {stage}, a device of the program")
+        if stage not in program.replicas:
+            actions[device] = list(schedule.actions[stage])
+            continue
+        mine = set(program.microbatches_of(device))
+        actions[device] = [a for a in schedule.actions[stage] if a.microbatch in mine]
+        if schedule.training:
+            actions[device].append(Action(ALLREDUCE))
+    return Schedule(schedule.name, schedule.microbatches, actions, schedule.training)
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -123,10 +154,11 @@ def make_schedule(program: PartitionedProgram, name: str, training: bool = True)
 
 @dataclass(frozen=True)
 class _Event:
-    """One communication step of a device: ``send`` and ``post`` never block, ``wait`` does."""
+    """One communication step of a device: ``send`` and ``post`` never block, ``wait`` does, and
+    ``allreduce`` waits for every replica of the stage (``peer``: the stage device; no key)."""
 
     kind: str
-    key: tuple[int, int, bool]  # (transfer tag, microbatch, is gradient)
+    key: tuple[int, int, bool] | None  # (transfer tag, microbatch, is gradient)
     action: Action
     peer: str
 
@@ -153,20 +185,35 @@ def _check_actions(schedule: Schedule, program: PartitionedProgram) -> None:
         raise ScheduleError(f"the schedule has {schedule.microbatches} microbatches, the program {program.microbatches}")
     kinds = (FORWARD, BACKWARD) if schedule.training else (FORWARD,)
     for device, actions in schedule.actions.items():
+        malformed = [str(a) for a in actions if (a.microbatch is None) != (a.kind == ALLREDUCE)]
+        if malformed:
+            raise ScheduleError(f"{device} has actions {malformed}: F and B take a microbatch, {ALLREDUCE} none")
+        expected = program.microbatches_of(device)
         for kind in kinds:
             seen = sorted(a.microbatch for a in actions if a.kind == kind)
-            if seen != list(range(schedule.microbatches)):
-                raise ScheduleError(
-                    f"{device} runs {kind} for microbatches {seen}; it must run each of 0..{schedule.microbatches - 1} once"
+            if seen != expected:
+                whose = (
+                    f"its microbatches as replica of {program.stage_device(device)}, {expected},"
+                    if len(expected) < schedule.microbatches
+                    else f"each of 0..{schedule.microbatches - 1}"
                 )
-        extra = [str(a) for a in actions if a.kind not in kinds]
+                raise ScheduleError(f"{device} runs {kind} for microbatches {seen}; it must run {whose} once")
+        replicated = schedule.training and program.stage_device(device) in program.replicas
+        reduces = [i for i, a in enumerate(actions) if a.kind == ALLREDUCE]
+        if replicated and reduces != [len(actions) - 1]:
+            raise ScheduleError(
+                f"{device} replicates the stage of {program.stage_device(device)}: its last action, and only that, "
+                f"must be {ALLREDUCE} (the all-reduce of the stage's gradients); it has {' '.join(map(str, actions))}"
+            )
+        extra = [str(a) for a in actions if a.kind not in kinds and not (replicated and a.kind == ALLREDUCE)]
         if extra:
-            raise ScheduleError(f"{device} has actions {extra} that a {'training' if schedule.training else 'forward-only'} schedule cannot run")
+            what = "training" if schedule.training else "forward-only"
+            raise ScheduleError(f"{device} has actions {extra} that a {what} schedule cannot run on it")
         done: set[int] = set()
         for a in actions:
             if a.kind == FORWARD:
                 done.add(a.microbatch)
-            elif a.microbatch not in done:
+            elif a.kind == BACKWARD and a.microbatch not in done:
                 raise ScheduleError(f"{device} runs B{a.microbatch} before F{a.microbatch}")
 
 
@@ -177,25 +224,30 @@ def _expand(program: PartitionedProgram, device: str, action: Action) -> list[_E
     the gradients of the values the device sent are posted first, then the gradient steps run in the
     reverse of the forward order: a received value's gradient is sent back, a sent value's is waited for.
     """
+    if action.kind == ALLREDUCE:
+        return [_Event("allreduce", None, action, program.stage_device(device))]
     k = action.microbatch
+    assert k is not None
     forward: list[_Event] = []
     gradient_posts: list[_Event] = []
     gradient_steps: list[_Event] = []
     for node in program.programs[device].comm_nodes():
         if node.target is comm.send:
             t = program.transfer(node.kwargs["tag"])
-            forward.append(_Event("send", (t.tag, k, False), action, t.dst))
+            dst = program.runner(t.dst, k)
+            forward.append(_Event("send", (t.tag, k, False), action, dst))
             if t.grad:
-                gradient_posts.append(_Event("post", (t.tag, k, True), action, t.dst))
-                gradient_steps.append(_Event("wait", (t.tag, k, True), action, t.dst))
+                gradient_posts.append(_Event("post", (t.tag, k, True), action, dst))
+                gradient_steps.append(_Event("wait", (t.tag, k, True), action, dst))
         elif node.target is comm.recv:
             t = program.transfer(node.kwargs["tag"])
-            forward.append(_Event("post", (t.tag, k, False), action, t.src))
+            forward.append(_Event("post", (t.tag, k, False), action, program.runner(t.src, k)))
         else:
             t = program.transfer(node.args[0].kwargs["tag"])
-            forward.append(_Event("wait", (t.tag, k, False), action, t.src))
+            src = program.runner(t.src, k)
+            forward.append(_Event("wait", (t.tag, k, False), action, src))
             if t.grad:
-                gradient_steps.append(_Event("send", (t.tag, k, True), action, t.src))
+                gradient_steps.append(_Event("send", (t.tag, k, True), action, src))
     if action.kind == FORWARD:
         return forward
     return list(reversed(gradient_posts)) + list(reversed(gradient_steps))
@@ -206,11 +258,23 @@ def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
     sent: set[tuple[int, int, bool]] = set()
     received: set[tuple[int, int, bool]] = set()
     progress = True
+
+    def at_allreduce(device: str) -> bool:
+        return position[device] < len(events[device]) and events[device][position[device]].kind == "allreduce"
+
     while progress:
         progress = False
         for device, seq in events.items():
             while position[device] < len(seq):
                 event = seq[position[device]]
+                if event.kind == "allreduce":
+                    group = program.replicas[event.peer]
+                    if not all(at_allreduce(d) for d in group):
+                        break
+                    for d in group:
+                        position[d] += 1
+                    progress = True
+                    continue
                 if event.kind == "wait":
                     if event.key not in sent:
                         break
@@ -232,6 +296,8 @@ def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
 
 
 def _describe(program: PartitionedProgram, event: _Event) -> str:
+    if event.key is None:
+        return f"the all-reduce with the other replicas of {event.peer} ({', '.join(program.replicas[event.peer])})"
     tag, k, grad = event.key
     t = program.transfer(tag)
     what = f"the gradient of {t.value!r}" if grad else repr(t.value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from graphc.zoo import ZooModel

@@ -101,6 +101,28 @@ def test_microbatches_give_the_full_batch_gradients(name):
     assert relative_difference({n: p.grad for n, p in executor.named_parameters()}, reference.grads) < (RTOL, "")
 
 
+@pytest.mark.parametrize("name", ["gpt2", "gnmt"])
+def test_dropout_in_train_mode_draws_eager_masks_on_logical_cpu_devices(name):
+    """One process, one CPU generator, the traced program's order: a random placement draws the masks
+    eager draws from the same seed (runtime's docstring says when that holds)."""
+    zm = zoo.build(name, batch_size=2, size="small", dropout=0.3)
+    program = graphc.trace(zm.model, zm.example_inputs, name=name)
+    assert any("dropout" in str(n.target) for n in program.graph_module.graph.nodes)
+    names = program.graph.node_names()
+    rng = random.Random(3)
+    plan = plan_from_assignment(program.graph, {n: rng.choice(DEVICES) for n in names})
+    executor = LocalExecutor(partition(program, plan), loss_fn=zoo_loss(zm))
+    torch.manual_seed(11)
+    result = executor.step(zm.example_inputs, zm.targets)
+    ref = zoo.build(name, batch_size=2, size="small", dropout=0.3)
+    torch.manual_seed(11)
+    reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
+    assert result.loss == pytest.approx(reference.losses[0], rel=1e-6)
+    assert relative_difference({n: p.grad for n, p in executor.named_parameters()}, reference.grads) < (RTOL, "")
+    torch.manual_seed(12)
+    assert executor.step(zm.example_inputs, zm.targets).loss != pytest.approx(reference.losses[0], rel=1e-6)  # masks are drawn
+
+
 def test_module_granularity_plans_run_too():
     """GPT-2's attention and MLP blocks are leaf modules: one cost node stands for many fx nodes."""
     zm = build("gpt2")

@@ -110,8 +110,10 @@ class Plan:
     cost_model: CostModel | None = field(default=None, compare=False, repr=False)
 
     def devices_used(self) -> list[str]:
-        """The devices that run at least one node, in first-use order."""
-        return list(dict.fromkeys(self.assignment.values()))
+        """The devices that run at least one node, in first-use order, each replica of a replicated stage
+        after its first device (the replicas run the stage's nodes on their microbatches)."""
+        replicas = stage_replicas(self.stages)
+        return list(dict.fromkeys(r for d in self.assignment.values() for r in replicas.get(d, [d])))
 
     def nodes_on(self, device: str) -> list[str]:
         """The nodes placed on ``device``, in execution order when the plan has one."""

@@ -215,7 +215,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``graphc run``: start one rank per device of the plan with torchrun; returns torchrun's status."""
     plan = Plan.load(args.plan)
-    devices = len(set(plan.devices_used()).union(*(stage.devices for stage in plan.stages)))  # replicas too
+    devices = len(plan.devices_used())
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
         raise GraphcError(

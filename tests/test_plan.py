@@ -78,3 +78,10 @@ def test_plan_for_another_graph_is_refused_with_the_reason():
     renamed.add_node(NodeData(name="d", op="aten.relu.default"))
     with pytest.raises(PlanMismatchError, match=r"nodes without a device: \['d'\]"):
         plan.check_matches(renamed)
+
+
+def test_devices_used_counts_the_replicas_of_a_replicated_stage():
+    plan = Plan(graph_name="g", graph_fingerprint="", cluster_name="c", objective="throughput", mode="training",
+                assignment={"a": "gpu0", "b": "gpu1", "c": "gpu1"}, microbatches=4,
+                stages=[Stage(0, ["a"], ["gpu0"]), Stage(1, ["b", "c"], ["gpu1", "gpu3", "gpu2"])])  # fmt: skip
+    assert plan.devices_used() == ["gpu0", "gpu1", "gpu3", "gpu2"]

@@ -12,12 +12,24 @@ from placement.plan import Plan
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quickstart_block() -> str:
+def _python_block(heading: str) -> str:
+    """The first ```python block of the README section ``heading``."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Quickstart") :]
+    section = readme[readme.index(f"## {heading}") :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's Quickstart section has no ```python block"
+    assert match, f"the README's {heading} section has no ```python block"
     return match.group(1)
+
+
+def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = cwd / "snippet.py"
+    script.write_text(code)
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"GRAPHC_PROGRESS": "0", "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+def _quickstart_block() -> str:
+    return _python_block("Quickstart")
 
 
 def test_examples_quickstart_is_the_readme_quickstart():
@@ -25,11 +37,15 @@ def test_examples_quickstart_is_the_readme_quickstart():
 
 
 def test_readme_quickstart_runs_as_written(tmp_path):
-    script = tmp_path / "quickstart.py"
-    script.write_text(_quickstart_block())
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"GRAPHC_PROGRESS": "0", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    done = _run(_quickstart_block(), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "predicted step" in done.stdout and "['cpu0', 'cpu1']" in done.stdout  # the towers side by side
     plan = Plan.load(tmp_path / "plan.json")
     assert sorted(plan.devices_used()) == ["cpu0", "cpu1"] and plan.predicted_step_ms > 0
+
+
+def test_readme_tracing_then_running_a_placed_model_run_as_written(tmp_path):
+    done = _run(_python_block("Tracing a model") + _python_block("Running placed models"), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cpu0 | F0 B0" in done.stdout and "AR" in done.stdout  # the printed 1F1B schedule with the all-reduce
+    assert (tmp_path / "resnet50.json").is_file()

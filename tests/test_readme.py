@@ -16,7 +16,7 @@ def _python_block(heading: str) -> str:
     """The first ```python block of the README section ``heading``."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index(f"## {heading}") :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, f"the README's {heading} section has no ```python block"
     return match.group(1)
 
@@ -24,7 +24,7 @@ def _python_block(heading: str) -> str:
 def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
     script = cwd / "snippet.py"
     script.write_text(code)
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, str(script)], check=False, cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={"GRAPHC_PROGRESS": "0", "PATH": "/usr/bin:/bin"})  # fmt: skip
 
 

@@ -21,7 +21,13 @@ Every bound ignores communication and holds for any assignment and order the sim
   devices whose capacities add up to it; ``fits`` says whether the cluster has that many and every
   node's static footprint fits some device.
 
-``step_ms = max(critical_path_ms, work_ms)``.
+- **Series.** For one microbatch of a graph without explicit backward nodes: the graph cut into blocks at
+  the nodes every path crosses, each block's forward and backward span bounded with the transfers its
+  placement needs, summed over the series and minimised over the cut nodes' devices
+  (:mod:`placement.bounds_series`, :mod:`placement.bounds_forkjoin`). Unlike the two above it counts
+  communication; it is 0 when it does not apply.
+
+``step_ms = max(critical_path_ms, work_ms, series_ms)``.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import math
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 
 from graphc.graph import Graph
+from placement.bounds_series import series_bound, timed_graph
 from placement.cluster import Cluster, Device
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
@@ -50,11 +58,12 @@ class Bound:
     fits: bool
     mode: str
     microbatches: int
+    series_ms: float = 0.0
 
     @property
     def step_ms(self) -> float:
-        """The strongest time bound: the larger of the critical path and the work bound."""
-        return max(self.critical_path_ms, self.work_ms)
+        """The strongest time bound: the largest of the critical path, work and series bounds."""
+        return max(self.critical_path_ms, self.work_ms, self.series_ms)
 
     def ratio(self, step_ms: float) -> float:
         """How far a plan's step time is above the bound (1.0 = optimal as far as the bound can tell)."""
@@ -63,7 +72,8 @@ class Bound:
     def summary(self) -> str:
         return (
             f"lower bound ({self.mode}, {self.microbatches} microbatch(es)): {self.step_ms:.3f} ms "
-            f"[critical path {self.critical_path_ms:.3f} ms, work {self.work_ms:.3f} ms]; memory "
+            f"[critical path {self.critical_path_ms:.3f} ms, work {self.work_ms:.3f} ms, "
+            f"series {self.series_ms:.3f} ms]; memory "
             f"{self.memory_bytes / 1e9:.2f} GB needs >= {self.min_devices} of {self.num_devices} devices"
             + ("" if self.fits else " (DOES NOT FIT)")
         )
@@ -78,7 +88,7 @@ def lower_bound(
     microbatches: int = 1,
     optimizer_state_factor: float = 2.0,
 ) -> Bound:
-    """Critical-path, work and memory bounds for ``graph`` on ``cluster`` (see the module docstring)."""
+    """Critical-path, work, series and memory bounds for ``graph`` on ``cluster`` (see the module docstring)."""
     if mode not in ("training", "inference"):
         raise PlacementError(f"lower_bound: mode must be 'training' or 'inference', got {mode!r}")
     if microbatches < 1:
@@ -98,21 +108,29 @@ def lower_bound(
     classes = _speed_classes(cluster)
     inf = math.inf
     per_class: list[list[float]] = []  # per class, per node: the node's time on that class (inf: not allowed)
+    fwd_class: list[list[float]] = []  # per class, per node: forward and backward of one microbatch (inf: not allowed)
+    bwd_class: list[list[float]] = []
     fwd_min = [inf] * n
     bwd_min = [inf] * n
     for rep, _count in classes:
         fwd, bwd = cm.node_times(data, [rep] * n, has_bwd)
-        total = []
+        total, fs, bs = [], [], []
         for v, nd in enumerate(data):
             kinds = nd.allowed_kinds
             if kinds is not None and rep.kind not in kinds and rep.category not in kinds:
                 total.append(inf)
+                fs.append(inf)
+                bs.append(inf)
                 continue
             f, b = (0.0, 0.0) if is_input[v] else (fwd[v] / m, bwd[v] / m)
             fwd_min[v] = min(fwd_min[v], f)
             bwd_min[v] = min(bwd_min[v], b)
             total.append(m * (f + b))
+            fs.append(f)
+            bs.append(b)
         per_class.append(total)
+        fwd_class.append(fs)
+        bwd_class.append(bs)
     for v in range(n):
         if fwd_min[v] == inf:
             nd = data[v]
@@ -128,6 +146,13 @@ def lower_bound(
     critical = max((lf[v] + lb[v] for v in range(n)), default=0.0)
 
     work = _work_bound(times, [c for _, c in classes])
+    series = 0.0
+    if m == 1 and not explicit and n:
+        class_of = [next(i for i, (rep, _) in enumerate(classes) if rep.speed_key() == d.speed_key()) for d in cluster.devices]
+        fwd_dev = np.asarray(fwd_class)[class_of].T
+        bwd_dev = np.asarray(bwd_class)[class_of].T
+        tg = timed_graph(nxg, names, preds, fwd_dev, bwd_dev, is_input)
+        series = series_bound(tg, cluster, cm, training) or 0.0
 
     mult = (2.0 + optimizer_state_factor) if training else 1.0
     static = [
@@ -153,7 +178,7 @@ def lower_bound(
     if need is None:
         need = len(capacities) + math.ceil((memory - running[-1]) / capacities[0])
     fits = need <= len(capacities) and max(static, default=0.0) <= capacities[0]
-    return Bound(critical, work, memory, need, len(capacities), fits, mode, m)
+    return Bound(critical, work, memory, need, len(capacities), fits, mode, m, series)
 
 
 def _topological(nxg, keep_backward: bool) -> tuple[list[str], list[list[int]]]:

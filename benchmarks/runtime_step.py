@@ -15,7 +15,9 @@ milliseconds on one CPU thread:
 4. every plan runs on CPU ranks of one thread each (:class:`runtime.DistributedExecutor`, gloo), and is
    simulated (:func:`placement.simulate`) with the same per-device order; the profiled times are first
    scaled by one factor per model, so that the simulated single-device step equals the measured eager
-   step (ops timed in isolation miss what runs between them: the loss, the update, the framework).
+   step (ops timed in isolation miss what runs between them: the loss, the update, the framework); the
+   per-microbatch times of a pipelined plan by their own factor, so that one device running the
+   microbatches one after another predicts eager PyTorch accumulating the same microbatches.
 
 Prints one table and writes ``results/runtime_step.json``. Targets: prediction within 15% of the
 measurement; the single-device plan within 5% of eager on 1 thread; Inception on 2 ranks faster than
@@ -76,15 +78,21 @@ def sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 # -- what the ranks run ---------------------------------------------------------------------------------
 
 
-def eager_steps(name: str, steps: int, warmup: int) -> list[float]:
-    """Wall time of eager training steps of the zoo model, in this process."""
+def eager_steps(name: str, steps: int, warmup: int, microbatches: int = 1) -> list[float]:
+    """Wall time of eager training steps of the zoo model, in this process; with ``microbatches`` > 1 the
+    batch is split and the gradients accumulated before the update (what a pipeline computes)."""
     zm = zoo.build(name, **CONFIGS[name])
+    loss_fn = zoo_loss(zm)
     opt = sgd(list(zm.model.parameters()))
+    size = zm.batch_size // microbatches
     times = []
     for _ in range(warmup + steps):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        zm.loss(zm.model(*zm.example_inputs)).backward()
+        for k in range(microbatches):
+            part = slice(k * size, (k + 1) * size)
+            inputs = tuple(x[part] for x in zm.example_inputs)
+            (loss_fn(zm.model(*inputs), zm.targets[part]) / microbatches).backward()
         opt.step()
         times.append(1e3 * (time.perf_counter() - start))
     return times[warmup:]
@@ -197,6 +205,8 @@ def main() -> None:
             with console.status(f"round {round_ + 1}/{args.rounds}: {name} ..."):
                 for threads in (1, 2):
                     samples[name, f"eager {threads}"] += on_ranks(eager_steps, 1, (name, args.steps, args.warmup), threads)[0]
+                if run.profiled_per_microbatch is not None:
+                    samples[name, "eager microbatched"] += on_ranks(eager_steps, 1, (name, args.steps, args.warmup, MICROBATCHES))[0]
                 for label, _, parts in run.plans:
                     ranks = on_ranks(run_plan, len(parts.devices), (parts, name, args.steps, args.warmup))
                     samples[name, label] += [max(step) for step in zip(*(r["times"] for r in ranks))]
@@ -212,10 +222,20 @@ def main() -> None:
         alone = {n: "cpu0" for n in graph.node_names()}
         factor = calibration[name] = eager[1] / simulate(graph, cluster, alone, CostModel(cluster, profiled=run.profiled)).step_ms
         console.print(f"{name}: profiled times x {factor:.3f}, so that one device predicts the eager step")
+        factors = {1: (run.profiled, factor)}
+        if run.profiled_per_microbatch is not None:
+            eager_mb = statistics.median(samples[name, "eager microbatched"])
+            cm = CostModel(cluster, profiled=run.profiled_per_microbatch)
+            micro_factor = calibration[f"{name} x{MICROBATCHES}"] = eager_mb / simulate(graph, cluster, alone, cm, microbatches=MICROBATCHES).step_ms
+            factors[MICROBATCHES] = (run.profiled_per_microbatch, micro_factor)
+            console.print(
+                f"{name}: per-microbatch times x {micro_factor:.3f}, so that one device with {MICROBATCHES} microbatches "
+                f"predicts eager with {MICROBATCHES} accumulated microbatches ({eager_mb:.1f} ms)"
+            )
         for label, plan, parts in run.plans:
-            table_of_times = run.profiled_per_microbatch if plan.microbatches > 1 else run.profiled
+            table_of_times, plan_factor = factors[plan.microbatches]
             sim = simulate(
-                graph, cluster, plan.assignment, CostModel(cluster, profiled=scaled(table_of_times, factor)),
+                graph, cluster, plan.assignment, CostModel(cluster, profiled=scaled(table_of_times, plan_factor)),
                 microbatches=plan.microbatches, order=parts.node_order, optimizer_state_factor=0.0,
             )  # fmt: skip
             measured = statistics.median(samples[name, label])

@@ -127,14 +127,6 @@ def profile(zm: zoo.ZooModel, program: TracedProgram, repeats: int, micro: Trace
     return full, per_microbatch
 
 
-def scaled(table: ProfiledTimes, factor: float) -> ProfiledTimes:
-    """Every profiled time times ``factor``."""
-    result = ProfiledTimes()
-    for (key, kind), (fwd_ms, bwd_ms) in table.times.items():
-        result.add_key(key, kind, fwd_ms * factor, bwd_ms * factor)
-    return result
-
-
 def on_ranks(fn: Any, world_size: int, args: tuple, threads: int = 1) -> list[Any]:
     outcomes = spawn(fn, world_size, args, threads=threads, timeout_s=1200)
     for o in outcomes:
@@ -235,7 +227,7 @@ def main() -> None:
         for label, plan, parts in run.plans:
             table_of_times, plan_factor = factors[plan.microbatches]
             sim = simulate(
-                graph, cluster, plan.assignment, CostModel(cluster, profiled=scaled(table_of_times, plan_factor)),
+                graph, cluster, plan.assignment, CostModel(cluster, profiled=table_of_times.scaled(plan_factor)),
                 microbatches=plan.microbatches, order=parts.node_order, optimizer_state_factor=0.0,
             )  # fmt: skip
             measured = statistics.median(samples[name, label])

@@ -73,4 +73,5 @@ def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(caps
     out = capsys.readouterr().out
     assert "plan for 'inception_v3' on 'local'" in out
     assert "placed execution matches eager PyTorch" in out
-    assert "predicted step" in out and "measured" in out and "median of 5 steps" in out
+    assert "predicted step" in out and "measured" in out and "median of 5 steps" in out and "eager PyTorch on one thread" in out
+    assert "link between two ranks" in out and "profiled times x" in out

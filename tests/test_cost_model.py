@@ -225,3 +225,12 @@ def test_a_microbatch_never_runs_faster_than_its_launch_overhead() -> None:
     cluster = Cluster("one", [dev])
     measured = NodeData("m", "op", measured_ms={"X": 12.0}, measured_bwd_ms={"X": 0.5}, fx_nodes=["x", "y", "z"])
     assert CostModel(cluster).node_times([measured], [dev], microbatches=4) == ([3.0], [0.5])
+
+
+def test_scaled_profiled_times_multiply_every_entry():
+    table = ProfiledTimes()
+    table.add_key("k1", "cpu", 2.0, 4.0)
+    table.add_key("k2", "V100", 1.0, 0.0)
+    doubled = table.scaled(1.5)
+    assert doubled.get_key("k1", "cpu") == (3.0, 6.0) and doubled.get_key("k2", "V100") == (1.5, 0.0)
+    assert table.get_key("k1", "cpu") == (2.0, 4.0)  # the original is left alone

@@ -17,6 +17,11 @@ same signature reuse all of it (no re-trace, no re-plan); a new signature (anoth
 again and caches that too. Outputs are differentiable: the model's parameters, which the executor
 keeps on their assigned devices, receive their gradients as in eager PyTorch.
 
+With ``objective="throughput"`` the plan is a pipeline (stages, microbatches; no replicated stages:
+the differentiable call cannot sum a replica's gradients after the caller's ``backward``) and the model
+is traced a second time on one microbatch, which the executor runs microbatch after microbatch; the
+outputs must have a batch dimension to be put back together (a scalar loss is refused with what to do).
+
 Progress of the slow steps (trace, solve, partition) is shown with a live display; pass
 ``progress=False`` or set ``GRAPHC_PROGRESS=0`` to silence it.
 """
@@ -32,6 +37,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from rich.console import Console
 
 from graphc.errors import GraphcError
@@ -120,7 +126,6 @@ class CompiledModel:
         return entry.executor(*tensors)
 
     def _build(self, args: tuple) -> CompiledEntry:
-        from placement.solvers import solve
         from runtime import LocalExecutor, partition
 
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -133,15 +138,7 @@ class CompiledModel:
             self.console.log(f"traced {name}: {len(program.graph)} nodes in {seconds['trace']:.1f} s")
             status.update(f"graphc: placing on {self.cluster.name} with {self.solver} (at most {self.time_limit:g} s) ...")
             start = time.perf_counter()
-            plan = solve(
-                program.graph,
-                self.cluster,
-                objective=self.objective,
-                constraints=self.constraints,
-                time_limit=self.time_limit,
-                seed=self.seed,
-                solver=self.solver,
-            )
+            plan = self._solve(program)
             seconds["solve"] = time.perf_counter() - start
             self.console.log(
                 f"placed on {len(plan.devices_used())} device(s) by {plan.solver}: predicted step "
@@ -149,9 +146,43 @@ class CompiledModel:
             )
             status.update("graphc: partitioning ...")
             start = time.perf_counter()
-            executor = LocalExecutor(partition(program, plan))
+            runs = self._microbatch_program(args, program, plan) if plan.microbatches > 1 else program
+            executor = LocalExecutor(partition(runs, plan, program.graph))
             seconds["partition"] = time.perf_counter() - start
         return CompiledEntry(program, plan, executor, seconds)
+
+
+    def _solve(self, program: TracedProgram) -> Plan:
+        """The plan for ``program``. A pipelined plan gets no replicated stages: the executor's
+        differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
+        from placement.pipeline import solve_throughput
+        from placement.solvers import make_problem, solve
+
+        options = {"objective": self.objective, "constraints": self.constraints, "time_limit": self.time_limit, "seed": self.seed}
+        if self.objective == "throughput" and self.solver == "auto":
+            return solve_throughput(make_problem(program.graph, self.cluster, **options), replication=False)
+        return solve(program.graph, self.cluster, solver=self.solver, **options)
+
+    def _microbatch_program(self, args: tuple, program: TracedProgram, plan: Plan) -> TracedProgram:
+        """``fn`` traced on one of the plan's microbatches (what a pipelined plan runs, microbatch after
+        microbatch); refused when an output has no batch dimension to put the microbatches back along."""
+        scalars = [n for n in output_shapes(program) if len(n) == 0]
+        if scalars:
+            raise GraphcError(
+                f"the pipelined plan splits the batch into {plan.microbatches} microbatches, but {program.graph.name!r} "
+                "returns a scalar (a loss?) whose whole-batch value cannot be put together from microbatches: "
+                "compile the model (outputs per sample) and compute the loss on its outputs, or use objective='latency'"
+            )
+        m = plan.microbatches
+        micro = tuple(a[: a.shape[0] // m] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+        return trace(self.fn, micro, granularity=self.granularity, name=program.graph.name)
+
+
+def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:
+    """The shapes of the traced program's tensor outputs, from the fx graph's recorded values."""
+    out = next(n for n in program.graph_module.graph.nodes if n.op == "output")
+    leaves = [a for a in pytree.tree_leaves(out.args) if isinstance(a, torch.fx.Node) and "val" in a.meta]
+    return [tuple(a.meta["val"].shape) for a in leaves if isinstance(a.meta["val"], torch.Tensor)]
 
 
 def compile(  # noqa: A001 - the name users expect, as torch.compile

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import graphc
 
@@ -43,3 +46,36 @@ def test_compiled_module_call_equals_eager():
     x = torch.randn(5, 8)
     assert torch.allclose(compiled(x), model(x), atol=1e-6)
     assert compiled.plan.graph_fingerprint == compiled.last.program.graph.fingerprint()
+
+
+def _deep_model() -> nn.Module:
+    """Large enough that the pipeline solver splits its batch into microbatches."""
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(8)], nn.Linear(256, 4))
+
+
+def test_throughput_objective_pipelines_a_module_and_matches_eager():
+    model = _deep_model()
+    reference = copy.deepcopy(model)
+    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit=5, progress=False)
+    x, y = torch.randn(64, 256), torch.randint(0, 4, (64,))
+    out = compiled(x)
+    F.cross_entropy(out, y).backward()
+    F.cross_entropy(reference(x), y).backward()
+    plan = compiled.plan
+    assert plan.objective == "throughput" and plan.microbatches > 1 and len(plan.stages) >= 1
+    assert all(len(stage.devices) == 1 for stage in plan.stages)  # compile plans no replicas
+    assert torch.allclose(out, reference(x), atol=1e-5)
+    for got, want in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(got.grad, want.grad, atol=1e-5)
+
+
+def test_throughput_objective_refuses_a_scalar_output_with_what_to_do():
+    model = _deep_model()
+
+    @graphc.compile(cluster="local", objective="throughput", time_limit=3, progress=False)
+    def loss_fn(net, x, y):
+        return F.mse_loss(net(x), y)
+
+    with pytest.raises(graphc.GraphcError, match="returns a scalar .* compile the model"):
+        loss_fn(model, torch.randn(64, 256), torch.randn(64, 4))

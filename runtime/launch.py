@@ -194,7 +194,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-b", "--batch-size", type=int, default=1, help="the batch the plan was made for")
     parser.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
     parser.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="override a zoo knob (repeatable)")
-    parser.add_argument("--granularity", choices=("op", "module"), default="op", help="as the plan's graph was traced")
+    parser.add_argument("--granularity", choices=("op", "module"), help="as the plan's graph was traced (default: read from the plan)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
@@ -215,6 +215,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``graphc run``: start one rank per device of the plan with torchrun; returns torchrun's status."""
     plan = Plan.load(args.plan)
+    args.granularity = plan_granularity(args.granularity, plan)
     devices = len(plan.devices_used())
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
@@ -234,6 +235,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def plan_granularity(given: str | None, plan: Plan) -> str:
+    """The granularity to trace the model at: the one given, else the one the plan's graph was traced at
+    (plans embed their graph), else ``module`` (the default of ``graphc plan``)."""
+    if given:
+        return given
+    traced_at = plan.graph.meta.get("granularity") if plan.graph is not None else None
+    return traced_at if traced_at in ("op", "module") else "module"
+
+
 def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     """The ``torchrun`` command line for ``graphc run`` arguments, with ``nproc`` ranks on this host."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={args.nnodes}", f"--nproc-per-node={nproc}"]
@@ -246,7 +256,9 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     worker = [args.model, "--plan", str(Path(args.plan).resolve()), "--batch-size", str(args.batch_size), "--size", args.size]
     for knob in args.knob:
         worker += ["--knob", knob]
-    worker += ["--granularity", args.granularity, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.granularity:
+        worker += ["--granularity", args.granularity]
+    worker += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     worker += ["--optimizer", args.optimizer, "--lr", str(args.lr), "--schedule", args.schedule]
     worker += ["--timeout", str(args.timeout), "--threads", str(args.threads)]
     if args.json_out:
@@ -294,6 +306,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     try:
         init_from_env()
         plan = Plan.load(args.plan)
+        args.granularity = plan_granularity(args.granularity, plan)
         zm, parts = _partition(args, plan)
         inputs, targets, loss_fn = zm.example_inputs, zm.targets, zoo_loss(zm)
         optimizer = OPTIMIZERS[args.optimizer]

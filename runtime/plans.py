@@ -35,6 +35,7 @@ def plan_from_assignment(
         assignment={n: assignment[n] for n in graph.node_names()},
         microbatches=microbatches,
         solver="given",
+        graph=graph,
     )
 
 

@@ -65,3 +65,14 @@ def test_graphc_run_trains_through_torchrun(plan_file, tmp_path, capsys):
     assert cmd_run(parse(*argv, "--steps", "2", "--warmup", "1", "--json", str(out))) == 0
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2 and set(measured["peak_memory_bytes"]) == {"cpu0", "cpu1"}
+
+
+def test_the_granularity_comes_from_the_plan_unless_given(tmp_path, capsys):
+    zm = zoo.build("gpt2", batch_size=2, size="small", dropout=0.0)
+    program = graphc.trace(zm.model, zm.example_inputs, granularity="module", name="gpt2")
+    path = tmp_path / "module-plan.json"
+    contiguous_plan(program.graph, ["cpu0", "cpu1"]).save(path)
+    assert cmd_run(parse("gpt2", "--plan", str(path), "-b", "2", "--size", "small", "--knob", "dropout=0.0", "--dry-run")) == 0
+    assert "--granularity module" in capsys.readouterr().out
+    with pytest.raises(PlanMismatchError):  # traced at op granularity, the nodes are others
+        cmd_run(parse("gpt2", "--plan", str(path), "-b", "2", "--size", "small", "--knob", "dropout=0.0", "--granularity", "op"))

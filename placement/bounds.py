@@ -203,8 +203,7 @@ def _speed_classes(cluster: Cluster) -> list[tuple[Device, int]]:
     """Devices grouped by what the cost model reads: (representative, count)."""
     groups: dict[tuple, list[Device]] = {}
     for d in cluster.devices:
-        key = (d.kind, d.category, tuple(sorted(d.peak_flops.items())), d.memory_bandwidth, d.op_overhead_s)
-        groups.setdefault(key, []).append(d)
+        groups.setdefault(d.speed_key(), []).append(d)
     return [(devs[0], len(devs)) for devs in groups.values()]
 
 

@@ -49,3 +49,9 @@ def test_readme_tracing_then_running_a_placed_model_run_as_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cpu0 | F0 B0" in done.stdout and "AR" in done.stdout  # the printed 1F1B schedule with the all-reduce
     assert (tmp_path / "resnet50.json").is_file()
+
+
+def test_readme_benchmark_snippet_runs_as_written(tmp_path):
+    done = _run(_python_block("Published benchmark graphs"), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accelerator:0" in done.stdout

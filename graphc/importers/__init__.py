@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 
 from graphc.graph import Graph
-from graphc.importers.dnn_partitioning import load_dnn_partitioning, load_expert_split
+from graphc.importers.dnn_partitioning import load_dnn_partitioning
+from graphc.importers.dnn_partitioning import load_expert_split as _read_expert_split
 from graphc.importers.pipedream import load_pipedream
 
 ENV_VAR = "GRAPHC_BENCHMARKS"
@@ -74,6 +75,14 @@ def load_benchmark(path: str | Path, *, device_label: str = "V100") -> Graph:
     raise ValueError(
         f"{path}: unknown benchmark format {suffix!r}: expected .txt (PipeDream) or .json (dnn-partitioning)"
     )
+
+
+def load_expert_split(path: str | Path, graph: Graph) -> dict[str, str]:
+    """A human-expert split of a dnn-partitioning graph: node name -> device label
+    (:func:`graphc.importers.dnn_partitioning.load_expert_split`); a relative ``path`` is looked up as
+    :func:`load_benchmark` does, so ``load_expert_split("dnn-partitioning/experts/bert24_inference_expert.json",
+    graph)`` works anywhere."""
+    return _read_expert_split(_resolve(Path(path)), graph)
 
 
 def _resolve(path: Path) -> Path:

@@ -55,3 +55,9 @@ def test_readme_benchmark_snippet_runs_as_written(tmp_path):
     done = _run(_python_block("Published benchmark graphs"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accelerator:0" in done.stdout
+
+
+def test_readme_cluster_and_simulator_snippet_runs_as_written(tmp_path):
+    done = _run(_python_block("Clusters, costs and the simulator"), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lower bound (training" in done.stdout

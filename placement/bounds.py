@@ -145,7 +145,7 @@ def lower_bound(
             lb[v] = bwd_min[v] + max((lb[p] for p in preds[v] if not is_input[p]), default=0.0)
     critical = max((lf[v] + lb[v] for v in range(n)), default=0.0)
 
-    work = _work_bound(times, [c for _, c in classes])
+    work = work_bound(times, [c for _, c in classes])
     series = 0.0
     if m == 1 and not explicit and n:
         class_of = [next(i for i, (rep, _) in enumerate(classes) if rep.speed_key() == d.speed_key()) for d in cluster.devices]
@@ -207,8 +207,10 @@ def _speed_classes(cluster: Cluster) -> list[tuple[Device, int]]:
     return [(devs[0], len(devs)) for devs in groups.values()]
 
 
-def _work_bound(times: list[tuple[float, ...]], counts: list[int]) -> float:
-    """``min T`` of the fractional assignment of node times to device classes (module docstring)."""
+def work_bound(times: list[tuple[float, ...]], counts: list[int]) -> float:
+    """``min T`` of the fractional assignment of node times to device classes (module docstring):
+    ``times[v][c]`` is node ``v``'s time on class ``c`` (``inf``: not allowed), ``counts[c]`` the class's
+    devices. Exact for one and two classes, GLOP's optimum less its tolerance for more."""
     if not times:
         return 0.0
     if len(counts) == 1:

@@ -86,7 +86,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from graphc.graph import Graph
+from graphc.graph import EdgeData, Graph
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
@@ -382,7 +382,7 @@ class _Simulation:
         e_bytes = np.fromiter(map(attrgetter("bytes"), e_data), dtype=float, count=len(e_data))
         g_bytes = e_bytes[cross_edges[first]]
         for g, edges in g_more.items():
-            g_bytes[g] = _group_bytes(edges)
+            g_bytes[g] = send_bytes(edges)
         # Routes of the device pairs in use, per phase (replicas): forward sends go src -> dst, gradients
         # dst -> src; then the rings of the replicated stages' all-reduces.
         g_src_np = np.asarray(g_src, dtype=np.int64)
@@ -1012,7 +1012,7 @@ def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, 
     return [tuple(dict.fromkeys(new_id[x] for x in res)) for res in route_resources]
 
 
-def _group_bytes(edges) -> float:
+def send_bytes(edges: Sequence[EdgeData]) -> float:
     """Bytes of one send carrying every edge of a group: the largest edge per ``output_index``, summed;
     an edge with no index stands for all outputs, so the send is at least that large."""
     per_index: dict[int, float] = {}

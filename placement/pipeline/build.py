@@ -38,6 +38,7 @@ from graphc.graph import EdgeData
 from placement.cost_model import graph_inputs
 from placement.pipeline.instance import DeviceClass, Partition, ThroughputInstance
 from placement.plan import Stage
+from placement.simulate import send_bytes
 from placement.solvers.common import Problem
 
 OPTIMIZER_STATE_FACTOR = 2.0  # Adam's two moments, as placement.simulate assumes
@@ -101,18 +102,6 @@ def _representative_route(problem: Problem) -> tuple[float, float]:
     return mid.latency_s, mid.bandwidth
 
 
-def _tensor_bytes(edges: Sequence[EdgeData]) -> float:
-    """Bytes of one send of a node's output to a device: the largest edge per output index, summed."""
-    per_index: dict[int, float] = {}
-    whole = 0.0
-    for e in edges:
-        if e.output_index is None:
-            whole = max(whole, e.bytes)
-        else:
-            per_index[e.output_index] = max(per_index.get(e.output_index, 0.0), e.bytes)
-    return max(whole, sum(per_index.values()))
-
-
 def instance_from_problem(problem: Problem, *, replication: bool | None = None) -> ThroughputInstance:
     """The throughput instance of ``problem`` (module docstring).
 
@@ -172,7 +161,7 @@ def instance_from_problem(problem: Problem, *, replication: bool | None = None) 
         elif bandwidth == math.inf:
             c = 0.0
         else:
-            c = 1e3 * (latency + _tensor_bytes(es) / bandwidth)
+            c = 1e3 * (latency + send_bytes(es) / bandwidth)
         comm[index[u]] = 2.0 * c if implicit_bwd else c
 
     colocate = [[index[m] for m in members] for members in resolved.groups.values() if len(members) > 1]

@@ -81,17 +81,17 @@ def load_graph(spec: str, batch_size: int) -> Graph:
     return graph
 
 
-def _row(graph: Graph, cluster_name: str, objective: str, solver: str, time_limit: float, seed: int) -> Row:
+def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit: float, seed: int) -> Row:
     """Solve one combination; a solver that finds no plan gives a row with its error."""
     from placement.solvers import solve
 
     label = PIPELINE if objective == "throughput" else solver
     try:
-        plan = solve(graph, Cluster.preset(cluster_name), objective=objective, solver=solver, time_limit=time_limit, seed=seed)
+        plan = solve(graph, cluster, objective=objective, solver=solver, time_limit=time_limit, seed=seed)
     except (PlacementError, GraphcError) as exc:
-        return Row(graph.name, cluster_name, objective, label, math.nan, math.nan, math.nan, None, 0.0, 0, error=str(exc)[:200])
+        return Row(graph.name, cluster.name, objective, label, math.nan, math.nan, math.nan, None, 0.0, 0, error=str(exc)[:200])
     return Row(
-        graph.name, cluster_name, objective, label, plan.predicted_step_ms, plan.lower_bound_ms, plan.ratio_to_bound(),
+        graph.name, cluster.name, objective, label, plan.predicted_step_ms, plan.lower_bound_ms, plan.ratio_to_bound(),
         plan.gap, plan.solve_seconds, len(plan.devices_used()), len(plan.stages), plan.microbatches, plan.solver,
     )  # fmt: skip
 
@@ -117,11 +117,10 @@ def compare(
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise GraphcError(f"compare: unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
-    for name in clusters:
-        try:
-            Cluster.preset(name)
-        except PlacementError as exc:
-            raise GraphcError(f"compare: {exc}") from exc
+    try:
+        presets = {name: Cluster.preset(name) for name in clusters}
+    except PlacementError as exc:
+        raise GraphcError(f"compare: {exc}") from exc
     jobs = [(o, s) for o in objectives for s in (solvers if o == "latency" else ["auto"])]
     rows: list[Row] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -133,7 +132,7 @@ def compare(
             for cluster_name in clusters:
                 for objective, solver in jobs:
                     progress.update(task, description=f"{graph.name} on {cluster_name}: {solver} ({objective})")
-                    row = _row(graph, cluster_name, objective, solver, time_limit, seed)
+                    row = _row(graph, presets[cluster_name], objective, solver, time_limit, seed)
                     rows.append(row)
                     if on_row:
                         on_row(row)

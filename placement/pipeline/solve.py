@@ -176,12 +176,16 @@ def solve_throughput(
         assignment, stages = stages_of(inst, part)
         m = microbatches or problem.microbatches
         candidates: dict[str, float] = {}
+        fits = False  # known to fit: the microbatch choice simulated this plan already
         if m is None:
             choice = choose_microbatches(problem, assignment, deadline=problem.deadline, replicas=stage_replicas(stages))
             m = choice.microbatches
             candidates = {str(k): v for k, v in choice.step_ms.items()}
+            fits = choice.fits[m]
+        if fits or attempt == MEMORY_RETRIES or problem.time_left() <= 0:
+            break
         tightened = _tightened(problem, inst, part, assignment, stages, m)
-        if tightened is None or attempt == MEMORY_RETRIES or problem.time_left() <= 0:
+        if tightened is None:
             break
         inst = tightened
     settings = {

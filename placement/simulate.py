@@ -179,22 +179,8 @@ class _Simulation:
         forward = not any(map(operator.ge, src, dst))
         n = len(names)
         if not forward:  # insertion order is not topological: Kahn's algorithm, smallest index first
-            succ: list[list[int]] = [[] for _ in range(n)]
-            indeg = [0] * n
-            for i, j in zip(src, dst):
-                succ[i].append(j)
-                indeg[j] += 1
-            heap = [i for i in range(n) if indeg[i] == 0]
-            heapq.heapify(heap)
-            topo: list[int] = []
-            while heap:
-                i = heapq.heappop(heap)
-                topo.append(i)
-                for j in succ[i]:
-                    indeg[j] -= 1
-                    if indeg[j] == 0:
-                        heapq.heappush(heap, j)
-            if len(topo) != n:
+            topo = topological_indices(n, src, dst)
+            if topo is None:
                 raise PlacementError(f"graph {self.graph.name!r} has a cycle; cannot simulate")
             rank = [0] * n
             for r, i in enumerate(topo):
@@ -1010,6 +996,27 @@ def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, 
     merged: dict[tuple[int, ...], int] = {}
     new_id = {x: merged.setdefault(tuple(rs), len(merged)) for x, rs in users.items()}
     return [tuple(dict.fromkeys(new_id[x] for x in res)) for res in route_resources]
+
+
+def topological_indices(n: int, src: Sequence[int], dst: Sequence[int]) -> list[int] | None:
+    """Nodes ``0 .. n-1`` (edges ``src[e] -> dst[e]``) in the simulator's order: among the ready nodes,
+    the smallest index first (Kahn's algorithm with a heap). None when the edges make a cycle."""
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
+    for i, j in zip(src, dst):
+        succ[i].append(j)
+        indeg[j] += 1
+    heap = [i for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(heap, j)
+    return order if len(order) == n else None
 
 
 def send_bytes(edges: Sequence[EdgeData]) -> float:

@@ -23,7 +23,6 @@ up to the differences listed here:
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +31,7 @@ from graphc.graph import Graph
 from placement.cluster import Cluster, Device
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
+from placement.simulate import topological_indices
 from placement.solvers.common import Problem
 
 GiB = 2**30
@@ -192,33 +192,14 @@ def _speed_classes(devices: list[Device]) -> list[list[int]]:
 
 
 def _topological(nxg, names: list[str]) -> list[str]:
-    """``names`` in the simulator's order: insertion order when it is topological, else the smallest
-    insertion index first (Kahn's algorithm with a heap)."""
+    """``names`` in the simulator's order (:func:`placement.simulate.topological_indices`): insertion
+    order when it is topological, else the smallest insertion index first among the ready."""
     pos = {name: i for i, name in enumerate(names)}
-    n = len(names)
-    succ: list[list[int]] = [[] for _ in range(n)]
-    indeg = [0] * n
-    forward = True
-    for u, v in nxg.edges():
-        if u in pos and v in pos:
-            i, j = pos[u], pos[v]
-            succ[i].append(j)
-            indeg[j] += 1
-            if i >= j:
-                forward = False
-    if forward:
+    edges = [(pos[u], pos[v]) for u, v in nxg.edges() if u in pos and v in pos]
+    if all(i < j for i, j in edges):
         return names
-    heap = [i for i in range(n) if indeg[i] == 0]
-    heapq.heapify(heap)
-    order: list[int] = []
-    while heap:
-        i = heapq.heappop(heap)
-        order.append(i)
-        for j in succ[i]:
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                heapq.heappush(heap, j)
-    if len(order) != n:
+    order = topological_indices(len(names), [i for i, _ in edges], [j for _, j in edges])
+    if order is None:
         raise PlacementError("the graph has a cycle; cannot place it")
     return [names[i] for i in order]
 

@@ -7,7 +7,6 @@ are random (a fresh seed per run, printed on failure; ``GRAPHC_TEST_SEED`` repla
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 from dataclasses import dataclass
@@ -15,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from runtime_cases import RTOL, adam, build, eager, traced
 
 import graphc
 from graphc import zoo
 from runtime import (
     DistributedExecutor,
-    EagerRun,
     PartitionedProgram,
     contiguous_plan,
     eager_run,
@@ -32,29 +31,6 @@ from runtime import (
 )
 from runtime.launch import spawn
 from runtime.step import ZooLoss
-
-RTOL = 1e-4
-
-
-def build(name: str, batch: int = 2) -> zoo.ZooModel:
-    knobs = {} if name == "resnet50" else {"dropout": 0.0}
-    return zoo.build(name, batch_size=batch, size="small", **knobs)
-
-
-@functools.cache
-def traced(name: str) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
-    zm = build(name)
-    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
-
-
-@functools.cache
-def eager(name: str) -> EagerRun:
-    ref = build(name)
-    return eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
-
-
-def adam(params):
-    return torch.optim.Adam(params, lr=1e-2)
 
 
 @dataclass

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import random
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from runtime_cases import RTOL, adam, build, eager, traced
 
 import graphc
 from graphc import zoo
 from runtime import (
-    EagerRun,
     LocalExecutor,
     contiguous_plan,
     eager_run,
@@ -24,28 +23,6 @@ from runtime import (
 )
 
 DEVICES = ["cpu0", "cpu1", "cpu2"]
-RTOL = 1e-4  # float32: sums of gradients in another order, magnified by batch norm over tiny batches
-
-
-def build(name: str, batch: int = 2) -> zoo.ZooModel:
-    knobs = {} if name == "resnet50" else {"dropout": 0.0}
-    return zoo.build(name, batch_size=batch, size="small", **knobs)
-
-
-@functools.cache
-def traced(name: str) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
-    zm = build(name)
-    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
-
-
-@functools.cache
-def eager(name: str) -> EagerRun:
-    ref = build(name)
-    return eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
-
-
-def adam(params):
-    return torch.optim.Adam(params, lr=1e-2)
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)

@@ -1,0 +1,36 @@
+"""Zoo models at test size, traced and run eagerly once each: the cases the runtime tests (local and
+distributed) compare placed execution against."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import graphc
+from graphc import zoo
+from runtime import EagerRun, eager_run, zoo_loss
+
+RTOL = 1e-4  # float32: sums of gradients in another order, magnified by batch norm over tiny batches
+
+
+def build(name: str, batch: int = 2) -> zoo.ZooModel:
+    """The small zoo configuration, dropout off (ResNet has none), so runs are deterministic."""
+    knobs = {} if name == "resnet50" else {"dropout": 0.0}
+    return zoo.build(name, batch_size=batch, size="small", **knobs)
+
+
+@functools.cache
+def traced(name: str) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
+    zm = build(name)
+    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
+
+
+@functools.cache
+def eager(name: str) -> EagerRun:
+    ref = build(name)
+    return eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)

@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc import TracedProgram, trace, zoo
-from graphc.profile import ProfileSettings, profile_program
+from graphc.profile import ProfileSettings, calibration_factor, profile_program
 from placement import Cluster, CostModel, simulate
 from placement.cost_model import ProfiledTimes
 from placement.plan import Plan
@@ -211,14 +211,14 @@ def main() -> None:
     for name, run in runs.items():
         graph = run.program.graph
         eager = {t: statistics.median(samples[name, f"eager {t}"]) for t in (1, 2)}
-        alone = {n: "cpu0" for n in graph.node_names()}
-        factor = calibration[name] = eager[1] / simulate(graph, cluster, alone, CostModel(cluster, profiled=run.profiled)).step_ms
+        factor = calibration[name] = calibration_factor(run.profiled, graph, cluster, eager[1])
         console.print(f"{name}: profiled times x {factor:.3f}, so that one device predicts the eager step")
         factors = {1: (run.profiled, factor)}
         if run.profiled_per_microbatch is not None:
             eager_mb = statistics.median(samples[name, "eager microbatched"])
-            cm = CostModel(cluster, profiled=run.profiled_per_microbatch)
-            micro_factor = calibration[f"{name} x{MICROBATCHES}"] = eager_mb / simulate(graph, cluster, alone, cm, microbatches=MICROBATCHES).step_ms
+            micro_factor = calibration[f"{name} x{MICROBATCHES}"] = calibration_factor(
+                run.profiled_per_microbatch, graph, cluster, eager_mb, microbatches=MICROBATCHES
+            )
             factors[MICROBATCHES] = (run.profiled_per_microbatch, micro_factor)
             console.print(
                 f"{name}: per-microbatch times x {micro_factor:.3f}, so that one device with {MICROBATCHES} microbatches "

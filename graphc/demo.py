@@ -67,8 +67,8 @@ def rank_step_ms(program: Any, steps: int) -> float:
 
 def run_demo(console: Console) -> int:
     """The four steps of the module docstring, printed to ``console``."""
-    from graphc.profile import ProfileSettings, profile_program
-    from placement import Cluster, CostModel, simulate
+    from graphc.profile import ProfileSettings, calibration_factor, profile_program
+    from placement import Cluster, CostModel
     from placement.solvers import solve
     from runtime import LocalExecutor, partition, zoo_loss
     from runtime.launch import spawn
@@ -83,8 +83,7 @@ def run_demo(console: Console) -> int:
         profiled = profile_program(program, zm.example_inputs, ProfileSettings(repeats=3))
         eager_ms = eager_step_ms(copy.deepcopy(reference), zm)
     console.print(graph_totals_table(program.graph))
-    alone = {n: "cpu0" for n in program.graph.node_names()}
-    factor = eager_ms / simulate(program.graph, Cluster.preset("local"), alone, CostModel(Cluster.preset("local"), profiled=profiled)).step_ms
+    factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
     profiled = profiled.scaled(factor)
     console.print(f"eager step {eager_ms:.1f} ms on one thread: profiled times x {factor:.3f}, so that one device predicts it")
 

@@ -26,8 +26,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from graphc.graph import NodeData
+from graphc.graph import Graph, NodeData
 from graphc.tracing import TracedProgram
+from placement.cluster import Cluster
 from placement.cost_model import ProfiledTimes
 
 
@@ -294,3 +295,17 @@ def profile_program(
     for timing in time_nodes(program, inputs, settings, todo):
         table.add_key(timing.key, settings.device_kind, timing.fwd_ms, timing.bwd_ms)
     return table
+
+
+def calibration_factor(
+    profiled: ProfiledTimes, graph: Graph, cluster: Cluster, measured_ms: float, *, microbatches: int = 1
+) -> float:
+    """The factor that scales ``profiled`` (:meth:`ProfiledTimes.scaled`) so that the whole ``graph`` on
+    ``cluster``'s first device simulates to ``measured_ms``, a step measured on that device: ops timed in
+    isolation miss what runs between them in a real step (the loss, the update, the framework)."""
+    from placement.cost_model import CostModel
+    from placement.simulate import simulate
+
+    alone = {name: cluster.devices[0].name for name in graph.node_names()}
+    simulated = simulate(graph, cluster, alone, CostModel(cluster, profiled=profiled), microbatches=microbatches)
+    return measured_ms / simulated.step_ms

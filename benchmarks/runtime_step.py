@@ -59,6 +59,7 @@ from runtime import (
 )
 from runtime.launch import spawn
 from runtime.link import local_cluster, measure_link
+from runtime.step import split_batch
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "inception_v3": dict(batch_size=8, size="small", width=0.5, image_size=107, dropout=0.0),
@@ -84,15 +85,12 @@ def eager_steps(name: str, steps: int, warmup: int, microbatches: int = 1) -> li
     zm = zoo.build(name, **CONFIGS[name])
     loss_fn = zoo_loss(zm)
     opt = sgd(list(zm.model.parameters()))
-    size = zm.batch_size // microbatches
     times = []
     for _ in range(warmup + steps):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        for k in range(microbatches):
-            part = slice(k * size, (k + 1) * size)
-            inputs = tuple(x[part] for x in zm.example_inputs)
-            (loss_fn(zm.model(*inputs), zm.targets[part]) / microbatches).backward()
+        for inputs, targets in zip(split_batch(zm.example_inputs, microbatches), split_batch(zm.targets, microbatches)):
+            (loss_fn(zm.model(*inputs), targets) / microbatches).backward()
         opt.step()
         times.append(1e3 * (time.perf_counter() - start))
     return times[warmup:]
@@ -118,7 +116,7 @@ def profile(zm: zoo.ZooModel, program: TracedProgram, repeats: int, micro: Trace
     full = profile_program(program, zm.example_inputs, settings)
     if micro is None:
         return full, None
-    measured = profile_program(micro, tuple(x[: zm.batch_size // MICROBATCHES] for x in zm.example_inputs), settings)
+    measured = profile_program(micro, split_batch(zm.example_inputs, MICROBATCHES)[0], settings)
     per_microbatch = ProfiledTimes()
     for node in program.graph.nodes():
         times = measured.get_key(micro.graph.node(node.name).profile_key(), settings.device_kind)
@@ -154,7 +152,7 @@ def bench(name: str, cluster: Cluster, repeats: int) -> Bench:
     program = trace(zm.model, zm.example_inputs, name=name)
     graph = program.graph
     pipelined = name == "gpt2"
-    micro = trace(zm.model, tuple(x[: zm.batch_size // MICROBATCHES] for x in zm.example_inputs), name=name) if pipelined else None
+    micro = trace(zm.model, split_batch(zm.example_inputs, MICROBATCHES)[0], name=name) if pipelined else None
     profiled, per_microbatch = profile(zm, program, repeats, micro)
     plans = [("1 device", single_device_plan(graph), partition(program, single_device_plan(graph)))]
     if pipelined:

@@ -173,9 +173,10 @@ class CompiledModel:
                 "returns a scalar (a loss?) whose whole-batch value cannot be put together from microbatches: "
                 "compile the model (outputs per sample) and compute the loss on its outputs, or use objective='latency'"
             )
-        m = plan.microbatches
-        micro = tuple(a[: a.shape[0] // m] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
-        return trace(self.fn, micro, granularity=self.granularity, name=program.graph.name)
+        from runtime.step import split_batch
+
+        first = split_batch(args, plan.microbatches)[0]
+        return trace(self.fn, first, granularity=self.granularity, name=program.graph.name)
 
 
 def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:

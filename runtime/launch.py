@@ -51,7 +51,7 @@ from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.measure import measure
 from runtime.partition import PartitionedProgram, partition
 from runtime.schedule import SCHEDULES
-from runtime.step import zoo_loss
+from runtime.step import split_batch, zoo_loss
 
 
 @dataclass
@@ -292,7 +292,7 @@ def _partition(args: argparse.Namespace, plan: Plan) -> tuple[zoo.ZooModel, Part
     m = plan.microbatches
     if m == 1:
         return zm, partition(program, plan)
-    micro = trace(zm.model, tuple(x[: args.batch_size // m] for x in zm.example_inputs), granularity=args.granularity, name=args.model)
+    micro = trace(zm.model, split_batch(zm.example_inputs, m)[0], granularity=args.granularity, name=args.model)
     return zm, partition(micro.graph_module, plan, program.graph)
 
 

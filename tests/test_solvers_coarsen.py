@@ -13,7 +13,7 @@ from graphc.graph import Graph
 from placement.coarsen import coarsen, from_partition
 from placement.constraints import Constraints
 from placement.solvers.common import make_problem
-from placement.solvers.cpsat import warm_start
+from placement.solvers.cpsat import Budget, CpSatSettings, warm_start
 from placement.solvers.instance import Instance, instance
 from placement.solvers.lns import lns
 from placement.solvers.search import Evaluator, polish
@@ -118,3 +118,21 @@ def test_lns_and_polish_never_worsen_and_keep_the_clock() -> None:
     best, _ = polish(ev, better, time.perf_counter() + 1.0, seed=1)
     assert best.step_ms <= better.step_ms
     assert ev.step(best.dev, best.seq)[0] == pytest.approx(best.step_ms)
+
+
+def test_lns_steps_are_charged_the_deterministic_time_they_use() -> None:
+    # A small neighbourhood is solved at once: the search is charged that, not the step's whole budget,
+    # and the charge is the same on every run (deterministic time, not the clock).
+    problem = make_problem(random_graph(12, 16), star(3), time_limit=10.0)
+    inst = instance(problem)
+    cfg = CpSatSettings()
+    budget = Budget.of(problem, inst, cfg)
+    charges = []
+    for _ in range(2):
+        ev = Evaluator(problem, inst)
+        start, _ = warm_start(problem, inst, ev)
+        _, stats = lns(inst, ev, start, time.perf_counter() + 30, seed=3, window=4, base_size=8,
+                       step_seconds=cfg.lns_step_seconds, max_steps=2)  # fmt: skip
+        charges.append(budget.lns_units(stats))
+    assert charges[0] == charges[1]
+    assert 0 < charges[0] < 2 * cfg.lns_step_seconds / budget.sim_seconds

@@ -41,7 +41,7 @@ def graph(nodes: dict[str, tuple], edges: list[tuple], name: str = "g") -> Graph
     """nodes: name -> (fwd ms, bwd ms[, activation bytes[, param bytes[, module]]]); edges: (src, dst[, bytes])."""
     g = Graph(name)
     for node, spec in nodes.items():
-        f, b, act, params, module = (*spec, 0.0, 0.0, "")[:5] if len(spec) < 5 else spec
+        f, b, act, params, module = (*spec, *(0.0, 0.0, "")[len(spec) - 2 :])
         g.add_node(NodeData(node, "op", module=module, measured_ms={"X": f, "cpu": 4 * f},
                             measured_bwd_ms={"X": b, "cpu": 4 * b}, activation_bytes=act, output_bytes=act,
                             param_bytes=params))  # fmt: skip

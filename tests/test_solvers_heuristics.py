@@ -17,6 +17,7 @@ from test_solvers_common import (
     star,
 )
 
+from graphc.graph import Graph
 from graphc.importers import load_benchmark
 from placement import Cluster, simulate
 from placement.constraints import Constraints
@@ -29,7 +30,7 @@ from placement.solvers.instance import instance
 from placement.solvers.listsched import MemoryLedger, Timeline, upward_rank
 from placement.solvers.sct import favourite_parents
 from placement.solvers.search import Evaluator
-from placement.solvers.topo import balanced_split, split_counts
+from placement.solvers.topo import balanced_split, layer_index, layer_split, split_counts
 
 
 def test_single_device_is_the_fastest_device() -> None:
@@ -87,6 +88,41 @@ def test_warm_start_tries_the_balanced_splits() -> None:
     best, cands = warm_start(problem, inst, Evaluator(problem, inst))
     assert "split/3" in {c.source for c in cands}
     assert best.step_ms == min(c.step_ms for c in cands)
+
+
+def unrolled_rnn(steps: int) -> Graph:
+    """Two RNN cells (modules ``cells.0``, ``cells.1``) called once per step, each step's output read
+    by an unindexed ``attn`` node over the first cell's output and a ``head`` after the second."""
+    nodes, edges = {}, []
+    for t in range(steps):
+        nodes |= {f"c0_{t}": (4, 4, 0.0, 0.0, "cells.0"), f"c1_{t}": (4, 4, 0.0, 0.0, "cells.1"),
+                  f"attn_{t}": (1, 1), f"head_{t}": (1, 1)}  # fmt: skip
+        edges += [(f"c0_{t}", f"attn_{t}"), (f"attn_{t}", f"c1_{t}"), (f"c1_{t}", f"head_{t}")]
+        if t:
+            edges += [(f"c0_{t - 1}", f"c0_{t}"), (f"c1_{t - 1}", f"c1_{t}")]
+    return graph(nodes, edges)
+
+
+def test_layer_split_puts_each_layer_of_an_unrolled_rnn_on_its_own_device() -> None:
+    problem = make_problem(unrolled_rnn(6), star(2))
+    inst = instance(problem)
+    layer = layer_index(inst)
+    assert layer is not None
+    assert {int(layer[inst.index[f"{k}_3"]]) for k in ("c0", "attn")} == {0}  # attention joins its feeder
+    assert {int(layer[inst.index[f"{k}_3"]]) for k in ("c1", "head")} == {1}
+    dev = layer_split(inst, 2)
+    assert dev[inst.index["c0_5"]] != dev[inst.index["c1_0"]]
+    assert len({int(dev[inst.index[f"c0_{t}"]]) for t in range(6)}) == 1
+    # The wavefront: the devices work on successive steps at once; a split in topological order cannot.
+    ev = Evaluator(problem, inst)
+    assert ev.step(dev)[0] < ev.step(balanced_split(inst, 2))[0]
+    best, cands = warm_start(problem, inst, ev)
+    assert "layers/2" in {c.source for c in cands}
+    assert best.step_ms <= ev.step(dev)[0]
+
+
+def test_layer_split_needs_indexed_modules() -> None:
+    assert layer_split(instance(make_problem(gigabyte_chain(4), star(2))), 2) is None
 
 
 def test_etf_prefers_the_fast_device_on_a_mixed_cluster() -> None:

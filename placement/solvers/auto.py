@@ -14,8 +14,9 @@ Sizes: the model covers the whole graph up to ``nodes x devices = full_limit``; 
 The LNS window and base partition shrink with the devices so that one step stays small.
 
 Determinism: heuristics, coarsening, windows, perturbations and the polish are seeded, and every
-stage's work is fixed by the time limit and the graph's size (CP-SAT's deterministic time, numbers of
-simulations and LNS steps), not by the clock; so a seed reproduces the plan. The wall clock is a
+stage's work is fixed by the time limit, the graph's size and the search's own course (CP-SAT's
+deterministic time, numbers of simulations; an LNS step costs the deterministic time its solve used),
+not by the clock; so a seed reproduces the plan. The wall clock is a
 safety net that keeps ``auto`` within its time limit on a slow or busy machine; when it cuts a stage
 short, the plan's ``settings["stopped_by_wall_clock"]`` names the stage (and the result may then
 differ between runs). Under a budget too small for the graph only the quick heuristics run.

@@ -3,12 +3,14 @@
 Stages, each given a share of the time limit (``CpSatSettings``):
 
 1. **Warm start.** The fast heuristics (one device where the graph fits, m-ETF, m-SCT, HEFT,
-   critical path, m-TOPO, and the memory-balanced split onto the ``k`` fastest devices for each useful
-   ``k``: :func:`placement.solvers.topo.balanced_split`) are run and simulated; the best is the
-   incumbent.
+   critical path, m-TOPO, and the memory-balanced split and the split by layer onto the ``k`` fastest
+   devices for each useful ``k``: :func:`placement.solvers.topo.balanced_split` and
+   :func:`~placement.solvers.topo.layer_split`) are run and simulated; the best is the incumbent.
 2. **CP-SAT.** If ``nodes x devices <= full_limit`` the model of :mod:`placement.solvers.ilp` is built
    for the whole graph, else for a coarsening of it (:func:`placement.coarsen.coarsen`, about
    ``coarse_limit / devices`` nodes). It is hinted with the incumbent scheduled in the model's time.
+   On a coarsening it is skipped, its share of the time going to stages 3-4, when the model's time of
+   the incumbent is off the incumbent's simulated step by more than ``MODEL_TRUST``.
    On tiny instances (``nodes x devices^2 <= exact_limit``) the model also books transfers on the
    links they cross and runs backwards in the reverse order of forwards, as the simulator does with a
    plan's order, and a second, relaxed solve proves the bound.
@@ -41,13 +43,13 @@ from placement.solvers.common import Problem
 from placement.solvers.cpop import cpop_schedule
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.heft import heft_schedule
-from placement.solvers.ilp import LatencyModel
+from placement.solvers.ilp import DETERMINISTIC_PER_SECOND, LatencyModel
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, memory_retries, to_plan
 from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
 from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
-from placement.solvers.topo import balanced_split, split_counts, topo_schedule
+from placement.solvers.topo import balanced_split, layer_split, split_counts, topo_schedule
 
 # The warm-start heuristics: name -> Instance -> Schedule.
 WARM_START: dict[str, Callable[[Instance], Schedule]] = {
@@ -58,6 +60,14 @@ WARM_START: dict[str, Callable[[Instance], Schedule]] = {
     "critical-path": cpop_schedule,
     "m-topo": topo_schedule,
 }
+
+# CP-SAT on a coarsening is skipped when its model's time of the warm start's best plan is off that
+# plan's simulated step by more than this fraction (a coarsening that serialises an unrolled RNN's
+# wavefront, say): then the model's optimum says little about the simulator's, and the search makes
+# better use of the time.
+MODEL_TRUST = 0.25
+# Simulations an LNS step is charged for building its model, besides its CP-SAT time (Budget.lns_units).
+LNS_STEP_SIMS = 20
 
 
 @dataclass
@@ -91,9 +101,10 @@ class CpSatSettings:
 
 def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: list[str] | None = None) -> tuple[Candidate, list[Candidate]]:
     """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them and then
-    the balanced split onto the ``k`` fastest devices for each ``k`` of
-    :func:`~placement.solvers.topo.split_counts`, named ``split/k``); the best candidate and all of
-    them. Raises the first heuristic's infeasibility when none finds a placement."""
+    the balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of
+    :func:`~placement.solvers.topo.split_counts`, named ``split/k`` and ``layers/k``, each distinct
+    placement simulated once); the best candidate and all of them. Raises the first heuristic's
+    infeasibility when none finds a placement."""
     candidates: list[Candidate] = []
     first_error: Exception | None = None
     for name in names or list(WARM_START):
@@ -108,10 +119,15 @@ def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: li
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
     if names is None:
+        tried: set[bytes] = set()
         for k in split_counts(inst):
-            cand = evaluator(balanced_split(inst, k), None, f"split/{k}")
-            if np.isfinite(cand.step_ms):  # the simulator's memory check (the split has no ledger)
-                candidates.append(cand)
+            for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
+                if dev is None or dev.tobytes() in tried:
+                    continue
+                tried.add(dev.tobytes())
+                cand = evaluator(dev, None, name)
+                if np.isfinite(cand.step_ms):  # the simulator's memory check (the splits have no ledger)
+                    candidates.append(cand)
     if not candidates:
         raise first_error or InfeasibleError("no warm-start heuristic found a placement that fits in memory")
     best = min(candidates, key=lambda c: c.step_ms)
@@ -135,12 +151,13 @@ def improve(
 ) -> tuple[Plan, dict[str, Any]]:
     """Stages 1-4 of the module docstring; the plan and a record of what each stage did.
 
-    Every stage gets a *work* budget computed from the time limit and the graph's size alone (CP-SAT's
-    deterministic time; simulations, an LNS step counting as ``lns_step_seconds`` worth of them), so a
-    seed reproduces the plan; the wall clock only stops a stage that overruns, and the record says
-    which. After the first polish, rounds of LNS steps and polish alternate until the work is spent;
-    a round that finds nothing perturbs the best plan (random moves across cut edges) and polishes
-    that instead (iterated local search).
+    Every stage gets a *work* budget computed from the time limit, the graph's size and the cut edges
+    of the plan the search starts from (:class:`Budget`: CP-SAT's deterministic time; simulations, an
+    LNS step charged the deterministic time its CP-SAT solve used), so a seed reproduces the plan; the
+    wall clock only stops a stage that overruns, and the record says which. After the first polish,
+    rounds of LNS steps and polish alternate until the work is spent; a round that finds nothing
+    perturbs the best plan (random moves across cut edges) and polishes that instead (iterated local
+    search).
     """
     inst = instance(problem)
     evaluator = Evaluator(problem, inst)
@@ -167,6 +184,8 @@ def improve(
             wall = min(hard, time.perf_counter() + 2.0 * budget.ilp_seconds + 0.5)
             cand, info = _ilp_stage(inst, evaluator, best, cfg, budget.ilp_seconds, wall, problem.seed)
             record["ilp"] = info
+            if info.get("skipped"):  # CP-SAT's share of the work goes to the search
+                budget.search_seconds += budget.ilp_seconds
             if info.get("stopped_by_wall_clock"):
                 cut_by_clock.append("cp-sat")
             if cand is not None and cand.better_than(best):
@@ -174,13 +193,15 @@ def improve(
             if info.get("bound_valid"):
                 bound_ms = info["bound_ms"]
         # -- rounds of polish and LNS until the work is spent --------------------------------
+        budget.price(inst, best.dev)
+        record["budget"]["search_sim_seconds"] = budget.sim_seconds
         start_calls = evaluator.calls
-        step_units = int(cfg.lns_step_seconds / budget.sim_seconds) + 2
-        lns_steps = 0
+        step_units = int(cfg.lns_step_seconds / budget.sim_seconds) + 2  # the most one LNS step costs
+        lns_steps = lns_units = 0
         rounds: list[dict[str, Any]] = []
         current = best
         while not proven():
-            left = budget.search_evals - (evaluator.calls - start_calls) - lns_steps * step_units
+            left = budget.search_evals - (evaluator.calls - start_calls) - lns_units
             if left <= 0:
                 break
             if time.perf_counter() >= hard:
@@ -192,7 +213,7 @@ def improve(
                 cut_by_clock.append("polish")
             if current.better_than(best):
                 best = current
-            left = budget.search_evals - (evaluator.calls - start_calls) - lns_steps * step_units
+            left = budget.search_evals - (evaluator.calls - start_calls) - lns_units
             steps = min(cfg.lns_round, left // step_units)
             if steps > 0 and not proven() and time.perf_counter() < hard:
                 current, stats = lns(
@@ -200,6 +221,7 @@ def improve(
                     base_size=cfg.lns_base, step_seconds=cfg.lns_step_seconds, max_steps=steps, workers=cfg.workers,
                 )  # fmt: skip
                 lns_steps += stats["steps"]
+                lns_units += budget.lns_units(stats)
                 if stats["steps"] < steps:
                     cut_by_clock.append("lns")
                 if current.better_than(best):
@@ -240,23 +262,52 @@ class Budget:
 
     Attributes:
         ilp_seconds: CP-SAT's nominal seconds (its deterministic limit is a fraction of them).
-        search_evals: simulations for the polish and LNS rounds (an LNS step counts as
-            ``lns_step_seconds / sim_seconds`` of them).
-        sim_seconds: the estimated seconds of one simulation.
+        search_seconds: nominal seconds of the polish and LNS rounds, spent as simulations
+            (:attr:`search_evals`; an LNS step is charged as simulations: :meth:`lns_units`).
+        sim_seconds: the estimated seconds of one simulation (:func:`_sim_seconds`).
+        microbatches: simulated per step.
     """
 
     ilp_seconds: float
-    search_evals: int
+    search_seconds: float
     sim_seconds: float
+    microbatches: int
+
+    @property
+    def search_evals(self) -> int:
+        """Simulations the search may run."""
+        return int(self.search_seconds / self.sim_seconds)
+
+    def price(self, inst: Instance, dev: np.ndarray) -> None:
+        """Re-estimate a simulation's seconds from the plan the search starts from (its cut edges, which
+        before the warm start are a guess): on an RNN unrolled over its tokens, transfers make up half
+        the simulation."""
+        cut = int(np.count_nonzero(dev[inst.src] != dev[inst.dst]))
+        self.sim_seconds = _sim_seconds(inst, self.microbatches, cut)
+
+    def lns_units(self, stats: dict[str, float]) -> int:
+        """Simulations that LNS steps are charged (beyond their own simulations): the nominal seconds
+        of the deterministic time their CP-SAT solves used, and ``LNS_STEP_SIMS`` each for building
+        the model. The deterministic time, not the clock, so that a seed reproduces the search; not
+        the step's whole budget, since a small neighbourhood is often solved to optimality at once."""
+        nominal = stats["deterministic_s"] / DETERMINISTIC_PER_SECOND
+        return int(stats["steps"] * LNS_STEP_SIMS + nominal / self.sim_seconds)
 
     @classmethod
     def of(cls, problem: Problem, inst: Instance, cfg: CpSatSettings) -> Budget:
-        sim = 3e-4 + 6e-6 * inst.n * max(1, problem.microbatches or 1)  # one simulation, estimated
-        # The warm start's heuristics and simulations, estimated (one simulation per balanced split).
-        warm = 0.05 + 4e-4 * inst.n + len(split_counts(inst)) * sim
+        mb = max(1, problem.microbatches or 1)
+        sim = _sim_seconds(inst, mb, inst.n // 10)  # a cut edge per ten nodes, until a plan is known
+        # The warm start's heuristics and simulations, estimated (one simulation per split of each kind).
+        warm = 0.05 + 4e-4 * inst.n + 2 * len(split_counts(inst)) * sim
         avail = max(0.0, problem.time_limit - warm - _reserve(inst))
         ilp = cfg.ilp_share * avail
-        return cls(ilp_seconds=ilp, search_evals=int((avail - ilp) / sim), sim_seconds=sim)
+        return cls(ilp_seconds=ilp, search_seconds=avail - ilp, sim_seconds=sim, microbatches=mb)
+
+
+def _sim_seconds(inst: Instance, microbatches: int, cut: int) -> float:
+    """One simulation's seconds, estimated: a node's tasks and, dearer, a cut edge's transfers (routes
+    and link queues), per microbatch (fitted on this project's benchmark graphs)."""
+    return 3e-4 + (5e-6 * inst.n + 1.1e-5 * cut) * microbatches
 
 
 def _ilp_stage(
@@ -288,6 +339,9 @@ def _ilp_stage(
     info: dict[str, Any] = {"graph": "full" if co is None else f"coarse ({co.size} nodes)", "exact": exact}
     model = LatencyModel(target, contention=exact, reverse_backward=exact)
     info["hint_ms"] = model.hint(hint_dev, priority)
+    if co is not None and abs(info["hint_ms"] - incumbent.step_ms) > MODEL_TRUST * incumbent.step_ms:
+        info["skipped"] = "the model's time of the incumbent is too far from its simulated step"
+        return None, info
     share = 0.6 if exact else 1.0
     result = model.solve(
         share * seconds, seed=seed, workers=cfg.workers,

@@ -24,6 +24,15 @@ measurement; the single-device plan within 5% of eager on 1 thread; Inception on
 eager on 1 thread. On a shared machine other work slows some runs down: every run is repeated in
 ``--rounds`` interleaved rounds and every time is the median over all their steps.
 
+Two ranks on a two-core machine leave no core spare, so the plans across ranks are the runs most hurt
+by other work: a rank that wakes to compute lands on a core another process holds and shares it for a
+while. ``nice`` does not prevent it where the kernel groups processes by session
+(``/proc/sys/kernel/sched_autogroup_enabled`` = 1): the groups get equal shares whatever their niceness.
+Measured on this machine, one other busy process took the GPT-2 halves from 375 to 530 ms and left
+the single-device run as it was. So the benchmark records how many cores other processes used, on
+average, while it measured (``/proc/stat`` minus its own processes), and warns when that is above
+:data:`QUIET_CORES`.
+
     python benchmarks/runtime_step.py [--steps 8] [--rounds 3] [--models inception_v3,gpt2]
 """
 
@@ -31,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import time
 from collections import defaultdict
@@ -70,6 +81,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 MICROBATCHES = 4
 LR = 0.01
+# Cores other processes may use on average while the runs are measured before the result is flagged.
+QUIET_CORES = 0.05
 
 
 def sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -133,6 +146,21 @@ def on_ranks(fn: Any, world_size: int, args: tuple, threads: int = 1) -> list[An
     return [o.result for o in outcomes]
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process of this machine has used since boot (Linux ``/proc/stat``), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that ended (the ranks, once joined)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 # -- the parent ---------------------------------------------------------------------------------------
 
 
@@ -190,6 +218,7 @@ def main() -> None:
     # Every run of every round in turn, so that the load of a shared machine falls on all of them alike.
     samples: dict[tuple[str, str], list[float]] = defaultdict(list)
     peaks: dict[tuple[str, str], dict[str, int]] = {}
+    busy_before, own_before, wall_before = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     for round_ in range(args.rounds):
         for name, run in runs.items():
             with console.status(f"round {round_ + 1}/{args.rounds}: {name} ..."):
@@ -201,7 +230,13 @@ def main() -> None:
                     ranks = on_ranks(run_plan, len(parts.devices), (parts, name, args.steps, args.warmup))
                     samples[name, label] += [max(step) for step in zip(*(r["times"] for r in ranks))]
                     peaks[name, label] = {d: v for r in ranks for d, v in r["peak"].items()}
+    busy_after = busy_cpu_seconds()
+    other_cores = None
+    if busy_before is not None and busy_after is not None:
+        other_busy = (busy_after - busy_before) - (own_cpu_seconds() - own_before)
+        other_cores = max(0.0, other_busy) / (time.perf_counter() - wall_before)
     table = Table(title="one training step (SGD) on CPU ranks of one thread each: measured, predicted, eager")
+
     for column in ("model", "plan", "ranks", "measured ms", "predicted ms", "error", "eager 1t ms", "eager 2t ms", "vs eager 1t", "peak MiB meas/pred"):
         table.add_column(column, justify="left" if column in ("model", "plan") else "right")
     rows = []
@@ -243,9 +278,20 @@ def main() -> None:
                 f"{eager[1]:.1f}", f"{eager[2]:.1f}", f"{row['speedup_vs_eager_1t']:.2f}x", memory,
             )  # fmt: skip
     console.print(table)
+    if other_cores is None:
+        console.print("[yellow]could not read /proc/stat: the load of other processes during the runs is unknown[/yellow]")
+    elif other_cores > QUIET_CORES:
+        console.print(
+            f"[yellow]other processes used {other_cores:.2f} cores on average while the runs were measured: the times "
+            "across ranks are slowed down (module docstring); measure again on a quiet machine[/yellow]"
+        )
+    else:
+        console.print(f"other processes used {other_cores:.3f} cores on average while the runs were measured (quiet)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(link=asdict(link), calibration=calibration, steps=args.steps, rounds=args.rounds, rows=rows)
+    doc = dict(
+        link=asdict(link), calibration=calibration, steps=args.steps, rounds=args.rounds, other_cores=other_cores, rows=rows
+    )
     out.write_text(json.dumps(doc, indent=1))
     console.print(f"wrote {out}")
 

@@ -2,15 +2,22 @@
 
 The ``local`` cluster preset assumes a link between CPU workers (``placement.presets.local``); the real
 one is gloo over loopback as the runtime drives it. :func:`measure_link` measures both parts of
-``latency + bytes / bandwidth`` the way they matter to a step:
+``latency + bytes / bandwidth`` the way they matter to a step: it trains a chain of cheap elementwise
+ops whose every op sits on the other device than the one before, with the
+:class:`~runtime.distributed.DistributedExecutor` on two ranks and on one. Every cut costs a message
+forward and one backward, so the difference of the two step times, per message, is what one transfer
+costs the runtime:
 
-* bandwidth: round trips of a small and a large message between two ranks (the difference of their
-  times is the time of the extra bytes);
-* latency: a chain of tiny ops whose every op sits on the other device than the one before, trained
-  with the :class:`~runtime.distributed.DistributedExecutor` on two ranks and on one: every cut costs a
-  message forward and one backward, so the difference of the step times, per message, is what one
-  transfer costs the runtime (posting, waking the waiting rank, the autograd functions), which is
-  several times the transport's bare latency.
+* latency: with tiny tensors (posting, waking the waiting rank, the autograd functions), which is
+  several times the transport's bare latency;
+* bandwidth: with tensors of :data:`LARGE_BYTES`, the extra time per message over the latency. This
+  counts what a step pays per byte and a ping-pong of one reused buffer does not see: the kernel's
+  copies on both ends and a fresh receive buffer per message (page faults on first touch).
+
+1 MiB is the size of most activations the benchmark models send. With 4 MiB messages every op of the
+chain allocates, sends and frees 4 MiB at once, and on this machine glibc's heap then grows step after
+step (fragmentation) and the cost per byte triples within ten steps; that extreme is left out of the
+link's price.
 
 :func:`local_cluster` is the ``local`` preset with that link, so that solvers and the simulator price
 transfers as the runtime meets them.
@@ -19,11 +26,9 @@ transfers as the runtime meets them.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from graphc.tracing import trace
@@ -33,9 +38,9 @@ from runtime.errors import RuntimeFault
 from runtime.launch import spawn
 from runtime.partition import PartitionedProgram, split_by_device
 
-SMALL_BYTES = 4096
-LARGE_BYTES = 8 << 20
-CHAIN_OPS = 32
+TINY_NUMEL = 8
+LARGE_BYTES = 1 << 20
+CHAIN_OPS = 16
 
 
 @dataclass(frozen=True)
@@ -49,57 +54,58 @@ class LinkSpeed:
         return self.latency_s + nbytes / self.bandwidth
 
 
-def one_way_seconds(sizes: list[int], repeats: int) -> dict[int, float]:
-    """On ranks 0 and 1: the median one-way time of a message of each size (half a round trip)."""
-    init_from_env()
-    rank = dist.get_rank()
-    result = {}
-    for size in sizes:
-        buffer = torch.zeros(size // 4)
-        trips = []
-        for _ in range(repeats + 2):  # the first trips set up the connection
-            start = time.perf_counter()
-            if rank == 0:
-                dist.send(buffer, 1)
-                dist.recv(buffer, 1)
-            else:
-                dist.recv(buffer, 0)
-                dist.send(buffer, 0)
-            trips.append(time.perf_counter() - start)
-        result[size] = statistics.median(trips[2:]) / 2
-    return result
+class _Scale(nn.Module):
+    """``x * w``: an op whose output is as large as its input and whose compute is negligible."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(numel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
 
 
-def chain_step_ms(program: PartitionedProgram, steps: int) -> float:
+def chain_step_ms(program: PartitionedProgram, numel: int, steps: int) -> float:
     """On every rank: the median step time of training ``program`` (a chain, see :func:`_chain`)."""
     init_from_env()
     executor = DistributedExecutor(program, loss_fn=lambda out: out.sum())
-    times = [executor.step(torch.ones(1, 8)).step_ms for _ in range(steps + 2)]
+    times = [executor.step(torch.ones(1, numel)).step_ms for _ in range(steps + 2)]
     executor.close()
     return statistics.median(times[2:])
 
 
-def _chain(devices: int) -> PartitionedProgram:
-    """``CHAIN_OPS`` tiny linear layers, each on another device than the one before (with 2 devices)."""
-    program = trace(nn.Sequential(*[nn.Linear(8, 8) for _ in range(CHAIN_OPS)]), (torch.ones(1, 8),), name="chain")
+def _chain(devices: int, numel: int) -> PartitionedProgram:
+    """``CHAIN_OPS`` ops on tensors of ``numel`` floats, each on another device than the one before (with
+    2 devices)."""
+    model = nn.Sequential(*[_Scale(numel) for _ in range(CHAIN_OPS)])
+    program = trace(model, (torch.ones(1, numel),), name="chain")
     position = {n.name: i for i, n in enumerate(n for n in program.graph_module.graph.nodes if n.op != "get_attr")}
     return split_by_device(program.graph_module, lambda node: f"cpu{position[node.name] % devices}")
 
 
-def measure_link(repeats: int = 30, steps: int = 20) -> LinkSpeed:
-    """The link between two gloo ranks of this machine as the runtime meets it (module docstring)."""
-    outcomes = spawn(one_way_seconds, 2, ([SMALL_BYTES, LARGE_BYTES], repeats), timeout_s=120)
-    one = spawn(chain_step_ms, 1, (_chain(1), steps), timeout_s=120)
-    two_devices = _chain(2)
-    two = spawn(chain_step_ms, 2, (two_devices, steps), timeout_s=120)
-    failed = [str(o.error) for o in [*outcomes, *one, *two] if not o.ok]
+def _extra_ms_per_message(numel: int, steps: int) -> float:
+    """How much longer a step of the chain takes on two ranks than on one, per message."""
+    one = spawn(chain_step_ms, 1, (_chain(1, numel), numel, steps), timeout_s=120)
+    two_devices = _chain(2, numel)
+    two = spawn(chain_step_ms, 2, (two_devices, numel, steps), timeout_s=120)
+    failed = [str(o.error) for o in [*one, *two] if not o.ok]
     if failed:
         raise RuntimeFault(f"measuring the link between two ranks failed: {failed}")
-    one_way = outcomes[0].result
-    bandwidth = (LARGE_BYTES - SMALL_BYTES) / max(one_way[LARGE_BYTES] - one_way[SMALL_BYTES], 1e-9)
     messages = 2 * len(two_devices.transfers)  # forward and backward
-    per_message_s = (max(o.result for o in two) - one[0].result) / 1e3 / messages
-    return LinkSpeed(max(per_message_s, one_way[SMALL_BYTES], 1e-6), bandwidth)
+    return (max(o.result for o in two) - one[0].result) / messages
+
+
+def measure_link(steps: int = 10) -> LinkSpeed:
+    """The link between two gloo ranks of this machine as the runtime meets it (module docstring)."""
+    latency_s = max(_extra_ms_per_message(TINY_NUMEL, steps) / 1e3, 1e-6)
+    large_s = _extra_ms_per_message(LARGE_BYTES // 4, steps) / 1e3
+    per_byte_s = (large_s - latency_s) / (LARGE_BYTES - 4 * TINY_NUMEL)
+    if per_byte_s <= 0:
+        raise RuntimeFault(
+            f"measuring the link between two ranks: a {LARGE_BYTES >> 20} MiB message cost no more than a tiny one "
+            f"({1e3 * large_s:.3f} against {1e3 * latency_s:.3f} ms); the machine was probably busy, measure again"
+        )
+    return LinkSpeed(latency_s, 1 / per_byte_s)
 
 
 def local_cluster(workers: int, link: LinkSpeed) -> Cluster:

@@ -3,6 +3,7 @@ both ways, and can be refined back; and the large-neighbourhood search built on 
 
 from __future__ import annotations
 
+import random
 import time
 
 import networkx as nx
@@ -15,7 +16,7 @@ from placement.constraints import Constraints
 from placement.solvers.common import make_problem
 from placement.solvers.cpsat import Budget, CpSatSettings, warm_start
 from placement.solvers.instance import Instance, instance
-from placement.solvers.lns import lns
+from placement.solvers.lns import grow_window, lns
 from placement.solvers.search import Evaluator, polish
 from test_solvers_common import graph, random_graph, star
 
@@ -41,6 +42,25 @@ def layered(n_blocks: int = 6) -> Graph:
             edges.append((prev, names[0]))
         prev = names[3]
     return graph(nodes, edges)
+
+
+def fwd_bwd_pairs(n: int = 12) -> tuple[Graph, Constraints]:
+    """A forward chain and its backward chain, each backward node colocated with its forward node and
+    no edge between the two chains (as in the dnn-partitioning training graphs)."""
+    nodes = {f"{p}{i}": (1 + i % 3, 0) for p in ("f", "g") for i in range(n)}
+    edges = [(f"{p}{i}", f"{p}{i + 1}") for p in ("f", "g") for i in range(n - 1)]
+    return graph(nodes, edges), Constraints(colocate=[[f"f{i}", f"g{i}"] for i in range(n)])
+
+
+def test_lns_windows_free_whole_colocation_groups() -> None:
+    # A window node whose group partner stays fixed could not move: the window takes the partner too.
+    g, c = fwd_bwd_pairs()
+    inst = instance(make_problem(g, star(3), constraints=c))
+    co = coarsen(inst, 6, respect=np.zeros(inst.n, dtype=np.int64))
+    rng = random.Random(0)
+    for _ in range(20):
+        window = set(grow_window(co, np.zeros(inst.n, dtype=np.int64), 6, rng))
+        assert all(set(co.coarse.members[co.coarse.group[c]]) <= window for c in window)
 
 
 def test_coarse_graph_is_a_dag_of_convex_sets() -> None:

@@ -6,8 +6,9 @@ Each step frees a neighbourhood of the incumbent and re-optimises it with the mo
 1. The full graph is coarsened *respecting the incumbent* (:func:`placement.coarsen.coarsen` with
    ``respect`` = the incumbent's devices), so the incumbent is exactly a solution of the coarse graph.
 2. A window is grown from a seed coarse node (an end of an edge cut by the incumbent, or any node),
-   through coarse neighbours, until it holds ``window`` fine nodes; its coarse nodes are split back
-   into fine nodes (:meth:`~placement.coarsen.Coarsening.refine`).
+   through coarse neighbours, each with its colocation group where that fits (a node tied to a fixed
+   one could not move), until it holds ``window`` fine nodes; its coarse nodes are split back into
+   fine nodes (:meth:`~placement.coarsen.Coarsening.refine`).
 3. CP-SAT solves that model with the coarse nodes outside the window fixed to their devices and the
    window's fine nodes free, hinted with the incumbent scheduled in the model's time (priorities from
    the incumbent's simulated timeline).
@@ -35,24 +36,37 @@ if TYPE_CHECKING:
 
 
 def grow_window(co: Coarsening, dev: np.ndarray, size: int, rng: random.Random) -> list[int]:
-    """Coarse nodes around a seed (an end of a cut edge half the time) holding about ``size`` fine nodes."""
+    """Coarse nodes around a seed (an end of a cut edge half the time) holding about ``size`` fine nodes.
+    A node comes with the rest of its coarse colocation group when that fits in ``size``: a node whose
+    group partner stays fixed cannot move (a forward node and its explicit backward node, say)."""
     coarse = co.coarse
     cdev = co.project(dev)
     cut = [int(x) for e in range(coarse.num_edges) if cdev[coarse.src[e]] != cdev[coarse.dst[e]]
            for x in (coarse.src[e], coarse.dst[e])]
     seed = rng.choice(cut) if cut and rng.random() < 0.5 else rng.randrange(co.size)
-    window, frontier, total = [seed], [seed], len(co.members[seed])
-    seen = {seed}
+    window: list[int] = []
+    seen: set[int] = set()
+
+    def add(c: int) -> list[int]:
+        group = coarse.members[coarse.group[c]]
+        if sum(len(co.members[y]) for y in group) > size:
+            group = [c]
+        new = [x for x in group if x not in seen]
+        seen.update(new)
+        window.extend(new)
+        return new
+
+    frontier = add(seed)
+    total = sum(len(co.members[c]) for c in window)
     while frontier and total < size:
         c = frontier.pop(0)
         nbrs = [x for x, _ in coarse.preds[c]] + [x for x, _ in coarse.succs[c]]
         rng.shuffle(nbrs)
         for x in nbrs:
             if x not in seen and total < size:
-                seen.add(x)
-                window.append(x)
-                frontier.append(x)
-                total += len(co.members[x])
+                added = add(x)
+                frontier += added
+                total += sum(len(co.members[y]) for y in added)
     return window
 
 

@@ -16,6 +16,7 @@ from placement.pipeline import (
     choose_microbatches,
     contiguous_dp,
     instance_from_problem,
+    noncontiguous_ilp,
     solve_throughput,
 )
 from placement.plan import Plan
@@ -163,3 +164,23 @@ def test_a_split_that_overflows_once_simulated_is_tightened_until_it_fits() -> N
     assert [s.nodes for s in plan.stages] == [["a"], ["b"], ["c"]]
     assert max(plan.peak_memory_bytes.values()) <= 8.05e9
     assert plan.settings["load_bound_ms"] == pytest.approx(3.0)  # c's load: a bound of any split
+
+
+def test_the_ilp_split_depends_on_the_seed_not_on_the_clock() -> None:
+    # Inception-v3 on the PCIe box: CP-SAT stops at its budget, not at an optimum. The second search runs
+    # while other processes keep every core busy: a search cut by the clock would get less done.
+    graph = load_benchmark("pipedream/inception_v3.txt")
+    inst = instance_from_problem(make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", seed=0))
+    quiet = noncontiguous_ilp(inst, time_limit=2.0, seed=3)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        busy = noncontiguous_ilp(inst, time_limit=2.0, seed=3)
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+    if busy.stats["stopped_by_wall_clock"]:
+        pytest.skip("the machine was too slow: the wall-clock safety net ended the search")
+    assert not quiet.optimal
+    assert [sorted(p.nodes) for p in quiet.parts] == [sorted(p.nodes) for p in busy.parts]
+    assert quiet.max_load == busy.max_load

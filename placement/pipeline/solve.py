@@ -9,13 +9,14 @@ Steps, each a module of its own:
    * ``"dp"``: the exact contiguous DP over ideals (:mod:`~placement.pipeline.dp`), with replicated stages
      when the instance allows them; when the graph has too many ideals for the time budget, the DP over
      prefixes of a topological order (an upper bound), then the contiguous CP-SAT model started from it
-     in half the time left (it proves the contiguous optimum of Inception-v3 in about a minute);
+     for :data:`ILP_SHARES` ``["dp"]`` of the budget (it proves the contiguous optimum of Inception-v3 in
+     about a minute);
    * ``"ilp"``: the non-contiguous CP-SAT model (:mod:`~placement.pipeline.ilp`), started from the
      prefix DP's split;
    * ``"equal-split"``: the naive baseline (:mod:`~placement.pipeline.baselines`);
    * ``"auto"`` (default): ``"dp"`` within half the time budget, then, when the model is small enough
-     (at most :data:`ILP_MAX_VARIABLES` unit-device pairs) and time is left, the non-contiguous ILP
-     started from the DP's split for most of the rest, unless the DP's split replicates a stage (the
+     (at most :data:`ILP_MAX_VARIABLES` unit-device pairs), the non-contiguous ILP started from the DP's
+     split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split replicates a stage (the
      ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's
      after its idle devices are given to its parts as replicas when the instance allows it
      (:mod:`~placement.pipeline.replication`);
@@ -23,6 +24,13 @@ Steps, each a module of its own:
 4. the microbatch count is the problem's, the caller's, or the fastest simulated one that fits
    (:mod:`~placement.pipeline.microbatches`);
 5. :func:`~placement.solvers.common.finish_plan` checks, simulates and bounds the plan.
+
+**Budget and determinism.** Every CP-SAT solve gets a fixed share of the problem's time limit, spent as
+deterministic time (:mod:`~placement.pipeline.ilp`), never a share of the time left on the clock, so a
+seed reproduces the plan on a busy machine as on a quiet one. The first split gets
+:data:`FIRST_ATTEMPT_BUDGET` of the time limit, every memory retry :data:`RETRY_BUDGET`; a solve whose
+share is under :data:`MIN_ILP_SECONDS` is skipped. The clock is only a safety net: it bounds the DP
+(half the time limit) and every solve (the time left).
 
 The plan's ``settings`` record the max-load of the split (``max_load_ms``: the time per step of the
 slowest stage with its transfers, the objective here), a lower bound on it over all splits
@@ -68,12 +76,26 @@ METHODS = ("auto", "dp", "ilp", "equal-split")
 ILP_MAX_VARIABLES = 5_000
 MEMORY_RETRIES = 3  # splits tried again with tightened capacities when the simulated plan overflows
 PREFIX_CHUNKS = 256
+# Fractions of the time limit the split of the first attempt, and of each memory retry, may spend in CP-SAT.
+FIRST_ATTEMPT_BUDGET = 0.7
+RETRY_BUDGET = 0.1
+# Fractions of an attempt's budget per CP-SAT solve: the contiguous model after the prefix DP ("dp"),
+# the non-contiguous model after the DP ("auto"), the non-contiguous model of method "ilp" ("ilp").
+ILP_SHARES = {"dp": 0.4, "auto": 0.5, "ilp": 0.8}
+MIN_ILP_SECONDS = 0.5
 
 
-def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int) -> Partition:
+def _ilp_budget(problem: Problem, seconds: float) -> dict[str, float]:
+    """Keyword arguments of :func:`noncontiguous_ilp` for a solve of ``seconds`` nominal seconds: those
+    seconds (deterministic), the seed, and the time left as the wall-clock safety net."""
+    return {"time_limit": seconds, "wall_limit": max(0.05, min(2.0 * seconds, problem.time_left())), "seed": problem.seed}
+
+
+def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int, budget: float) -> Partition:
     """The exact DP; past its limits, the prefix DP improved (and often proven optimal) by the contiguous
-    CP-SAT model started from it, in half the time left. When the prefix DP finds no split fitting in
-    memory (prefixes of one order are fewer splits), the contiguous CP-SAT model alone."""
+    CP-SAT model started from it, for ``ILP_SHARES["dp"]`` of ``budget`` seconds. When the prefix DP finds
+    no split fitting in memory (prefixes of one order are fewer splits), the contiguous CP-SAT model
+    alone."""
     try:
         return contiguous_dp(inst, max_ideals=max_ideals, deadline=problem.started + 0.5 * problem.time_limit)
     except (TooManyIdeals, DPTimeout) as why:
@@ -84,13 +106,12 @@ def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int) -> Partitio
     except InfeasibleError:
         if not small:
             raise
-        part = noncontiguous_ilp(inst, contiguous=True, time_limit=max(1.0, 0.5 * problem.time_left()), seed=problem.seed)
+        part = noncontiguous_ilp(inst, contiguous=True, **_ilp_budget(problem, max(MIN_ILP_SECONDS, ILP_SHARES["dp"] * budget)))
     else:
-        if small and problem.time_left() > 1.0 and all(p.replicas == 1 for p in part.parts):
+        seconds = ILP_SHARES["dp"] * budget
+        if small and seconds >= MIN_ILP_SECONDS and all(p.replicas == 1 for p in part.parts):
             try:
-                ilp = noncontiguous_ilp(
-                    inst, contiguous=True, time_limit=0.5 * problem.time_left(), seed=problem.seed, hint=part
-                )
+                ilp = noncontiguous_ilp(inst, contiguous=True, hint=part, **_ilp_budget(problem, seconds))
                 if inst.replication:  # the ILP has no replicas: it proves nothing about replicated splits
                     part = _best(inst, part, replicate(inst, ilp))
                 else:
@@ -110,8 +131,15 @@ def _best(inst: ThroughputInstance, a: Partition, b: Partition) -> Partition:
     return b if b.max_load < a.max_load * (1 - 1e-9) else a
 
 
-def choose_partition(problem: Problem, inst: ThroughputInstance, method: str = "auto", max_ideals: int = 50_000) -> tuple[Partition, float]:
-    """The split of step 2 of the module docstring and a lower bound on the max-load of any split."""
+def choose_partition(
+    problem: Problem, inst: ThroughputInstance, method: str = "auto", max_ideals: int = 50_000, budget: float | None = None
+) -> tuple[Partition, float]:
+    """The split of step 2 of the module docstring and a lower bound on the max-load of any split.
+
+    ``budget``: the nominal seconds its CP-SAT solves may spend (default: ``FIRST_ATTEMPT_BUDGET`` of the
+    problem's time limit)."""
+    if budget is None:
+        budget = FIRST_ATTEMPT_BUDGET * problem.time_limit
     if method not in METHODS:
         raise PlacementError(f"solve_throughput: method must be one of {METHODS}, got {method!r}")
     bound = load_lower_bound(inst)
@@ -122,17 +150,18 @@ def choose_partition(problem: Problem, inst: ThroughputInstance, method: str = "
             start: Partition | None = contiguous_dp(inst, exhaustive=False, chunks=PREFIX_CHUNKS, replication=False)
         except InfeasibleError:
             start = None
-        ilp = noncontiguous_ilp(inst, time_limit=max(0.5, 0.8 * problem.time_left()), seed=problem.seed, hint=start)
+        ilp = noncontiguous_ilp(inst, hint=start, **_ilp_budget(problem, max(MIN_ILP_SECONDS, ILP_SHARES["ilp"] * budget)))
         best = ilp if start is None else _best(inst, ilp, start)
         if not inst.replication:
             return best, max(bound, ilp.bound)
         return replicate(inst, best), bound
-    part = _dp(problem, inst, max_ideals)
+    part = _dp(problem, inst, max_ideals, budget)
     replicated = any(p.replicas > 1 for p in part.parts)
-    if method == "auto" and not replicated and _ilp_size(inst) <= ILP_MAX_VARIABLES and problem.time_left() > 1.0:
+    seconds = ILP_SHARES["auto"] * budget
+    if method == "auto" and not replicated and _ilp_size(inst) <= ILP_MAX_VARIABLES and seconds >= MIN_ILP_SECONDS:
         # The ILP has no replicas: worth running only when the DP's best split did not use them.
         try:
-            ilp = noncontiguous_ilp(inst, time_limit=0.6 * problem.time_left(), seed=problem.seed, hint=part)
+            ilp = noncontiguous_ilp(inst, hint=part, **_ilp_budget(problem, seconds))
         except InfeasibleError:
             raise
         except PlacementError as why:  # no split within the time: keep the DP's
@@ -171,7 +200,8 @@ def solve_throughput(
     inst = instance_from_problem(problem, replication=replication)
     bound = math.inf
     for attempt in range(MEMORY_RETRIES + 1):
-        part, attempt_bound = choose_partition(problem, inst, method, max_ideals)
+        budget = (FIRST_ATTEMPT_BUDGET if attempt == 0 else RETRY_BUDGET) * problem.time_limit
+        part, attempt_bound = choose_partition(problem, inst, method, max_ideals, budget)
         bound = min(bound, attempt_bound)  # a tightened instance's bound is not one of the problem's
         assignment, stages = stages_of(inst, part)
         m = microbatches or problem.microbatches

@@ -184,7 +184,7 @@ def to_summary_markdown(rows: list[Row]) -> str:
         ok = {r.solver: r for r in latency if (r.graph, r.cluster) == (graph, cluster)}
         bound = max((r.bound_ms for r in ok.values()), default=math.nan)
         best = min((r.step_ms for r in ok.values()), default=math.nan)
-        cells = [graph, cluster, f"{bound:,.2f}"]
+        cells = [graph, cluster, "—" if math.isnan(bound) else f"{bound:,.2f}"]
         for s in solvers:
             r = ok.get(s)
             if r is None:

@@ -52,6 +52,13 @@ def test_summary_uses_the_best_bound_bolds_the_best_and_averages_geometrically()
     assert f"{math.sqrt(120 / 150 * 1.0):.3f}" in auto_line and "over 2 rows" in auto_line
 
 
+def test_summary_of_pipelined_plans_alone_has_no_latency_bound():
+    rows = [_row("g1", "pipeline", 80.0, 40.0, objective="throughput", stages=2, microbatches=4)]
+    lines = to_summary_markdown(rows).splitlines()
+    assert _cells(lines[0]) == ["graph", "cluster", "bound (ms)", "pipeline step (ms)", "stages x mb"]
+    assert _cells(lines[2]) == ["g1", "c", "—", "80.00", "2 x 4"]
+
+
 def test_readme_block_is_replaced_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\nafter\n")

@@ -62,6 +62,7 @@ from placement.pipeline.instance import (
     make_part,
     max_load,
 )
+from placement.solvers.ilp import deterministic_solver
 
 TARGET_SCALE = 1e9  # the largest possible load, in integer units
 # CP-SAT's deterministic seconds per nominal second of budget. Measured on the benchmark inputs: 0.25
@@ -281,7 +282,7 @@ def noncontiguous_ilp(
     model.build()
     if hint is not None:
         model.hint(hint)
-    solver = _solver(time_limit, wall_limit, seed, workers)
+    solver = deterministic_solver(time_limit, DETERMINISTIC_PER_SECOND, seed=seed, workers=workers, wall_limit=wall_limit)
     status = solver.solve(model.m)
     name = solver.status_name(status)
     if status == cp_model.INFEASIBLE:
@@ -324,19 +325,6 @@ def noncontiguous_ilp(
             ),
         },
     )
-
-
-def _solver(seconds: float, wall_limit: float | None, seed: int, workers: int) -> cp_model.CpSolver:
-    """A CP-SAT solver that spends ``seconds`` of nominal budget deterministically (module docstring)."""
-    solver = cp_model.CpSolver()
-    p = solver.parameters
-    p.random_seed = int(seed)
-    p.num_workers = max(1, int(workers))
-    if p.num_workers > 1:
-        p.interleave_search = True  # OR-Tools' deterministic parallel search
-    p.max_deterministic_time = max(0.005, DETERMINISTIC_PER_SECOND * float(seconds))
-    p.max_time_in_seconds = max(0.05, float(wall_limit if wall_limit is not None else 2.0 * seconds))
-    return solver
 
 
 def _infeasible(inst: ThroughputInstance, data: _Data, contiguous: bool) -> InfeasibleError:
@@ -390,7 +378,7 @@ def _least_overflow(data: _Data, contiguous: bool, time_limit: float = 5.0):
     if not uses:
         return None
     m.minimize(worst)
-    solver = _solver(time_limit, None, 0, 1)
+    solver = deterministic_solver(time_limit, DETERMINISTIC_PER_SECOND)
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None

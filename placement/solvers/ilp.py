@@ -105,6 +105,24 @@ RESOLUTION = 1_000_000  # ticks in the horizon
 DETERMINISTIC_PER_SECOND = 0.1
 
 
+def deterministic_solver(
+    seconds: float, per_second: float, *, seed: int = 0, workers: int = 1, wall_limit: float | None = None
+) -> cp_model.CpSolver:
+    """A CP-SAT solver for a budget of ``seconds``, spent as deterministic time (``per_second`` of it per
+    second, so that a seed reproduces the search), several ``workers`` interleaved (OR-Tools'
+    deterministic parallel mode); the wall clock stops it at ``wall_limit`` seconds (default
+    ``2 * seconds``) should the machine be slow."""
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.random_seed = int(seed)
+    p.num_workers = max(1, int(workers))
+    if p.num_workers > 1:
+        p.interleave_search = True
+    p.max_deterministic_time = max(0.005, per_second * float(seconds))
+    p.max_time_in_seconds = max(0.05, float(wall_limit if wall_limit is not None else 2.0 * seconds))
+    return solver
+
+
 @dataclass
 class IlpResult:
     """What one CP-SAT solve found.
@@ -700,19 +718,13 @@ class LatencyModel:
         """Solve with a budget of ``seconds``: CP-SAT's deterministic time limit is
         ``DETERMINISTIC_PER_SECOND * seconds`` (so a seed reproduces the search), and the wall clock
         stops it at ``wall_limit`` seconds (default ``2 * seconds``) should the machine be slow."""
-        solver = cp_model.CpSolver()
+        solver = deterministic_solver(seconds, DETERMINISTIC_PER_SECOND, seed=seed, workers=workers, wall_limit=wall_limit)
         p = solver.parameters
-        p.random_seed = int(seed)
-        p.num_workers = max(1, int(workers))
-        if workers > 1:
-            p.interleave_search = True  # OR-Tools' deterministic parallel search
         p.log_search_progress = log
         if not presolve:
             # Presolve's propagation to a fixed point is not charged to the deterministic clock and
             # can take seconds on a large model; the search does well without it.
             p.cp_model_presolve = False
-        p.max_deterministic_time = max(0.005, DETERMINISTIC_PER_SECOND * float(seconds))
-        p.max_time_in_seconds = max(0.05, float(wall_limit if wall_limit is not None else 2.0 * seconds))
         start = time.perf_counter()
         status = solver.solve(self.model)
         wall = time.perf_counter() - start

@@ -236,7 +236,6 @@ def main() -> None:
         other_busy = (busy_after - busy_before) - (own_cpu_seconds() - own_before)
         other_cores = max(0.0, other_busy) / (time.perf_counter() - wall_before)
     table = Table(title="one training step (SGD) on CPU ranks of one thread each: measured, predicted, eager")
-
     for column in ("model", "plan", "ranks", "measured ms", "predicted ms", "error", "eager 1t ms", "eager 2t ms", "vs eager 1t", "peak MiB meas/pred"):
         table.add_column(column, justify="left" if column in ("model", "plan") else "right")
     rows = []

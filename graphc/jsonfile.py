@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
     """The parsed content of ``path``; failures raise ``error`` saying which ``what`` (a plan, a cluster)."""
@@ -27,8 +29,18 @@ def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
 
 
 def write_json(path: str | Path, doc: Any) -> None:
-    """Write ``doc`` indented; ``allow_nan`` off, so every number written is finite."""
-    Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False))
+    """Write ``doc`` indented; ``allow_nan`` off, so every number written is finite.
+
+    NumPy scalars (a solver's ``np.bool_`` flag, an ``np.int64`` count) are written as the Python
+    values they hold: records are computed with NumPy, and reading them back gives plain JSON values."""
+    Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False, default=_numpy_scalar))
+
+
+def _numpy_scalar(value: Any) -> Any:
+    """``json.dumps``'s fallback: the Python value of a NumPy scalar; anything else is refused as before."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def check_header(doc: Any, schema: str, version: int, source: str, error: type[Exception]) -> None:

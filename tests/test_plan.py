@@ -1,13 +1,19 @@
-"""Plan JSON round trip, validation naming the bad field, and refusal of a plan made for another graph."""
+"""Plan JSON round trip (by hand and from every solver), validation naming the bad field, and refusal of
+a plan made for another graph."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from graphc.graph import EdgeData, Graph, NodeData
+from graphc.importers import load_benchmark
+from graphc.jsonfile import write_json
+from placement.cluster import Cluster
 from placement.plan import Plan, PlanFormatError, PlanMismatchError, Stage
+from placement.solvers import SOLVERS, solve
 
 
 def _chain(shape: int = 4) -> Graph:
@@ -85,3 +91,48 @@ def test_devices_used_counts_the_replicas_of_a_replicated_stage():
                 assignment={"a": "gpu0", "b": "gpu1", "c": "gpu1"}, microbatches=4,
                 stages=[Stage(0, ["a"], ["gpu0"]), Stage(1, ["b", "c"], ["gpu1", "gpu3", "gpu2"])])  # fmt: skip
     assert plan.devices_used() == ["gpu0", "gpu1", "gpu3", "gpu2"]
+
+
+def _diamond() -> Graph:
+    """a -> (b, c, d) -> e, heavy enough that CP-SAT cannot prove optimality within 2 s on pcie-4gpu."""
+    graph = Graph("diamond")
+    for name in "abcde":
+        graph.add_node(NodeData(name=name, op="aten.mm.default", fwd_flops=4e9, bwd_flops=8e9, output_bytes=4e6,
+                                output_shapes=[[1024, 1024]], output_dtypes=["float32"], param_bytes=4e6))  # fmt: skip
+    for src, dst in ("ab", "ac", "ad", "be", "ce", "de"):
+        graph.add_edge(src, dst, EdgeData(bytes=4e6))
+    return graph
+
+
+def _solved_plans() -> list[tuple[str, Graph, Cluster, dict]]:
+    """(id, graph, cluster, solve arguments) for every registered solver; CP-SAT both proven optimal (a
+    chain) and not (the diamond), ``auto`` for both objectives; ``expert`` needs a published split."""
+    gpus = Cluster.preset("pcie-4gpu")
+    cases = [(name, _diamond(), gpus, {"solver": name, "time_limit": 2.0}) for name in SOLVERS if name != "expert"]
+    cases.append(("cp-sat-proven", _chain(1024), gpus, {"solver": "cp-sat", "time_limit": 2.0}))
+    cases.append(("auto-throughput", _diamond(), gpus, {"solver": "auto", "objective": "throughput", "time_limit": 2.0}))
+    expert_graph = load_benchmark("dnn-partitioning/latency/bert24_inference.json")
+    cases.append(("expert", expert_graph, Cluster.preset("accelerators-cpu"), {"solver": "expert"}))
+    return cases
+
+
+@pytest.mark.parametrize("case", _solved_plans(), ids=lambda case: case[0])
+def test_a_plan_from_every_solver_saves_and_loads_unchanged(case, tmp_path):
+    _, graph, cluster, arguments = case
+    plan = solve(graph, cluster, **arguments)
+    plan.save(tmp_path / "plan.json")
+    loaded = Plan.load(tmp_path / "plan.json")
+    assert loaded == plan
+    assert (loaded.assignment, loaded.settings, loaded.predicted_step_ms) == (plan.assignment, plan.settings, plan.predicted_step_ms)
+    assert loaded.graph == graph and loaded.cluster.name == cluster.name
+
+
+def test_cp_sat_records_whether_it_proved_optimality():
+    gpus = Cluster.preset("pcie-4gpu")
+    assert solve(_chain(1024), gpus, solver="cp-sat", time_limit=2.0).settings["proven_optimal"] is True
+    assert solve(_diamond(), gpus, solver="cp-sat", time_limit=2.0).settings["proven_optimal"] is False
+
+
+def test_numpy_scalars_are_written_as_json_values(tmp_path):
+    write_json(tmp_path / "doc.json", {"proven": np.bool_(True), "count": np.int64(3), "ms": np.float32(0.5)})
+    assert json.loads((tmp_path / "doc.json").read_text()) == {"proven": True, "count": 3, "ms": 0.5}

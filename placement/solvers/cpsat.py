@@ -176,7 +176,8 @@ def improve(
     rng = random.Random(problem.seed)
 
     def proven() -> bool:  # the incumbent meets a lower bound: nothing left to find
-        return best.step_ms <= max(generic, bound_ms) * (1 + 1e-9) + 1e-12
+        # bool(): the bounds may be NumPy floats, and the result goes into the plan's settings as is
+        return bool(best.step_ms <= max(generic, bound_ms) * (1 + 1e-9) + 1e-12)
 
     if D > 1 and inst.n > 1:
         # -- CP-SAT on the graph or a coarsening --------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graphc.graph import SCHEMA as GRAPH_SCHEMA
 from graphc.graph import Graph
 from graphc.jsonfile import check_header, read_json, write_json
 from placement.cluster import Cluster
@@ -179,8 +180,8 @@ class Plan:
         """Write Graphviz source of the graph coloured by device, cut edges marked."""
         from placement.inspect import to_dot
 
-        graph, _ = self._made_from()
-        Path(path).write_text(to_dot(self, graph))
+        graph, cluster = self._made_from()
+        Path(path).write_text(to_dot(self, graph, cluster))
 
     def _made_from(self) -> tuple[Graph, Cluster]:
         if self.graph is None or self.cluster is None:
@@ -215,7 +216,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> Plan:
-        """Validate and build a plan; an error names the source and the bad field."""
+        """Validate and build a plan; an error names the source and the bad field (and says what to do
+        with a cost graph given where a plan belongs)."""
+        if isinstance(doc, dict) and doc.get("schema") == GRAPH_SCHEMA:
+            raise PlanFormatError(f"{source}: this is a cost graph, not a plan: place it first (graphc plan {source} -o plan.json)")
         check_header(doc, SCHEMA, SCHEMA_VERSION, source, PlanFormatError)
         for key in ("graph_name", "graph_fingerprint", "cluster_name", "solver"):
             _require(isinstance(doc.get(key, ""), str), source, key, "expected a string")

@@ -200,10 +200,21 @@ def test_load_benchmark_dispatches_and_finds_shared_files(benchmarks: Path) -> N
     assert load_benchmark("pipedream/vgg16.txt") == load_pipedream(pipedream_file(benchmarks, "vgg16"))
     json_path = dnn_file(benchmarks, "throughput/bert24_inference")
     assert load_benchmark(json_path) == load_dnn_partitioning(json_path)
-    with pytest.raises(ValueError, match="expected .txt"):
+    with pytest.raises(GraphFormatError, match="unknown graph format '.md': expected .txt"):
         load_benchmark(benchmarks / "README.md")
     with pytest.raises(GraphFormatError, match="load_expert_split"):
         load_benchmark(benchmarks / "dnn-partitioning" / "experts" / "bert24_inference_expert.json")
+
+
+def test_load_benchmark_reads_graphc_graph_json_and_refuses_other_graphc_files(benchmarks: Path, tmp_path: Path) -> None:
+    graph = load_benchmark("pipedream/alexnet.txt")
+    graph.save(tmp_path / "g.json")
+    assert load_benchmark(tmp_path / "g.json") == graph
+    (tmp_path / "plan.json").write_text(json.dumps({"schema": "graphc.plan", "version": 1}))
+    with pytest.raises(GraphFormatError, match=r"plan\.json: schema: expected 'graphc.graph', got 'graphc.plan'"):
+        load_benchmark(tmp_path / "plan.json")
+    with pytest.raises(GraphFormatError, match=r"nosuch\.json: cannot read the graph: no such file"):
+        load_benchmark(tmp_path / "nosuch.json")
 
 
 # -- expert splits ---------------------------------------------------------------------------------

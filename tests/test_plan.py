@@ -136,3 +136,9 @@ def test_cp_sat_records_whether_it_proved_optimality():
 def test_numpy_scalars_are_written_as_json_values(tmp_path):
     write_json(tmp_path / "doc.json", {"proven": np.bool_(True), "count": np.int64(3), "ms": np.float32(0.5)})
     assert json.loads((tmp_path / "doc.json").read_text()) == {"proven": True, "count": 3, "ms": 0.5}
+
+
+def test_a_cost_graph_given_as_a_plan_says_to_place_it_first(tmp_path):
+    _chain().save(tmp_path / "g.json")
+    with pytest.raises(PlanFormatError, match=r"g\.json: this is a cost graph, not a plan: place it first \(graphc plan"):
+        Plan.load(tmp_path / "g.json")

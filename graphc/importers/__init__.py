@@ -3,7 +3,8 @@
 - :func:`load_pipedream`: PipeDream layer profiles (``pipedream/*.txt``).
 - :func:`load_dnn_partitioning`: NeurIPS 2020 device-placement inputs (``dnn-partitioning/*/*.json``),
   and :func:`load_expert_split` for their human-expert splits (``dnn-partitioning/experts/*.json``).
-- :func:`load_benchmark`: either, chosen by the file's suffix.
+- :func:`load_benchmark`: any graph file graphc reads, chosen by the file's suffix and content: either of
+  the above, or graphc's own cost-graph JSON (``graphc trace -o``, :meth:`graphc.graph.Graph.save`).
 - :func:`shared_benchmarks_dir`: where the published files live; :func:`benchmark_files` lists them.
 
 Every importer raises :class:`graphc.errors.GraphFormatError` on a malformed file, naming the file and
@@ -15,7 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from graphc.errors import GraphFormatError
 from graphc.graph import Graph
+from graphc.jsonfile import read_json
 from graphc.importers.dnn_partitioning import load_dnn_partitioning
 from graphc.importers.dnn_partitioning import load_expert_split as _read_expert_split
 from graphc.importers.pipedream import load_pipedream
@@ -56,24 +59,28 @@ def shared_benchmarks_dir() -> Path:
 
 
 def load_benchmark(path: str | Path, *, device_label: str = "V100") -> Graph:
-    """Import a benchmark graph by suffix: ``.txt`` PipeDream, ``.json`` dnn-partitioning.
+    """Read a graph file: ``.txt`` PipeDream; ``.json`` graphc's own cost graph (a JSON object with a
+    ``schema`` field, as :meth:`Graph.save` and ``graphc trace -o`` write it), else dnn-partitioning.
 
     A relative ``path`` that does not exist from the working directory is looked up under
     :func:`shared_benchmarks_dir`, so ``load_benchmark("pipedream/vgg16.txt")`` works anywhere.
     ``device_label`` is the device a PipeDream profile was measured on (unused for JSON inputs).
 
     Raises:
-        ValueError: the suffix is neither ``.txt`` nor ``.json``.
-        GraphFormatError: the file is missing or malformed.
+        GraphFormatError: the suffix is neither ``.txt`` nor ``.json``, or the file is missing or
+            malformed (a graphc JSON file of another schema, such as a plan, included).
     """
     path = _resolve(Path(path))
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return load_pipedream(path, device_label)
     if suffix == ".json":
+        doc = read_json(path, GraphFormatError, "graph")
+        if isinstance(doc, dict) and "schema" in doc:  # graphc's own files say what they are
+            return Graph.from_dict(doc, str(path))
         return load_dnn_partitioning(path)
-    raise ValueError(
-        f"{path}: unknown benchmark format {suffix!r}: expected .txt (PipeDream) or .json (dnn-partitioning)"
+    raise GraphFormatError(
+        f"{path}: unknown graph format {suffix!r}: expected .txt (PipeDream) or .json (graphc or dnn-partitioning)"
     )
 
 

@@ -8,15 +8,20 @@ graph and cluster) can be inspected on any machine.
   per link: bytes moved and busy time; the predicted step time, lower bound, gap, solver and its time.
 * :func:`chrome_trace` — the simulated timeline in the Trace Event format, one track per device and one
   per link (a transfer shows on every link it crosses); opens in Perfetto or ``chrome://tracing``.
-* :func:`gantt_png` — the same timeline as a PNG (matplotlib).
+* :func:`gantt_png` — the same timeline as a PNG (matplotlib; :func:`gantt_figure` gives the figure).
 * :func:`to_dot` — the graph with nodes coloured by device and cut edges drawn bold red with their bytes.
+
+Both pictures colour a device with :func:`device_colours`, so a device looks the same in each.
 """
 
 from __future__ import annotations
 
+import colorsys
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
@@ -24,12 +29,22 @@ from rich.table import Table
 from graphc.graph import Graph
 from placement.cluster import Cluster
 from placement.plan import Plan
-from placement.timeline import BACKWARD, FORWARD, SimResult
+from placement.timeline import ALLREDUCE, BACKWARD, FORWARD, SEND, SEND_GRAD, SimResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _PALETTE = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-    "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf",
+    "#9c755f", "#2f4b7c", "#b6992d", "#d45087", "#1e6b3a", "#7a1f2b", "#6a3d9a", "#17becf",
 ]  # fmt: skip
+TRANSFER_COLOUR = "#8c8c8c"  # neutral: a transfer occupies links, not a device
+ALLREDUCE_COLOUR = "#4d4d4d"
+BACKWARD_HATCH = "////"
+_DPI = 110
+_LABEL_PT = 7  # font size of the names inside bars
+_MIN_LABEL = 5  # fewer characters than this is no name: the bar stays blank
+_OUTLINED_PX = 6  # bars at least this wide get a white outline that sets them apart from their neighbours
 
 
 def _mib(nbytes: float) -> str:
@@ -105,44 +120,207 @@ def chrome_trace(sim: SimResult) -> dict[str, Any]:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def gantt_png(sim: SimResult, path: str | Path, title: str = "") -> None:
-    """Draw the timeline: one row per device (forward blue, backward orange) and per link (grey)."""
-    import matplotlib
+def device_colours(devices: Sequence[str]) -> dict[str, str]:
+    """One fill colour per device, by its position in the cluster's device list (``devices``).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The Gantt chart and the Graphviz picture both colour by this function, so a device has the same
+    colour in both pictures, and in the pictures of every plan on the same cluster. The first 16 colours
+    are hand-picked to be told apart; further devices get hues spread by the golden ratio. No colour is
+    grey: grey is kept for transfers, which belong to links rather than to a device.
+    """
+    return {name: _nth_colour(i) for i, name in enumerate(devices)}
 
-    devices = [d for d, busy in sim.busy_ms.items() if busy > 0]
-    links = sorted({link for e in sim.timeline for link in e.links})
-    rows = devices + links
-    index = {r: i for i, r in enumerate(rows)}
-    fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 1.5))
-    colours = {FORWARD: "#4e79a7", BACKWARD: "#f28e2b"}
+
+def _nth_colour(i: int) -> str:
+    if i < len(_PALETTE):
+        return _PALETTE[i]
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.6, 0.8)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def _rgb(colour: str) -> tuple[float, float, float]:
+    return int(colour[1:3], 16) / 255, int(colour[3:5], 16) / 255, int(colour[5:7], 16) / 255
+
+
+def _lighter(colour: str, amount: float = 0.55) -> str:
+    """``colour`` blended towards white by ``amount`` (0 keeps it, 1 gives white)."""
+    r, g, b = (c + (1 - c) * amount for c in _rgb(colour))
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def _ink(fill: str) -> str:
+    """Black or white, whichever reads better on ``fill`` (by its perceived luminance)."""
+    r, g, b = _rgb(fill)
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How one kind of bar is drawn: fill, hatch (backward passes and gradients) and hatch colour."""
+
+    fill: str
+    hatch: str | None
+    stripes: str
+
+
+def _style(kind: str, colour: str) -> _Style:
+    """Compute bars in their device's colour (backward lighter and hatched); transfers in grey (gradient
+    sends lighter and hatched, like the backward pass they serve), all-reduces in dark grey."""
+    if kind == FORWARD:
+        return _Style(colour, None, colour)
+    if kind == BACKWARD:
+        return _Style(_lighter(colour), BACKWARD_HATCH, colour)
+    if kind == SEND_GRAD:
+        return _Style(_lighter(TRANSFER_COLOUR), BACKWARD_HATCH, TRANSFER_COLOUR)
+    return _Style(ALLREDUCE_COLOUR if kind == ALLREDUCE else TRANSFER_COLOUR, None, TRANSFER_COLOUR)
+
+
+def _fit_label(name: str, room: int) -> str | None:
+    """``name`` in at most ``room`` characters, or None when fewer than :data:`_MIN_LABEL` fit.
+
+    A cut name keeps its end behind an ellipsis: module paths such as ``Mixed_6b.branch7x7dbl_5.conv``
+    end in the part that tells the ops of one block apart (``…dbl_5.conv``)."""
+    if len(name) <= room:
+        return name
+    return f"…{name[1 - room :]}" if room >= _MIN_LABEL else None
+
+
+def _timeline_bars(sim: SimResult) -> tuple[list[str], dict[tuple[str, str], list[tuple[float, float, str]]]]:
+    """The chart's rows (devices that computed, in cluster order, then links that carried data) and its
+    bars: (start, duration, name) per (row, kind); a transfer shows on every link it crosses."""
+    bars: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
     for e in sim.timeline:
-        targets = [e.device] if e.kind in (FORWARD, BACKWARD) else list(e.links)
-        for row in targets:
-            if row in index:
-                ax.barh(index[row], e.duration_ms, left=e.start_ms, height=0.8,
-                        color=colours.get(e.kind, "#9d9d9d"), edgecolor="white", linewidth=0.3)  # fmt: skip
+        for row in [e.device] if e.kind in (FORWARD, BACKWARD) else e.links:
+            bars[row, e.kind].append((e.start_ms, e.duration_ms, e.name))
+    computing = {row for row, kind in bars if kind in (FORWARD, BACKWARD)}
+    links = sorted({row for row, kind in bars if kind not in (FORWARD, BACKWARD)})
+    return [d for d in sim.busy_ms if d in computing] + links, bars
+
+
+def gantt_figure(sim: SimResult, title: str = "") -> Figure:
+    """The simulated timeline as a matplotlib figure (see :func:`gantt_png`), for tests and notebooks."""
+    rows, bars = _timeline_bars(sim)
+    colours = device_colours(list(sim.busy_ms))
+    devices = [r for r in rows if r in colours]
+    fig, ax = _gantt_frame(sim, rows, len(devices), title)
+    fig.legend(handles=_legend_handles(devices, colours, {kind for _, kind in bars}), loc="outside right upper", fontsize=8)
+    fig.draw_without_rendering()  # lays the axes out: from here on a millisecond's width in pixels is known
+    x0, x1 = ax.get_xlim()
+    px_per_ms = ax.get_window_extent().width / (x1 - x0)
+    char_px = _char_px(fig)
+    for (row, kind), spans in bars.items():
+        style = _style(kind, colours.get(row, TRANSFER_COLOUR))
+        _draw_bars(ax, rows.index(row), spans, style, px_per_ms, char_px, f"{row} {kind}")
+    return fig
+
+
+def _gantt_frame(sim: SimResult, rows: list[str], devices: int, title: str) -> tuple[Figure, Any]:
+    """The empty chart: a row per device then per link (a line between the two groups), time in ms
+    across with a light grid, and a title giving the predicted step time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = max(2.8, 0.42 * len(rows) + 1.6, 0.2 * (devices + 5) + 1.2)  # the legend has devices + up to 5 entries
+    fig = Figure(figsize=(14, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with (:func:`_char_px`)
+    ax = fig.add_subplot()
     ax.set_yticks(range(len(rows)), rows)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms")
-    ax.set_title(title or f"simulated {sim.mode} step: {sim.step_ms:.3f} ms")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, sim.step_ms or 1.0)
+    ax.set_xlabel("time since the step began (ms)")
+    if len(rows) > devices:
+        ax.axhline(devices - 0.5, color="black", linewidth=0.6)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    batches = "1 microbatch" if sim.microbatches == 1 else f"{sim.microbatches} microbatches"
+    step = f"predicted {sim.mode} step: {sim.step_ms:,.3f} ms ({batches}, simulated)"
+    ax.set_title(f"{title}\n{step}" if title else step)
+    return fig, ax
 
 
-def to_dot(plan: Plan, graph: Graph) -> str:
-    """Graphviz source of the graph, nodes filled with their device's colour, cut edges bold and red."""
-    colour = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(plan.devices_used())}
+def _legend_handles(devices: list[str], colours: dict[str, str], kinds: set[str]) -> list[Any]:
+    """One swatch per device drawn, then what the fill, the hatch and the greys mean."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colours[d], label=d) for d in devices]
+    handles += [
+        Patch(facecolor="white", edgecolor="black", label="forward: solid"),
+        Patch(facecolor="white", edgecolor="black", hatch=BACKWARD_HATCH, label="backward: light, hatched"),
+    ]
+    for kind, label in ((SEND, "activation transfer"), (SEND_GRAD, "gradient transfer"), (ALLREDUCE, "all-reduce")):
+        if kind in kinds:
+            s = _style(kind, TRANSFER_COLOUR)
+            handles.append(Patch(facecolor=s.fill, hatch=s.hatch, edgecolor=s.stripes, label=label))
+    return handles
+
+
+def _draw_bars(ax: Any, y: int, spans: list[tuple[float, float, str]], style: _Style, px_per_ms: float, char_px: float,
+               gid: str) -> None:  # fmt: skip
+    """One row's bars of one kind, as one collection (``gid`` names it).
+
+    Narrow bars (under :data:`_OUTLINED_PX`) that touch are drawn as one: the rasteriser would otherwise
+    fill and hatch thousands of sub-pixel polygons over the same pixels. Every bar is at least a pixel
+    wide, so a short transfer still shows. Wide bars get a white outline that sets them apart from their
+    neighbours and, where it fits with a few pixels to spare, their name (:func:`_fit_label`)."""
+    shown = _merge_narrow(spans, px_per_ms)
+    widths = [(end - start) * px_per_ms for start, end, _ in shown]
+    ax.broken_barh([(start, max(end - start, 1 / px_per_ms)) for start, end, _ in shown], (y - 0.4, 0.8),
+                   facecolors=style.fill, hatch=style.hatch, hatchcolor=style.stripes, edgecolor="white",
+                   linewidths=[0.5 if w >= _OUTLINED_PX else 0.0 for w in widths], gid=gid)  # fmt: skip
+    for (start, end, name), width in zip(shown, widths):
+        text = _fit_label(name, int((width - 8) / char_px))
+        if text:
+            ax.text((start + end) / 2, y, text, ha="center", va="center", fontsize=_LABEL_PT, color=_ink(style.fill),
+                    clip_on=True, in_layout=False)  # fmt: skip
+
+
+def _char_px(fig: Figure) -> float:
+    """The mean width in pixels of a character of the bars' names, measured on the figure's renderer
+    over letters, digits and the punctuation of node names."""
+    from matplotlib.font_manager import FontProperties
+
+    sample = "abcdefghijklmnopqrstuvwxyz_0123456789.ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    width, _, _ = fig.canvas.get_renderer().get_text_width_height_descent(sample, FontProperties(size=_LABEL_PT), False)
+    return width / len(sample)
+
+
+def _merge_narrow(spans: list[tuple[float, float, str]], px_per_ms: float) -> list[tuple[float, float, str]]:
+    """(start, end, name) of the bars to draw: ``spans`` (start, duration, name) in time order, with runs
+    of narrow bars less than half a pixel apart merged into one nameless bar."""
+    shown: list[tuple[float, float, str]] = []
+    for start, dur, name in sorted(spans):
+        narrow = dur * px_per_ms < _OUTLINED_PX
+        if narrow and shown and not shown[-1][2] and (start - shown[-1][1]) * px_per_ms < 0.5:
+            shown[-1] = (shown[-1][0], max(shown[-1][1], start + dur), "")
+        else:
+            shown.append((start, start + dur, "" if narrow else name))
+    return shown
+
+
+def gantt_png(sim: SimResult, path: str | Path, title: str = "") -> None:
+    """Draw the timeline as a PNG: one row per device and per link, time in ms across.
+
+    Bars are coloured by device (:func:`device_colours`, the Graphviz picture's colours), the backward
+    pass lighter and hatched, transfers grey on the links they cross; names are written inside the bars
+    wide enough for them; the legend says all this; the title gives the simulated step time. Bars are
+    drawn as one collection per row and kind, so plans of thousands of nodes draw in seconds."""
+    fig = gantt_figure(sim, title)
+    fig.savefig(path)
+
+
+def to_dot(plan: Plan, graph: Graph, cluster: Cluster) -> str:
+    """Graphviz source of the graph, nodes filled with their device's colour (:func:`device_colours`,
+    as in the Gantt chart), a legend note per device used, cut edges bold and red with their MiB."""
+    used = set(plan.devices_used())
+    colour = {d: c for d, c in device_colours([d.name for d in cluster.devices]).items() if d in used}
     lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", '  node [shape=box, style=filled, fontname="Helvetica"];']
     for device, c in colour.items():
-        lines.append(f'  "legend {device}" [label="{device}", fillcolor="{c}", shape=note];')
+        lines.append(f'  "legend {device}" [label="{device}", fillcolor="{c}", fontcolor={_ink(c)}, shape=note];')
     for node in graph.nodes():
         device = plan.assignment[node.name]
         label = f"{node.name}\\n{node.op.split('(')[0][:32]}"
-        lines.append(f'  "{node.name}" [label="{label}", fillcolor="{colour[device]}", tooltip="{device}"];')
+        c = colour[device]
+        lines.append(f'  "{node.name}" [label="{label}", fillcolor="{c}", fontcolor={_ink(c)}, tooltip="{device}"];')
     for src, dst, edge in graph.edges():
         if plan.assignment[src] != plan.assignment[dst]:
             lines.append(f'  "{src}" -> "{dst}" [color=red, penwidth=2.5, label="{edge.bytes / 2**20:.2f} MiB"];')

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
-
+from matplotlib.colors import to_hex
 from rich.console import Console
 
 from graphc.graph import EdgeData, Graph, NodeData
 from placement import Cluster
+from placement.inspect import device_colours, gantt_figure, gantt_png, to_dot
 from placement.plan import Plan
 from placement.solvers.common import finish_plan, make_problem
 
@@ -74,3 +77,80 @@ def test_gantt_png_and_dot_are_written(tmp_path):
     dot = (tmp_path / "plan.dot").read_text()
     assert dot.startswith('digraph "fork-join"')
     assert dot.count("color=red") == 2  # src -> right and right -> join cross devices
+
+
+def _chain(flops: list[float], name: str = "chain") -> Graph:
+    """A chain of matmuls named ``stage.layer<i>`` with the given forward FLOPs (backward twice that)."""
+    graph = Graph(name)
+    for i, f in enumerate(flops):
+        graph.add_node(NodeData(name=f"stage.layer{i}", op="aten.mm.default", fwd_flops=f, bwd_flops=2 * f, param_bytes=1e6,
+                                output_bytes=8e6, activation_bytes=8e6, output_shapes=[[1024, 2048]], output_dtypes=["float32"]))  # fmt: skip
+        if i:
+            graph.add_edge(f"stage.layer{i - 1}", f"stage.layer{i}", EdgeData(bytes=8e6))
+    return graph
+
+
+def _placed(graph: Graph, cluster: Cluster, device_of) -> Plan:
+    assignment = {node.name: device_of(i) for i, node in enumerate(graph.nodes())}
+    return finish_plan(make_problem(graph, cluster), assignment, solver="by-hand")
+
+
+def _legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_gantt_bars_take_their_devices_dot_colour_and_the_legend_explains_them(tmp_path):
+    plan = _plan(tmp_path)
+    fig = gantt_figure(plan.simulate())
+    fills = {}
+    for coll in fig.axes[0].collections:
+        row, kind = coll.get_gid().rsplit(" ", 1)
+        fills[row, kind] = to_hex(coll.get_facecolor()[0])
+    dot = to_dot(plan, plan.graph, plan.cluster)
+    dot_fill = {device: colour for colour, device in re.findall(r'fillcolor="(#[0-9a-f]{6})".*tooltip="([^"]+)"', dot)}
+    assert set(dot_fill) == {"gpu0", "gpu1"}
+    for device, colour in dot_fill.items():
+        assert fills[device, "forward"] == colour
+        assert fills[device, "backward"] != colour  # lighter, and hatched
+    hatched = {coll.get_gid() for coll in fig.axes[0].collections if coll.get_hatch()}
+    assert {"gpu0 backward", "gpu1 backward"} <= hatched and "gpu0 forward" not in hatched
+    transfers = {colour for (row, kind), colour in fills.items() if kind == "send"}
+    assert transfers and not transfers & set(dot_fill.values())  # transfers are neutral, not a device's colour
+    labels = _legend_labels(fig)
+    assert labels[:2] == ["gpu0", "gpu1"]
+    assert any("forward" in t for t in labels) and any("backward" in t for t in labels)
+    assert any("transfer" in t for t in labels)
+    assert f"{plan.predicted_step_ms:,.3f} ms" in fig.axes[0].get_title()
+    assert "ms" in fig.axes[0].get_xlabel()
+
+
+def test_device_colours_are_distinct_for_every_device_of_a_large_cluster():
+    names = [f"gpu{i}" for i in range(128)]
+    colours = device_colours(names)
+    assert len(set(colours.values())) == 128
+    assert device_colours(names[:4]) == {n: colours[n] for n in names[:4]}
+
+
+def test_gantt_names_wide_bars_and_leaves_narrow_ones_blank():
+    graph = _chain([400e9, 40e9, 1e6, 400e9])
+    fig = gantt_figure(_placed(graph, Cluster.preset("pcie-4gpu"), lambda i: "gpu0").simulate())
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert "stage.layer0" in texts and "stage.layer3" in texts
+    assert not any("layer2" in t for t in texts)  # 1 MFLOP: a sliver of the step
+
+
+def test_gantt_of_one_device_has_no_link_rows():
+    fig = gantt_figure(_placed(_chain([4e9] * 3), Cluster.preset("pcie-4gpu"), lambda i: "gpu0").simulate())
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["gpu0"]
+    assert _legend_labels(fig)[0] == "gpu0" and not any("transfer" in t for t in _legend_labels(fig))
+
+
+def test_gantt_of_ten_thousand_nodes_on_sixteen_devices_is_quick(tmp_path):
+    cluster = Cluster.preset("2x8-v100-ib")
+    names = [d.name for d in cluster.devices]
+    plan = _placed(_chain([1e9 * (1 + i % 7) for i in range(10_000)]), cluster, lambda i: names[i * 16 // 10_000])
+    sim = plan.simulate()
+    started = time.perf_counter()
+    gantt_png(sim, tmp_path / "big.png")
+    assert time.perf_counter() - started < 10
+    assert _legend_labels(gantt_figure(sim))[:16] == names

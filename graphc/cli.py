@@ -1,20 +1,28 @@
 """The ``graphc`` command line: trace zoo or user models, import benchmark graphs, run the demo.
 
-Each sub-command is one function ``cmd_<name>(args) -> int``; :func:`main` parses and dispatches and
-turns a :class:`~graphc.errors.GraphcError` into a one-paragraph message and exit status 2.
+Each sub-command is one function ``cmd_<name>(args) -> int``; :func:`main` parses and dispatches.
+A user's mistake ends in one line on stderr and exit status 2: a bad option value is refused by
+argparse before anything runs (the ``type=`` functions below), and a :class:`~graphc.errors.GraphcError`
+raised later (a missing file, an unknown model) is printed as one line. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
+import inspect
+import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from rich.console import Console
+from rich.table import Column, Table
 
 from graphc import zoo
 from graphc.errors import GraphcError
@@ -23,10 +31,110 @@ from graphc.importers import load_benchmark
 from graphc.report import graph_totals_table, op_breakdown_table
 from graphc.tracing import TracedProgram, trace
 
+__all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "positive_float", "positive_int", "trace_model_spec"]
 
-def _console(args: argparse.Namespace) -> Console:
-    """Rich output; wide enough for the plan tables when not printing to a terminal (logs, CI)."""
-    return Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 140)
+#: The batch size every command assumes when ``-b`` is not given (the zoo's published configurations).
+DEFAULT_BATCH_SIZE = 32
+#: The width of the tables when output goes to a file or a pipe rather than a terminal.
+NON_TTY_WIDTH = 100
+
+
+def _console(args: argparse.Namespace, *, stderr: bool = False) -> Console:
+    """Rich output (on stderr for warnings); 100 columns when not printing to a terminal (logs, CI)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(quiet=args.quiet, stderr=stderr, width=None if stream.isatty() else NON_TTY_WIDTH)
+
+
+# -- option values: argparse refuses a bad one with a one-line message and exit status 2 -------------
+def positive_int(text: str) -> int:
+    """``-b 8``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``-t 2.5``: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def output_file(text: str) -> str:
+    """``-o``, ``--trace``, ...: a file to write, in a folder that exists (checked before the work that
+    produces it, not after)."""
+    if not Path(text).expanduser().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: no folder {str(Path(text).parent)!r}")
+    return text
+
+
+def cluster_spec(text: str) -> str:
+    """``-c``: a cluster preset name or a cluster JSON file, checked now so that a typo fails before any
+    tracing; the command resolves it again (:func:`graphc.compiler.resolve_cluster`, cheap)."""
+    from graphc.compiler import resolve_cluster
+
+    try:
+        resolve_cluster(text)
+    except GraphcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def preset_name(text: str) -> str:
+    """``--clusters`` of compare: a cluster preset name (:func:`placement.presets.cluster_presets`)."""
+    from placement.presets import cluster_presets
+
+    if text not in cluster_presets():
+        raise argparse.ArgumentTypeError(f"no cluster preset {text!r}; presets: {', '.join(cluster_presets())}")
+    return text
+
+
+def solver_name(text: str) -> str:
+    """``-s``: a name registered in :data:`placement.solvers.SOLVERS`."""
+    from placement.solvers import SOLVERS
+
+    if text not in SOLVERS:
+        raise argparse.ArgumentTypeError(f"unknown solver {text!r}; solvers: {', '.join(SOLVERS)}")
+    return text
+
+
+def comma_list(item: Callable[[str], str]) -> Callable[[str], list[str]]:
+    """A ``type=`` for ``a,b,c`` that checks every item with ``item``."""
+
+    def parse(text: str) -> list[str]:
+        return [item(part) for part in text.split(",") if part]
+
+    parse.__name__ = f"list of {item.__name__}"
+    return parse
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default after its help, unless there is none to show (None, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with every default shown in the help, and a mistake reported in one line (the usage is
+    one ``-h`` away) with exit status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (argparse's own signature)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def _load_user_model(spec: str, batch_size: int) -> tuple[torch.nn.Module, tuple]:
@@ -85,7 +193,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Trace (or import) a model, place it, print the plan's summary and save it."""
+    """Trace (or import) a model, place it, print the plan's summary; save it when ``-o`` says where."""
     from graphc.compiler import resolve_cluster
     from placement.solvers import solve
 
@@ -96,9 +204,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
         plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed, solver=args.solver)
     console.print(plan.summary())
-    plan.save(args.out)
-    console.print(f"wrote {args.out}")
+    if cluster.name == "local":
+        _warn_uncalibrated(args)
+    if args.out:
+        plan.save(args.out)
+        console.print(f"wrote {args.out}")
+    else:
+        console.print("not saved: add -o plan.json to keep it (then graphc show plan.json, graphc run --plan plan.json)")
     return 0
+
+
+def _warn_uncalibrated(args: argparse.Namespace) -> None:
+    """The ``local`` preset's CPU figures (peak FLOP/s, memory bandwidth, link) are assumptions: say so
+    under the prediction, and how to calibrate them (a step measured at 23 ms was predicted at 3.5 ms)."""
+    _console(args, stderr=True).print(
+        "[bold yellow]warning: `local`'s CPU figures are assumptions, not measurements: the prediction may be far off."
+        "[/bold yellow]\n[yellow]To calibrate, profile the ops and measure the link as `graphc demo` does (graphc/demo.py)."
+        "[/yellow]"
+    )
 
 
 def _graph_for(spec: str, batch_size: int, size: str, granularity: str) -> Graph:
@@ -146,7 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.readme:
         readme_block(Path(args.readme))  # a README without the markers fails now, not after the run
     started = time.perf_counter()
-    rows = compare(graphs, args.clusters.split(","), args.solvers.split(","), objectives=args.objectives.split(","),
+    rows = compare(graphs, args.clusters, args.solvers, objectives=args.objectives.split(","),
                    batch_size=args.batch_size, time_limit=args.time_limit, seed=args.seed, quiet=args.quiet)  # fmt: skip
     seconds = time.perf_counter() - started
     out = Path(args.out_dir)
@@ -158,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(summary)
     models = args.models or '""'
     command = (f"graphc compare --models {models}{' --benchmarks' if args.benchmarks else ''} "
-               f"--clusters {args.clusters} --solvers {args.solvers} --objectives {args.objectives} "
+               f"--clusters {','.join(args.clusters)} --solvers {','.join(args.solvers)} --objectives {args.objectives} "
                f"-b {args.batch_size} -t {args.time_limit:g} --seed {args.seed}")  # fmt: skip
     took = f"{len(rows)} plans in {seconds / 60:.1f} min on {os.cpu_count()} CPU cores"
     console.print(f"{took}; wrote {out / 'compare.md'} (every row), {out / 'compare.csv'}, {out / 'compare.png'}")
@@ -168,6 +291,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
         replace_readme_block(Path(args.readme), block)
         console.print(f"updated the table in {args.readme}")
     return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """List the cluster presets: devices, hosts and links of each."""
+    from placement.cluster import Cluster
+    from placement.presets import cluster_presets
+
+    table = Table(Column("preset", no_wrap=True), "devices", "hosts", "links", "description", title="cluster presets (-c NAME)")
+    for name in cluster_presets():
+        cluster = Cluster.preset(name)
+        kinds = {d.kind: sum(1 for e in cluster.devices if e.kind == d.kind) for d in cluster.devices}
+        links = sorted({link.kind for link in cluster.links})
+        devices = ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
+        table.add_row(name, devices, str(len(cluster.hosts)), ", ".join(links), cluster.description)
+    _console(args).print(table)
+    return 0
+
+
+def cmd_solvers(args: argparse.Namespace) -> int:
+    """List the registered solvers with one line each."""
+    table = Table("solver", "what it does", title="solvers (-s NAME); throughput (pipelined) plans: auto")
+    for name, description in solver_descriptions().items():
+        table.add_row(name, description)
+    _console(args).print(table)
+    return 0
+
+
+def solver_descriptions() -> dict[str, str]:
+    """Solver name -> one line, from :data:`placement.solvers.SOLVERS`: the first line of the solver's
+    module docstring where that module registers one solver, else of the function's own docstring; a
+    second name of a solver says whose."""
+    from placement.solvers import SOLVERS
+
+    first_name: dict[Callable, str] = {}
+    modules = [fn.__module__ for fn in set(SOLVERS.values())]
+    described = {}
+    for name, fn in SOLVERS.items():
+        if fn in first_name:
+            described[name] = f"another name for {first_name[fn]}"
+            continue
+        first_name[fn] = name
+        owner = sys.modules[fn.__module__] if modules.count(fn.__module__) == 1 else fn
+        described[name] = (inspect.getdoc(owner) or "").splitlines()[0].replace("``", "")
+    return described
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -184,53 +351,55 @@ def _show(console: Console, graph: Graph) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphc", description=__doc__.splitlines()[0])
+    """The ``graphc`` parser: every option with help and its default shown, every value checked."""
+    parser = _Parser(prog="graphc", description="Trace PyTorch models into cost graphs, place them on clusters, run the plans.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('graphc')}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="what `make demo` runs: trace, profile, place, execute, check against eager, time")
     demo.set_defaults(run=cmd_demo)
 
     traced = commands.add_parser("trace", help="trace and annotate a model; print its cost graph")
     traced.add_argument("model", help=f"a zoo network ({', '.join(zoo.NAMES)}) or path.py:Name")
-    traced.add_argument("-b", "--batch-size", type=int, default=1)
-    traced.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
-    traced.add_argument("--granularity", choices=("op", "module"), default="module")
+    _add_model_arguments(traced)
     traced.add_argument("--device", default="meta", help="where zoo weights live (meta: no memory)")
-    traced.add_argument("-o", "--out", help="save the cost graph as JSON")
+    traced.add_argument("-o", "--out", type=output_file, help="save the cost graph as JSON (graphc plan and import read it)")
     traced.set_defaults(run=cmd_trace)
 
-    planned = commands.add_parser("plan", help="place a model on a cluster; print and save the plan")
-    planned.add_argument("model", help="a zoo network, path.py:Name, or a benchmark graph file (.txt/.json)")
-    planned.add_argument("-b", "--batch-size", type=int, default=32)
-    planned.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
-    planned.add_argument("--granularity", choices=("op", "module"), default="module")
-    planned.add_argument("-c", "--cluster", default="pcie-4gpu", help="a preset name or a cluster JSON file")
-    planned.add_argument("-s", "--solver", default="auto", help="auto, cp-sat, m-etf, m-sct, heft, ... (placement.solvers)")
-    planned.add_argument("--objective", choices=("latency", "throughput"), default="latency")
-    planned.add_argument("-t", "--time-limit", type=float, default=30.0, help="seconds the solver may take")
-    planned.add_argument("--seed", type=int, default=0)
-    planned.add_argument("-o", "--out", default="plan.json", help="where to save the plan (JSON)")
+    planned = commands.add_parser("plan", help="place a model on a cluster; print the plan (and save it with -o)")
+    planned.add_argument("model", help="a zoo network, path.py:Name, or a graph file: graphc JSON (graphc trace -o), "
+                                       "PipeDream .txt, dnn-partitioning .json")  # fmt: skip
+    _add_model_arguments(planned)
+    planned.add_argument("-c", "--cluster", type=cluster_spec, default="pcie-4gpu", help="a preset (graphc presets) or a cluster JSON file")
+    planned.add_argument("-s", "--solver", type=solver_name, default="auto", help="a solver name (graphc solvers)")
+    planned.add_argument("--objective", choices=("latency", "throughput"), default="latency",
+                         help="latency: one step as fast as possible; throughput: pipelined (auto only)")  # fmt: skip
+    planned.add_argument("-t", "--time-limit", type=positive_float, default=30.0, help="seconds the solver may take")
+    planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
+    planned.add_argument("-o", "--out", type=output_file, help="save the plan as JSON here (nothing is written without it)")
     planned.set_defaults(run=cmd_plan)
 
     shown = commands.add_parser("show", help="summarise a saved plan; write its trace and pictures")
-    shown.add_argument("plan", help="a plan.json written by `graphc plan`")
-    shown.add_argument("--trace", help="write the simulated timeline for Perfetto / chrome://tracing")
-    shown.add_argument("--gantt", help="write the timeline as a PNG")
-    shown.add_argument("--dot", help="write the graph coloured by device (Graphviz)")
+    shown.add_argument("plan", help="a plan.json written by `graphc plan -o`")
+    shown.add_argument("--trace", type=output_file, help="write the simulated timeline for Perfetto / chrome://tracing")
+    shown.add_argument("--gantt", type=output_file, help="write the timeline as a PNG")
+    shown.add_argument("--dot", type=output_file, help="write the graph coloured by device (Graphviz)")
     shown.set_defaults(run=cmd_show)
 
     compared = commands.add_parser("compare", help="models x clusters x solvers -> table (md, csv) and chart")
-    compared.add_argument("--models", default=",".join(zoo.NAMES), help="comma-separated zoo names or benchmark files")
+    compared.add_argument("--models", default=",".join(zoo.NAMES), help="comma-separated zoo names or graph files")
     compared.add_argument("--benchmarks", action="store_true", help="add every published benchmark graph (../shared/benchmarks)")
-    compared.add_argument("--clusters", default="pcie-4gpu,dgx1-v100")
-    compared.add_argument("--solvers", default="single,round-robin,m-topo,m-etf,m-sct,heft,critical-path,auto")
-    compared.add_argument("-b", "--batch-size", type=int, default=32)
-    compared.add_argument("-t", "--time-limit", type=float, default=10.0, help="seconds per solve")
-    compared.add_argument("--seed", type=int, default=0)
+    compared.add_argument("--clusters", type=comma_list(preset_name), default="pcie-4gpu,dgx1-v100",
+                          help="comma-separated cluster presets")  # fmt: skip
+    compared.add_argument("--solvers", type=comma_list(solver_name), default="single,round-robin,m-topo,m-etf,m-sct,heft,critical-path,auto",
+                          help="comma-separated solver names")  # fmt: skip
+    compared.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size of the zoo models")
+    compared.add_argument("-t", "--time-limit", type=positive_float, default=10.0, help="seconds per solve")
+    compared.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solvers")
     compared.add_argument("--objectives", default="latency,throughput",
                           help="latency: every solver; throughput: one pipelined plan by auto per graph and cluster")  # fmt: skip
-    compared.add_argument("--out-dir", default="results/compare")
+    compared.add_argument("--out-dir", default="results/compare", help="where compare.md, compare.csv and compare.png go")
     compared.add_argument("--readme", help="also put the summary table between the compare markers of this Markdown file")
     compared.set_defaults(run=cmd_compare)
 
@@ -240,14 +409,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(ran)
     ran.set_defaults(run=cmd_run)
 
-    imported = commands.add_parser("import", help="import a published benchmark graph; print it")
-    imported.add_argument("file", help="a PipeDream .txt or dnn-partitioning .json file")
-    imported.add_argument("-o", "--out", help="save the cost graph as JSON")
+    imported = commands.add_parser("import", help="import a graph file; print it")
+    imported.add_argument("file", help="a PipeDream .txt, dnn-partitioning .json or graphc graph .json file")
+    imported.add_argument("-o", "--out", type=output_file, help="save the cost graph as graphc JSON")
     imported.set_defaults(run=cmd_import)
+
+    presets = commands.add_parser("presets", help="list the cluster presets (-c NAME)")
+    presets.set_defaults(run=cmd_presets)
+    solvers = commands.add_parser("solvers", help="list the solvers (-s NAME)")
+    solvers.set_defaults(run=cmd_solvers)
     return parser
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a model is built and traced: batch, zoo size, granularity (``trace`` and ``plan``)."""
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size of the example inputs")
+    parser.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
+    parser.add_argument("--granularity", choices=("op", "module"), default="module",
+                        help="one graph node per ATen op, or per leaf module")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake exits with status 2 and one line on stderr (argparse for a bad
+    option value, :class:`GraphcError` for the rest)."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:

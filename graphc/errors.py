@@ -13,3 +13,7 @@ class TraceError(GraphcError):
 
 class GraphFormatError(GraphcError):
     """A graph file (graphc JSON or an imported benchmark format) is malformed; names file and field."""
+
+
+class MissingFileError(GraphcError, FileNotFoundError):
+    """A file or folder graphc needs does not exist; the message says how to point graphc at it."""

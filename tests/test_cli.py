@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import pytest
 
-from graphc.cli import main
+import graphc.cli
+from graphc.cli import DEFAULT_BATCH_SIZE, build_parser, main
+from graphc.graph import Graph
 from placement.plan import Plan
+from placement.presets import cluster_presets
+from placement.solvers import SOLVERS
 
 
 def test_trace_and_import_print_and_save_graphs(tmp_path, capsys):
@@ -54,18 +59,127 @@ def test_compare_refuses_a_readme_without_markers_before_solving(tmp_path, capsy
     assert not (tmp_path / "compare.md").exists()
 
 
+@pytest.fixture
+def no_tracing(monkeypatch, tmp_path):
+    """Fail the test if anything is traced; run in an empty folder (relative paths do not exist)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("traced a model although the command line was wrong")
+
+    monkeypatch.setattr(graphc.cli, "trace", refuse)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["trace", "nosuch.py:Model"], "no such file 'nosuch.py'"),
-        (["trace", "notamodel"], "expected a zoo name"),
-        (["show", "missing.json"], "cannot read the plan"),
-        (["plan", "alexnet", "-c", "nosuch-cluster"], "nosuch-cluster"),
+        (["plan", "alexnet", "-b", "0"], "graphc plan: error: argument -b/--batch-size: expected a whole number of at least 1, got '0'"),
+        (["plan", "alexnet", "-b", "-3"], "argument -b/--batch-size: expected a whole number of at least 1, got '-3'"),
+        (["trace", "alexnet", "-b", "two"], "graphc trace: error: argument -b/--batch-size: expected a whole number of at least 1, got 'two'"),
+        (["compare", "-b", "0"], "graphc compare: error: argument -b/--batch-size: expected a whole number"),
+        (["plan", "alexnet", "-t", "0"], "argument -t/--time-limit: expected a number above 0, got '0'"),
+        (["plan", "alexnet", "-t", "abc"], "argument -t/--time-limit: expected a number above 0, got 'abc'"),
+        (["plan", "alexnet", "-t", "'5'"], """argument -t/--time-limit: expected a number above 0, got "'5'\""""),
+        (["plan", "alexnet", "-t", "inf"], "argument -t/--time-limit: expected a number above 0, got 'inf'"),
+        (["plan", "alexnet", "-c", "nosuch-cluster"], "argument -c/--cluster: no cluster preset 'nosuch-cluster'; presets: "),
+        (["plan", "alexnet", "-c", "cluster.json"], "argument -c/--cluster: cluster.json: cannot read the cluster: no such file"),
+        (["plan", "alexnet", "-s", "nosuch"], "argument -s/--solver: unknown solver 'nosuch'; solvers: auto, "),
+        (["compare", "--clusters", "pcie-4gpu,nosuch"], "argument --clusters: no cluster preset 'nosuch'"),
+        (["compare", "--solvers", "m-etf,nosuch"], "argument --solvers: unknown solver 'nosuch'"),
+        (["plan", "alexnet", "-o", "nofolder/plan.json"], "argument -o/--out: cannot write 'nofolder/plan.json': no folder 'nofolder'"),
+        (["plan", "alexnet", "--size", "huge"], "argument --size: invalid choice: 'huge'"),
     ],
 )
-def test_bad_input_exits_2_with_a_clear_message(argv, message, capsys):
+def test_a_bad_option_value_exits_2_with_one_line_before_tracing(argv, message, capsys, no_tracing):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["trace", "nosuch.py:Model"], "graphc: error: model 'nosuch.py:Model': no such file 'nosuch.py'"),
+        (["trace", "notamodel"], "graphc: error: model 'notamodel': expected a zoo name (alexnet, "),
+        (["plan", "notamodel"], "model 'notamodel': expected a zoo name"),
+        (["plan", "missing.json"], "graphc: error: missing.json: cannot read the graph: no such file"),
+        (["plan", "missing.txt"], "graphc: error: missing.txt"),
+        (["import", "graph.csv"], "graphc: error: graph.csv: unknown graph format '.csv': expected .txt (PipeDream) or .json"),
+        (["show", "missing.json"], "graphc: error: missing.json: cannot read the plan: no such file"),
+    ],
+)
+def test_a_missing_file_or_unknown_model_exits_2_with_one_line_before_tracing(argv, message, capsys, no_tracing):
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_version_comes_from_the_installed_package(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"graphc {importlib.metadata.version('graphc')}\n"
+
+
+def test_presets_lists_every_preset_with_its_devices_and_links_in_100_columns(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in cluster_presets():
+        assert f"│ {name} " in out
+    assert "4 x K40" in out and "128 x H100" in out and "nvlink, pcie, qpi" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_solvers_lists_every_registered_solver_with_a_line(capsys):
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out
+    for name in SOLVERS:
+        assert f"│ {name} " in out
+    assert "another name for cp-sat" in out and "Earliest Task First" in out
+
+
+def test_every_command_has_one_default_batch_and_help_on_every_option():
+    commands = build_parser()._subparsers._group_actions[0].choices  # argparse keeps sub-parsers there
+    for name in ("trace", "plan", "compare"):
+        assert commands[name].parse_args(["alexnet"] if name != "compare" else []).batch_size == DEFAULT_BATCH_SIZE == 32
+    for name, parser in commands.items():
+        if name == "run":  # runtime.launch.add_run_arguments: not the CLI's own options
+            continue
+        for action in parser._actions:
+            assert action.help, f"graphc {name} {action.dest} has no help"
+    assert "(default: 32)" in commands["plan"].format_help() and "(default: pcie-4gpu)" in commands["plan"].format_help()
+
+
+def test_plan_without_out_writes_nothing_and_says_how_to_save(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "pipedream/alexnet.txt", "-s", "m-etf"]) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("not saved: add -o plan.json to keep it")
+
+
+def test_plan_on_local_warns_that_the_cpu_figures_are_uncalibrated(capsys):
+    assert main(["plan", "alexnet", "--size", "small", "-b", "2", "-c", "local", "-s", "single"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: `local`'s CPU figures are assumptions, not measurements" in err and "graphc demo" in err
+    assert main(["plan", "alexnet", "--size", "small", "-b", "2", "-c", "pcie-4gpu", "-s", "single"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_path, capsys):
+    graph_file, plan_file = tmp_path / "g.json", tmp_path / "plan.json"
+    assert main(["trace", "alexnet", "--size", "small", "-b", "4", "-o", str(graph_file)]) == 0
+    assert main(["plan", str(graph_file), "-c", "pcie-4gpu", "-s", "m-etf", "-o", str(plan_file)]) == 0
+    assert Plan.load(plan_file).graph == Graph.load(graph_file)
+    assert main(["import", str(graph_file)]) == 0
+    assert "cost graph 'alexnet'" in capsys.readouterr().out
+    argv = ["compare", "--models", str(graph_file), "--clusters", "pcie-4gpu", "--solvers", "single", "--objectives", "latency",
+            "-t", "1", "--out-dir", str(tmp_path / "cmp")]  # fmt: skip
+    assert main(argv) == 0
+    assert "| pcie-4gpu | latency | single |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert main(["show", str(graph_file)]) == 2
+    assert "this is a cost graph, not a plan: place it first" in capsys.readouterr().err
 
 
 def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(capsys):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graphc.errors import GraphFormatError
+from graphc.errors import GraphFormatError, MissingFileError
 from graphc.graph import Graph
 from graphc.jsonfile import read_json
 from graphc.importers.dnn_partitioning import load_dnn_partitioning
@@ -43,7 +43,7 @@ def shared_benchmarks_dir() -> Path:
     source checkout keeps it: ``<root>/../shared/benchmarks``).
 
     Raises:
-        FileNotFoundError: the folder does not exist; the message says how to point graphc at it.
+        MissingFileError: the folder does not exist; the message says how to point graphc at it.
     """
     configured = os.environ.get(ENV_VAR)
     if configured:
@@ -51,7 +51,7 @@ def shared_benchmarks_dir() -> Path:
     else:
         folder, origin = Path(__file__).resolve().parents[3] / "shared" / "benchmarks", "the default"
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"benchmark folder {folder} ({origin}) does not exist; set {ENV_VAR} to the folder holding "
             "pipedream/ and dnn-partitioning/"
         )
@@ -97,7 +97,7 @@ def _resolve(path: Path) -> Path:
         return path
     try:
         shared = shared_benchmarks_dir() / path
-    except FileNotFoundError:
+    except MissingFileError:
         return path
     return shared if shared.exists() else path
 

@@ -1,12 +1,15 @@
-"""The README's quickstart, as a new user copies it: it runs, and examples/quickstart.py is the same code."""
+"""The README's quickstart, as a new user copies it: it runs, and examples/quickstart.py is the same code;
+its command lines are ones the CLI accepts."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from graphc.cli import build_parser
 from placement.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,16 @@ def test_readme_cluster_and_simulator_snippet_runs_as_written(tmp_path):
     done = _run(_python_block("Clusters, costs and the simulator"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lower bound (training" in done.stdout
+
+
+def test_readme_command_lines_are_accepted_by_the_cli():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Command line") :]
+    block = re.search(r"```\n(.*?)```", section, re.DOTALL)
+    assert block, "the README's Command line section has no ``` block"
+    lines = [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
+    assert {words[1] for words in lines} >= {"demo", "presets", "solvers", "trace", "import", "plan", "show", "compare", "run"}
+    parser = build_parser()
+    for words in lines:
+        assert words[0] == "graphc"
+        parser.parse_args(words[1:])  # exits 2 on an option the CLI does not have or a bad value

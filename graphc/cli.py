@@ -16,9 +16,10 @@ import inspect
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 from rich.console import Console
@@ -51,7 +52,7 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        value = 0  # refused below, with the same message as a number below 1
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
@@ -62,7 +63,7 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = math.nan
+        value = math.nan  # refused below, with the same message as a number out of range
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
     return value
@@ -107,12 +108,14 @@ def solver_name(text: str) -> str:
 
 
 def comma_list(item: Callable[[str], str]) -> Callable[[str], list[str]]:
-    """A ``type=`` for ``a,b,c`` that checks every item with ``item``."""
+    """A ``type=`` for ``a,b,c`` that checks every item with ``item`` and refuses an empty list."""
 
     def parse(text: str) -> list[str]:
-        return [item(part) for part in text.split(",") if part]
+        items = [item(part) for part in text.split(",") if part]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected one or more comma-separated names, got {text!r}")
+        return items
 
-    parse.__name__ = f"list of {item.__name__}"
     return parse
 
 
@@ -129,7 +132,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with every default shown in the help, and a mistake reported in one line (the usage is
     one ``-h`` away) with exit status 2."""
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (argparse's own signature)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
@@ -170,6 +173,7 @@ def trace_model_spec(spec: str, batch_size: int, size: str, granularity: str, de
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    """Trace and annotate a model; print its cost graph and save it when ``-o`` says where."""
     console = _console(args)
     start = time.perf_counter()
     with console.status(f"tracing and annotating {args.model} ..."):
@@ -183,6 +187,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """Read a graph file (PipeDream, dnn-partitioning or graphc JSON); print it, save it as graphc JSON
+    when ``-o`` says where."""
     console = _console(args)
     graph = load_benchmark(args.file)
     _show(console, graph)
@@ -301,7 +307,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     table = Table(Column("preset", no_wrap=True), "devices", "hosts", "links", "description", title="cluster presets (-c NAME)")
     for name in cluster_presets():
         cluster = Cluster.preset(name)
-        kinds = {d.kind: sum(1 for e in cluster.devices if e.kind == d.kind) for d in cluster.devices}
+        kinds = Counter(d.kind for d in cluster.devices)
         links = sorted({link.kind for link in cluster.links})
         devices = ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
         table.add_row(name, devices, str(len(cluster.hosts)), ", ".join(links), cluster.description)
@@ -333,7 +339,7 @@ def solver_descriptions() -> dict[str, str]:
             continue
         first_name[fn] = name
         owner = sys.modules[fn.__module__] if modules.count(fn.__module__) == 1 else fn
-        described[name] = (inspect.getdoc(owner) or "").splitlines()[0].replace("``", "")
+        described[name] = (inspect.getdoc(owner) or "").partition("\n")[0].replace("``", "")
     return described
 
 
@@ -346,6 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _show(console: Console, graph: Graph) -> None:
+    """A cost graph's totals and its ops by kind."""
     console.print(graph_totals_table(graph))
     console.print(op_breakdown_table(graph))
 

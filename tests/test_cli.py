@@ -86,6 +86,7 @@ def no_tracing(monkeypatch, tmp_path):
         (["plan", "alexnet", "-s", "nosuch"], "argument -s/--solver: unknown solver 'nosuch'; solvers: auto, "),
         (["compare", "--clusters", "pcie-4gpu,nosuch"], "argument --clusters: no cluster preset 'nosuch'"),
         (["compare", "--solvers", "m-etf,nosuch"], "argument --solvers: unknown solver 'nosuch'"),
+        (["compare", "--solvers", ","], "argument --solvers: expected one or more comma-separated names, got ','"),
         (["plan", "alexnet", "-o", "nofolder/plan.json"], "argument -o/--out: cannot write 'nofolder/plan.json': no folder 'nofolder'"),
         (["plan", "alexnet", "--size", "huge"], "argument --size: invalid choice: 'huge'"),
     ],

@@ -7,9 +7,11 @@ solve time. With the ``throughput`` objective each (graph, cluster) also gets on
 the simulated step of all microbatches, so it compares directly with the latency plans' step time.
 
 Outputs: :func:`to_markdown` (every row), :func:`to_summary_markdown` (one line per graph and cluster,
-the solvers side by side, plus geometric means: the table the README shows), :func:`write_csv` and
-:func:`bar_chart` (step time over the bound, grouped). :func:`replace_readme_block` puts the summary
-between two marker lines of a Markdown file, so the README's table is the command's output.
+the solvers side by side, plus geometric means: the table the README shows), :func:`summary_tables` (the
+same summary for a terminal of 100 columns), :func:`write_csv` and :func:`bar_chart` (a PNG of
+:func:`chart_figure`: a dot plot of step time over the bound, one panel per cluster).
+:func:`replace_readme_block` puts the summary between two marker lines of a Markdown file, so the
+README's table is the command's output.
 
 Graphs are zoo networks (traced at their published size on the meta device, module granularity) or
 files of the shared benchmarks (``pipedream/vgg16.txt``, ``dnn-partitioning/latency/bert24_inference.json``).
@@ -22,7 +24,10 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from rich import box
+from rich.console import Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,6 +35,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 from graphc import zoo
 from graphc.errors import GraphcError
@@ -38,7 +45,17 @@ from graphc.importers import load_benchmark
 from placement.cluster import Cluster
 from placement.errors import PlacementError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 OBJECTIVES = ("latency", "throughput")
+CHART_DPI = 110
+CHART_MAX_WIDTH_PX = 2400  # a chart wider than a screen is not read
+CHART_PANELS_PER_LINE = 3  # clusters side by side before the panels wrap to a new line
+CHART_LOG_RANGE = 10.0  # beyond this max / min ratio the chart's axis is logarithmic
+_SOLVER_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#b6992d", "#b07aa1", "#9c755f", "#000000"]
+_SOLVER_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "d"]
+_NO_PLAN = "no plan found"
 PIPELINE = "pipeline"  # the solver column of the throughput rows (auto with objective="throughput")
 README_BEGIN = "<!-- graphc compare: begin -->"
 README_END = "<!-- graphc compare: end -->"
@@ -163,11 +180,17 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
 
 
-def to_summary_markdown(rows: list[Row]) -> str:
-    """One line per (graph, cluster): every latency solver's step time over the best (largest) lower bound
-    any of them proved, side by side, the best in bold; auto's step time and proven gap; the pipelined
-    plan's step time and shape. Then the geometric mean of each solver's column, and of auto's step time
-    over the best other latency solver's."""
+_ABSOLUTE_COLUMNS = ("auto step (ms)", "auto gap", "pipeline step (ms)", "stages x mb")
+_NAME_WIDTH = 20  # graph and cluster names longer than this wrap in the console summary
+Cell = tuple[str, bool]  # a summary cell's text and whether it is the best of its line (bold)
+
+
+def summary_grid(rows: list[Row]) -> tuple[list[str], list[list[Cell]], str]:
+    """The summary's content, for :func:`to_summary_markdown` and :func:`summary_tables` alike: the header;
+    one line per (graph, cluster) with every latency solver's step time over the best (largest) lower
+    bound any of them proved, side by side, the best marked; auto's step time and proven gap; the
+    pipelined plan's step time and shape; then a line of the geometric mean of each solver's column; and
+    a closing sentence on auto's step time over the best other latency solver's ("" without auto)."""
     latency = [r for r in rows if r.objective == "latency" and not r.error]
     solvers = list(dict.fromkeys(r.solver for r in rows if r.objective == "latency"))
     others = [s for s in solvers if s != "auto"]
@@ -177,22 +200,20 @@ def to_summary_markdown(rows: list[Row]) -> str:
         header += ["auto step (ms)", "auto gap"]
     if pipelined:
         header += ["pipeline step (ms)", "stages x mb"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    body: list[list[Cell]] = []
     ratios: dict[str, list[float]] = {s: [] for s in solvers}
     auto_over_best: list[float] = []
-    for graph, cluster in dict.fromkeys((r.graph, r.cluster) for r in rows):
+    for (graph, cluster), bound in _best_bounds(rows).items():
         ok = {r.solver: r for r in latency if (r.graph, r.cluster) == (graph, cluster)}
-        bound = max((r.bound_ms for r in ok.values()), default=math.nan)
         best = min((r.step_ms for r in ok.values()), default=math.nan)
         cells = [graph, cluster, "—" if math.isnan(bound) else f"{bound:,.2f}"]
+        marks = [False] * 3
         for s in solvers:
             r = ok.get(s)
-            if r is None:
-                cells.append("—")
-                continue
-            ratios[s].append(r.step_ms / bound)
-            cell = f"{r.step_ms / bound:.3f}"
-            cells.append(f"**{cell}**" if r.step_ms <= best * (1 + 1e-9) else cell)
+            cells.append("—" if r is None else f"{r.step_ms / bound:.3f}")
+            marks.append(r is not None and r.step_ms <= best * (1 + 1e-9))
+            if r is not None:
+                ratios[s].append(r.step_ms / bound)
         if "auto" in solvers:
             auto = ok.get("auto")
             cells += ["—", "—"] if auto is None else [f"{auto.step_ms:,.2f}", "—" if auto.gap is None else f"{auto.gap:.1%}"]
@@ -205,17 +226,65 @@ def to_summary_markdown(rows: list[Row]) -> str:
                 cells += ["—", f"none: {p.error.split(':')[0]}" if p else "—"]
             else:
                 cells += [f"{p.step_ms:,.2f}", f"{p.stages} x {p.microbatches}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    means = [f"{_geomean(ratios[s]):.3f}" for s in solvers]
-    padding = " |" * (len(header) - 3 - len(solvers))
-    lines.append("| geometric mean | | | " + " | ".join(means) + " |" + padding)
-    text = "\n".join(lines) + "\n"
+        body.append(list(zip(cells, marks + [False] * (len(cells) - len(marks)))))
+    means = ["geometric mean", "", "", *(f"{_geomean(ratios[s]):.3f}" for s in solvers)]
+    body.append([(c, False) for c in means + [""] * (len(header) - len(means))])
+    closing = ""
     if auto_over_best:
-        text += (
-            f"\nauto / best other solver, geometric mean over {len(auto_over_best)} rows: {_geomean(auto_over_best):.3f}; "
-            f"worst row: {max(auto_over_best):.3f}\n"
-        )
-    return text
+        closing = (f"auto / best other solver, geometric mean over {len(auto_over_best)} rows: {_geomean(auto_over_best):.3f}; "
+                   f"worst row: {max(auto_over_best):.3f}")  # fmt: skip
+    return header, body, closing
+
+
+def to_summary_markdown(rows: list[Row]) -> str:
+    """The summary (:func:`summary_grid`) as a Markdown table, the best cells in bold: the table the
+    README shows."""
+    header, body, closing = summary_grid(rows)
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for line in body:
+        lines.append("|" + "|".join(f" **{c}** " if bold else f" {c} " if c else " " for c, bold in line) + "|")
+    return "\n".join(lines) + "\n" + (f"\n{closing}\n" if closing else "")
+
+
+def summary_tables(rows: list[Row]) -> Group:
+    """The summary (:func:`summary_grid`) for a terminal of 100 columns: one table of the solvers' step
+    time over the bound (best in bold, geometric means below a rule), one of the absolute figures (bound,
+    auto's step and gap, the pipelined plan); names and headers wrap, numbers never do (a column is
+    never narrower than its longest word)."""
+    header, body, closing = summary_grid(rows)
+    *lines, means = body
+    solvers = [h for h in header[3:] if h not in _ABSOLUTE_COLUMNS]
+    parts: list[Any] = []
+    if solvers:
+        ratio_columns = [0, 1, *range(3, 3 + len(solvers))]
+        parts.append(_summary_table("step time / best lower bound (best in bold)", header, lines, ratio_columns, means))
+    absolute_columns = [0, 1, 2, *range(3 + len(solvers), len(header))]
+    parts.append(_summary_table("step times (ms)", header, lines, absolute_columns))
+    if closing:
+        parts.append(closing)
+    return Group(*parts)
+
+
+def _summary_table(title: str, header: list[str], lines: list[list[Cell]], columns: list[int],
+                   means: list[Cell] | None = None) -> Table:  # fmt: skip
+    """The ``columns`` of the summary's ``lines`` as a borderless rich table, ``means`` after a rule.
+    Long hyphenated solver names are broken after the hyphen (``round-`` / ``robin``): rich wraps at spaces;
+    no column is narrower than its longest word (of its cells and header), so nothing is cut."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, title_justify="left")
+    for i in columns:
+        name = header[i].replace("-", "-\n") if i > 2 and len(header[i]) > 6 else header[i]
+        word = max(len(w) for w in [*name.split(), *(w for line in lines for w in line[i][0].split())])
+        if i < 2:  # names: a fixed width, so that rich narrows the other columns rather than these
+            cell = max((len(line[i][0]) for line in lines), default=1)
+            table.add_column(name, width=max(word, min(cell, _NAME_WIDTH)))
+        else:
+            table.add_column(name, justify="right", min_width=word)
+    for line in lines:
+        table.add_row(*(Text(line[i][0], style="bold" if line[i][1] else "") for i in columns))
+    if means:
+        table.add_section()
+        table.add_row(*(means[i][0] for i in columns))
+    return table
 
 
 def readme_block(path: Path) -> tuple[str, int, int]:
@@ -249,25 +318,96 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer.writerows(asdict(r) for r in rows)
 
 
-def bar_chart(rows: list[Row], path: Path) -> None:
-    """Grouped bars: for each (graph, cluster), step / bound of every solver."""
-    import matplotlib
+def _best_bounds(rows: list[Row]) -> dict[tuple[str, str], float]:
+    """Per (graph, cluster): the best (largest) lower bound any latency solver proved, nan without one."""
+    bounds: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.objective == "latency" and not r.error:
+            bounds[r.graph, r.cluster] = max(bounds.get((r.graph, r.cluster), -math.inf), r.bound_ms)
+    return {key: bounds.get(key, math.nan) for key in dict.fromkeys((r.graph, r.cluster) for r in rows)}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    groups = list(dict.fromkeys((r.graph, r.cluster) for r in rows))
+def chart_ratios(rows: list[Row]) -> dict[tuple[str, str, str], float]:
+    """What the chart plots, per (graph, cluster, solver): step time over the best latency bound of that
+    graph and cluster (the summary table's cells; a pipelined plan's step is of the same batch, so it
+    divides by the same bound and may fall below 1), or over the row's own bound where no latency solver
+    proved one; nan where the solver found no plan."""
+    bounds = _best_bounds(rows)
+    ratios = {}
+    for r in rows:
+        bound = bounds[r.graph, r.cluster]
+        ratios[r.graph, r.cluster, r.solver] = r.step_ms / (r.bound_ms if math.isnan(bound) else bound)
+    return ratios
+
+
+def chart_figure(rows: list[Row]) -> Figure:
+    """The comparison as a dot plot: one panel per cluster (up to :data:`CHART_PANELS_PER_LINE` side by
+    side), graphs down the side, one marker per solver at its step time over the bound
+    (:func:`chart_ratios`), joined to the bound line at 1 so a long stem is a poor plan. The axis is
+    logarithmic when the ratios span more than :data:`CHART_LOG_RANGE`; the width is capped at
+    :data:`CHART_MAX_WIDTH_PX`, the height grows with the number of graphs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ratios = chart_ratios(rows)
+    graphs = list(dict.fromkeys(r.graph for r in rows))
+    clusters = list(dict.fromkeys(r.cluster for r in rows))
     solvers = list(dict.fromkeys(r.solver for r in rows))
-    ratio = {(r.graph, r.cluster, r.solver): r.ratio for r in rows}
-    width = 0.8 / max(1, len(solvers))
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) * max(1, len(solvers)) * 0.35 + 3), 5))
+    cols = min(len(clusters), CHART_PANELS_PER_LINE)
+    lines = math.ceil(len(clusters) / cols)
+    width = min(CHART_MAX_WIDTH_PX / CHART_DPI, 3.5 + 5.5 * cols)
+    fig = Figure(figsize=(width, lines * (0.5 * len(graphs) + 1.2) + 0.8), dpi=CHART_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(lines, cols, sharex=True, sharey=True, squeeze=False).flatten()
+    for ax, cluster in zip(axes, clusters):
+        _chart_panel(ax, cluster, graphs, solvers, ratios)
+    for ax in axes[len(clusters):]:
+        ax.set_visible(False)
+    finite = [v for v in ratios.values() if v > 0 and math.isfinite(v)]
+    if finite and max(finite) / min(finite) > CHART_LOG_RANGE:
+        _log_axis(axes[0])
+    fig.supxlabel("simulated step time / best lower bound (1 = the bound; lower is better)")
+    entries = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    entries[_NO_PLAN] = entries.pop(_NO_PLAN, None)  # the solvers, then the cross where a plan is missing
+    entries = {label: h for label, h in entries.items() if h is not None}
+    fig.legend(entries.values(), entries.keys(), loc="outside upper center", ncol=min(len(entries), 10), fontsize=8)
+    return fig
+
+
+def _log_axis(ax: Any) -> None:
+    """A logarithmic x axis (shared by every panel) with its ticks at 1, 2 and 5 times powers of ten,
+    written as plain numbers (``0.5``, ``1``, ``20``) rather than powers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _chart_panel(ax: Any, cluster: str, graphs: list[str], solvers: list[str], ratios: dict[tuple[str, str, str], float]) -> None:
+    """One cluster's panel: alternate graphs shaded, each solver dodged to its own height inside the
+    graph's band, a grey cross at the left edge where a solver found no plan."""
+    ax.set_title(cluster, fontsize=10)
+    ax.set_yticks(range(len(graphs)), graphs, fontsize=8)
+    ax.set_ylim(len(graphs) - 0.5, -0.5)
+    for i in range(0, len(graphs), 2):
+        ax.axhspan(i - 0.5, i + 0.5, color="#f2f2f2", zorder=0)
+    ax.axvline(1.0, color="black", linewidth=0.8, zorder=1)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6, which="both")
+    edge = ax.get_yaxis_transform()  # x in axes fraction, y in data
     for j, solver in enumerate(solvers):
-        values = [ratio.get((g, c, solver), math.nan) for g, c in groups]
-        ax.bar([i + j * width for i in range(len(groups))], values, width, label=solver)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [f"{g}\n{c}" for g, c in groups], rotation=60, ha="right", fontsize=7)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_ylabel("step time / lower bound (lower is better)")
-    ax.legend(fontsize=7, ncol=min(4, len(solvers)))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        colour, marker = _SOLVER_COLOURS[j % len(_SOLVER_COLOURS)], _SOLVER_MARKERS[j % len(_SOLVER_MARKERS)]
+        offset = -0.4 + (j + 0.5) * 0.8 / len(solvers)
+        ys = [i + offset for i in range(len(graphs))]
+        xs = [ratios.get((g, cluster, solver), math.nan) for g in graphs]
+        ax.hlines(ys, 1.0, xs, color=colour, linewidth=1.0, alpha=0.6, zorder=2)
+        ax.plot(xs, ys, linestyle="none", marker=marker, markersize=5, color=colour, label=solver, zorder=3)
+        missing = [y for (g, y, x) in zip(graphs, ys, xs) if (g, cluster, solver) in ratios and math.isnan(x)]
+        ax.plot([0.01] * len(missing), missing, linestyle="none", marker="x", markersize=4, color="#7f7f7f",
+                transform=edge, label=_NO_PLAN if missing else None, zorder=3)  # fmt: skip
+
+
+def bar_chart(rows: list[Row], path: Path) -> None:
+    """Write :func:`chart_figure` as a PNG (at most :data:`CHART_MAX_WIDTH_PX` wide)."""
+    chart_figure(rows).savefig(path)

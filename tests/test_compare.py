@@ -5,13 +5,21 @@ from __future__ import annotations
 import math
 
 import pytest
+from PIL import Image
+from rich.console import Console
 
 from graphc.compare import (
+    CHART_MAX_WIDTH_PX,
     README_BEGIN,
     README_END,
     Row,
+    bar_chart,
+    chart_figure,
+    chart_ratios,
     compare,
     replace_readme_block,
+    summary_grid,
+    summary_tables,
     to_summary_markdown,
 )
 from graphc.errors import GraphcError
@@ -101,3 +109,66 @@ def test_benchmark_files_list_every_published_graph_and_no_expert_split():
     assert "pipedream/vgg16.txt" in files and "dnn-partitioning/throughput/resnet50_training.json" in files
     assert not any("expert" in f or "LICENSE" in f for f in files)
     assert all("throughput" not in f for f in benchmark_files(throughput=False))
+
+
+SOLVERS = ["single", "round-robin", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "auto"]
+
+
+def _readme_shaped_rows(worst: float = 20.0) -> list[Row]:
+    """The README's shape: 17 graphs (long names among them) on 2 clusters, 8 latency solvers and the
+    pipelined plan; ratios from 1.0 to ``worst``; one solver without a plan."""
+    rows = []
+    for g in range(17):
+        graph = f"resnet50_inference{g} (dnn-partitioning throughput)" if g % 3 else f"net{g}"
+        for cluster in ("pcie-4gpu", "dgx1-v100"):
+            for k, solver in enumerate(SOLVERS):
+                if (g, cluster, solver) == (5, "dgx1-v100", "single"):
+                    rows.append(Row(graph, cluster, "latency", solver, math.nan, math.nan, math.nan, None, 0.0, 0, error="no fit"))
+                    continue
+                ratio = 1.0 + (worst - 1.0) * ((g * 8 + k) % 37) / 36
+                rows.append(Row(graph, cluster, "latency", solver, 100.0 * ratio, 100.0, ratio, None, 1.0, 4))
+            rows.append(Row(graph, cluster, "throughput", "pipeline", 40.0, 35.0, 40 / 35, None, 1.0, 4, 3, 32))
+    return rows
+
+
+def test_chart_of_the_readme_rows_is_readable_width_on_a_log_axis(tmp_path):
+    rows = _readme_shaped_rows()
+    bar_chart(rows, tmp_path / "compare.png")
+    width, height = Image.open(tmp_path / "compare.png").size
+    assert width <= CHART_MAX_WIDTH_PX and height <= 3000
+    fig = chart_figure(rows)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["pcie-4gpu", "dgx1-v100"]
+    assert all(ax.get_xscale() == "log" for ax in panels)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*SOLVERS, "pipeline", "no plan found"]
+
+
+def test_chart_of_close_ratios_stays_linear_and_shows_no_missing_entry():
+    rows = [r for r in _readme_shaped_rows(worst=1.5) if not r.error]
+    fig = chart_figure(rows)
+    assert fig.axes[0].get_xscale() == "linear"
+    assert "no plan found" not in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_chart_divides_by_the_best_latency_bound_like_the_summary():
+    rows = [_row("g1", "single", 200.0, 90.0), _row("g1", "auto", 120.0, 100.0),
+            _row("g1", "pipeline", 80.0, 40.0, objective="throughput", stages=2, microbatches=4),
+            _row("g2", "pipeline", 80.0, 40.0, objective="throughput", stages=2, microbatches=4)]  # fmt: skip
+    ratios = chart_ratios(rows)
+    assert ratios["g1", "c", "single"] == 2.0 and ratios["g1", "c", "auto"] == 1.2
+    assert ratios["g1", "c", "pipeline"] == 0.8  # the same batch's step, over the same bound
+    assert ratios["g2", "c", "pipeline"] == 2.0  # no latency bound: its own
+
+
+def test_console_summary_fits_100_columns_with_every_name_and_number_whole():
+    rows = _readme_shaped_rows()
+    console = Console(width=100, record=True)
+    console.print(summary_tables(rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100 and "…" not in text
+    words = set(text.split())
+    header, body, closing = summary_grid(rows)
+    for line in body:
+        for cell, _ in line:
+            assert set(cell.split()) <= words, cell  # wrapped at spaces at most, never cut
+    assert closing in " ".join(text.split())

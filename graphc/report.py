@@ -44,7 +44,11 @@ def graph_totals_table(graph: Graph) -> Table:
 
 def op_breakdown_table(graph: Graph, limit: int = 12) -> Table:
     """Nodes grouped by op kind (``Conv2d(3, 64, ...)`` counts as ``Conv2d``): count, FLOPs, measured
-    time (when a profile gave one), parameters and activations, the heaviest first."""
+    time (when a profile gave one, named in the title), parameters and activations, the heaviest first.
+
+    Units go under the column names and the profile's name in the title, so that the table is about 90
+    columns wide: it fits a 100-column terminal with every figure whole (figures never wrap; a very
+    long op name folds onto a second line)."""
     labels = sorted({label for n in graph.nodes() for label in n.measured_ms})
     groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0.0, 0.0])
     for node in graph.nodes():
@@ -55,12 +59,14 @@ def op_breakdown_table(graph: Graph, limit: int = 12) -> Table:
         row[3] += node.measured_ms.get(labels[0], 0.0) + node.measured_bwd_ms.get(labels[0], 0.0) if labels else 0.0
         row[4] += node.param_bytes
         row[5] += node.activation_bytes
-    table = Table(title=f"{graph.name!r} by op (top {limit})")
-    columns = ["op", "nodes", "fwd GFLOPs", "bwd GFLOPs"] + ([f"ms on {labels[0]}"] if labels else [])
+    measured = f"; ms measured on {labels[0]}" if labels else ""
+    table = Table(title=f"{graph.name!r} by op (top {limit}{measured})")
+    table.add_column("op", overflow="fold")
+    columns = ["nodes", "fwd\nGFLOPs", "bwd\nGFLOPs"] + (["measured\nms"] if labels else [])
     for name in columns + ["params", "activations"]:
-        table.add_column(name, justify="left" if name == "op" else "right", no_wrap=True)
+        table.add_column(name, justify="right", no_wrap=True)
     ranked = sorted(groups.items(), key=lambda item: (-item[1][1], -item[1][3], item[0]))
     for op, (count, fwd, bwd, ms, params, acts) in ranked[:limit]:
-        cells = [op[:40], str(count), f"{fwd / 1e9:.3f}", f"{bwd / 1e9:.3f}"] + ([f"{ms:.2f}"] if labels else [])
+        cells = [op, str(count), f"{fwd / 1e9:.3f}", f"{bwd / 1e9:.3f}"] + ([f"{ms:.2f}"] if labels else [])
         table.add_row(*cells, _human_bytes(params), _human_bytes(acts))
     return table

@@ -52,9 +52,11 @@ def _mib(nbytes: float) -> str:
 
 
 def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) -> Group:
-    """The plan for people: one table per device, one per link, and the headline figures."""
+    """The plan for people: one table per device, one per link, and the headline figures. Units go
+    under the column names, so that the device table of usual names and sizes is about 90 columns wide
+    and fits a 100-column terminal without wrapping or cutting a figure."""
     devices = Table(title=f"plan for {graph.name!r} on {cluster.name!r} ({plan.objective}, {plan.mode})")
-    for column in ("device", "kind", "ops", "fwd GFLOPs", "params MiB", "peak MiB", "capacity MiB", "busy ms", "util"):
+    for column in ("device", "kind", "ops", "fwd\nGFLOPs", "params\nMiB", "peak\nMiB", "capacity\nMiB", "busy\nms", "util"):
         devices.add_column(column, justify="left" if column in ("device", "kind") else "right")
     per_device: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     for name, device in plan.assignment.items():

@@ -11,6 +11,7 @@ from matplotlib.colors import to_hex
 from rich.console import Console
 
 from graphc.graph import EdgeData, Graph, NodeData
+from graphc.report import graph_totals_table, op_breakdown_table
 from placement import Cluster
 from placement.inspect import device_colours, gantt_figure, gantt_png, to_dot
 from placement.plan import Plan
@@ -45,7 +46,7 @@ def test_saved_plan_carries_graph_and_cluster_and_resimulates_identically(tmp_pa
 
 def test_summary_names_devices_links_and_headline_figures(tmp_path):
     plan = _plan(tmp_path)
-    console = Console(width=160, record=True)
+    console = Console(width=100, record=True)
     console.print(plan.summary())
     text = console.export_text()
     for expected in ("gpu0", "gpu1", "predicted step", "lower bound", "proven gap", "cut edges", "2 carrying", "by-hand"):
@@ -154,3 +155,38 @@ def test_gantt_of_ten_thousand_nodes_on_sixteen_devices_is_quick(tmp_path):
     gantt_png(sim, tmp_path / "big.png")
     assert time.perf_counter() - started < 10
     assert _legend_labels(gantt_figure(sim))[:16] == names
+
+
+def test_summary_of_sixteen_devices_fits_100_columns_with_every_figure_whole():
+    cluster = Cluster.preset("2x8-v100-ib")
+    names = [d.name for d in cluster.devices]
+    plan = _placed(_chain([4e10 * (1 + i % 5) for i in range(160)]), cluster, lambda i: names[i // 10])
+    console = Console(width=100, record=True)
+    console.print(plan.summary())
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100 and "…" not in text
+    sim = plan.simulate()
+    words = set(text.split())
+    for device in names:
+        busy, peak = f"{sim.busy_ms[device]:,.3f}", f"{sim.peak_memory_bytes[device] / 2**20:,.1f}"
+        assert {device, busy, peak, f"{sim.utilization()[device]:.0%}"} <= words, device
+    for link, nbytes in sim.link_bytes.items():
+        assert {link, f"{nbytes / 2**20:,.1f}"} <= words, link
+    assert f"{plan.predicted_step_ms:,.3f}" in words
+
+
+def test_graph_report_tables_fit_100_columns_with_every_op_and_figure_whole():
+    graph = _chain([4e12, 3e9, 2e6])
+    long_op = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+    graph.node("stage.layer1").op = long_op
+    for node in graph.nodes():
+        node.param_bytes = 345.5 * 2**20
+        node.measured_ms["cuda-NVIDIA-H100-80GB-HBM3"], node.measured_bwd_ms["cuda-NVIDIA-H100-80GB-HBM3"] = 1234.5, 2469.0
+    console = Console(width=100, record=True)
+    console.print(graph_totals_table(graph), op_breakdown_table(graph))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100 and "…" not in text
+    first_cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert long_op in first_cells  # folded onto a second line, not cut
+    for figure in ("4000.002", "8000.004", "7407.00", "3703.50", "691.0 MiB", "345.5 MiB", "3,703.50 ms / 7,407.00 ms"):
+        assert figure in text, figure

@@ -136,7 +136,10 @@ def device_colours(devices: Sequence[str]) -> dict[str, str]:
 def _nth_colour(i: int) -> str:
     if i < len(_PALETTE):
         return _PALETTE[i]
-    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.6, 0.8)
+    return _hex(*colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.6, 0.8))
+
+
+def _hex(r: float, g: float, b: float) -> str:
     return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
@@ -147,7 +150,7 @@ def _rgb(colour: str) -> tuple[float, float, float]:
 def _lighter(colour: str, amount: float = 0.55) -> str:
     """``colour`` blended towards white by ``amount`` (0 keeps it, 1 gives white)."""
     r, g, b = (c + (1 - c) * amount for c in _rgb(colour))
-    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+    return _hex(r, g, b)
 
 
 def _ink(fill: str) -> str:
@@ -166,8 +169,8 @@ class _Style:
 
 
 def _style(kind: str, colour: str) -> _Style:
-    """Compute bars in their device's colour (backward lighter and hatched); transfers in grey (gradient
-    sends lighter and hatched, like the backward pass they serve), all-reduces in dark grey."""
+    """A device's forward and backward passes in its colour (backward lighter and hatched); transfers in
+    grey (gradient sends lighter and hatched, like the backward pass they serve), all-reduces dark grey."""
     if kind == FORWARD:
         return _Style(colour, None, colour)
     if kind == BACKWARD:
@@ -304,10 +307,10 @@ def gantt_png(sim: SimResult, path: str | Path, title: str = "") -> None:
 
     Bars are coloured by device (:func:`device_colours`, the Graphviz picture's colours), the backward
     pass lighter and hatched, transfers grey on the links they cross; names are written inside the bars
-    wide enough for them; the legend says all this; the title gives the simulated step time. Bars are
-    drawn as one collection per row and kind, so plans of thousands of nodes draw in seconds."""
-    fig = gantt_figure(sim, title)
-    fig.savefig(path)
+    wide enough for them; the legend says all this; the title gives the predicted (simulated) step
+    time. Bars are drawn as one collection per row and kind, so plans of thousands of nodes draw in
+    about a second."""
+    gantt_figure(sim, title).savefig(path)
 
 
 def to_dot(plan: Plan, graph: Graph, cluster: Cluster) -> str:

@@ -22,12 +22,17 @@ leaf module) and sums their measurements; edges carry the bytes of the tensors c
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+)
 from torch.utils._pytree import tree_leaves, tree_map
 
 from graphc.errors import TraceError
@@ -132,13 +137,53 @@ def measure_fx_nodes(gm: fx.GraphModule, inputs: tuple) -> tuple[dict[str, FxNod
                 except TraceError:
                     raise
                 except Exception as exc:  # re-raised with the node's context, as shape_prop does
-                    where = node.meta.get("stack_trace", "").strip().splitlines()
-                    raise TraceError(
-                        f"while annotating node {node.name!r} ({node.format_node()}): "
-                        f"{type(exc).__name__}: {exc}" + (f"\n  from: {where[-2].strip()}" if len(where) > 1 else "")
-                    ) from exc
+                    raise _annotation_error(node, exc) from exc
                 _remember_storages(env[node.name], node.name, producer_of_storage)
         return costs, env
+
+
+_DATA_DEPENDENT_ADVICE = {
+    DynamicOutputShapeException: (
+        "an op whose output shape depends on the values in a tensor (torch.nonzero, x[mask], torch.unique)",
+        "keep shapes static: multiply by the mask (x * mask) or select with torch.where(mask, x, 0) and "
+        "reduce over the mask, or move the op out of the traced model (into the data pipeline or the loss)",
+    ),
+    DataDependentOutputException: (
+        "a Python number read from a tensor's values (.item(), .tolist(), int(t), float(t))",
+        "keep the value a tensor (x / t.max() rather than x / t.max().item()), or pass it to the model as "
+        "a constant",
+    ),
+}
+
+
+def _annotation_error(node: fx.Node, exc: Exception) -> TraceError:
+    """A TraceError for an op that failed on fake tensors: the model's source line, and what to do when
+    the cause is a data-dependent value."""
+    where = _source_line(node)
+    advice = next((a for kind, a in _DATA_DEPENDENT_ADVICE.items() if isinstance(exc, kind)), None)
+    if advice is None:
+        return TraceError(
+            f"while annotating node {node.name!r} ({node.format_node()}): {type(exc).__name__}: {exc}\n  at {where}"
+        )
+    reason, hint = advice
+    return TraceError(
+        f"cannot trace the model: data-dependent value: {reason}; tracing sees shapes, not values\n"
+        f"  at {where}\n  what to do: {hint}"
+    )
+
+
+def _source_line(node: fx.Node) -> str:
+    """``file:line: code`` of the model line that made ``node`` (from its recorded stack trace)."""
+    lines = (node.meta.get("stack_trace") or "").rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
+    if not frames:
+        return "(no source line recorded)"
+    file, lineno = _FRAME.match(lines[frames[-1]]).groups()
+    code = lines[frames[-1] + 1].strip() if frames[-1] + 1 < len(lines) else ""
+    return f"{file}:{lineno}: {code}"
+
+
+_FRAME = re.compile(r'\s*File "(.+)", line (\d+), in ')
 
 
 def _remember_storages(value: Any, name: str, producer_of_storage: dict[int, str]) -> None:

@@ -265,12 +265,14 @@ def _draw_bars(ax: Any, y: int, spans: list[tuple[float, float, str]], style: _S
 
     Narrow bars (under :data:`_OUTLINED_PX`) that touch are drawn as one: the rasteriser would otherwise
     fill and hatch thousands of sub-pixel polygons over the same pixels. Every bar is at least a pixel
-    wide, so a short transfer still shows. Wide bars get a white outline that sets them apart from their
-    neighbours and, where it fits with a few pixels to spare, their name (:func:`_fit_label`)."""
+    wide, so a short transfer still shows. Wide bars get an outline that sets them apart from their
+    neighbours (white; in the stripes' colour for hatched bars, since matplotlib before 3.10 draws a
+    hatch in the edge colour) and, where it fits with a few pixels to spare, their name
+    (:func:`_fit_label`)."""
     shown = _merge_narrow(spans, px_per_ms)
     widths = [(end - start) * px_per_ms for start, end, _ in shown]
     ax.broken_barh([(start, max(end - start, 1 / px_per_ms)) for start, end, _ in shown], (y - 0.4, 0.8),
-                   facecolors=style.fill, hatch=style.hatch, hatchcolor=style.stripes, edgecolor="white",
+                   facecolors=style.fill, hatch=style.hatch, edgecolor="white" if style.hatch is None else style.stripes,
                    linewidths=[0.5 if w >= _OUTLINED_PX else 0.0 for w in widths], gid=gid)  # fmt: skip
     for (start, end, name), width in zip(shown, widths):
         text = _fit_label(name, int((width - 8) / char_px))

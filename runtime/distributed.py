@@ -32,7 +32,9 @@ replicas exchange their microbatches' losses and outputs after the step (not tim
 the whole step's loss and outputs.
 
 Faults. Waits run under the executor's timeout; a dead or hung peer becomes a
-:class:`~runtime.errors.RankFailure` naming the culprit rank and the op (:mod:`runtime.faults`).
+:class:`~runtime.errors.RankFailure` naming the culprit rank, its device, the op in which it was lost
+and, when known, the step's action the culprit was in (:mod:`runtime.faults`). SIGTERM ends a rank a
+moment late, so that it can still raise its RankFailure when the launcher ends every rank at once.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from torch.utils._pytree import tree_map
 
 from runtime.comm import active
 from runtime.errors import ProgramMismatch, RuntimeFault
-from runtime.faults import FaultMonitor, store_from_env
+from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
 from runtime.schedule import ALLREDUCE, FORWARD, Schedule, make_schedule, validate
@@ -161,6 +163,7 @@ class DistributedExecutor:
         self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
         namespace = f"graphc/executor{next(_executors)}/"
         self.monitor = FaultMonitor(self.rank, program.devices, store_from_env(timeout_s), timeout_s, namespace)
+        finish_reports_on_sigterm()
         self._pending_sends: list[_Pending] = []
 
     # -- parameters ---------------------------------------------------------------------------
@@ -185,8 +188,10 @@ class DistributedExecutor:
         outputs = {}
         with torch.no_grad():
             for k in self.program.microbatches_of(self.device):
+                self.monitor.doing(f"forward (no gradients) of microbatch {k}")
                 outputs[k] = self._forward(feeds[k], DistributedComm(self, k))
             self._finish_sends()
+            self.monitor.done()
         if not self.is_output_rank:
             return None
         return concat_microbatches(list(self._gather_output_stage(outputs).values()))
@@ -219,26 +224,32 @@ class DistributedExecutor:
             for action in self.schedule.actions[self.device]:
                 k = action.microbatch
                 if action.kind == ALLREDUCE:
+                    self.monitor.doing("all-reduce of the stage's gradients")
                     self._allreduce_gradients()
                 elif action.kind == FORWARD:
+                    self.monitor.doing(f"forward of microbatch {k}")
                     comm = comms[k] = DistributedComm(self, k)
                     out = self._forward(feeds[k], comm)
                     roots[k] = comm.tokens
                     if self.is_output_rank:
+                        self.monitor.doing(f"loss of microbatch {k}")
                         loss = microbatch_loss(self.loss_fn, out, mb_targets[k], m)
                         roots[k] = [loss, *roots[k]]
                         losses[k] = loss.detach()
                         outputs[k] = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
                 else:
+                    self.monitor.doing(f"backward of microbatch {k}")
                     comms.pop(k).post_gradient_receives()
                     tensors = roots.pop(k)
                     if tensors:
                         torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
+            self.monitor.doing("sends and optimizer step")
             self._finish_sends()
             if self.optimizer is not None:
                 self.optimizer.step()
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
+            self.monitor.done()
         step_ms = 1e3 * (time.perf_counter() - start)
         peaks = tracker.peaks() if tracker is not None else {}
         if self.torch_device.type == "cuda" and measure_memory:

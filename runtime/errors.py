@@ -26,13 +26,20 @@ class RankFailure(RuntimeFault):
         rank: the rank that failed (the culprit, as far as this rank can tell).
         device: the plan device that rank runs.
         op: the communication op this rank was blocked in when it noticed.
+        activity: what the failed rank was last seen doing (``"forward of microbatch 0"``), when
+            it had been at it long enough to say so; else empty.
     """
 
-    def __init__(self, message: str, rank: int, device: str, op: str) -> None:
+    def __init__(self, message: str, rank: int, device: str, op: str, activity: str = "") -> None:
         super().__init__(message)
         self.rank = rank
         self.device = device
         self.op = op
+        self.activity = activity
 
     def __reduce__(self) -> tuple:
-        return (type(self), (str(self), self.rank, self.device, self.op))
+        return (type(self), (str(self), self.rank, self.device, self.op, self.activity))
+
+
+class RunFailed(RuntimeFault):
+    """A rank of ``graphc run`` failed; the message names the rank, its device and what it was doing."""

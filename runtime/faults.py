@@ -11,11 +11,20 @@ waits on rank 1, which is healthy but waits on rank 2. So ranks leave notes in t
 
 * ``wait/<rank>``: a background thread publishes what this rank has been waiting for once a wait
   lasts longer than a poll interval (nothing is written while communication flows);
+* ``doing/<rank>``: likewise, the step's action (forward, loss, backward of a microbatch, the
+  optimizer) that has lasted longer than a poll interval, so a rank that hangs in computation, or dies
+  in a long one, is named with what it was doing;
 * ``report/<rank>``: a rank that fails writes whom it blames, before it raises.
 
 :meth:`FaultMonitor.failure` then names the culprit: the peer's own report if it failed first, else
 the end of the chain of waits starting at the peer (the rank that is not waiting for anyone is the one
 that hangs), else the peer. Without a store (a process group made by hand) the peer is named.
+
+Launchers end every rank once one fails (torchrun sends SIGTERM to the others at once): a rank that
+is explaining a failure at that moment would die silently. :func:`finish_reports_on_sigterm` gives a
+rank :data:`REPORT_GRACE_S` after SIGTERM to raise its :class:`RankFailure`. ``graphc run`` also
+collects every rank's failure as a :class:`FaultReport` (JSON files in the directory named by
+:data:`REPORTS_ENV`) and prints the first one itself.
 """
 
 from __future__ import annotations
@@ -24,9 +33,13 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -36,6 +49,18 @@ from runtime.errors import RankFailure
 # report: a closed connection gets this long for the peer's report to appear before the peer is blamed.
 REPORT_PATIENCE_S = 0.3
 _DIED = ("Connection closed", "Connection reset", "Broken pipe", "connection refused", "ECONNRESET")
+# After SIGTERM a rank has this long to finish explaining a failure (see finish_reports_on_sigterm).
+REPORT_GRACE_S = 1.0
+# The directory where ``graphc run``'s ranks write their FaultReport files.
+REPORTS_ENV = "GRAPHC_FAULT_REPORTS"
+
+
+@dataclass(frozen=True)
+class _Note:
+    """What a rank is waiting for or doing (``value``, as published) and since when (monotonic s)."""
+
+    value: dict[str, Any]
+    since: float
 
 
 def store_from_env(timeout_s: float) -> dist.Store | None:
@@ -65,8 +90,9 @@ class FaultMonitor:
         self.store = dist.PrefixStore(namespace, store) if store is not None else None
         self.poll_s = min(0.5, timeout_s / 8)
         self._lock = threading.Lock()
-        self._waiting: tuple[int, str, float] | None = None
-        self._published: tuple[int, str, float] | None = None
+        self._waiting: _Note | None = None
+        self._doing: _Note | None = None
+        self._published: dict[str, _Note | None] = {"wait": None, "doing": None}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.store is not None:
@@ -79,16 +105,25 @@ class FaultMonitor:
     @contextlib.contextmanager
     def waiting(self, peer: int, op: str) -> Iterator[None]:
         """Mark this rank as blocked on ``peer`` in ``op`` for the duration of the block."""
-        self._waiting = (peer, op, time.monotonic())
+        self._waiting = _Note({"peer": peer, "op": op}, time.monotonic())
         try:
             yield
         finally:
             self._waiting = None
 
+    def doing(self, activity: str) -> None:
+        """Record the step's action this rank starts now (``"forward of microbatch 0"``); a plain
+        assignment, published by the background thread only if it lasts longer than a poll interval."""
+        self._doing = _Note({"activity": activity}, time.monotonic())
+
+    def done(self) -> None:
+        """This rank finished its step's actions."""
+        self._doing = None
+
     def failure(self, peer: int, op: str, error: BaseException) -> RankFailure:
         """The :class:`RankFailure` for a wait on ``peer`` in ``op`` that ended with ``error``; its report is
         left in the store for the ranks that notice later."""
-        since = self._waiting[2] if self._waiting is not None else time.monotonic()
+        since = self._waiting.since if self._waiting is not None else time.monotonic()
         waited = time.monotonic() - since
         died = any(marker.lower() in str(error).lower() for marker in _DIED)
         culprit, why = peer, "died (its connection closed)" if died else f"sent nothing for {waited:.1f} s"
@@ -103,13 +138,16 @@ class FaultMonitor:
                 why = f"waits for {' which waits for '.join(chain)}, which hangs (it waits for no one)"
             else:
                 why = f"hangs: it sent nothing for {waited:.1f} s and is not waiting for anyone"
+        activity = self._read(f"doing/{culprit}").get("activity", "") if culprit != self.rank else ""
+        if activity and activity not in why:
+            why += f"; {self.describe(culprit)} was last seen in the {activity}"
         message = (
             f"{self.describe(self.rank)}: {op} failed after {waited:.1f} s: {self.describe(peer)} {why}. "
             f"Check the log of {self.describe(culprit)}; if it is only slow, raise the timeout "
             f"(timeout_s={self.timeout_s:g}). Underlying error: {str(error).splitlines()[0][:200]}"
         )
         self._write(f"report/{self.rank}", {"culprit": culprit, "reason": f"{op}: {why}"})
-        return RankFailure(message, culprit, self.devices[culprit], op)
+        return RankFailure(message, culprit, self.devices[culprit], op, activity)
 
     def close(self) -> None:
         self._stop.set()
@@ -136,14 +174,20 @@ class FaultMonitor:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
-            waiting = self._waiting
-            if waiting is not None and time.monotonic() - waiting[2] > self.poll_s:
-                if waiting != self._published:
-                    self._write(f"wait/{self.rank}", {"peer": waiting[0], "op": waiting[1]})
-                    self._published = waiting
-            elif self._published is not None:
-                self._write(f"wait/{self.rank}", {})
-                self._published = None
+            self._publish("wait", self._waiting)
+            self._publish("doing", self._doing)
+
+    def _publish(self, kind: str, current: _Note | None) -> None:
+        """Leave ``current`` under ``<kind>/<rank>`` once it has lasted a poll interval; clear the note
+        when it ends. At most one write per poll interval and kind, none while nothing lasts."""
+        published = self._published[kind]
+        if current is not None and time.monotonic() - current.since > self.poll_s:
+            if current != published:
+                self._write(f"{kind}/{self.rank}", current.value)
+                self._published[kind] = current
+        elif published is not None:
+            self._write(f"{kind}/{self.rank}", {})
+            self._published[kind] = None
 
     def _read(self, key: str, patience_s: float = 0.0) -> dict:
         """The note under ``key`` ({} if none), waiting up to ``patience_s`` for it to appear."""
@@ -170,3 +214,75 @@ class FaultMonitor:
                 self.store.check([key])  # a round trip: the note is in the store before this rank goes on
             except RuntimeError:
                 pass
+
+
+def finish_reports_on_sigterm() -> None:
+    """Make SIGTERM end this process :data:`REPORT_GRACE_S` after it arrives rather than at once.
+
+    torchrun sends SIGTERM to every other rank as soon as one dies, often before they have turned the
+    closed connection into a :class:`RankFailure`; the grace lets them say which rank died, and in what.
+    The handler runs once the main thread is back in Python (a blocked wait ends first, as any wait on a
+    dead peer does at once). Installed only from the main thread and only over SIGTERM's default
+    action: a program's own handler is kept.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_after_grace)
+
+
+def _exit_after_grace(signum: int, frame: Any) -> None:
+    timer = threading.Timer(REPORT_GRACE_S, os._exit, (128 + signum,))
+    timer.daemon = True
+    timer.start()
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """One rank's failure, as ``graphc run`` prints it: which rank failed, on which device, in what.
+
+    Attributes:
+        reporter: the rank that wrote the report.
+        rank: the rank that failed: the culprit of a :class:`RankFailure`, else the reporter.
+        device: that rank's plan device ("" when the rank failed before it knew its device).
+        op: the operation in which the reporter lost the failed rank ("" for the reporter's own error).
+        activity: what the failed rank was last seen doing, when known.
+        message: the whole explanation.
+        at: when the reporter noticed (seconds since the epoch): the earliest report is the root cause.
+    """
+
+    reporter: int
+    rank: int
+    device: str
+    op: str
+    activity: str
+    message: str
+    at: float
+
+    @classmethod
+    def of(cls, error: BaseException, reporter: int, device: str, message: str | None = None) -> FaultReport:
+        """The report of ``error`` raised on rank ``reporter`` (running ``device``); ``message`` replaces
+        the error's text (a traceback, for an error that is not graphc's)."""
+        message = message or str(error)
+        if isinstance(error, RankFailure):
+            return cls(reporter, error.rank, error.device, error.op, error.activity, message, time.time())
+        return cls(reporter, reporter, device, "", "", message, time.time())
+
+    def headline(self) -> str:
+        """One line: the failed rank, its device, what it was doing and where the failure showed."""
+        who = f"rank {self.rank}" + (f" ({self.device})" if self.device else "")
+        line = f"{who} failed" + (f" in the {self.activity}" if self.activity else "")
+        if self.op:
+            line += f"; rank {self.reporter} lost it in the {self.op}"
+        return line
+
+    def save(self, directory: str | Path) -> None:
+        """Write the report as ``rank<reporter>.json`` in ``directory``, whole or not at all."""
+        path = Path(directory) / f"rank{self.reporter}.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(asdict(self)))
+        os.replace(partial, path)
+
+    @classmethod
+    def first(cls, directory: str | Path) -> FaultReport | None:
+        """The earliest report in ``directory``, or None while there is none."""
+        reports = [cls(**json.loads(p.read_text())) for p in Path(directory).glob("rank*.json")]
+        return min(reports, key=lambda r: r.at, default=None)

@@ -10,6 +10,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import importlib.util
 import inspect
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from rich.console import Console
@@ -31,6 +32,10 @@ from graphc.graph import Graph
 from graphc.importers import load_benchmark
 from graphc.report import graph_totals_table, op_breakdown_table
 from graphc.tracing import TracedProgram, trace
+
+if TYPE_CHECKING:
+    from placement.cluster import Cluster
+    from placement.cost_model import CostModel
 
 __all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "positive_float", "positive_int", "trace_model_spec"]
 
@@ -205,12 +210,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     console = _console(args)
     cluster = resolve_cluster(args.cluster)
-    with console.status(f"tracing {args.model} ..."):
-        graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
+    cost_model = None
+    if args.calibrate:
+        graph, cluster, cost_model = _calibrated_local(args, cluster, console)
+    else:
+        with console.status(f"tracing {args.model} ..."):
+            graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
-        plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed, solver=args.solver)
+        plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed,
+                     solver=args.solver, cost_model=cost_model)  # fmt: skip
     console.print(plan.summary())
-    if cluster.name == "local":
+    if cluster.name == "local" and not args.calibrate:
         _warn_uncalibrated(args)
     if args.out:
         plan.save(args.out)
@@ -220,12 +230,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrated_local(args: argparse.Namespace, cluster: Cluster, console: Console) -> tuple[Graph, Cluster, CostModel]:
+    """``plan --calibrate``: the zoo model traced with real weights, its ops profiled on this CPU and
+    scaled to its measured eager step (:func:`graphc.demo.calibrate_on_this_cpu`), and ``cluster``'s
+    workers joined by the link measured between two ranks (:func:`runtime.link.measure_link`), as the
+    demo plans; returns the graph, the measured cluster and the cost model of the profiled times."""
+    from graphc.demo import calibrate_on_this_cpu
+    from placement.cost_model import CostModel
+    from runtime.link import local_cluster, measure_link
+
+    if cluster.name != "local":
+        raise GraphcError(f"--calibrate measures this machine's CPU workers: use it with -c local, not {cluster.name!r}")
+    if args.model not in zoo.NAMES:
+        raise GraphcError(f"--calibrate times an eager training step, which needs a zoo model ({', '.join(zoo.NAMES)}), not {args.model!r}")
+    zm = zoo.build(args.model, batch_size=args.batch_size, size=args.size)
+    untouched = copy.deepcopy(zm.model)
+    with console.status(f"tracing {args.model} and profiling its ops on this CPU ..."):
+        program = trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model)
+        profiled, eager_ms, factor = calibrate_on_this_cpu(program, zm, untouched)
+    console.print(f"eager step {eager_ms:.1f} ms on one thread: profiled times x {factor:.3f}, so that one worker predicts it")
+    with console.status("measuring the link between two ranks ..."):
+        link = measure_link()
+    measured = local_cluster(len(cluster.devices), link)
+    console.print(f"link between two ranks: {1e6 * link.latency_s:.0f} us per message, {link.bandwidth / 1e9:.2f} GB/s")
+    return program.graph, measured, CostModel(measured, profiled=profiled)
+
+
 def _warn_uncalibrated(args: argparse.Namespace) -> None:
     """The ``local`` preset's CPU figures (peak FLOP/s, memory bandwidth, link) are assumptions: say so
     under the prediction, and how to calibrate them (a step measured at 23 ms was predicted at 3.5 ms)."""
     _console(args, stderr=True).print(
         "[bold yellow]warning: `local`'s CPU figures are assumptions, not measurements: the prediction may be far off."
-        "[/bold yellow]\n[yellow]To calibrate, profile the ops and measure the link as `graphc demo` does (graphc/demo.py)."
+        "[/bold yellow]\n[yellow]Add --calibrate to profile the ops on this CPU and measure the link, as `graphc demo` does."
         "[/yellow]"
     )
 
@@ -384,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="latency: one step as fast as possible; throughput: pipelined (auto only)")  # fmt: skip
     planned.add_argument("-t", "--time-limit", type=positive_float, default=30.0, help="seconds the solver may take")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
+    planned.add_argument("--calibrate", action="store_true",
+                         help="with -c local and a zoo model: profile its ops on this CPU and measure the link first")  # fmt: skip
     planned.add_argument("-o", "--out", type=output_file, help="save the plan as JSON here (nothing is written without it)")
     planned.set_defaults(run=cmd_plan)
 

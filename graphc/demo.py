@@ -22,14 +22,17 @@ import copy
 import os
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from rich.console import Console
 
 from graphc import zoo
 from graphc.report import graph_totals_table
-from graphc.tracing import trace
+from graphc.tracing import TracedProgram, trace
+
+if TYPE_CHECKING:
+    from placement.cost_model import ProfiledTimes
 
 MODEL = "inception_v3"
 CONFIG: dict[str, Any] = {"batch_size": 8, "size": "small", "width": 0.25, "dropout": 0.0}
@@ -59,6 +62,28 @@ def eager_step_ms(model: torch.nn.Module, zm: zoo.ZooModel, steps: int = STEPS, 
     return statistics.median(times[2:])
 
 
+class Calibration(NamedTuple):
+    """Profiled op times on this CPU, scaled so that one ``local`` worker predicts the measured step."""
+
+    profiled: ProfiledTimes
+    eager_ms: float
+    factor: float
+
+
+def calibrate_on_this_cpu(program: TracedProgram, zm: zoo.ZooModel, model: torch.nn.Module) -> Calibration:
+    """Profile ``program``'s ops on this CPU (one thread, as a ``local`` worker runs them) and scale the
+    times so that the whole graph on one worker simulates to the measured eager step of ``model`` (an
+    untouched copy of the traced model) on ``zm``'s batch: ops timed in isolation miss what runs between
+    them (:func:`graphc.profile.calibration_factor`)."""
+    from graphc.profile import ProfileSettings, calibration_factor, profile_program
+    from placement import Cluster
+
+    profiled = profile_program(program, zm.example_inputs, ProfileSettings(repeats=3))
+    eager_ms = eager_step_ms(model, zm)
+    factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
+    return Calibration(profiled.scaled(factor), eager_ms, factor)
+
+
 def rank_step_ms(program: Any, steps: int) -> float:
     """On one rank (started by :func:`runtime.launch.spawn`): the median measured training step, in ms."""
     from runtime import DistributedExecutor, init_from_env, zoo_loss
@@ -75,8 +100,7 @@ def rank_step_ms(program: Any, steps: int) -> float:
 
 def run_demo(console: Console) -> int:
     """The four steps of the module docstring, printed to ``console``."""
-    from graphc.profile import ProfileSettings, calibration_factor, profile_program
-    from placement import Cluster, CostModel
+    from placement import CostModel
     from placement.solvers import solve
     from runtime import LocalExecutor, partition, zoo_loss
     from runtime.launch import spawn
@@ -88,11 +112,8 @@ def run_demo(console: Console) -> int:
     reference = copy.deepcopy(zm.model)
     with console.status("tracing and profiling ..."):
         program = trace(zm.model, zm.example_inputs, granularity="module", name=MODEL)
-        profiled = profile_program(program, zm.example_inputs, ProfileSettings(repeats=3))
-        eager_ms = eager_step_ms(copy.deepcopy(reference), zm)
+        profiled, eager_ms, factor = calibrate_on_this_cpu(program, zm, copy.deepcopy(reference))
     console.print(graph_totals_table(program.graph))
-    factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
-    profiled = profiled.scaled(factor)
     console.print(f"eager step {eager_ms:.1f} ms on one thread: profiled times x {factor:.3f}, so that one device predicts it")
 
     console.rule("2. place it on the local cluster (2 CPU worker devices) with solver=auto")

@@ -163,9 +163,39 @@ def test_plan_without_out_writes_nothing_and_says_how_to_save(tmp_path, monkeypa
 def test_plan_on_local_warns_that_the_cpu_figures_are_uncalibrated(capsys):
     assert main(["plan", "alexnet", "--size", "small", "-b", "2", "-c", "local", "-s", "single"]) == 0
     err = capsys.readouterr().err
-    assert "warning: `local`'s CPU figures are assumptions, not measurements" in err and "graphc demo" in err
+    assert "warning: `local`'s CPU figures are assumptions, not measurements" in err and "--calibrate" in err
     assert main(["plan", "alexnet", "--size", "small", "-b", "2", "-c", "pcie-4gpu", "-s", "single"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_plan_calibrate_profiles_on_this_cpu_and_plans_on_the_measured_link(tmp_path, monkeypatch, capsys):
+    import runtime.link
+    from placement.cost_model import ProfiledTimes
+
+    measured = runtime.link.LinkSpeed(latency_s=2e-4, bandwidth=1.5e9)
+    monkeypatch.setattr(runtime.link, "measure_link", lambda: measured)  # measuring it is runtime.link's test
+    plan_file = tmp_path / "plan.json"
+    argv = ["plan", "alexnet", "--size", "small", "-b", "2", "-c", "local", "--calibrate", "-s", "single", "-o", str(plan_file)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "profiled times x" in captured.out and "link between two ranks: 200 us per message, 1.50 GB/s" in captured.out
+    assert "warning" not in captured.err
+    plan = Plan.load(plan_file)
+    assert isinstance(plan.cost_model.profiled, ProfiledTimes) and plan.cost_model.profiled.times
+    assert {link.bandwidth for link in plan.cluster.links} == {1.5e9}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["plan", "alexnet", "--calibrate"], "--calibrate measures this machine's CPU workers: use it with -c local, not 'pcie-4gpu'"),
+        (["plan", "pipedream/alexnet.txt", "-c", "local", "--calibrate"], "--calibrate times an eager training step, which needs a zoo model"),
+    ],
+)
+def test_plan_calibrate_refuses_another_cluster_or_a_graph_file_before_tracing(argv, message, capsys, no_tracing):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
 
 
 def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_path, capsys):

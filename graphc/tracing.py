@@ -317,7 +317,9 @@ def _capture(
         return gm, "export"
     except Exception as export_error:
         try:
-            return _fx_trace(module, fx_leaf, _fx_constants(module, args, kwargs)), "fx"
+            gm = _fx_trace(module, fx_leaf, _fx_constants(module, args, kwargs))
+            _drop_specialised_inputs(gm, {str(name) for name, a in _bound_tensors(module, args, kwargs)})
+            return gm, "fx"
         except Exception as fx_error:
             raise _trace_error(name, export_error, fx_error) from export_error
 
@@ -352,6 +354,38 @@ def _fx_constants(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dic
     params = inspect.signature(module.forward).parameters.values()
     defaults = {p.name: p.default for p in params if p.name not in given and p.default is not p.empty}
     return defaults | {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+
+
+def _bound_tensors(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """(parameter name, tensor) of every tensor argument of the call ``module(*args, **kwargs)``."""
+    names = _argument_names(module.forward, len(args))
+    return [(n, a) for n, a in zip(names, args)] + [(k, v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+
+
+def _drop_specialised_inputs(gm: fx.GraphModule, tensor_names: set[str]) -> None:
+    """symbolic_trace keeps a placeholder for every concrete argument, read only by checks that the
+    argument keeps its traced value; the program takes the call's tensors only, so those placeholders
+    go, with their checks."""
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder" and n.target not in tensor_names]:
+        checks = _transitive_users(node)
+        if any(user.op == "output" for user in checks):
+            raise TraceError(f"the model returns its non-tensor argument {node.target!r}, which cannot be an output")
+        for user in reversed(checks):
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _transitive_users(node: fx.Node) -> list[fx.Node]:
+    """Every node computed from ``node``, in graph order."""
+    found: set[fx.Node] = set()
+    stack = list(node.users)
+    while stack:
+        user = stack.pop()
+        if user not in found:
+            found.add(user)
+            stack.extend(user.users)
+    return [n for n in node.graph.nodes if n in found]
 
 
 @contextlib.contextmanager

@@ -391,3 +391,29 @@ def test_data_dependent_ops_name_their_line_and_the_remedy(model, marker, advice
     message = str(info.value)
     assert "data-dependent" in message and f"{__file__}:" in message and marker in message
     assert f"what to do: " in message and advice in message
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None, scale: float = 1.0):
+        out = self.linear(x) * scale
+        return out * mask if mask is not None else out
+
+
+@pytest.mark.parametrize("tracer", ["export", "fx"])
+def test_keyword_call_traces_with_either_tracer(tracer, monkeypatch):
+    """The fx fallback orders inputs as the signature does (x, mask), export as the call does (mask, x):
+    ``flat_inputs`` follows whichever made the program."""
+    if tracer == "fx":
+        monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("off")))
+    model, x, mask = _model(_Masked), torch.randn(2, 4), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    kwargs = {"mask": mask, "x": x, "scale": 2.0}
+    program = trace(model, (), example_kwargs=kwargs)
+    assert program.method == tracer
+    placeholders = [str(n.target) for n in program.graph_module.graph.nodes if n.op == "placeholder"]
+    assert placeholders == list(program.convention.input_names) == (["x", "mask"] if tracer == "fx" else ["mask", "x"])
+    torch.testing.assert_close(program(x, mask=mask), model(**kwargs))
+    torch.testing.assert_close(program.graph_module(*program.flat_inputs((), kwargs)), model(**kwargs))

@@ -13,7 +13,9 @@ another device received. :func:`functionalize` rewrites the program:
 * Anything else (a write into a view, ``x[:, 0] = 0``, whose base is read later; an in-place op without
   an out-of-place twin of the same result) is left to torch's own functionalisation
   (``ExportedProgram.run_decompositions({})``), which replays writes through views. Its batch norm is the
-  functional variant; the new running statistics are copied into the buffers at the end of the program.
+  functional variant; the new running statistics are copied into the buffers at the end of the program
+  by :func:`assign_state`, which the cost graph puts with the state's first reader (so that the write
+  runs on the device that owns the buffer).
 
 Writes into module state (batch norm's ``num_batches_tracked += 1``) stay in place: they update the
 model's buffers as eager does.
@@ -63,7 +65,7 @@ def _rewrite_inplace_ops(gm: fx.GraphModule) -> bool:
         written = _written_arguments(node)
         if not written or all(_aliases_state(value, node) for value in written):
             continue
-        counterpart = out_of_place(node.target)
+        counterpart = _out_of_place(node.target)
         if counterpart is None or written != [node.args[0]] or not _same_result(node, counterpart):
             return False
         if _read_after(written[0], node, position):
@@ -73,7 +75,7 @@ def _rewrite_inplace_ops(gm: fx.GraphModule) -> bool:
     return True
 
 
-def out_of_place(op: object) -> torch._ops.OpOverload | None:
+def _out_of_place(op: object) -> torch._ops.OpOverload | None:
     """The out-of-place twin of an in-place ATen overload that writes its first argument
     (``aten.add_.Tensor`` -> ``aten.add.Tensor``), or None."""
     if not isinstance(op, torch._ops.OpOverload):

@@ -417,3 +417,17 @@ def test_keyword_call_traces_with_either_tracer(tracer, monkeypatch):
     assert placeholders == list(program.convention.input_names) == (["x", "mask"] if tracer == "fx" else ["mask", "x"])
     torch.testing.assert_close(program(x, mask=mask), model(**kwargs))
     torch.testing.assert_close(program.graph_module(*program.flat_inputs((), kwargs)), model(**kwargs))
+
+
+def test_inplace_dropout_in_training_draws_eager_masks():
+    """``Dropout(inplace=True)`` becomes ``aten.dropout``, which draws the same mask from the same seed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3, inplace=True), nn.ReLU(inplace=True), nn.Linear(16, 2))
+    x = torch.randn(4, 8)
+    program = trace(model, x)
+    torch.manual_seed(5)
+    got = program(x)
+    torch.manual_seed(5)
+    assert torch.equal(got, model(x))
+    torch.manual_seed(6)
+    assert not torch.equal(program(x), got)  # a mask is really drawn

@@ -454,9 +454,13 @@ def _knobs(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _build(args: argparse.Namespace, device: str = "cpu") -> zoo.ZooModel:
+    """The zoo model of ``args``; an unknown model or a bad ``--knob`` is a one-line error."""
     if args.model not in zoo.NAMES:
         raise GraphcError(f"graphc run takes a zoo network ({', '.join(zoo.NAMES)}), got {args.model!r}")
-    return zoo.build(args.model, batch_size=args.batch_size, size=args.size, device=device, **_knobs(args.knob))
+    try:
+        return zoo.build(args.model, batch_size=args.batch_size, size=args.size, device=device, **_knobs(args.knob))
+    except ValueError as exc:  # the zoo's own checks of its knobs
+        raise GraphcError(f"--knob: {exc}") from None
 
 
 def _partition(args: argparse.Namespace, plan: Plan) -> tuple[zoo.ZooModel, PartitionedProgram]:

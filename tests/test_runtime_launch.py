@@ -56,6 +56,8 @@ def test_a_plan_for_other_shapes_is_refused_before_any_rank_starts(plan_file):
         cmd_run(parse("gpt2", "--plan", plan_file, "-b", "3", "--size", "small", "--knob", "dropout=0.0"))
     with pytest.raises(PlanMismatchError, match="traced with other inputs"):
         cmd_run(parse("gpt2", "--plan", plan_file, "--size", "small", "--knob", "dropout=0.0", "--knob", "seq_len=8"))
+    with pytest.raises(GraphcError, match="--knob: unknown knob"):
+        cmd_run(parse("gpt2", "--plan", plan_file, "--size", "small", "--knob", "bogus=1"))
 
 
 def test_the_batch_size_defaults_to_the_plans(plan_file, capsys):

@@ -163,6 +163,24 @@ def test_fx_fallback_is_used_when_export_fails(monkeypatch):
     assert torch.allclose(program(x), model(x))
 
 
+class _OptionalMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(x) if mask is None else self.linear(x) * mask
+
+
+def test_fx_fallback_bakes_in_the_defaults_of_arguments_left_out(monkeypatch):
+    monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("off")))
+    model, x = _OptionalMask(), torch.randn(2, 3)
+    program = trace(model, x)
+    assert program.method == "fx"
+    assert [n.target for n in program.graph_module.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert torch.allclose(program(x), model(x))
+
+
 class _DataDependent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() > 0:  # the line the error must name

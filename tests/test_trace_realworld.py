@@ -276,6 +276,8 @@ def test_each_inplace_op_traces_and_gives_eager_gradients(op):
     expected = fn(ref, ref_x)
     expected.sum().backward()
     program = trace(fn, (layer, x))
+    flat = program.flat_inputs((layer, x), {})
+    assert len(flat) == 1 and flat[0] is x  # the module is part of the program
     assert not any(str(n.target).endswith(("_.default", "_.Tensor", "_.Scalar")) for n in program.graph_module.graph.nodes)
     got = program(layer, x)
     got.sum().backward()

@@ -365,11 +365,11 @@ def _bound_tensors(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> li
 def _drop_specialised_inputs(gm: fx.GraphModule, tensor_names: set[str]) -> None:
     """symbolic_trace keeps a placeholder for every concrete argument, read only by checks that the
     argument keeps its traced value; the program takes the call's tensors only, so those placeholders
-    go, with their checks."""
+    go, with their checks (a placeholder that feeds the output, like ``*args``, stays)."""
     for node in [n for n in gm.graph.nodes if n.op == "placeholder" and n.target not in tensor_names]:
         checks = _transitive_users(node)
         if any(user.op == "output" for user in checks):
-            raise TraceError(f"the model returns its non-tensor argument {node.target!r}, which cannot be an output")
+            continue
         for user in reversed(checks):
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)

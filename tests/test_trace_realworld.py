@@ -392,7 +392,7 @@ def test_data_dependent_ops_name_their_line_and_the_remedy(model, marker, advice
         trace(model, torch.randn(3, 4))
     message = str(info.value)
     assert "data-dependent" in message and f"{__file__}:" in message and marker in message
-    assert f"what to do: " in message and advice in message
+    assert "what to do: " in message and advice in message
 
 
 class _Masked(nn.Module):

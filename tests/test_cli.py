@@ -215,7 +215,7 @@ def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_p
 
 def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(capsys):
     assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # long lines wrap at 100 columns
     assert "plan for 'inception_v3' on 'local'" in out
     assert "placed execution matches eager PyTorch" in out
     assert "predicted step" in out and "measured" in out and "median of 5 steps" in out and "eager PyTorch on one thread" in out

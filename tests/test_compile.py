@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphc
+from hf_style_models import TinyBert, TinyResNet, bert_call, resnet_call
 
 
 def _model() -> nn.Module:
@@ -79,3 +80,125 @@ def test_throughput_objective_refuses_a_scalar_output_with_what_to_do():
 
     with pytest.raises(graphc.GraphcError, match="returns a scalar .* compile the model"):
         loss_fn(model, torch.randn(64, 256), torch.randn(64, 4))
+
+
+class _BatchNormNet(nn.Module):
+    """Batch norm and dropout: the two layers whose behaviour train() and eval() switch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_compiled_module_follows_train_and_eval_like_eager():
+    torch.manual_seed(0)
+    model = _BatchNormNet()
+    reference = copy.deepcopy(model)
+    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit=3, progress=False)
+    x = torch.randn(32, 8)
+    for _ in range(2):  # training calls update the running statistics, as in eager
+        compiled(x).sum().backward()
+        reference(x).sum().backward()
+    bn, bn_ref = model.body[1], reference.body[1]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)
+    assert int(bn.num_batches_tracked) == 2
+
+    model.eval()
+    reference.eval()
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    got = compiled(x)
+    torch.testing.assert_close(got, reference(x))  # no dropout, batch norm on its running statistics
+    compiled(x)
+    for now, before in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), stats):
+        torch.testing.assert_close(now, before)  # eval calls leave the statistics alone
+    assert compiled.traces == 2 and compiled.last.plan.mode == "inference"  # eval: the forward is planned
+
+    model.train()
+    compiled(x)
+    assert compiled.traces == 2  # back in training mode: the first program again, not a third trace
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_new_batch_sizes_reuse_the_placement_without_a_search():
+    torch.manual_seed(0)
+    model = _model()
+    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit=3, progress=False)
+    first = compiled(torch.randn(256, 8))
+    assert first.shape == (256, 4)
+    placement = compiled.plan.assignment
+    for batch in (100, 37):
+        x = torch.randn(batch, 8)
+        torch.testing.assert_close(compiled(x), model(x))
+        plan = compiled.plan
+        assert compiled.last.how == "reused" and plan.assignment == placement
+        assert plan.settings["reused_from"]["batch_size"] == 256
+        assert plan.graph.meta["batch_size"] == batch and plan.predicted_step_ms > 0
+    assert compiled.traces == 3 and compiled.searches == 1
+
+
+def test_a_pipelined_plan_reused_at_an_indivisible_batch_takes_fewer_microbatches():
+    model = _deep_model()
+    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit=5, progress=False)
+    compiled(torch.randn(64, 256))
+    m = compiled.plan.microbatches
+    assert m > 1
+    x = torch.randn(37, 256)  # prime: only one microbatch divides it
+    torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+    assert compiled.last.how == "reused" and compiled.plan.microbatches == 1 and compiled.searches == 1
+
+
+@pytest.mark.parametrize("inplace_residual", [False, True])
+def test_compiled_hf_style_model_called_with_keywords_equals_eager(inplace_residual):
+    torch.manual_seed(0)
+    model = TinyBert(inplace_residual=inplace_residual)
+    reference = copy.deepcopy(model)
+    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit=3, progress=False)
+    kwargs = bert_call()
+    hidden, pooled = compiled(**kwargs, return_dict=False)
+    want_hidden, want_pooled = reference(**kwargs, return_dict=False)
+    torch.testing.assert_close(hidden, want_hidden)
+    torch.testing.assert_close(pooled, want_pooled)
+    (hidden.square().mean() + pooled.sum()).backward()
+    (want_hidden.square().mean() + want_pooled.sum()).backward()
+    for (name, got), want in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, msg=name)
+    assert len(compiled.plan.devices_used()) >= 2
+    compiled(kwargs["input_ids"], attention_mask=kwargs["attention_mask"], token_type_ids=kwargs["token_type_ids"],
+             return_dict=False)  # fmt: skip
+    assert compiled.traces == 1  # positional or keyword, the same call
+    out = compiled(**kwargs)  # another constant (return_dict=True) is another program
+    torch.testing.assert_close(out["pooler_output"], reference(**kwargs)["pooler_output"])
+    assert compiled.traces == 2
+
+
+def test_compiled_torchvision_style_cnn_trains_and_evaluates_like_eager():
+    torch.manual_seed(0)
+    model = TinyResNet()
+    reference = copy.deepcopy(model)
+    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit=3, progress=False)
+    pixels = resnet_call()["pixel_values"]
+    compiled(pixel_values=pixels).sum().backward()
+    reference(pixel_values=pixels).sum().backward()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad)
+    model.eval()
+    reference.eval()
+    torch.testing.assert_close(compiled(pixels), reference(pixels))
+    for got, want in zip(model.buffers(), reference.buffers()):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_function_of_star_args_reuses_its_program_for_new_values():
+    model = _model()
+
+    @graphc.compile(cluster="local", solver="round-robin", time_limit=3, progress=False)
+    def forward(*inputs):
+        return model(inputs[0]) * inputs[1]
+
+    for _ in range(2):
+        x, scale = torch.randn(4, 8), torch.randn(4, 4)
+        torch.testing.assert_close(forward(x, scale), model(x) * scale)
+    assert forward.traces == 1

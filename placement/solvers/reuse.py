@@ -1,0 +1,74 @@
+"""Reusing a plan's placement for the same model at another input shape, without a search.
+
+A compiled model called with a new batch size traces a new cost graph: same nodes and edges, other
+tensor sizes. Searching again costs the solver's whole time budget (tens of seconds by default) for a
+placement that is usually the same, so :func:`reuse_placement` keeps the plan's assignment, per-device
+order and stages, and only re-simulates and re-bounds them on the new graph. It applies when:
+
+* the new graph has exactly the plan's nodes (a new shape of the same program; a different program,
+  such as the model traced in eval mode without its dropout nodes, needs a new plan);
+* every device still holds its nodes (the simulated peak memory fits, as :func:`finish_plan` checks);
+* a pipelined plan's microbatch count divides the new batch; otherwise the largest count that does
+  (at least 1) is taken, since microbatches must be equal.
+
+The reused plan records where it came from in ``settings["reused_from"]`` (the graph fingerprint and
+batch size of the searched plan at the start of a chain of reuses), so a summary or a saved plan says
+that nobody searched for it.
+"""
+
+from __future__ import annotations
+
+from placement.constraints import InfeasibleError
+from placement.errors import PlacementError
+from placement.plan import Plan
+from placement.solvers.common import Problem, finish_plan
+
+
+class PlacementNotReusable(PlacementError):
+    """The plan's placement does not apply to the new graph; the message says why."""
+
+
+def reuse_placement(plan: Plan, problem: Problem) -> Plan:
+    """``plan``'s placement checked, simulated and bounded on ``problem``'s graph (module docstring).
+
+    Raises :class:`PlacementNotReusable` when the graph has other nodes than the plan, or when the
+    placement no longer fits the devices' memory at the new shape.
+    """
+    graph = problem.graph
+    nodes = set(graph.node_names())
+    if nodes != set(plan.assignment):
+        added, removed = sorted(nodes - set(plan.assignment)), sorted(set(plan.assignment) - nodes)
+        raise PlacementNotReusable(
+            f"graph {graph.name!r} has other nodes than the plan (new: {added[:3]}, gone: {removed[:3]})"
+        )
+    microbatches = largest_divisor_at_most(batch_size(problem), plan.microbatches)
+    origin = plan.settings.get("reused_from") or {"graph_fingerprint": plan.graph_fingerprint,
+                                                  "batch_size": plan_batch_size(plan)}  # fmt: skip
+    try:
+        reused = finish_plan(
+            problem,
+            plan.assignment,
+            solver=plan.solver,
+            order=plan.order or None,
+            stages=plan.stages,
+            microbatches=microbatches,
+            settings={**plan.settings, "reused_from": origin},
+        )
+    except InfeasibleError as exc:
+        raise PlacementNotReusable(f"the placement does not fit at the new shape: {exc}") from exc
+    return reused
+
+
+def batch_size(problem: Problem) -> int:
+    """The batch size the problem's graph was traced with (1 when the graph does not say)."""
+    return int(problem.graph.meta.get("batch_size", 1))
+
+
+def plan_batch_size(plan: Plan) -> int | None:
+    """The batch size of the graph a plan was made for, when the plan knows its graph."""
+    return int(plan.graph.meta.get("batch_size", 1)) if plan.graph is not None else None
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (1 when ``n`` or ``limit`` is below 2)."""
+    return max((d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0), default=1)

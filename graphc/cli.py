@@ -214,7 +214,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.calibrate:
         graph, cluster, cost_model = _calibrated_local(args, cluster, console)
     else:
-        with console.status(f"tracing {args.model} ..."):
+        with console.status(f"tracing or reading {args.model} ..."):
             graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
         plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed,

@@ -14,7 +14,6 @@ import copy
 import importlib.metadata
 import importlib.util
 import inspect
-import math
 import sys
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from graphc import zoo
+from graphc.argtypes import positive_int, positive_number
 from graphc.errors import GraphcError
 from graphc.graph import Graph
 from graphc.importers import load_benchmark
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from placement.cluster import Cluster
     from placement.cost_model import CostModel
 
-__all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "positive_float", "positive_int", "trace_model_spec"]
+__all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "trace_model_spec"]
 
 #: The batch size every command assumes when ``-b`` is not given (the zoo's published configurations).
 DEFAULT_BATCH_SIZE = 32
@@ -52,28 +52,6 @@ def _console(args: argparse.Namespace, *, stderr: bool = False) -> Console:
 
 
 # -- option values: argparse refuses a bad one with a one-line message and exit status 2 -------------
-def positive_int(text: str) -> int:
-    """``-b 8``: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0  # refused below, with the same message as a number below 1
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """``-t 2.5``: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan  # refused below, with the same message as a number out of range
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
 def output_file(text: str) -> str:
     """``-o``, ``--trace``, ...: a file to write, in a folder that exists (checked before the work that
     produces it, not after)."""
@@ -297,6 +275,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         readme_block,
         replace_readme_block,
         to_markdown,
+        summary_tables,
         to_summary_markdown,
         write_csv,
     )
@@ -320,7 +299,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     (out / "compare.md").write_text(summary + "\n" + to_markdown(rows))
     write_csv(rows, out / "compare.csv")
     bar_chart(rows, out / "compare.png")
-    console.print(summary)
+    console.print(summary_tables(rows))
     models = args.models or '""'
     command = (f"graphc compare --models {models}{' --benchmarks' if args.benchmarks else ''} "
                f"--clusters {','.join(args.clusters)} --solvers {','.join(args.solvers)} --objectives {args.objectives} "
@@ -418,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     planned.add_argument("-s", "--solver", type=solver_name, default="auto", help="a solver name (graphc solvers)")
     planned.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                          help="latency: one step as fast as possible; throughput: pipelined (auto only)")  # fmt: skip
-    planned.add_argument("-t", "--time-limit", type=positive_float, default=30.0, help="seconds the solver may take")
+    planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
     planned.add_argument("--calibrate", action="store_true",
                          help="with -c local and a zoo model: profile its ops on this CPU and measure the link first")  # fmt: skip
@@ -440,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     compared.add_argument("--solvers", type=comma_list(solver_name), default="single,round-robin,m-topo,m-etf,m-sct,heft,critical-path,auto",
                           help="comma-separated solver names")  # fmt: skip
     compared.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size of the zoo models")
-    compared.add_argument("-t", "--time-limit", type=positive_float, default=10.0, help="seconds per solve")
+    compared.add_argument("-t", "--time-limit", type=positive_number, default=10.0, help="seconds per solve")
     compared.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solvers")
     compared.add_argument("--objectives", default="latency,throughput",
                           help="latency: every solver; throughput: one pipelined plan by auto per graph and cluster")  # fmt: skip

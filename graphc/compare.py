@@ -89,11 +89,11 @@ def load_graph(spec: str, batch_size: int) -> Graph:
         zm = zoo.build(spec, batch_size=batch_size, device="meta")
         return trace(zm.model, zm.example_inputs, granularity="module", name=spec).graph
     graph = load_benchmark(spec)
-    parts = Path(spec).parts
-    if "dnn-partitioning" in parts:
-        origin = f"dnn-partitioning {parts[-2]}" if len(parts) >= 2 else "dnn-partitioning"
-    else:
-        origin = "pipedream"
+    origin = graph.meta.get("source", "")
+    if origin == "dnn-partitioning" and len(Path(spec).parts) >= 2:
+        origin = f"dnn-partitioning {Path(spec).parts[-2]}"
+    elif origin == "trace":
+        origin = f"traced {graph.meta.get('granularity', '')}".strip()
     graph.name = f"{Path(spec).stem} ({origin})"
     return graph
 

@@ -32,7 +32,6 @@ import ast
 import datetime
 import io
 import json
-import math
 import os
 import pickle
 import queue as queue_module
@@ -55,6 +54,7 @@ import torch.multiprocessing as mp
 from rich.console import Console
 
 from graphc import zoo
+from graphc.argtypes import non_negative_int, port_number, positive_int, positive_number
 from graphc.errors import GraphcError
 from graphc.tracing import trace
 from placement.cluster import Cluster
@@ -207,27 +207,6 @@ POLL_S = 0.05
 # For graphc's own tests only: ``kill:R`` or ``hang:R`` makes rank R die or hang as its first forward
 # starts (see _inject_test_fault).
 TEST_FAULT_ENV = "GRAPHC_TEST_FAULT"
-
-
-def _checked(convert: Callable[[str], Any], what: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
-    """An argparse ``type=``: ``convert(text)`` if that works and passes ``ok``, else a one-line error."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _checked(int, "a whole number of at least 1", lambda v: v >= 1)
-non_negative_int = _checked(int, "a whole number of at least 0", lambda v: v >= 0)
-positive_number = _checked(float, "a number above 0", lambda v: math.isfinite(v) and v > 0)
-port_number = _checked(int, "a port number (1-65535)", lambda v: 1 <= v <= 65535)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

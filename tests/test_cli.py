@@ -208,7 +208,7 @@ def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_p
     argv = ["compare", "--models", str(graph_file), "--clusters", "pcie-4gpu", "--solvers", "single", "--objectives", "latency",
             "-t", "1", "--out-dir", str(tmp_path / "cmp")]  # fmt: skip
     assert main(argv) == 0
-    assert "| pcie-4gpu | latency | single |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| g (traced module) | pcie-4gpu | latency | single |" in (tmp_path / "cmp" / "compare.md").read_text()
     assert main(["show", str(graph_file)]) == 2
     assert "this is a cost graph, not a plan: place it first" in capsys.readouterr().err
 
@@ -219,4 +219,5 @@ def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(caps
     assert "plan for 'inception_v3' on 'local'" in out
     assert "placed execution matches eager PyTorch" in out
     assert "predicted step" in out and "measured" in out and "median of 5 steps" in out and "eager PyTorch on one thread" in out
+    assert "on all" in out and "cores" in out  # the strongest plain baseline, eager on every core
     assert "link between two ranks" in out and "profiled times x" in out

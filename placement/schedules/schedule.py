@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass, field
 
@@ -13,8 +14,10 @@ LEGEND = (
     "receive it from device d, microbatch 3 (t': the gradient of t); AR: all-reduce of a replicated "
     "stage's gradients; OPT: optimizer step"
 )
-MIN_COLUMN = 8  # narrowest device column before the table wraps into blocks of devices
+WRAP_COLUMN = 14  # a device column is cut no narrower than this; more devices wrap into blocks
 ELLIPSIS = "…"
+# A code naming a node or tensor: "F(", the name, then ")3" or "'->gpu1)3" (a gradient's prime, the peer).
+_NAMED = re.compile(r"(?P<head>[A-Z]+\()(?P<name>.*?)(?P<tail>'?(?:->|<-)[^)]*\)\d+|\)\d+)")
 
 
 class ScheduleError(PlacementError):
@@ -42,15 +45,15 @@ class Schedule:
 
     def table(self, width: int = 100) -> str:
         """One column per device and one row per step (the ``i``-th action of every device), under a
-        title and above a legend, within ``width`` characters: a long code is cut in its middle, and
-        devices that do not fit side by side are printed in successive blocks."""
+        title and above a legend, within ``width`` characters: a long node or tensor name is cut in its
+        middle, and devices that do not fit side by side are printed in successive blocks."""
         devices = list(self.actions)
         codes = {d: [a.code() for a in self.actions[d]] for d in devices}
         steps = max((len(c) for c in codes.values()), default=0)
         step_width = max(len("step"), len(str(steps - 1)))
-        natural = max([len(d) for d in devices] + [len(c) for cs in codes.values() for c in cs], default=MIN_COLUMN)
+        natural = max([len(d) for d in devices] + [len(c) for cs in codes.values() for c in cs], default=0)
         fair = (width - step_width) // max(len(devices), 1) - 1
-        column = max(MIN_COLUMN, min(natural, fair, width - step_width - 1))
+        column = min(natural, max(fair, WRAP_COLUMN), width - step_width - 1)
         per_block = max(1, (width - step_width) // (column + 1))
         title = (
             f"{self.name} schedule of a {self.plan_kind} plan: {self.microbatches} microbatch(es) "
@@ -72,8 +75,19 @@ def _row(first: str, cells: list[str], column: int, step_width: int) -> str:
 
 
 def _fit(text: str, column: int) -> str:
-    """``text`` cut in its middle to ``column`` characters, so that the microbatch at its end stays."""
+    """``text`` cut to ``column`` characters: the node or tensor name it holds is shortened in its middle,
+    so that the peer and microbatch stay; failing that, the whole code is."""
     if len(text) <= column:
         return text
-    tail = (column - 1) // 3
-    return text[: column - 1 - tail] + ELLIPSIS + text[len(text) - tail :]
+    named = _NAMED.fullmatch(text)
+    if named:
+        room = column - len(named["head"]) - len(named["tail"])
+        if room > len(ELLIPSIS):
+            return named["head"] + _cut(named["name"], room) + named["tail"]
+    return _cut(text, column)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` cut in its middle to ``width`` characters (its ends tell names apart)."""
+    keep = width - len(ELLIPSIS)
+    return text[: keep - keep // 2] + ELLIPSIS + text[len(text) - keep // 2 :]

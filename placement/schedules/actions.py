@@ -50,7 +50,9 @@ class Compute(Action):
 
     def __post_init__(self) -> None:
         if (self.node is None) == (self.stage is None):
-            raise ValueError(f"{type(self).__name__} needs exactly one of node and stage, got {self.node!r}, {self.stage!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs exactly one of node and stage, got {self.node!r}, {self.stage!r}"
+            )
 
     def code(self) -> str:
         unit = "" if self.node is None else f"({self.node})"

@@ -46,7 +46,7 @@ from collections.abc import Callable, Hashable, Mapping
 from operator import attrgetter
 from typing import TYPE_CHECKING, TypeVar
 
-from placement import graph_inputs
+from placement.cost_model import graph_inputs
 from placement.schedules.actions import (
     Action,
     AllReduce,
@@ -192,7 +192,8 @@ def _first_consumers(
     seen: set[str] = set()
     firsts: dict[str, list[str]] = {}
     for v in order:
-        remote = sorted((u for u in graph.predecessors(v) if u in topo and device_of[u] != device), key=topo.__getitem__)
+        remote = [u for u in graph.predecessors(v) if u in topo and device_of[u] != device]
+        remote.sort(key=topo.__getitem__)
         firsts[v] = [u for u in remote if u not in seen]
         seen.update(remote)
     return firsts

@@ -6,7 +6,7 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 
-from placement import PlacementError
+from placement.errors import PlacementError
 from placement.schedules.actions import Action
 
 LEGEND = (

@@ -123,7 +123,11 @@ def test_one_f_one_b_bounds_the_microbatches_in_flight_and_gpipe_keeps_all(stage
 def test_a_replicated_stage_runs_microbatches_round_robin_then_all_reduces():
     schedule = make_schedule(pipeline([["gpu0", "gpu1"], ["gpu2"]], 4), "1f1b")
     # the stage's 1F1B order F0 F1 B0 F2 B1 F3 B2 B3, restricted to each replica's microbatches
-    assert compute_codes(schedule) == {"gpu0": "F0 B0 F2 B2 AR", "gpu1": "F1 B1 F3 B3 AR", "gpu2": "F0 B0 F1 B1 F2 B2 F3 B3"}
+    assert compute_codes(schedule) == {
+        "gpu0": "F0 B0 F2 B2 AR",
+        "gpu1": "F1 B1 F3 B3 AR",
+        "gpu2": "F0 B0 F1 B1 F2 B2 F3 B3",
+    }
     assert schedule.actions["gpu0"][-2:] == [
         AllReduce("gpu0", ("gpu0", "gpu1"), "stage 0 gradients"),
         OptimizerStep("gpu0"),
@@ -232,6 +236,24 @@ def test_an_order_that_contradicts_the_data_across_devices_deadlocks():
     p = plan(g, {"x": "gpu0", "a": "gpu0", "b": "gpu1", "c": "gpu0"}, order={"gpu0": ["x", "c", "a"]})
     with pytest.raises(ScheduleError, match=r"cycle of waits: gpu0 -> gpu1 -> gpu0"):
         make_schedule(p)
+
+
+def test_a_graph_with_explicit_backward_nodes_runs_each_node_once_as_given():
+    """dnn-partitioning training graphs: a and b forward, gb and ga their backward nodes."""
+    g = graph("xab", ["xa", "ab"])
+    for name in ("gb", "ga"):
+        g.add_node(NodeData(name, "op", is_backward=True))
+    for u, v in (("b", "gb"), ("gb", "ga"), ("a", "ga")):
+        g.add_edge(u, v)
+    assignment = {"x": "gpu0", "a": "gpu0", "ga": "gpu0", "b": "gpu1", "gb": "gpu1"}
+    assert codes(make_schedule(plan(g, assignment))) == {
+        "gpu0": "F(x)0 F(a)0 S(a->gpu1)0 R(gb'<-gpu1)0 B(ga)0 OPT",
+        "gpu1": "R(a<-gpu0)0 F(b)0 B(gb)0 S(gb'->gpu0)0 OPT",
+    }
+    assert codes(make_schedule(plan(g, assignment, mode="inference"))) == {
+        "gpu0": "F(x)0 F(a)0 S(a->gpu1)0",
+        "gpu1": "R(a<-gpu0)0 F(b)0",
+    }
 
 
 # -- validation -----------------------------------------------------------------------------------

@@ -31,13 +31,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphc.graph import EdgeData, Graph, NodeData
-from graphc.importers import benchmark_files, load_benchmark
+from graphc.ir.graph import EdgeData, Graph, NodeData
+from graphc.ir.importers import benchmark_files, load_benchmark
 from placement import Cluster
 from placement.errors import PlacementError
 from placement.simulate import simulate
 from placement.solvers import BASELINES, HEURISTICS, SOLVERS
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 ZOO_CACHE = Path("results/zoo_graphs")
 LAYER_LEVEL = "pipedream"  # the graphs whose nodes are layers (the 5%-of-bound target)

@@ -2,7 +2,7 @@
 
 For each zoo network (at a size that steps in tens to hundreds of milliseconds on one thread):
 
-1. trace it (module granularity) and profile every node in isolation (:mod:`graphc.profile`, one thread,
+1. trace it (module granularity) and profile every node in isolation (:mod:`graphc.frontend.profile`, one thread,
    as the CPU worker devices of the ``local`` cluster run);
 2. predict one training step on one ``local`` CPU device with the simulator, once from the profiled
    times and once from the analytic roofline;
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc import trace, zoo
-from graphc.profile import ProfileSettings, profile_program, time_in_place
+from graphc.frontend.profile import ProfileSettings, profile_program, time_in_place
 from placement import Cluster, CostModel, simulate
 
 # Sizes at which one training step takes tens to hundreds of ms on one CPU thread.

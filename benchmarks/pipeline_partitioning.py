@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from graphc.importers import load_benchmark, load_expert_split, shared_benchmarks_dir
+from graphc.ir.importers import load_benchmark, load_expert_split, shared_benchmarks_dir
 from placement import Cluster
 from placement.pipeline import (
     Part,
@@ -44,7 +44,7 @@ from placement.pipeline import (
     solve_throughput,
 )
 from placement.presets import accelerators_with_cpu
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 DNN = ["bert24_inference", "bert24_training", "resnet50_inference", "resnet50_training"]
 PIPEDREAM = ["alexnet", "vgg16", "resnet50", "gnmt", "inception_v3"]

@@ -6,7 +6,7 @@ milliseconds on one CPU thread:
 1. eager PyTorch, one process, 1 and then 2 threads (forward, loss, backward, SGD update);
 2. the cost model of the ``local`` cluster of two CPU workers, calibrated on this machine: the link
    between two ranks as the runtime meets it (:func:`runtime.link.measure_link`), and every cost node
-   profiled in isolation on one thread (:mod:`graphc.profile`), at the full batch and, for a pipelined
+   profiled in isolation on one thread (:mod:`graphc.frontend.profile`), at the full batch and, for a pipelined
    plan, on one microbatch;
 3. plans: everything on one device; for Inception the best of the HEFT, m-ETF and m-SCT list
    schedulers with that cost model on two devices (branches run side by side); for GPT-2 two
@@ -54,7 +54,8 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc import TracedProgram, trace, zoo
-from graphc.profile import ProfileSettings, calibration_factor, profile_program
+from graphc.frontend.profile import ProfileSettings, profile_program
+from placement.calibration import calibration_factor
 from placement import Cluster, CostModel, simulate
 from placement.cost_model import ProfiledTimes
 from placement.plan import Plan

@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, CostModel, lower_bound, simulate
 
 

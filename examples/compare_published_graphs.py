@@ -10,7 +10,7 @@ best in bold, auto's proven gap) and then every row; the same as
 
 from __future__ import annotations
 
-from graphc.compare import compare, to_markdown, to_summary_markdown
+from graphc.app.compare import compare, to_markdown, to_summary_markdown
 from graphc.importers import benchmark_files
 
 SOLVERS = ("single", "m-etf", "m-sct", "heft", "auto")

@@ -1,6 +1,6 @@
 """Run a placed model for real: trace it, place it, split it per device, train it, check it.
 
-1. trace Inception-v3 (small), time each of its ops on this CPU (:mod:`graphc.profile`) and the link
+1. trace Inception-v3 (small), time each of its ops on this CPU (:mod:`graphc.frontend.profile`) and the link
    between two ranks (:mod:`runtime.link`), and place it on that many CPU workers with HEFT, which
    runs branches side by side where that pays for the transfers;
 2. ``runtime.partition`` splits the traced program into one program per device, with a send on the
@@ -24,7 +24,7 @@ from rich.console import Console
 import graphc
 import runtime
 from graphc import zoo
-from graphc.profile import profile_program
+from graphc.frontend.profile import profile_program
 from placement import CostModel
 from placement.solvers import solve
 from runtime.launch import spawn

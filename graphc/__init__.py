@@ -1,5 +1,9 @@
 """graphc: trace a PyTorch model into a cost graph, place it across devices, and run it.
 
+Three layers, one sub-package each (ARCHITECTURE.md): :mod:`graphc.ir` (the cost graph, errors),
+:mod:`graphc.frontend` (tracing, annotation, profiling, the zoo) and :mod:`graphc.app` (``compile``,
+the CLI). ``graphc.zoo`` and ``graphc.importers`` are the public names of the zoo and the importers.
+
 The cost-graph types import without torch (a solver never needs it); ``trace``, ``compile`` and the
 other torch-facing names load torch on first use.
 """
@@ -9,15 +13,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from graphc.errors import GraphcError, GraphFormatError, TraceError
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.errors import GraphcError, GraphFormatError, TraceError
+from graphc.ir.graph import EdgeData, Graph, NodeData
 
 _LAZY = {
-    "trace": "graphc.tracing",
-    "TracedProgram": "graphc.tracing",
-    "leaf_module": "graphc.leaf",
-    "compile": "graphc.compiler",
-    "CompiledModel": "graphc.compiler",
+    "trace": "graphc.frontend.tracing",
+    "TracedProgram": "graphc.frontend.tracing",
+    "leaf_module": "graphc.frontend.leaf",
+    "compile": "graphc.app.compiler",
+    "CompiledModel": "graphc.app.compiler",
 }
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
 ]
 
 
+# Loaded on first use on purpose: ``placement`` imports graphc.ir.*, which runs this file, and must not
+# load torch (nor the application layer above it).
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

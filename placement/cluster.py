@@ -32,7 +32,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphc.jsonfile import check_header, read_json, write_json
+from graphc.ir.jsonfile import check_header, read_json, write_json
 from placement.errors import ClusterFormatError, PlacementError
 
 SCHEMA = "graphc.cluster"

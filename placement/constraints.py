@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.cluster import Cluster, Device
 from placement.errors import PlacementError
 

@@ -9,7 +9,7 @@ A node's time on a device comes from the first of these sources that has it:
    (``"cpu"``, ``"accelerator"``, ``"gpu"``: the labels of the dnn-partitioning files).
 2. **Profiled.** A table of times measured on a real device of this kind, keyed by the node's profile
    key (op, shapes, dtypes, FLOPs, bytes) and the device kind: a :class:`ProfiledTimes` filled by
-   :mod:`graphc.profile` and loaded from its JSON cache, or any object with a ``lookup(node, device)``
+   :mod:`graphc.frontend.profile` and loaded from its JSON cache, or any object with a ``lookup(node, device)``
    method (:class:`TimeSource`).
 3. **Measured on another GPU kind, scaled.** When the node was measured on a GPU kind this device is not
    (a V100 profile placed on an H100; or on a CPU when the node has no FLOP counts for the roofline, as
@@ -38,27 +38,21 @@ A transfer between two devices takes ``EdgeData.transfer_ms`` when the edge carr
 (see :meth:`CostModel.measured_transfer_ms` for the labels matched), else ``route latency + bytes /
 bottleneck bandwidth`` on the cluster's route. On one device it is free.
 
-All times are milliseconds, as in :mod:`graphc.graph`.
+All times are milliseconds, as in :mod:`graphc.ir.graph`.
 """
 
 # node_times compares with `if` rather than calling max(): it prices 100,000 nodes in a loop.
 # ruff: noqa: PLR1730, FURB136
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from graphc.graph import EdgeData, Graph, NodeData
-from graphc.jsonfile import check_header, read_json, write_json
+from graphc.ir.graph import EdgeData, Graph, NodeData
+from graphc.ir.profiled import ProfiledTimes
 from placement.cluster import Cluster, Device
-from placement.errors import PlacementError, ProfileFormatError
+from placement.errors import PlacementError
 from placement.specs import DEVICE_SPECS
-
-PROFILE_SCHEMA = "graphc.profiled_times"
-PROFILE_SCHEMA_VERSION = 1
 
 # Where a node time came from (the second item of :meth:`CostModel.explain`).
 SOURCE_INPUT = "input"
@@ -67,12 +61,10 @@ SOURCE_PROFILED = "profiled"
 SOURCE_SCALED = "measured-scaled"
 SOURCE_ANALYTIC = "analytic"
 
-
 def _category_labels(dev: Device) -> tuple[str, ...]:
     """The generic labels a measurement may use for this device: its category, and for a GPU also
     ``"accelerator"`` (the dnn-partitioning files call every non-CPU device an accelerator)."""
     return (dev.category, "accelerator") if dev.category == "gpu" else (dev.category,)
-
 
 def graph_inputs(graph: Graph) -> set[str]:
     """Names of the graph's inputs: nodes with op ``"input"`` and names in ``meta["input_nodes"]``."""
@@ -80,94 +72,12 @@ def graph_inputs(graph: Graph) -> set[str]:
     names.update(n for n in graph.meta.get("input_nodes", []) if n in graph)
     return names
 
-
 class TimeSource(Protocol):
     """Anything that may know a node's profiled times on a device."""
 
     def lookup(self, node: NodeData, device: Device) -> tuple[float, float] | None:
         """``(forward_ms, backward_ms)`` of ``node`` on ``device``, or None when unknown."""
         ...
-
-
-@dataclass
-class ProfiledTimes:
-    """Profiled times keyed by (node key, device kind) -> (forward ms, backward ms).
-
-    The node key is :meth:`graphc.graph.NodeData.profile_key`: the op, its output shapes and dtypes,
-    FLOPs and bytes read, so nodes computing the same thing on tensors of the same sizes share one
-    measurement. The profiler (:mod:`graphc.profile`) fills the table by running each op on a real
-    device; :meth:`save` and :meth:`load` keep it in a JSON cache so a later run does not measure again.
-    """
-
-    times: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
-
-    def add_key(self, key: str, device_kind: str, fwd_ms: float, bwd_ms: float) -> None:
-        self.times[(key, device_kind)] = (float(fwd_ms), float(bwd_ms))
-
-    def get_key(self, key: str, device_kind: str) -> tuple[float, float] | None:
-        return self.times.get((key, device_kind))
-
-    def add(self, node: NodeData, device_kind: str, fwd_ms: float, bwd_ms: float) -> None:
-        """Record the times of ``node`` (by its profile key) on devices of ``device_kind``."""
-        self.add_key(node.profile_key(), device_kind, fwd_ms, bwd_ms)
-
-    def lookup(self, node: NodeData, device: Device) -> tuple[float, float] | None:
-        return self.times.get((node.profile_key(), device.kind))
-
-    def scaled(self, factor: float) -> ProfiledTimes:
-        """Every time times ``factor`` (a calibration: ops timed in isolation miss what runs between them
-        in a real step, so a table is scaled until the simulated step of one device equals a measured one)."""
-        result = ProfiledTimes()
-        for (key, kind), (fwd_ms, bwd_ms) in self.times.items():
-            result.add_key(key, kind, fwd_ms * factor, bwd_ms * factor)
-        return result
-
-    def __len__(self) -> int:
-        return len(self.times)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": PROFILE_SCHEMA,
-            "version": PROFILE_SCHEMA_VERSION,
-            "entries": [
-                {"key": key, "device_kind": kind, "fwd_ms": f, "bwd_ms": b}
-                for (key, kind), (f, b) in self.times.items()
-            ],
-        }
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
-
-    @classmethod
-    def from_dict(cls, doc: Any, source: str = "<dict>") -> ProfiledTimes:
-        def check(ok: bool, where: str, why: str) -> None:
-            if not ok:
-                raise ProfileFormatError(f"{source}: {where}: {why}")
-
-        check_header(doc, PROFILE_SCHEMA, PROFILE_SCHEMA_VERSION, source, ProfileFormatError)
-        check(isinstance(doc.get("entries"), list), "entries", "expected a list")
-        table = cls()
-        for i, e in enumerate(doc["entries"]):
-            where = f"entries[{i}]"
-            check(isinstance(e, dict), where, "expected an object")
-            for key in e:
-                check(key in ("key", "device_kind", "fwd_ms", "bwd_ms"), f"{where}.{key}", "unknown field")
-            for key in ("key", "device_kind"):
-                check(isinstance(e.get(key), str), f"{where}.{key}", f"expected a string, got {e.get(key)!r}")
-            for key in ("fwd_ms", "bwd_ms"):
-                v = e.get(key)
-                check(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-                    f"{where}.{key}",
-                    f"expected a number >= 0, got {v!r}",
-                )
-            table.add_key(e["key"], e["device_kind"], e["fwd_ms"], e["bwd_ms"])
-        return table
-
-    @classmethod
-    def load(cls, path: str | Path) -> ProfiledTimes:
-        return cls.from_dict(read_json(path, ProfileFormatError, "profiled times"), str(path))
-
 
 class CostModel:
     """Node times per device and transfer times per device pair, in milliseconds (module docstring).

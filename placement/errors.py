@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from graphc.errors import GraphcError
+from graphc.ir.errors import PlacementError, ProfileFormatError
 
-
-class PlacementError(GraphcError):
-    """A placement input is unusable: an unknown device, an unassigned node, an impossible order."""
+__all__ = ["ClusterFormatError", "PlacementError", "ProfileFormatError"]
 
 
 class ClusterFormatError(PlacementError):
     """A cluster description (JSON or constructor arguments) is malformed; names the bad field."""
-
-
-class ProfileFormatError(PlacementError):
-    """A cache file of profiled op times is malformed; names the file and the field."""

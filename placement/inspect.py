@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Group
 from rich.table import Table
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.cluster import Cluster
-from placement.plan import Plan
 from placement.timeline import ALLREDUCE, BACKWARD, FORWARD, SEND, SEND_GRAD, SimResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from placement.plan import Plan
 
 _PALETTE = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",

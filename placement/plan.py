@@ -5,7 +5,7 @@ pipelined plan splits the graph into stages and microbatches, and what the solve
 about it (simulated step time, peak memory per device, lower bound, proven gap). Plans are saved as
 JSON with a schema name and version and validated on load; nothing is ever unpickled.
 
-A plan remembers the fingerprint of the graph it was made for (:meth:`graphc.graph.Graph.fingerprint`),
+A plan remembers the fingerprint of the graph it was made for (:meth:`graphc.ir.graph.Graph.fingerprint`),
 so that running it on another model (other node names, other shapes) is refused before anything runs
 (:meth:`Plan.check_matches`).
 """
@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graphc.graph import SCHEMA as GRAPH_SCHEMA
-from graphc.graph import Graph
-from graphc.jsonfile import check_header, read_json, write_json
+from graphc.ir.graph import SCHEMA as GRAPH_SCHEMA
+from graphc.ir.graph import Graph
+from graphc.ir.jsonfile import check_header, read_json, write_json
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, ProfiledTimes
 from placement.errors import PlacementError
+from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
+from placement.simulate import simulate
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -148,8 +150,6 @@ class Plan:
     # -- inspection (placement.inspect) --------------------------------------------------------
     def simulate(self) -> SimResult:
         """Simulate the plan again (same graph, cluster and cost model) for its timeline and figures."""
-        from placement.simulate import simulate
-
         graph, cluster = self._made_from()
         order = self.order or None
         return simulate(
@@ -159,27 +159,19 @@ class Plan:
 
     def summary(self) -> Group:
         """Tables per device and per link and the headline figures (a rich renderable: print it)."""
-        from placement.inspect import summary_table
-
         graph, cluster = self._made_from()
         return summary_table(self, graph, cluster, self.simulate())
 
     def to_chrome_trace(self, path: str | Path) -> None:
         """Write the simulated timeline for Perfetto / chrome://tracing: a track per device and per link."""
-        from placement.inspect import chrome_trace
-
         Path(path).write_text(json.dumps(chrome_trace(self.simulate())))
 
     def gantt(self, path: str | Path) -> None:
         """Draw the simulated timeline as a PNG."""
-        from placement.inspect import gantt_png
-
         gantt_png(self.simulate(), path, title=f"{self.graph_name} on {self.cluster_name}: {self.solver}")
 
     def to_dot(self, path: str | Path) -> None:
         """Write Graphviz source of the graph coloured by device, cut edges marked."""
-        from placement.inspect import to_dot
-
         graph, cluster = self._made_from()
         Path(path).write_text(to_dot(self, graph, cluster))
 

@@ -86,7 +86,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from graphc.graph import EdgeData, Graph
+from graphc.ir.graph import EdgeData, Graph
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError

@@ -9,9 +9,9 @@
     ex = runtime.LocalExecutor(parts, loss_fn=loss, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
     result = ex.step(inputs, targets)                       # forward, backward, update
 
-Under torchrun, :class:`DistributedExecutor` runs one device per rank instead: ``graphc run`` starts it,
-and :func:`runtime.launch.spawn` runs a function on local ranks (not imported here, so that
-``python -m runtime.launch``, the worker torchrun starts, is imported only once).
+Under torchrun, :class:`DistributedExecutor` runs one device per rank instead: ``graphc run``
+(:mod:`graphc.app.run`) starts it, and :func:`runtime.launch.spawn` runs a function on local ranks.
+``zoo_loss`` is :func:`graphc.zoo.zoo_loss`, re-exported here for the scripts that import it from here.
 
 Numbers. A placed step computes what eager PyTorch computes on one device, up to float32 rounding of
 sums taken in another order, with exceptions that follow from the placement itself:
@@ -28,6 +28,7 @@ sums taken in another order, with exceptions that follow from the placement itse
 Models without either give eager's losses, outputs, gradients and, after optimizer steps, parameters.
 """
 
+from graphc.frontend.zoo import zoo_loss
 from runtime.check import EagerRun, eager_run, relative_difference
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import ProgramMismatch, RankFailure, RuntimeFault, ScheduleError
@@ -51,7 +52,7 @@ from runtime.schedule import (
     pipeline_stages,
     validate,
 )
-from runtime.step import StepResult, zoo_loss
+from runtime.step import StepResult
 
 __all__ = [
     "Action",

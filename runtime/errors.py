@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphc.errors import GraphcError
+from graphc.ir.errors import GraphcError
 
 
 class RuntimeFault(GraphcError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graphc.tracing import trace
+from graphc.frontend.tracing import trace
 from placement import Cluster
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RuntimeFault

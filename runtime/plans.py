@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.plan import Plan, Stage
 from runtime.errors import ProgramMismatch
 

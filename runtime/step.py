@@ -3,8 +3,8 @@
 Loss. ``loss_fn(outputs, targets)`` (or ``loss_fn(outputs)`` when a step gets no targets) returns a
 scalar that is a *mean* over the samples of the batch, as ``F.cross_entropy`` is. With ``m``
 microbatches of equal size the step back-propagates ``loss_fn(outputs_k, targets_k) / m`` for each
-microbatch ``k``, so the summed gradients equal the full batch's. :func:`zoo_loss` adapts a
-:class:`graphc.zoo.ZooModel`'s loss, which scores against the model's own targets, to this form.
+microbatch ``k``, so the summed gradients equal the full batch's. :func:`graphc.zoo.zoo_loss` adapts a
+zoo model's loss, which scores against the model's own targets, to this form.
 
 Inputs and targets are split along their first (batch) dimension. Batch norm computes its statistics
 per microbatch, so a pipelined model with batch norm trains on other numbers than one full-batch step
@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from graphc.zoo import ZooModel
 from runtime.errors import ProgramMismatch
 from runtime.partition import PartitionedProgram
 
@@ -44,25 +43,6 @@ class StepResult:
     outputs: Any
     step_ms: float
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ZooLoss:
-    """``loss_fn(outputs, targets)``: a zoo network's training loss (:meth:`graphc.zoo.ZooModel.loss`)
-    against given targets. Small and picklable, so it travels to other ranks without the model."""
-
-    name: str
-    config: dict[str, Any]
-    aux_weight: float
-
-    def __call__(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        scorer = ZooModel(self.name, nn.Identity(), (), int(targets.shape[0]), targets, self.config, self.aux_weight)
-        return scorer.loss(outputs)
-
-
-def zoo_loss(zoo_model: ZooModel) -> ZooLoss:
-    """The :class:`ZooLoss` of ``zoo_model``."""
-    return ZooLoss(zoo_model.name, dict(zoo_model.config), zoo_model.aux_weight)
 
 
 def as_tuple(inputs: Any) -> tuple:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Bound,
     Cluster,
@@ -18,7 +18,7 @@ from placement import (
     lower_bound,
     simulate,
 )
-from placement.bounds import _lp_bound, _two_class_bound
+from placement.bounds.core import _lp_bound, _two_class_bound
 
 
 def cluster(kinds: list[str], memory: float = 1e12) -> Cluster:

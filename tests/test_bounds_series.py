@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Device, Link, Switch, lower_bound, simulate
-from placement.bounds_series import cut_nodes
+from placement.bounds.series import cut_nodes
 
 
 def star(n: int, bandwidth: float = 1e9, kinds: tuple[str, ...] = ()) -> Cluster:

@@ -7,12 +7,14 @@ import json
 
 import pytest
 
-import graphc.cli
-from graphc.cli import DEFAULT_BATCH_SIZE, build_parser, main
-from graphc.graph import Graph
+import graphc.app.cli
+from graphc.app.cli import DEFAULT_BATCH_SIZE, build_parser, main
+from graphc.ir.graph import Graph
+from placement.cost_model import ProfiledTimes
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.solvers import SOLVERS
+from runtime.link import LinkSpeed
 
 
 def test_trace_and_import_print_and_save_graphs(tmp_path, capsys):
@@ -66,7 +68,7 @@ def no_tracing(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("traced a model although the command line was wrong")
 
-    monkeypatch.setattr(graphc.cli, "trace", refuse)
+    monkeypatch.setattr(graphc.app.cli, "trace", refuse)
     monkeypatch.chdir(tmp_path)
 
 
@@ -146,7 +148,7 @@ def test_every_command_has_one_default_batch_and_help_on_every_option():
     for name in ("trace", "plan", "compare"):
         assert commands[name].parse_args(["alexnet"] if name != "compare" else []).batch_size == DEFAULT_BATCH_SIZE == 32
     for name, parser in commands.items():
-        if name == "run":  # runtime.launch.add_run_arguments: not the CLI's own options
+        if name == "run":  # graphc.app.run.add_run_arguments: not the CLI's own options
             continue
         for action in parser._actions:
             assert action.help, f"graphc {name} {action.dest} has no help"
@@ -169,11 +171,8 @@ def test_plan_on_local_warns_that_the_cpu_figures_are_uncalibrated(capsys):
 
 
 def test_plan_calibrate_profiles_on_this_cpu_and_plans_on_the_measured_link(tmp_path, monkeypatch, capsys):
-    import runtime.link
-    from placement.cost_model import ProfiledTimes
-
-    measured = runtime.link.LinkSpeed(latency_s=2e-4, bandwidth=1.5e9)
-    monkeypatch.setattr(runtime.link, "measure_link", lambda: measured)  # measuring it is runtime.link's test
+    measured = LinkSpeed(latency_s=2e-4, bandwidth=1.5e9)
+    monkeypatch.setattr(graphc.app.cli, "measure_link", lambda: measured)  # measuring it is runtime.link's test
     plan_file = tmp_path / "plan.json"
     argv = ["plan", "alexnet", "--size", "small", "-b", "2", "-c", "local", "--calibrate", "-s", "single", "-o", str(plan_file)]
     assert main(argv) == 0

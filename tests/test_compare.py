@@ -1,4 +1,4 @@
-"""graphc.compare: the summary table, the README block, and bad input."""
+"""graphc.app.compare: the summary table, the README block, and bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from graphc.compare import (
+from graphc.app.compare import (
     CHART_MAX_WIDTH_PX,
     README_BEGIN,
     README_END,
@@ -22,8 +22,8 @@ from graphc.compare import (
     summary_tables,
     to_summary_markdown,
 )
-from graphc.errors import GraphcError
-from graphc.importers import benchmark_files
+from graphc.ir.errors import GraphcError
+from graphc.ir.importers import benchmark_files
 
 
 def _row(graph, solver, step, bound, objective="latency", error="", stages=0, microbatches=1):

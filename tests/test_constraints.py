@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.constraints import Constraints, InfeasibleError, check_memory, resolve
 from placement.solvers import HEURISTICS, solve
 from test_solvers_common import GB, branches, gigabyte_chain, graph, star

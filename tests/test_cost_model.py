@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Cluster,
     CostModel,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphc.errors import GraphFormatError
-from graphc.graph import Graph
-from graphc.importers import (
+from graphc.ir.errors import GraphFormatError
+from graphc.ir.graph import Graph
+from graphc.ir.importers import (
     load_benchmark,
     load_dnn_partitioning,
     load_expert_split,

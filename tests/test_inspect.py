@@ -10,12 +10,12 @@ import pytest
 from matplotlib.colors import to_hex
 from rich.console import Console
 
-from graphc.graph import EdgeData, Graph, NodeData
-from graphc.report import graph_totals_table, op_breakdown_table
+from graphc.ir.graph import EdgeData, Graph, NodeData
+from graphc.app.report import graph_totals_table, op_breakdown_table
 from placement import Cluster
 from placement.inspect import device_colours, gantt_figure, gantt_png, to_dot
 from placement.plan import Plan
-from placement.solvers.common import finish_plan, make_problem
+from placement.problem import finish_plan, make_problem
 
 
 def _fork_join() -> Graph:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from graphc.importers import load_benchmark, load_expert_split, shared_benchmarks_dir
+from graphc.ir.importers import load_benchmark, load_expert_split, shared_benchmarks_dir
 from placement.pipeline import (
     DeviceClass,
     Part,
@@ -23,7 +23,7 @@ from placement.pipeline import (
 )
 from placement.pipeline.instance import subinstance
 from placement.presets import accelerators_with_cpu
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 # The optimum max-load (ms) of a contiguous split, and the number of ideals of each file's block DAG.
 OPTIMA = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Device, Link, Switch
 from placement.pipeline.microbatches import choose_microbatches
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 
 def test_choose_microbatches_finds_the_interior_optimum() -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from graphc.importers import load_benchmark
+from graphc.ir.importers import load_benchmark
 from placement import Cluster
 from placement.constraints import Constraints, InfeasibleError
 from placement.pipeline import (
@@ -21,7 +21,7 @@ from placement.pipeline import (
 )
 from placement.plan import Plan
 from placement.presets import accelerators_with_cpu
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 BERT_OPTIMUM = 17.78990625  # tests/test_pipeline_dnn.py
 
@@ -148,7 +148,7 @@ def test_a_split_that_overflows_once_simulated_is_tightened_until_it_fits() -> N
     # costs 1 ms each way, more than a's work). Simulated, the device of {a, b} also holds the 0.1 GB gradient that c
     # sends back: 8.1 GB, over. The retry takes that off the capacity, so no device holds two nodes,
     # and {a} | {b} | {c} fits (b: 4 GB + 1 GB received + 0.1 GB of gradient).
-    from graphc.graph import EdgeData, Graph, NodeData
+    from graphc.ir.graph import EdgeData, Graph, NodeData
     from placement import Device, Link, Switch
 
     devices = [Device(f"d{i}", "X", "gpu", "h", {"float32": 1e12}, 1e11, 8.05e9) for i in range(3)]

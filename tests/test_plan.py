@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
-from graphc.importers import load_benchmark
-from graphc.jsonfile import write_json
+from graphc.ir.graph import EdgeData, Graph, NodeData
+from graphc.ir.importers import load_benchmark
+from graphc.ir.jsonfile import write_json
 from placement.cluster import Cluster
 from placement.plan import Plan, PlanFormatError, PlanMismatchError, Stage
 from placement.solvers import SOLVERS, solve

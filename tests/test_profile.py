@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from graphc import trace
-from graphc.profile import ProfileSettings, profile_program, time_nodes
+from graphc.frontend.profile import ProfileSettings, profile_program, time_nodes
 from placement import Cluster, CostModel, ProfiledTimes
 
 

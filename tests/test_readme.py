@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graphc.cli import build_parser
+from graphc.app.cli import build_parser
 from placement.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]

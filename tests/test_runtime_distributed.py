@@ -30,7 +30,7 @@ from runtime import (
     zoo_loss,
 )
 from runtime.launch import spawn
-from runtime.step import ZooLoss
+from graphc.frontend.zoo import ZooLoss
 
 
 @dataclass

@@ -27,8 +27,9 @@ from runtime import (
     zoo_loss,
 )
 from runtime.faults import REPORTS_ENV
-from runtime.launch import TEST_FAULT_ENV, spawn
-from runtime.step import ZooLoss
+from graphc.app.run import TEST_FAULT_ENV
+from runtime.launch import spawn
+from graphc.frontend.zoo import ZooLoss
 
 TIMEOUT_S = 2.0
 
@@ -141,7 +142,7 @@ def worker_argv(plan: str) -> list[str]:
 
 @pytest.mark.parametrize(("fault", "culprit"), [("kill", 1), ("hang", 1)])
 def test_graphc_run_names_the_failed_rank_and_ends_within_the_timeout(chain_plan, fault, culprit):
-    ended = run_with_fault([sys.executable, "-m", "graphc.cli", "run", *worker_argv(chain_plan)], f"{fault}:{culprit}", dict(os.environ))
+    ended = run_with_fault([sys.executable, "-m", "graphc.app.cli", "run", *worker_argv(chain_plan)], f"{fault}:{culprit}", dict(os.environ))
     assert ended.status != 0
     message = ended.stderr.split("graphc: error: ", 1)[1]
     headline = message.splitlines()[0]
@@ -156,7 +157,7 @@ def test_graphc_run_names_the_failed_rank_and_ends_within_the_timeout(chain_plan
 
 def test_under_a_torchrun_of_ones_own_the_ranks_name_the_dead_one(chain_plan):
     """torchrun ends the other ranks at once when one dies; they still say which, and in what."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m", "runtime.launch"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m", "graphc.app.run"]
     environ = {k: v for k, v in os.environ.items() if k != REPORTS_ENV}
     ended = run_with_fault([*command, *worker_argv(chain_plan)], "kill:1", environ)
     assert ended.status != 0

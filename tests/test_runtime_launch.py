@@ -1,4 +1,4 @@
-"""runtime.launch: the options and torchrun command of ``graphc run``, and a real run through torchrun."""
+"""graphc.app.run: the options and torchrun command of ``graphc run``, and a real run through torchrun."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 import pytest
 
 import graphc
-from graphc import cli, zoo
-from graphc.errors import GraphcError
+from graphc import zoo
+from graphc.app import cli
+from graphc.ir.errors import GraphcError
 from placement.plan import Plan, PlanMismatchError
 from runtime import contiguous_plan
-from runtime.launch import SHUTDOWN_S, add_run_arguments, cmd_run, hardware_warning, torchrun_command
+from graphc.app.run import SHUTDOWN_S, add_run_arguments, cmd_run, hardware_warning, torchrun_command
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def test_one_host_runs_torchrun_standalone_with_a_rank_per_device(plan_file):
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in command and "--nproc-per-node=2" in command
     assert f"--shutdown-timeout={SHUTDOWN_S}" in command  # not torchrun's 30 s once graphc run stops it
-    worker = command[command.index("runtime.launch") + 1 :]
+    worker = command[command.index("graphc.app.run") + 1 :]
     assert worker[:3] == ["gpt2", "--plan", plan_file] and "dropout=0.0" in worker
 
 

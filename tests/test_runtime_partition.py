@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import graphc
 from graphc import zoo
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.plan import PlanMismatchError
 from runtime import (
     LocalExecutor,

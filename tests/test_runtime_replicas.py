@@ -40,7 +40,7 @@ from runtime import (
     zoo_loss,
 )
 from runtime.launch import spawn
-from runtime.step import ZooLoss
+from graphc.frontend.zoo import ZooLoss
 
 RTOL = 1e-4
 BATCH, M = 8, 4

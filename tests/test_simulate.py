@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Cluster,
     CostModel,
@@ -463,7 +463,7 @@ PIPEDREAM = Path("/work/shared/benchmarks/pipedream")
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg16", "inception_v3", "resnet50", "gnmt"])
 def test_pipedream_single_device_step_is_the_profiles_sum(name: str) -> None:
-    from graphc.importers import load_pipedream
+    from graphc.ir.importers import load_pipedream
 
     path = PIPEDREAM / f"{name}.txt"
     if not path.exists():

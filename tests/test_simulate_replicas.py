@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Device, Link, PlacementError, Switch, simulate
 from placement.pipeline.build import instance_from_problem
 from placement.pipeline.instance import part_load
 from placement.plan import Plan, Stage, stage_replicas
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 
 MB = 1e6  # bytes; 1 ms on the 1 GB/s links of the test cluster
 

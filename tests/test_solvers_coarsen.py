@@ -10,10 +10,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from graphc.graph import Graph
-from placement.coarsen import coarsen, from_partition
+from graphc.ir.graph import Graph
+from placement.solvers.coarsen import coarsen, from_partition
 from placement.constraints import Constraints
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 from placement.solvers.cpsat import Budget, CpSatSettings, warm_start
 from placement.solvers.instance import Instance, instance
 from placement.solvers.lns import grow_window, lns

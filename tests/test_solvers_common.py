@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from graphc.graph import EdgeData, Graph, NodeData
+from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Device, Link, PlacementError, Switch
 from placement.solvers import HEURISTICS, SOLVERS, solve
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 from placement.solvers.instance import instance
 
 MB = 1e6  # 1 ms on the 1 GB/s links of the test clusters

@@ -17,13 +17,13 @@ from test_solvers_common import (
     star,
 )
 
-from graphc.graph import Graph
-from graphc.importers import load_benchmark
+from graphc.ir.graph import Graph
+from graphc.ir.importers import load_benchmark
 from placement import Cluster, simulate
 from placement.constraints import Constraints
 from placement.errors import PlacementError
 from placement.solvers import HEURISTICS, SOLVERS, solve
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 from placement.solvers.cpsat import warm_start
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import instance

@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from graphc.importers import load_benchmark
+from graphc.ir.importers import load_benchmark
 from placement import Cluster, simulate
 from placement.solvers import solve
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 from placement.solvers.ilp import LatencyModel, canonical_devices, interchangeable_classes
 from placement.solvers.modeltime import model_schedule
 from placement.solvers.instance import instance

@@ -8,7 +8,7 @@ import pytest
 from ortools.linear_solver import pywraplp
 from test_solvers_common import graph, random_graph, star
 
-from placement.solvers.common import make_problem
+from placement.problem import make_problem
 from placement.solvers.instance import Instance, instance
 from placement.solvers.sct import chain_tasks, favourite_lp
 

@@ -10,9 +10,9 @@ import torch
 import torch.fx
 
 from graphc import zoo
-from graphc.leaf import is_marked_leaf
-from graphc.zoo.gnmt import Attention
-from graphc.zoo.gpt2 import MLP, CausalSelfAttention
+from graphc.frontend.leaf import is_marked_leaf
+from graphc.frontend.zoo.gnmt import Attention
+from graphc.frontend.zoo.gpt2 import MLP, CausalSelfAttention
 
 
 def small(name: str, batch_size: int = 2, **knobs: object) -> zoo.ZooModel:

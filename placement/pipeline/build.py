@@ -1,4 +1,4 @@
-"""From a placement :class:`~placement.solvers.common.Problem` to a :class:`ThroughputInstance`, and back.
+"""From a placement :class:`~placement.problem.Problem` to a :class:`ThroughputInstance`, and back.
 
 **Device classes.** Devices are interchangeable when the cost model sees them alike (kind, category,
 peak FLOP/s, memory bandwidth, op overhead), they have the same usable memory (capacity after the
@@ -34,12 +34,12 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from graphc.graph import EdgeData
+from graphc.ir.graph import EdgeData
 from placement.cost_model import graph_inputs
 from placement.pipeline.instance import DeviceClass, Partition, ThroughputInstance
 from placement.plan import Stage
 from placement.simulate import send_bytes
-from placement.solvers.common import Problem
+from placement.problem import Problem
 
 OPTIMIZER_STATE_FACTOR = 2.0  # Adam's two moments, as placement.simulate assumes
 

@@ -62,7 +62,7 @@ from placement.pipeline.instance import (
     make_part,
     max_load,
 )
-from placement.solvers.ilp import deterministic_solver
+from placement.problem import deterministic_solver
 
 TARGET_SCALE = 1e9  # the largest possible load, in integer units
 # CP-SAT's deterministic seconds per nominal second of budget. Measured on the benchmark inputs: 0.25

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from placement.simulate import simulate
-from placement.solvers.common import Problem
+from placement.problem import Problem
 
 
 @dataclass

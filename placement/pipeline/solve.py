@@ -23,7 +23,7 @@ Steps, each a module of its own:
 3. the parts get concrete devices, in pipeline order, as :class:`~placement.plan.Stage` records;
 4. the microbatch count is the problem's, the caller's, or the fastest simulated one that fits
    (:mod:`~placement.pipeline.microbatches`);
-5. :func:`~placement.solvers.common.finish_plan` checks, simulates and bounds the plan.
+5. :func:`~placement.problem.finish_plan` checks, simulates and bounds the plan.
 
 **Budget and determinism.** Every CP-SAT solve gets a fixed share of the problem's time limit, spent as
 deterministic time (:mod:`~placement.pipeline.ilp`), never a share of the time left on the clock, so a
@@ -70,7 +70,7 @@ from placement.pipeline.microbatches import choose_microbatches
 from placement.pipeline.replication import replicate
 from placement.plan import Plan, Stage, stage_replicas
 from placement.simulate import simulate
-from placement.solvers.common import Problem, finish_plan
+from placement.problem import Problem, finish_plan
 
 METHODS = ("auto", "dp", "ilp", "equal-split")
 ILP_MAX_VARIABLES = 5_000
@@ -186,7 +186,7 @@ def solve_throughput(
     """A pipelined plan minimising the time of the slowest stage including its transfers (module docstring).
 
     Args:
-        problem: from :func:`placement.solvers.common.make_problem` (its time limit is the budget).
+        problem: from :func:`placement.problem.make_problem` (its time limit is the budget).
         method: ``"auto"``, ``"dp"``, ``"ilp"`` or ``"equal-split"``.
         replication: allow replicated stages (default: yes, except for the NeurIPS 2020 inputs).
         microbatches: fix the microbatch count (default: ``problem.microbatches``, else chosen).

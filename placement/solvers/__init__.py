@@ -18,7 +18,7 @@ Every solver is a function ``Problem -> Plan`` registered by name in :data:`SOLV
 =================  ============================================================================
 
 All honour the resolved constraints (pins, colocation, forbidden kinds, memory budgets) and return
-:func:`~placement.solvers.common.finish_plan`'s checked, simulated, bounded Plan. Same inputs and seed
+:func:`~placement.problem.finish_plan`'s checked, simulated, bounded Plan. Same inputs and seed
 give the same plan (see :mod:`placement.solvers.auto` for the one caveat, CP-SAT under a loaded clock).
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.cluster import Cluster
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
@@ -34,7 +34,7 @@ from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.solvers.auto import auto
 from placement.solvers.baselines import expert, round_robin, single_device
-from placement.solvers.common import Problem, make_problem
+from placement.problem import Problem, make_problem
 from placement.solvers.cpop import cpop
 from placement.solvers.cpsat import cp_sat
 from placement.solvers.etf import m_etf

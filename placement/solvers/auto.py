@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import time
 
-from placement.errors import PlacementError
+from placement.pipeline import solve_throughput
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.cpsat import WARM_START, CpSatSettings, improve, warm_start
 from placement.solvers.instance import instance
 from placement.solvers.listsched import to_plan
@@ -42,13 +42,6 @@ QUICK_BUDGET_S = 1.5
 def auto(problem: Problem) -> Plan:
     """Pick and combine solvers by graph size and time budget (module docstring)."""
     if problem.objective == "throughput":
-        try:
-            from placement.pipeline import solve_throughput  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise PlacementError(
-                "objective='throughput' needs the pipeline solver placement.pipeline.solve_throughput, "
-                f"which cannot be imported here ({exc})"
-            ) from exc
         return solve_throughput(problem)
     inst = instance(problem)
     D = inst.num_devices

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from graphc.ir.errors import GraphFormatError
+from graphc.ir.importers import load_expert_split, shared_benchmarks_dir
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.common import Problem, finish_plan
+from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance, instance
 from placement.solvers.listsched import Schedule, check_complete, memory_retries, to_plan
 
@@ -92,8 +94,6 @@ def _deal(inst: Instance, headroom: float) -> Schedule:
 
 def expert_file(problem: Problem) -> Path:
     """The published expert split for the graph's dnn-partitioning input file."""
-    from graphc.importers import shared_benchmarks_dir
-
     meta = problem.graph.meta
     file = meta.get("file")
     if meta.get("source") != "dnn-partitioning":
@@ -109,10 +109,6 @@ def expert_file(problem: Problem) -> Path:
 
 def expert(problem: Problem, path: str | Path | None = None) -> Plan:
     """The human-expert split of the graph (``path``, or the one published for its input file)."""
-    from graphc.importers import load_expert_split
-
-    from graphc.errors import GraphFormatError
-
     path = Path(path) if path is not None else expert_file(problem)
     try:
         labels = load_expert_split(path, problem.graph)

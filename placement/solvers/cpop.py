@@ -19,7 +19,7 @@ import heapq
 import numpy as np
 
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import (
     Schedule,

@@ -7,7 +7,7 @@ Stages, each given a share of the time limit (``CpSatSettings``):
    devices for each useful ``k``: :func:`placement.solvers.topo.balanced_split` and
    :func:`~placement.solvers.topo.layer_split`) are run and simulated; the best is the incumbent.
 2. **CP-SAT.** If ``nodes x devices <= full_limit`` the model of :mod:`placement.solvers.ilp` is built
-   for the whole graph, else for a coarsening of it (:func:`placement.coarsen.coarsen`, about
+   for the whole graph, else for a coarsening of it (:func:`placement.solvers.coarsen.coarsen`, about
    ``coarse_limit / devices`` nodes). It is hinted with the incumbent scheduled in the model's time.
    On a coarsening it is skipped, its share of the time going to stages 3-4, when the model's time of
    the incumbent is off the incumbent's simulated step by more than ``MODEL_TRUST``.
@@ -39,7 +39,7 @@ from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.solvers.baselines import single_schedule
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.cpop import cpop_schedule
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.heft import heft_schedule
@@ -50,6 +50,7 @@ from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
 from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
 from placement.solvers.topo import balanced_split, layer_split, split_counts, topo_schedule
+from placement.solvers.coarsen import coarsen
 
 # The warm-start heuristics: name -> Instance -> Schedule.
 WARM_START: dict[str, Callable[[Instance], Schedule]] = {
@@ -321,8 +322,6 @@ def _ilp_stage(
     seed: int,
 ) -> tuple[Candidate | None, dict[str, Any]]:
     """Solve the model of the whole graph or of a coarsening; judge its solution by the simulator."""
-    from placement.coarsen import coarsen
-
     D = inst.num_devices
     whole = inst.n * D <= cfg.full_limit
     exact = whole and inst.n * D * D <= cfg.exact_limit

@@ -27,7 +27,7 @@ import heapq
 import numpy as np
 
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, mean_work, memory_retries, to_plan, upward_rank
 

@@ -15,7 +15,7 @@ first member. Times are forward + backward (the training-folded model of
 from __future__ import annotations
 
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import (
     Schedule,

@@ -1,7 +1,7 @@
 r"""Joint placement and scheduling with OR-Tools CP-SAT: the model, its solution and its proven bound.
 
 The model places every node of an :class:`~placement.solvers.instance.Instance` (the full graph, or a
-coarse one from :mod:`placement.coarsen`) and schedules its tasks, minimising the step time.
+coarse one from :mod:`placement.solvers.coarsen`) and schedules its tasks, minimising the step time.
 
 Data. Nodes :math:`v \in V` in topological order, devices :math:`d \in \mathcal{D}`, edges
 :math:`e = (u, v)`. Tasks: a forward task :math:`F_v` per node and, when training a graph of forward
@@ -95,6 +95,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from placement.errors import PlacementError
+from placement.problem import deterministic_solver
 from placement.solvers.instance import Instance
 from placement.solvers.modeltime import ModelSchedule, model_schedule
 
@@ -103,24 +104,6 @@ RESOLUTION = 1_000_000  # ticks in the horizon
 # deterministic second takes 5 to 100 wall seconds (presolve and propagation are barely charged), so
 # a small ratio keeps a solve within its nominal time on a busy 2-core machine.
 DETERMINISTIC_PER_SECOND = 0.1
-
-
-def deterministic_solver(
-    seconds: float, per_second: float, *, seed: int = 0, workers: int = 1, wall_limit: float | None = None
-) -> cp_model.CpSolver:
-    """A CP-SAT solver for a budget of ``seconds``, spent as deterministic time (``per_second`` of it per
-    second, so that a seed reproduces the search), several ``workers`` interleaved (OR-Tools'
-    deterministic parallel mode); the wall clock stops it at ``wall_limit`` seconds (default
-    ``2 * seconds``) should the machine be slow."""
-    solver = cp_model.CpSolver()
-    p = solver.parameters
-    p.random_seed = int(seed)
-    p.num_workers = max(1, int(workers))
-    if p.num_workers > 1:
-        p.interleave_search = True
-    p.max_deterministic_time = max(0.005, per_second * float(seconds))
-    p.max_time_in_seconds = max(0.05, float(wall_limit if wall_limit is not None else 2.0 * seconds))
-    return solver
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A placement problem as integer-indexed arrays, the form every solver computes on.
 
-:class:`Instance` is built once per :class:`~placement.solvers.common.Problem` (and cached on it) from
+:class:`Instance` is built once per :class:`~placement.problem.Problem` (and cached on it) from
 the cost graph, the cluster, the cost model and the resolved constraints. It mirrors the simulator's
 model (:mod:`placement.simulate`) so that what a solver estimates is what the simulator will measure,
 up to the differences listed here:
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.graph import Graph
+from graphc.ir.graph import Graph
 from placement.cluster import Cluster, Device
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
 from placement.simulate import topological_indices
-from placement.solvers.common import Problem
+from placement.problem import Problem
 
 GiB = 2**30
 

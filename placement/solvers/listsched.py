@@ -34,8 +34,9 @@ import numpy as np
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.common import Problem, finish_plan
+from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance
+from placement.solvers.search import Evaluator
 
 
 class MemoryLedger:
@@ -353,8 +354,6 @@ def to_plan(
         )
     dev = [int(d) for d in dev]
     if seq is not None:
-        from placement.solvers.search import Evaluator
-
         cand = Evaluator(problem, inst)(np.asarray(dev), seq, solver)
         if np.isfinite(cand.step_ms):
             seq = cand.seq

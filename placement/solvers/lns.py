@@ -3,12 +3,12 @@
 Each step frees a neighbourhood of the incumbent and re-optimises it with the model of
 :mod:`placement.solvers.ilp`, everything else keeping its device:
 
-1. The full graph is coarsened *respecting the incumbent* (:func:`placement.coarsen.coarsen` with
+1. The full graph is coarsened *respecting the incumbent* (:func:`placement.solvers.coarsen.coarsen` with
    ``respect`` = the incumbent's devices), so the incumbent is exactly a solution of the coarse graph.
 2. A window is grown from a seed coarse node (an end of an edge cut by the incumbent, or any node),
    through coarse neighbours, each with its colocation group where that fits (a node tied to a fixed
    one could not move), until it holds ``window`` fine nodes; its coarse nodes are split back into
-   fine nodes (:meth:`~placement.coarsen.Coarsening.refine`).
+   fine nodes (:meth:`~placement.solvers.coarsen.Coarsening.refine`).
 3. CP-SAT solves that model with the coarse nodes outside the window fixed to their devices and the
    window's fine nodes free, hinted with the incumbent scheduled in the model's time (priorities from
    the incumbent's simulated timeline).
@@ -30,9 +30,10 @@ import numpy as np
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import Instance
 from placement.solvers.search import Candidate, Evaluator
+from placement.solvers.coarsen import coarsen
 
 if TYPE_CHECKING:
-    from placement.coarsen import Coarsening
+    from placement.solvers.coarsen import Coarsening
 
 
 def grow_window(co: Coarsening, dev: np.ndarray, size: int, rng: random.Random) -> list[int]:
@@ -86,8 +87,6 @@ def lns(
     """Improve ``incumbent`` for ``max_steps`` steps of ``step_seconds`` CP-SAT budget each, or until
     the wall-clock ``deadline`` (module docstring); returns it and step statistics (steps taken,
     improvements, CP-SAT's deterministic seconds over all steps: what the caller charges them)."""
-    from placement.coarsen import coarsen  # placement.coarsen imports this package's Instance
-
     rng = random.Random(seed)
     stats: dict[str, float] = {"steps": 0, "improvements": 0, "deterministic_s": 0.0}
     base = coarsen(inst, base_size, respect=incumbent.dev)

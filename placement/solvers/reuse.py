@@ -21,7 +21,7 @@ from __future__ import annotations
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.common import Problem, finish_plan
+from placement.problem import Problem, finish_plan
 
 
 class PlacementNotReusable(PlacementError):

@@ -49,7 +49,7 @@ from ortools.linear_solver import pywraplp
 
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, memory_retries, to_plan

@@ -1,7 +1,7 @@
 """What the improving solvers share: judging a candidate by the simulator, and a local search.
 
 :class:`Evaluator` is the one judge of a candidate assignment: the simulator (the same one
-:func:`~placement.solvers.common.finish_plan` runs), with the device memory the constraints allow. A
+:func:`~placement.problem.finish_plan` runs), with the device memory the constraints allow. A
 candidate that comes with a per-device order is simulated both with that order and with the
 simulator's own priority, and the faster counts, since a solver's model of time is never exactly the
 simulator's (see :mod:`placement.solvers.ilp`).
@@ -25,8 +25,9 @@ import numpy as np
 
 from placement.errors import PlacementError
 from placement.simulate import simulate
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.instance import Instance
+from placement.solvers.coarsen import coarsen
 
 
 @dataclass
@@ -106,8 +107,6 @@ def polish(
     current devices: a short chain) moved to any device; back to single moves after a segment move
     helps, stop when neither does. Returns the result and whether the search ended by itself (local
     optimum or ``max_evals``) rather than at the wall-clock ``deadline``."""
-    from placement.coarsen import coarsen
-
     inst = evaluator.inst
     rng = random.Random(seed)
     dev = incumbent.dev.copy()

@@ -30,7 +30,7 @@ import numpy as np
 
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.common import Problem
+from placement.problem import Problem
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, memory_retries, to_plan
 

@@ -1,0 +1,280 @@
+"""``@graphc.compile``: trace, place and run a model across devices, behind the model's own call.
+
+The facade ties the three packages together (the one place that does, see DESIGN.md)::
+
+    @graphc.compile(cluster="local", solver="auto")
+    def loss_fn(model, x, y):
+        return F.cross_entropy(model(x), y)
+
+    loss = loss_fn(model, x, y)      # first call: trace, plan, partition, run
+    loss.backward()                  # gradients flow back across devices into model's parameters
+    loss_fn.plan.summary()           # the Plan of the last call
+
+The first call with a given *call signature* (shapes, dtypes and devices of the tensor arguments,
+positional and keyword, the values of other keyword arguments, and whether each module is in training
+or evaluation mode) traces the model with those arguments, places the cost graph on the cluster with
+the chosen solver, partitions the traced program by the plan and runs it with the local executor;
+later calls with the same signature reuse all of it (no re-trace, no re-plan). Outputs are
+differentiable: the model's parameters, which the executor keeps on their assigned devices, receive
+their gradients as in eager PyTorch.
+
+A new signature traces again, but searches again only when it must: another batch size keeps the
+placement of the plan already made for the same program (:func:`placement.solvers.reuse.reuse_placement`:
+same nodes, still fits in memory), so only a simulation is paid; a different program (``model.eval()``
+turns dropout off and batch norm to its running statistics, which torch.export bakes into the traced
+program) is planned within ``reshape_time_limit`` seconds. The progress display says which it did.
+``model.train()`` / ``model.eval()`` are followed on every call: an eval-mode call never runs the
+training program, and leaves batch norm's running statistics alone, as eager PyTorch does.
+
+With ``objective="throughput"`` the plan is a pipeline (stages, microbatches; no replicated stages:
+the differentiable call cannot sum a replica's gradients after the caller's ``backward``) and the model
+is traced a second time on one microbatch, which the executor runs microbatch after microbatch; the
+outputs must have a batch dimension to be put back together (a scalar loss is refused with what to do).
+
+Progress of the slow steps (trace, solve, partition) is shown with a live display; pass
+``progress=False`` or set ``GRAPHC_PROGRESS=0`` to silence it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.utils._pytree as pytree
+from rich.console import Console
+
+from graphc.frontend.tracing import TracedProgram, trace
+from graphc.ir.errors import GraphcError
+from placement.cluster import Cluster
+from placement.constraints import Constraints
+from placement.pipeline import solve_throughput
+from placement.plan import Plan
+from placement.solvers import make_problem, solve
+from placement.solvers.reuse import PlacementNotReusable, reuse_placement
+from runtime import LocalExecutor, partition
+from runtime.step import split_batch
+
+CallSignature = tuple[Any, ...]
+
+
+def resolve_cluster(cluster: str | Path | Cluster) -> Cluster:
+    """A cluster from a preset name, a JSON file, or a Cluster."""
+    if isinstance(cluster, Cluster):
+        return cluster
+    text = str(cluster)
+    if text.endswith(".json") or Path(text).is_file():
+        return Cluster.load(text)
+    return Cluster.preset(text)
+
+
+def call_signature(fn: nn.Module | Callable, args: tuple, kwargs: dict[str, Any]) -> CallSignature:
+    """What decides whether a cached program and plan fit a call: per argument, by the name it binds to,
+    a tensor's shape, dtype and device, a module's identity, or another value's repr (it is baked into
+    the traced program); and the training flag of every module involved."""
+
+    def describe(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return (tuple(value.shape), str(value.dtype), str(value.device))
+        if isinstance(value, nn.Module):
+            return ("module", id(value))
+        return ("value", repr(value))
+
+    def describe_nest(value: Any) -> Any:  # *args binds a tuple of tensors, **kwargs a dict
+        leaves, spec = pytree.tree_flatten(value)
+        return str(spec), tuple(describe(leaf) for leaf in leaves)
+
+    named = bound_arguments(fn, args, kwargs)
+    return (
+        tuple((k, describe_nest(v)) for k, v in sorted(named.items())),
+        training_flags(fn, args),
+    )
+
+
+def bound_arguments(fn: nn.Module | Callable, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by parameter name, as the model's signature binds them, so that passing
+    an argument by position or by keyword is the same call; by position (``"0"``, ``"1"``, ...) and
+    keyword where the signature cannot say (the traced program then reports the mismatch)."""
+    try:
+        return dict(inspect.signature(fn.forward if isinstance(fn, nn.Module) else fn).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+
+
+def training_flags(fn: nn.Module | Callable, args: tuple) -> tuple[bool, ...]:
+    """``module.training`` of every module the call runs: the compiled module's, or a function's module
+    arguments' (each submodule counts: a user may keep one block in eval mode while training)."""
+    roots = [fn] if isinstance(fn, nn.Module) else [a for a in args if isinstance(a, nn.Module)]
+    return tuple(m.training for root in roots for m in root.modules())
+
+
+@dataclass
+class CompiledEntry:
+    """Everything made for one call signature; ``how`` says how its plan was found
+    (``"searched"`` by the solver, or ``"reused"`` from the plan of another batch size)."""
+
+    program: TracedProgram
+    plan: Plan
+    executor: Any  # runtime.LocalExecutor
+    seconds: dict[str, float]
+    how: str
+
+
+class CompiledModel:
+    """A model or function whose calls run placed across the devices of a cluster (module docstring).
+
+    ``reshape_time_limit``: the seconds a new call signature may spend searching when the placement of
+    an earlier plan does not apply to it (the first call has ``time_limit``).
+    """
+
+    def __init__(
+        self,
+        fn: nn.Module | Callable,
+        *,
+        cluster: str | Path | Cluster = "local",
+        solver: str = "auto",
+        objective: str = "latency",
+        constraints: Constraints | None = None,
+        time_limit: float = 30.0,
+        reshape_time_limit: float = 1.0,
+        granularity: str = "module",
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        self.fn = fn
+        self.cluster = resolve_cluster(cluster)
+        self.solver = solver
+        self.objective = objective
+        self.constraints = constraints
+        self.time_limit = time_limit
+        self.reshape_time_limit = reshape_time_limit
+        self.granularity = granularity
+        self.seed = seed
+        show = progress if progress is not None else os.environ.get("GRAPHC_PROGRESS", "1") != "0"
+        self.console = Console(stderr=True, quiet=not show)
+        self.cache: dict[CallSignature, CompiledEntry] = {}
+        self.last: CompiledEntry | None = None
+        self.traces = 0
+        self.searches = 0
+        functools.update_wrapper(self, fn, updated=())
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the most recent call."""
+        if self.last is None:
+            raise GraphcError("no plan yet: call the compiled model once (it plans on its first call)")
+        return self.last.plan
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = call_signature(self.fn, args, kwargs)
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self.cache[key] = self._build(args, kwargs)
+        self.last = entry
+        return entry.executor(*entry.program.flat_inputs(args, kwargs))
+
+    def _build(self, args: tuple, kwargs: dict[str, Any]) -> CompiledEntry:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        seconds: dict[str, float] = {}
+        with self.console.status(f"graphc: tracing {name} ...") as status:
+            start = time.perf_counter()
+            program = trace(self.fn, args, granularity=self.granularity, name=name, example_kwargs=kwargs)
+            self.traces += 1
+            seconds["trace"] = time.perf_counter() - start
+            self.console.log(f"traced {name}: {len(program.graph)} nodes in {seconds['trace']:.1f} s")
+            start = time.perf_counter()
+            mode = "training" if any(training_flags(self.fn, args)) else "inference"
+            plan, how = self._plan(program, mode, status)
+            seconds["solve"] = time.perf_counter() - start
+            self.console.log(
+                f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s), predicted step "
+                f"{plan.predicted_step_ms:.2f} ms, {seconds['solve']:.1f} s"
+            )
+            status.update("graphc: partitioning ...")
+            start = time.perf_counter()
+            runs = self._microbatch_program(args, kwargs, program, plan) if plan.microbatches > 1 else program
+            executor = LocalExecutor(partition(runs, plan, program.graph))
+            seconds["partition"] = time.perf_counter() - start
+        return CompiledEntry(program, plan, executor, seconds, how)
+
+    def _plan(self, program: TracedProgram, mode: str, status: Any) -> tuple[Plan, str]:
+        """The plan for ``program`` in ``mode`` (``"inference"`` when every module is in eval mode: the
+        prediction is then of the forward alone): an earlier plan's placement when it applies (another
+        batch size of the same program), else a search, with ``time_limit`` the first time and
+        ``reshape_time_limit`` after."""
+        earlier = self._earlier_plan(program, mode)
+        if earlier is not None:
+            status.update(f"graphc: re-simulating the placement of {earlier.solver}'s plan at the new shape ...")
+            try:
+                return self._reuse(earlier, program, mode), "reused"
+            except PlacementNotReusable as exc:
+                self.console.log(f"the earlier placement does not apply ({exc}); searching again")
+        limit = self.time_limit if not self.cache else min(self.time_limit, self.reshape_time_limit)
+        status.update(f"graphc: placing on {self.cluster.name} with {self.solver} (at most {limit:g} s) ...")
+        self.searches += 1
+        return self._solve(program, mode, limit), "searched"
+
+    def _earlier_plan(self, program: TracedProgram, mode: str) -> Plan | None:
+        """The most recent plan in ``mode`` made for a program with the same nodes as ``program``."""
+        nodes = set(program.graph.node_names())
+        earlier = (e.plan for e in reversed(self.cache.values()) if e.plan.mode == mode and set(e.plan.assignment) == nodes)
+        return next(earlier, None)
+
+    def _describe(self, plan: Plan, how: str) -> str:
+        if how == "searched":
+            return f"placed on {self.cluster.name} by {plan.solver}"
+        source = plan.settings["reused_from"]
+        return f"reused the placement {plan.solver} found for batch {source['batch_size']} (no search)"
+
+    def _reuse(self, earlier: Plan, program: TracedProgram, mode: str) -> Plan:
+        problem = make_problem(program.graph, self.cluster, objective=self.objective, constraints=self.constraints,
+                               mode=mode, time_limit=self.reshape_time_limit, seed=self.seed)  # fmt: skip
+        return reuse_placement(earlier, problem)
+
+    def _solve(self, program: TracedProgram, mode: str, time_limit: float) -> Plan:
+        """A searched plan for ``program``. A pipelined plan gets no replicated stages: the executor's
+        differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
+        options = {"objective": self.objective, "constraints": self.constraints, "mode": mode, "time_limit": time_limit,
+                   "seed": self.seed}  # fmt: skip
+        if self.objective == "throughput" and self.solver == "auto":
+            return solve_throughput(make_problem(program.graph, self.cluster, **options), replication=False)
+        return solve(program.graph, self.cluster, solver=self.solver, **options)
+
+    def _microbatch_program(
+        self, args: tuple, kwargs: dict[str, Any], program: TracedProgram, plan: Plan
+    ) -> TracedProgram:
+        """``fn`` traced on one of the plan's microbatches (what a pipelined plan runs, microbatch after
+        microbatch); refused when an output has no batch dimension to put the microbatches back along."""
+        scalars = [n for n in output_shapes(program) if len(n) == 0]
+        if scalars:
+            raise GraphcError(
+                f"the pipelined plan splits the batch into {plan.microbatches} microbatches, but {program.graph.name!r} "
+                "returns a scalar (a loss?) whose whole-batch value cannot be put together from microbatches: "
+                "compile the model (outputs per sample) and compute the loss on its outputs, or use objective='latency'"
+            )
+        first_args, first_kwargs = split_batch((args, kwargs), plan.microbatches)[0]
+        return trace(self.fn, first_args, granularity=self.granularity, name=program.graph.name,
+                     example_kwargs=first_kwargs)  # fmt: skip
+
+
+def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:
+    """The shapes of the traced program's tensor outputs, from the fx graph's recorded values."""
+    out = next(n for n in program.graph_module.graph.nodes if n.op == "output")
+    leaves = [a for a in pytree.tree_leaves(out.args) if isinstance(a, torch.fx.Node) and "val" in a.meta]
+    return [tuple(a.meta["val"].shape) for a in leaves if isinstance(a.meta["val"], torch.Tensor)]
+
+
+def compile(  # noqa: A001 - the name users expect, as torch.compile
+    fn: nn.Module | Callable | None = None, **options: Any
+) -> CompiledModel | Callable[[nn.Module | Callable], CompiledModel]:
+    """Compile a module or a function of modules and tensors; usable as ``@compile``, ``@compile(...)``
+    or ``compile(module, ...)``. Options: see :class:`CompiledModel`."""
+    if fn is None:
+        return lambda f: CompiledModel(f, **options)
+    return CompiledModel(fn, **options)

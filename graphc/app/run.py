@@ -1,0 +1,401 @@
+"""``graphc run``: start one rank per device of a plan with torchrun, supervise it, and the worker it starts.
+
+``graphc run`` (:func:`cmd_run`) builds a ``torchrun`` command line (``python -m torch.distributed.run``)
+that starts one worker per device of the plan, on this host or, with ``--nnodes``/``--node-rank``/
+``--master-addr``, on each of several hosts (run the same command on every host with its own
+``--node-rank``). Host ``h`` runs ranks ``h * nproc .. (h + 1) * nproc - 1``, and rank ``r`` runs the
+plan's ``r``-th device in natural order of names, so name a multi-host plan's devices host by host
+(``h0/gpu0``, ``h0/gpu1``, ..., ``h1/gpu0``, as the cluster presets do). Every worker runs
+:func:`worker_main` (``python -m graphc.app.run``): it builds the zoo model, traces it, checks and
+partitions the plan, trains with a :class:`~runtime.distributed.DistributedExecutor`, and the output
+rank prints the measured step and memory next to the plan's prediction. Ranks build the same partition
+independently: tracing and partitioning are deterministic. The batch size and granularity default to
+the plan's, and a plan made for other hardware than this machine's is run with a warning that its
+prediction does not apply.
+
+Faults. ``graphc run`` supervises torchrun (:func:`supervise`): a rank that fails writes a
+:class:`~runtime.faults.FaultReport` (JSON), and on the first one ``graphc run`` ends torchrun and its
+ranks at once (rather than after torchrun's 30 s grace) and reports the failed rank, its device and
+what it was doing, instead of torchrun's traceback. A hung rank is reported ``--timeout`` seconds after
+it stopped answering, and the command ends a few seconds later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+
+from graphc.frontend import zoo
+from graphc.app.argtypes import non_negative_int, port_number, positive_int, positive_number
+from graphc.frontend.tracing import trace
+from graphc.ir.errors import GraphcError
+from placement.cluster import Cluster
+from placement.plan import Plan, PlanMismatchError
+from placement.presets import cluster_presets
+from runtime.distributed import DistributedExecutor, init_from_env
+from runtime.errors import RunFailed
+from runtime.faults import REPORTS_ENV, FaultReport
+from runtime.measure import measure
+from runtime.partition import PartitionedProgram, partition
+from runtime.schedule import SCHEDULES
+from runtime.step import split_batch
+
+# -- graphc run -----------------------------------------------------------------------------
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+# torchrun's --shutdown-timeout: once graphc run stops it, ranks get SIGTERM, then SIGKILL this much later.
+SHUTDOWN_S = 2
+# How often graphc run looks for fault reports.
+POLL_S = 0.05
+# For graphc's own tests only: ``kill:R`` or ``hang:R`` makes rank R die or hang as its first forward
+# starts (see _inject_test_fault).
+TEST_FAULT_ENV = "GRAPHC_TEST_FAULT"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``graphc run`` (and of the worker it starts); bad values end the command with
+    exit status 2 before anything starts."""
+    parser.usage = "%(prog)s MODEL --plan PLAN [options]"
+    parser.add_argument("model", help=f"a zoo network: {', '.join(zoo.NAMES)}")
+    parser.add_argument("--plan", required=True, help="the plan to run (JSON, made for this model, size and batch); required")
+    parser.add_argument("-b", "--batch-size", type=positive_int, help="default: the batch size the plan was made for")
+    parser.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration (default: %(default)s)")
+    parser.add_argument("--knob", action="append", metavar="NAME=VALUE", help="override a zoo knob (repeatable; default: none)")
+    parser.add_argument("--granularity", choices=("op", "module"), help="default: as the plan's graph was traced")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed training steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd", help="default: %(default)s")
+    parser.add_argument("--lr", type=positive_number, default=0.01, help="learning rate (default: %(default)s)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="gpipe", help="pipeline schedule of a pipelined plan (default: %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=positive_number,
+        default=60.0,
+        help="seconds a rank waits for another before reporting it dead or hung (default: %(default)s)",
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per rank (default: %(default)s)")
+    parser.add_argument("--json", dest="json_out", help="write the measurement as JSON (default: not written)")
+    hosts = parser.add_argument_group("hosts (torchrun)")
+    hosts.add_argument("--nnodes", type=positive_int, default=1, help="hosts taking part (default: %(default)s)")
+    hosts.add_argument("--node-rank", type=non_negative_int, default=0, help="this host's index (default: %(default)s)")
+    hosts.add_argument("--master-addr", help="the address of host 0, which every host reaches (default: none; needed with --nnodes > 1)")
+    hosts.add_argument("--master-port", type=port_number, default=29500, help="a free port on host 0 (default: %(default)s)")
+    hosts.add_argument("--nproc-per-node", type=positive_int, help="ranks on this host (default: the plan's devices / nnodes)")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and the partitioned programs; start nothing (default: off)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``graphc run``: start one rank per device of the plan with torchrun and supervise it.
+
+    Returns 0 when every rank finished. When a rank fails, raises :class:`~runtime.errors.RunFailed`
+    naming the failed rank, its device and what it was doing, once torchrun and its ranks are gone
+    (within the ``--timeout`` plus a few seconds of the failure).
+    """
+    plan = Plan.load(args.plan)
+    args.granularity = plan_granularity(args.granularity, plan)
+    args.batch_size = plan_batch_size(args.batch_size, plan)
+    devices = len(plan.devices_used())
+    nproc = args.nproc_per_node or -(-devices // args.nnodes)
+    if nproc * args.nnodes != devices:
+        raise GraphcError(
+            f"the plan uses {devices} devices; {args.nnodes} host(s) x {nproc} rank(s) start {nproc * args.nnodes}: "
+            "pass --nproc-per-node so that every device gets a rank"
+        )
+    warning = hardware_warning(plan)
+    if warning:
+        print(f"graphc run: warning: {warning}", file=sys.stderr)
+    command = torchrun_command(args, nproc)
+    if args.dry_run:
+        print(shlex.join(command))
+        print(_partition(args, plan)[1])
+        return 0
+    # Refuse a plan made for another model or other shapes here, once, before any rank starts (traced
+    # on the meta device: nothing is allocated).
+    zm = _build(args, "meta")
+    plan.check_matches(trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model).graph)
+    return supervise(command)
+
+
+def plan_granularity(given: str | None, plan: Plan) -> str:
+    """The granularity to trace the model at: the one given, else the one the plan's graph was traced at
+    (plans embed their graph), else ``module`` (the default of ``graphc plan``)."""
+    if given:
+        return given
+    traced_at = plan.graph.meta.get("granularity") if plan.graph is not None else None
+    return traced_at if traced_at in ("op", "module") else "module"
+
+
+def plan_batch_size(given: int | None, plan: Plan) -> int:
+    """The batch size to run: the one the plan was made for (its embedded graph records it); a batch
+    size given must be that one, since the plan's shapes, times and memory are those of its batch."""
+    planned = plan.graph.meta.get("batch_size") if plan.graph is not None else None
+    if planned is None:
+        if given is None:
+            raise GraphcError("the plan does not record the batch size it was made for: pass -b/--batch-size")
+        return given
+    if given is not None and given != planned:
+        raise PlanMismatchError(
+            f"the plan was made for batch size {planned}, not -b {given}: leave -b out (or pass -b {planned}), "
+            f"or make a plan for batch size {given} (graphc plan ... -b {given})"
+        )
+    return int(planned)
+
+
+def hardware_warning(plan: Plan) -> str | None:
+    """Why the plan's predictions (step time, memory) do not apply to this machine, or None.
+
+    The plan's cluster (embedded, else the preset of its name) says what its devices are; ranks run on
+    CUDA GPUs where there are some, else on CPU worker processes."""
+    cluster = plan.cluster or (Cluster.preset(plan.cluster_name) if plan.cluster_name in cluster_presets() else None)
+    if cluster is None:
+        return None
+    used = [cluster.device(name) for name in plan.devices_used() if name in cluster]
+    kinds = dict.fromkeys(d.kind for d in used)
+    planned = ", ".join(f"{sum(d.kind == k for d in used)} x {k}" for k in kinds)
+    if torch.cuda.is_available():
+        here = torch.cuda.get_device_name()
+        fits = all(d.category == "gpu" and d.kind.split("-")[0].lower() in here.lower() for d in used)
+    else:
+        here = "CPU worker processes"
+        fits = all(d.category == "cpu" for d in used)
+    if fits:
+        return None
+    return (
+        f"the plan was made for cluster {plan.cluster_name!r} ({planned}), but this machine runs its ranks on {here}: "
+        "its predicted step time and memory do not apply here (the run measures them; for a prediction of this "
+        "machine, plan with -c local)"
+    )
+
+
+def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
+    """The ``torchrun`` command line for ``graphc run`` arguments, with ``nproc`` ranks on this host."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={args.nnodes}", f"--nproc-per-node={nproc}"]
+    command.append(f"--shutdown-timeout={SHUTDOWN_S}")
+    if args.nnodes == 1:
+        command.append("--standalone")
+    elif not args.master_addr:
+        raise GraphcError("--nnodes > 1 needs --master-addr, the address of host 0, the same on every host")
+    else:  # static rendezvous: host h gets ranks h * nproc .. (h + 1) * nproc - 1, so devices map to hosts
+        command += [f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}", f"--master-port={args.master_port}"]
+    worker = [args.model, "--plan", str(Path(args.plan).resolve()), "--size", args.size]
+    if args.batch_size is not None:
+        worker += ["--batch-size", str(args.batch_size)]
+    for knob in args.knob or ():
+        worker += ["--knob", knob]
+    if args.granularity:
+        worker += ["--granularity", args.granularity]
+    worker += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    worker += ["--optimizer", args.optimizer, "--lr", str(args.lr), "--schedule", args.schedule]
+    worker += ["--timeout", str(args.timeout), "--threads", str(args.threads)]
+    if args.json_out:
+        worker += ["--json", str(Path(args.json_out).resolve())]
+    return command + ["-m", "graphc.app.run", *worker]
+
+
+def supervise(command: list[str]) -> int:
+    """Run the torchrun ``command`` and end it as soon as a rank reports a failure.
+
+    torchrun runs in its own process group, its ranks write :class:`~runtime.faults.FaultReport` files
+    into a fresh directory (:data:`~runtime.faults.REPORTS_ENV`), and its stderr (which its ranks share)
+    is copied to ours until the first report: what follows is torchrun's account of the shutdown, which
+    the report replaces. On a report, torchrun gets SIGTERM and passes it on to its ranks (SIGKILL
+    :data:`SHUTDOWN_S` later), rather than waiting its 30 s grace. Returns 0, 130 on Ctrl-C; raises
+    :class:`~runtime.errors.RunFailed` on a failure.
+    """
+    with tempfile.TemporaryDirectory(prefix="graphc-run-") as reports:
+        torchrun = _Torchrun(command, Path(reports))
+        try:
+            report = torchrun.wait_for_failure()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            torchrun.stop()
+    if report is not None:
+        raise RunFailed(f"{report.headline()}.\n{report.message}")
+    if torchrun.process.returncode:
+        raise RunFailed(f"torchrun ended with status {torchrun.process.returncode} before any rank reported a failure; see its messages above")
+    return 0
+
+
+class _Torchrun:
+    """A torchrun process of :func:`supervise`, its fault-report directory and its stderr relay (which
+    stops copying once a rank has reported or torchrun is being stopped)."""
+
+    def __init__(self, command: list[str], reports: Path) -> None:
+        self.reports = reports
+        self.stopping = threading.Event()
+        env = {**os.environ, REPORTS_ENV: str(reports)}
+        env.setdefault("TORCH_LOGS", "-distributed")  # torchrun's warnings as it ends ranks: the report says it
+        env.setdefault("OMP_NUM_THREADS", "1")  # else torchrun warns that it sets it; ranks set their own threads
+        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
+        self.relay = threading.Thread(target=self._relay, name="graphc-run-stderr", daemon=True)
+        self.relay.start()
+
+    def wait_for_failure(self) -> FaultReport | None:
+        """The first fault report, as soon as there is one; None if torchrun ends without one."""
+        while self.process.poll() is None:
+            report = FaultReport.first(self.reports)
+            if report is not None:
+                return report
+            time.sleep(POLL_S)
+        return FaultReport.first(self.reports)
+
+    def stop(self) -> None:
+        """End torchrun and its ranks (SIGTERM; SIGKILL to its process group if it outlives its own
+        shutdown), and finish relaying its stderr."""
+        if self.process.poll() is None:
+            self.stopping.set()  # what it says from now on is its account of being stopped
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(SHUTDOWN_S + 1)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.relay.join(timeout=1)
+
+    def _relay(self) -> None:
+        assert self.process.stderr is not None
+        for line in iter(self.process.stderr.readline, b""):
+            if not (self.stopping.is_set() or any(self.reports.glob("rank*.json"))):
+                sys.stderr.write(line.decode(errors="replace"))
+                sys.stderr.flush()
+        self.process.stderr.close()
+
+
+def _knobs(pairs: list[str] | None) -> dict[str, Any]:
+    knobs = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise GraphcError(f"--knob {pair!r}: expected NAME=VALUE, e.g. --knob dropout=0.0")
+        try:
+            knobs[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            knobs[name] = text
+    return knobs
+
+
+def _build(args: argparse.Namespace, device: str = "cpu") -> zoo.ZooModel:
+    """The zoo model of ``args``; an unknown model or a bad ``--knob`` is a one-line error."""
+    if args.model not in zoo.NAMES:
+        raise GraphcError(f"graphc run takes a zoo network ({', '.join(zoo.NAMES)}), got {args.model!r}")
+    try:
+        return zoo.build(args.model, batch_size=args.batch_size, size=args.size, device=device, **_knobs(args.knob))
+    except ValueError as exc:  # the zoo's own checks of its knobs
+        raise GraphcError(f"--knob: {exc}") from None
+
+
+def _partition(args: argparse.Namespace, plan: Plan) -> tuple[zoo.ZooModel, PartitionedProgram]:
+    """Build and trace the model as the plan expects, and partition it (on one microbatch when pipelined)."""
+    zm = _build(args)
+    program = trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model)
+    m = plan.microbatches
+    if m == 1:
+        return zm, partition(program, plan)
+    micro = trace(zm.model, split_batch(zm.example_inputs, m)[0], granularity=args.granularity, name=args.model)
+    return zm, partition(micro.graph_module, plan, program.graph)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """One rank of ``graphc run`` (what torchrun starts); returns 0, 2 on a graphc error, 1 on another.
+
+    A failure is written as a :class:`~runtime.faults.FaultReport` into the directory ``graphc run``
+    names (:data:`~runtime.faults.REPORTS_ENV`), which prints it; without one (a torchrun of the
+    user's own) a graphc error is printed here and any other error raised."""
+    parser = argparse.ArgumentParser(prog="python -m graphc.app.run", description="one rank of graphc run")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rank, device = int(os.environ.get("RANK", "0")), ""
+    try:
+        init_from_env()
+        plan = Plan.load(args.plan)
+        args.granularity = plan_granularity(args.granularity, plan)
+        args.batch_size = plan_batch_size(args.batch_size, plan)
+        zm, parts = _partition(args, plan)
+        device = parts.devices[rank] if rank < len(parts.devices) else ""
+        _train(args, plan, zm, parts)
+    except GraphcError as exc:
+        return _report(exc, rank, device, 2)
+    except Exception as exc:
+        if not os.environ.get(REPORTS_ENV):
+            raise
+        return _report(exc, rank, device, 1, "".join(traceback.format_exception(exc)))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _train(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, parts: PartitionedProgram) -> None:
+    """Train this rank's part of ``parts``; the output rank prints (and saves) the measurement."""
+    optimizer = OPTIMIZERS[args.optimizer]
+    executor = DistributedExecutor(
+        parts,
+        loss_fn=zoo.zoo_loss(zm),
+        optimizer=lambda params: optimizer(params, lr=args.lr),
+        schedule=args.schedule,
+        timeout_s=args.timeout,
+    )
+    _inject_test_fault(executor, os.environ.get(TEST_FAULT_ENV, ""))
+    inputs, targets = zm.example_inputs, zm.targets
+    del zm, parts  # this rank keeps only its own parameters
+    result = measure(executor, inputs, targets, steps=args.steps, warmup=args.warmup, plan=plan)
+    if executor.is_output_rank:
+        devices = len(executor.schedule.actions)
+        Console().print(result.table(f"{args.model} on {devices} rank(s), plan {Path(args.plan).name}"))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(result.to_dict(), indent=1))
+    executor.close()
+
+
+def _report(error: BaseException, rank: int, device: str, status: int, message: str | None = None) -> int:
+    """Hand ``error`` to ``graphc run`` as a fault report, or print it where no one collects reports;
+    returns ``status``."""
+    report = FaultReport.of(error, rank, device, message)
+    directory = os.environ.get(REPORTS_ENV)
+    if directory:
+        report.save(directory)
+    else:
+        print(f"graphc run: rank {rank}: error: {report.message}", file=sys.stderr)
+    return status
+
+
+def _inject_test_fault(executor: DistributedExecutor, spec: str) -> None:
+    """For graphc's own tests only (:data:`TEST_FAULT_ENV`): ``kill:R`` kills rank R with SIGKILL as its
+    first forward starts, ``hang:R`` makes it hang there; a line on stderr marks the moment."""
+    if not spec:
+        return
+    kind, _, target = spec.partition(":")
+    if kind not in ("kill", "hang") or not target.isdigit():
+        raise GraphcError(f"{TEST_FAULT_ENV}={spec!r}: expected kill:RANK or hang:RANK")
+    if int(target) != executor.rank:
+        return
+
+    def fault(*args: Any) -> None:
+        print(f"graphc test fault: rank {executor.rank} {'is killed' if kind == 'kill' else 'hangs'} now", file=sys.stderr, flush=True)
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(3600)
+
+    executor.part.module.forward = fault
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,343 @@
+"""A lower bound on the step time that follows the graph's series structure and prices its fork-join blocks.
+
+Cut nodes. A node ``c`` is a *cut node* when every other node is its ancestor or its descendant. Cut
+nodes are totally ordered ``c_1 < ... < c_k``; the nodes strictly between ``c_i`` and ``c_{i+1}`` form
+block ``X_i`` (all descend from ``c_i`` and precede ``c_{i+1}``), those before ``c_1`` the prefix,
+those after ``c_k`` the tail. In a topological order, ``c`` at position ``i`` is a cut node exactly when
+no edge jumps over ``i``, no sink comes before it and no source after it (then every node before it has
+a path to it, every node after it a path from it).
+
+Series argument (one microbatch; a graph without explicit backward nodes). With ``dev(c_i) = d_i``:
+
+- forward: ``F(c_1)`` starts after the prefix's forward, and ``F(c_{i+1})`` starts at least
+  ``span_F(X_i; d_i, d_{i+1})`` after ``F(c_i)`` ends, because every task of ``X_i`` lies between them;
+- the tail (training): ``B(c_k)`` starts after ``F(c_k)`` ends plus, for some node ``x`` of the tail,
+  the longest forward path to ``x`` and the longest backward path from it (the critical-path argument
+  of :mod:`placement.bounds`, restricted to the tail); in inference the step ends after the tail's
+  longest forward path;
+- backward: ``B(c_i)`` starts at least ``span_B(X_i; d_{i+1}, d_i)`` after ``B(c_{i+1})`` ends (every
+  ``B(x)``, ``x`` in ``X_i``, waits for ``B(c_{i+1})``, and ``B(c_i)`` for all of them), and the step
+  ends no sooner than the prefix's longest backward path after ``B(c_1)``.
+
+The step is at least the sum of these pieces and of the cut nodes' own times ``F(c_i) + B(c_i)`` on
+``d_i``, so at least the least such sum over all devices ``d_1 .. d_k``: a shortest path over
+(cut node, device) computed by dynamic programming. Each span is bounded from below by the larger of
+the longest path through the block (nodes at their fastest device, no transfers), the transfer of an
+edge ``c_i -> c_{i+1}`` when the ends are on different devices, and, for blocks small enough to
+enumerate, the communication-aware fork-join bound of :mod:`placement.bounds.forkjoin` for the pair
+``(d_i, d_{i+1})``. Leading graph inputs (no compute, no gradient) are left in the prefix.
+
+Transfer times. Every transfer is at least its edge's least possible duration in the simulator: the
+measured time when the edge has one for the device pair; else the route time of the edge's bytes, or a
+measured time of another edge of the same producer (a send carries all edges of one producer to one
+device and takes the largest measured time among them when one has it), whichever is smaller.
+
+Cost: linear in nodes and edges for the structure and the path pieces, ``O(k D^2)`` for the dynamic
+programme; the enumeration of a block's patterns is capped (:data:`PATTERN_BUDGET`) so the whole is
+bounded; blocks past the budget keep their path bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from graphc.ir.graph import EdgeData
+from placement.bounds.forkjoin import (
+    MAX_COMPONENT,
+    BlockPass,
+    Component,
+    Key,
+    block_span,
+    component_key,
+)
+from placement.cluster import Cluster
+from placement.cost_model import CostModel
+
+# Patterns (2^|component| summed over the components of the blocks refined) enumerated at most, per bound.
+PATTERN_BUDGET = 1 << 21
+
+INF = math.inf
+
+
+@dataclass
+class Timed:
+    """The graph as the bounds read it: nodes in topological order with their times on every device.
+
+    ``fwd[v, d]`` and ``bwd[v, d]`` (ms; inf where the node may not run; zeros for inputs and for the
+    backward in inference), ``preds`` / ``succs`` as index lists, ``edges[(u, v)]`` the edge's data,
+    ``is_input`` the graph inputs."""
+
+    fwd: np.ndarray
+    bwd: np.ndarray
+    preds: list[list[int]]
+    succs: list[list[int]]
+    edges: dict[tuple[int, int], EdgeData]
+    is_input: list[bool]
+
+
+def timed_graph(nxg: nx.DiGraph, names: Sequence[str], preds: list[list[int]], fwd: np.ndarray, bwd: np.ndarray, is_input: list[bool]) -> Timed:
+    """Index the edges of ``nxg`` by position in ``names`` (a topological order)."""
+    index = {name: i for i, name in enumerate(names)}
+    succs: list[list[int]] = [[] for _ in names]
+    for v, ps in enumerate(preds):
+        for u in ps:
+            succs[u].append(v)
+    edges = {(index[u], index[v]): d for u, v, d in nxg.edges(data="data") if u in index and v in index}
+    return Timed(fwd, bwd, preds, succs, edges, is_input)
+
+
+def cut_nodes(preds: list[list[int]], succs: list[list[int]]) -> list[int]:
+    """Positions (in the topological order the lists index) of the nodes comparable with every node."""
+    n = len(preds)
+    jump = [0] * (n + 1)
+    for v, ps in enumerate(preds):
+        for u in ps:
+            if v > u + 1:
+                jump[u + 1] += 1
+                jump[v] -= 1
+    cuts = []
+    crossing = sinks_before = 0
+    sources_after = sum(1 for ps in preds if not ps)
+    for i in range(n):
+        crossing += jump[i]
+        if not preds[i]:
+            sources_after -= 1
+        if crossing == 0 and sinks_before == 0 and sources_after == 0:
+            cuts.append(i)
+        if not succs[i]:
+            sinks_before += 1
+    return cuts
+
+
+def series_bound(tg: Timed, cluster: Cluster, cm: CostModel, training: bool) -> float | None:
+    """The series bound of the module docstring, ms; None when the graph has no cut node past its inputs."""
+    cuts = cut_nodes(tg.preds, tg.succs)
+    if cuts and tg.is_input[cuts[0]]:
+        cuts = cuts[1:]
+    if not cuts or any(tg.is_input[v] and tg.preds[v] for v in range(len(tg.preds))):
+        return None
+    n = len(tg.preds)
+    fmin = tg.fwd.min(axis=1)
+    bmin = tg.bwd.min(axis=1)
+    is_cut = np.zeros(n, dtype=bool)
+    is_cut[cuts] = True
+    # Longest paths that restart at every cut node: forward into v, backward from v towards the inputs
+    # (``back``, the tail's chain back to c_k) and from the successors down to v (``down``, a block's
+    # backward from its join).
+    fwd_in = [0.0] * n
+    back = [0.0] * n
+    for v in range(n):
+        if is_cut[v]:
+            continue
+        fwd_in[v] = fmin[v] + max((fwd_in[u] for u in tg.preds[v] if not is_cut[u]), default=0.0)
+        back[v] = bmin[v] + max((back[u] for u in tg.preds[v] if not is_cut[u]), default=0.0)
+    down = [0.0] * n
+    for v in range(n - 1, -1, -1):
+        if not is_cut[v]:
+            down[v] = bmin[v] + max((down[w] for w in tg.succs[v] if not is_cut[w]), default=0.0)
+    first, last = cuts[0], cuts[-1]
+    prefix = max(fwd_in[:first], default=0.0) + (max(down[:first], default=0.0) if training else 0.0)
+    if training:
+        tail = max((fwd_in[v] + back[v] for v in range(last + 1, n)), default=0.0)
+    else:
+        tail = max(fwd_in[last + 1 :], default=0.0)
+    delays = _Delays(tg, cluster, cm)
+    own = tg.fwd[cuts] + (tg.bwd[cuts] if training else 0.0)  # (k, D)
+    best = own[0].copy()
+    budget = [PATTERN_BUDGET]
+    for i in range(len(cuts) - 1):
+        a, b = cuts[i], cuts[i + 1]
+        inner = list(range(a + 1, b))
+        base_f = max((fwd_in[v] for v in inner), default=0.0)
+        base_b = max((down[v] for v in inner), default=0.0) if training else 0.0
+        step = _BlockCosts(tg, delays, a, b, inner, training, budget).matrix(base_f, base_b)
+        best = (best[:, None] + step).min(axis=0) + own[i + 1]
+    return prefix + float(best.min()) + tail
+
+
+class _Delays:
+    """Least transfer times of edges between devices (module docstring), computed per edge on demand."""
+
+    def __init__(self, tg: Timed, cluster: Cluster, cm: CostModel) -> None:
+        self.tg, self.cm, self.devices = tg, cm, cluster.devices
+        names = cluster.device_names
+        D = len(names)
+        self.latency = np.zeros((D, D))
+        self.per_byte = np.zeros((D, D))
+        self.into: list[bool] = []
+        self.out_of: list[bool] = []
+        routes = {(s, t): cluster.route(names[s], names[t]) for s in range(D) for t in range(D) if s != t}
+        for (s, t), r in routes.items():
+            self.latency[s, t] = 1e3 * r.latency_s
+            self.per_byte[s, t] = 1e3 / r.bandwidth
+        for h in range(D):  # does every route into (out of) h cross one link in one direction?
+            ins = [set(routes[s, h].resources) for s in range(D) if s != h]
+            outs = [set(routes[h, t].resources) for t in range(D) if t != h]
+            self.into.append(bool(ins) and bool(set.intersection(*ins)))
+            self.out_of.append(bool(outs) and bool(set.intersection(*outs)))
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self.patterns: dict[tuple, dict[str, np.ndarray]] = {}  # summarised patterns per component (bounds_forkjoin)
+
+    def matrix(self, u: int, v: int) -> np.ndarray:
+        """``M[s, t]``: the least time of the edge's data (either direction's gradient too) from s to t."""
+        key = (u, v)
+        m = self._cache.get(key)
+        if m is None:
+            e = self.tg.edges[key]
+            m = self.latency + e.bytes * self.per_byte
+            measured_edges = [self.tg.edges[u, w] for w in self.tg.succs[u] if self.tg.edges[u, w].transfer_ms]
+            if measured_edges:
+                pair = self.cm.measured_transfer_ms
+                D = len(self.devices)
+                for s in range(D):
+                    for t in range(D):
+                        if s == t:
+                            continue
+                        own = pair(e.transfer_ms, self.devices[s], self.devices[t]) if e.transfer_ms else None
+                        if own is not None:
+                            m[s, t] = own
+                            continue
+                        others = [pair(x.transfer_ms, self.devices[s], self.devices[t]) for x in measured_edges]
+                        others = [x for x in others if x is not None]
+                        if others:
+                            m[s, t] = min(m[s, t], min(others))
+            self._cache[key] = m
+        return m
+
+    def from_home(self, u: int, v: int, h: int) -> float:
+        """Least time of the edge's data from ``h`` to any other device."""
+        row = self.matrix(u, v)[h]
+        return float(np.delete(row, h).min()) if len(row) > 1 else INF
+
+    def to_home(self, u: int, v: int, h: int) -> float:
+        """Least time of the edge's data from any other device to ``h``."""
+        col = self.matrix(u, v)[:, h]
+        return float(np.delete(col, h).min()) if len(col) > 1 else INF
+
+
+class _BlockCosts:
+    """The least forward + backward span of one block for every pair of devices of its two cut nodes."""
+
+    def __init__(self, tg: Timed, delays: _Delays, a: int, b: int, inner: list[int], training: bool, budget: list[int]) -> None:
+        self.tg, self.delays, self.a, self.b, self.inner, self.training = tg, delays, a, b, inner, training
+        self.components: list[list[int]] = []
+        if inner:
+            members = set(inner)
+            und = nx.Graph()
+            und.add_nodes_from(inner)
+            und.add_edges_from((u, v) for v in inner for u in tg.preds[v] if u in members)
+            self.components = [sorted(c) for c in nx.connected_components(und)]
+        patterns = sum(1 << len(c) for c in self.components)
+        self.refine = bool(inner) and max(map(len, self.components)) <= MAX_COMPONENT and patterns <= budget[0]
+        if self.refine:
+            budget[0] -= patterns
+        self._memo: dict[tuple, float] = {}
+
+    def matrix(self, base_f: float, base_b: float) -> np.ndarray:
+        """``C[p, q]``: the bound on span_F + span_B with ``c_i`` on p and ``c_{i+1}`` on q."""
+        D = len(self.delays.devices)
+        fwd = np.full((D, D), base_f)
+        bwd = np.full((D, D), base_b)
+        if (self.a, self.b) in self.tg.edges:  # the edge's transfer when the ends are apart (0 on one device)
+            m = self.delays.matrix(self.a, self.b)
+            fwd = np.maximum(fwd, m)
+            if self.training:
+                bwd = np.maximum(bwd, m.T)
+        if self.refine:
+            for p in range(D):
+                for q in range(D):
+                    fwd[p, q] = max(fwd[p, q], self._span(self._forward(p, q)))
+                    if self.training:
+                        bwd[p, q] = max(bwd[p, q], self._span(self._backward(p, q)))
+        return fwd + bwd
+
+    def _span(self, block: BlockPass) -> float:
+        key = _signature(block)
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = block_span(block, self.delays.patterns)
+        return value
+
+    def _forward(self, p: int, q: int) -> BlockPass:
+        """The forward pass: home q (the join's device), the fork on p."""
+        tg, dl, a, b = self.tg, self.delays, self.a, self.b
+        comps = []
+        for nodes in self.components:
+            pos = {v: i for i, v in enumerate(nodes)}
+            dur = tg.fwd[nodes]
+            arcs, entry, exit_, keys, fork_consumers = [], [], [], [], []
+            for v in nodes:
+                for u in tg.preds[v]:
+                    if u == a:
+                        fork_consumers.append(pos[v])
+                        entry.append((pos[v], dl.matrix(a, v)[p, q] if p != q else 0.0, 0.0 if p != q else dl.from_home(a, v, q)))
+                    else:
+                        arcs.append((pos[u], pos[v], dl.from_home(u, v, q), dl.to_home(u, v, q)))
+            for u in nodes:
+                cons = [w for w in tg.succs[u] if w in pos]
+                if b in tg.succs[u]:
+                    exit_.append((pos[u], dl.to_home(u, b, q)))
+                outs = tg.succs[u]
+                keys.append(Key(pos[u], [pos[w] for w in cons], True if b in outs else None,
+                                min(dl.from_home(u, w, q) for w in outs), min(dl.to_home(u, w, q) for w in outs)))
+            comps.append(Component(_col(dur, q), _others(dur, q), sorted(arcs), entry, exit_, keys, fork_consumers))
+        outs = tg.succs[a]
+        direct = dl.matrix(a, b)[p, q] if (a, b) in tg.edges and p != q else None
+        return BlockPass(
+            comps, True, p == q,
+            lb_fork_in=min(dl.matrix(a, w)[p, q] for w in outs) if p != q else 0.0,
+            lb_fork_out=min(dl.from_home(a, w, q) for w in outs),
+            direct=direct, shared_in=dl.into[q], shared_out=dl.out_of[q], others=len(dl.devices) - 1,
+        )
+
+    def _backward(self, p: int, q: int) -> BlockPass:
+        """The backward pass: home p (``B(a)``'s device), the fork ``B(b)`` on q; nodes in reverse order."""
+        tg, dl, a, b = self.tg, self.delays, self.a, self.b
+        comps = []
+        for nodes in self.components:
+            order = nodes[::-1]
+            pos = {v: i for i, v in enumerate(order)}
+            dur = tg.bwd[order]
+            arcs, entry, exit_, keys, fork_consumers = [], [], [], [], []
+            for u in order:
+                for w in tg.succs[u]:
+                    if w == b:  # the gradient from B(b) on q
+                        entry.append((pos[u], dl.matrix(u, b)[q, p] if p != q else 0.0, 0.0 if p != q else dl.from_home(u, b, p)))
+                    elif w in pos:  # B(w) -> B(u): the gradient flows from w's device to u's
+                        arcs.append((pos[w], pos[u], dl.from_home(u, w, p), dl.to_home(u, w, p)))
+                if a in tg.preds[u]:
+                    fork_consumers.append(pos[u])
+                    exit_.append((pos[u], dl.to_home(a, u, p)))
+                outs = tg.succs[u]
+                keys.append(Key(pos[u], [pos[w] for w in outs if w in pos], (q == p) if b in outs else None,
+                                min(dl.to_home(u, w, p) for w in outs), min(dl.from_home(u, w, p) for w in outs)))
+            comps.append(Component(_col(dur, p), _others(dur, p), sorted(arcs), entry, exit_, keys, fork_consumers))
+        outs = tg.succs[a]
+        direct = dl.matrix(a, b)[q, p] if (a, b) in tg.edges and p != q else None
+        return BlockPass(
+            comps, False, p == q,
+            lb_fork_in=min(dl.to_home(a, w, p) for w in outs), lb_fork_out=0.0,
+            direct=direct, shared_in=dl.into[p], shared_out=dl.out_of[p], others=len(dl.devices) - 1,
+        )
+
+
+def _col(dur: np.ndarray, h: int) -> np.ndarray:
+    return dur[:, h].copy()
+
+
+def _others(dur: np.ndarray, h: int) -> np.ndarray:
+    """Each row's least time on a device other than ``h`` (inf with one device)."""
+    if dur.shape[1] == 1:
+        return np.full(dur.shape[0], INF)
+    return np.delete(dur, h, axis=1).min(axis=1)
+
+
+def _signature(block: BlockPass) -> tuple:
+    """Everything :func:`block_span` reads, as a hashable value (symmetric device pairs share results)."""
+    return (tuple(component_key(c) for c in block.components), block.forward, block.fork_home, block.lb_fork_in, block.lb_fork_out, block.direct,
+            block.shared_in, block.shared_out, block.others)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
 import graphc.app.cli
 from graphc.app.cli import DEFAULT_BATCH_SIZE, build_parser, main
+from graphc.app.demo import run_demo
 from graphc.ir.graph import Graph
 from placement.cost_model import ProfiledTimes
 from placement.plan import Plan
@@ -212,11 +216,30 @@ def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_p
     assert "this is a cost graph, not a plan: place it first" in capsys.readouterr().err
 
 
-def test_demo_plans_executes_checks_against_eager_and_reports_measured_time(capsys):
-    assert main(["demo"]) == 0
-    out = " ".join(capsys.readouterr().out.split())  # long lines wrap at 100 columns
-    assert "plan for 'inception_v3' on 'local'" in out
-    assert "placed execution matches eager PyTorch" in out
-    assert "predicted step" in out and "measured" in out and "median of 5 steps" in out and "eager PyTorch on one thread" in out
-    assert "on all" in out and "cores" in out  # the strongest plain baseline, eager on every core
+def test_demo_plans_executes_checks_against_eager_and_reports_measured_time():
+    printed = io.StringIO()
+    result = run_demo(Console(file=printed, width=100))
+    assert result.exit_code == 0
+    assert (result.plan.graph_name, result.plan.cluster_name) == ("inception_v3", "local")
+    assert result.matches_eager and result.largest_difference <= result.tolerance
+    assert abs(result.placed_loss - result.eager_loss) <= result.tolerance
+    assert result.predicted_ms == result.plan.predicted_step_ms > 0
+    assert result.measured_ms is not None and result.measured_ms > 0 and result.steps == 5  # median of 5 steps
+    assert result.eager_ms > 0  # eager PyTorch on one thread
+    assert result.eager_all_cores_ms is not None and result.eager_all_cores_ms > 0 and result.cores >= 1  # on every core
+    assert result.link.latency_s > 0 and result.link.bandwidth > 0 and result.profile_factor > 0
+    out = " ".join(printed.getvalue().split())  # what graphc demo prints, long lines wrapped at 100 columns
+    assert "plan for 'inception_v3' on 'local'" in out and "placed execution matches eager PyTorch" in out
+    assert "median of 5 steps" in out and "eager PyTorch on one thread" in out and "on all" in out
     assert "link between two ranks" in out and "profiled times x" in out
+
+
+def test_demo_command_prints_and_exits_with_the_results_code(monkeypatch):
+    seen = []
+
+    def fake_demo(console):
+        seen.append(console)
+        return SimpleNamespace(exit_code=1)
+
+    monkeypatch.setattr(graphc.app.cli, "run_demo", fake_demo)
+    assert main(["demo"]) == 1 and len(seen) == 1

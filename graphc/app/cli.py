@@ -344,7 +344,7 @@ def solver_descriptions() -> dict[str, str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job (:mod:`graphc.app.demo`): trace, profile, place, execute, check against eager, and
     compare predicted with measured step time."""
-    return run_demo(_console(args))
+    return run_demo(_console(args)).exit_code
 
 
 def _show(console: Console, graph: Graph) -> None:

@@ -13,7 +13,9 @@
    started like torchrun), and print the measured step time next to the simulator's prediction and
    next to eager PyTorch on one thread and on every core (the strongest plain baseline on a CPU).
 
-Returns 1 when the placed run does not reproduce eager PyTorch (float32 tolerance), else 0.
+:func:`run_demo` prints the four steps and returns a :class:`DemoResult` (losses, the largest gradient
+difference, predicted, measured and eager step times, the plan); its exit code is 1 when the placed run
+does not reproduce eager PyTorch (float32 tolerance) or a rank fails, else 0.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import copy
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -31,12 +34,12 @@ from graphc.app.report import graph_totals_table
 from graphc.frontend import zoo
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
-from placement import Cluster, CostModel
+from placement import Cluster, CostModel, Plan
 from placement.calibration import calibration_factor
 from placement.solvers import solve
 from runtime import DistributedExecutor, LocalExecutor, init_from_env, partition, zoo_loss
 from runtime.launch import spawn
-from runtime.link import local_cluster, measure_link
+from runtime.link import LinkSpeed, local_cluster, measure_link
 from runtime.measure import measure
 
 if TYPE_CHECKING:
@@ -46,6 +49,52 @@ MODEL = "inception_v3"
 CONFIG: dict[str, Any] = {"batch_size": 8, "size": "small", "width": 0.25, "dropout": 0.0}
 TOLERANCE = 1e-3  # float32: the placed run adds gradients in another order than eager
 STEPS = 5
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` found (times in ms).
+
+    Attributes:
+        plan: the plan ``solver="auto"`` made for the ``local`` cluster.
+        placed_loss, eager_loss: the loss of the placed step and of eager PyTorch's.
+        largest_difference: the largest absolute difference of the loss and of any parameter gradient.
+        tolerance: the largest difference allowed (float32 adds in another order).
+        profile_factor: the calibration of the profiled op times (measured eager step / simulated).
+        link: the link measured between two ranks.
+        predicted_ms: the plan's predicted step.
+        measured_ms: the median measured step over ``steps`` steps, one process per device; None when
+            the placed run did not match eager or a rank failed.
+        steps: how many steps the ranks measured.
+        eager_ms: eager PyTorch's step on one thread.
+        eager_all_cores_ms: eager PyTorch's step on every core (``cores``); None when not measured.
+        failure: why the demo failed (a rank's error), or empty.
+    """
+
+    plan: Plan
+    placed_loss: float
+    eager_loss: float
+    largest_difference: float
+    tolerance: float
+    profile_factor: float
+    link: LinkSpeed
+    predicted_ms: float
+    measured_ms: float | None
+    steps: int
+    eager_ms: float
+    eager_all_cores_ms: float | None
+    cores: int
+    failure: str = ""
+
+    @property
+    def matches_eager(self) -> bool:
+        """The placed step reproduced eager PyTorch's loss and gradients within the tolerance."""
+        return self.largest_difference <= self.tolerance
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the placed run matched eager and every rank finished, else 1."""
+        return 0 if self.matches_eager and self.measured_ms is not None and not self.failure else 1
 
 
 def demo_model() -> zoo.ZooModel:
@@ -100,8 +149,8 @@ def rank_step_ms(program: Any, steps: int) -> float:
         executor.close()
 
 
-def run_demo(console: Console) -> int:
-    """The four steps of the module docstring, printed to ``console``."""
+def run_demo(console: Console) -> DemoResult:
+    """The four steps of the module docstring, printed to ``console``; returns what they found."""
     torch.set_num_threads(1)
     console.rule("1. trace Inception-v3 (small, batch 8) and profile its ops on this CPU")
     zm = demo_model()
@@ -131,9 +180,25 @@ def run_demo(console: Console) -> int:
     worst = max(float((placed[n].grad - p.grad).abs().max()) for n, p in reference.named_parameters())
     worst = max(worst, abs(result.loss - eager_loss.item()))
     console.print(f"loss placed {result.loss:.6f}, eager {eager_loss.item():.6f}; largest gradient difference {worst:.2e}")
-    if worst > TOLERANCE:
+    cores = os.cpu_count() or 1
+    found = DemoResult(
+        plan=plan,
+        placed_loss=float(result.loss),
+        eager_loss=eager_loss.item(),
+        largest_difference=worst,
+        tolerance=TOLERANCE,
+        profile_factor=factor,
+        link=link,
+        predicted_ms=plan.predicted_step_ms,
+        measured_ms=None,
+        steps=STEPS,
+        eager_ms=eager_ms,
+        eager_all_cores_ms=None,
+        cores=cores,
+    )
+    if not found.matches_eager:
         console.print("[red]MISMATCH: the placed run does not reproduce eager PyTorch[/red]")
-        return 1
+        return found
     console.print("[green]placed execution matches eager PyTorch[/green]")
 
     ranks = len(plan.devices_used())
@@ -143,11 +208,11 @@ def run_demo(console: Console) -> int:
     failed = [o for o in outcomes if not o.ok]
     if failed:
         console.print(f"[red]rank {failed[0].rank} failed: {failed[0].error}[/red]")
-        return 1
-    measured = outcomes[0].result
+        found.failure = f"rank {failed[0].rank} failed: {failed[0].error}"
+        return found
+    measured = found.measured_ms = outcomes[0].result
     error = (plan.predicted_step_ms - measured) / measured
-    cores = os.cpu_count() or 1
-    eager_all_ms = eager_step_ms(copy.deepcopy(reference), zm, threads=cores)
+    eager_all_ms = found.eager_all_cores_ms = eager_step_ms(copy.deepcopy(reference), zm, threads=cores)
     console.print(
         f"predicted step {plan.predicted_step_ms:.1f} ms, measured {measured:.1f} ms "
         f"(median of {STEPS} steps; prediction {error:+.0%}); eager PyTorch on one thread {eager_ms:.1f} ms, "
@@ -157,4 +222,4 @@ def run_demo(console: Console) -> int:
         "CPU ranks stand in for devices here: they show that the plan runs exactly as eager and as predicted; "
         "on one CPU, eager PyTorch with every core is the baseline a placement must beat on real devices."
     )
-    return 0
+    return found

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from graphc.app.cli import build_parser
 from placement.plan import Plan
 
@@ -39,6 +41,7 @@ def test_examples_quickstart_is_the_readme_quickstart():
     assert (ROOT / "examples" / "quickstart.py").read_text().endswith(_quickstart_block())
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written(tmp_path):
     done = _run(_quickstart_block(), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -47,6 +50,7 @@ def test_readme_quickstart_runs_as_written(tmp_path):
     assert sorted(plan.devices_used()) == ["cpu0", "cpu1"] and plan.predicted_step_ms > 0
 
 
+@pytest.mark.slow
 def test_readme_tracing_then_running_a_placed_model_run_as_written(tmp_path):
     done = _run(_python_block("Tracing a model") + _python_block("Running placed models"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

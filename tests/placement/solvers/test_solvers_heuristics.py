@@ -217,6 +217,7 @@ def test_expert_split_follows_the_file() -> None:
         solve(load_benchmark("pipedream/alexnet.txt"), c, solver="expert")
 
 
+@pytest.mark.slow
 def test_heuristics_are_fast_on_large_graphs() -> None:
     """A 3,000-node graph (the benchmark times 10,000): each heuristic well under a second here."""
     g = random_graph(1, 3000)

@@ -445,7 +445,7 @@ def test_invariants_on_random_graphs(seed: int, n: int, m: int, mode: str, prior
 
 
 def test_a_large_random_graph_on_sixteen_hosts() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from simulate_scaling import random_layered_dag
 
     g = random_layered_dag(5000)

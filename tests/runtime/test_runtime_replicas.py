@@ -21,6 +21,7 @@ from torch import nn
 
 import graphc
 from graphc import zoo
+from graphc.frontend.zoo import ZooLoss
 from runtime import (
     Action,
     DistributedExecutor,
@@ -40,7 +41,6 @@ from runtime import (
     zoo_loss,
 )
 from runtime.launch import spawn
-from graphc.frontend.zoo import ZooLoss
 
 RTOL = 1e-4
 BATCH, M = 8, 4
@@ -245,6 +245,7 @@ def eager_gpt2(steps: int) -> Any:
     )
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 @pytest.mark.parametrize("label", list(STAGES))
 def test_replicated_stages_give_the_full_batch_loss_and_gradients(label, schedule, three_ranks):
@@ -262,6 +263,7 @@ def test_replicated_stages_give_the_full_batch_loss_and_gradients(label, schedul
         assert relative_difference(r["grads"], {n: reference.grads[n] for n in r["grads"]}) < (RTOL, "")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("label", list(STAGES))
 def test_replicas_end_optimizer_steps_with_eager_parameters(label, three_ranks):
     ranks = three_ranks[f"{label} sgd"]
@@ -288,6 +290,7 @@ def killed_in_the_all_reduce(program: PartitionedProgram, inputs: torch.Tensor, 
     return {"finished": True}
 
 
+@pytest.mark.distributed
 def test_a_replica_that_dies_in_the_all_reduce_is_named_by_the_other():
     outcomes = spawn(
         killed_in_the_all_reduce, 3, (mlp_program(), torch.randn(BATCH, 8), torch.randint(0, 4, (BATCH,))), timeout_s=60

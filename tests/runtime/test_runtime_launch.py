@@ -103,6 +103,7 @@ def test_a_plan_for_gpus_warns_that_its_prediction_does_not_apply_here(plan_file
     assert "warning" in err and "'dgx1-v100' (2 x V100)" in err and "do not apply here" in err
 
 
+@pytest.mark.distributed
 def test_graphc_run_trains_through_torchrun(plan_file, tmp_path, capsys):
     """Each rank traces the model and partitions the plan on its own, and the ranks agree."""
     out = tmp_path / "measured.json"

@@ -117,6 +117,7 @@ def test_interchangeable_devices_and_canonical_labels() -> None:
     assert interchangeable_classes(pcie) == [[0], [1, 2, 3, 4]]  # the CPU, then four GPUs
 
 
+@pytest.mark.slow
 def test_coarse_model_on_a_large_graph_and_auto_keeps_its_time_limit() -> None:
     g = load_benchmark("pipedream/inception_v3.txt")
     c = Cluster.preset("dgx1-v100")

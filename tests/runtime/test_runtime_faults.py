@@ -18,6 +18,8 @@ import pytest
 
 import graphc
 from graphc import zoo
+from graphc.app.run import TEST_FAULT_ENV
+from graphc.frontend.zoo import ZooLoss
 from runtime import (
     DistributedExecutor,
     RankFailure,
@@ -27,9 +29,9 @@ from runtime import (
     zoo_loss,
 )
 from runtime.faults import REPORTS_ENV
-from graphc.app.run import TEST_FAULT_ENV
 from runtime.launch import spawn
-from graphc.frontend.zoo import ZooLoss
+
+pytestmark = pytest.mark.distributed
 
 TIMEOUT_S = 2.0
 

@@ -216,6 +216,8 @@ def test_a_traced_graph_is_read_by_plan_import_compare_and_refused_by_show(tmp_p
     assert "this is a cost graph, not a plan: place it first" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_demo_plans_executes_checks_against_eager_and_reports_measured_time():
     printed = io.StringIO()
     result = run_demo(Console(file=printed, width=100))

@@ -126,6 +126,7 @@ def test_partition_with_a_cycle_is_refused() -> None:
         from_partition(inst, np.asarray([0, 1, 0]))
 
 
+@pytest.mark.slow
 def test_lns_and_polish_never_worsen_and_keep_the_clock() -> None:
     problem = make_problem(random_graph(12, 60), star(3))
     inst = instance(problem)

@@ -57,6 +57,7 @@ def test_contiguous_optimum(name: str) -> None:
 
 
 # resnet50_training takes CP-SAT about 8 s more: `benchmarks/pipeline_partitioning.py --verify` proves it.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bert24_inference", "bert24_training", "resnet50_inference"])
 def test_cp_sat_proves_the_dp_optimum(name: str) -> None:
     inst = dnn_instance(name)

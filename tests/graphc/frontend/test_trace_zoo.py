@@ -20,7 +20,7 @@ def _loss_and_grads(zm: zoo.ZooModel, forward) -> tuple[torch.Tensor, dict[str, 
 
 
 @pytest.mark.parametrize("granularity", ["op", "module"])
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "inception_v3" else n for n in zoo.NAMES])
 def test_traced_zoo_model_equals_eager_outputs_and_gradients(name, granularity):
     no_dropout = {"dropout": 0.0} if "dropout" in zoo.defaults(name, "small") else {}
     zm = zoo.build(name, batch_size=2, size="small", **no_dropout)
@@ -49,6 +49,7 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@pytest.mark.slow
 def test_gpt2_with_1_5_billion_parameters_is_traced_without_allocating_its_weights():
     before = _peak_rss_bytes()
     zm = zoo.build("gpt2", batch_size=1, device="meta", n_layer=48, n_embd=1600, n_head=25)

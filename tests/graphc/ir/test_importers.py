@@ -22,7 +22,7 @@ from graphc.ir.importers import (
     shared_benchmarks_dir,
 )
 
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
 PIPEDREAM = ["alexnet", "vgg16", "inception_v3", "resnet50", "gnmt"]
 DNN = [
     "latency/bert24_inference",

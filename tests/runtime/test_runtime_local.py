@@ -25,7 +25,7 @@ from runtime import (
 DEVICES = ["cpu0", "cpu1", "cpu2"]
 
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "inception_v3" else n for n in zoo.NAMES])
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_placements_match_eager(name, data):

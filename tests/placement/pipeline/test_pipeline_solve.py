@@ -166,6 +166,7 @@ def test_a_split_that_overflows_once_simulated_is_tightened_until_it_fits() -> N
     assert plan.settings["load_bound_ms"] == pytest.approx(3.0)  # c's load: a bound of any split
 
 
+@pytest.mark.slow
 def test_the_ilp_split_depends_on_the_seed_not_on_the_clock() -> None:
     # Inception-v3 on the PCIe box: CP-SAT stops at its budget, not at an optimum. The second search runs
     # while other processes keep every core busy: a search cut by the clock would get less done.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from graphc.frontend.zoo import ZooLoss
 from runtime_cases import RTOL, adam, build, eager, traced
 
 import graphc
@@ -30,7 +31,8 @@ from runtime import (
     zoo_loss,
 )
 from runtime.launch import spawn
-from graphc.frontend.zoo import ZooLoss
+
+pytestmark = pytest.mark.distributed
 
 
 @dataclass

@@ -99,6 +99,7 @@ def test_shared_link_makes_offloading_cost_transfers() -> None:
     assert bound.step_ms <= least_step(g, c, "training") + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 def test_series_bound_is_below_every_placement_on_a_switch(seed: int) -> None:
     rng = random.Random(seed)

@@ -347,6 +347,8 @@ class Cluster:
     @classmethod
     def preset(cls, name: str, **options: Any) -> Cluster:
         """A preset cluster by name (see :func:`placement.cluster_presets`); options go to its builder."""
+        # The one import left inside a function: the presets' builders construct Clusters, so
+        # placement.presets imports this module (ARCHITECTURE.md, "Known exceptions").
         from placement.presets import build_preset
 
         return build_preset(name, **options)

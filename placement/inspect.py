@@ -223,6 +223,7 @@ def gantt_figure(sim: SimResult, title: str = "") -> Figure:
 def _gantt_frame(sim: SimResult, rows: list[str], devices: int, title: str) -> tuple[Figure, Any]:
     """The empty chart: a row per device then per link (a line between the two groups), time in ms
     across with a light grid, and a title giving the predicted step time."""
+    # matplotlib loads on first use, on purpose: only a chart needs it, and it costs about a second to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -246,6 +247,7 @@ def _gantt_frame(sim: SimResult, rows: list[str], devices: int, title: str) -> t
 
 def _legend_handles(devices: list[str], colours: dict[str, str], kinds: set[str]) -> list[Any]:
     """One swatch per device drawn, then what the fill, the hatch and the greys mean."""
+    # matplotlib loads on first use, on purpose: only a chart needs it, and it costs about a second to import
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=colours[d], label=d) for d in devices]
@@ -285,6 +287,7 @@ def _draw_bars(ax: Any, y: int, spans: list[tuple[float, float, str]], style: _S
 def _char_px(fig: Figure) -> float:
     """The mean width in pixels of a character of the bars' names, measured on the figure's renderer
     over letters, digits and the punctuation of node names."""
+    # matplotlib loads on first use, on purpose: only a chart needs it, and it costs about a second to import
     from matplotlib.font_manager import FontProperties
 
     sample = "abcdefghijklmnopqrstuvwxyz_0123456789.ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -14,6 +14,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
 import time
 from collections import Counter
@@ -267,8 +268,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Models x clusters x solvers -> Markdown, CSV and a bar chart (and the README's table with --readme)."""
-    import os
-
     console = _console(args)
     graphs = [g for g in args.models.split(",") if g]
     if args.benchmarks:

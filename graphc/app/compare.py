@@ -344,6 +344,7 @@ def chart_figure(rows: list[Row]) -> Figure:
     (:func:`chart_ratios`), joined to the bound line at 1 so a long stem is a poor plan. The axis is
     logarithmic when the ratios span more than :data:`CHART_LOG_RANGE`; the width is capped at
     :data:`CHART_MAX_WIDTH_PX`, the height grows with the number of graphs."""
+    # matplotlib loads on first use, on purpose: only a chart needs it, and it costs about a second to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -375,6 +376,7 @@ def chart_figure(rows: list[Row]) -> Figure:
 def _log_axis(ax: Any) -> None:
     """A logarithmic x axis (shared by every panel) with its ticks at 1, 2 and 5 times powers of ten,
     written as plain numbers (``0.5``, ``1``, ``20``) rather than powers."""
+    # matplotlib loads on first use, on purpose: only a chart needs it, and it costs about a second to import
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")

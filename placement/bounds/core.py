@@ -241,6 +241,7 @@ def _two_class_bound(a: list[float], b: list[float], na: int, nb: int) -> float:
 
 
 def _lp_bound(times: list[tuple[float, ...]], counts: list[int]) -> float:
+    # OR-Tools' LP wrapper loads on first use, on purpose: only this rarely needed bound uses it
     from ortools.linear_solver import pywraplp
 
     merged: dict[tuple[float, ...], int] = {}

@@ -60,8 +60,8 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec_loads
 
-from graphc.ir.graph import Graph
 from graphc.frontend.tracing import TracedProgram
+from graphc.ir.graph import Graph
 from placement.plan import Plan
 from runtime import comm
 from runtime.errors import ProgramMismatch

@@ -41,8 +41,8 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from graphc.frontend import zoo
 from graphc.app.argtypes import non_negative_int, port_number, positive_int, positive_number
+from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.ir.errors import GraphcError
 from placement.cluster import Cluster
@@ -56,7 +56,6 @@ from runtime.partition import PartitionedProgram, partition
 from runtime.schedule import SCHEDULES
 from runtime.step import split_batch
 
-# -- graphc run -----------------------------------------------------------------------------
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 # torchrun's --shutdown-timeout: once graphc run stops it, ranks get SIGTERM, then SIGKILL this much later.

@@ -35,8 +35,8 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._pytree import tree_leaves, tree_map
 
-from graphc.ir.errors import TraceError
 from graphc.frontend.flops import FlopCounter
+from graphc.ir.errors import TraceError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
 

@@ -26,9 +26,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import NodeData
 from graphc.ir.profiled import ProfiledTimes
-from graphc.frontend.tracing import TracedProgram
 
 
 @dataclass

@@ -29,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import itertools
 import io
+import itertools
 import logging
 import operator
 import os
@@ -49,10 +49,10 @@ from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._pytree import tree_leaves, tree_structure
 
 from graphc.frontend.annotate import build_cost_graph, measure_fx_nodes
-from graphc.ir.errors import TraceError
 from graphc.frontend.functionalize import assign_state, functionalize
-from graphc.ir.graph import Graph
 from graphc.frontend.leaf import is_marked_leaf, is_torch_nn_leaf
+from graphc.ir.errors import TraceError
+from graphc.ir.graph import Graph
 
 Granularity = Literal["op", "module"]
 GRANULARITIES = ("op", "module")

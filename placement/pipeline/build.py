@@ -38,8 +38,8 @@ from graphc.ir.graph import EdgeData
 from placement.cost_model import graph_inputs
 from placement.pipeline.instance import DeviceClass, Partition, ThroughputInstance
 from placement.plan import Stage
-from placement.simulate import send_bytes
 from placement.problem import Problem
+from placement.simulate import send_bytes
 
 OPTIMIZER_STATE_FACTOR = 2.0  # Adam's two moments, as placement.simulate assumes
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from placement.simulate import simulate
 from placement.problem import Problem
+from placement.simulate import simulate
 
 
 @dataclass

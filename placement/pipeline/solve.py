@@ -69,8 +69,8 @@ from placement.pipeline.instance import (
 from placement.pipeline.microbatches import choose_microbatches
 from placement.pipeline.replication import replicate
 from placement.plan import Plan, Stage, stage_replicas
-from placement.simulate import simulate
 from placement.problem import Problem, finish_plan
+from placement.simulate import simulate
 
 METHODS = ("auto", "dp", "ilp", "equal-split")
 ILP_MAX_VARIABLES = 5_000

@@ -32,9 +32,9 @@ from placement.constraints import Constraints
 from placement.cost_model import CostModel
 from placement.errors import PlacementError
 from placement.plan import Plan
+from placement.problem import Problem, make_problem
 from placement.solvers.auto import auto
 from placement.solvers.baselines import expert, round_robin, single_device
-from placement.problem import Problem, make_problem
 from placement.solvers.cpop import cpop
 from placement.solvers.cpsat import cp_sat
 from placement.solvers.etf import m_etf

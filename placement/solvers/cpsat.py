@@ -38,8 +38,9 @@ import numpy as np
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
-from placement.solvers.baselines import single_schedule
 from placement.problem import Problem
+from placement.solvers.baselines import single_schedule
+from placement.solvers.coarsen import coarsen
 from placement.solvers.cpop import cpop_schedule
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.heft import heft_schedule
@@ -50,7 +51,6 @@ from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
 from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
 from placement.solvers.topo import balanced_split, layer_split, split_counts, topo_schedule
-from placement.solvers.coarsen import coarsen
 
 # The warm-start heuristics: name -> Instance -> Schedule.
 WARM_START: dict[str, Callable[[Instance], Schedule]] = {

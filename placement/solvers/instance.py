@@ -31,8 +31,8 @@ from graphc.ir.graph import Graph
 from placement.cluster import Cluster, Device
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import PlacementError
-from placement.simulate import topological_indices
 from placement.problem import Problem
+from placement.simulate import topological_indices
 
 GiB = 2**30
 

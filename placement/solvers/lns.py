@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from placement.solvers.coarsen import coarsen
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import Instance
 from placement.solvers.search import Candidate, Evaluator
-from placement.solvers.coarsen import coarsen
 
 if TYPE_CHECKING:
     from placement.solvers.coarsen import Coarsening

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from placement.errors import PlacementError
-from placement.simulate import simulate
 from placement.problem import Problem
-from placement.solvers.instance import Instance
+from placement.simulate import simulate
 from placement.solvers.coarsen import coarsen
+from placement.solvers.instance import Instance
 
 
 @dataclass

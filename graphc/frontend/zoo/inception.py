@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from graphc.frontend.zoo.common import ConvBNReLU, IntPair, conv_out, require_size, scaled
 
+
 class BasicConv2d(ConvBNReLU):
     """Inception-v3's unit: convolution without bias, batch norm with eps 0.001, ReLU."""
 

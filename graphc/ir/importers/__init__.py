@@ -18,10 +18,10 @@ from pathlib import Path
 
 from graphc.ir.errors import GraphFormatError, MissingFileError
 from graphc.ir.graph import Graph
-from graphc.ir.jsonfile import read_json
 from graphc.ir.importers.dnn_partitioning import load_dnn_partitioning
 from graphc.ir.importers.dnn_partitioning import load_expert_split as _read_expert_split
 from graphc.ir.importers.pipedream import load_pipedream
+from graphc.ir.jsonfile import read_json
 
 ENV_VAR = "GRAPHC_BENCHMARKS"
 

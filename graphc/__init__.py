@@ -6,6 +6,10 @@ the CLI). ``graphc.zoo`` and ``graphc.importers`` are the public names of the zo
 
 The cost-graph types import without torch (a solver never needs it); ``trace``, ``compile`` and the
 other torch-facing names load torch on first use.
+
+Every error graphc raises on purpose is a :class:`GraphcError`; the kinds a caller catches (a bad file,
+a plan for another model, a bad argument, no placement, a failed run) are exported here, and the whole
+tree is in :mod:`graphc.ir.errors`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from graphc.ir.errors import GraphcError, GraphFormatError, TraceError
+from graphc.ir.errors import (
+    ConfigurationError,
+    FormatError,
+    GraphcError,
+    GraphFormatError,
+    MismatchError,
+    MissingFileError,
+    PlacementError,
+    RuntimeFault,
+    TraceError,
+)
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
 _LAZY = {
@@ -26,11 +40,17 @@ _LAZY = {
 
 __all__ = [
     "CompiledModel",
+    "ConfigurationError",
     "EdgeData",
+    "FormatError",
     "Graph",
     "GraphFormatError",
     "GraphcError",
+    "MismatchError",
+    "MissingFileError",
     "NodeData",
+    "PlacementError",
+    "RuntimeFault",
     "TraceError",
     "TracedProgram",
     "compile",

@@ -5,9 +5,18 @@ Nothing in this package imports torch: a plan can be made, simulated and bounded
 
 from placement.bounds import Bound, lower_bound
 from placement.cluster import Cluster, Device, Host, Link, Route, Switch
+from placement.constraints import Constraints
 from placement.cost_model import CostModel, ProfiledTimes, TimeSource, graph_inputs
-from placement.errors import ClusterFormatError, PlacementError, ProfileFormatError
-from placement.constraints import Constraints, InfeasibleError
+from placement.errors import (
+    ClusterFormatError,
+    ConfigurationError,
+    InfeasibleError,
+    MismatchError,
+    PlacementError,
+    PlanFormatError,
+    ProfileFormatError,
+    ScheduleError,
+)
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.simulate import simulate
@@ -18,16 +27,20 @@ __all__ = [
     "Constraints",
     "InfeasibleError",
     "SOLVERS",
+    "ScheduleError",
     "solve",
     "Bound",
     "Cluster",
     "ClusterFormatError",
+    "ConfigurationError",
     "CostModel",
     "Device",
     "Host",
     "Link",
+    "MismatchError",
     "PlacementError",
     "Plan",
+    "PlanFormatError",
     "ProfileFormatError",
     "ProfiledTimes",
     "Route",

@@ -24,11 +24,7 @@ from typing import Mapping
 
 from graphc.ir.graph import Graph
 from placement.cluster import Cluster, Device
-from placement.errors import PlacementError
-
-
-class InfeasibleError(PlacementError):
-    """The request cannot be met: constraints conflict, or the graph does not fit in memory."""
+from placement.errors import InfeasibleError
 
 
 @dataclass

@@ -51,7 +51,7 @@ from typing import Protocol
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from graphc.ir.profiled import ProfiledTimes
 from placement.cluster import Cluster, Device
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError
 from placement.specs import DEVICE_SPECS
 
 # Where a node time came from (the second item of :meth:`CostModel.explain`).
@@ -102,7 +102,7 @@ class CostModel:
         use_measured: bool = True,
     ) -> None:
         if not (0 < compute_efficiency <= 1 and 0 < memory_efficiency <= 1):
-            raise PlacementError("CostModel: efficiencies must be in (0, 1]")
+            raise ConfigurationError("CostModel: efficiencies must be in (0, 1]")
         self.cluster = cluster
         self.profiled = profiled
         self.compute_efficiency = compute_efficiency

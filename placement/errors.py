@@ -1,11 +1,34 @@
-"""The errors the placement package raises on purpose; each names what was wrong and where."""
+"""The errors placement raises, by their old home: the classes are :mod:`graphc.ir.errors`'s (one tree
+for graphc, placement and the runtime); this module names the ones placement's users catch."""
 
 from __future__ import annotations
 
-from graphc.ir.errors import PlacementError, ProfileFormatError
+from graphc.ir.errors import (
+    ClusterFormatError,
+    ConfigurationError,
+    DPTimeout,
+    InfeasibleError,
+    MismatchError,
+    PlacementError,
+    PlacementNotReusable,
+    PlanFormatError,
+    ProfileFormatError,
+    ScheduleError,
+    TooManyIdeals,
+    UnknownNameError,
+)
 
-__all__ = ["ClusterFormatError", "PlacementError", "ProfileFormatError"]
-
-
-class ClusterFormatError(PlacementError):
-    """A cluster description (JSON or constructor arguments) is malformed; names the bad field."""
+__all__ = [
+    "ClusterFormatError",
+    "ConfigurationError",
+    "DPTimeout",
+    "InfeasibleError",
+    "MismatchError",
+    "PlacementError",
+    "PlacementNotReusable",
+    "PlanFormatError",
+    "ProfileFormatError",
+    "ScheduleError",
+    "TooManyIdeals",
+    "UnknownNameError",
+]

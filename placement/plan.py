@@ -23,7 +23,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.jsonfile import check_header, read_json, write_json
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, ProfiledTimes
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
 from placement.simulate import simulate
 
@@ -38,12 +38,7 @@ OBJECTIVES = ("latency", "throughput")
 MODES = ("training", "inference")
 
 
-class PlanFormatError(PlacementError):
-    """A plan file is malformed; the message names the file and the field."""
-
-
-class PlanMismatchError(PlacementError):
-    """A plan was made for another graph than the one it is asked to run."""
+PlanMismatchError = MismatchError  # the old name of the one class for a plan made for another model
 
 
 @dataclass
@@ -141,7 +136,7 @@ class Plan:
             detail.append(f"plan nodes not in the graph: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
         if not detail:
             detail.append("same node names, but other ops, shapes or edges (traced with other inputs?)")
-        raise PlanMismatchError(
+        raise MismatchError(
             f"the plan was made for graph {self.graph_name!r}, not for {graph.name!r} as traced now: "
             + "; ".join(detail)
             + ". Re-plan for this model and these input shapes."
@@ -303,7 +298,7 @@ def _cost_model_from_dict(doc: Any, cluster: Cluster, source: str) -> CostModel:
     settings = {k: doc[k] for k in _COST_SETTINGS if k in doc}
     try:
         return CostModel(cluster, profiled=profiled, **settings)
-    except (TypeError, PlacementError) as exc:
+    except (TypeError, ConfigurationError) as exc:
         raise PlanFormatError(f"{source}: cost_model: {exc}") from None
 
 

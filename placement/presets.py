@@ -24,6 +24,7 @@ Devices come from :data:`placement.specs.DEVICE_SPECS` (datasheet compute, memor
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from placement.cluster import Cluster, Device, Host, Link, Switch
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError
 from placement.specs import CPU_OP_OVERHEAD_S, GB, DeviceSpec, GiB, spec
 
 NVLINK2 = 25 * GB
@@ -247,13 +248,13 @@ def infiniband_cluster(hosts: int = 2, host_type: str = "dgx1-v100") -> Cluster:
     PCIe switch -> GPU. Devices are named ``h{i}/gpu{j}``.
     """
     if hosts < 1:
-        raise PlacementError(f"infiniband_cluster: hosts must be >= 1, got {hosts}")
+        raise ConfigurationError(f"infiniband_cluster: hosts must be >= 1, got {hosts}")
     builders: dict[str, tuple[Callable[..., list[str]], float, str]] = {
         "dgx1-v100": (lambda b, h, p: _dgx1_host(b, h, p, None), IB_EDR, "v100"),
         "dgx-h100": (_dgx_h100_host, IB_NDR, "h100"),
     }
     if host_type not in builders:
-        raise PlacementError(f"infiniband_cluster: unknown host_type {host_type!r}; known: {', '.join(builders)}")
+        raise ConfigurationError(f"infiniband_cluster: unknown host_type {host_type!r}; known: {', '.join(builders)}")
     build_host, port_bw, short = builders[host_type]
     b = _Builder()
     fabric = b.switch("ib", "network", None)
@@ -387,6 +388,10 @@ def build_preset(name: str, **options: Any) -> Cluster:
     try:
         builder, defaults = _PRESETS[name]
     except KeyError:
-        raise PlacementError(f"no cluster preset {name!r}; presets: {', '.join(_PRESETS)}") from None
+        raise ConfigurationError(f"no cluster preset {name!r}; presets: {', '.join(_PRESETS)}") from None
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigurationError(f"cluster preset {name!r} takes no option(s) {unknown}; options: {', '.join(accepted)}")
     return builder(**{**defaults, **options})
 

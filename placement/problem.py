@@ -20,7 +20,7 @@ from placement.bounds import Bound, lower_bound
 from placement.cluster import Cluster
 from placement.constraints import Constraints, InfeasibleError, Resolved, check_memory, resolve
 from placement.cost_model import CostModel
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError, PlacementError
 from placement.plan import MODES, OBJECTIVES, Plan, Stage, stage_replicas
 from placement.simulate import simulate
 
@@ -78,13 +78,13 @@ def make_problem(
 ) -> Problem:
     """Validate the request and resolve its constraints (conflicts raise :class:`InfeasibleError`)."""
     if objective not in OBJECTIVES:
-        raise PlacementError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise ConfigurationError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if mode not in MODES:
-        raise PlacementError(f"mode must be one of {MODES}, got {mode!r}")
-    if not time_limit > 0:
-        raise PlacementError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+        raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ConfigurationError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     if microbatches is not None and (not isinstance(microbatches, int) or microbatches < 1):
-        raise PlacementError(f"microbatches must be an integer >= 1 or None (solver chooses), got {microbatches!r}")
+        raise ConfigurationError(f"microbatches must be an integer >= 1 or None (solver chooses), got {microbatches!r}")
     return Problem(
         graph=graph,
         cluster=cluster,

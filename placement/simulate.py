@@ -89,7 +89,7 @@ import numpy as np
 from graphc.ir.graph import EdgeData, Graph
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, graph_inputs
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError, PlacementError
 from placement.timeline import AllReduce, RawTimeline, SimResult
 
 MODES = ("training", "inference")
@@ -121,11 +121,11 @@ def simulate(
     deadlocks.
     """
     if mode not in MODES:
-        raise PlacementError(f"simulate: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigurationError(f"simulate: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if priority not in PRIORITIES:
-        raise PlacementError(f"simulate: priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        raise ConfigurationError(f"simulate: priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
-        raise PlacementError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
+        raise ConfigurationError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
     cm = cost_model or CostModel(cluster)
     # The loop allocates many short-lived tuples and no cycles; the collector would rescan the graph's
     # objects again and again for nothing.

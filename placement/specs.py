@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from placement.errors import UnknownNameError
+
 TFLOPS = 1e12
 GB = 1e9  # decimal gigabytes, as datasheets count bandwidth
 GiB = 2**30  # binary gibibytes, as datasheets count memory capacity ("16 GB" HBM2 is 16 GiB)
@@ -133,4 +135,4 @@ def spec(kind: str) -> DeviceSpec:
     try:
         return DEVICE_SPECS[kind]
     except KeyError:
-        raise KeyError(f"no device spec for kind {kind!r}; known: {', '.join(sorted(DEVICE_SPECS))}") from None
+        raise UnknownNameError(f"no device spec for kind {kind!r}; known: {', '.join(sorted(DEVICE_SPECS))}") from None

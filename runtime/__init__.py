@@ -31,7 +31,7 @@ Models without either give eager's losses, outputs, gradients and, after optimiz
 from graphc.frontend.zoo import zoo_loss
 from runtime.check import EagerRun, eager_run, relative_difference
 from runtime.distributed import DistributedExecutor, init_from_env
-from runtime.errors import ProgramMismatch, RankFailure, RuntimeFault, ScheduleError
+from runtime.errors import MismatchError, ProgramMismatch, RankFailure, RunFailed, RuntimeFault, ScheduleError
 from runtime.local import LocalExecutor
 from runtime.measure import Measurement, MemoryTracker, measure
 from runtime.partition import (
@@ -61,10 +61,12 @@ __all__ = [
     "EagerRun",
     "LocalExecutor",
     "Measurement",
+    "MismatchError",
     "MemoryTracker",
     "PartitionedProgram",
     "ProgramMismatch",
     "RankFailure",
+    "RunFailed",
     "RuntimeFault",
     "Schedule",
     "ScheduleError",

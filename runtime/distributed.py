@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from runtime.comm import active
-from runtime.errors import ProgramMismatch, RuntimeFault
+from runtime.errors import MismatchError, RuntimeFault
 from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
@@ -136,7 +136,7 @@ class DistributedExecutor:
         self.program, self.loss_fn, self.timeout_s = program, loss_fn, timeout_s
         world = dist.get_world_size()
         if world != len(program.devices):
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"the plan uses {len(program.devices)} devices ({', '.join(program.devices)}), but {world} rank(s) "
                 f"were launched: start torchrun with --nproc-per-node {len(program.devices)} (over all hosts)"
             )
@@ -204,7 +204,7 @@ class DistributedExecutor:
         bytes of live tensors (slower; CUDA reads the allocator's statistics).
         """
         if self.is_output_rank and self.loss_fn is None:
-            raise ProgramMismatch("DistributedExecutor.step needs a loss_fn on the output rank; pass loss_fn=")
+            raise MismatchError("DistributedExecutor.step needs a loss_fn on the output rank; pass loss_fn=")
         feeds = self._feeds(inputs)
         m = self.program.microbatches
         mb_targets = split_batch(to_device(targets, self.torch_device), m) if self.is_output_rank else [None] * m
@@ -276,7 +276,7 @@ class DistributedExecutor:
         if not self.part.inputs:
             return [()] * m
         if inputs is None:
-            raise ProgramMismatch(f"rank {self.rank} ({self.device}) takes input(s) {self.part.inputs}: pass them to step()")
+            raise MismatchError(f"rank {self.rank} ({self.device}) takes input(s) {self.part.inputs}: pass them to step()")
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         by_name = dict(zip(self.program.input_names, inputs))

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from graphc.ir.graph import Graph
 from placement.plan import Plan, Stage
-from runtime.errors import ProgramMismatch
+from runtime.errors import MismatchError
 
 
 def plan_from_assignment(
@@ -25,7 +25,7 @@ def plan_from_assignment(
     """A plan placing every node of ``graph`` as ``assignment`` says (every node must be given)."""
     missing = [n for n in graph.node_names() if n not in assignment]
     if missing:
-        raise ProgramMismatch(f"the assignment gives no device to node(s) {missing[:5]} of graph {graph.name!r}")
+        raise MismatchError(f"the assignment gives no device to node(s) {missing[:5]} of graph {graph.name!r}")
     return Plan(
         graph_name=graph.name,
         graph_fingerprint=graph.fingerprint(),
@@ -57,7 +57,7 @@ def contiguous_plan(
     on them (pipelined plans only): ``contiguous_plan(g, [["cpu0", "cpu1"], "cpu2"], microbatches=4)``."""
     groups = [[d] if isinstance(d, str) else list(d) for d in devices]
     if any(not g for g in groups) or (microbatches == 1 and any(len(g) > 1 for g in groups)):
-        raise ProgramMismatch(f"devices={list(devices)}: every stage needs a device, and only a pipelined plan replicates one")
+        raise MismatchError(f"devices={list(devices)}: every stage needs a device, and only a pipelined plan replicates one")
     order = graph.topological_order()
     work = [graph.node(n).fwd_flops + graph.node(n).bwd_flops for n in order]
     total = sum(work) or 1.0

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from runtime.errors import ProgramMismatch
+from runtime.errors import MismatchError
 from runtime.partition import PartitionedProgram
 
 LossFn = Callable[..., torch.Tensor]
@@ -53,16 +53,16 @@ def check_inputs(program: PartitionedProgram, inputs: Sequence[Any]) -> None:
     """Refuse inputs of another number, shape or dtype than the program's (times the microbatches)."""
     m = program.microbatches
     if len(inputs) != len(program.input_specs):
-        raise ProgramMismatch(
+        raise MismatchError(
             f"the program takes {len(program.input_specs)} input(s) ({', '.join(program.input_names)}), got {len(inputs)}"
         )
     for name, spec, value in zip(program.input_names, program.input_specs, inputs):
         expected = (spec.shape[0] * m, *spec.shape[1:]) if spec.shape else spec.shape
         if not isinstance(value, torch.Tensor):
-            raise ProgramMismatch(f"input {name!r}: expected a tensor, got {type(value).__name__}")
+            raise MismatchError(f"input {name!r}: expected a tensor, got {type(value).__name__}")
         if tuple(value.shape) != expected or value.dtype != spec.dtype:
             split = f" ({m} microbatches of {list(spec.shape)})" if m > 1 else ""
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"input {name!r}: the plan runs shape {list(expected)}{split} of {spec.dtype}, got "
                 f"{list(value.shape)} of {value.dtype}; re-trace and re-plan for these inputs"
             )
@@ -75,7 +75,7 @@ def split_batch(value: Any, m: int) -> list[Any]:
     leaves, spec = tree_flatten(value)
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor) and (leaf.dim() == 0 or leaf.shape[0] % m):
-            raise ProgramMismatch(f"a tensor of shape {list(leaf.shape)} cannot be split into {m} equal microbatches")
+            raise MismatchError(f"a tensor of shape {list(leaf.shape)} cannot be split into {m} equal microbatches")
     chunks = [leaf.chunk(m) if isinstance(leaf, torch.Tensor) else [leaf] * m for leaf in leaves]
     return [tree_unflatten([c[k] for c in chunks], spec) for k in range(m)]
 
@@ -84,7 +84,7 @@ def microbatch_loss(loss_fn: LossFn, outputs: Any, targets: Any, microbatches: i
     """The loss of one microbatch, scaled by ``1 / microbatches``."""
     loss = loss_fn(outputs) if targets is None else loss_fn(outputs, targets)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise ProgramMismatch(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
+        raise MismatchError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
     return loss.reshape(()) / microbatches if microbatches > 1 else loss.reshape(())
 
 

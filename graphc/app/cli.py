@@ -43,7 +43,7 @@ from graphc.app.report import graph_totals_table, op_breakdown_table
 from graphc.app.run import add_run_arguments, cmd_run
 from graphc.frontend import zoo
 from graphc.frontend.tracing import TracedProgram, trace
-from graphc.ir.errors import GraphcError
+from graphc.ir.errors import ConfigurationError, GraphcError, MissingFileError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement.cluster import Cluster
@@ -138,18 +138,18 @@ def _load_user_model(spec: str, batch_size: int) -> tuple[torch.nn.Module, tuple
     ``(model, example_inputs)``; a class needs an ``example_inputs(batch_size)`` static method."""
     path, _, name = spec.partition(":")
     if not name or not path.endswith(".py"):
-        raise GraphcError(f"model {spec!r}: expected a zoo name ({', '.join(zoo.NAMES)}) or path.py:Name")
+        raise ConfigurationError(f"model {spec!r}: expected a zoo name ({', '.join(zoo.NAMES)}) or path.py:Name")
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     if module_spec is None or not Path(path).is_file():
-        raise GraphcError(f"model {spec!r}: no such file {path!r}")
+        raise MissingFileError(f"model {spec!r}: no such file {path!r}")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)  # type: ignore[union-attr]
     target = getattr(module, name, None)
     if target is None:
-        raise GraphcError(f"model {spec!r}: {path} defines no {name!r}")
+        raise ConfigurationError(f"model {spec!r}: {path} defines no {name!r}")
     if isinstance(target, type) and issubclass(target, torch.nn.Module):
         if not hasattr(target, "example_inputs"):
-            raise GraphcError(f"model {spec!r}: give {name} a static method example_inputs(batch_size)")
+            raise ConfigurationError(f"model {spec!r}: give {name} a static method example_inputs(batch_size)")
         inputs = target.example_inputs(batch_size)
         return target(), inputs if isinstance(inputs, tuple) else (inputs,)
     model, inputs = target(batch_size)
@@ -221,9 +221,9 @@ def _calibrated_local(args: argparse.Namespace, cluster: Cluster, console: Conso
     workers joined by the link measured between two ranks (:func:`runtime.link.measure_link`), as the
     demo plans; returns the graph, the measured cluster and the cost model of the profiled times."""
     if cluster.name != "local":
-        raise GraphcError(f"--calibrate measures this machine's CPU workers: use it with -c local, not {cluster.name!r}")
+        raise ConfigurationError(f"--calibrate measures this machine's CPU workers: use it with -c local, not {cluster.name!r}")
     if args.model not in zoo.NAMES:
-        raise GraphcError(f"--calibrate times an eager training step, which needs a zoo model ({', '.join(zoo.NAMES)}), not {args.model!r}")
+        raise ConfigurationError(f"--calibrate times an eager training step, which needs a zoo model ({', '.join(zoo.NAMES)}), not {args.model!r}")
     zm = zoo.build(args.model, batch_size=args.batch_size, size=args.size)
     untouched = copy.deepcopy(zm.model)
     with console.status(f"tracing {args.model} and profiling its ops on this CPU ..."):
@@ -273,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.benchmarks:
         graphs += benchmark_files()
     if not graphs:
-        raise GraphcError("compare: no graphs; name zoo models or files with --models, or add --benchmarks")
+        raise ConfigurationError("compare: no graphs; name zoo models or files with --models, or add --benchmarks")
     if args.readme:
         readme_block(Path(args.readme))  # a README without the markers fails now, not after the run
     started = time.perf_counter()

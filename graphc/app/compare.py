@@ -40,11 +40,10 @@ from rich.text import Text
 
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
-from graphc.ir.errors import GraphcError
+from graphc.ir.errors import ConfigurationError, FormatError, GraphcError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import load_benchmark
 from placement.cluster import Cluster
-from placement.errors import PlacementError
 from placement.solvers import solve
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit
     label = PIPELINE if objective == "throughput" else solver
     try:
         plan = solve(graph, cluster, objective=objective, solver=solver, time_limit=time_limit, seed=seed)
-    except (PlacementError, GraphcError) as exc:
+    except GraphcError as exc:
         return Row(graph.name, cluster.name, objective, label, math.nan, math.nan, math.nan, None, 0.0, 0, error=str(exc)[:200])
     return Row(
         graph.name, cluster.name, objective, label, plan.predicted_step_ms, plan.lower_bound_ms, plan.ratio_to_bound(),
@@ -126,16 +125,16 @@ def compare(
     """Solve every combination (module docstring); failures are recorded in their row, not raised.
 
     Raises:
-        GraphcError: an unknown objective or cluster preset (before anything is solved).
+        ConfigurationError: an unknown objective or cluster preset (before anything is solved).
     """
     graphs, clusters, solvers, objectives = list(graphs), list(clusters), list(solvers), list(objectives)
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
-        raise GraphcError(f"compare: unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
+        raise ConfigurationError(f"compare: unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVES)}")
     try:
         presets = {name: Cluster.preset(name) for name in clusters}
-    except PlacementError as exc:
-        raise GraphcError(f"compare: {exc}") from exc
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"compare: {exc}") from exc
     jobs = [(o, s) for o in objectives for s in (solvers if o == "latency" else ["auto"])]
     rows: list[Row] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -290,15 +289,15 @@ def readme_block(path: Path) -> tuple[str, int, int]:
     of the :data:`README_END` line.
 
     Raises:
-        GraphcError: the file is missing or does not hold both markers, in that order.
+        FormatError: the file is missing or does not hold both markers, in that order.
     """
     try:
         content = path.read_text()
     except OSError as exc:
-        raise GraphcError(f"cannot update {path}: {exc.strerror or exc}") from exc
+        raise FormatError(f"cannot update {path}: {exc.strerror or exc}") from exc
     begin, end = content.find(README_BEGIN), content.find(README_END)
     if begin < 0 or end < begin:
-        raise GraphcError(f"cannot update {path}: it needs the lines {README_BEGIN!r} and then {README_END!r} around the table")
+        raise FormatError(f"cannot update {path}: it needs the lines {README_BEGIN!r} and then {README_END!r} around the table")
     return content, begin + len(README_BEGIN), end
 
 

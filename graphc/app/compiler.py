@@ -51,7 +51,7 @@ import torch.utils._pytree as pytree
 from rich.console import Console
 
 from graphc.frontend.tracing import TracedProgram, trace
-from graphc.ir.errors import GraphcError
+from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster
 from placement.constraints import Constraints
 from placement.pipeline import solve_throughput
@@ -168,7 +168,7 @@ class CompiledModel:
     def plan(self) -> Plan:
         """The plan of the most recent call."""
         if self.last is None:
-            raise GraphcError("no plan yet: call the compiled model once (it plans on its first call)")
+            raise ConfigurationError("no plan yet: call the compiled model once (it plans on its first call)")
         return self.last.plan
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -253,7 +253,7 @@ class CompiledModel:
         microbatch); refused when an output has no batch dimension to put the microbatches back along."""
         scalars = [n for n in output_shapes(program) if len(n) == 0]
         if scalars:
-            raise GraphcError(
+            raise ConfigurationError(
                 f"the pipelined plan splits the batch into {plan.microbatches} microbatches, but {program.graph.name!r} "
                 "returns a scalar (a loss?) whose whole-batch value cannot be put together from microbatches: "
                 "compile the model (outputs per sample) and compute the loss on its outputs, or use objective='latency'"

@@ -44,9 +44,9 @@ from rich.console import Console
 from graphc.app.argtypes import non_negative_int, port_number, positive_int, positive_number
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
-from graphc.ir.errors import GraphcError
+from graphc.ir.errors import ConfigurationError, GraphcError, MismatchError
 from placement.cluster import Cluster
-from placement.plan import Plan, PlanMismatchError
+from placement.plan import Plan
 from placement.presets import cluster_presets
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
@@ -55,7 +55,6 @@ from runtime.measure import measure
 from runtime.partition import PartitionedProgram, partition
 from runtime.schedule import SCHEDULES
 from runtime.step import split_batch
-
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 # torchrun's --shutdown-timeout: once graphc run stops it, ranks get SIGTERM, then SIGKILL this much later.
@@ -112,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = len(plan.devices_used())
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
-        raise GraphcError(
+        raise ConfigurationError(
             f"the plan uses {devices} devices; {args.nnodes} host(s) x {nproc} rank(s) start {nproc * args.nnodes}: "
             "pass --nproc-per-node so that every device gets a rank"
         )
@@ -146,10 +145,10 @@ def plan_batch_size(given: int | None, plan: Plan) -> int:
     planned = plan.graph.meta.get("batch_size") if plan.graph is not None else None
     if planned is None:
         if given is None:
-            raise GraphcError("the plan does not record the batch size it was made for: pass -b/--batch-size")
+            raise ConfigurationError("the plan does not record the batch size it was made for: pass -b/--batch-size")
         return given
     if given is not None and given != planned:
-        raise PlanMismatchError(
+        raise MismatchError(
             f"the plan was made for batch size {planned}, not -b {given}: leave -b out (or pass -b {planned}), "
             f"or make a plan for batch size {given} (graphc plan ... -b {given})"
         )
@@ -189,7 +188,7 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     if args.nnodes == 1:
         command.append("--standalone")
     elif not args.master_addr:
-        raise GraphcError("--nnodes > 1 needs --master-addr, the address of host 0, the same on every host")
+        raise ConfigurationError("--nnodes > 1 needs --master-addr, the address of host 0, the same on every host")
     else:  # static rendezvous: host h gets ranks h * nproc .. (h + 1) * nproc - 1, so devices map to hosts
         command += [f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}", f"--master-port={args.master_port}"]
     worker = [args.model, "--plan", str(Path(args.plan).resolve()), "--size", args.size]
@@ -282,7 +281,7 @@ def _knobs(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or ():
         name, sep, text = pair.partition("=")
         if not sep:
-            raise GraphcError(f"--knob {pair!r}: expected NAME=VALUE, e.g. --knob dropout=0.0")
+            raise ConfigurationError(f"--knob {pair!r}: expected NAME=VALUE, e.g. --knob dropout=0.0")
         try:
             knobs[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -293,11 +292,11 @@ def _knobs(pairs: list[str] | None) -> dict[str, Any]:
 def _build(args: argparse.Namespace, device: str = "cpu") -> zoo.ZooModel:
     """The zoo model of ``args``; an unknown model or a bad ``--knob`` is a one-line error."""
     if args.model not in zoo.NAMES:
-        raise GraphcError(f"graphc run takes a zoo network ({', '.join(zoo.NAMES)}), got {args.model!r}")
+        raise ConfigurationError(f"graphc run takes a zoo network ({', '.join(zoo.NAMES)}), got {args.model!r}")
     try:
         return zoo.build(args.model, batch_size=args.batch_size, size=args.size, device=device, **_knobs(args.knob))
     except ValueError as exc:  # the zoo's own checks of its knobs
-        raise GraphcError(f"--knob: {exc}") from None
+        raise ConfigurationError(f"--knob: {exc}") from None
 
 
 def _partition(args: argparse.Namespace, plan: Plan) -> tuple[zoo.ZooModel, PartitionedProgram]:
@@ -383,7 +382,7 @@ def _inject_test_fault(executor: DistributedExecutor, spec: str) -> None:
         return
     kind, _, target = spec.partition(":")
     if kind not in ("kill", "hang") or not target.isdigit():
-        raise GraphcError(f"{TEST_FAULT_ENV}={spec!r}: expected kill:RANK or hang:RANK")
+        raise ConfigurationError(f"{TEST_FAULT_ENV}={spec!r}: expected kill:RANK or hang:RANK")
     if int(target) != executor.rank:
         return
 

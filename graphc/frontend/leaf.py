@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import torch.nn as nn
 
+from graphc.ir.errors import ArgumentTypeError
+
 _LEAF_FLAG = "__graphc_leaf__"
 ModuleType = TypeVar("ModuleType", bound=type[nn.Module])
 
@@ -18,7 +20,7 @@ ModuleType = TypeVar("ModuleType", bound=type[nn.Module])
 def leaf_module(cls: ModuleType) -> ModuleType:
     """Class decorator: trace every instance of ``cls`` as one node at module granularity."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise TypeError(f"leaf_module decorates nn.Module subclasses, got {cls!r}")
+        raise ArgumentTypeError(f"leaf_module decorates nn.Module subclasses, got {cls!r}")
     setattr(cls, _LEAF_FLAG, True)
     return cls
 

@@ -51,7 +51,7 @@ from torch.utils._pytree import tree_leaves, tree_structure
 from graphc.frontend.annotate import build_cost_graph, measure_fx_nodes
 from graphc.frontend.functionalize import assign_state, functionalize
 from graphc.frontend.leaf import is_marked_leaf, is_torch_nn_leaf
-from graphc.ir.errors import TraceError
+from graphc.ir.errors import ArgumentTypeError, ConfigurationError, TraceError
 from graphc.ir.graph import Graph
 
 Granularity = Literal["op", "module"]
@@ -216,7 +216,7 @@ def trace(
             (``return_dict=False``, ``None``) are baked into it as constants.
     """
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        raise ConfigurationError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     kwargs = dict(example_kwargs or {})
     _check_example_arguments(args, kwargs)
@@ -258,7 +258,7 @@ def _check_example_arguments(args: tuple, kwargs: dict[str, Any]) -> None:
     constants, never containers of tensors, which would be neither inputs nor constants."""
     for i, a in enumerate(args):
         if not isinstance(a, (torch.Tensor, nn.Module)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"example input {i} is a {type(a).__name__}; graphc traces tensors (and, for a function, "
                 "modules): pass tensors, and make other values constants of the model"
             )
@@ -266,7 +266,7 @@ def _check_example_arguments(args: tuple, kwargs: dict[str, Any]) -> None:
         if isinstance(value, nn.Module) or (
             not isinstance(value, torch.Tensor) and any(isinstance(t, torch.Tensor) for t in tree_leaves(value))
         ):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"example keyword {key!r} is a {type(value).__name__}; keyword arguments are tensors (inputs) or "
                 "constants such as return_dict=False: pass modules and tensors positionally, one tensor per argument"
             )
@@ -292,10 +292,10 @@ def _placeholder_targets(gm: fx.GraphModule) -> tuple[str, ...]:
 def _as_module(model_or_fn: Any, args: tuple) -> tuple[nn.Module, tuple[int, ...]]:
     if isinstance(model_or_fn, nn.Module):
         if any(isinstance(a, nn.Module) for a in args):
-            raise TypeError("example inputs of an nn.Module are tensors; pass the module only as the model")
+            raise ArgumentTypeError("example inputs of an nn.Module are tensors; pass the module only as the model")
         return model_or_fn, ()
     if not callable(model_or_fn):
-        raise TypeError(f"trace takes an nn.Module or a function, got {type(model_or_fn).__name__}")
+        raise ArgumentTypeError(f"trace takes an nn.Module or a function, got {type(model_or_fn).__name__}")
     positions = tuple(i for i, a in enumerate(args) if isinstance(a, nn.Module))
     return _FunctionAsModule(model_or_fn, args, positions), positions
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphc.ir.errors import GraphFormatError
+from graphc.ir.errors import ConfigurationError, GraphFormatError, UnknownNameError
 from graphc.ir.jsonfile import check_header, read_json, write_json
 
 SCHEMA = "graphc.graph"
@@ -139,7 +139,7 @@ class Graph:
     def add_node(self, data: NodeData) -> NodeData:
         """Add a node; its name must be new."""
         if data.name in self._g:
-            raise ValueError(f"graph {self.name!r} already has a node named {data.name!r}")
+            raise ConfigurationError(f"graph {self.name!r} already has a node named {data.name!r}")
         self._g.add_node(data.name, data=data)
         return data
 
@@ -147,7 +147,7 @@ class Graph:
         """Add an edge between two existing nodes (adding it twice replaces the first)."""
         for end in (src, dst):
             if end not in self._g:
-                raise ValueError(f"edge {src!r} -> {dst!r}: graph {self.name!r} has no node {end!r}")
+                raise ConfigurationError(f"edge {src!r} -> {dst!r}: graph {self.name!r} has no node {end!r}")
         data = data or EdgeData()
         self._g.add_edge(src, dst, data=data)
         return data
@@ -155,12 +155,12 @@ class Graph:
     # -- reading ------------------------------------------------------------------------------
     def node(self, name: str) -> NodeData:
         if name not in self._g:
-            raise KeyError(f"graph {self.name!r} has no node {name!r}")
+            raise UnknownNameError(f"graph {self.name!r} has no node {name!r}")
         return self._g.nodes[name]["data"]
 
     def edge(self, src: str, dst: str) -> EdgeData:
         if not self._g.has_edge(src, dst):
-            raise KeyError(f"graph {self.name!r} has no edge {src!r} -> {dst!r}")
+            raise UnknownNameError(f"graph {self.name!r} has no edge {src!r} -> {dst!r}")
         return self._g.edges[src, dst]["data"]
 
     def __contains__(self, name: object) -> bool:

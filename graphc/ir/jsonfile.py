@@ -25,7 +25,10 @@ def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read the {what} ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise error(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise error(
+            f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); "
+            f"the file is cut short, damaged or not a {what}: write the {what} again"
+        ) from None
 
 
 def write_json(path: str | Path, doc: Any) -> None:

@@ -43,7 +43,7 @@ from graphc.ir.graph import Graph
 from placement.bounds.series import series_bound, timed_graph
 from placement.cluster import Cluster, Device
 from placement.cost_model import CostModel, graph_inputs
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError, PlacementError
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,9 @@ def lower_bound(
 ) -> Bound:
     """Critical-path, work, series and memory bounds for ``graph`` on ``cluster`` (see the module docstring)."""
     if mode not in ("training", "inference"):
-        raise PlacementError(f"lower_bound: mode must be 'training' or 'inference', got {mode!r}")
+        raise ConfigurationError(f"lower_bound: mode must be 'training' or 'inference', got {mode!r}")
     if microbatches < 1:
-        raise PlacementError(f"lower_bound: microbatches must be >= 1, got {microbatches}")
+        raise ConfigurationError(f"lower_bound: microbatches must be >= 1, got {microbatches}")
     cm = cost_model or CostModel(cluster)
     m = microbatches
     training = mode == "training"

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import DPTimeout
 from placement.pipeline.ideals import (
     Blocks,
     TooManyIdeals,
@@ -65,10 +65,6 @@ from placement.pipeline.instance import (
 
 MAX_TABLE_CELLS = 30_000_000  # ideals x blocks: the per-ideal membership table
 MAX_WORK = 5e9  # pairs of ideals x (nodes that may cross + states x options), estimated as N^2/2
-
-
-class DPTimeout(PlacementError):
-    """The dynamic program passed its deadline."""
 
 
 @dataclass

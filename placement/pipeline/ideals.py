@@ -28,17 +28,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from placement.errors import PlacementError
+from placement.errors import TooManyIdeals
 from placement.pipeline.instance import ThroughputInstance, colocation_units
-
-
-class TooManyIdeals(PlacementError):
-    """The graph has more ideals than the limit allows (the exact DP would be too slow)."""
-
-    def __init__(self, found: int, limit: int, why: str = "") -> None:
-        super().__init__(why or f"the graph has more than {limit} ideals ({found} found before stopping)")
-        self.found = found
-        self.limit = limit
 
 
 @dataclass

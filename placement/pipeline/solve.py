@@ -53,7 +53,7 @@ import time
 from dataclasses import replace
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline.baselines import equal_split
 from placement.pipeline.bound import load_lower_bound
 from placement.pipeline.build import instance_from_problem, stages_of
@@ -141,7 +141,7 @@ def choose_partition(
     if budget is None:
         budget = FIRST_ATTEMPT_BUDGET * problem.time_limit
     if method not in METHODS:
-        raise PlacementError(f"solve_throughput: method must be one of {METHODS}, got {method!r}")
+        raise ConfigurationError(f"solve_throughput: method must be one of {METHODS}, got {method!r}")
     bound = load_lower_bound(inst)
     if method == "equal-split":
         return equal_split(inst), bound

@@ -29,6 +29,7 @@ plans: the plan's node order per device, backwards in reverse), ``gpipe`` and ``
 stages, replicated stages round robin with an all-reduce), each validated.
 """
 
+from placement.errors import ScheduleError
 from placement.schedules.actions import (
     Action,
     AllReduce,
@@ -42,7 +43,7 @@ from placement.schedules.actions import (
     Transfer,
 )
 from placement.schedules.generate import SCHEDULES, make_schedule
-from placement.schedules.schedule import Schedule, ScheduleError
+from placement.schedules.schedule import Schedule
 from placement.schedules.validate import validate
 
 __all__ = [

@@ -26,6 +26,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from placement.errors import ConfigurationError
+
 
 @dataclass(frozen=True)
 class Action(ABC):
@@ -50,7 +52,7 @@ class Compute(Action):
 
     def __post_init__(self) -> None:
         if (self.node is None) == (self.stage is None):
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} needs exactly one of node and stage, got {self.node!r}, {self.stage!r}"
             )
 

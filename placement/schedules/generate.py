@@ -47,6 +47,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, TypeVar
 
 from placement.cost_model import graph_inputs
+from placement.errors import ScheduleError
 from placement.schedules.actions import (
     Action,
     AllReduce,
@@ -56,7 +57,7 @@ from placement.schedules.actions import (
     Recv,
     Send,
 )
-from placement.schedules.schedule import Schedule, ScheduleError
+from placement.schedules.schedule import Schedule
 from placement.schedules.validate import validate
 
 if TYPE_CHECKING:

@@ -6,7 +6,6 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 
-from placement.errors import PlacementError
 from placement.schedules.actions import Action
 
 LEGEND = (
@@ -18,10 +17,6 @@ WRAP_COLUMN = 14  # a device column is cut no narrower than this; more devices w
 ELLIPSIS = "…"
 # A code naming a node or tensor: "F(", the name, then ")3" or "'->gpu1)3" (a gradient's prime, the peer).
 _NAMED = re.compile(r"(?P<head>[A-Z]+\()(?P<name>.*?)(?P<tail>'?(?:->|<-)[^)]*\)\d+|\)\d+)")
-
-
-class ScheduleError(PlacementError):
-    """A schedule cannot be made for a plan, or cannot run: the message names the devices and actions."""
 
 
 @dataclass

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 
 import networkx as nx
 
+from placement.errors import ScheduleError
 from placement.schedules.actions import Action, Collective, Recv, Send, Transfer
-from placement.schedules.schedule import Schedule, ScheduleError
+from placement.schedules.schedule import Schedule
 
 SHOWN = 5  # problems listed in one error message
 

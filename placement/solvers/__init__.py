@@ -30,7 +30,7 @@ from graphc.ir.graph import Graph
 from placement.cluster import Cluster
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError
 from placement.plan import Plan
 from placement.problem import Problem, make_problem
 from placement.solvers.auto import auto
@@ -84,10 +84,10 @@ def solve(
     ``auto`` serves it). ``constraints`` pins, colocates, forbids kinds and budgets memory;
     ``time_limit`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed`` fixes every random
     choice. Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the
-    graph cannot fit, and :class:`PlacementError` for an unknown solver name.
+    graph cannot fit, and :class:`~placement.errors.ConfigurationError` for an unknown solver name.
     """
     if solver not in SOLVERS:
-        raise PlacementError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+        raise ConfigurationError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
     problem = make_problem(
         graph,
         cluster,

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from placement.errors import ConfigurationError
 from placement.solvers.instance import Instance
 
 
@@ -265,7 +266,7 @@ def quotient(inst: Instance, part: np.ndarray) -> tuple[Instance, list[list[int]
             if indeg[x] == 0:
                 heapq.heappush(heap, (int(first[x]), x))
     if len(order) != N:
-        raise ValueError("quotient: the partition is not into convex sets (the coarse graph has a cycle)")
+        raise ConfigurationError("quotient: the partition is not into convex sets (the coarse graph has a cycle)")
     rank = np.empty(N, dtype=np.int64)
     rank[np.asarray(order, dtype=np.int64)] = np.arange(N)
     part = rank[part]

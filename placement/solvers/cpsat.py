@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError
 from placement.plan import Plan
 from placement.problem import Problem
 from placement.solvers.baselines import single_schedule
@@ -382,7 +382,7 @@ def _reserve(inst: Instance) -> float:
 
 def _check_latency(problem: Problem, name: str) -> None:
     if problem.objective != "latency":
-        raise PlacementError(
+        raise ConfigurationError(
             f"solver {name!r} minimises the latency of one step; for objective={problem.objective!r} "
             "use solver='auto' (it calls the pipeline solver)"
         )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import ConfigurationError
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance
@@ -348,7 +348,7 @@ def to_plan(
     if the simulator runs the step faster with it than with its own priority (a heuristic's estimate
     of time is not the simulator's, and either order is a valid plan)."""
     if problem.objective != "latency":
-        raise PlacementError(
+        raise ConfigurationError(
             f"solver {solver!r} minimises the latency of one step; for objective={problem.objective!r} "
             "use solver='auto' (it calls the pipeline solver)"
         )

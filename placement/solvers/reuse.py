@@ -19,13 +19,9 @@ that nobody searched for it.
 from __future__ import annotations
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import PlacementNotReusable
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
-
-
-class PlacementNotReusable(PlacementError):
-    """The plan's placement does not apply to the new graph; the message says why."""
 
 
 def reuse_placement(plan: Plan, problem: Problem) -> Plan:

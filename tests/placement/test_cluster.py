@@ -11,6 +11,7 @@ import pytest
 from placement import (
     Cluster,
     ClusterFormatError,
+    ConfigurationError,
     Device,
     Link,
     PlacementError,
@@ -62,7 +63,7 @@ def test_every_preset_builds_and_round_trips_through_json(name: str, tmp_path: P
 
 
 def test_unknown_preset_names_the_choices() -> None:
-    with pytest.raises(PlacementError, match="no cluster preset 'dgx9'.*dgx1-v100"):
+    with pytest.raises(ConfigurationError, match="no cluster preset 'dgx9'.*dgx1-v100"):
         Cluster.preset("dgx9")
 
 

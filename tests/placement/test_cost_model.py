@@ -10,10 +10,10 @@ import pytest
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Cluster,
+    ConfigurationError,
     CostModel,
     Device,
     Link,
-    PlacementError,
     ProfiledTimes,
     ProfileFormatError,
     Switch,
@@ -180,7 +180,7 @@ def test_bulk_node_times_equal_node_ms() -> None:
 
 
 def test_bad_efficiency() -> None:
-    with pytest.raises(PlacementError, match="efficiencies"):
+    with pytest.raises(ConfigurationError, match="efficiencies"):
         CostModel(CM.cluster, compute_efficiency=0)
 
 

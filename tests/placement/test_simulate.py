@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Cluster,
+    ConfigurationError,
     CostModel,
     Device,
     Link,
@@ -315,9 +316,9 @@ def test_errors_name_the_problem() -> None:
         simulate(g, star(), {"a": "d0", "b": "gpu9"})
     with pytest.raises(PlacementError, match="assignment names 'zz'"):
         simulate(g, star(), {"a": "d0", "b": "d0", "zz": "d0"})
-    with pytest.raises(PlacementError, match="mode must be one of training, inference"):
+    with pytest.raises(ConfigurationError, match="mode must be one of training, inference"):
         simulate(g, star(), {"a": "d0", "b": "d0"}, mode="eval")
-    with pytest.raises(PlacementError, match="microbatches"):
+    with pytest.raises(ConfigurationError, match="microbatches"):
         simulate(g, star(), {"a": "d0", "b": "d0"}, microbatches=0)
     g.node("b").allowed_kinds = ["cpu"]
     with pytest.raises(PlacementError, match="node 'b' may run on \\['cpu'\\] but is assigned to 'd0'"):

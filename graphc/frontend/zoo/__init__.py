@@ -28,6 +28,7 @@ from graphc.frontend.zoo.gpt2 import GPT2
 from graphc.frontend.zoo.inception import InceptionV3
 from graphc.frontend.zoo.resnet import ResNet50
 from graphc.frontend.zoo.vgg import VGG16
+from graphc.ir.errors import ConfigurationError
 
 Config = dict[str, Any]
 Data = tuple[tuple[torch.Tensor, ...], torch.Tensor]
@@ -103,7 +104,7 @@ def _gpt2_data(config: Config, batch: int, draw: Callable[..., torch.Tensor]) ->
 def _gpt2_model(config: Config) -> nn.Module:
     model_knobs = {k: v for k, v in config.items() if k != "seq_len"}
     if config["seq_len"] > config["n_positions"]:
-        raise ValueError(f"gpt2: seq_len={config['seq_len']} exceeds n_positions={config['n_positions']}")
+        raise ConfigurationError(f"gpt2: seq_len={config['seq_len']} exceeds n_positions={config['n_positions']}")
     return GPT2(**model_knobs)
 
 
@@ -179,9 +180,9 @@ NAMES: tuple[str, ...] = tuple(_SPECS)
 def defaults(name: str, size: str = "full") -> Config:
     """The knobs of network ``name`` at ``size`` ("full": as published, "small": tiny, for tests)."""
     if name not in _SPECS:
-        raise ValueError(f"unknown zoo network {name!r}; valid names: {', '.join(NAMES)}")
+        raise ConfigurationError(f"unknown zoo network {name!r}; valid names: {', '.join(NAMES)}")
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r} for {name!r}; valid sizes: {', '.join(SIZES)}")
+        raise ConfigurationError(f"unknown size {size!r} for {name!r}; valid sizes: {', '.join(SIZES)}")
     return dict(_SPECS[name].sizes[size])
 
 
@@ -208,9 +209,9 @@ def build(
     config = defaults(name, size)
     unknown = sorted(set(knobs) - set(config))
     if unknown:
-        raise ValueError(f"unknown knob(s) {unknown} for {name!r}; valid knobs: {', '.join(config)}")
+        raise ConfigurationError(f"unknown knob(s) {unknown} for {name!r}; valid knobs: {', '.join(config)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
     config.update(knobs)
     spec = _SPECS[name]
     device = torch.device(device)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from graphc.ir.errors import ConfigurationError
+
 IntPair = int | tuple[int, int]
 
 
@@ -19,7 +21,7 @@ def scaled(channels: int, width: float) -> int:
     topology (the same trick as MobileNets' alpha, Howard et al. 2017).
     """
     if width <= 0:
-        raise ValueError(f"width multiplier must be positive, got {width}")
+        raise ConfigurationError(f"width multiplier must be positive, got {width}")
     return max(1, int(round(channels * width)))
 
 
@@ -32,7 +34,7 @@ def require_size(network: str, image_size: int, final: int, minimum: int | None 
     """Raise ValueError when ``image_size`` leaves a spatial size below 1 (or ``minimum``) somewhere."""
     if final < 1 or (minimum is not None and image_size < minimum):
         hint = f" (at least {minimum})" if minimum is not None else ""
-        raise ValueError(f"{network}: image_size={image_size} is too small for the network{hint}")
+        raise ConfigurationError(f"{network}: image_size={image_size} is too small for the network{hint}")
 
 
 class ConvBNReLU(nn.Module):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from graphc.frontend.leaf import leaf_module
+from graphc.ir.errors import ConfigurationError
 
 ATTENTION_KINDS = ("additive", "dot")
 
@@ -32,7 +33,7 @@ class Attention(nn.Module):
     def __init__(self, hidden_size: int, kind: str = "additive") -> None:
         super().__init__()
         if kind not in ATTENTION_KINDS:
-            raise ValueError(f"gnmt: attention must be one of {ATTENTION_KINDS}, got {kind!r}")
+            raise ConfigurationError(f"gnmt: attention must be one of {ATTENTION_KINDS}, got {kind!r}")
         self.kind = kind
         self.query = nn.Linear(hidden_size, hidden_size) if kind == "additive" else None
         self.v = nn.Linear(hidden_size, 1, bias=False) if kind == "additive" else None
@@ -129,9 +130,9 @@ class GNMT(nn.Module):
     ) -> None:
         super().__init__()
         if num_layers < 2:
-            raise ValueError(f"gnmt: num_layers must be at least 2, got {num_layers}")
+            raise ConfigurationError(f"gnmt: num_layers must be at least 2, got {num_layers}")
         if source_len < 1 or target_len < 1:
-            raise ValueError(f"gnmt: lengths must be positive, got {source_len} and {target_len}")
+            raise ConfigurationError(f"gnmt: lengths must be positive, got {source_len} and {target_len}")
         self.encoder = Encoder(vocab_size, hidden_size, num_layers, dropout)
         self.decoder = Decoder(vocab_size, hidden_size, num_layers, target_len, attention, dropout)
 

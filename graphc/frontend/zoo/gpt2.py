@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from graphc.frontend.leaf import leaf_module
+from graphc.ir.errors import ConfigurationError
 
 
 @leaf_module
@@ -29,7 +30,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
         if n_embd % n_head:
-            raise ValueError(f"gpt2: n_embd={n_embd} is not a multiple of n_head={n_head}")
+            raise ConfigurationError(f"gpt2: n_embd={n_embd} is not a multiple of n_head={n_head}")
         self.n_head = n_head
         self.head_dim = n_embd // n_head
         self.dropout = dropout

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from graphc.frontend.zoo.common import ConvBNReLU, IntPair, conv_out, require_size, scaled
+from graphc.ir.errors import ConfigurationError
 
 
 class BasicConv2d(ConvBNReLU):
@@ -197,7 +198,7 @@ class InceptionV3(nn.Module):
         _, grid17, grid8 = grid_sizes(image_size)
         require_size("inception_v3", image_size, grid8, minimum=75)
         if aux_logits and conv_out(grid17, 5, 3) < 5:
-            raise ValueError(f"inception_v3: aux_logits needs a larger image than image_size={image_size}")
+            raise ConfigurationError(f"inception_v3: aux_logits needs a larger image than image_size={image_size}")
         c32, c64, c80, c192 = (scaled(c, width) for c in (32, 64, 80, 192))
         self.Conv2d_1a_3x3 = BasicConv2d(3, c32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(c32, c32, 3)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from graphc.frontend.zoo.common import ConvBNReLU, scaled
+from graphc.ir.errors import ConfigurationError
 
 EXPANSION = 4
 
@@ -59,9 +60,9 @@ class ResNet50(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
-            raise ValueError(f"resnet50: layers must be four positive block counts, got {tuple(layers)}")
+            raise ConfigurationError(f"resnet50: layers must be four positive block counts, got {tuple(layers)}")
         if image_size < 1:
-            raise ValueError(f"resnet50: image_size must be positive, got {image_size}")
+            raise ConfigurationError(f"resnet50: image_size must be positive, got {image_size}")
         stem = scaled(64, width)
         self.stem = ConvBNReLU(3, stem, 7, stride=2, padding=3)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import networkx as nx
 
-from graphc.ir.errors import GraphFormatError
+from graphc.ir.errors import ConfigurationError, GraphFormatError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
 OBJECTIVES = ("latency", "throughput")
@@ -176,7 +176,7 @@ def _objective(path: Path, objective: str | None) -> str | None:
     if objective is None:
         return path.parent.name if path.parent.name in OBJECTIVES else None
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise ConfigurationError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return objective
 
 

@@ -25,7 +25,7 @@ from typing import NoReturn
 
 import networkx as nx
 
-from graphc.ir.errors import GraphFormatError
+from graphc.ir.errors import ConfigurationError, GraphFormatError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
 _NODE_NAME = re.compile(r"node(\d+)")
@@ -80,7 +80,7 @@ def load_pipedream(path: str | Path, device_label: str = "V100") -> Graph:
     """
     path = Path(path)
     if not isinstance(device_label, str) or not device_label:
-        raise ValueError(f"device_label must be a non-empty string, got {device_label!r}")
+        raise ConfigurationError(f"device_label must be a non-empty string, got {device_label!r}")
     layers, edges = _parse(path, _read_lines(path))
     graph = Graph(path.stem, _meta(path, device_label, layers))
     for layer in layers:

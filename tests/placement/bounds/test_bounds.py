@@ -10,6 +10,7 @@ from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import (
     Bound,
     Cluster,
+    ConfigurationError,
     CostModel,
     Device,
     Link,
@@ -150,5 +151,5 @@ def test_bound_is_below_simulated_steps_of_random_plans() -> None:
 def test_bound_fields_and_errors() -> None:
     b = Bound(2.0, 3.0, 0.0, 1, 1, True, "training", 1)
     assert b.step_ms == 3.0 and b.ratio(6.0) == 2.0
-    with pytest.raises(PlacementError, match="mode"):
+    with pytest.raises(ConfigurationError, match="mode"):
         lower_bound(chain([(1, 1)]), cluster(["X"]), mode="serve")

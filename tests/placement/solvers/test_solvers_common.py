@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
-from placement import Cluster, Device, Link, PlacementError, Switch
+from placement import Cluster, ConfigurationError, Device, Link, Switch
 from placement.solvers import HEURISTICS, SOLVERS, solve
 from placement.problem import make_problem
 from placement.solvers.instance import instance
@@ -97,7 +97,7 @@ def test_registry_names_every_solver() -> None:
 
 
 def test_unknown_solver_lists_the_valid_ones() -> None:
-    with pytest.raises(PlacementError, match=r"unknown solver 'magic'.*m-etf.*heft"):
+    with pytest.raises(ConfigurationError, match=r"unknown solver 'magic'.*m-etf.*heft"):
         solve(branches(), star(2), solver="magic")
 
 
@@ -120,7 +120,7 @@ def test_parallel_branches_use_two_devices() -> None:
 
 
 def test_heuristics_reject_the_throughput_objective() -> None:
-    with pytest.raises(PlacementError, match="latency"):
+    with pytest.raises(ConfigurationError, match="latency"):
         solve(branches(), star(2), objective="throughput", solver="heft")
 
 

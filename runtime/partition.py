@@ -64,7 +64,7 @@ from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import Graph
 from placement.plan import Plan
 from runtime import comm
-from runtime.errors import ProgramMismatch
+from runtime.errors import MismatchError
 from runtime.values import InputSpec, ValueInfo, input_specs, propagate
 
 
@@ -287,15 +287,15 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
     plan (``plan.microbatches = m > 1``) runs a program traced at the microbatch size: trace the model
     on one microbatch and pass the full-batch cost graph the plan was made for.
 
-    Refused before anything runs, with the reason (:class:`~placement.plan.PlanMismatchError` or
-    :class:`~runtime.errors.ProgramMismatch`): a plan made for another graph, a cost graph naming fx
-    nodes the program lacks or with other ops, inputs of other shapes, an execution order that
-    contradicts the dependencies, a replicated stage the runtime cannot run (:func:`stage_replicas`).
+    Refused before anything runs with :class:`~graphc.ir.errors.MismatchError`, saying why: a plan
+    made for another graph, a cost graph naming fx nodes the program lacks or with other ops, inputs
+    of other shapes, an execution order that contradicts the dependencies, a replicated stage the
+    runtime cannot run (:func:`stage_replicas`).
     """
     gm = program.graph_module if isinstance(program, TracedProgram) else program
     if graph is None:
         if not isinstance(program, TracedProgram):
-            raise ProgramMismatch("partition(graph_module, plan) needs the cost graph the plan was made for: pass graph=")
+            raise MismatchError("partition(graph_module, plan) needs the cost graph the plan was made for: pass graph=")
         graph = program.graph
     plan.check_matches(graph)
     replicas = stage_replicas(plan)
@@ -327,25 +327,25 @@ def stage_replicas(plan: Plan) -> dict[str, list[str]]:
         if len(stage.devices) < 2:
             continue  # the assignment says where an unreplicated stage runs
         if plan.microbatches < len(stage.devices):
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"stage {stage.index} is replicated on {len(stage.devices)} devices but a step has only "
                 f"{plan.microbatches} microbatch(es); replica k runs microbatches k, k + r, ...: use at least "
                 f"{len(stage.devices)} microbatches, or fewer replicas"
             )
         elsewhere = sorted({plan.assignment[n] for n in stage.nodes if n in plan.assignment} - {stage.devices[0]})
         if elsewhere:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"stage {stage.index} runs on {stage.devices}, but the plan assigns some of its nodes to {elsewhere}; "
                 "a replicated stage's nodes go on its first device (placement.pipeline makes such plans)"
             )
         for device in stage.devices:
             if owner.setdefault(device, stage.index) != stage.index:
-                raise ProgramMismatch(
+                raise MismatchError(
                     f"device {device} serves stages {owner[device]} and {stage.index}; a device runs one stage: re-plan"
                 )
         taken = sorted(used.intersection(stage.devices[1:]))
         if taken:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"{taken} replicate stage {stage.index} (on {stage.devices[0]}) but also run nodes of another; re-plan"
             )
         replicas[stage.devices[0]] = list(stage.devices)
@@ -358,7 +358,7 @@ def replicate_stages(program: PartitionedProgram, replicas: dict[str, list[str]]
         return program
     unknown = sorted(set(replicas) - set(program.devices))
     if unknown:
-        raise ProgramMismatch(f"replicated stage device(s) {unknown} run nothing in the program; re-plan")
+        raise MismatchError(f"replicated stage device(s) {unknown} run nothing in the program; re-plan")
     programs = dict(program.programs)
     for stage, devices in replicas.items():
         for device in devices[1:]:
@@ -374,7 +374,7 @@ def replicate_stages(program: PartitionedProgram, replicas: dict[str, list[str]]
 def fx_devices(gm: fx.GraphModule, plan: Plan, graph: Graph) -> dict[str, str]:
     """The plan's policy: fx node name -> device, for every placeholder and op of ``gm``.
 
-    Raises :class:`ProgramMismatch` when the cost graph names fx nodes ``gm`` lacks, gives them other
+    Raises :class:`MismatchError` when the cost graph names fx nodes ``gm`` lacks, gives them other
     ops, or leaves an op of ``gm`` without a device.
     """
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -384,19 +384,19 @@ def fx_devices(gm: fx.GraphModule, plan: Plan, graph: Graph) -> dict[str, str]:
         for name in cost_node.fx_nodes:
             fx_node = nodes.get(name)
             if fx_node is None:
-                raise ProgramMismatch(
+                raise MismatchError(
                     f"cost node {cost_node.name!r} stands for fx node {name!r}, which the traced program lacks: "
                     "the plan's graph was traced from another model; re-trace and re-plan"
                 )
             if op_level and name == cost_node.name and cost_node.op not in ("input", _op_label(fx_node)):
-                raise ProgramMismatch(
+                raise MismatchError(
                     f"cost node {cost_node.name!r} is op {cost_node.op!r}, but fx node {name!r} of the program is "
                     f"{_op_label(fx_node)!r}: the plan's graph was traced from another model; re-trace and re-plan"
                 )
             where[name] = plan.assignment[cost_node.name]
     uncovered = [n.name for n in gm.graph.nodes if _is_computation(n) and n.name not in where]
     if uncovered:
-        raise ProgramMismatch(
+        raise MismatchError(
             f"the cost graph {graph.name!r} gives no device to fx node(s) {uncovered[:5]} of the program: "
             "it was not traced from this program (an imported graph has no fx nodes); trace the model with graphc.trace"
         )
@@ -432,11 +432,11 @@ def _microbatch_input_specs(gm: fx.GraphModule, graph: Graph, microbatches: int)
     for i, node in enumerate(placeholders):
         cost_node = graph_inputs.get(node.name)
         if cost_node is None or not cost_node.output_shapes:
-            raise ProgramMismatch(f"the cost graph {graph.name!r} has no input node for the program's input {node.name!r}")
+            raise MismatchError(f"the cost graph {graph.name!r} has no input node for the program's input {node.name!r}")
         full = tuple(cost_node.output_shapes[0])
         dtype = getattr(torch, cost_node.output_dtypes[0]) if cost_node.output_dtypes else torch.float32
         if not full or full[0] % microbatches:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"input {node.name!r} of shape {list(full)} cannot be split into {microbatches} equal microbatches"
             )
         expected = (full[0] // microbatches, *full[1:])
@@ -447,7 +447,7 @@ def _microbatch_input_specs(gm: fx.GraphModule, graph: Graph, microbatches: int)
                 if microbatches > 1
                 else "re-trace the model with the inputs the plan was made for"
             )
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"input {node.name!r}: the plan's graph was traced with shape {list(full)}, the program with "
                 f"{list(spec.shape)}; {hint}"
             )
@@ -473,7 +473,7 @@ def _run_order(gm: fx.GraphModule, graph: Graph, plan: Plan) -> list[str]:
         cost_order = list(nx.lexicographical_topological_sort(dag, key=first.__getitem__))
     except nx.NetworkXUnfeasible:
         cycle = [u for u, _ in nx.find_cycle(dag)]
-        raise ProgramMismatch(
+        raise MismatchError(
             f"the plan's execution order contradicts the data dependencies (cycle through {cycle[:6]}): running "
             "it would deadlock; re-plan, or drop the plan's order"
         ) from None
@@ -515,7 +515,7 @@ def split_by_device(
 def input_specs_or_fail(gm: fx.GraphModule) -> list[InputSpec]:
     specs = input_specs(gm)
     if specs is None:
-        raise ProgramMismatch("the program records no input shapes (traced with torch.fx): pass input_specs=")
+        raise MismatchError("the program records no input shapes (traced with torch.fx): pass input_specs=")
     return specs
 
 
@@ -542,7 +542,7 @@ class _Splitter:
         else:
             missing = sorted({n.name for n in computations} - set(order))
             if missing or len(order) != len(computations):
-                raise ProgramMismatch(f"the run order must list every placeholder and op once; missing {missing[:5]}")
+                raise MismatchError(f"the run order must list every placeholder and op once; missing {missing[:5]}")
             self.order = [by_name[n] for n in order]
         self.output = next(n for n in gm.graph.nodes if n.op == "output")
         self.device: dict[fx.Node, str] = {}
@@ -633,7 +633,7 @@ class _Splitter:
     def _emit_transfer(self, value: fx.Node, src: str, dst: str) -> None:
         info = self.values.get(value.name) if value.op != "get_attr" else self._attr_info(value)
         if info is None or not info.is_tensor:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"fx node {value.name!r} on {src} gives a {'non-tensor' if info else 'unknown'} value that {dst} "
                 "uses; only tensors can cross devices: place its users on the same device"
             )
@@ -675,7 +675,7 @@ class _Splitter:
         if value in env:
             return env[value]
         if (value, device) not in self.incoming:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"the run order runs {user.name!r} on {device} before its input {value.name!r} is made: "
                 "pass an order that is topological"
             )
@@ -820,7 +820,7 @@ def _check_unshared_module(attrs: dict[str, dict[str, Any]], device: str, target
         return
     for other, objs in attrs.items():
         if other != device and any(o is obj for o in objs.values()):
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"module {target!r} is called on {device} and on {other}; a called module cannot be split across "
                 "devices: place its calls on one device, or trace with torch.export so its ops are separate"
             )

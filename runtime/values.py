@@ -3,23 +3,23 @@
 The partitioner needs these facts before anything runs: a receiving device allocates its buffer from
 the shape and dtype, and both ends of a cut edge must agree, without talking, on whether a gradient
 will flow back over it (a gradient that one side sends and the other never receives would hang the
-step). :func:`propagate` runs the program once on fake tensors (no storage, no compute) with the
-parameters as fake leaves that require gradients, so ``requires_grad`` comes out exactly as autograd
-will have it at run time.
+step). :func:`propagate` reads them from ``node.meta``, where the frontend's interpreter recorded them
+when it annotated the program, or runs the program once on fake tensors (no storage, no compute) with
+the parameters as fake leaves that require gradients, so ``requires_grad`` comes out exactly as
+autograd will have it at run time.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import fx
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._pytree import tree_map
+from torch.fx.passes.shape_prop import TensorMetadata
 
+from graphc.frontend.interpreter import NodeInterpreter, is_input_guard
+from graphc.ir.errors import TraceError
 from runtime.errors import ProgramMismatch
 
 
@@ -63,60 +63,46 @@ def input_specs(gm: fx.GraphModule) -> list[InputSpec] | None:
 
 
 def propagate(gm: fx.GraphModule, inputs: Sequence[InputSpec]) -> dict[str, ValueInfo]:
-    """Run ``gm`` on fake inputs of ``inputs``' shapes; return every node's :class:`ValueInfo`.
+    """Every node's :class:`ValueInfo` for inputs of ``inputs``' shapes.
 
-    Export's input-guard call (``_guards_fn``) is skipped. An op that fails is re-raised as a
-    :class:`ProgramMismatch` naming the node, as :mod:`torch.fx.passes.shape_prop` does.
+    Read from ``node.meta`` when one run of the interpreter (:mod:`graphc.frontend.interpreter`; the
+    annotation of :func:`graphc.trace` is one) recorded every node on inputs of these shapes; otherwise
+    ``gm`` runs once on fake inputs of those shapes, which records them. Export's input guard is
+    skipped. An op that fails is re-raised as a :class:`ProgramMismatch` naming the node and its
+    source line.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise ProgramMismatch(f"the program takes {len(placeholders)} inputs, {len(inputs)} input shapes were given")
-    info: dict[str, ValueInfo] = {}
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.enable_grad():
-        attrs: dict[str, Any] = {}
-        for name, p in gm.named_parameters(remove_duplicate=False):
-            attrs[name] = mode.from_tensor(p.detach(), static_shapes=True).requires_grad_(p.requires_grad)
-        for name, b in gm.named_buffers(remove_duplicate=False):
-            attrs[name] = mode.from_tensor(b.detach(), static_shapes=True)
-        env: dict[str, Any] = {}
-        feeds = iter(inputs)
-        for node in gm.graph.nodes:
-            if node.op == "output" or (node.op == "call_module" and node.target == "_guards_fn"):
-                continue
-            args, kwargs = tree_map(lambda a: env[a.name] if isinstance(a, fx.Node) else a, (node.args, node.kwargs))
+    if not _recorded_on(gm, inputs):
+        interpreter = NodeInterpreter(gm, fake=True)
+        with interpreter.mode():
+            feeds = [torch.zeros(spec.shape, dtype=spec.dtype) for spec in inputs]
             try:
-                value = _run(gm, node, args, kwargs, attrs, feeds)
-            except Exception as exc:
-                where = node.meta.get("stack_trace", "").strip().splitlines()[-1:] or ["(no source line)"]
-                raise ProgramMismatch(
-                    f"cannot run fx node {node.name!r} ({node.target}) on inputs of the traced shapes: "
-                    f"{type(exc).__name__}: {exc}\n  at {where[0].strip()}"
-                ) from exc
-            env[node.name] = value
-            info[node.name] = _info(value)
-    return info
+                interpreter.run(*feeds)
+            except TraceError as exc:
+                raise ProgramMismatch(f"cannot run the program on inputs of the traced shapes: {exc}") from exc
+    return {n.name: _info(n) for n in gm.graph.nodes if n.op != "output" and not is_input_guard(n)}
 
 
-def _run(gm: fx.GraphModule, node: fx.Node, args: Any, kwargs: Any, attrs: dict[str, Any], feeds: Any) -> Any:
-    if node.op == "placeholder":
-        spec = next(feeds)
-        return torch.zeros(spec.shape, dtype=spec.dtype)
-    if node.op == "get_attr":
-        if node.target in attrs:
-            return attrs[node.target]
-        value = operator.attrgetter(node.target)(gm)
-        return value.detach().clone() if isinstance(value, torch.Tensor) else value
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    module = gm.get_submodule(node.target)
-    prefix = f"{node.target}."
-    state = {k[len(prefix):]: v for k, v in attrs.items() if k.startswith(prefix)}
-    return torch.func.functional_call(module, state, args, kwargs)
+def _recorded_on(gm: fx.GraphModule, inputs: Sequence[InputSpec]) -> bool:
+    """Whether one run recorded every node's facts, on inputs of ``inputs``' shapes and dtypes that
+    need no gradient (as the runtime's inputs)."""
+    runs = {n.meta.get("graphc_run") for n in gm.graph.nodes if n.op != "output" and not is_input_guard(n)}
+    if len(runs) != 1 or None in runs:
+        return False
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, spec in zip(placeholders, inputs):
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(meta, TensorMetadata) or meta.requires_grad:
+            return False
+        if (tuple(meta.shape), meta.dtype) != (tuple(spec.shape), spec.dtype):
+            return False
+    return True
 
 
-def _info(value: Any) -> ValueInfo:
-    if isinstance(value, torch.Tensor):
-        return ValueInfo(True, tuple(int(d) for d in value.shape), value.dtype, bool(value.requires_grad))
+def _info(node: fx.Node) -> ValueInfo:
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, TensorMetadata):
+        return ValueInfo(True, tuple(int(d) for d in meta.shape), meta.dtype, bool(meta.requires_grad))
     return ValueInfo(False)

@@ -1,10 +1,11 @@
 """Cost annotation of a traced ``torch.fx.GraphModule``, computed on fake tensors.
 
-:func:`measure_fx_nodes` runs the graph node by node under a ``FakeTensorMode``: every tensor has a
-shape, dtype and device but no storage, so a model far larger than this machine's memory (a 1.5 B
-parameter GPT-2, built on the ``meta`` device) is annotated without allocating its weights. For each
-node it runs the forward, and then the node's own backward, on fresh leaf copies of its inputs, and
-records:
+:func:`measure_fx_nodes` runs the graph node by node on fake tensors, with the frontend's interpreter
+(:mod:`graphc.frontend.interpreter`): every tensor has a shape, dtype and device but no storage, so a
+model far larger than this machine's memory (a 1.5 B parameter GPT-2, built on the ``meta`` device) is
+annotated without allocating its weights. For each node it runs the forward, and then the node's own
+backward, on fresh leaf copies of its inputs, and records, in an :class:`FxNodeCost` that it also
+leaves in ``node.meta["graphc_cost"]``:
 
 * FLOPs of the forward and of the backward (:mod:`graphc.frontend.flops`); the backward computes exactly the
   gradients autograd needs (a gradient w.r.t. the input image is never needed, so the first
@@ -21,21 +22,16 @@ leaf module) and sums their measurements; edges carry the bytes of the tensors c
 
 from __future__ import annotations
 
-import operator
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.fx as fx
-from torch._subclasses.fake_tensor import (
-    DataDependentOutputException,
-    DynamicOutputShapeException,
-    FakeTensorMode,
-)
+from torch import fx
 from torch.utils._pytree import tree_leaves, tree_map
 
 from graphc.frontend.flops import FlopCounter
+from graphc.frontend.interpreter import CALLS, NodeInterpreter
 from graphc.ir.errors import TraceError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
@@ -70,125 +66,122 @@ def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-class _NodeRunner:
-    """Runs single fx nodes on fake values, with gradients, counting FLOPs and saved tensors."""
+class _Annotator(NodeInterpreter):
+    """Runs the program on fake values, measuring each op (module docstring) into :attr:`costs` and
+    ``node.meta["graphc_cost"]``.
 
-    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode) -> None:
-        self.gm = gm
-        self.fake_mode = fake_mode
-        self.param_names = {id(p): name for name, p in gm.named_parameters(remove_duplicate=False)}
-        self.buffer_names = {id(b): name for name, b in gm.named_buffers(remove_duplicate=False)}
-        self.fake_params: dict[str, torch.Tensor] = {}
-        for name, p in gm.named_parameters(remove_duplicate=False):
-            self.fake_params[name] = self._fake_leaf(p, requires_grad=p.requires_grad)
-        for name, b in gm.named_buffers(remove_duplicate=False):
-            self.fake_params[name] = self._fake_leaf(b, requires_grad=False)
+    Overrides the interpreter's two hooks: ``fetch_args_kwargs_from_env`` gives an op fresh leaf copies
+    of its tensor inputs (noting which fx node each stands for), :meth:`call` counts the op's FLOPs
+    and saved tensors and takes its own backward.
+    """
 
-    def _fake_leaf(self, t: torch.Tensor, requires_grad: bool) -> torch.Tensor:
-        fake = self.fake_mode.from_tensor(t.detach(), static_shapes=True)
-        return fake.requires_grad_(requires_grad and fake.is_floating_point())
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, fake=True, isolate=True)
+        self.costs: dict[str, FxNodeCost] = {}
+        self.producer_of_storage: dict[int, str] = {}
+        self.leaves: list[torch.Tensor] = []
+        self.origin: dict[int, str | None] = {}  # storage of a leaf copy -> fx node it stands for
 
-    def attr_value(self, node: fx.Node) -> Any:
-        value = operator.attrgetter(node.target)(self.gm)
-        if not isinstance(value, torch.Tensor):
-            return value
-        if node.target not in self.fake_params:  # a constant tensor the trace attached to the module
-            self.fake_params[node.target] = self._fake_leaf(value, requires_grad=False)
-        return self.fake_params[node.target]
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        if n.op == "placeholder":
+            self.costs[n.name] = _output_record(n.name, value)
+        if n.op == "placeholder" or n.op in CALLS:
+            for t in _tensors(value):
+                self.producer_of_storage.setdefault(_storage_key(t), n.name)
+        if n.name in self.costs:
+            n.meta["graphc_cost"] = self.costs[n.name]
+        return value
 
-    def call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        module = self.gm.get_submodule(node.target)
-        prefix = f"{node.target}."
-        state = {k[len(prefix):]: v for k, v in self.fake_params.items() if k.startswith(prefix)}
-        return torch.func.functional_call(module, state, args, kwargs)
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if n.op not in CALLS:
+            return args, kwargs
+        inputs = {id(self.env[a]) for a in n.all_input_nodes}
+        self.leaves, self.origin = [], {}
+
+        def as_leaf(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor) or id(value) not in inputs:
+                return value
+            leaf = value.detach().requires_grad_(value.requires_grad)
+            self.leaves.append(leaf)
+            key = _storage_key(leaf)
+            self.origin[key] = self.producer_of_storage.get(key)  # a view's memory belongs to its base
+            return leaf
+
+        return tree_map(as_leaf, args), tree_map(as_leaf, kwargs)
+
+    def call(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        if n.op not in CALLS:
+            return super().call(n, args, kwargs)
+        record = FxNodeCost(name=n.name)
+        for arg in n.all_input_nodes:
+            value = self.env[arg]
+            if not isinstance(value, torch.Tensor):
+                continue
+            if arg.op == "get_attr":
+                (record.params if value.requires_grad else record.buffers)[arg.target] = _nbytes(value)
+            else:
+                record.input_bytes[arg.name] = record.input_bytes.get(arg.name, 0.0) + _nbytes(value)
+        state = self.module_state(n.target) if n.op == "call_module" else {}
+        for name, p in state.items():
+            (record.params if p.requires_grad else record.buffers)[name] = _nbytes(p)
+
+        saved: list[torch.Tensor] = []
+        counter = FlopCounter()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), counter:
+            out = super().call(n, args, kwargs)
+        record.fwd_flops = counter.flops
+        outputs = _tensors(out)
+        out_record = _output_record(n.name, out)
+        record.output_shapes, record.output_dtypes = out_record.output_shapes, out_record.output_dtypes
+        record.output_bytes = out_record.output_bytes
+        record.bytes_read = sum(record.input_bytes.values()) + sum(record.params.values()) + sum(
+            record.buffers.values()
+        )
+        self._charge_saved_tensors(saved, outputs, record)
+
+        grad_outputs = [o for o in outputs if o.requires_grad and o.grad_fn is not None]
+        wrt = [leaf for leaf in self.leaves if leaf.requires_grad] + [p for p in state.values() if p.requires_grad]
+        if grad_outputs and wrt:
+            backward = FlopCounter()
+            with backward:
+                torch.autograd.grad(grad_outputs, wrt, [torch.empty_like(o) for o in grad_outputs], allow_unused=True)
+            record.bwd_flops = backward.flops
+        self.costs[n.name] = record
+        return out
+
+    def _charge_saved_tensors(self, saved: list[torch.Tensor], outputs: list[torch.Tensor], record: FxNodeCost) -> None:
+        """Charge every distinct saved tensor to the node whose output it is (see the module docstring)."""
+        output_storages = {_storage_key(o) for o in outputs}
+        state_storages = {_storage_key(p) for p in self.state.values()}
+        seen: set[int] = set()
+        for t in saved:
+            key = _storage_key(t)
+            if key in seen or key in state_storages:
+                continue
+            seen.add(key)
+            if key in output_storages:
+                record.output_saved_bytes += _nbytes(t)
+            elif key in self.origin and self.origin[key] in self.costs:
+                _keep_output_alive(self.costs[self.origin[key]], _nbytes(t))
+            elif key not in self.origin:
+                record.internal_saved_bytes += _nbytes(t)
 
 
 def measure_fx_nodes(gm: fx.GraphModule, inputs: tuple) -> tuple[dict[str, FxNodeCost], dict[str, Any]]:
     """Run ``gm`` node by node on fake copies of ``inputs``; returns per-node costs and fake values.
 
-    Errors inside an op are re-raised as :class:`TraceError` naming the fx node and its source line.
+    Each node's costs are also left in ``node.meta["graphc_cost"]``, its value's facts in
+    ``node.meta["tensor_meta"]`` (:mod:`graphc.frontend.interpreter`). Errors inside an op are re-raised
+    as :class:`TraceError` naming the fx node and its source line.
     """
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode:
-        runner = _NodeRunner(gm, fake_mode)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(inputs):
-            raise TraceError(f"the traced graph takes {len(placeholders)} tensor inputs, got {len(inputs)}")
-        env: dict[str, Any] = {}
-        costs: dict[str, FxNodeCost] = {}
-        producer_of_storage: dict[int, str] = {}
-        for node, value in zip(placeholders, inputs):
-            fake = fake_mode.from_tensor(value, static_shapes=True) if isinstance(value, torch.Tensor) else value
-            env[node.name] = fake
-            costs[node.name] = _output_record(node.name, fake)
-            _remember_storages(fake, node.name, producer_of_storage)
-        for node in gm.graph.nodes:
-            if node.op == "get_attr":
-                env[node.name] = runner.attr_value(node)
-            elif node.op in ("call_function", "call_method", "call_module"):
-                try:
-                    env[node.name], costs[node.name] = _measure_node(
-                        runner, node, env, costs, producer_of_storage
-                    )
-                except TraceError:
-                    raise
-                except Exception as exc:  # re-raised with the node's context, as shape_prop does
-                    raise _annotation_error(node, exc) from exc
-                _remember_storages(env[node.name], node.name, producer_of_storage)
-        return costs, env
-
-
-_DATA_DEPENDENT_ADVICE = {
-    DynamicOutputShapeException: (
-        "an op whose output shape depends on the values in a tensor (torch.nonzero, x[mask], torch.unique)",
-        "keep shapes static: multiply by the mask (x * mask) or select with torch.where(mask, x, 0) and "
-        "reduce over the mask, or move the op out of the traced model (into the data pipeline or the loss)",
-    ),
-    DataDependentOutputException: (
-        "a Python number read from a tensor's values (.item(), .tolist(), int(t), float(t))",
-        "keep the value a tensor (x / t.max() rather than x / t.max().item()), or pass it to the model as "
-        "a constant",
-    ),
-}
-
-
-def _annotation_error(node: fx.Node, exc: Exception) -> TraceError:
-    """A TraceError for an op that failed on fake tensors: the model's source line, and what to do when
-    the cause is a data-dependent value."""
-    where = _source_line(node)
-    advice = next((a for kind, a in _DATA_DEPENDENT_ADVICE.items() if isinstance(exc, kind)), None)
-    if advice is None:
-        return TraceError(
-            f"while annotating node {node.name!r} ({node.format_node()}): {type(exc).__name__}: {exc}\n  at {where}"
-        )
-    reason, hint = advice
-    return TraceError(
-        f"cannot trace the model: data-dependent value: {reason}; tracing sees shapes, not values\n"
-        f"  at {where}\n  what to do: {hint}"
-    )
-
-
-def _source_line(node: fx.Node) -> str:
-    """``file:line: code`` of the model line that made ``node`` (from its recorded stack trace)."""
-    lines = (node.meta.get("stack_trace") or "").rstrip().splitlines()
-    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
-    if not frames:
-        return "(no source line recorded)"
-    file, lineno = _FRAME.match(lines[frames[-1]]).groups()
-    code = lines[frames[-1] + 1].strip() if frames[-1] + 1 < len(lines) else ""
-    return f"{file}:{lineno}: {code}"
-
-
-_FRAME = re.compile(r'\s*File "(.+)", line (\d+), in ')
-
-
-def _remember_storages(value: Any, name: str, producer_of_storage: dict[int, str]) -> None:
-    for t in _tensors(value):
-        producer_of_storage.setdefault(_storage_key(t), name)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise TraceError(f"the traced graph takes {len(placeholders)} tensor inputs, got {len(inputs)}")
+    annotator = _Annotator(gm)
+    annotator.run(*inputs)
+    return annotator.costs, {n.name: v for n, v in annotator.env.items()}
 
 
 def _output_record(name: str, value: Any) -> FxNodeCost:
@@ -199,110 +192,6 @@ def _output_record(name: str, value: Any) -> FxNodeCost:
         output_dtypes=[str(t.dtype).removeprefix("torch.") for t in outputs],
         output_bytes=sum(_nbytes(t) for t in outputs),
     )
-
-
-def _measure_node(
-    runner: _NodeRunner,
-    node: fx.Node,
-    env: dict[str, Any],
-    costs: dict[str, FxNodeCost],
-    producer_of_storage: dict[int, str],
-) -> tuple[Any, FxNodeCost]:
-    leaves: list[torch.Tensor] = []
-    origin: dict[int, str] = {}  # storage of a leaf copy -> fx node (or parameter) it stands for
-
-    def as_leaf(arg: Any) -> Any:
-        if not isinstance(arg, fx.Node):
-            return arg
-        value = env[arg.name]
-        if not isinstance(value, torch.Tensor):
-            return value
-        leaf = value.detach().requires_grad_(value.requires_grad)
-        leaves.append(leaf)
-        key = _storage_key(leaf)
-        origin[key] = producer_of_storage.get(key, arg.name)  # a view's memory belongs to its base
-        return leaf
-
-    args = tree_map(as_leaf, node.args)
-    kwargs = tree_map(as_leaf, node.kwargs)
-    record = FxNodeCost(name=node.name)
-    for arg in node.all_input_nodes:
-        value = env[arg.name]
-        if not isinstance(value, torch.Tensor):
-            continue
-        if arg.op == "get_attr":
-            _charge_state(runner, arg, value, record)
-        else:
-            record.input_bytes[arg.name] = record.input_bytes.get(arg.name, 0.0) + _nbytes(value)
-    if node.op == "call_module":
-        prefix = f"{node.target}."
-        for name, p in runner.fake_params.items():
-            if name.startswith(prefix):
-                (record.params if p.requires_grad else record.buffers)[name] = _nbytes(p)
-
-    saved: list[torch.Tensor] = []
-    counter = FlopCounter()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), counter:
-        out = runner.call(node, args, kwargs)
-    record.fwd_flops = counter.flops
-    outputs = _tensors(out)
-    out_record = _output_record(node.name, out)
-    record.output_shapes, record.output_dtypes = out_record.output_shapes, out_record.output_dtypes
-    record.output_bytes = out_record.output_bytes
-    record.bytes_read = sum(record.input_bytes.values()) + sum(record.params.values()) + sum(
-        record.buffers.values()
-    )
-
-    _charge_saved_tensors(saved, origin, outputs, runner, record, costs)
-
-    grad_outputs = [o for o in outputs if o.requires_grad and o.grad_fn is not None]
-    wrt = [leaf for leaf in leaves if leaf.requires_grad]
-    if node.op == "call_module":
-        wrt += [p for name, p in runner.fake_params.items() if name.startswith(f"{node.target}.") and p.requires_grad]
-    if grad_outputs and wrt:
-        backward = FlopCounter()
-        with backward:
-            torch.autograd.grad(
-                grad_outputs, wrt, [torch.empty_like(o) for o in grad_outputs], allow_unused=True
-            )
-        record.bwd_flops = backward.flops
-    detached = tree_map(
-        lambda v: v.detach().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v, out
-    )
-    return detached, record
-
-
-def _charge_state(runner: _NodeRunner, arg: fx.Node, value: torch.Tensor, record: FxNodeCost) -> None:
-    """Record a parameter or buffer read through a ``get_attr`` node."""
-    if value.requires_grad:
-        record.params[arg.target] = _nbytes(value)
-    else:
-        record.buffers[arg.target] = _nbytes(value)
-
-
-def _charge_saved_tensors(
-    saved: list[torch.Tensor],
-    origin: dict[int, str],
-    outputs: list[torch.Tensor],
-    runner: _NodeRunner,
-    record: FxNodeCost,
-    costs: dict[str, FxNodeCost],
-) -> None:
-    """Charge every distinct saved tensor to the node whose output it is (see the module docstring)."""
-    output_storages = {_storage_key(o) for o in outputs}
-    state_storages = {_storage_key(p) for p in runner.fake_params.values()}
-    seen: set[int] = set()
-    for t in saved:
-        key = _storage_key(t)
-        if key in seen or key in state_storages:
-            continue
-        seen.add(key)
-        if key in output_storages:
-            record.output_saved_bytes += _nbytes(t)
-        elif key in origin and origin[key] in costs:
-            _keep_output_alive(costs[origin[key]], _nbytes(t))
-        elif key not in origin:
-            record.internal_saved_bytes += _nbytes(t)
 
 
 def _keep_output_alive(producer: FxNodeCost, nbytes: float) -> None:

@@ -3,7 +3,9 @@
 This fills the profiled source of :class:`placement.cost_model.CostModel`: for every node of a traced
 program, the node's fx ops are run in isolation on real tensors of the traced shapes, on the device
 asked for (``"cpu"``, ``"cuda:0"``), with the number of threads a device of the cluster has (one for the
-CPU worker processes of the ``local`` preset). The forward is timed, then the node's own backward
+CPU worker processes of the ``local`` preset), by the frontend's interpreter
+(:mod:`graphc.frontend.interpreter`). The forward is timed (the calls of its ops, then the device
+finishing their work; not the interpreter's bookkeeping between ops), then the node's own backward
 (gradients of its inputs and parameters that training needs, as the annotation counts them). Each is
 the median of ``repeats`` runs after ``warmup`` runs; CUDA work is synchronised before the clock is read.
 
@@ -18,14 +20,15 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch import fx, nn
+from torch.utils._pytree import tree_leaves
 
+from graphc.frontend.interpreter import CALLS, NodeInterpreter
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import NodeData
 from graphc.ir.profiled import ProfiledTimes
@@ -51,109 +54,79 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(run: Callable[[], Any], device: torch.device, repeats: int, warmup: int, setup: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``run()`` in ms; ``setup()``, when given, runs untimed before each run and
-    its result is passed to ``run``."""
-    samples = []
-    for i in range(warmup + repeats):
-        state = setup() if setup else None
+def _median_ms(
+    measure: Callable[[Any], float], repeats: int, warmup: int, setup: Callable[[], Any] | None = None
+) -> float:
+    """Median of ``measure(state)`` (a time in ms) over ``repeats`` runs after ``warmup`` runs; ``setup()``,
+    when given, runs before each run and its result is the ``state`` (else None)."""
+    samples = [measure(setup() if setup else None) for _ in range(warmup + repeats)]
+    return statistics.median(samples[warmup:])
+
+
+def _wall_ms(run: Callable[[Any], Any], device: torch.device) -> Callable[[Any], float]:
+    """A measure of ``run(state)``'s wall time in ms, with the device's work finished on both ends."""
+
+    def measure(state: Any) -> float:
         _synchronize(device)
         start = time.perf_counter()
-        run(state) if setup else run()
+        run(state)
         _synchronize(device)
-        if i >= warmup:
-            samples.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(samples)
+        return 1e3 * (time.perf_counter() - start)
+
+    return measure
+
+
+class _Timer(NodeInterpreter):
+    """Runs a program on real values and times each op's own call (:meth:`call`) into
+    :attr:`elapsed_ms`, by fx node: what the op costs, not the interpreter's bookkeeping between ops."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.elapsed_ms: dict[fx.Node, float] = {}
+
+    def call(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        start = time.perf_counter()
+        value = super().call(n, args, kwargs)
+        self.elapsed_ms[n] = self.elapsed_ms.get(n, 0.0) + 1e3 * (time.perf_counter() - start)
+        return value
 
 
 class _GroupRunner:
-    """Runs the fx nodes of one cost node on leaf copies of its inputs, as a unit."""
+    """Runs the fx nodes of one cost node on leaf copies of its inputs, as a unit, through ``timer``."""
 
-    def __init__(self, gm: fx.GraphModule, fx_nodes: list[fx.Node], env: dict[str, Any]) -> None:
-        self.gm = gm
+    def __init__(self, timer: _Timer, fx_nodes: list[fx.Node], env: dict[fx.Node, Any]) -> None:
+        self.timer = timer
         self.nodes = fx_nodes
-        members = {n.name for n in fx_nodes}
-        self.external = [
-            a for a in dict.fromkeys(x for n in fx_nodes for x in n.all_input_nodes) if a.name not in members
-        ]
+        members = set(fx_nodes)
+        self.external = [a for a in dict.fromkeys(x for n in fx_nodes for x in n.all_input_nodes) if a not in members]
         self.env = env
-        self.outputs = [n for n in fx_nodes if any(u.name not in members for u in n.users)] or fx_nodes[-1:]
-        self.steps = [_compile_step(gm, n) for n in fx_nodes]
+        self.outputs = [n for n in fx_nodes if any(u not in members for u in n.users)] or fx_nodes[-1:]
 
-    def leaves(self) -> dict[str, Any]:
+    def leaves(self) -> dict[fx.Node, Any]:
         """Fresh leaf copies of the external inputs (parameters stay themselves)."""
         fresh = {}
         for a in self.external:
-            value = self.env[a.name]
+            value = self.env[a]
             if isinstance(value, torch.Tensor) and a.op != "get_attr":
                 value = value.detach().requires_grad_(value.requires_grad)
-            fresh[a.name] = value
+            fresh[a] = value
         return fresh
 
-    def forward(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
-        local = dict(inputs)
-        for node, call, args, kwargs in self.steps:
-            local[node] = call(*[local[a] if type(a) is _Ref else a for a in args], **{k: local[v] if type(v) is _Ref else v for k, v in kwargs.items()})
-        return [t for n in self.outputs for t in _tensors(local[n.name])]
+    def forward(self, inputs: dict[fx.Node, Any]) -> list[torch.Tensor]:
+        """The group's output tensors, computed from ``inputs`` (values of its external inputs)."""
+        self.timer.env = dict(inputs)
+        for node in self.nodes:
+            self.timer.env[node] = self.timer.run_node(node)
+        return [t for n in self.outputs for t in _tensors(self.timer.env[n])]
 
-
-class _Ref(str):
-    """The name of an fx node whose value an argument takes (top-level arguments only)."""
-
-
-def _compile_step(gm: fx.GraphModule, node: fx.Node) -> tuple[str, Callable, tuple, dict]:
-    """(name, callable, args, kwargs) with fx nodes replaced by :class:`_Ref`; nested containers of
-    nodes (a list of tensors) are resolved through a small closure."""
-
-    def ref(a: Any) -> Any:
-        return _Ref(a.name) if isinstance(a, fx.Node) else a
-
-    flat = all(not isinstance(a, (list, tuple, dict)) for a in list(node.args) + list(node.kwargs.values()))
-    if node.op == "call_function":
-        fn = node.target
-    elif node.op == "call_method":
-        fn = lambda self_, *a, _m=node.target, **k: getattr(self_, _m)(*a, **k)  # noqa: E731
-    else:
-        fn = gm.get_submodule(node.target)
-    if flat:
-        return node.name, fn, tuple(ref(a) for a in node.args), {k: ref(v) for k, v in node.kwargs.items()}
-    names = [n.name for n in node.all_input_nodes]
-
-    def nested(*values: Any, _node: fx.Node = node, _fn: Callable = fn) -> Any:
-        env = dict(zip(names, values))
-        args = tree_map(lambda a: env[a.name] if isinstance(a, fx.Node) else a, _node.args)
-        kwargs = tree_map(lambda a: env[a.name] if isinstance(a, fx.Node) else a, _node.kwargs)
-        return _fn(*args, **kwargs)
-
-    return node.name, nested, tuple(_Ref(n) for n in names), {}
-
-
-def _call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    return gm.get_submodule(node.target)(*args, **kwargs)
-
-
-def _real_env(gm: fx.GraphModule, inputs: tuple) -> dict[str, Any]:
-    """Run the program once on real inputs, keeping every fx node's value, detached; a value keeps
-    ``requires_grad`` when training needs its gradient (it depends on a parameter)."""
-    env: dict[str, Any] = {}
-    placeholders = iter(inputs)
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            env[node.name] = next(placeholders)
-        elif node.op == "get_attr":
-            env[node.name] = _attr(gm, node.target)
-        elif node.op in ("call_function", "call_method", "call_module"):
-            args = tree_map(lambda a: env[a.name] if isinstance(a, fx.Node) else a, node.args)
-            kwargs = tree_map(lambda a: env[a.name] if isinstance(a, fx.Node) else a, node.kwargs)
-            value = _call(gm, node, args, kwargs)
-            env[node.name] = tree_map(
-                lambda v: v.detach().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v, value
-            )
-    return env
+    def forward_ms(self, inputs: dict[fx.Node, Any], device: torch.device) -> float:
+        """Time of one forward in ms: the group's op calls, then the device finishing their work."""
+        self.timer.elapsed_ms = {}
+        _synchronize(device)
+        self.forward(inputs)
+        start = time.perf_counter()
+        _synchronize(device)
+        return sum(self.timer.elapsed_ms.values()) + 1e3 * (time.perf_counter() - start)
 
 
 def _private_copy(gm: fx.GraphModule, device: torch.device) -> fx.GraphModule:
@@ -205,13 +178,15 @@ def time_nodes(
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        env = _real_env(gm, inputs)
+        values = NodeInterpreter(gm, isolate=True)
+        values.run(*inputs)
+        timer = _Timer(gm)
         engine_ms = _autograd_call_overhead_ms(device, settings)
         by_name = {n.name: n for n in gm.graph.nodes}
         for node in nodes if nodes is not None else program.graph.nodes():
             if node.op == "input" or not node.fx_nodes:
                 continue
-            runner = _GroupRunner(gm, [by_name[f] for f in node.fx_nodes], env)
+            runner = _GroupRunner(timer, [by_name[f] for f in node.fx_nodes], values.env)
             yield _time_group(node, runner, device, settings, engine_ms)
     finally:
         torch.set_num_threads(threads)
@@ -220,7 +195,9 @@ def time_nodes(
 def _time_group(
     node: NodeData, runner: _GroupRunner, device: torch.device, settings: ProfileSettings, engine_ms: float
 ) -> NodeTiming:
-    fwd_ms = _median_ms(runner.forward, device, settings.repeats, settings.warmup, setup=runner.leaves)
+    fwd_ms = _median_ms(
+        lambda leaves: runner.forward_ms(leaves, device), settings.repeats, settings.warmup, setup=runner.leaves
+    )
 
     def setup() -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         leaves = runner.leaves()
@@ -235,7 +212,7 @@ def _time_group(
     outputs, wrt, _ = setup()
     bwd_ms = 0.0
     if outputs and wrt:  # training runs this node's backward
-        measured = _median_ms(backward, device, settings.repeats, settings.warmup, setup=setup)
+        measured = _median_ms(_wall_ms(backward, device), settings.repeats, settings.warmup, setup=setup)
         bwd_ms = max(measured - engine_ms, 0.0)
     return NodeTiming(node.name, node.profile_key(), fwd_ms, bwd_ms)
 
@@ -249,7 +226,10 @@ def _autograd_call_overhead_ms(device: torch.device, settings: ProfileSettings) 
         return x, x * 1.0
 
     return _median_ms(
-        lambda state: torch.autograd.grad(state[1], state[0]), device, 4 * settings.repeats, settings.warmup, setup=setup
+        _wall_ms(lambda state: torch.autograd.grad(state[1], state[0]), device),
+        4 * settings.repeats,
+        settings.warmup,
+        setup=setup,
     )
 
 
@@ -257,22 +237,16 @@ def time_in_place(program: TracedProgram, inputs: tuple, repeats: int = 5) -> di
     """Forward time of every cost node measured inside whole forward passes of the program (median over
     ``repeats`` passes after one warm-up), on the current device and threads: the reference the isolated
     measurements of :func:`time_nodes` are checked against."""
-    gm = program.graph_module
     owner = {f: n.name for n in program.graph.nodes() for f in n.fx_nodes}
-    steps = [(node, _compile_step(gm, node)) for node in gm.graph.nodes if node.name in owner and node.op.startswith("call")]
-    start_env: dict[str, Any] = {n.name: _attr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    timer = _Timer(program.graph_module)
     samples: dict[str, list[float]] = {}
     for run in range(repeats + 1):
-        env = dict(start_env, **dict(zip(placeholders, inputs)))
+        timer.elapsed_ms = {}
+        timer.run(*inputs)
         per_node: dict[str, float] = {}
-        for node, (name, call, args, kwargs) in steps:
-            resolved = [env[a] if type(a) is _Ref else a for a in args]
-            named = {k: env[v] if type(v) is _Ref else v for k, v in kwargs.items()}
-            start = time.perf_counter()
-            env[name] = call(*resolved, **named)
-            elapsed = 1e3 * (time.perf_counter() - start)
-            per_node[owner[name]] = per_node.get(owner[name], 0.0) + elapsed
+        for node, ms in timer.elapsed_ms.items():
+            if node.name in owner and node.op in CALLS:
+                per_node[owner[node.name]] = per_node.get(owner[node.name], 0.0) + ms
         if run:
             for cost_node, ms in per_node.items():
                 samples.setdefault(cost_node, []).append(ms)

@@ -60,6 +60,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec_loads
 
+from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import Graph
 from placement.plan import Plan
@@ -413,13 +414,9 @@ def _op_label(node: fx.Node) -> str:
     return node.op
 
 
-def _is_guard(node: fx.Node) -> bool:
-    return node.op == "call_module" and node.target == "_guards_fn"
-
-
 def _is_computation(node: fx.Node) -> bool:
     """Placeholders and ops: the nodes a policy places (get_attr, output and the guard follow rules)."""
-    return node.op in ("placeholder", "call_function", "call_method", "call_module") and not _is_guard(node)
+    return node.op in ("placeholder", "call_function", "call_method", "call_module") and not is_input_guard(node)
 
 
 def _microbatch_input_specs(gm: fx.GraphModule, graph: Graph, microbatches: int) -> list[InputSpec]:
@@ -597,7 +594,7 @@ class _Splitter:
         for user in users:
             if user.op == "output":
                 found.add(self.output_device)
-            elif not _is_guard(user):
+            elif not is_input_guard(user):
                 found.add(self.device[user])
         found.discard(self.device[value])
         return [d for d in self.devices if d in found]

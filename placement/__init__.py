@@ -4,7 +4,7 @@ Nothing in this package imports torch: a plan can be made, simulated and bounded
 """
 
 from placement.bounds import Bound, lower_bound
-from placement.cluster import Cluster, Device, Host, Link, Route, Switch
+from placement.cluster import Cluster, ClusterLike, Device, Host, Link, Route, Switch
 from placement.constraints import Constraints
 from placement.cost_model import CostModel, ProfiledTimes, TimeSource, graph_inputs
 from placement.errors import (
@@ -32,6 +32,7 @@ __all__ = [
     "Bound",
     "Cluster",
     "ClusterFormatError",
+    "ClusterLike",
     "ConfigurationError",
     "CostModel",
     "Device",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import networkx as nx
 
 from graphc.ir.jsonfile import check_header, read_json, write_json
-from placement.errors import ClusterFormatError, PlacementError
+from placement.errors import ArgumentTypeError, ClusterFormatError, PlacementError
 
 SCHEMA = "graphc.cluster"
 SCHEMA_VERSION = 1
@@ -169,6 +170,8 @@ class Cluster:
 
     Build one from records (validated at once, errors name the field), from a preset
     (:meth:`preset`, names in :func:`placement.cluster_presets`), or from JSON (:meth:`load`).
+    Public functions that take a cluster accept any of the three (:data:`ClusterLike`) and call
+    :meth:`resolve`.
     ``hosts`` defaults to the hosts the devices name, in order of first mention.
     """
 
@@ -415,6 +418,30 @@ class Cluster:
     def load(cls, path: str | Path) -> Cluster:
         """Read a cluster written by :meth:`save` (or by hand)."""
         return cls.from_dict(read_json(path, ClusterFormatError, "cluster"), str(path))
+
+    @classmethod
+    def resolve(cls, cluster: ClusterLike) -> Cluster:
+        """The cluster a public function was given: a ``Cluster`` as it is, a JSON file (a path, or a
+        name ending in ``.json``) by :meth:`load`, anything else as a preset name by :meth:`preset`.
+
+        So that ``solve(graph, "dgx1-v100")``, ``simulate(graph, "my.json", ...)`` and
+        ``graphc.compile(model, cluster=Cluster(...))`` all work. Raises :class:`ArgumentTypeError` for
+        another type, the errors of :meth:`load` and :meth:`preset` for a bad file or an unknown name.
+        """
+        if isinstance(cluster, Cluster):
+            return cluster
+        if not isinstance(cluster, (str, os.PathLike)):
+            raise ArgumentTypeError(
+                f"cluster must be a Cluster, a preset name or a cluster JSON file, got {type(cluster).__name__}"
+            )
+        text = os.fspath(cluster)
+        if text.endswith(".json") or Path(text).is_file():
+            return cls.load(text)
+        return cls.preset(text)
+
+
+#: What a public function accepts as a cluster (see :meth:`Cluster.resolve`).
+ClusterLike = Cluster | str | os.PathLike
 
 
 # -- validation -----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from typing import Protocol
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from graphc.ir.profiled import ProfiledTimes
-from placement.cluster import Cluster, Device
+from placement.cluster import Cluster, ClusterLike, Device
 from placement.errors import ConfigurationError
 from placement.specs import DEVICE_SPECS
 
@@ -93,7 +93,7 @@ class CostModel:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterLike,
         *,
         profiled: TimeSource | None = None,
         compute_efficiency: float = 0.7,
@@ -103,7 +103,7 @@ class CostModel:
     ) -> None:
         if not (0 < compute_efficiency <= 1 and 0 < memory_efficiency <= 1):
             raise ConfigurationError("CostModel: efficiencies must be in (0, 1]")
-        self.cluster = cluster
+        self.cluster = Cluster.resolve(cluster)
         self.profiled = profiled
         self.compute_efficiency = compute_efficiency
         self.memory_efficiency = memory_efficiency
@@ -114,7 +114,7 @@ class CostModel:
         for kind, s in DEVICE_SPECS.items():
             if s.category == "gpu":
                 self._gpu_kinds[kind] = Device(kind, kind, "gpu", "-", dict(s.peak_flops), s.memory_bandwidth, s.memory_bytes)
-        for d in cluster.devices:
+        for d in self.cluster.devices:
             if d.category == "gpu":
                 self._gpu_kinds.setdefault(d.kind, d)
 

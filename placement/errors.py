@@ -4,6 +4,7 @@ for graphc, placement and the runtime); this module names the ones placement's u
 from __future__ import annotations
 
 from graphc.ir.errors import (
+    ArgumentTypeError,
     ClusterFormatError,
     ConfigurationError,
     DPTimeout,
@@ -19,6 +20,7 @@ from graphc.ir.errors import (
 )
 
 __all__ = [
+    "ArgumentTypeError",
     "ClusterFormatError",
     "ConfigurationError",
     "DPTimeout",

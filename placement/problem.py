@@ -17,7 +17,7 @@ from ortools.sat.python import cp_model
 
 from graphc.ir.graph import Graph
 from placement.bounds import Bound, lower_bound
-from placement.cluster import Cluster
+from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints, InfeasibleError, Resolved, check_memory, resolve
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError
@@ -66,7 +66,7 @@ class Problem:
 
 def make_problem(
     graph: Graph,
-    cluster: Cluster,
+    cluster: ClusterLike,
     *,
     objective: str = "latency",
     constraints: Constraints | None = None,
@@ -85,6 +85,7 @@ def make_problem(
         raise ConfigurationError(f"time_limit must be > 0 seconds, got {time_limit!r}")
     if microbatches is not None and (not isinstance(microbatches, int) or microbatches < 1):
         raise ConfigurationError(f"microbatches must be an integer >= 1 or None (solver chooses), got {microbatches!r}")
+    cluster = Cluster.resolve(cluster)
     return Problem(
         graph=graph,
         cluster=cluster,

@@ -87,7 +87,7 @@ from operator import attrgetter
 import numpy as np
 
 from graphc.ir.graph import EdgeData, Graph
-from placement.cluster import Cluster
+from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import ConfigurationError, PlacementError
 from placement.timeline import AllReduce, RawTimeline, SimResult
@@ -98,7 +98,7 @@ PRIORITIES = ("topological", "critical_path")
 
 def simulate(
     graph: Graph,
-    cluster: Cluster,
+    cluster: ClusterLike,
     assignment: Mapping[str, str],
     cost_model: CostModel | None = None,
     *,
@@ -126,6 +126,7 @@ def simulate(
         raise ConfigurationError(f"simulate: priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
         raise ConfigurationError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
+    cluster = Cluster.resolve(cluster)
     cm = cost_model or CostModel(cluster)
     # The loop allocates many short-lived tuples and no cycles; the collector would rescan the graph's
     # objects again and again for nothing.

@@ -37,7 +37,6 @@ from graphc.app.compare import (
     to_summary_markdown,
     write_csv,
 )
-from graphc.app.compiler import resolve_cluster
 from graphc.app.demo import calibrate_on_this_cpu, run_demo
 from graphc.app.report import graph_totals_table, op_breakdown_table
 from graphc.app.run import add_run_arguments, cmd_run
@@ -78,9 +77,9 @@ def output_file(text: str) -> str:
 
 def cluster_spec(text: str) -> str:
     """``-c``: a cluster preset name or a cluster JSON file, checked now so that a typo fails before any
-    tracing; the command resolves it again (:func:`graphc.app.compiler.resolve_cluster`, cheap)."""
+    tracing; the command resolves it again (:meth:`placement.Cluster.resolve`, cheap)."""
     try:
-        resolve_cluster(text)
+        Cluster.resolve(text)
     except GraphcError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -194,7 +193,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Trace (or import) a model, place it, print the plan's summary; save it when ``-o`` says where."""
     console = _console(args)
-    cluster = resolve_cluster(args.cluster)
+    cluster = Cluster.resolve(args.cluster)
     cost_model = None
     if args.calibrate:
         graph, cluster, cost_model = _calibrated_local(args, cluster, console)

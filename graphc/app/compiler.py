@@ -42,7 +42,6 @@ import inspect
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -52,7 +51,7 @@ from rich.console import Console
 
 from graphc.frontend.tracing import TracedProgram, trace
 from graphc.ir.errors import ConfigurationError
-from placement.cluster import Cluster
+from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints
 from placement.pipeline import solve_throughput
 from placement.plan import Plan
@@ -62,16 +61,6 @@ from runtime import LocalExecutor, partition
 from runtime.step import split_batch
 
 CallSignature = tuple[Any, ...]
-
-
-def resolve_cluster(cluster: str | Path | Cluster) -> Cluster:
-    """A cluster from a preset name, a JSON file, or a Cluster."""
-    if isinstance(cluster, Cluster):
-        return cluster
-    text = str(cluster)
-    if text.endswith(".json") or Path(text).is_file():
-        return Cluster.load(text)
-    return Cluster.preset(text)
 
 
 def call_signature(fn: nn.Module | Callable, args: tuple, kwargs: dict[str, Any]) -> CallSignature:
@@ -137,7 +126,7 @@ class CompiledModel:
         self,
         fn: nn.Module | Callable,
         *,
-        cluster: str | Path | Cluster = "local",
+        cluster: ClusterLike = "local",
         solver: str = "auto",
         objective: str = "latency",
         constraints: Constraints | None = None,
@@ -148,7 +137,7 @@ class CompiledModel:
         progress: bool | None = None,
     ) -> None:
         self.fn = fn
-        self.cluster = resolve_cluster(cluster)
+        self.cluster = Cluster.resolve(cluster)
         self.solver = solver
         self.objective = objective
         self.constraints = constraints

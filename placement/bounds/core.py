@@ -41,7 +41,7 @@ import numpy as np
 
 from graphc.ir.graph import Graph
 from placement.bounds.series import series_bound, timed_graph
-from placement.cluster import Cluster, Device
+from placement.cluster import Cluster, ClusterLike, Device
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import ConfigurationError, PlacementError
 
@@ -81,7 +81,7 @@ class Bound:
 
 def lower_bound(
     graph: Graph,
-    cluster: Cluster,
+    cluster: ClusterLike,
     cost_model: CostModel | None = None,
     mode: str = "training",
     *,
@@ -93,6 +93,7 @@ def lower_bound(
         raise ConfigurationError(f"lower_bound: mode must be 'training' or 'inference', got {mode!r}")
     if microbatches < 1:
         raise ConfigurationError(f"lower_bound: microbatches must be >= 1, got {microbatches}")
+    cluster = Cluster.resolve(cluster)
     cm = cost_model or CostModel(cluster)
     m = microbatches
     training = mode == "training"

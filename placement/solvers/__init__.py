@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from graphc.ir.graph import Graph
-from placement.cluster import Cluster
+from placement.cluster import ClusterLike
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError
@@ -68,7 +68,7 @@ BASELINES: tuple[str, ...] = ("single", "round-robin", "expert")
 
 def solve(
     graph: Graph,
-    cluster: Cluster,
+    cluster: ClusterLike,
     objective: str = "latency",
     constraints: Constraints | None = None,
     time_limit: float = 30.0,

@@ -8,15 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from graphc.importers import load_benchmark
 from placement import (
     Cluster,
     ClusterFormatError,
     ConfigurationError,
+    CostModel,
     Device,
     Link,
     PlacementError,
     Switch,
     cluster_presets,
+    lower_bound,
+    simulate,
+    solve,
 )
 from placement.presets import (
     DGX1_NVLINKS,
@@ -248,6 +253,24 @@ def test_load_reports_missing_file_and_bad_json(tmp_path: Path) -> None:
     bad.write_text("{\n  'x': 1}")
     with pytest.raises(ClusterFormatError, match=r"bad.json: line 2: not valid JSON"):
         Cluster.load(bad)
+
+
+def test_every_public_entry_takes_a_preset_name_a_file_or_a_cluster(tmp_path: Path) -> None:
+    path = tmp_path / "box.json"
+    Cluster.preset("pcie-4gpu").save(path)
+    graph = load_benchmark("pipedream/alexnet.txt")
+    alone = {n: "gpu0" for n in graph.node_names()}
+    expected = simulate(graph, Cluster.preset("pcie-4gpu"), alone).step_ms
+    for given in ("pcie-4gpu", path, str(path), Cluster.load(path)):
+        assert Cluster.resolve(given).device_names == Cluster.preset("pcie-4gpu").device_names
+        assert simulate(graph, given, alone).step_ms == expected
+        assert lower_bound(graph, given).step_ms == lower_bound(graph, "pcie-4gpu").step_ms
+        assert solve(graph, given, solver="single").cluster_name == "pcie-4gpu"
+        assert CostModel(given).cluster.name == "pcie-4gpu"
+    with pytest.raises(ConfigurationError, match="nosuchcluster"):
+        solve(graph, "nosuchcluster", solver="single")
+    with pytest.raises(TypeError, match="cluster must be a Cluster, a preset name or a cluster JSON file"):
+        simulate(graph, 4, alone)
 
 
 def test_constructor_validates_too() -> None:

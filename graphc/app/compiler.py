@@ -53,7 +53,6 @@ from graphc.frontend.tracing import TracedProgram, trace
 from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints
-from placement.pipeline import solve_throughput
 from placement.plan import Plan
 from placement.solvers import make_problem, solve
 from placement.solvers.reuse import PlacementNotReusable, reuse_placement
@@ -229,11 +228,9 @@ class CompiledModel:
     def _solve(self, program: TracedProgram, mode: str, time_limit: float) -> Plan:
         """A searched plan for ``program``. A pipelined plan gets no replicated stages: the executor's
         differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
-        options = {"objective": self.objective, "constraints": self.constraints, "mode": mode, "time_limit": time_limit,
-                   "seed": self.seed}  # fmt: skip
-        if self.objective == "throughput" and self.solver == "auto":
-            return solve_throughput(make_problem(program.graph, self.cluster, **options), replication=False)
-        return solve(program.graph, self.cluster, solver=self.solver, **options)
+        pipeline = {"replication": False} if self.objective == "throughput" else {}
+        return solve(program.graph, self.cluster, objective=self.objective, constraints=self.constraints, mode=mode,
+                     time_limit=time_limit, seed=self.seed, solver=self.solver, **pipeline)  # fmt: skip
 
     def _microbatch_program(
         self, args: tuple, kwargs: dict[str, Any], program: TracedProgram, plan: Plan

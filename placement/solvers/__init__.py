@@ -17,6 +17,10 @@ Every solver is a function ``Problem -> Plan`` registered by name in :data:`SOLV
                    go to :func:`placement.pipeline.solve_throughput`
 =================  ============================================================================
 
+:func:`solve` is the one public entry for both objectives: ``objective="throughput"`` (with ``auto``)
+gives a pipelined plan, and the pipeline's options (``method``, ``replication``, ``microbatches``)
+are arguments of ``solve``, so no caller needs :func:`~placement.problem.make_problem`.
+
 All honour the resolved constraints (pins, colocation, forbidden kinds, memory budgets) and return
 :func:`~placement.problem.finish_plan`'s checked, simulated, bounded Plan. Same inputs and seed
 give the same plan (see :mod:`placement.solvers.auto` for the one caveat, CP-SAT under a loaded clock).
@@ -31,6 +35,7 @@ from placement.cluster import ClusterLike
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError
+from placement.pipeline import solve_throughput
 from placement.plan import Plan
 from placement.problem import Problem, make_problem
 from placement.solvers.auto import auto
@@ -77,17 +82,36 @@ def solve(
     cost_model: CostModel | None = None,
     mode: str = "training",
     microbatches: int | None = None,
+    *,
+    method: str | None = None,
+    replication: bool | None = None,
 ) -> Plan:
-    """Place ``graph`` on ``cluster`` with ``solver`` (a name of :data:`SOLVERS`).
+    """Place ``graph`` on ``cluster`` (a :class:`Cluster`, a preset name or a cluster JSON file) with
+    ``solver`` (a name of :data:`SOLVERS`).
 
-    ``objective``: ``"latency"`` (one step as fast as possible) or ``"throughput"`` (pipelined; only
-    ``auto`` serves it). ``constraints`` pins, colocates, forbids kinds and budgets memory;
-    ``time_limit`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed`` fixes every random
-    choice. Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the
-    graph cannot fit, and :class:`~placement.errors.ConfigurationError` for an unknown solver name.
+    ``objective``: ``"latency"`` (one step as fast as possible) or ``"throughput"`` (a pipeline: stages,
+    replicated stages, microbatches; only ``auto`` serves it, by
+    :func:`~placement.pipeline.solve_throughput`). ``constraints`` pins, colocates, forbids kinds and
+    budgets memory; ``time_limit`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed``
+    fixes every random choice; ``microbatches`` fixes the microbatch count (default: one for latency,
+    chosen by simulation for throughput).
+
+    Pipeline options (``objective="throughput"`` only; ``None`` keeps the pipeline solver's default):
+    ``method`` (``"auto"``, ``"dp"``, ``"ilp"`` or ``"equal-split"``) and ``replication`` (allow
+    replicated stages; default yes, except for the NeurIPS 2020 inputs).
+
+    Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the graph
+    cannot fit, and :class:`~placement.errors.ConfigurationError` for an unknown solver name, a latency
+    solver asked for throughput, or a pipeline option given with the latency objective.
     """
     if solver not in SOLVERS:
         raise ConfigurationError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
+    pipeline_options = {k: v for k, v in (("method", method), ("replication", replication)) if v is not None}
+    if pipeline_options and objective != "throughput":
+        raise ConfigurationError(
+            f"{' and '.join(pipeline_options)} only apply to objective='throughput' (a pipeline), "
+            f"not to objective={objective!r}"
+        )
     problem = make_problem(
         graph,
         cluster,
@@ -99,6 +123,8 @@ def solve(
         seed=seed,
         microbatches=microbatches,
     )
+    if problem.objective == "throughput" and solver == "auto":
+        return solve_throughput(problem, **pipeline_options)
     return SOLVERS[solver](problem)
 
 

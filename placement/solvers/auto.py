@@ -1,7 +1,7 @@
 """``solver="auto"``: the best plan the time budget allows, with its proven gap.
 
-* ``objective="throughput"`` goes to the pipeline solver, :func:`placement.pipeline.solve_throughput`
-  (imported when called; a clear error if that module is absent).
+* ``objective="throughput"`` goes to the pipeline solver, :func:`placement.pipeline.solve_throughput`,
+  with its defaults (:func:`placement.solve` passes the pipeline's options on).
 * Latency, given under a second or so: the warm-start heuristics only (one device, m-ETF, m-SCT,
   HEFT, critical path; the fastest first), the best by simulated step.
 * Otherwise the whole of :func:`placement.solvers.cpsat.improve`: the heuristics, CP-SAT on the graph

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from graphc.ir.importers import load_benchmark
-from placement import Cluster
+from placement import Cluster, solve
 from placement.constraints import Constraints, InfeasibleError
 from placement.pipeline import (
     bubble_fraction,
@@ -92,16 +92,14 @@ def test_contradictory_pins_name_the_conflict() -> None:
 
 
 def test_replicated_stages_on_a_gpu_box() -> None:
+    """Through the one public entry, placement.solve, whose pipeline options reach solve_throughput."""
     graph = load_benchmark("pipedream/vgg16.txt")
-    problem = make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", time_limit=10)
-    plan = solve_throughput(problem, method="dp", microbatches=2)
+    plan = solve(graph, "pcie-4gpu", objective="throughput", time_limit=10, method="dp", microbatches=2)
     check_stages(plan, graph.node_names())
     assert plan.settings["replication"]
     assert max(len(s.devices) for s in plan.stages) > 1  # the convolutions are worth replicating
-    single = solve_throughput(
-        make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", time_limit=10),
-        method="dp", replication=False, microbatches=2,
-    )  # fmt: skip
+    single = solve(graph, "pcie-4gpu", objective="throughput", time_limit=10, method="dp", replication=False,
+                   microbatches=2)  # fmt: skip
     assert all(len(s.devices) == 1 for s in single.stages)
     assert plan.settings["max_load_ms"] < single.settings["max_load_ms"]
 

@@ -129,6 +129,16 @@ def test_auto_sends_throughput_to_the_pipeline_solver() -> None:
     assert plan.objective == "throughput"
 
 
+def test_pipeline_options_reach_the_pipeline_solver_and_only_it() -> None:
+    plan = solve(branches(), star(2), objective="throughput", time_limit=5.0, method="equal-split", replication=False,
+                 microbatches=2)  # fmt: skip
+    assert plan.settings["method"] == "equal-split" and not plan.settings["replication"] and plan.microbatches == 2
+    with pytest.raises(ConfigurationError, match="method and replication only apply to objective='throughput'"):
+        solve(branches(), star(2), method="dp", replication=True)
+    with pytest.raises(ConfigurationError, match="method must be one of"):
+        solve(branches(), star(2), objective="throughput", method="greedy")
+
+
 @pytest.mark.parametrize("name", ["m-etf", "m-sct", "heft", "critical-path", "cp-sat", "auto"])
 def test_same_seed_same_plan(name: str) -> None:
     g, c = random_graph(3, 12), star(3)

@@ -59,7 +59,7 @@ def main() -> None:
 
     console.rule(f"1. trace {args.model} and place it on {args.devices} CPU workers")
     zm = zoo.build(args.model, batch_size=BATCH, size="small", dropout=0.0)
-    program = graphc.trace(zm.model, zm.example_inputs, name=args.model)
+    program = graphc.trace(zm.model, zm.example_inputs, name=args.model, granularity="op")
     cluster = local_cluster(args.devices, measure_link())
     cost_model = CostModel(cluster, profiled=profile_program(program, zm.example_inputs))
     plan = solve(program.graph, cluster, solver="heft", cost_model=cost_model)

@@ -79,7 +79,7 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
     """``CHAIN_OPS`` ops on tensors of ``numel`` floats, each on another device than the one before (with
     2 devices)."""
     model = nn.Sequential(*[_Scale(numel) for _ in range(CHAIN_OPS)])
-    program = trace(model, (torch.ones(1, numel),), name="chain")
+    program = trace(model, (torch.ones(1, numel),), name="chain", granularity="op")
     position = {n.name: i for i, n in enumerate(n for n in program.graph_module.graph.nodes if n.op != "get_attr")}
     return split_by_device(program.graph_module, lambda node: f"cpu{position[node.name] % devices}")
 

@@ -197,7 +197,7 @@ def _argument_names(fn: Callable, count: int) -> list[str]:
 def trace(
     model_or_fn: nn.Module | Callable,
     example_inputs: Any,
-    granularity: Granularity = "op",
+    granularity: Granularity = "module",
     leaf_modules: Iterable[type[nn.Module]] = (),
     name: str | None = None,
     example_kwargs: dict[str, Any] | None = None,
@@ -208,7 +208,8 @@ def trace(
         model_or_fn: an ``nn.Module``, or a plain function whose arguments are modules and tensors.
         example_inputs: a tensor or a tuple of the positional arguments (fake, meta or real tensors;
             only their shapes and dtypes are used for the costs).
-        granularity: ``"op"`` (ATen ops) or ``"module"`` (leaf modules as single nodes).
+        granularity: ``"module"`` (leaf modules as single nodes: the default, as in ``graphc.compile``
+            and the command line, and the unit placement papers count) or ``"op"`` (ATen ops).
         leaf_modules: extra module classes to treat as leaves at module granularity.
         name: the cost graph's name (default: the class or function name).
         example_kwargs: keyword arguments of the call, as HuggingFace models take them

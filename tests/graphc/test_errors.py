@@ -201,7 +201,7 @@ def test_frontend_arguments() -> None:
     with pytest.raises(ConfigurationError, match="granularity must be one of"):
         trace(model, (torch.zeros(1, 2),), granularity="layer")
     with pytest.raises(ArgumentTypeError, match="example input 0 is a list"):
-        trace(model, ([1, 2],))
+        trace(model, ([1, 2],), granularity="op")
     with pytest.raises(ConfigurationError, match="unknown zoo network 'nosuch'; valid names: alexnet"):
         zoo.build("nosuch")
     with pytest.raises(ConfigurationError, match=r"unknown knob\(s\) \['wings'\] for 'alexnet'; valid knobs: "):

@@ -23,7 +23,7 @@ def build(name: str, batch: int = 2) -> zoo.ZooModel:
 @functools.cache
 def traced(name: str) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
     zm = build(name)
-    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
+    return zm, graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
 
 
 @functools.cache

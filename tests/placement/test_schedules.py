@@ -164,8 +164,8 @@ def traced_mlp(microbatches: int):
     import graphc
 
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(8)])
-    full = graphc.trace(model, (torch.randn(8, 4),), name="mlp")
-    micro = graphc.trace(model, (torch.randn(8 // microbatches, 4),), name="mlp")
+    full = graphc.trace(model, (torch.randn(8, 4),), name="mlp", granularity="op")
+    micro = graphc.trace(model, (torch.randn(8 // microbatches, 4),), name="mlp", granularity="op")
     return full.graph, micro.graph_module
 
 

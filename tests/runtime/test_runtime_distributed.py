@@ -111,7 +111,7 @@ def two_ranks() -> dict[str, Any]:
     cases = {name: random_case(name, ["cpu0", "cpu1"], rng) for name in zoo.NAMES}
     for name in ("gpt2", "resnet50"):
         zm = build(name)  # a model of its own: the optimizer updates it
-        program = graphc.trace(zm.model, zm.example_inputs, name=name)
+        program = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
         devices = [rng.choice(["cpu0", "cpu1"]) for _ in program.graph.node_names()]
         devices[:2] = ["cpu0", "cpu1"]
         plan = plan_from_assignment(program.graph, dict(zip(program.graph.node_names(), devices)))
@@ -127,8 +127,8 @@ def three_ranks() -> dict[str, Any]:
     cases = {name: random_case(name, ["cpu0", "cpu1", "cpu2"], rng) for name in zoo.NAMES}
     for name in PIPELINED:
         zm = build(name, BATCH)
-        full = graphc.trace(zm.model, zm.example_inputs, name=name)
-        micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name=name)
+        full = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
+        micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name=name, granularity="op")
         plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=M)
         program = partition(micro.graph_module, plan, full.graph)
         for schedule in ("gpipe", "1f1b"):

@@ -41,7 +41,7 @@ def chain():
     """GPT-2 in three contiguous stages: cpu0 -> cpu1 -> cpu2 (the loss is on cpu2): the model, the plan
     and its partition."""
     zm = zoo.build("gpt2", batch_size=2, size="small", dropout=0.0)
-    program = graphc.trace(zm.model, zm.example_inputs, name="gpt2")
+    program = graphc.trace(zm.model, zm.example_inputs, name="gpt2", granularity="op")
     plan = contiguous_plan(program.graph, ["cpu0", "cpu1", "cpu2"])
     return zm, plan, partition(program, plan)
 

@@ -26,7 +26,7 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory) -> str:
     zm = zoo.build("gpt2", batch_size=2, size="small", dropout=0.0)
-    program = graphc.trace(zm.model, zm.example_inputs, name="gpt2")
+    program = graphc.trace(zm.model, zm.example_inputs, name="gpt2", granularity="op")
     path = tmp_path_factory.mktemp("plans") / "gpt2-2.json"
     contiguous_plan(program.graph, ["cpu0", "cpu1"]).save(path)
     return str(path)

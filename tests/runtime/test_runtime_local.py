@@ -45,7 +45,7 @@ def test_random_placements_match_eager(name, data):
 def test_parameters_match_eager_after_optimizer_steps(name):
     """GPT-2 has a tied embedding, ResNet batch norm state; three Adam steps on a random placement."""
     zm = build(name)
-    program = graphc.trace(zm.model, zm.example_inputs, name=name)
+    program = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
     names = program.graph.node_names()
     rng = random.Random(7)
     plan = plan_from_assignment(program.graph, {n: rng.choice(DEVICES) for n in names})
@@ -66,8 +66,8 @@ def test_microbatches_give_the_full_batch_gradients(name):
     microbatch)."""
     batch, m = 8, 4
     zm = build(name, batch)
-    full = graphc.trace(zm.model, zm.example_inputs, name=name)
-    micro = graphc.trace(zm.model, tuple(x[: batch // m] for x in zm.example_inputs), name=name)
+    full = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
+    micro = graphc.trace(zm.model, tuple(x[: batch // m] for x in zm.example_inputs), name=name, granularity="op")
     plan = contiguous_plan(full.graph, DEVICES, microbatches=m)
     executor = LocalExecutor(partition(micro.graph_module, plan, full.graph), loss_fn=zoo_loss(zm))
     result = executor.step(zm.example_inputs, zm.targets)
@@ -83,7 +83,7 @@ def test_dropout_in_train_mode_draws_eager_masks_on_logical_cpu_devices(name):
     """One process, one CPU generator, the traced program's order: a random placement draws the masks
     eager draws from the same seed (runtime's docstring says when that holds)."""
     zm = zoo.build(name, batch_size=2, size="small", dropout=0.3)
-    program = graphc.trace(zm.model, zm.example_inputs, name=name)
+    program = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
     assert any("dropout" in str(n.target) for n in program.graph_module.graph.nodes)
     names = program.graph.node_names()
     rng = random.Random(3)

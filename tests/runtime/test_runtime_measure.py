@@ -48,7 +48,7 @@ def test_tensors_are_counted_on_the_device_whose_program_made_them():
 
 def test_measurement_reports_every_device_next_to_the_prediction():
     zm = zoo.build("alexnet", batch_size=2, size="small", dropout=0.0)
-    program = graphc.trace(zm.model, zm.example_inputs, name="alexnet")
+    program = graphc.trace(zm.model, zm.example_inputs, name="alexnet", granularity="op")
     names = program.graph.node_names()
     rng = random.Random(0)
     plan = plan_from_assignment(program.graph, {n: rng.choice(["cpu0", "cpu1"]) for n in names})
@@ -71,7 +71,7 @@ def test_measurement_reports_every_device_next_to_the_prediction():
 
 def test_adam_state_counts_as_static_memory():
     zm = zoo.build("vgg16", batch_size=2, size="small", dropout=0.0)
-    program = graphc.trace(zm.model, zm.example_inputs, name="vgg16")
+    program = graphc.trace(zm.model, zm.example_inputs, name="vgg16", granularity="op")
     parts = partition(program, single_device_plan(program.graph))
     params = sum(p.numel() * p.element_size() for p in parts.programs["cpu0"].parameters.values())
     executor = LocalExecutor(parts, loss_fn=zoo_loss(zm), optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3))

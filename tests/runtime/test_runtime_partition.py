@@ -41,7 +41,7 @@ def build(name: str, batch: int = 2, **knobs) -> zoo.ZooModel:
 @functools.cache
 def traced(name: str, batch: int = 2) -> tuple[zoo.ZooModel, graphc.TracedProgram]:
     zm = build(name, batch)
-    return zm, graphc.trace(zm.model, zm.example_inputs, name=name)
+    return zm, graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
 
 
 def place(graph: Graph, device_of) -> dict[str, str]:
@@ -173,7 +173,7 @@ def test_a_pipelined_plan_needs_a_program_traced_on_one_microbatch():
     with pytest.raises(ProgramMismatch, match="traced on one microbatch, of shape \\[2, 16\\]"):
         partition(program, plan)
     zm = build("gpt2", 4)
-    micro = graphc.trace(zm.model, (zm.example_inputs[0][:2],), name="gpt2")
+    micro = graphc.trace(zm.model, (zm.example_inputs[0][:2],), name="gpt2", granularity="op")
     assert partition(micro.graph_module, plan, program.graph).microbatches == 2
 
 

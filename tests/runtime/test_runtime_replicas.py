@@ -59,8 +59,8 @@ def mlp() -> nn.Sequential:
 def mlp_program(m: int = M) -> PartitionedProgram:
     """The MLP in two stages, the first on cpu0 and cpu1, the second on cpu2; traced on one microbatch."""
     x = torch.randn(BATCH, 8)
-    full = graphc.trace(mlp(), (x,), name="mlp")
-    micro = graphc.trace(mlp(), (x[: BATCH // m],), name="mlp")
+    full = graphc.trace(mlp(), (x,), name="mlp", granularity="op")
+    micro = graphc.trace(mlp(), (x[: BATCH // m],), name="mlp", granularity="op")
     return partition(micro.graph_module, contiguous_plan(full.graph, [["cpu0", "cpu1"], "cpu2"], microbatches=m), full.graph)
 
 
@@ -70,8 +70,8 @@ def gpt2(batch: int = BATCH) -> zoo.ZooModel:
 
 def gpt2_program(stages: list) -> PartitionedProgram:
     zm = gpt2()
-    full = graphc.trace(zm.model, zm.example_inputs, name="gpt2")
-    micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name="gpt2")
+    full = graphc.trace(zm.model, zm.example_inputs, name="gpt2", granularity="op")
+    micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name="gpt2", granularity="op")
     return partition(micro.graph_module, contiguous_plan(full.graph, stages, microbatches=M), full.graph)
 
 
@@ -156,8 +156,8 @@ def test_a_replica_stuck_in_the_pipeline_leaves_the_other_waiting_in_the_all_red
 
 def test_unsupported_replication_is_refused_before_anything_runs():
     x = torch.randn(BATCH, 8)
-    full = graphc.trace(mlp(), (x,), name="mlp")
-    micro = graphc.trace(mlp(), (x[:4],), name="mlp")
+    full = graphc.trace(mlp(), (x,), name="mlp", granularity="op")
+    micro = graphc.trace(mlp(), (x[:4],), name="mlp", granularity="op")
     few = contiguous_plan(full.graph, [["cpu0", "cpu1", "cpu3"], "cpu2"], microbatches=2)
     with pytest.raises(ProgramMismatch, match="replicated on 3 devices but a step has only 2 microbatch"):
         partition(micro.graph_module, few, full.graph)

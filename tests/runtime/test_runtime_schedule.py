@@ -27,8 +27,8 @@ from runtime import (
 def program(kind: str, microbatches: int = 4):
     """GPT-2 traced on one microbatch of 2: ``chain`` in three stages, ``zigzag`` alternating two devices."""
     zm = zoo.build("gpt2", batch_size=2 * microbatches, size="small", dropout=0.0)
-    full = graphc.trace(zm.model, zm.example_inputs, name="gpt2")
-    micro = graphc.trace(zm.model, (zm.example_inputs[0][:2],), name="gpt2")
+    full = graphc.trace(zm.model, zm.example_inputs, name="gpt2", granularity="op")
+    micro = graphc.trace(zm.model, (zm.example_inputs[0][:2],), name="gpt2", granularity="op")
     if kind == "chain":
         plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=microbatches)
     else:

@@ -202,3 +202,15 @@ def test_a_function_of_star_args_reuses_its_program_for_new_values():
         x, scale = torch.randn(4, 8), torch.randn(4, 4)
         torch.testing.assert_close(forward(x, scale), model(x) * scale)
     assert forward.traces == 1
+
+
+def test_trace_and_compile_trace_at_the_same_granularity_by_default():
+    """Module granularity, the unit of the CLI and of the placement papers, unless told otherwise."""
+    model = _model()
+    compiled = graphc.compile(model, cluster="local", solver="single", time_limit=1, progress=False)
+    compiled(torch.randn(2, 8))
+    traced = graphc.trace(model, torch.randn(2, 8))
+    assert traced.granularity == compiled.last.program.granularity == "module"
+    assert traced.graph.node_names() == compiled.last.program.graph.node_names()
+    assert traced.graph.node_names() == ["input_1", "0", "1", "2", "3", "4"]  # the modules of the Sequential
+    assert "linear" in graphc.trace(model, torch.randn(2, 8), granularity="op").graph.node_names()

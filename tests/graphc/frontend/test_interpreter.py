@@ -43,7 +43,7 @@ def test_a_fake_run_records_every_value_as_training_sees_it_without_touching_rea
 
 
 def test_trace_leaves_each_ops_costs_and_value_in_node_meta():
-    program = trace(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), torch.randn(4, 8))
+    program = trace(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), torch.randn(4, 8), granularity="op")
     linear = _node(program.graph_module, "linear")
     cost = linear.meta["graphc_cost"]
     assert cost.fwd_flops == program.graph.node("linear").fwd_flops == 2 * 4 * 8 * 16
@@ -59,7 +59,7 @@ def test_a_failing_op_names_the_node_and_the_models_source_line():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x @ self.w  # the line the error must point at
 
-    program = trace(Project(), torch.randn(3, 4))
+    program = trace(Project(), torch.randn(3, 4), granularity="op")
     with pytest.raises(TraceError) as info:  # inputs of another width
         NodeInterpreter(program.graph_module, fake=True).run(torch.randn(3, 5))
     message = str(info.value)
@@ -67,7 +67,7 @@ def test_a_failing_op_names_the_node_and_the_models_source_line():
 
 
 def test_value_propagation_reads_the_facts_annotation_recorded(monkeypatch):
-    program = trace(_FrozenHead(), torch.randn(3, 8))
+    program = trace(_FrozenHead(), torch.randn(3, 8), granularity="op")
     gm = program.graph_module
     specs = input_specs(gm)
 
@@ -85,7 +85,7 @@ def test_value_propagation_reads_the_facts_annotation_recorded(monkeypatch):
 
 
 def test_value_propagation_reruns_for_other_input_shapes():
-    program = trace(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), torch.randn(4, 8))
+    program = trace(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), torch.randn(4, 8), granularity="op")
     gm = program.graph_module
     halves = propagate(gm, [InputSpec((2, 8), torch.float32)])
     assert halves["relu"].shape == (2, 16)

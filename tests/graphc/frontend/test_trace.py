@@ -57,7 +57,7 @@ def test_matmul_and_attention_flops_match_textbook():
         return F.scaled_dot_product_attention(q, k, v, is_causal=True) + scores.sum()
 
     q, k, v = (torch.randn(b, h, length, d) for _ in range(3))
-    graph = trace(attention, (q, k, v)).graph
+    graph = trace(attention, (q, k, v), granularity="op").graph
     matmul_flops = sum(n.fwd_flops for n in graph.nodes() if n.op.startswith(("aten.matmul", "aten.bmm")))
     assert matmul_flops == 2 * b * h * length * length * d
     sdpa = _only(graph, "aten.scaled_dot_product_attention")
@@ -126,7 +126,7 @@ def test_traced_function_of_module_and_tensors_equals_eager_with_gradients():
         return F.mse_loss(net(x), target)
 
     x, target = torch.randn(4, 5), torch.randn(4, 2)
-    program = trace(loss_fn, (model, x, target))
+    program = trace(loss_fn, (model, x, target), granularity="op")
     assert program.module_positions == (0,)
     assert [n.op for n in program.graph.nodes()][:2] == ["input", "input"]
     expected = loss_fn(model, x, target)
@@ -156,7 +156,7 @@ def test_fx_fallback_is_used_when_export_fails(monkeypatch):
     monkeypatch.setattr(torch.export, "export", failing_export)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     x = torch.randn(2, 3)
-    program = trace(model, x)
+    program = trace(model, x, granularity="op")
     assert program.method == "fx"
     assert [n.op for n in program.graph.nodes()] == ["input", "Linear", "ReLU"]
     assert program.graph.node("_0").fwd_flops == 2 * 2 * 3 * 4
@@ -175,7 +175,7 @@ class _OptionalMask(nn.Module):
 def test_fx_fallback_bakes_in_the_defaults_of_arguments_left_out(monkeypatch):
     monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("off")))
     model, x = _OptionalMask(), torch.randn(2, 3)
-    program = trace(model, x)
+    program = trace(model, x, granularity="op")
     assert program.method == "fx"
     assert [n.target for n in program.graph_module.graph.nodes if n.op == "placeholder"] == ["x"]
     assert torch.allclose(program(x), model(x))
@@ -203,7 +203,7 @@ class _Unsupported(nn.Module):
 )
 def test_untraceable_model_names_its_source_line_and_the_reason(model, marker, reason):
     with pytest.raises(TraceError) as info:
-        trace(model, torch.randn(3))
+        trace(model, torch.randn(3), granularity="op")
     message = str(info.value)
     assert reason in message
     assert f"{__file__}:" in message and marker in message
@@ -214,7 +214,7 @@ def test_bad_arguments_are_refused_clearly():
     with pytest.raises(ValueError, match="granularity must be one of"):
         trace(nn.Linear(2, 2), torch.randn(1, 2), granularity="layer")
     with pytest.raises(TypeError, match="example input 0 is a list"):
-        trace(nn.Linear(2, 2), ([1.0, 2.0],))
+        trace(nn.Linear(2, 2), ([1.0, 2.0],), granularity="op")
 
 
 def test_traced_graph_round_trips_through_json(tmp_path):

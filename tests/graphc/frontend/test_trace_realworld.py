@@ -109,14 +109,14 @@ def test_op_level_placed_run_gives_eager_outputs_gradients_and_buffers(name, pla
     factory, call = MODELS[name]
     model, kwargs = _model(factory), call()
     expected = _eager(model, kwargs)
-    program = trace(model, (), example_kwargs=kwargs)
+    program = trace(model, (), example_kwargs=kwargs, granularity="op")
     plan = planner(program)
     assert len(plan.devices_used()) >= 2
     _assert_matches_eager(*_placed_run(program, plan, kwargs), expected)
 
 
 def test_inplace_ops_become_out_of_place_and_batch_norm_state_stays_in_place():
-    program = trace(TinyResNet(), (), example_kwargs=resnet_call())
+    program = trace(TinyResNet(), (), example_kwargs=resnet_call(), granularity="op")
     ops = [str(n.target) for n in program.graph_module.graph.nodes if n.op == "call_function"]
     assert "aten.relu_.default" not in ops and "aten.relu.default" in ops
     assert "aten.batch_norm.default" in ops  # the ops around the in-place ones are untouched
@@ -150,7 +150,7 @@ def test_each_inplace_op_traces_and_gives_eager_gradients(op):
     ref_x = x.detach().clone().requires_grad_()
     expected = fn(ref, ref_x)
     expected.sum().backward()
-    program = trace(fn, (layer, x))
+    program = trace(fn, (layer, x), granularity="op")
     flat = program.flat_inputs((layer, x), {})
     assert len(flat) == 1 and flat[0] is x  # the module is part of the program
     assert not any(str(n.target).endswith(("_.default", "_.Tensor", "_.Scalar")) for n in program.graph_module.graph.nodes)
@@ -181,7 +181,7 @@ class _WriteIntoView(nn.Module):
 def test_write_into_a_view_runs_placed_with_eager_gradients_and_running_statistics(planner):
     model, kwargs = _model(_WriteIntoView), {"x": torch.randn(5, 4)}
     expected = _eager(model, kwargs)
-    program = trace(model, (), example_kwargs=kwargs)
+    program = trace(model, (), example_kwargs=kwargs, granularity="op")
     assert "aten.select_scatter.default" in {str(n.target) for n in program.graph_module.graph.nodes}
     plan = planner(program)
     assert len(plan.devices_used()) == 3
@@ -191,7 +191,7 @@ def test_write_into_a_view_runs_placed_with_eager_gradients_and_running_statisti
 def test_keywords_bind_as_the_model_takes_them_and_constants_are_baked_in():
     model, call = _model(TinyBert), bert_call()
     ids, mask = call["input_ids"], call["attention_mask"]
-    program = trace(model, (ids,), example_kwargs={"attention_mask": mask, "return_dict": False})
+    program = trace(model, (ids,), example_kwargs={"attention_mask": mask, "return_dict": False}, granularity="op")
     assert program.graph.meta["input_names"] == ["input_ids", "attention_mask"]
     assert [n.op for n in program.graph_module.graph.nodes].count("placeholder") == 2  # no input for return_dict
     flat = program.flat_inputs((), {"attention_mask": mask, "input_ids": ids})
@@ -209,7 +209,8 @@ def test_keywords_bind_as_the_model_takes_them_and_constants_are_baked_in():
 def test_a_call_that_does_not_bind_as_traced_gets_a_one_line_error():
     model, call = _model(TinyBert), bert_call()
     ids, mask = call["input_ids"], call["attention_mask"]
-    program = trace(model, (), example_kwargs={"input_ids": ids, "attention_mask": mask, "return_dict": False})
+    kwargs = {"input_ids": ids, "attention_mask": mask, "return_dict": False}
+    program = trace(model, (), example_kwargs=kwargs, granularity="op")
     cases = [
         ((), {"input_ids": ids, "attn_mask": mask}, "lacks attention_mask and adds attn_mask"),
         ((), {"input_ids": ids}, "this call lacks attention_mask: "),
@@ -227,7 +228,7 @@ def test_a_call_that_does_not_bind_as_traced_gets_a_one_line_error():
 def test_a_container_of_tensors_as_keyword_is_refused():
     ids = bert_call()["input_ids"]
     with pytest.raises(TypeError, match="example keyword 'past' is a tuple"):
-        trace(TinyBert(), (ids,), example_kwargs={"past": (ids, ids)})
+        trace(TinyBert(), (ids,), example_kwargs={"past": (ids, ids)}, granularity="op")
 
 
 class _Nonzero(nn.Module):
@@ -264,7 +265,7 @@ class _Item(_Nonzero):
 )
 def test_data_dependent_ops_name_their_line_and_the_remedy(model, marker, advice):
     with pytest.raises(TraceError) as info:
-        trace(model, torch.randn(3, 4))
+        trace(model, torch.randn(3, 4), granularity="op")
     message = str(info.value)
     assert "data-dependent" in message and f"{__file__}:" in message and marker in message
     assert "what to do: " in message and advice in message
@@ -288,7 +289,7 @@ def test_keyword_call_traces_with_either_tracer(tracer, monkeypatch):
         monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("off")))
     model, x, mask = _model(_Masked), torch.randn(2, 4), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
     kwargs = {"mask": mask, "x": x, "scale": 2.0}
-    program = trace(model, (), example_kwargs=kwargs)
+    program = trace(model, (), example_kwargs=kwargs, granularity="op")
     assert program.method == tracer
     placeholders = [str(n.target) for n in program.graph_module.graph.nodes if n.op == "placeholder"]
     assert placeholders == list(program.convention.input_names) == (["x", "mask"] if tracer == "fx" else ["mask", "x"])
@@ -301,7 +302,7 @@ def test_inplace_dropout_in_training_draws_eager_masks():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3, inplace=True), nn.ReLU(inplace=True), nn.Linear(16, 2))
     x = torch.randn(4, 8)
-    program = trace(model, x)
+    program = trace(model, x, granularity="op")
     torch.manual_seed(5)
     got = program(x)
     torch.manual_seed(5)

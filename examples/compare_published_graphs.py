@@ -17,7 +17,7 @@ SOLVERS = ("single", "m-etf", "m-sct", "heft", "auto")
 
 
 def main() -> None:
-    rows = compare(benchmark_files(), ["pcie-4gpu"], SOLVERS, objectives=("latency", "throughput"), time_limit=5.0)
+    rows = compare(benchmark_files(), ["pcie-4gpu"], SOLVERS, objectives=("latency", "throughput"), time_limit_s=5.0)
     print(to_summary_markdown(rows))
     print(to_markdown(rows))
 

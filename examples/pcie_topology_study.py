@@ -38,7 +38,7 @@ def main() -> None:
         steps = []
         for topology in TOPOLOGIES:
             with console.status(f"{network} on {topology} ..."):
-                plan = solve(graph, Cluster.preset(topology), objective="throughput", time_limit=args.time_limit)
+                plan = solve(graph, Cluster.preset(topology), objective="throughput", time_limit_s=args.time_limit)
             steps.append(plan.predicted_step_ms)
         table.add_row(network, *(f"{s:,.1f}" for s in steps), f"{min(steps) / max(steps):.2f}")
     console.print(table)

@@ -22,7 +22,7 @@ class TwoTowers(nn.Module):                      # two independent branches: roo
 
 model = TwoTowers()
 
-@graphc.compile(cluster="local", solver="auto", time_limit=5)
+@graphc.compile(cluster="local", solver="auto", time_limit_s=5)
 def loss_fn(net, x, y):
     return F.cross_entropy(net(x), y)
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ortools.sat.python import cp_model
 
+from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.graph import Graph
 from placement.bounds import Bound, lower_bound
 from placement.cluster import Cluster, ClusterLike
@@ -64,6 +65,7 @@ class Problem:
         return self._bound
 
 
+@renamed_keywords(time_limit="time_limit_s")
 def make_problem(
     graph: Graph,
     cluster: ClusterLike,
@@ -72,17 +74,19 @@ def make_problem(
     constraints: Constraints | None = None,
     cost_model: CostModel | None = None,
     mode: str = "training",
-    time_limit: float = 30.0,
+    time_limit_s: float = 30.0,
     seed: int = 0,
     microbatches: int | None = None,
 ) -> Problem:
-    """Validate the request and resolve its constraints (conflicts raise :class:`InfeasibleError`)."""
+    """Validate the request and resolve its constraints (conflicts raise :class:`InfeasibleError`).
+
+    ``time_limit_s``: the seconds the solvers may take (the problem's ``time_limit``)."""
     if objective not in OBJECTIVES:
         raise ConfigurationError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
-        raise ConfigurationError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    if isinstance(time_limit_s, bool) or not isinstance(time_limit_s, (int, float)) or not time_limit_s > 0:
+        raise ConfigurationError(f"time_limit_s must be > 0 seconds, got {time_limit_s!r}")
     if microbatches is not None and (not isinstance(microbatches, int) or microbatches < 1):
         raise ConfigurationError(f"microbatches must be an integer >= 1 or None (solver chooses), got {microbatches!r}")
     cluster = Cluster.resolve(cluster)
@@ -93,7 +97,7 @@ def make_problem(
         resolved=resolve(graph, cluster, constraints),
         objective=objective,
         mode=mode,
-        time_limit=float(time_limit),
+        time_limit=float(time_limit_s),
         seed=seed,
         microbatches=microbatches,
     )

@@ -201,7 +201,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         with console.status(f"tracing or reading {args.model} ..."):
             graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
-        plan = solve(graph, cluster, objective=args.objective, time_limit=args.time_limit, seed=args.seed,
+        plan = solve(graph, cluster, objective=args.objective, time_limit_s=args.time_limit, seed=args.seed,
                      solver=args.solver, cost_model=cost_model)  # fmt: skip
     console.print(plan.summary())
     if cluster.name == "local" and not args.calibrate:
@@ -277,7 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         readme_block(Path(args.readme))  # a README without the markers fails now, not after the run
     started = time.perf_counter()
     rows = compare(graphs, args.clusters, args.solvers, objectives=args.objectives.split(","),
-                   batch_size=args.batch_size, time_limit=args.time_limit, seed=args.seed, quiet=args.quiet)  # fmt: skip
+                   batch_size=args.batch_size, time_limit_s=args.time_limit, seed=args.seed, quiet=args.quiet)  # fmt: skip
     seconds = time.perf_counter() - started
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     planned.add_argument("-s", "--solver", type=solver_name, default="auto", help="a solver name (graphc solvers)")
     planned.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                          help="latency: one step as fast as possible; throughput: pipelined (auto only)")  # fmt: skip
-    planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take")
+    planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take (time_limit_s)")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
     planned.add_argument("--calibrate", action="store_true",
                          help="with -c local and a zoo model: profile its ops on this CPU and measure the link first")  # fmt: skip
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     compared.add_argument("--solvers", type=comma_list(solver_name), default="single,round-robin,m-topo,m-etf,m-sct,heft,critical-path,auto",
                           help="comma-separated solver names")  # fmt: skip
     compared.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size of the zoo models")
-    compared.add_argument("-t", "--time-limit", type=positive_number, default=10.0, help="seconds per solve")
+    compared.add_argument("-t", "--time-limit", type=positive_number, default=10.0, help="seconds per solve (time_limit_s)")
     compared.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solvers")
     compared.add_argument("--objectives", default="latency,throughput",
                           help="latency: every solver; throughput: one pipelined plan by auto per graph and cluster")  # fmt: skip

@@ -40,6 +40,7 @@ from rich.text import Text
 
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
+from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.errors import ConfigurationError, FormatError, GraphcError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import load_benchmark
@@ -97,11 +98,11 @@ def load_graph(spec: str, batch_size: int) -> Graph:
     return graph
 
 
-def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit: float, seed: int) -> Row:
+def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit_s: float, seed: int) -> Row:
     """Solve one combination; a solver that finds no plan gives a row with its error."""
     label = PIPELINE if objective == "throughput" else solver
     try:
-        plan = solve(graph, cluster, objective=objective, solver=solver, time_limit=time_limit, seed=seed)
+        plan = solve(graph, cluster, objective=objective, solver=solver, time_limit_s=time_limit_s, seed=seed)
     except GraphcError as exc:
         return Row(graph.name, cluster.name, objective, label, math.nan, math.nan, math.nan, None, 0.0, 0, error=str(exc)[:200])
     return Row(
@@ -110,6 +111,7 @@ def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit
     )  # fmt: skip
 
 
+@renamed_keywords(time_limit="time_limit_s")
 def compare(
     graphs: Iterable[str],
     clusters: Iterable[str],
@@ -117,12 +119,13 @@ def compare(
     *,
     objectives: Iterable[str] = ("latency",),
     batch_size: int = 32,
-    time_limit: float = 10.0,
+    time_limit_s: float = 10.0,
     seed: int = 0,
     quiet: bool = False,
     on_row: Callable[[Row], None] | None = None,
 ) -> list[Row]:
-    """Solve every combination (module docstring); failures are recorded in their row, not raised.
+    """Solve every combination (module docstring), each solve within ``time_limit_s`` seconds; failures
+    are recorded in their row, not raised.
 
     Raises:
         ConfigurationError: an unknown objective or cluster preset (before anything is solved).
@@ -146,7 +149,7 @@ def compare(
             for cluster_name in clusters:
                 for objective, solver in jobs:
                     progress.update(task, description=f"{graph.name} on {cluster_name}: {solver} ({objective})")
-                    row = _row(graph, presets[cluster_name], objective, solver, time_limit, seed)
+                    row = _row(graph, presets[cluster_name], objective, solver, time_limit_s, seed)
                     rows.append(row)
                     if on_row:
                         on_row(row)

@@ -22,7 +22,7 @@ A new signature traces again, but searches again only when it must: another batc
 placement of the plan already made for the same program (:func:`placement.solvers.reuse.reuse_placement`:
 same nodes, still fits in memory), so only a simulation is paid; a different program (``model.eval()``
 turns dropout off and batch norm to its running statistics, which torch.export bakes into the traced
-program) is planned within ``reshape_time_limit`` seconds. The progress display says which it did.
+program) is planned within ``reshape_time_limit_s`` seconds. The progress display says which it did.
 ``model.train()`` / ``model.eval()`` are followed on every call: an eval-mode call never runs the
 training program, and leaves batch norm's running statistics alone, as eager PyTorch does.
 
@@ -50,6 +50,7 @@ import torch.utils._pytree as pytree
 from rich.console import Console
 
 from graphc.frontend.tracing import TracedProgram, trace
+from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints
@@ -117,10 +118,13 @@ class CompiledEntry:
 class CompiledModel:
     """A model or function whose calls run placed across the devices of a cluster (module docstring).
 
-    ``reshape_time_limit``: the seconds a new call signature may spend searching when the placement of
-    an earlier plan does not apply to it (the first call has ``time_limit``).
+    ``time_limit_s``: the seconds the first search may take; ``reshape_time_limit_s``: the seconds a new
+    call signature may spend searching when the placement of an earlier plan does not apply to it.
+    (``time_limit`` and ``reshape_time_limit``, their old names, still work this release, with a
+    ``DeprecationWarning``.)
     """
 
+    @renamed_keywords(time_limit="time_limit_s", reshape_time_limit="reshape_time_limit_s")
     def __init__(
         self,
         fn: nn.Module | Callable,
@@ -129,8 +133,8 @@ class CompiledModel:
         solver: str = "auto",
         objective: str = "latency",
         constraints: Constraints | None = None,
-        time_limit: float = 30.0,
-        reshape_time_limit: float = 1.0,
+        time_limit_s: float = 30.0,
+        reshape_time_limit_s: float = 1.0,
         granularity: str = "module",
         seed: int = 0,
         progress: bool | None = None,
@@ -140,8 +144,8 @@ class CompiledModel:
         self.solver = solver
         self.objective = objective
         self.constraints = constraints
-        self.time_limit = time_limit
-        self.reshape_time_limit = reshape_time_limit
+        self.time_limit_s = time_limit_s
+        self.reshape_time_limit_s = reshape_time_limit_s
         self.granularity = granularity
         self.seed = seed
         show = progress if progress is not None else os.environ.get("GRAPHC_PROGRESS", "1") != "0"
@@ -194,8 +198,8 @@ class CompiledModel:
     def _plan(self, program: TracedProgram, mode: str, status: Any) -> tuple[Plan, str]:
         """The plan for ``program`` in ``mode`` (``"inference"`` when every module is in eval mode: the
         prediction is then of the forward alone): an earlier plan's placement when it applies (another
-        batch size of the same program), else a search, with ``time_limit`` the first time and
-        ``reshape_time_limit`` after."""
+        batch size of the same program), else a search, with ``time_limit_s`` the first time and
+        ``reshape_time_limit_s`` after."""
         earlier = self._earlier_plan(program, mode)
         if earlier is not None:
             status.update(f"graphc: re-simulating the placement of {earlier.solver}'s plan at the new shape ...")
@@ -203,7 +207,7 @@ class CompiledModel:
                 return self._reuse(earlier, program, mode), "reused"
             except PlacementNotReusable as exc:
                 self.console.log(f"the earlier placement does not apply ({exc}); searching again")
-        limit = self.time_limit if not self.cache else min(self.time_limit, self.reshape_time_limit)
+        limit = self.time_limit_s if not self.cache else min(self.time_limit_s, self.reshape_time_limit_s)
         status.update(f"graphc: placing on {self.cluster.name} with {self.solver} (at most {limit:g} s) ...")
         self.searches += 1
         return self._solve(program, mode, limit), "searched"
@@ -222,15 +226,15 @@ class CompiledModel:
 
     def _reuse(self, earlier: Plan, program: TracedProgram, mode: str) -> Plan:
         problem = make_problem(program.graph, self.cluster, objective=self.objective, constraints=self.constraints,
-                               mode=mode, time_limit=self.reshape_time_limit, seed=self.seed)  # fmt: skip
+                               mode=mode, time_limit_s=self.reshape_time_limit_s, seed=self.seed)  # fmt: skip
         return reuse_placement(earlier, problem)
 
-    def _solve(self, program: TracedProgram, mode: str, time_limit: float) -> Plan:
+    def _solve(self, program: TracedProgram, mode: str, time_limit_s: float) -> Plan:
         """A searched plan for ``program``. A pipelined plan gets no replicated stages: the executor's
         differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
         pipeline = {"replication": False} if self.objective == "throughput" else {}
         return solve(program.graph, self.cluster, objective=self.objective, constraints=self.constraints, mode=mode,
-                     time_limit=time_limit, seed=self.seed, solver=self.solver, **pipeline)  # fmt: skip
+                     time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, **pipeline)  # fmt: skip
 
     def _microbatch_program(
         self, args: tuple, kwargs: dict[str, Any], program: TracedProgram, plan: Plan
@@ -256,6 +260,7 @@ def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:
     return [tuple(a.meta["val"].shape) for a in leaves if isinstance(a.meta["val"], torch.Tensor)]
 
 
+@renamed_keywords(time_limit="time_limit_s", reshape_time_limit="reshape_time_limit_s")
 def compile(  # noqa: A001 - the name users expect, as torch.compile
     fn: nn.Module | Callable | None = None, **options: Any
 ) -> CompiledModel | Callable[[nn.Module | Callable], CompiledModel]:

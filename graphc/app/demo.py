@@ -167,7 +167,7 @@ def run_demo(console: Console) -> DemoResult:
     cluster = local_cluster(2, link)
     console.print(f"link between two ranks: {1e6 * link.latency_s:.0f} us per message, {link.bandwidth / 1e9:.2f} GB/s")
     with console.status("solving ..."):
-        plan = solve(program.graph, cluster, time_limit=10.0, cost_model=CostModel(cluster, profiled=profiled))
+        plan = solve(program.graph, cluster, time_limit_s=10.0, cost_model=CostModel(cluster, profiled=profiled))
     console.print(plan.summary())
 
     console.rule("3. execute the plan on local devices and check it against eager PyTorch")

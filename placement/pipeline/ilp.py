@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from graphc.ir.deprecation import renamed_keywords
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.pipeline.instance import (
@@ -257,20 +258,21 @@ class _Model:
         self.m.minimize(self.T)
 
 
+@renamed_keywords(time_limit="time_limit_s", wall_limit="wall_limit_s")
 def noncontiguous_ilp(
     inst: ThroughputInstance,
     *,
-    time_limit: float = 10.0,
+    time_limit_s: float = 10.0,
     seed: int = 0,
     contiguous: bool = False,
     hint: Partition | None = None,
     workers: int = 1,
-    wall_limit: float | None = None,
+    wall_limit_s: float | None = None,
 ) -> Partition:
     """Minimise the max-load with CP-SAT (module docstring); ``contiguous=True`` adds the contiguity constraints.
 
-    ``time_limit`` is the nominal budget, spent as CP-SAT's deterministic time (module docstring);
-    ``wall_limit`` (default ``2 * time_limit``) stops a search the machine makes slow.
+    ``time_limit_s`` is the nominal budget in seconds, spent as CP-SAT's deterministic time (module
+    docstring); ``wall_limit_s`` (default ``2 * time_limit_s``) stops a search the machine makes slow.
 
     Returns the best split found with its exact max-load, ``optimal`` when CP-SAT proved it, and the
     proven lower bound. Raises :class:`InfeasibleError` when CP-SAT proves no split fits, and
@@ -282,13 +284,13 @@ def noncontiguous_ilp(
     model.build()
     if hint is not None:
         model.hint(hint)
-    solver = deterministic_solver(time_limit, DETERMINISTIC_PER_SECOND, seed=seed, workers=workers, wall_limit=wall_limit)
+    solver = deterministic_solver(time_limit_s, DETERMINISTIC_PER_SECOND, seed=seed, workers=workers, wall_limit=wall_limit_s)
     status = solver.solve(model.m)
     name = solver.status_name(status)
     if status == cp_model.INFEASIBLE:
         raise _infeasible(inst, data, contiguous)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise PlacementError(f"CP-SAT found no split within {time_limit:.1f} s (status {name})")
+        raise PlacementError(f"CP-SAT found no split within {time_limit_s:.1f} s (status {name})")
     parts = []
     for dev, t in enumerate(data.devices):
         nodes = [v for a in range(len(data.units)) if (a, dev) in model.x and solver.value(model.x[a, dev]) for v in data.unit_nodes[a]]
@@ -317,7 +319,7 @@ def noncontiguous_ilp(
             "devices": len(data.devices),
             "conflicts": solver.num_conflicts,
             "seed": seed,
-            "time_limit": time_limit,
+            "time_limit": time_limit_s,
             "deterministic_s": solver.deterministic_time,
             "stopped_by_wall_clock": not optimal and (
                 solver.deterministic_time < 0.95 * solver.parameters.max_deterministic_time

@@ -88,7 +88,7 @@ MIN_ILP_SECONDS = 0.5
 def _ilp_budget(problem: Problem, seconds: float) -> dict[str, float]:
     """Keyword arguments of :func:`noncontiguous_ilp` for a solve of ``seconds`` nominal seconds: those
     seconds (deterministic), the seed, and the time left as the wall-clock safety net."""
-    return {"time_limit": seconds, "wall_limit": max(0.05, min(2.0 * seconds, problem.time_left())), "seed": problem.seed}
+    return {"time_limit_s": seconds, "wall_limit_s": max(0.05, min(2.0 * seconds, problem.time_left())), "seed": problem.seed}
 
 
 def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int, budget: float) -> Partition:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.graph import Graph
 from placement.cluster import ClusterLike
 from placement.constraints import Constraints
@@ -71,12 +72,13 @@ HEURISTICS: tuple[str, ...] = ("m-topo", "m-etf", "m-sct", "heft", "critical-pat
 BASELINES: tuple[str, ...] = ("single", "round-robin", "expert")
 
 
+@renamed_keywords(time_limit="time_limit_s")
 def solve(
     graph: Graph,
     cluster: ClusterLike,
     objective: str = "latency",
     constraints: Constraints | None = None,
-    time_limit: float = 30.0,
+    time_limit_s: float = 30.0,
     seed: int = 0,
     solver: str = "auto",
     cost_model: CostModel | None = None,
@@ -92,7 +94,7 @@ def solve(
     ``objective``: ``"latency"`` (one step as fast as possible) or ``"throughput"`` (a pipeline: stages,
     replicated stages, microbatches; only ``auto`` serves it, by
     :func:`~placement.pipeline.solve_throughput`). ``constraints`` pins, colocates, forbids kinds and
-    budgets memory; ``time_limit`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed``
+    budgets memory; ``time_limit_s`` is in seconds (``auto`` and ``cp-sat`` return within it); ``seed``
     fixes every random choice; ``microbatches`` fixes the microbatch count (default: one for latency,
     chosen by simulation for throughput).
 
@@ -119,7 +121,7 @@ def solve(
         constraints=constraints,
         cost_model=cost_model,
         mode=mode,
-        time_limit=time_limit,
+        time_limit_s=time_limit_s,
         seed=seed,
         microbatches=microbatches,
     )

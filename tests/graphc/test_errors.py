@@ -163,8 +163,8 @@ def test_placement_arguments() -> None:
         placement.simulate(two_nodes(), star(), {"a": "d0", "b": "d0"}, mode="serve")
     with pytest.raises(ConfigurationError, match="objective must be one of"):
         placement.solve(two_nodes(), star(), objective="fastest")
-    with pytest.raises(ConfigurationError, match="time_limit must be > 0 seconds, got '10'"):
-        placement.solve(two_nodes(), star(), time_limit="10")
+    with pytest.raises(ConfigurationError, match="time_limit_s must be > 0 seconds, got '10'"):
+        placement.solve(two_nodes(), star(), time_limit_s="10")
     with pytest.raises(UnknownNameError, match="no device spec for kind 'Z80'; known: "):
         Cluster.preset("pcie-4gpu", kind="Z80")
     with pytest.raises(ConfigurationError, match=r"cluster preset 'pcie-4gpu' takes no option\(s\) \['wings'\]; options: kind"):

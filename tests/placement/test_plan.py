@@ -108,9 +108,9 @@ def _solved_plans() -> list[tuple[str, Graph, Cluster, dict]]:
     """(id, graph, cluster, solve arguments) for every registered solver; CP-SAT both proven optimal (a
     chain) and not (the diamond), ``auto`` for both objectives; ``expert`` needs a published split."""
     gpus = Cluster.preset("pcie-4gpu")
-    cases = [(name, _diamond(), gpus, {"solver": name, "time_limit": 2.0}) for name in SOLVERS if name != "expert"]
-    cases.append(("cp-sat-proven", _chain(1024), gpus, {"solver": "cp-sat", "time_limit": 2.0}))
-    cases.append(("auto-throughput", _diamond(), gpus, {"solver": "auto", "objective": "throughput", "time_limit": 2.0}))
+    cases = [(name, _diamond(), gpus, {"solver": name, "time_limit_s": 2.0}) for name in SOLVERS if name != "expert"]
+    cases.append(("cp-sat-proven", _chain(1024), gpus, {"solver": "cp-sat", "time_limit_s": 2.0}))
+    cases.append(("auto-throughput", _diamond(), gpus, {"solver": "auto", "objective": "throughput", "time_limit_s": 2.0}))
     expert_graph = load_benchmark("dnn-partitioning/latency/bert24_inference.json")
     cases.append(("expert", expert_graph, Cluster.preset("accelerators-cpu"), {"solver": "expert"}))
     return cases
@@ -129,8 +129,8 @@ def test_a_plan_from_every_solver_saves_and_loads_unchanged(case, tmp_path):
 
 def test_cp_sat_records_whether_it_proved_optimality():
     gpus = Cluster.preset("pcie-4gpu")
-    assert solve(_chain(1024), gpus, solver="cp-sat", time_limit=2.0).settings["proven_optimal"] is True
-    assert solve(_diamond(), gpus, solver="cp-sat", time_limit=2.0).settings["proven_optimal"] is False
+    assert solve(_chain(1024), gpus, solver="cp-sat", time_limit_s=2.0).settings["proven_optimal"] is True
+    assert solve(_diamond(), gpus, solver="cp-sat", time_limit_s=2.0).settings["proven_optimal"] is False
 
 
 def test_numpy_scalars_are_written_as_json_values(tmp_path):

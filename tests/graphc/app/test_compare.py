@@ -96,7 +96,7 @@ def test_bad_objective_or_cluster_fails_before_solving(kwargs, message):
 
 def test_throughput_objective_adds_one_pipelined_plan_per_graph_and_cluster():
     rows = compare(["pipedream/alexnet.txt"], ["pcie-4gpu"], ["single", "m-etf"], objectives=["latency", "throughput"],
-                   time_limit=2.0, quiet=True)  # fmt: skip
+                   time_limit_s=2.0, quiet=True)  # fmt: skip
     assert [(r.objective, r.solver) for r in rows] == [("latency", "single"), ("latency", "m-etf"), ("throughput", "pipeline")]
     pipelined = rows[-1]
     assert not pipelined.error and pipelined.stages >= 1 and pipelined.microbatches >= 1

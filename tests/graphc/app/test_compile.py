@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphc
+from graphc.app.compiler import CompiledModel
 from hf_style_models import TinyBert, TinyResNet, bert_call, resnet_call
 
 
@@ -21,7 +22,7 @@ def _model() -> nn.Module:
 def test_compiled_function_equals_eager_and_reuses_its_plan():
     model = _model()
 
-    @graphc.compile(cluster="local", solver="round-robin", time_limit=5, progress=False)
+    @graphc.compile(cluster="local", solver="round-robin", time_limit_s=5, progress=False)
     def loss_fn(net, x, y):
         return F.mse_loss(net(x), y)
 
@@ -43,7 +44,7 @@ def test_compiled_function_equals_eager_and_reuses_its_plan():
 
 def test_compiled_module_call_equals_eager():
     model = _model()
-    compiled = graphc.compile(model, cluster="local", solver="auto", time_limit=3, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="auto", time_limit_s=3, progress=False)
     x = torch.randn(5, 8)
     assert torch.allclose(compiled(x), model(x), atol=1e-6)
     assert compiled.plan.graph_fingerprint == compiled.last.program.graph.fingerprint()
@@ -58,7 +59,7 @@ def _deep_model() -> nn.Module:
 def test_throughput_objective_pipelines_a_module_and_matches_eager():
     model = _deep_model()
     reference = copy.deepcopy(model)
-    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit=5, progress=False)
+    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit_s=5, progress=False)
     x, y = torch.randn(64, 256), torch.randint(0, 4, (64,))
     out = compiled(x)
     F.cross_entropy(out, y).backward()
@@ -74,7 +75,7 @@ def test_throughput_objective_pipelines_a_module_and_matches_eager():
 def test_throughput_objective_refuses_a_scalar_output_with_what_to_do():
     model = _deep_model()
 
-    @graphc.compile(cluster="local", objective="throughput", time_limit=3, progress=False)
+    @graphc.compile(cluster="local", objective="throughput", time_limit_s=3, progress=False)
     def loss_fn(net, x, y):
         return F.mse_loss(net(x), y)
 
@@ -97,7 +98,7 @@ def test_compiled_module_follows_train_and_eval_like_eager():
     torch.manual_seed(0)
     model = _BatchNormNet()
     reference = copy.deepcopy(model)
-    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit=3, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit_s=3, progress=False)
     x = torch.randn(32, 8)
     for _ in range(2):  # training calls update the running statistics, as in eager
         compiled(x).sum().backward()
@@ -125,7 +126,7 @@ def test_compiled_module_follows_train_and_eval_like_eager():
 def test_new_batch_sizes_reuse_the_placement_without_a_search():
     torch.manual_seed(0)
     model = _model()
-    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit=3, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit_s=3, progress=False)
     first = compiled(torch.randn(256, 8))
     assert first.shape == (256, 4)
     placement = compiled.plan.assignment
@@ -141,7 +142,7 @@ def test_new_batch_sizes_reuse_the_placement_without_a_search():
 
 def test_a_pipelined_plan_reused_at_an_indivisible_batch_takes_fewer_microbatches():
     model = _deep_model()
-    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit=5, progress=False)
+    compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit_s=5, progress=False)
     compiled(torch.randn(64, 256))
     m = compiled.plan.microbatches
     assert m > 1
@@ -155,7 +156,7 @@ def test_compiled_hf_style_model_called_with_keywords_equals_eager(inplace_resid
     torch.manual_seed(0)
     model = TinyBert(inplace_residual=inplace_residual)
     reference = copy.deepcopy(model)
-    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit=3, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="round-robin", time_limit_s=3, progress=False)
     kwargs = bert_call()
     hidden, pooled = compiled(**kwargs, return_dict=False)
     want_hidden, want_pooled = reference(**kwargs, return_dict=False)
@@ -178,7 +179,7 @@ def test_compiled_torchvision_style_cnn_trains_and_evaluates_like_eager():
     torch.manual_seed(0)
     model = TinyResNet()
     reference = copy.deepcopy(model)
-    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit=3, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="m-etf", time_limit_s=3, progress=False)
     pixels = resnet_call()["pixel_values"]
     compiled(pixel_values=pixels).sum().backward()
     reference(pixel_values=pixels).sum().backward()
@@ -194,7 +195,7 @@ def test_compiled_torchvision_style_cnn_trains_and_evaluates_like_eager():
 def test_a_function_of_star_args_reuses_its_program_for_new_values():
     model = _model()
 
-    @graphc.compile(cluster="local", solver="round-robin", time_limit=3, progress=False)
+    @graphc.compile(cluster="local", solver="round-robin", time_limit_s=3, progress=False)
     def forward(*inputs):
         return model(inputs[0]) * inputs[1]
 
@@ -207,10 +208,20 @@ def test_a_function_of_star_args_reuses_its_program_for_new_values():
 def test_trace_and_compile_trace_at_the_same_granularity_by_default():
     """Module granularity, the unit of the CLI and of the placement papers, unless told otherwise."""
     model = _model()
-    compiled = graphc.compile(model, cluster="local", solver="single", time_limit=1, progress=False)
+    compiled = graphc.compile(model, cluster="local", solver="single", time_limit_s=1, progress=False)
     compiled(torch.randn(2, 8))
     traced = graphc.trace(model, torch.randn(2, 8))
     assert traced.granularity == compiled.last.program.granularity == "module"
     assert traced.graph.node_names() == compiled.last.program.graph.node_names()
     assert traced.graph.node_names() == ["input_1", "0", "1", "2", "3", "4"]  # the modules of the Sequential
     assert "linear" in graphc.trace(model, torch.randn(2, 8), granularity="op").graph.node_names()
+
+
+def test_old_time_limit_names_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"compile: (reshape_)?time_limit= is deprecated") as record:
+        compiled = graphc.compile(_model(), cluster="local", time_limit=2, reshape_time_limit=0.5, progress=False)
+    assert len(record) == 2 and {w.filename for w in record} == {__file__}
+    assert (compiled.time_limit_s, compiled.reshape_time_limit_s) == (2, 0.5)
+    with pytest.warns(DeprecationWarning, match="CompiledModel: reshape_time_limit= is deprecated"):
+        direct = CompiledModel(_model(), reshape_time_limit=0.5, progress=False)
+    assert direct.reshape_time_limit_s == 0.5

@@ -99,7 +99,7 @@ def _alternating_plan(program: TracedProgram) -> Any:
 
 
 def _m_etf_plan(program: TracedProgram) -> Any:
-    return solve(program.graph, Cluster.preset("local"), solver="m-etf", time_limit=5)
+    return solve(program.graph, Cluster.preset("local"), solver="m-etf", time_limit_s=5)
 
 
 @pytest.mark.parametrize(

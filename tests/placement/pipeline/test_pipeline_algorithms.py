@@ -101,7 +101,7 @@ def test_stages_come_in_pipeline_order() -> None:
 def test_dp_ilp_and_brute_force_agree(contiguous: bool) -> None:
     inst = diamond_with_tail()
     exact = brute_force(inst, contiguous=contiguous)
-    ilp = noncontiguous_ilp(inst, contiguous=contiguous, time_limit=20)
+    ilp = noncontiguous_ilp(inst, contiguous=contiguous, time_limit_s=20)
     assert ilp.optimal
     assert ilp.max_load == pytest.approx(exact.max_load, rel=1e-9)
     assert ilp.bound <= exact.max_load + 1e-9
@@ -164,13 +164,13 @@ def test_infeasible_memory_names_the_device_and_the_overflow() -> None:
     with pytest.raises(InfeasibleError, match=r"acc\d.*over by 5\.00 GiB"):
         contiguous_dp(inst)
     with pytest.raises(InfeasibleError, match="over by"):
-        noncontiguous_ilp(inst, time_limit=5)
+        noncontiguous_ilp(inst, time_limit_s=5)
 
 
 def test_forbidden_class_is_respected() -> None:
     inst = diamond_with_tail()
     inst.load[3] = [math.inf, 40]  # d may only run on the CPU
-    for part in (contiguous_dp(inst), noncontiguous_ilp(inst, time_limit=10)):
+    for part in (contiguous_dp(inst), noncontiguous_ilp(inst, time_limit_s=10)):
         where = part.part_of(inst.n)
         assert part.parts[where[3]].device_class == 1
     assert contiguous_dp(inst).max_load == pytest.approx(brute_force(inst, contiguous=True).max_load)

@@ -61,7 +61,7 @@ def test_contiguous_optimum(name: str) -> None:
 @pytest.mark.parametrize("name", ["bert24_inference", "bert24_training", "resnet50_inference"])
 def test_cp_sat_proves_the_dp_optimum(name: str) -> None:
     inst = dnn_instance(name)
-    ilp = noncontiguous_ilp(inst, contiguous=True, time_limit=120)
+    ilp = noncontiguous_ilp(inst, contiguous=True, time_limit_s=120)
     assert ilp.optimal, ilp.stats
     assert OPTIMA[name][0] - 1e-12 <= ilp.max_load <= OPTIMA[name][0] + ilp.stats["resolution_ms"]
     assert ilp.bound <= OPTIMA[name][0] <= ilp.bound * (1 + 1e-4)
@@ -87,10 +87,10 @@ def test_small_cuts_against_exhaustive_search(name: str) -> None:
         exact = brute_force(sub, contiguous=True)
         assert contiguous_dp(sub).max_load == pytest.approx(exact.max_load, rel=1e-12)
         # CP-SAT works on costs rounded to integers: optimal up to its resolution (ilp.py docstring).
-        ilp = noncontiguous_ilp(sub, contiguous=True, time_limit=30)
+        ilp = noncontiguous_ilp(sub, contiguous=True, time_limit_s=30)
         assert ilp.optimal
         assert exact.max_load - 1e-12 <= ilp.max_load <= exact.max_load + ilp.stats["resolution_ms"]
-        free = noncontiguous_ilp(sub, time_limit=30)
+        free = noncontiguous_ilp(sub, time_limit_s=30)
         best_free = brute_force(sub, contiguous=False).max_load
         assert free.optimal
         assert best_free - 1e-12 <= free.max_load <= best_free + free.stats["resolution_ms"]

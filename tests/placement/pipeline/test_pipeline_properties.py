@@ -92,9 +92,9 @@ def test_ilp_equals_brute_force(inst: ThroughputInstance) -> None:
         expected = optimum(inst, contiguous)
         if expected == math.inf:
             with pytest.raises(InfeasibleError):
-                noncontiguous_ilp(inst, contiguous=contiguous, time_limit=20)
+                noncontiguous_ilp(inst, contiguous=contiguous, time_limit_s=20)
             continue
-        ilp = noncontiguous_ilp(inst, contiguous=contiguous, time_limit=20, workers=1)
+        ilp = noncontiguous_ilp(inst, contiguous=contiguous, time_limit_s=20, workers=1)
         assert ilp.optimal
         assert ilp.max_load == pytest.approx(expected, rel=1e-9, abs=1e-9)
         assert ilp.bound <= expected + 1e-9

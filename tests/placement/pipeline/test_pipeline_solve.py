@@ -26,12 +26,12 @@ from placement.problem import make_problem
 BERT_OPTIMUM = 17.78990625  # tests/test_pipeline_dnn.py
 
 
-def bert_problem(constraints: Constraints | None = None, time_limit: float = 10.0, **kw):
+def bert_problem(constraints: Constraints | None = None, time_limit_s: float = 10.0, **kw):
     graph = load_benchmark("dnn-partitioning/throughput/bert24_inference.json")
     m = graph.meta
     cluster = accelerators_with_cpu(m["max_accelerators"], m["max_cpus"], m["max_accelerator_bytes"])
     return make_problem(graph, cluster, objective="throughput", mode="inference", constraints=constraints,
-                        time_limit=time_limit, **kw)  # fmt: skip
+                        time_limit_s=time_limit_s, **kw)  # fmt: skip
 
 
 def check_stages(plan: Plan, graph_nodes: list[str]) -> None:
@@ -59,7 +59,7 @@ def test_dp_plan_on_bert(tmp_path) -> None:
 
 
 def test_auto_is_no_worse_than_the_contiguous_optimum() -> None:
-    plan = solve_throughput(bert_problem(time_limit=4.0), microbatches=4)
+    plan = solve_throughput(bert_problem(time_limit_s=4.0), microbatches=4)
     assert plan.microbatches == 4
     assert plan.settings["max_load_ms"] <= BERT_OPTIMUM + 1e-9
     assert plan.settings["load_bound_ms"] <= plan.settings["max_load_ms"]
@@ -94,11 +94,11 @@ def test_contradictory_pins_name_the_conflict() -> None:
 def test_replicated_stages_on_a_gpu_box() -> None:
     """Through the one public entry, placement.solve, whose pipeline options reach solve_throughput."""
     graph = load_benchmark("pipedream/vgg16.txt")
-    plan = solve(graph, "pcie-4gpu", objective="throughput", time_limit=10, method="dp", microbatches=2)
+    plan = solve(graph, "pcie-4gpu", objective="throughput", time_limit_s=10, method="dp", microbatches=2)
     check_stages(plan, graph.node_names())
     assert plan.settings["replication"]
     assert max(len(s.devices) for s in plan.stages) > 1  # the convolutions are worth replicating
-    single = solve(graph, "pcie-4gpu", objective="throughput", time_limit=10, method="dp", replication=False,
+    single = solve(graph, "pcie-4gpu", objective="throughput", time_limit_s=10, method="dp", replication=False,
                    microbatches=2)  # fmt: skip
     assert all(len(s.devices) == 1 for s in single.stages)
     assert plan.settings["max_load_ms"] < single.settings["max_load_ms"]
@@ -107,7 +107,7 @@ def test_replicated_stages_on_a_gpu_box() -> None:
 def test_equal_split_and_ilp_methods() -> None:
     naive = solve_throughput(bert_problem(), method="equal-split", microbatches=1)
     assert naive.settings["max_load_ms"] > BERT_OPTIMUM
-    problem = bert_problem(time_limit=3.0)
+    problem = bert_problem(time_limit_s=3.0)
     start = contiguous_dp(instance_from_problem(problem), exhaustive=False).max_load
     ilp = solve_throughput(problem, method="ilp", microbatches=1)
     assert ilp.settings["max_load_ms"] <= start + 1e-9  # started from the prefix DP, never worse
@@ -132,7 +132,7 @@ def test_pipeline_package_does_not_import_torch() -> None:
 
 
 def test_past_the_ideal_limit_cp_sat_still_reaches_the_contiguous_optimum() -> None:
-    plan = solve_throughput(bert_problem(time_limit=20.0), method="dp", max_ideals=10, microbatches=1)
+    plan = solve_throughput(bert_problem(time_limit_s=20.0), method="dp", max_ideals=10, microbatches=1)
     stats = plan.settings["partition_stats"]
     assert "more than 10 ideals" in stats["fallback"]
     assert plan.settings["split"] == "ilp-contiguous" and plan.settings["optimal"]
@@ -156,7 +156,7 @@ def test_a_split_that_overflows_once_simulated_is_tightened_until_it_fits() -> N
         graph.add_node(NodeData(name, "op", measured_ms={"X": ms}, measured_bwd_ms={"X": ms}, memory_bytes=4e9))
     graph.add_edge("a", "b", EdgeData(bytes=1e9))
     graph.add_edge("b", "c", EdgeData(bytes=1e8))
-    problem = make_problem(graph, cluster, objective="throughput", time_limit=10)
+    problem = make_problem(graph, cluster, objective="throughput", time_limit_s=10)
     plan = solve_throughput(problem, method="dp", replication=False, microbatches=1)
     assert plan.settings["memory_retries"] == 1
     assert [s.nodes for s in plan.stages] == [["a"], ["b"], ["c"]]
@@ -170,10 +170,10 @@ def test_the_ilp_split_depends_on_the_seed_not_on_the_clock() -> None:
     # while other processes keep every core busy: a search cut by the clock would get less done.
     graph = load_benchmark("pipedream/inception_v3.txt")
     inst = instance_from_problem(make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", seed=0))
-    quiet = noncontiguous_ilp(inst, time_limit=2.0, seed=3)
+    quiet = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        busy = noncontiguous_ilp(inst, time_limit=2.0, seed=3)
+        busy = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3)
     finally:
         for p in burners:
             p.kill()

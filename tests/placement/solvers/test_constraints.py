@@ -88,7 +88,7 @@ def test_check_memory_names_device_and_overflow() -> None:
 @pytest.mark.parametrize("name", SOLVERS_UNDER_TEST)
 def test_pins_and_colocation_are_honoured(name: str) -> None:
     c = Constraints(pins={"a1": "d1", "sink": "d2"}, colocate=[["b1", "b2", "src"]])
-    plan = solve(branches(), star(3), constraints=c, solver=name, time_limit=1.0)
+    plan = solve(branches(), star(3), constraints=c, solver=name, time_limit_s=1.0)
     a = plan.assignment
     assert a["a1"] == "d1" and a["sink"] == "d2"
     assert a["b1"] == a["b2"] == a["src"]
@@ -96,7 +96,7 @@ def test_pins_and_colocation_are_honoured(name: str) -> None:
 
 @pytest.mark.parametrize("name", SOLVERS_UNDER_TEST)
 def test_forbidden_kind_is_avoided(name: str) -> None:
-    plan = solve(branches(), star(3, kinds=("cpu",)), constraints=Constraints(forbid_kinds=["cpu"]), solver=name, time_limit=1.0)
+    plan = solve(branches(), star(3, kinds=("cpu",)), constraints=Constraints(forbid_kinds=["cpu"]), solver=name, time_limit_s=1.0)
     assert "d0" not in plan.assignment.values()
 
 
@@ -108,7 +108,7 @@ def big_chain() -> Graph:
 @pytest.mark.parametrize("name", ["round-robin", "m-topo", *HEURISTICS, "cp-sat", "auto"])
 def test_memory_budgets_are_honoured(name: str) -> None:
     c = star(3, memory=4 * 2**30)
-    plan = solve(big_chain(), c, constraints=Constraints(memory_budget={"d0": 1.5e9}), solver=name, time_limit=1.0)
+    plan = solve(big_chain(), c, constraints=Constraints(memory_budget={"d0": 1.5e9}), solver=name, time_limit_s=1.0)
     assert plan.peak_memory_bytes["d0"] <= 1.5e9
     assert all(peak <= 4 * 2**30 for peak in plan.peak_memory_bytes.values())
 
@@ -121,7 +121,7 @@ def test_single_device_says_how_far_over() -> None:
 @pytest.mark.parametrize("name", ["round-robin", "m-topo", *HEURISTICS, "cp-sat", "auto"])
 def test_graph_too_large_names_node_bytes_and_free_capacity(name: str) -> None:
     with pytest.raises(InfeasibleError, match=r"does not fit: it needs .* GiB on d\d.*over by .*largest free capacity"):
-        solve(big_chain(), star(2, memory=2 * 2**30), solver=name, time_limit=1.0)
+        solve(big_chain(), star(2, memory=2 * 2**30), solver=name, time_limit_s=1.0)
 
 
 def test_pinned_node_too_large_for_its_device() -> None:

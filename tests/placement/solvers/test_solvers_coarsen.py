@@ -144,7 +144,7 @@ def test_lns_and_polish_never_worsen_and_keep_the_clock() -> None:
 def test_lns_steps_are_charged_the_deterministic_time_they_use() -> None:
     # A small neighbourhood is solved at once: the search is charged that, not the step's whole budget,
     # and the charge is the same on every run (deterministic time, not the clock).
-    problem = make_problem(random_graph(12, 16), star(3), time_limit=10.0)
+    problem = make_problem(random_graph(12, 16), star(3), time_limit_s=10.0)
     inst = instance(problem)
     cfg = CpSatSettings()
     budget = Budget.of(problem, inst, cfg)

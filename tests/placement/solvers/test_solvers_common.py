@@ -104,7 +104,7 @@ def test_unknown_solver_lists_the_valid_ones() -> None:
 @pytest.mark.parametrize("name", ["single", "round-robin", "m-topo", *HEURISTICS, "cp-sat", "auto"])
 def test_every_solver_returns_a_checked_plan(name: str) -> None:
     g, c = branches(), star(2)
-    plan = solve(g, c, solver=name, time_limit=2.0)
+    plan = solve(g, c, solver=name, time_limit_s=2.0)
     check_plan(plan, g, c)
     assert plan.solver == name
     assert plan.settings["seed"] == 0 and plan.settings["time_limit"] == 2.0
@@ -114,7 +114,7 @@ def test_every_solver_returns_a_checked_plan(name: str) -> None:
 def test_parallel_branches_use_two_devices() -> None:
     g, c = branches(), star(2)
     for name in ("m-etf", "heft", "critical-path", "cp-sat"):
-        plan = solve(g, c, solver=name, time_limit=2.0)
+        plan = solve(g, c, solver=name, time_limit_s=2.0)
         assert len(set(plan.assignment.values())) == 2, name
         assert plan.predicted_step_ms < 80.0  # one device: 84 ms
 
@@ -125,12 +125,12 @@ def test_heuristics_reject_the_throughput_objective() -> None:
 
 
 def test_auto_sends_throughput_to_the_pipeline_solver() -> None:
-    plan = solve(branches(), star(2), objective="throughput", time_limit=5.0)
+    plan = solve(branches(), star(2), objective="throughput", time_limit_s=5.0)
     assert plan.objective == "throughput"
 
 
 def test_pipeline_options_reach_the_pipeline_solver_and_only_it() -> None:
-    plan = solve(branches(), star(2), objective="throughput", time_limit=5.0, method="equal-split", replication=False,
+    plan = solve(branches(), star(2), objective="throughput", time_limit_s=5.0, method="equal-split", replication=False,
                  microbatches=2)  # fmt: skip
     assert plan.settings["method"] == "equal-split" and not plan.settings["replication"] and plan.microbatches == 2
     with pytest.raises(ConfigurationError, match="method and replication only apply to objective='throughput'"):
@@ -142,8 +142,8 @@ def test_pipeline_options_reach_the_pipeline_solver_and_only_it() -> None:
 @pytest.mark.parametrize("name", ["m-etf", "m-sct", "heft", "critical-path", "cp-sat", "auto"])
 def test_same_seed_same_plan(name: str) -> None:
     g, c = random_graph(3, 12), star(3)
-    first = solve(g, c, solver=name, time_limit=2.0, seed=7)
-    again = solve(g, c, solver=name, time_limit=2.0, seed=7)
+    first = solve(g, c, solver=name, time_limit_s=2.0, seed=7)
+    again = solve(g, c, solver=name, time_limit_s=2.0, seed=7)
     assert first.assignment == again.assignment
     assert first.order == again.order
     assert first.predicted_step_ms == again.predicted_step_ms

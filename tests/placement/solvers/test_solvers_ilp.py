@@ -42,7 +42,7 @@ def brute_force(g, cluster, mode: str) -> float:
 def test_ilp_reaches_the_brute_force_optimum(seed: int, n: int, devices: int, mode: str) -> None:
     g, c = random_graph(seed, n), mesh(devices)
     best = brute_force(g, c, mode)
-    plan = solve(g, c, mode=mode, solver="cp-sat", time_limit=2.0)
+    plan = solve(g, c, mode=mode, solver="cp-sat", time_limit_s=2.0)
     assert plan.predicted_step_ms <= best + 1e-6
     assert plan.lower_bound_ms <= best + 1e-6  # the bound is a bound
     # The model alone (no heuristics, no local search), simulated with its order or the simulator's.
@@ -57,7 +57,7 @@ def test_ilp_reaches_the_brute_force_optimum(seed: int, n: int, devices: int, mo
 def test_ilp_bound_holds_under_link_contention(seed: int) -> None:
     g, c = random_graph(seed, 7, uniform_bytes=False), star(3)
     best = brute_force(g, c, "training")
-    plan = solve(g, c, solver="cp-sat", time_limit=2.0)
+    plan = solve(g, c, solver="cp-sat", time_limit_s=2.0)
     assert plan.lower_bound_ms <= best + 1e-6
     assert plan.predicted_step_ms <= 1.05 * best  # FCFS links: within a few per cent of brute force
 
@@ -104,7 +104,7 @@ def test_ilp_respects_memory() -> None:
     """Four 1 GB activations on 3 GiB devices: no device may hold them all."""
     g = gigabyte_chain(4)
     c = star(2, memory=3 * 2**30)
-    plan = solve(g, c, solver="cp-sat", time_limit=2.0)
+    plan = solve(g, c, solver="cp-sat", time_limit_s=2.0)
     assert len(set(plan.assignment.values())) == 2
     assert all(p <= 3 * 2**30 for p in plan.peak_memory_bytes.values())
 
@@ -123,7 +123,7 @@ def test_coarse_model_on_a_large_graph_and_auto_keeps_its_time_limit() -> None:
     c = Cluster.preset("dgx1-v100")
     heuristic = min(solve(g, c, solver=s).predicted_step_ms for s in ("m-etf", "heft", "critical-path", "m-sct"))
     start = time.perf_counter()
-    plan = solve(g, c, solver="auto", time_limit=6.0)
+    plan = solve(g, c, solver="auto", time_limit_s=6.0)
     assert time.perf_counter() - start < 6.5
     assert plan.predicted_step_ms <= heuristic + 1e-9
     assert plan.settings["ilp"]["graph"].startswith("coarse")

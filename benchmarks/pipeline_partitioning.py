@@ -60,7 +60,7 @@ def problem_for(name: str, time_limit: float):
         graph = load_benchmark(f"pipedream/{name}.txt")
         cluster = Cluster.preset("dgx1-v100")
         mode = "training"
-    return make_problem(graph, cluster, objective="throughput", mode=mode, time_limit=time_limit)
+    return make_problem(graph, cluster, objective="throughput", mode=mode, time_limit_s=time_limit)
 
 
 def expert_load(name: str, inst, graph) -> float | None:
@@ -86,14 +86,14 @@ def run(name: str, ilp_seconds: float, verify: bool, max_ideals: int) -> dict:
         dp = contiguous_dp(inst, exhaustive=False, chunks=256)
         row["ideals"] = f">{why.limit}"
     row.update(dp_ms=dp.max_load, dp_exact=dp.optimal, dp_s=dp.seconds, dp_stages=len(dp.parts))
-    ilp = noncontiguous_ilp(inst, time_limit=ilp_seconds, seed=0, hint=dp)
+    ilp = noncontiguous_ilp(inst, time_limit_s=ilp_seconds, seed=0, hint=dp)
     row.update(ilp_ms=ilp.max_load, ilp_optimal=ilp.optimal, ilp_gap=ilp.gap, ilp_s=ilp.seconds, ilp_contiguous=ilp.contiguous)
     naive = equal_split(inst)
     row.update(equal_ms=naive.max_load, equal_fits=naive.stats["fits"])
     row["bound_ms"] = max(load_lower_bound(inst), ilp.bound)
     row["expert_ms"] = expert_load(name, inst, problem.graph)
     if verify:  # the DP's optimum proven again, or, past the DP's limits, the contiguous optimum itself
-        check = noncontiguous_ilp(inst, contiguous=True, time_limit=max(ilp_seconds, 240.0), hint=None if dp.optimal else dp)
+        check = noncontiguous_ilp(inst, contiguous=True, time_limit_s=max(ilp_seconds, 240.0), hint=None if dp.optimal else dp)
         row.update(verify_ms=check.max_load, verify_optimal=check.optimal, verify_s=check.seconds)
     if name not in DNN:
         rep = contiguous_dp(instance_from_problem(problem), max_ideals=max_ideals) if row["ideals"] != f">{max_ideals}" else None

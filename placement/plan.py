@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from graphc.ir.graph import SCHEMA as GRAPH_SCHEMA
 from graphc.ir.graph import Graph
 from graphc.ir.jsonfile import check_header, read_json, write_json
-from placement.cluster import Cluster
+from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel, ProfiledTimes
 from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
@@ -143,14 +143,28 @@ class Plan:
         )
 
     # -- inspection (placement.inspect) --------------------------------------------------------
-    def simulate(self) -> SimResult:
-        """Simulate the plan again (same graph, cluster and cost model) for its timeline and figures."""
-        graph, cluster = self._made_from()
-        order = self.order or None
-        return simulate(
-            graph, cluster, self.assignment, self.cost_model, mode=self.mode, microbatches=self.microbatches,
-            order=order, replicas=stage_replicas(self.stages),
-        )  # fmt: skip
+    def simulate(
+        self, cluster: ClusterLike | None = None, cost_model: CostModel | None = None, **options: Any
+    ) -> SimResult:
+        """Simulate the plan again for its timeline and figures: its graph, cluster and cost model, its
+        order, its stages as replicas, its microbatches and mode (what :func:`placement.simulate` does
+        with a plan).
+
+        ``cluster`` (a Cluster, a preset name or a JSON file with the plan's device names) and
+        ``cost_model`` replace the plan's, for a plan that does not carry them or to see the placement on
+        other hardware; ``options`` (the keyword arguments of :func:`placement.simulate`; ``None`` keeps
+        the plan's) replace its mode, microbatches, order or replicas, or set the simulator's priority,
+        optimizer state or kind check.
+        """
+        if cluster is None:
+            graph, cluster = self._made_from()
+            cost_model = cost_model or self.cost_model
+        else:
+            graph, cluster = self._graph(), Cluster.resolve(cluster)
+        settings: dict[str, Any] = {"mode": self.mode, "microbatches": self.microbatches, "order": self.order or None,
+                                    "replicas": stage_replicas(self.stages)}  # fmt: skip
+        settings.update({k: v for k, v in options.items() if v is not None})
+        return simulate(graph, cluster, self.assignment, cost_model, **settings)
 
     def summary(self) -> Group:
         """Tables per device and per link and the headline figures (a rich renderable: print it)."""
@@ -169,6 +183,14 @@ class Plan:
         """Write Graphviz source of the graph coloured by device, cut edges marked."""
         graph, cluster = self._made_from()
         Path(path).write_text(to_dot(self, graph, cluster))
+
+    def _graph(self) -> Graph:
+        if self.graph is None:
+            raise PlacementError(
+                "this plan does not carry its graph (it was built by hand or loaded from a file without it): "
+                "set plan.graph first"
+            )
+        return self.graph
 
     def _made_from(self) -> tuple[Graph, Cluster]:
         if self.graph is None or self.cluster is None:

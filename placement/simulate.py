@@ -83,36 +83,47 @@ import operator
 from array import array
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from graphc.ir.graph import EdgeData, Graph
 from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel, graph_inputs
-from placement.errors import ConfigurationError, PlacementError
+from placement.errors import ArgumentTypeError, ConfigurationError, PlacementError
 from placement.timeline import AllReduce, RawTimeline, SimResult
+
+if TYPE_CHECKING:  # placement.plan imports this module (Plan.simulate)
+    from placement.plan import Plan
 
 MODES = ("training", "inference")
 PRIORITIES = ("topological", "critical_path")
 
 
 def simulate(
-    graph: Graph,
-    cluster: ClusterLike,
-    assignment: Mapping[str, str],
+    graph: Graph | Plan,
+    cluster: ClusterLike | None = None,
+    assignment: Mapping[str, str] | None = None,
     cost_model: CostModel | None = None,
     *,
-    mode: str = "training",
-    microbatches: int = 1,
+    mode: str | None = None,
+    microbatches: int | None = None,
     order: Mapping[str, Sequence[str]] | None = None,
     priority: str = "topological",
     optimizer_state_factor: float = 2.0,
     check_allowed_kinds: bool = True,
     replicas: Mapping[str, Sequence[str]] | None = None,
 ) -> SimResult:
-    """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name).
+    """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name),
+    or of a :class:`~placement.plan.Plan`: ``simulate(plan)``.
 
-    See the module docstring for the exact semantics. ``cost_model`` defaults to ``CostModel(cluster)``.
+    A plan brings its graph, cluster and cost model (as :meth:`Plan.simulate <placement.plan.Plan.simulate>`
+    does), its order, its stages as ``replicas`` and its microbatches; ``cluster``, ``cost_model``,
+    ``mode``, ``microbatches``, ``order`` and ``replicas``, when given, replace the plan's (another
+    cluster with the same device names, another microbatch count). A plan takes no ``assignment``.
+
+    See the module docstring for the exact semantics. ``mode`` defaults to ``"training"``,
+    ``microbatches`` to 1, ``cost_model`` to ``CostModel(cluster)``.
     ``check_allowed_kinds`` rejects a node placed on a device outside its ``allowed_kinds`` (matched
     against the device's kind or category). ``replicas`` replicates stages data-parallel:
     ``replicas[d]`` lists the devices of the stage whose nodes are assigned to ``d``, ``d`` first
@@ -120,6 +131,16 @@ def simulate(
     for an unassigned node, an unknown node or device, bad ``replicas``, a bad ``order``, or an order that
     deadlocks.
     """
+    if not isinstance(graph, Graph):  # a Plan, which simulates itself by the dict form below
+        if assignment is not None:
+            raise ArgumentTypeError("simulate(plan): a plan brings its own assignment; pass none")
+        return graph.simulate(cluster, cost_model, mode=mode, microbatches=microbatches, order=order, replicas=replicas,
+                              priority=priority, optimizer_state_factor=optimizer_state_factor,
+                              check_allowed_kinds=check_allowed_kinds)  # fmt: skip
+    if cluster is None or assignment is None:
+        raise ArgumentTypeError("simulate(graph, cluster, assignment): a graph needs a cluster and an assignment")
+    mode = "training" if mode is None else mode
+    microbatches = 1 if microbatches is None else microbatches
     if mode not in MODES:
         raise ConfigurationError(f"simulate: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if priority not in PRIORITIES:

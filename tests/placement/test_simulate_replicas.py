@@ -123,6 +123,28 @@ def test_plan_simulates_its_replicated_stages() -> None:
     assert plan.simulate().step_ms == 11
 
 
+def test_simulate_takes_a_plan_as_its_dict_form_with_the_plans_stages_and_microbatches() -> None:
+    g, c = two_stage(), star()
+    stages = [Stage(0, ["a"], ["d0"]), Stage(1, ["b"], ["d1", "d2"])]
+    plan = Plan("two_stage", g.fingerprint(), "star", "throughput", "training", {"a": "d0", "b": "d1"},
+                stages=stages, microbatches=2, graph=g, cluster=c)  # fmt: skip
+    by_dict = simulate(g, c, plan.assignment, microbatches=2, replicas={"d1": ["d1", "d2"]})
+    assert simulate(plan).step_ms == plan.simulate().step_ms == by_dict.step_ms == 11
+    assert simulate(plan).peak_memory_bytes == by_dict.peak_memory_bytes
+    # what is given replaces the plan's: another microbatch count, a cluster for a plan built without one
+    assert simulate(plan, microbatches=8).step_ms == simulate(g, c, plan.assignment, microbatches=8,
+                                                             replicas={"d1": ["d1", "d2"]}).step_ms  # fmt: skip
+    bare = Plan("two_stage", g.fingerprint(), "star", "throughput", "training", plan.assignment, stages=stages,
+                microbatches=2, graph=g)  # fmt: skip
+    assert simulate(bare, c).step_ms == 11
+    with pytest.raises(PlacementError, match="does not carry its graph and cluster"):
+        simulate(bare)
+    with pytest.raises(TypeError, match="brings its own assignment"):
+        simulate(plan, c, plan.assignment)
+    with pytest.raises(TypeError, match="a graph needs a cluster and an assignment"):
+        simulate(g, c)
+
+
 def test_steady_state_agrees_with_the_instance_load_model() -> None:
     # b is the bottleneck even on two replicas; with many microbatches the pipeline's fill vanishes and
     # the step tends to b's load in the throughput instance: (4 + 4) / 2 + all-reduce 3 ms = 7 ms.

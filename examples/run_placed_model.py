@@ -30,6 +30,7 @@ from placement.solvers import solve
 from runtime.launch import spawn
 from runtime.link import local_cluster, measure_link
 from runtime.measure import Measurement, measure
+from runtime.testing import eager_run, relative_difference
 
 BATCH = 8
 
@@ -42,7 +43,7 @@ def train_on_this_rank(parts: runtime.PartitionedProgram, plan, name: str, steps
     """What every rank runs: the same partition, its own device's part."""
     runtime.init_from_env()
     zm = zoo.build(name, batch_size=BATCH, size="small", dropout=0.0)
-    executor = runtime.DistributedExecutor(parts, loss_fn=runtime.zoo_loss(zm), optimizer=adam)
+    executor = runtime.DistributedExecutor(parts, loss_fn=zoo.zoo_loss(zm), optimizer=adam)
     result = measure(executor, zm.example_inputs, zm.targets, steps=steps, plan=plan)
     executor.close()
     return result.to_dict()
@@ -70,11 +71,11 @@ def main() -> None:
     print(parts.describe(max_lines=12))
 
     console.rule("3. train in this process and compare with eager PyTorch")
-    local = runtime.LocalExecutor(parts, loss_fn=runtime.zoo_loss(zm))
+    local = runtime.LocalExecutor(parts, loss_fn=zoo.zoo_loss(zm))
     step = local.step(zm.example_inputs, zm.targets)
     ref = zoo.build(args.model, batch_size=BATCH, size="small", dropout=0.0)
-    eager = runtime.eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, runtime.zoo_loss(ref))
-    worst, where = runtime.relative_difference({n: p.grad for n, p in local.named_parameters()}, eager.grads)
+    eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo.zoo_loss(ref))
+    worst, where = relative_difference({n: p.grad for n, p in local.named_parameters()}, eager.grads)
     console.print(f"loss {step.loss:.6f} (eager {eager.losses[0]:.6f}); largest relative gradient difference {worst:.1e} ({where})")
 
     console.rule(f"4. train on {len(parts.devices)} processes over torch.distributed (gloo)")

@@ -10,8 +10,8 @@
     result = ex.step(inputs, targets)                       # forward, backward, update
 
 Under torchrun, :class:`DistributedExecutor` runs one device per rank instead: ``graphc run``
-(:mod:`graphc.app.run`) starts it, and :func:`runtime.launch.spawn` runs a function on local ranks.
-``zoo_loss`` is :func:`graphc.zoo.zoo_loss`, re-exported here for the scripts that import it from here.
+(:mod:`graphc.app.run`) starts it, and :func:`spawn` runs a function on local ranks.
+:mod:`runtime.testing` holds the helpers that check a placed run against eager PyTorch.
 
 Numbers. A placed step computes what eager PyTorch computes on one device, up to float32 rounding of
 sums taken in another order, with exceptions that follow from the placement itself:
@@ -28,64 +28,70 @@ sums taken in another order, with exceptions that follow from the placement itse
 Models without either give eager's losses, outputs, gradients and, after optimizer steps, parameters.
 """
 
-from graphc.frontend.zoo import zoo_loss
-from runtime.check import EagerRun, eager_run, relative_difference
+import graphc.zoo as _zoo
+import runtime.errors as _errors
+import runtime.measure as _measure
+import runtime.partition as _partition
+import runtime.schedule as _schedule
+import runtime.testing as _testing
+from graphc.ir.deprecation import moved_names
 from runtime.distributed import DistributedExecutor, init_from_env
-from runtime.errors import MismatchError, ProgramMismatch, RankFailure, RunFailed, RuntimeFault, ScheduleError
+from runtime.errors import MismatchError, RankFailure, RunFailed, RuntimeFault, ScheduleError
+from runtime.launch import spawn
 from runtime.local import LocalExecutor
-from runtime.measure import Measurement, MemoryTracker, measure
-from runtime.partition import (
-    DeviceProgram,
-    PartitionedProgram,
-    Transfer,
-    fx_devices,
-    partition,
-    split_by_device,
-)
+from runtime.measure import Measurement, measure
+from runtime.partition import DeviceProgram, PartitionedProgram, partition
 from runtime.plans import contiguous_plan, plan_from_assignment, single_device_plan
-from runtime.schedule import (
-    Action,
-    Schedule,
-    gpipe,
-    make_schedule,
-    one_f_one_b,
-    pipeline_stages,
-    validate,
-)
+from runtime.schedule import Action, Schedule, make_schedule
 from runtime.step import StepResult
 
 __all__ = [
-    "Action",
-    "DeviceProgram",
+    # executors, and what a step returns
     "DistributedExecutor",
-    "EagerRun",
     "LocalExecutor",
-    "Measurement",
-    "MismatchError",
-    "MemoryTracker",
+    "StepResult",
+    "init_from_env",
+    "spawn",
+    # partitioning a traced program by a plan; plans made without a solver
+    "DeviceProgram",
     "PartitionedProgram",
-    "ProgramMismatch",
+    "contiguous_plan",
+    "partition",
+    "plan_from_assignment",
+    "single_device_plan",
+    # schedules
+    "Action",
+    "Schedule",
+    "make_schedule",
+    # measuring a placed step
+    "Measurement",
+    "measure",
+    # errors
+    "MismatchError",
     "RankFailure",
     "RunFailed",
     "RuntimeFault",
-    "Schedule",
     "ScheduleError",
-    "StepResult",
-    "Transfer",
-    "contiguous_plan",
-    "eager_run",
-    "fx_devices",
-    "gpipe",
-    "init_from_env",
-    "make_schedule",
-    "measure",
-    "one_f_one_b",
-    "partition",
-    "pipeline_stages",
-    "plan_from_assignment",
-    "relative_difference",
-    "single_device_plan",
-    "split_by_device",
-    "validate",
-    "zoo_loss",
 ]
+
+# Names exported until this release, still reachable from here with a DeprecationWarning: the test
+# helpers (now in runtime.testing), internals of the partition, schedules and measurement, the old
+# name of MismatchError, and the zoo's loss (graphc.zoo.zoo_loss).
+__getattr__ = moved_names(
+    "runtime",
+    {
+        "EagerRun": _testing,
+        "eager_run": _testing,
+        "relative_difference": _testing,
+        "MemoryTracker": _measure,
+        "ProgramMismatch": _errors,
+        "Transfer": _partition,
+        "fx_devices": _partition,
+        "split_by_device": _partition,
+        "gpipe": _schedule,
+        "one_f_one_b": _schedule,
+        "pipeline_stages": _schedule,
+        "validate": _schedule,
+        "zoo_loss": _zoo,
+    },
+)

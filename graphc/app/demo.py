@@ -34,10 +34,11 @@ from graphc.app.report import graph_totals_table
 from graphc.frontend import zoo
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
+from graphc.frontend.zoo import zoo_loss
 from placement import Cluster, CostModel, Plan
 from placement.calibration import calibration_factor
 from placement.solvers import solve
-from runtime import DistributedExecutor, LocalExecutor, init_from_env, partition, zoo_loss
+from runtime import DistributedExecutor, LocalExecutor, init_from_env, partition
 from runtime.launch import spawn
 from runtime.link import LinkSpeed, local_cluster, measure_link
 from runtime.measure import measure

@@ -1,4 +1,5 @@
-"""Keyword arguments renamed in the public API, still accepted for one release under their old names.
+"""Names deprecated in the public API, still accepted for one release: renamed keyword arguments
+(:func:`renamed_keywords`) and names a package no longer exports (:func:`moved_names`).
 
 Public functions name the unit of a quantity in the argument (``time_limit_s``, ``timeout_s``,
 ``*_ms``). An argument renamed for that keeps working under its old name for one release::
@@ -8,16 +9,24 @@ Public functions name the unit of a quantity in the argument (``time_limit_s``, 
 
     solve(graph, cluster, time_limit=5)   # DeprecationWarning: use time_limit_s=; runs with time_limit_s=5
 
-The one helper for every renamed keyword (in the ir, the layer every package may import), so that a
-deprecation is a line above the function, not a copy of the mapping in each one.
+A name a package stopped exporting (a test helper moved to ``runtime.testing``, an internal) stays
+reachable from the package for one release through the package's module ``__getattr__``::
+
+    __getattr__ = moved_names("runtime", {"eager_run": runtime.testing, ...})
+
+    from runtime import eager_run   # DeprecationWarning: import it from runtime.testing
+
+One helper for each kind (in the ir, the layer every package may import), so that a deprecation is a
+line, not a copy of the mapping in each function or package.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, ParamSpec, TypeVar
 
 from graphc.ir.errors import ArgumentTypeError
 
@@ -51,3 +60,23 @@ def renamed_keywords(**renames: str) -> Callable[[Callable[P, R]], Callable[P, R
         return wrapper
 
     return decorate
+
+
+def moved_names(package: str, homes: Mapping[str, ModuleType]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``package``: each name of ``homes`` (name -> the module that holds it
+    now) warns with a :class:`DeprecationWarning` pointing at the importer and returns the module's
+    object; any other name raises :class:`AttributeError` as usual."""
+
+    def __getattr__(name: str) -> Any:
+        home = homes.get(name)
+        if home is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        warnings.warn(
+            f"{package}.{name} is deprecated and will be removed in the next release; "
+            f"import it from {home.__name__}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(home, name)
+
+    return __getattr__

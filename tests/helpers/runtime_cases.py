@@ -9,7 +9,8 @@ import torch
 
 import graphc
 from graphc import zoo
-from runtime import EagerRun, eager_run, zoo_loss
+from graphc.zoo import zoo_loss
+from runtime.testing import EagerRun, eager_run
 
 RTOL = 1e-4  # float32: sums of gradients in another order, magnified by batch norm over tiny batches
 

@@ -14,23 +14,22 @@ from typing import Any
 
 import pytest
 import torch
-from graphc.frontend.zoo import ZooLoss
 from runtime_cases import RTOL, adam, build, eager, traced
 
 import graphc
 from graphc import zoo
+from graphc.frontend.zoo import ZooLoss
+from graphc.zoo import zoo_loss
 from runtime import (
     DistributedExecutor,
     PartitionedProgram,
     contiguous_plan,
-    eager_run,
     init_from_env,
     partition,
     plan_from_assignment,
-    relative_difference,
-    zoo_loss,
 )
 from runtime.launch import spawn
+from runtime.testing import eager_run, relative_difference
 
 pytestmark = pytest.mark.distributed
 

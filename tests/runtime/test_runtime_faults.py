@@ -20,13 +20,13 @@ import graphc
 from graphc import zoo
 from graphc.app.run import TEST_FAULT_ENV
 from graphc.frontend.zoo import ZooLoss
+from graphc.zoo import zoo_loss
 from runtime import (
     DistributedExecutor,
     RankFailure,
     contiguous_plan,
     init_from_env,
     partition,
-    zoo_loss,
 )
 from runtime.faults import REPORTS_ENV
 from runtime.launch import spawn

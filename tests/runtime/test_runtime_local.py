@@ -12,15 +12,9 @@ from runtime_cases import RTOL, adam, build, eager, traced
 
 import graphc
 from graphc import zoo
-from runtime import (
-    LocalExecutor,
-    contiguous_plan,
-    eager_run,
-    partition,
-    plan_from_assignment,
-    relative_difference,
-    zoo_loss,
-)
+from graphc.zoo import zoo_loss
+from runtime import LocalExecutor, contiguous_plan, partition, plan_from_assignment
+from runtime.testing import eager_run, relative_difference
 
 DEVICES = ["cpu0", "cpu1", "cpu2"]
 

@@ -9,16 +9,10 @@ from rich.console import Console
 
 import graphc
 from graphc import zoo
+from graphc.zoo import zoo_loss
 from placement import Cluster, simulate
-from runtime import (
-    LocalExecutor,
-    MemoryTracker,
-    partition,
-    plan_from_assignment,
-    single_device_plan,
-    zoo_loss,
-)
-from runtime.measure import measure
+from runtime import LocalExecutor, partition, plan_from_assignment, single_device_plan
+from runtime.measure import MemoryTracker, measure
 
 MIB = 2**20
 

@@ -14,20 +14,19 @@ from hypothesis import strategies as st
 import graphc
 from graphc import zoo
 from graphc.ir.graph import Graph
+from graphc.zoo import zoo_loss
 from placement.plan import PlanMismatchError
 from runtime import (
     LocalExecutor,
-    ProgramMismatch,
     comm,
     contiguous_plan,
-    eager_run,
     partition,
     plan_from_assignment,
-    relative_difference,
     single_device_plan,
-    split_by_device,
-    zoo_loss,
 )
+from runtime.errors import ProgramMismatch
+from runtime.partition import split_by_device
+from runtime.testing import eager_run, relative_difference
 
 DEVICES = ["cpu0", "cpu1", "cpu2"]
 

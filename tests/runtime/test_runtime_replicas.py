@@ -22,25 +22,24 @@ from torch import nn
 import graphc
 from graphc import zoo
 from graphc.frontend.zoo import ZooLoss
+from graphc.zoo import zoo_loss
 from runtime import (
     Action,
     DistributedExecutor,
     LocalExecutor,
     PartitionedProgram,
-    ProgramMismatch,
     RankFailure,
     Schedule,
     ScheduleError,
     contiguous_plan,
-    eager_run,
     init_from_env,
     make_schedule,
     partition,
-    relative_difference,
-    validate,
-    zoo_loss,
 )
+from runtime.errors import ProgramMismatch
 from runtime.launch import spawn
+from runtime.schedule import validate
+from runtime.testing import eager_run, relative_difference
 
 RTOL = 1e-4
 BATCH, M = 8, 4

@@ -13,14 +13,11 @@ from runtime import (
     Schedule,
     ScheduleError,
     contiguous_plan,
-    gpipe,
     make_schedule,
-    one_f_one_b,
     partition,
-    pipeline_stages,
     plan_from_assignment,
-    validate,
 )
+from runtime.schedule import gpipe, one_f_one_b, pipeline_stages, validate
 
 
 @functools.cache

@@ -1,6 +1,7 @@
-"""Checking a placed execution against eager PyTorch on one device.
+"""Testing helpers: checking a placed execution against eager PyTorch on one device.
 
-A plan is only correct if it computes what the model computes. :func:`eager_run` trains the original
+(As ``torch.testing`` is to torch: what graphc's tests, the examples and the demo use to check a placed
+run; ``runtime`` itself exports what runs one.) A plan is only correct if it computes what the model computes. :func:`eager_run` trains the original
 model for some steps the ordinary way and records losses, outputs, gradients and parameters;
 :func:`relative_difference` compares them with what an executor gave, tensor by tensor, relative to
 the eager tensor's norm (float32 sums in another order differ in the last bits, and batch norm over a

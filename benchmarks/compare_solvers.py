@@ -35,9 +35,9 @@ from graphc.ir.graph import EdgeData, Graph, NodeData
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement import Cluster
 from placement.errors import PlacementError
+from placement.problem import make_problem
 from placement.simulate import simulate
 from placement.solvers import BASELINES, HEURISTICS, SOLVERS
-from placement.problem import make_problem
 
 ZOO_CACHE = Path("results/zoo_graphs")
 LAYER_LEVEL = "pipedream"  # the graphs whose nodes are layers (the 5%-of-bound target)

@@ -50,6 +50,7 @@ from torch.utils._pytree import tree_leaves, tree_structure
 
 from graphc.frontend.annotate import build_cost_graph, measure_fx_nodes
 from graphc.frontend.functionalize import assign_state, functionalize
+from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.leaf import is_marked_leaf, is_torch_nn_leaf
 from graphc.ir.errors import ArgumentTypeError, ConfigurationError, TraceError
 from graphc.ir.graph import Graph
@@ -502,7 +503,7 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def _is_skipped(node: fx.Node) -> bool:
     """fx nodes that are not computation: parameters, the output, export's input-guard call."""
-    return node.op in ("get_attr", "output") or (node.op == "call_module" and node.target == "_guards_fn")
+    return node.op in ("get_attr", "output") or is_input_guard(node)
 
 
 def _group_export(

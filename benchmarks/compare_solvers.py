@@ -51,7 +51,7 @@ def zoo_graph(name: str, batch_size: int) -> Graph:
     from graphc import trace, zoo
 
     zm = zoo.build(name, batch_size=batch_size, device="meta")
-    graph = trace(zm.model, zm.example_inputs).graph
+    graph = trace(zm.model, zm.example_inputs, granularity="op").graph
     path.parent.mkdir(parents=True, exist_ok=True)
     graph.save(path)
     return graph
@@ -83,7 +83,7 @@ def presets_for(label: str, graph: Graph, presets: list[str]) -> list[tuple[str,
 
 
 def run_solver(graph: Graph, cluster: Cluster, name: str, time_limit: float, seed: int) -> dict[str, Any]:
-    problem = make_problem(graph, cluster, time_limit=time_limit, seed=seed)
+    problem = make_problem(graph, cluster, time_limit_s=time_limit, seed=seed)
     start = time.perf_counter()
     try:
         plan = SOLVERS[name](problem)
@@ -148,7 +148,7 @@ def heuristic_timing(console: Console, n: int) -> list[dict[str, Any]]:
     for col in ("solver", "place s", "sim s", "step ms"):
         table.add_column(col, justify="left" if col == "solver" else "right")
     for name in ("single", "round-robin", *HEURISTICS):
-        problem = make_problem(graph, cluster, time_limit=30)
+        problem = make_problem(graph, cluster, time_limit_s=30)
         from placement.solvers.instance import instance
 
         instance(problem)  # the shared arrays, built once per problem (timed apart)

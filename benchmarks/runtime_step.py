@@ -67,7 +67,6 @@ from runtime import (
     init_from_env,
     partition,
     single_device_plan,
-    zoo_loss,
 )
 from runtime.launch import spawn
 from runtime.link import local_cluster, measure_link
@@ -97,7 +96,7 @@ def eager_steps(name: str, steps: int, warmup: int, microbatches: int = 1) -> li
     """Wall time of eager training steps of the zoo model, in this process; with ``microbatches`` > 1 the
     batch is split and the gradients accumulated before the update (what a pipeline computes)."""
     zm = zoo.build(name, **CONFIGS[name])
-    loss_fn = zoo_loss(zm)
+    loss_fn = zoo.zoo_loss(zm)
     opt = sgd(list(zm.model.parameters()))
     times = []
     for _ in range(warmup + steps):
@@ -114,7 +113,7 @@ def run_plan(program: PartitionedProgram, name: str, steps: int, warmup: int) ->
     """Train with the plan on this rank: per-step wall times, then one step measuring memory."""
     init_from_env()
     zm = zoo.build(name, **CONFIGS[name])
-    executor = DistributedExecutor(program, loss_fn=zoo_loss(zm), optimizer=sgd, timeout_s=300)
+    executor = DistributedExecutor(program, loss_fn=zoo.zoo_loss(zm), optimizer=sgd, timeout_s=300)
     times = [executor.step(zm.example_inputs, zm.targets).step_ms for _ in range(warmup + steps)]
     peak = executor.step(zm.example_inputs, zm.targets, measure_memory=True).peak_memory_bytes
     executor.close()
@@ -178,10 +177,10 @@ class Bench:
 def bench(name: str, cluster: Cluster, repeats: int) -> Bench:
     """Trace and profile ``name`` and make its plans (see the module docstring)."""
     zm = zoo.build(name, **CONFIGS[name])
-    program = trace(zm.model, zm.example_inputs, name=name)
+    program = trace(zm.model, zm.example_inputs, granularity="op", name=name)
     graph = program.graph
     pipelined = name == "gpt2"
-    micro = trace(zm.model, split_batch(zm.example_inputs, MICROBATCHES)[0], name=name) if pipelined else None
+    micro = trace(zm.model, split_batch(zm.example_inputs, MICROBATCHES)[0], granularity="op", name=name) if pipelined else None
     profiled, per_microbatch = profile(zm, program, repeats, micro)
     plans = [("1 device", single_device_plan(graph), partition(program, single_device_plan(graph)))]
     if pipelined:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,16 @@ CATEGORIES = ("gpu", "cpu", "accelerator")
 
 # Bytes of the message the route search prices a hop for: ``latency + ROUTE_REFERENCE_BYTES / bandwidth``.
 ROUTE_REFERENCE_BYTES = 1e6
+
+
+#: What :meth:`Cluster.preset` calls: ``build(name, **options) -> Cluster``, set by :mod:`placement.presets`.
+_preset_builder: Callable[..., Cluster] | None = None
+
+
+def provide_presets(build: Callable[..., Cluster]) -> None:
+    """Make ``build`` the builder of :meth:`Cluster.preset` (called once, by :mod:`placement.presets`)."""
+    global _preset_builder
+    _preset_builder = build
 
 
 @dataclass
@@ -349,12 +359,15 @@ class Cluster:
     # -- presets and JSON ---------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, **options: Any) -> Cluster:
-        """A preset cluster by name (see :func:`placement.cluster_presets`); options go to its builder."""
-        # The one import left inside a function: the presets' builders construct Clusters, so
-        # placement.presets imports this module (ARCHITECTURE.md, "Known exceptions").
-        from placement.presets import build_preset
+        """A preset cluster by name (see :func:`placement.cluster_presets`); options go to its builder.
 
-        return build_preset(name, **options)
+        The builders live in :mod:`placement.presets`, which constructs Clusters and so imports this
+        module; it hands its builder over through :func:`provide_presets` when it is imported (the
+        ``placement`` package imports it), so this module never imports it back.
+        """
+        if _preset_builder is None:
+            raise PlacementError("no cluster presets: import placement (its package imports placement.presets)")
+        return _preset_builder(name, **options)
 
     def to_dict(self) -> dict[str, Any]:
         return {

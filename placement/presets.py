@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from placement.cluster import Cluster, Device, Host, Link, Switch
+from placement.cluster import Cluster, Device, Host, Link, Switch, provide_presets
 from placement.errors import ConfigurationError
 from placement.specs import CPU_OP_OVERHEAD_S, GB, DeviceSpec, GiB, spec
 
@@ -395,3 +395,5 @@ def build_preset(name: str, **options: Any) -> Cluster:
         raise ConfigurationError(f"cluster preset {name!r} takes no option(s) {unknown}; options: {', '.join(accepted)}")
     return builder(**{**defaults, **options})
 
+
+provide_presets(build_preset)

@@ -11,7 +11,7 @@ the median of ``repeats`` runs after ``warmup`` runs; CUDA work is synchronised 
 
 Results are keyed by :meth:`graphc.ir.graph.NodeData.profile_key` (op, shapes, FLOPs and bytes: nodes that
 compute the same thing on the same shapes share one measurement) and by device kind, in a
-:class:`placement.cost_model.ProfiledTimes` table that can be saved as a JSON cache: a node already in
+:class:`graphc.ir.profiled.ProfiledTimes` table that can be saved as a JSON cache: a node already in
 the table is not measured again.
 """
 

@@ -9,7 +9,7 @@ no all-reduce, no optimizer step.
 
 ``node-order`` (any plan without replicated stages; the schedule of latency plans). Each device runs
 its nodes in ``Plan.order[device]`` when the plan gives one, else in the graph's topological order
-(:meth:`graphc.graph.Graph.topological_order`) restricted to the device; for each microbatch in turn,
+(:meth:`graphc.ir.graph.Graph.topological_order`) restricted to the device; for each microbatch in turn,
 then, in training, their backwards in the reverse order for each microbatch in turn (the simulator's
 ``order``). The output of a node goes out right after its forward (:class:`Send` to each consumer
 device, in the order devices first appear) and is received right before its first consumer on the

@@ -55,9 +55,9 @@ from rich.table import Table
 
 from graphc import TracedProgram, trace, zoo
 from graphc.frontend.profile import ProfileSettings, profile_program
+from graphc.ir.profiled import ProfiledTimes
 from placement import Cluster, CostModel, simulate
 from placement.calibration import calibration_factor
-from placement.cost_model import ProfiledTimes
 from placement.plan import Plan
 from placement.solvers import solve
 from runtime import (

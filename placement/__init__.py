@@ -3,10 +3,11 @@
 Nothing in this package imports torch: a plan can be made, simulated and bounded from a cost graph alone.
 """
 
+from graphc.ir.profiled import ProfiledTimes
 from placement.bounds import Bound, lower_bound
 from placement.cluster import Cluster, ClusterLike, Device, Host, Link, Route, Switch
 from placement.constraints import Constraints
-from placement.cost_model import CostModel, ProfiledTimes, TimeSource, graph_inputs
+from placement.cost_model import CostModel, TimeSource, graph_inputs
 from placement.errors import (
     ClusterFormatError,
     ConfigurationError,

@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
-from graphc.ir.profiled import ProfiledTimes
+from graphc.ir.profiled import ProfiledTimes as ProfiledTimes
 from placement.cluster import Cluster, ClusterLike, Device
 from placement.errors import ConfigurationError
 from placement.specs import DEVICE_SPECS

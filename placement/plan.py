@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from graphc.ir.graph import SCHEMA as GRAPH_SCHEMA
 from graphc.ir.graph import Graph
 from graphc.ir.jsonfile import check_header, read_json, write_json
+from graphc.ir.profiled import ProfiledTimes
 from placement.cluster import Cluster, ClusterLike
-from placement.cost_model import CostModel, ProfiledTimes
+from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
 from placement.simulate import simulate

@@ -14,7 +14,7 @@ import graphc.app.cli
 from graphc.app.cli import DEFAULT_BATCH_SIZE, build_parser, main
 from graphc.app.demo import run_demo
 from graphc.ir.graph import Graph
-from placement.cost_model import ProfiledTimes
+from graphc.ir.profiled import ProfiledTimes
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.solvers import SOLVERS

@@ -320,7 +320,7 @@ def _capture(
     except Exception as export_error:
         try:
             gm = _fx_trace(module, fx_leaf, _fx_constants(module, args, kwargs))
-            _drop_specialised_inputs(gm, {str(name) for name, a in _bound_tensors(module, args, kwargs)})
+            _drop_specialised_inputs(gm, _tensor_argument_names(module, args, kwargs))
             return gm, "fx"
         except Exception as fx_error:
             raise _trace_error(name, export_error, fx_error) from export_error
@@ -335,10 +335,10 @@ def _bake_constant_inputs(gm: fx.GraphModule, leaves: list[Any]) -> None:
     for node, value in zip(placeholders, leaves):
         if not isinstance(value, torch.Tensor):
             _replace_by_constant(node, value)
-    targets = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    targets = _placeholder_targets(gm)
     old = gm.graph._codegen.pytree_info
-    in_spec = tree_structure((tuple(targets), {}))
-    gm.graph._codegen = _PyTreeCodeGen(_PyTreeInfo(targets, in_spec, old.out_spec))
+    in_spec = tree_structure((targets, {}))
+    gm.graph._codegen = _PyTreeCodeGen(_PyTreeInfo(list(targets), in_spec, old.out_spec))
     gm.recompile()
 
 
@@ -358,10 +358,11 @@ def _fx_constants(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dic
     return defaults | {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
 
 
-def _bound_tensors(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
-    """(parameter name, tensor) of every tensor argument of the call ``module(*args, **kwargs)``."""
+def _tensor_argument_names(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> set[str]:
+    """The parameter names of the tensor arguments of the call ``module(*args, **kwargs)`` (``args`` are
+    tensors)."""
     names = _argument_names(module.forward, len(args))
-    return [(n, a) for n, a in zip(names, args)] + [(k, v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    return set(names[: len(args)]) | {k for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
 
 
 def _drop_specialised_inputs(gm: fx.GraphModule, tensor_names: set[str]) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from placement.schedules.generate import STAGE_ORDERS
 from runtime import comm
 from runtime.errors import ScheduleError
 from runtime.partition import PartitionedProgram, device_sort_key
@@ -82,24 +83,24 @@ class Schedule:
 
 def gpipe(devices: list[str], microbatches: int, training: bool = True) -> Schedule:
     """All forwards in microbatch order, then (training) all backwards in microbatch order."""
-    forwards = [Action(FORWARD, k) for k in range(microbatches)]
-    backwards = [Action(BACKWARD, k) for k in range(microbatches)] if training else []
-    return Schedule("gpipe", microbatches, {d: forwards + backwards for d in devices}, training)
+    return _stage_schedule("gpipe", devices, microbatches, training)
 
 
 def one_f_one_b(stages: list[str], microbatches: int) -> Schedule:
     """1F1B for devices in pipeline order (``stages[0]`` first; see the module docstring)."""
-    actions = {}
-    for s, device in enumerate(stages):
-        warmup = min(len(stages) - 1 - s, microbatches)
-        seq = [Action(FORWARD, k) for k in range(warmup)]
-        forward, backward = warmup, 0
-        while forward < microbatches:
-            seq += [Action(FORWARD, forward), Action(BACKWARD, backward)]
-            forward, backward = forward + 1, backward + 1
-        seq += [Action(BACKWARD, k) for k in range(backward, microbatches)]
-        actions[device] = seq
-    return Schedule("1f1b", microbatches, actions, True)
+    return _stage_schedule("1f1b", stages, microbatches, True)
+
+
+def _stage_schedule(name: str, stages: list[str], microbatches: int, training: bool) -> Schedule:
+    """Schedule ``name`` with each device's forwards and backwards in the order that
+    :data:`placement.schedules.generate.STAGE_ORDERS` gives its stage (one definition of each
+    schedule's order, for the schedules as data and for the executors)."""
+    order = STAGE_ORDERS[name]
+    actions = {
+        device: [Action(BACKWARD if backward else FORWARD, k) for backward, k in order(s, len(stages), microbatches, training)]
+        for s, device in enumerate(stages)
+    }
+    return Schedule(name, microbatches, actions, training)
 
 
 def pipeline_stages(program: PartitionedProgram) -> list[str]:

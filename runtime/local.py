@@ -34,7 +34,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from runtime.comm import LocalComm, active
-from runtime.errors import ProgramMismatch
+from runtime.errors import MismatchError
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram
 from runtime.step import (
@@ -57,14 +57,14 @@ def torch_devices(devices: list[str], overrides: Mapping[str, str | torch.device
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(devices))
     if unknown:
-        raise ProgramMismatch(f"devices= names {unknown}, which the plan does not use (it uses {devices})")
+        raise MismatchError(f"devices= names {unknown}, which the plan does not use (it uses {devices})")
     cuda = torch.cuda.device_count()
     gpus = [d for d in devices if d not in overrides and not d.startswith("cpu")] if cuda else []
     named = {d: int(d.partition(":")[2] or 0) for d in gpus if re.fullmatch(r"cuda(:\d+)?", d)}
     free = [i for i in range(cuda) if i not in named.values()]
     unnamed = [d for d in gpus if d not in named]
     if any(i >= cuda for i in named.values()) or len(unnamed) > len(free):
-        raise ProgramMismatch(
+        raise MismatchError(
             f"the plan uses GPUs {gpus} and this machine has {cuda}: pass devices= to map them, or re-plan for this machine"
         )
     result = {d: torch.device("cpu") for d in devices}
@@ -140,7 +140,7 @@ class LocalExecutor:
         """The model's outputs for ``inputs``, differentiable: a ``backward`` of anything computed from
         them sends gradients back across every cut into the parameters (as ``graphc.compile`` needs)."""
         if self.program.replicas:
-            raise ProgramMismatch(
+            raise MismatchError(
                 f"the program replicates stages ({', '.join(self.program.replicas)}), whose gradients a step sums "
                 "over the replicas: train it with step(), or partition a plan without replicated stages"
             )
@@ -161,7 +161,7 @@ class LocalExecutor:
         every op is intercepted; CUDA devices read the allocator's statistics instead).
         """
         if self.loss_fn is None:
-            raise ProgramMismatch("LocalExecutor.step needs a loss_fn; pass loss_fn= (or call forward())")
+            raise MismatchError("LocalExecutor.step needs a loss_fn; pass loss_fn= (or call forward())")
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         m = self.program.microbatches

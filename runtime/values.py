@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from graphc.frontend.interpreter import NodeInterpreter, is_input_guard
 from graphc.ir.errors import TraceError
-from runtime.errors import ProgramMismatch
+from runtime.errors import MismatchError
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,12 @@ def propagate(gm: fx.GraphModule, inputs: Sequence[InputSpec]) -> dict[str, Valu
     Read from ``node.meta`` when one run of the interpreter (:mod:`graphc.frontend.interpreter`; the
     annotation of :func:`graphc.trace` is one) recorded every node on inputs of these shapes; otherwise
     ``gm`` runs once on fake inputs of those shapes, which records them. Export's input guard is
-    skipped. An op that fails is re-raised as a :class:`ProgramMismatch` naming the node and its
-    source line.
+    skipped. An op that fails is re-raised as a :class:`~graphc.ir.errors.MismatchError` naming the
+    node and its source line.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
-        raise ProgramMismatch(f"the program takes {len(placeholders)} inputs, {len(inputs)} input shapes were given")
+        raise MismatchError(f"the program takes {len(placeholders)} inputs, {len(inputs)} input shapes were given")
     if not _recorded_on(gm, inputs):
         interpreter = NodeInterpreter(gm, fake=True)
         with interpreter.mode():
@@ -81,7 +81,7 @@ def propagate(gm: fx.GraphModule, inputs: Sequence[InputSpec]) -> dict[str, Valu
             try:
                 interpreter.run(*feeds)
             except TraceError as exc:
-                raise ProgramMismatch(f"cannot run the program on inputs of the traced shapes: {exc}") from exc
+                raise MismatchError(f"cannot run the program on inputs of the traced shapes: {exc}") from exc
     return {n.name: _info(n) for n in gm.graph.nodes if n.op != "output" and not is_input_guard(n)}
 
 

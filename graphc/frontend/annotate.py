@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 from torch import fx
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
 from graphc.frontend.flops import FlopCounter
-from graphc.frontend.interpreter import CALLS, NodeInterpreter
+from graphc.frontend.interpreter import CALLS, NodeInterpreter, leaf_copy, tensors_in
 from graphc.ir.errors import TraceError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
@@ -52,10 +52,6 @@ class FxNodeCost:
     internal_saved_bytes: float = 0.0
     output_saved_bytes: float = 0.0  # bytes of this node's outputs some backward keeps alive
     input_bytes: dict[str, float] = field(default_factory=dict)  # producer fx node -> bytes read from it
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def _nbytes(t: torch.Tensor) -> float:
@@ -87,7 +83,7 @@ class _Annotator(NodeInterpreter):
         if n.op == "placeholder":
             self.costs[n.name] = _output_record(n.name, value)
         if n.op == "placeholder" or n.op in CALLS:
-            for t in _tensors(value):
+            for t in tensors_in(value):
                 self.producer_of_storage.setdefault(_storage_key(t), n.name)
         if n.name in self.costs:
             n.meta["graphc_cost"] = self.costs[n.name]
@@ -103,7 +99,7 @@ class _Annotator(NodeInterpreter):
         def as_leaf(value: Any) -> Any:
             if not isinstance(value, torch.Tensor) or id(value) not in inputs:
                 return value
-            leaf = value.detach().requires_grad_(value.requires_grad)
+            leaf = leaf_copy(value)
             self.leaves.append(leaf)
             key = _storage_key(leaf)
             self.origin[key] = self.producer_of_storage.get(key)  # a view's memory belongs to its base
@@ -132,7 +128,7 @@ class _Annotator(NodeInterpreter):
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), counter:
             out = super().call(n, args, kwargs)
         record.fwd_flops = counter.flops
-        outputs = _tensors(out)
+        outputs = tensors_in(out)
         out_record = _output_record(n.name, out)
         record.output_shapes, record.output_dtypes = out_record.output_shapes, out_record.output_dtypes
         record.output_bytes = out_record.output_bytes
@@ -185,7 +181,7 @@ def measure_fx_nodes(gm: fx.GraphModule, inputs: tuple) -> tuple[dict[str, FxNod
 
 
 def _output_record(name: str, value: Any) -> FxNodeCost:
-    outputs = _tensors(value)
+    outputs = tensors_in(value)
     return FxNodeCost(
         name=name,
         output_shapes=[list(t.shape) for t in outputs],

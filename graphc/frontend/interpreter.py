@@ -124,7 +124,7 @@ class NodeInterpreter(fx.Interpreter):
         except Exception as exc:
             raise node_error(n, exc) from exc
         if self.isolate:
-            value = tree_map(_detached, value)
+            value = tree_map(leaf_copy, value)
         if self._run is not None:
             _record(n, value, self._run)
         return value
@@ -160,8 +160,15 @@ class NodeInterpreter(fx.Interpreter):
         return {k: v for k, v in self.state.items() if k.startswith(prefix)}
 
 
-def _detached(value: Any) -> Any:
+def leaf_copy(value: Any) -> Any:
+    """A tensor as a fresh autograd leaf (same storage, same ``requires_grad``), so that a backward
+    taken from it stops there; any other value as it is."""
     return value.detach().requires_grad_(value.requires_grad) if isinstance(value, torch.Tensor) else value
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) value, in pytree order."""
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def _record(n: fx.Node, value: Any, run: int) -> None:

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_leaves
 
-from graphc.frontend.interpreter import CALLS, NodeInterpreter
+from graphc.frontend.interpreter import CALLS, NodeInterpreter, leaf_copy, tensors_in
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import NodeData
 from graphc.ir.profiled import ProfiledTimes
@@ -43,10 +42,6 @@ class ProfileSettings:
     threads: int = 1
     repeats: int = 5
     warmup: int = 2
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -104,20 +99,14 @@ class _GroupRunner:
 
     def leaves(self) -> dict[fx.Node, Any]:
         """Fresh leaf copies of the external inputs (parameters stay themselves)."""
-        fresh = {}
-        for a in self.external:
-            value = self.env[a]
-            if isinstance(value, torch.Tensor) and a.op != "get_attr":
-                value = value.detach().requires_grad_(value.requires_grad)
-            fresh[a] = value
-        return fresh
+        return {a: self.env[a] if a.op == "get_attr" else leaf_copy(self.env[a]) for a in self.external}
 
     def forward(self, inputs: dict[fx.Node, Any]) -> list[torch.Tensor]:
         """The group's output tensors, computed from ``inputs`` (values of its external inputs)."""
         self.timer.env = dict(inputs)
         for node in self.nodes:
             self.timer.env[node] = self.timer.run_node(node)
-        return [t for n in self.outputs for t in _tensors(self.timer.env[n])]
+        return [t for n in self.outputs for t in tensors_in(self.timer.env[n])]
 
     def forward_ms(self, inputs: dict[fx.Node, Any], device: torch.device) -> float:
         """Time of one forward in ms: the group's op calls, then the device finishing their work."""

@@ -1,8 +1,9 @@
 """Run a placed model for real: trace it, place it, split it per device, train it, check it.
 
-1. trace Inception-v3 (small), time each of its ops on this CPU (:mod:`graphc.frontend.profile`) and the link
-   between two ranks (:mod:`runtime.link`), and place it on that many CPU workers with HEFT, which
-   runs branches side by side where that pays for the transfers;
+1. trace Inception-v3 (small), calibrate the ``local`` cluster for it (``graphc.calibrate``, cached on
+   disk: each op timed on this CPU and scaled to the eager step, the link between two ranks measured),
+   and place it on that many CPU workers with HEFT, which runs branches side by side where that pays
+   for the transfers;
 2. ``runtime.partition`` splits the traced program into one program per device, with a send on the
    producing device and a receive and wait on each consuming device; we print their beginnings;
 3. ``runtime.LocalExecutor`` trains it in this process (one logical device per plan device) and we
@@ -24,11 +25,8 @@ from rich.console import Console
 import graphc
 import runtime
 from graphc import zoo
-from graphc.frontend.profile import profile_program
-from placement import CostModel
 from placement.solvers import solve
 from runtime.launch import spawn
-from runtime.link import local_cluster, measure_link
 from runtime.measure import Measurement, measure
 from runtime.testing import eager_run, relative_difference
 
@@ -61,9 +59,8 @@ def main() -> None:
     console.rule(f"1. trace {args.model} and place it on {args.devices} CPU workers")
     zm = zoo.build(args.model, batch_size=BATCH, size="small", dropout=0.0)
     program = graphc.trace(zm.model, zm.example_inputs, name=args.model, granularity="op")
-    cluster = local_cluster(args.devices, measure_link())
-    cost_model = CostModel(cluster, profiled=profile_program(program, zm.example_inputs))
-    plan = solve(program.graph, cluster, solver="heft", cost_model=cost_model)
+    calibration = graphc.calibrate(zm.model, zm.example_inputs, loss=zm.loss, program=program, workers=args.devices, console=console)
+    plan = solve(program.graph, calibration.cluster, solver="heft", cost_model=calibration.cost_model)
     console.print(f"{len(program.graph)} nodes; HEFT uses {len(plan.devices_used())} devices, predicts {plan.predicted_step_ms:.1f} ms per step")
 
     console.rule("2. one program per device, communication inserted")

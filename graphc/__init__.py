@@ -2,7 +2,7 @@
 
 Three layers, one sub-package each (ARCHITECTURE.md): :mod:`graphc.ir` (the cost graph, errors),
 :mod:`graphc.frontend` (tracing, annotation, profiling, the zoo) and :mod:`graphc.app` (``compile``,
-the CLI). ``graphc.zoo`` and ``graphc.importers`` are the public names of the zoo and the importers.
+``calibrate``, the CLI). ``graphc.zoo`` and ``graphc.importers`` are the public names of the zoo and the importers.
 
 The cost-graph types import without torch (a solver never needs it); ``trace``, ``compile`` and the
 other torch-facing names load torch on first use.
@@ -35,10 +35,13 @@ _LAZY = {
     "TracedProgram": "graphc.frontend.tracing",
     "leaf_module": "graphc.frontend.leaf",
     "compile": "graphc.app.compiler",
+    "calibrate": "graphc.app.calibrate",
+    "Calibration": "graphc.app.calibrate",
     "CompiledModel": "graphc.app.compiler",
 }
 
 __all__ = [
+    "Calibration",
     "CompiledModel",
     "ConfigurationError",
     "EdgeData",
@@ -53,6 +56,7 @@ __all__ = [
     "RuntimeFault",
     "TraceError",
     "TracedProgram",
+    "calibrate",
     "compile",
     "leaf_module",
     "trace",

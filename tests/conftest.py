@@ -26,3 +26,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def calibration_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrations (:mod:`graphc.app.calibrate`) are cached in a fresh folder per test, never in the
+    user's ``~/.cache/graphc``, so that no test reads another's measurements."""
+    monkeypatch.setenv("GRAPHC_CACHE", str(tmp_path_factory.mktemp("graphc-cache")))

@@ -10,7 +10,6 @@ its traceback.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.metadata
 import importlib.util
 import inspect
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from graphc.app.argtypes import positive_int, positive_number
+from graphc.app.calibrate import Calibration, calibrate
 from graphc.app.compare import (
     bar_chart,
     compare,
@@ -37,7 +37,7 @@ from graphc.app.compare import (
     to_summary_markdown,
     write_csv,
 )
-from graphc.app.demo import calibrate_on_this_cpu, run_demo
+from graphc.app.demo import run_demo
 from graphc.app.report import graph_totals_table, op_breakdown_table
 from graphc.app.run import add_run_arguments, cmd_run
 from graphc.frontend import zoo
@@ -46,11 +46,9 @@ from graphc.ir.errors import ConfigurationError, GraphcError, MissingFileError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement.cluster import Cluster
-from placement.cost_model import CostModel
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.solvers import SOLVERS, solve
-from runtime.link import local_cluster, measure_link
 
 __all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "trace_model_spec"]
 
@@ -196,7 +194,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cluster = Cluster.resolve(args.cluster)
     cost_model = None
     if args.calibrate:
-        graph, cluster, cost_model = _calibrated_local(args, cluster, console)
+        if cluster.name != "local":
+            raise ConfigurationError(f"--calibrate measures this machine's CPU workers: use it with -c local, not {cluster.name!r}")
+        program, calibration = _calibrated(args, console, workers=len(cluster.devices))
+        graph, cluster, cost_model = program.graph, calibration.cluster, calibration.cost_model
     else:
         with console.status(f"tracing or reading {args.model} ..."):
             graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
@@ -214,26 +215,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrated_local(args: argparse.Namespace, cluster: Cluster, console: Console) -> tuple[Graph, Cluster, CostModel]:
-    """``plan --calibrate``: the zoo model traced with real weights, its ops profiled on this CPU and
-    scaled to its measured eager step (:func:`graphc.app.demo.calibrate_on_this_cpu`), and ``cluster``'s
-    workers joined by the link measured between two ranks (:func:`runtime.link.measure_link`), as the
-    demo plans; returns the graph, the measured cluster and the cost model of the profiled times."""
-    if cluster.name != "local":
-        raise ConfigurationError(f"--calibrate measures this machine's CPU workers: use it with -c local, not {cluster.name!r}")
+def _calibrated(args: argparse.Namespace, console: Console, workers: int = 2) -> tuple[TracedProgram, Calibration]:
+    """``graphc calibrate`` and ``plan --calibrate``: the zoo model traced with real weights and the
+    ``local`` cluster of ``workers`` CPU workers calibrated for it (:func:`graphc.app.calibrate.calibrate`:
+    its ops profiled on this CPU and scaled to its eager step, the link between two ranks measured;
+    through the cache unless ``--refresh``), printed as it goes."""
     if args.model not in zoo.NAMES:
         raise ConfigurationError(f"--calibrate times an eager training step, which needs a zoo model ({', '.join(zoo.NAMES)}), not {args.model!r}")
     zm = zoo.build(args.model, batch_size=args.batch_size, size=args.size)
-    untouched = copy.deepcopy(zm.model)
-    with console.status(f"tracing {args.model} and profiling its ops on this CPU ..."):
+    with console.status(f"tracing {args.model} and calibrating the local cluster for it ..."):
         program = trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model)
-        profiled, eager_ms, factor = calibrate_on_this_cpu(program, zm, untouched)
-    console.print(f"eager step {eager_ms:.1f} ms on one thread: profiled times x {factor:.3f}, so that one worker predicts it")
-    with console.status("measuring the link between two ranks ..."):
-        link = measure_link()
-    measured = local_cluster(len(cluster.devices), link)
-    console.print(f"link between two ranks: {1e6 * link.latency_s:.0f} us per message, {link.bandwidth / 1e9:.2f} GB/s")
-    return program.graph, measured, CostModel(measured, profiled=profiled)
+        found = calibrate(zm.model, zm.example_inputs, loss=zm.loss, program=program, workers=workers,
+                          refresh=args.refresh, console=console)  # fmt: skip
+    return program, found
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate the ``local`` cluster for a zoo model on this machine (or load it from the cache) and
+    print what was measured and where it is cached."""
+    _calibrated(args, _console(args))
+    return 0
 
 
 def _warn_uncalibrated(args: argparse.Namespace) -> None:
@@ -358,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    calibrated = commands.add_parser("calibrate", help="measure the local cluster for a zoo model on this machine (cached)")
+    calibrated.add_argument("model", choices=zoo.NAMES, metavar="model", help=f"a zoo network ({', '.join(zoo.NAMES)})")
+    _add_model_arguments(calibrated)
+    calibrated.add_argument("--refresh", action="store_true", help="measure again even when a calibration is cached")
+    calibrated.set_defaults(run=cmd_calibrate)
+
     demo = commands.add_parser("demo", help="what `make demo` runs: trace, profile, place, execute, check against eager, time")
     demo.set_defaults(run=cmd_demo)
 
@@ -379,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take (time_limit_s)")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
     planned.add_argument("--calibrate", action="store_true",
-                         help="with -c local and a zoo model: profile its ops on this CPU and measure the link first")  # fmt: skip
+                         help="with -c local and a zoo model: profile its ops on this CPU and measure the link first "
+                              "(graphc calibrate; cached)")  # fmt: skip
+    planned.add_argument("--refresh", action="store_true", help="with --calibrate: measure again even when cached")
     planned.add_argument("-o", "--out", type=output_file, help="save the plan as JSON here (nothing is written without it)")
     planned.set_defaults(run=cmd_plan)
 
@@ -423,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """How a model is built and traced: batch, zoo size, granularity (``trace`` and ``plan``)."""
+    """How a model is built and traced: batch, zoo size, granularity (``trace``, ``plan``, ``calibrate``)."""
     parser.add_argument("-b", "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size of the example inputs")
     parser.add_argument("--size", choices=zoo.SIZES, default="full", help="zoo configuration")
     parser.add_argument("--granularity", choices=("op", "module"), default="module",

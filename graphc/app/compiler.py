@@ -31,7 +31,13 @@ the differentiable call cannot sum a replica's gradients after the caller's ``ba
 is traced a second time on one microbatch, which the executor runs microbatch after microbatch; the
 outputs must have a batch dimension to be put back together (a scalar loss is refused with what to do).
 
-Progress of the slow steps (trace, solve, partition) is shown with a live display; pass
+On the ``local`` cluster of CPU workers, ``calibrate=True`` measures this machine before planning
+(:func:`graphc.app.calibrate.calibrate`, through its disk cache): each new program's ops profiled on one
+thread and scaled to its eager step, and the link between two ranks; the plan is made and predicted
+with those figures. Without it, the first plan on that cluster logs a warning that its prediction uses
+the preset's assumed CPU figures.
+
+Progress of the slow steps (trace, calibrate, solve, partition) is shown with a live display; pass
 ``progress=False`` or set ``GRAPHC_PROGRESS=0`` to silence it.
 """
 
@@ -49,11 +55,13 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from rich.console import Console
 
+from graphc.app.calibrate import calibrate
 from graphc.frontend.tracing import TracedProgram, trace
 from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints
+from placement.cost_model import CostModel
 from placement.plan import Plan
 from placement.solvers import make_problem, solve
 from placement.solvers.reuse import PlacementNotReusable, reuse_placement
@@ -120,6 +128,8 @@ class CompiledModel:
 
     ``time_limit_s``: the seconds the first search may take; ``reshape_time_limit_s``: the seconds a new
     call signature may spend searching when the placement of an earlier plan does not apply to it.
+    ``calibrate``: measure the ``local`` cluster of CPU workers on this machine before planning each new
+    program (module docstring; refused for another cluster).
     (``time_limit`` and ``reshape_time_limit``, their old names, still work this release, with a
     ``DeprecationWarning``.)
     """
@@ -138,9 +148,16 @@ class CompiledModel:
         granularity: str = "module",
         seed: int = 0,
         progress: bool | None = None,
+        calibrate: bool = False,
     ) -> None:
         self.fn = fn
         self.cluster = Cluster.resolve(cluster)
+        self.calibrate = calibrate
+        if calibrate and not _cpu_workers(self.cluster):
+            raise ConfigurationError(
+                f"calibrate=True measures this machine's CPU workers: use it with cluster='local' on a machine "
+                f"without GPUs, not {self.cluster.name!r}"
+            )
         self.solver = solver
         self.objective = objective
         self.constraints = constraints
@@ -180,9 +197,10 @@ class CompiledModel:
             self.traces += 1
             seconds["trace"] = time.perf_counter() - start
             self.console.log(f"traced {name}: {len(program.graph)} nodes in {seconds['trace']:.1f} s")
+            cost_model = self._cost_model(program, args, kwargs, status)
             start = time.perf_counter()
             mode = "training" if any(training_flags(self.fn, args)) else "inference"
-            plan, how = self._plan(program, mode, status)
+            plan, how = self._plan(program, mode, status, cost_model)
             seconds["solve"] = time.perf_counter() - start
             self.console.log(
                 f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s), predicted step "
@@ -195,22 +213,39 @@ class CompiledModel:
             seconds["partition"] = time.perf_counter() - start
         return CompiledEntry(program, plan, executor, seconds, how)
 
-    def _plan(self, program: TracedProgram, mode: str, status: Any) -> tuple[Plan, str]:
+    def _cost_model(self, program: TracedProgram, args: tuple, kwargs: dict[str, Any], status: Any) -> CostModel | None:
+        """With ``calibrate``: the cost model of ``program`` calibrated on this machine (through the
+        cache), whose measured cluster becomes :attr:`cluster`. Else None (the cluster's own figures),
+        and on the ``local`` cluster of CPU workers a warning, once, that they are assumptions."""
+        if not self.calibrate:
+            if not self.cache and _cpu_workers(self.cluster):
+                self.console.log(
+                    "[yellow]warning: the prediction uses the `local` preset's uncalibrated CPU figures and may be far "
+                    "off; pass calibrate=True to graphc.compile to measure this machine first[/yellow]"
+                )
+            return None
+        status.update("graphc: calibrating the local cluster on this machine ...")
+        found = calibrate(self.fn, args, example_kwargs=kwargs, program=program, workers=len(self.cluster.devices),
+                          console=self.console)  # fmt: skip
+        self.cluster = found.cluster
+        return found.cost_model
+
+    def _plan(self, program: TracedProgram, mode: str, status: Any, cost_model: CostModel | None) -> tuple[Plan, str]:
         """The plan for ``program`` in ``mode`` (``"inference"`` when every module is in eval mode: the
-        prediction is then of the forward alone): an earlier plan's placement when it applies (another
-        batch size of the same program), else a search, with ``time_limit_s`` the first time and
-        ``reshape_time_limit_s`` after."""
+        prediction is then of the forward alone) with ``cost_model`` (None: the cluster's figures): an
+        earlier plan's placement when it applies (another batch size of the same program), else a search,
+        with ``time_limit_s`` the first time and ``reshape_time_limit_s`` after."""
         earlier = self._earlier_plan(program, mode)
         if earlier is not None:
             status.update(f"graphc: re-simulating the placement of {earlier.solver}'s plan at the new shape ...")
             try:
-                return self._reuse(earlier, program, mode), "reused"
+                return self._reuse(earlier, program, mode, cost_model), "reused"
             except PlacementNotReusable as exc:
                 self.console.log(f"the earlier placement does not apply ({exc}); searching again")
         limit = self.time_limit_s if not self.cache else min(self.time_limit_s, self.reshape_time_limit_s)
         status.update(f"graphc: placing on {self.cluster.name} with {self.solver} (at most {limit:g} s) ...")
         self.searches += 1
-        return self._solve(program, mode, limit), "searched"
+        return self._solve(program, mode, limit, cost_model), "searched"
 
     def _earlier_plan(self, program: TracedProgram, mode: str) -> Plan | None:
         """The most recent plan in ``mode`` made for a program with the same nodes as ``program``."""
@@ -224,17 +259,17 @@ class CompiledModel:
         source = plan.settings["reused_from"]
         return f"reused the placement {plan.solver} found for batch {source['batch_size']} (no search)"
 
-    def _reuse(self, earlier: Plan, program: TracedProgram, mode: str) -> Plan:
+    def _reuse(self, earlier: Plan, program: TracedProgram, mode: str, cost_model: CostModel | None) -> Plan:
         problem = make_problem(program.graph, self.cluster, objective=self.objective, constraints=self.constraints,
-                               mode=mode, time_limit_s=self.reshape_time_limit_s, seed=self.seed)  # fmt: skip
+                               cost_model=cost_model, mode=mode, time_limit_s=self.reshape_time_limit_s, seed=self.seed)  # fmt: skip
         return reuse_placement(earlier, problem)
 
-    def _solve(self, program: TracedProgram, mode: str, time_limit_s: float) -> Plan:
+    def _solve(self, program: TracedProgram, mode: str, time_limit_s: float, cost_model: CostModel | None) -> Plan:
         """A searched plan for ``program``. A pipelined plan gets no replicated stages: the executor's
         differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
         pipeline = {"replication": False} if self.objective == "throughput" else {}
         return solve(program.graph, self.cluster, objective=self.objective, constraints=self.constraints, mode=mode,
-                     time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, **pipeline)  # fmt: skip
+                     time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, cost_model=cost_model, **pipeline)  # fmt: skip
 
     def _microbatch_program(
         self, args: tuple, kwargs: dict[str, Any], program: TracedProgram, plan: Plan
@@ -251,6 +286,12 @@ class CompiledModel:
         first_args, first_kwargs = split_batch((args, kwargs), plan.microbatches)[0]
         return trace(self.fn, first_args, granularity=self.granularity, name=program.graph.name,
                      example_kwargs=first_kwargs)  # fmt: skip
+
+
+def _cpu_workers(cluster: Cluster) -> bool:
+    """``cluster`` is the ``local`` preset of CPU worker processes (no GPU here): its figures are
+    assumptions that :func:`graphc.app.calibrate.calibrate` can measure."""
+    return cluster.name == "local" and all(d.kind == "cpu" for d in cluster.devices)
 
 
 def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:

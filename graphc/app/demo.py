@@ -1,12 +1,12 @@
 """The main job, what ``make demo`` and ``graphc demo`` run: the whole path on one small network.
 
-1. trace a small Inception-v3 (branchy, so two devices can work side by side), profile its ops on
-   this machine's CPU (one thread, the cost model's measured times) and calibrate them: ops timed in
-   isolation miss what runs between them, so the table is scaled until one device predicts the
-   measured eager step;
-2. measure the link between two local ranks as the runtime meets it (:func:`runtime.link.measure_link`:
-   bandwidth, and the cost of one message), place the model with ``solver="auto"`` on the ``local``
-   cluster of two CPU worker devices joined by that link, and print the plan;
+1. trace a small Inception-v3 (branchy, so two devices can work side by side) and calibrate the
+   ``local`` cluster for it (:func:`graphc.app.calibrate.calibrate`, cached on disk): its ops profiled
+   on this machine's CPU (one thread), scaled until one device predicts the measured eager step (ops
+   timed in isolation miss what runs between them), and the link between two local ranks measured as
+   the runtime meets it (bandwidth, and the cost of one message);
+2. place the model with ``solver="auto"`` on the ``local`` cluster of two CPU worker devices joined by
+   that link, and print the plan;
 3. execute the plan with the local executor and check loss and every parameter gradient against eager
    PyTorch;
 4. run the same plan as it would run on two devices: one process per device (gloo, one thread each,
@@ -22,29 +22,23 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import torch
 from rich.console import Console
 
+from graphc.app.calibrate import calibrate, eager_step_ms
 from graphc.app.report import graph_totals_table
 from graphc.frontend import zoo
-from graphc.frontend.profile import ProfileSettings, profile_program
-from graphc.frontend.tracing import TracedProgram, trace
+from graphc.frontend.tracing import trace
 from graphc.frontend.zoo import zoo_loss
-from placement import Cluster, CostModel, Plan
-from placement.calibration import calibration_factor
+from placement import Plan
 from placement.solvers import solve
 from runtime import DistributedExecutor, LocalExecutor, init_from_env, partition
 from runtime.launch import spawn
-from runtime.link import LinkSpeed, local_cluster, measure_link
+from runtime.link import LinkSpeed
 from runtime.measure import measure
-
-if TYPE_CHECKING:
-    from graphc.ir.profiled import ProfiledTimes
 
 MODEL = "inception_v3"
 CONFIG: dict[str, Any] = {"batch_size": 8, "size": "small", "width": 0.25, "dropout": 0.0}
@@ -103,42 +97,6 @@ def demo_model() -> zoo.ZooModel:
     return zoo.build(MODEL, **CONFIG)
 
 
-def eager_step_ms(model: torch.nn.Module, zm: zoo.ZooModel, steps: int = STEPS, threads: int = 1) -> float:
-    """The median wall time of an eager forward and backward of ``model`` on ``zm``'s batch, ms, with
-    ``threads`` intra-op threads (the caller's setting is restored)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        times = []
-        for _ in range(steps + 2):
-            start = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            zm.loss(model(*zm.example_inputs)).backward()
-            times.append(1e3 * (time.perf_counter() - start))
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times[2:])
-
-
-class Calibration(NamedTuple):
-    """Profiled op times on this CPU, scaled so that one ``local`` worker predicts the measured step."""
-
-    profiled: ProfiledTimes
-    eager_ms: float
-    factor: float
-
-
-def calibrate_on_this_cpu(program: TracedProgram, zm: zoo.ZooModel, model: torch.nn.Module) -> Calibration:
-    """Profile ``program``'s ops on this CPU (one thread, as a ``local`` worker runs them) and scale the
-    times so that the whole graph on one worker simulates to the measured eager step of ``model`` (an
-    untouched copy of the traced model) on ``zm``'s batch: ops timed in isolation miss what runs between
-    them (:func:`placement.calibration.calibration_factor`)."""
-    profiled = profile_program(program, zm.example_inputs, ProfileSettings(repeats=3))
-    eager_ms = eager_step_ms(model, zm)
-    factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
-    return Calibration(profiled.scaled(factor), eager_ms, factor)
-
-
 def rank_step_ms(program: Any, steps: int) -> float:
     """On one rank (started by :func:`runtime.launch.spawn`): the median measured training step, in ms."""
     init_from_env()
@@ -153,22 +111,18 @@ def rank_step_ms(program: Any, steps: int) -> float:
 def run_demo(console: Console) -> DemoResult:
     """The four steps of the module docstring, printed to ``console``; returns what they found."""
     torch.set_num_threads(1)
-    console.rule("1. trace Inception-v3 (small, batch 8) and profile its ops on this CPU")
+    console.rule("1. trace Inception-v3 (small, batch 8) and calibrate the local cluster on this CPU")
     zm = demo_model()
     reference = copy.deepcopy(zm.model)
-    with console.status("tracing and profiling ..."):
+    with console.status("tracing and calibrating (profiling the ops, timing the eager step, measuring the link) ..."):
         program = trace(zm.model, zm.example_inputs, granularity="module", name=MODEL)
-        profiled, eager_ms, factor = calibrate_on_this_cpu(program, zm, copy.deepcopy(reference))
+        calibration = calibrate(reference, zm.example_inputs, loss=zm.loss, program=program, console=console)
     console.print(graph_totals_table(program.graph))
-    console.print(f"eager step {eager_ms:.1f} ms on one thread: profiled times x {factor:.3f}, so that one device predicts it")
+    eager_ms = calibration.eager_ms
 
     console.rule("2. place it on the local cluster (2 CPU worker devices) with solver=auto")
-    with console.status("measuring the link between two ranks ..."):
-        link = measure_link()
-    cluster = local_cluster(2, link)
-    console.print(f"link between two ranks: {1e6 * link.latency_s:.0f} us per message, {link.bandwidth / 1e9:.2f} GB/s")
     with console.status("solving ..."):
-        plan = solve(program.graph, cluster, time_limit_s=10.0, cost_model=CostModel(cluster, profiled=profiled))
+        plan = solve(program.graph, calibration.cluster, time_limit_s=10.0, cost_model=calibration.cost_model)
     console.print(plan.summary())
 
     console.rule("3. execute the plan on local devices and check it against eager PyTorch")
@@ -188,8 +142,8 @@ def run_demo(console: Console) -> DemoResult:
         eager_loss=eager_loss.item(),
         largest_difference=worst,
         tolerance=TOLERANCE,
-        profile_factor=factor,
-        link=link,
+        profile_factor=calibration.factor,
+        link=calibration.link,
         predicted_ms=plan.predicted_step_ms,
         measured_ms=None,
         steps=STEPS,
@@ -213,7 +167,7 @@ def run_demo(console: Console) -> DemoResult:
         return found
     measured = found.measured_ms = outcomes[0].result
     error = (plan.predicted_step_ms - measured) / measured
-    eager_all_ms = found.eager_all_cores_ms = eager_step_ms(copy.deepcopy(reference), zm, threads=cores)
+    eager_all_ms = found.eager_all_cores_ms = eager_step_ms(copy.deepcopy(reference), zm.example_inputs, loss=zm.loss, threads=cores)
     console.print(
         f"predicted step {plan.predicted_step_ms:.1f} ms, measured {measured:.1f} ms "
         f"(median of {STEPS} steps; prediction {error:+.0%}); eager PyTorch on one thread {eager_ms:.1f} ms, "

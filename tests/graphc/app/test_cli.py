@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+import graphc.app.calibrate
 import graphc.app.cli
 from graphc.app.cli import DEFAULT_BATCH_SIZE, build_parser, main
 from graphc.app.demo import run_demo
@@ -176,7 +177,7 @@ def test_plan_on_local_warns_that_the_cpu_figures_are_uncalibrated(capsys):
 
 def test_plan_calibrate_profiles_on_this_cpu_and_plans_on_the_measured_link(tmp_path, monkeypatch, capsys):
     measured = LinkSpeed(latency_s=2e-4, bandwidth=1.5e9)
-    monkeypatch.setattr(graphc.app.cli, "measure_link", lambda: measured)  # measuring it is runtime.link's test
+    monkeypatch.setattr(graphc.app.calibrate, "measure_link", lambda: measured)  # measuring it is runtime.link's test
     plan_file = tmp_path / "plan.json"
     argv = ["plan", "alexnet", "--size", "small", "-b", "2", "-c", "local", "--calibrate", "-s", "single", "-o", str(plan_file)]
     assert main(argv) == 0
@@ -186,6 +187,29 @@ def test_plan_calibrate_profiles_on_this_cpu_and_plans_on_the_measured_link(tmp_
     plan = Plan.load(plan_file)
     assert isinstance(plan.cost_model.profiled, ProfiledTimes) and plan.cost_model.profiled.times
     assert {link.bandwidth for link in plan.cluster.links} == {1.5e9}
+
+
+def test_calibrate_command_caches_what_plan_calibrate_then_loads(monkeypatch, capsys):
+    calls = []
+
+    def measure(program, inputs, settings, table=None):
+        calls.append(program.graph.name)
+        profiled = ProfiledTimes()
+        for node in program.graph.nodes():
+            profiled.add(node, settings.device_kind, 1.0, 2.0)
+        return profiled
+
+    monkeypatch.setattr(graphc.app.calibrate, "profile_program", measure)  # profiling is test_profile.py's
+    monkeypatch.setattr(graphc.app.calibrate, "measure_link", lambda: LinkSpeed(latency_s=2e-4, bandwidth=1.5e9))
+    model = ["alexnet", "--size", "small", "-b", "2"]
+    assert main(["calibrate", *model]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "calibration measured, cached in" in out and "calibration-alexnet-" in out
+    assert "profiled times x" in out and "link between two ranks: 200 us per message, 1.50 GB/s" in out
+    assert main(["plan", *model, "-c", "local", "--calibrate", "-s", "single"]) == 0
+    assert "calibration loaded from" in " ".join(capsys.readouterr().out.split()) and calls == ["alexnet"]
+    assert main(["calibrate", *model, "--refresh"]) == 0
+    assert "calibration measured" in capsys.readouterr().out and calls == ["alexnet", "alexnet"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,299 @@
+"""Calibration of the ``local`` cluster, in one place: :func:`calibrate`.
+
+The ``local`` preset's CPU figures (peak FLOP/s, memory bandwidth, the link between workers) are
+assumptions (:func:`placement.presets.local`); a prediction made with them can be several times off.
+Calibrating replaces them with measurements of this machine:
+
+1. every cost node of the traced program profiled on one CPU thread, as a ``local`` worker runs it
+   (:func:`graphc.frontend.profile.profile_program`);
+2. one factor that scales that table so that the whole graph on one worker simulates to the measured
+   eager training step (:func:`placement.calibration.calibration_factor`: ops timed in isolation miss
+   what runs between them: the loss, the framework);
+3. the link between two ranks as the runtime meets it (:func:`runtime.link.measure_link`).
+
+Measuring takes seconds to minutes, so both results are cached on disk as JSON in
+:func:`cache_folder` (``$GRAPHC_CACHE``, else ``$XDG_CACHE_HOME/graphc`` or ``~/.cache/graphc``):
+
+* ``link-<hash>.json`` (schema ``graphc.link``): the link, keyed by the machine alone
+  (:class:`Machine`: CPU model, cores, operating system and architecture);
+* ``calibration-<name>-<hash>.json`` (schema ``graphc.calibration``): the profiled table (in
+  :class:`graphc.ir.profiled.ProfiledTimes`' own JSON format), the factor and the eager step, keyed by
+  what makes them valid (:func:`calibration_key`): the graph's fingerprint, the shapes and dtypes of
+  the example inputs, the torch version, the worker's thread count and the machine.
+
+A later call with the same key loads the file and says so; ``refresh=True`` measures again (and
+rewrites both files). A file that cannot be read, or was written for another key, is measured again.
+The ``graphc calibrate`` command, ``graphc plan -c local --calibrate``, ``graphc.compile(...,
+calibrate=True)`` and ``graphc demo`` all call :func:`calibrate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from rich.console import Console
+
+from graphc.frontend.profile import ProfileSettings, profile_program
+from graphc.frontend.tracing import TracedProgram, trace
+from graphc.ir.errors import FormatError
+from graphc.ir.jsonfile import check_header, read_json, write_json
+from graphc.ir.profiled import ProfiledTimes
+from placement.calibration import calibration_factor
+from placement.cluster import Cluster
+from placement.cost_model import CostModel
+from runtime.link import LinkSpeed, local_cluster, measure_link
+
+CALIBRATION_SCHEMA = "graphc.calibration"
+LINK_SCHEMA = "graphc.link"
+CACHE_VERSION = 1
+#: Runs per node when profiling, and timed eager steps (after two warm-up steps).
+PROFILE_REPEATS = 3
+EAGER_STEPS = 5
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a measurement on this machine depends on, and the link's cache key."""
+
+    cpu: str
+    cores: int
+    system: str
+
+    @classmethod
+    def this(cls) -> Machine:
+        """This machine: the CPU model from ``/proc/cpuinfo`` (else :func:`platform.processor`), the
+        cores, the operating system and architecture."""
+        cpu = ""
+        try:
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+            cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        except OSError:
+            pass
+        return cls(cpu or platform.processor() or platform.machine(), os.cpu_count() or 1, f"{platform.system()} {platform.machine()}")
+
+
+@dataclass
+class Calibration:
+    """The ``local`` cluster calibrated on this machine for one program (module docstring).
+
+    Attributes:
+        profiled: every node's forward and backward times on one CPU thread, as measured.
+        factor: the scale that makes one worker predict the eager step (:attr:`scaled` applies it).
+        eager_ms: the measured eager training step on one thread, in ms.
+        link: the link measured between two ranks.
+        key: what the calibration is valid for (:func:`calibration_key`).
+        machine: where it was measured.
+        measured_at: when the profile was measured (ISO 8601, UTC).
+        path: the cache file it was written to or read from.
+        loaded: True when read from the cache rather than measured by this call.
+        workers: the CPU workers of :attr:`cluster`.
+        cluster: the ``local`` preset with ``workers`` workers joined by :attr:`link`, to plan on.
+        cost_model: :attr:`cluster` with the :attr:`scaled` table, to plan with.
+    """
+
+    profiled: ProfiledTimes
+    factor: float
+    eager_ms: float
+    link: LinkSpeed
+    key: dict[str, Any]
+    machine: Machine
+    measured_at: str
+    path: Path
+    loaded: bool
+    workers: int = 2
+    cluster: Cluster = field(init=False, repr=False)
+    cost_model: CostModel = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cluster = local_cluster(self.workers, self.link)
+        self.cost_model = CostModel(self.cluster, profiled=self.scaled)
+
+    @property
+    def scaled(self) -> ProfiledTimes:
+        """The profiled times times :attr:`factor`: what the cost model reads."""
+        return self.profiled.scaled(self.factor)
+
+    def describe(self) -> list[str]:
+        """What was measured, one line each (what ``graphc calibrate`` prints)."""
+        how = f"loaded from {self.path} (measured {self.measured_at})" if self.loaded else f"measured, cached in {self.path}"
+        return [
+            f"calibration {how}",
+            f"eager step {self.eager_ms:.1f} ms on one thread: profiled times x {self.factor:.3f}, so that one worker predicts it",
+            f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s",
+        ]
+
+
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """Where calibrations are cached: ``cache_dir`` when given, else ``$GRAPHC_CACHE``, else
+    ``$XDG_CACHE_HOME/graphc``, else ``~/.cache/graphc``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("GRAPHC_CACHE"):
+        return Path(os.environ["GRAPHC_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "graphc"
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def input_signature(example_inputs: tuple, example_kwargs: dict[str, Any] | None = None) -> list[Any]:
+    """The shapes and dtypes of the tensors among the inputs (and the repr of other values), in order."""
+    leaves = pytree.tree_leaves((example_inputs, example_kwargs or {}))
+    return [[list(x.shape), str(x.dtype)] if isinstance(x, torch.Tensor) else repr(x) for x in leaves]
+
+
+def calibration_key(
+    program: TracedProgram, example_inputs: tuple, example_kwargs: dict[str, Any] | None, threads: int, machine: Machine
+) -> dict[str, Any]:
+    """What a calibration is valid for: the graph's fingerprint, the input shapes, the torch version,
+    the worker's threads and the machine; another value of any of them measures again."""
+    return {
+        "graph": program.graph.fingerprint(),
+        "inputs": input_signature(example_inputs, example_kwargs),
+        "torch": torch.__version__,
+        "threads": threads,
+        "machine": asdict(machine),
+    }
+
+
+def eager_step_ms(
+    model: torch.nn.Module | Callable,
+    example_inputs: tuple,
+    *,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+    example_kwargs: dict[str, Any] | None = None,
+    steps: int = EAGER_STEPS,
+    threads: int = 1,
+) -> float:
+    """The median wall time of an eager forward and backward of ``model`` (a module or a function of
+    modules and tensors) on the inputs, in ms, with ``threads`` intra-op threads (the caller's setting is
+    restored). The backward is of ``loss(output)``, else of the output when it is a scalar, else of the
+    sum of its tensors. Gradients accumulate on ``model``'s parameters: pass a copy to keep them."""
+    kwargs = example_kwargs or {}
+    roots = [model] if isinstance(model, torch.nn.Module) else [a for a in example_inputs if isinstance(a, torch.nn.Module)]
+    params = [p for root in roots for p in root.parameters()]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = []
+        for _ in range(steps + 2):
+            start = time.perf_counter()
+            for p in params:
+                p.grad = None
+            output = model(*example_inputs, **kwargs)
+            value = loss(output) if loss is not None else output
+            if not (isinstance(value, torch.Tensor) and value.dim() == 0):
+                value = sum(t.sum() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor) and t.requires_grad)
+            value.backward()
+            times.append(1e3 * (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times[2:])
+
+
+def measured_link(
+    *, refresh: bool = False, cache_dir: str | Path | None = None, console: Console | None = None
+) -> LinkSpeed:
+    """The link between two ranks of this machine (:func:`runtime.link.measure_link`), read from the
+    cache keyed by the machine alone, or measured (and cached) when ``refresh`` or not cached."""
+    machine = Machine.this()
+    path = cache_folder(cache_dir) / f"link-{_digest(asdict(machine))}.json"
+    if not refresh:
+        try:
+            doc = read_json(path, FormatError, "link measurement")
+            check_header(doc, LINK_SCHEMA, CACHE_VERSION, str(path), FormatError)
+            if doc.get("machine") == asdict(machine):
+                return LinkSpeed(float(doc["latency_s"]), float(doc["bandwidth"]))
+        except (FormatError, KeyError, TypeError, ValueError):
+            pass  # not cached, or unreadable: measured again below
+    _say(console, "measuring the link between two ranks ...")
+    link = measure_link()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": LINK_SCHEMA, "version": CACHE_VERSION, "machine": asdict(machine), "measured_at": _now(), **asdict(link)}
+    write_json(path, doc)
+    return link
+
+
+def calibrate(
+    model: torch.nn.Module | Callable,
+    example_inputs: tuple,
+    *,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+    example_kwargs: dict[str, Any] | None = None,
+    program: TracedProgram | None = None,
+    granularity: str = "module",
+    workers: int = 2,
+    refresh: bool = False,
+    cache_dir: str | Path | None = None,
+    console: Console | None = None,
+) -> Calibration:
+    """Calibrate the ``local`` cluster of ``workers`` CPU workers for ``model`` on ``example_inputs``
+    (module docstring): profile, scale to the eager step, measure the link; or load all of it from the
+    cache. ``program`` is ``model`` already traced on these inputs (else it is traced here, at
+    ``granularity``); ``loss`` turns the output into the scalar the eager step backpropagates (default:
+    the output itself when scalar, else the sum of its tensors). ``model`` is left as it was: the eager
+    steps run on a copy. ``console``, when given, is told what was measured or loaded."""
+    kwargs = example_kwargs or {}
+    if program is None:
+        program = trace(model, example_inputs, granularity=granularity, example_kwargs=kwargs)
+    settings = ProfileSettings(repeats=PROFILE_REPEATS)
+    machine = Machine.this()
+    key = calibration_key(program, example_inputs, kwargs, settings.threads, machine)
+    path = cache_folder(cache_dir) / f"calibration-{program.graph.name}-{_digest(key)}.json"
+    link = measured_link(refresh=refresh, cache_dir=cache_dir, console=console)
+    found = None if refresh else _load(path, key, link, machine, workers)
+    if found is None:
+        _say(console, f"profiling {program.graph.name}'s ops on this CPU and timing its eager step ...")
+        profiled = profile_program(program, program.flat_inputs(example_inputs, kwargs), settings)
+        untouched, inputs, kw = copy.deepcopy((model, example_inputs, kwargs))
+        eager_ms = eager_step_ms(untouched, inputs, loss=loss, example_kwargs=kw, threads=settings.threads)
+        factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
+        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": key, "measured_at": found.measured_at,
+               "eager_ms": eager_ms, "factor": factor, "profiled": profiled.to_dict()}  # fmt: skip
+        write_json(path, doc)
+    for line in found.describe():
+        _say(console, line)
+    return found
+
+
+def _load(path: Path, key: dict[str, Any], link: LinkSpeed, machine: Machine, workers: int) -> Calibration | None:
+    """The calibration cached at ``path`` when it was made for ``key``; None when there is none, it is
+    unreadable, or it was made for another key (then it is measured again and overwritten)."""
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path, FormatError, "calibration")
+        check_header(doc, CALIBRATION_SCHEMA, CACHE_VERSION, str(path), FormatError)
+        if doc.get("key") != json.loads(json.dumps(key)):
+            return None
+        profiled = ProfiledTimes.from_dict(doc["profiled"], f"{path}: profiled")
+        return Calibration(profiled, float(doc["factor"]), float(doc["eager_ms"]), link, key, machine,
+                           str(doc["measured_at"]), path, loaded=True, workers=workers)  # fmt: skip
+    except (FormatError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _say(console: Console | None, line: str) -> None:
+    """Print ``line`` on ``console``, when there is one (a live status line of the caller stays)."""
+    if console is not None:
+        console.print(line)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementNotReusable
+from placement.pipeline.microbatches import microbatch_candidates
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 
@@ -66,5 +67,6 @@ def plan_batch_size(plan: Plan) -> int | None:
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
-    """The largest divisor of ``n`` that is at most ``limit`` (1 when ``n`` or ``limit`` is below 2)."""
-    return max((d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0), default=1)
+    """The largest divisor of ``n`` that is at most ``limit`` (1 when ``n`` or ``limit`` is below 2): the
+    largest of the pipeline's microbatch candidates for a batch of ``n``."""
+    return microbatch_candidates(n, limit)[-1] if n >= 1 and limit >= 1 else 1

@@ -11,10 +11,10 @@ import pytest
 import graphc
 from graphc import zoo
 from graphc.app import cli
+from graphc.app.run import SHUTDOWN_S, add_run_arguments, cmd_run, hardware_warning, torchrun_command
 from graphc.ir.errors import GraphcError
 from placement.plan import Plan, PlanMismatchError
 from runtime import contiguous_plan
-from graphc.app.run import SHUTDOWN_S, add_run_arguments, cmd_run, hardware_warning, torchrun_command
 
 
 def parse(*argv: str) -> argparse.Namespace:

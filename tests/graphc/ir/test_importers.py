@@ -74,7 +74,7 @@ def test_default_location_is_next_to_the_repository(benchmarks: Path, monkeypatc
     if not DEFAULT_BENCHMARKS.is_dir():
         pytest.skip(f"no benchmark folder at the default place {DEFAULT_BENCHMARKS}")
     monkeypatch.delenv("GRAPHC_BENCHMARKS", raising=False)
-    assert shared_benchmarks_dir() == DEFAULT_BENCHMARKS.resolve()
+    assert shared_benchmarks_dir().resolve() == DEFAULT_BENCHMARKS.resolve()
 
 
 def test_every_published_file_is_covered(benchmarks: Path) -> None:

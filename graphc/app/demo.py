@@ -87,6 +87,27 @@ class DemoResult:
         return self.largest_difference <= self.tolerance
 
     @property
+    def placement_pays(self) -> bool | None:
+        """Whether the placed step, one process per device, was measured faster than eager PyTorch on
+        every core of this machine (the strongest plain baseline here); None when either was not measured."""
+        if self.measured_ms is None or self.eager_all_cores_ms is None:
+            return None
+        return self.measured_ms < self.eager_all_cores_ms
+
+    def verdict(self) -> str:
+        """One plain sentence on whether placing the model across this machine's workers paid."""
+        measured, eager = self.measured_ms, self.eager_all_cores_ms
+        if measured is None or eager is None:
+            return "not measured: no verdict on whether placement pays here"
+        ratio = eager / measured
+        if measured < eager:
+            return f"placement pays here: the placed step is {ratio:.2f}x as fast as eager PyTorch on all {self.cores} cores"
+        return (
+            f"placement does not pay here: eager PyTorch on all {self.cores} cores is {1 / ratio:.2f}x as fast as "
+            "the placed step"
+        )
+
+    @property
     def exit_code(self) -> int:
         """0 when the placed run matched eager and every rank finished, else 1."""
         return 0 if self.matches_eager and self.measured_ms is not None and not self.failure else 1
@@ -173,6 +194,7 @@ def run_demo(console: Console) -> DemoResult:
         f"(median of {STEPS} steps; prediction {error:+.0%}); eager PyTorch on one thread {eager_ms:.1f} ms, "
         f"on all {cores} cores {eager_all_ms:.1f} ms"
     )
+    console.print(found.verdict())
     console.print(
         "CPU ranks stand in for devices here: they show that the plan runs exactly as eager and as predicted; "
         "on one CPU, eager PyTorch with every core is the baseline a placement must beat on real devices."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import io
 import json
@@ -13,7 +14,7 @@ from rich.console import Console
 import graphc.app.calibrate
 import graphc.app.cli
 from graphc.app.cli import DEFAULT_BATCH_SIZE, build_parser, main
-from graphc.app.demo import run_demo
+from graphc.app.demo import DemoResult, run_demo
 from graphc.ir.graph import Graph
 from graphc.ir.profiled import ProfiledTimes
 from placement.plan import Plan
@@ -254,10 +255,23 @@ def test_demo_plans_executes_checks_against_eager_and_reports_measured_time():
     assert result.eager_ms > 0  # eager PyTorch on one thread
     assert result.eager_all_cores_ms is not None and result.eager_all_cores_ms > 0 and result.cores >= 1  # on every core
     assert result.link.latency_s > 0 and result.link.bandwidth > 0 and result.profile_factor > 0
+    assert result.placement_pays == (result.measured_ms < result.eager_all_cores_ms)
     out = " ".join(printed.getvalue().split())  # what graphc demo prints, long lines wrapped at 100 columns
     assert "plan for 'inception_v3' on 'local'" in out and "placed execution matches eager PyTorch" in out
     assert "median of 5 steps" in out and "eager PyTorch on one thread" in out and "on all" in out
     assert "link between two ranks" in out and "profiled times x" in out
+
+
+@pytest.mark.parametrize("measured, eager_all, words", [
+    (30.0, 45.0, "placement pays here: the placed step is 1.50x as fast as eager PyTorch on all 2 cores"),
+    (60.0, 45.0, "placement does not pay here: eager PyTorch on all 2 cores is 1.33x as fast as the placed step"),
+    (None, 45.0, "not measured"),
+])  # fmt: skip
+def test_demo_says_plainly_whether_placement_pays(measured, eager_all, words):
+    fields = {f.name: None for f in dataclasses.fields(DemoResult)}
+    result = DemoResult(**{**fields, "measured_ms": measured, "eager_all_cores_ms": eager_all, "cores": 2})
+    assert result.placement_pays is (None if measured is None else measured < eager_all)
+    assert result.verdict().startswith(words)
 
 
 def test_demo_command_prints_and_exits_with_the_results_code(monkeypatch):

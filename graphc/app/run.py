@@ -142,7 +142,7 @@ def plan_granularity(given: str | None, plan: Plan) -> str:
 def plan_batch_size(given: int | None, plan: Plan) -> int:
     """The batch size to run: the one the plan was made for (its embedded graph records it); a batch
     size given must be that one, since the plan's shapes, times and memory are those of its batch."""
-    planned = plan.graph.meta.get("batch_size") if plan.graph is not None else None
+    planned = plan.graph.batch_size() if plan.graph is not None else None
     if planned is None:
         if given is None:
             raise ConfigurationError("the plan does not record the batch size it was made for: pass -b/--batch-size")
@@ -152,7 +152,7 @@ def plan_batch_size(given: int | None, plan: Plan) -> int:
             f"the plan was made for batch size {planned}, not -b {given}: leave -b out (or pass -b {planned}), "
             f"or make a plan for batch size {given} (graphc plan ... -b {given})"
         )
-    return int(planned)
+    return planned
 
 
 def hardware_warning(plan: Plan) -> str | None:

@@ -211,6 +211,12 @@ class Graph:
     def total_param_bytes(self) -> float:
         return sum(n.param_bytes for n in self.nodes())
 
+    def batch_size(self) -> int | None:
+        """The batch size the graph was traced for (``meta["batch_size"]``), None when it does not say
+        (an imported benchmark graph)."""
+        recorded = self.meta.get("batch_size")
+        return None if recorded is None else int(recorded)
+
     def num_params(self) -> int:
         """Number of trainable parameter elements, from ``meta["num_params"]`` when a trace set it."""
         if "num_params" in self.meta:

@@ -63,7 +63,7 @@ def choose_microbatches(
     one is always simulated.
     """
     if candidates is None:
-        candidates = microbatch_candidates(problem.graph.meta.get("batch_size"))
+        candidates = microbatch_candidates(problem.graph.batch_size())
     choice = MicrobatchChoice(microbatches=candidates[0])
     best_key = None
     capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))

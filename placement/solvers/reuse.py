@@ -38,9 +38,11 @@ def reuse_placement(plan: Plan, problem: Problem) -> Plan:
         raise PlacementNotReusable(
             f"graph {graph.name!r} has other nodes than the plan (new: {added[:3]}, gone: {removed[:3]})"
         )
-    microbatches = largest_divisor_at_most(batch_size(problem), plan.microbatches)
-    origin = plan.settings.get("reused_from") or {"graph_fingerprint": plan.graph_fingerprint,
-                                                  "batch_size": plan_batch_size(plan)}  # fmt: skip
+    microbatches = largest_divisor_at_most(graph.batch_size() or 1, plan.microbatches)
+    origin = plan.settings.get("reused_from") or {
+        "graph_fingerprint": plan.graph_fingerprint,
+        "batch_size": plan.graph.batch_size() if plan.graph is not None else None,
+    }
     try:
         reused = finish_plan(
             problem,
@@ -54,16 +56,6 @@ def reuse_placement(plan: Plan, problem: Problem) -> Plan:
     except InfeasibleError as exc:
         raise PlacementNotReusable(f"the placement does not fit at the new shape: {exc}") from exc
     return reused
-
-
-def batch_size(problem: Problem) -> int:
-    """The batch size the problem's graph was traced with (1 when the graph does not say)."""
-    return int(problem.graph.meta.get("batch_size", 1))
-
-
-def plan_batch_size(plan: Plan) -> int | None:
-    """The batch size of the graph a plan was made for, when the plan knows its graph."""
-    return int(plan.graph.meta.get("batch_size", 1)) if plan.graph is not None else None
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:

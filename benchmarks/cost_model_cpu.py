@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc import trace, zoo
+from graphc.app.calibrate import eager_step_ms
 from graphc.frontend.profile import ProfileSettings, profile_program, time_in_place
 from placement import Cluster, CostModel, simulate
 
@@ -42,18 +41,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "gnmt": dict(batch_size=8, size="small", hidden_size=128, vocab_size=1000, source_len=12, target_len=10, dropout=0.0),
     "gpt2": dict(batch_size=4, size="small", n_layer=2, n_embd=256, n_head=4, seq_len=128, n_positions=128, vocab_size=2000, dropout=0.0),
 }
-
-
-def eager_step_ms(zm: zoo.ZooModel, repeats: int) -> float:
-    """Median wall time of one eager training step (zero_grad, forward, loss, backward)."""
-    samples = []
-    for i in range(repeats + 2):
-        zm.model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        zm.loss(zm.model(*zm.example_inputs)).backward()
-        if i >= 2:
-            samples.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -82,7 +69,7 @@ def main() -> None:
             assignment = {n: device for n in program.graph.node_names()}
             predicted = simulate(program.graph, cluster, assignment, profiled).step_ms
             analytic = simulate(program.graph, cluster, assignment, roofline).step_ms
-            measured = eager_step_ms(zm, args.repeats)
+            measured = eager_step_ms(zm.model, zm.example_inputs, loss=zm.loss, steps=args.repeats)
             in_place = time_in_place(program, zm.example_inputs, args.repeats)
         for node in program.graph.nodes():
             if node.name in in_place:

@@ -281,8 +281,13 @@ class FaultReport:
         partial.write_text(json.dumps(asdict(self)))
         os.replace(partial, path)
 
+    @staticmethod
+    def files(directory: str | Path) -> list[Path]:
+        """The reports saved in ``directory`` so far (complete files only: :meth:`save` writes whole)."""
+        return list(Path(directory).glob("rank*.json"))
+
     @classmethod
     def first(cls, directory: str | Path) -> FaultReport | None:
         """The earliest report in ``directory``, or None while there is none."""
-        reports = [cls(**json.loads(p.read_text())) for p in Path(directory).glob("rank*.json")]
+        reports = [cls(**json.loads(p.read_text())) for p in cls.files(directory)]
         return min(reports, key=lambda r: r.at, default=None)

@@ -270,7 +270,7 @@ class _Torchrun:
     def _relay(self) -> None:
         assert self.process.stderr is not None
         for line in iter(self.process.stderr.readline, b""):
-            if not (self.stopping.is_set() or any(self.reports.glob("rank*.json"))):
+            if not (self.stopping.is_set() or FaultReport.files(self.reports)):
                 sys.stderr.write(line.decode(errors="replace"))
                 sys.stderr.flush()
         self.process.stderr.close()

@@ -73,7 +73,7 @@ def _cpop(inst: Instance, priority: np.ndarray, on_path: np.ndarray, cp_dev: int
         _, v = heapq.heappop(ready)
         if on_path[v] and cp_dev >= 0 and sched.ledger.may_use(v, cp_dev) and sched.ledger.fits(v, cp_dev, sched.dev):
             d = cp_dev
-            start = timelines[d].earliest(float(sched.ready_row(v)[d]), float(sched.work[v, d]))
+            start = timelines[d].earliest(sched.ready_on(v, d), float(sched.work[v, d]))
         else:
             d, start = sched.eft(v, timelines)
         sched.place(v, d, start)
@@ -89,4 +89,4 @@ def cpop(problem: Problem) -> Plan:
     """Place with CPOP and record the schedule's order per device."""
     inst = instance(problem)
     sched = cpop_schedule(inst)
-    return to_plan(problem, inst, sched.dev, solver="critical-path", seq=sched.seq)
+    return to_plan(problem, inst, sched.dev, solver="critical-path", seq=sched.seq, settings=sched.settings())

@@ -58,13 +58,15 @@ def etf_schedule(
     prio = (-np.asarray(priority, dtype=float)).tolist()
 
     def release(v: int) -> None:
-        row = sched.ready_row(v)
+        row = sched.ready_row(v)  # as links stand now; checked again when the offer is taken
         ready_at[v] = row
         options = [d for d in range(D) if ledger.may_use(v, d)]
         if home is not None and home[v] >= 0:
             h = int(dev[home[v]])
-            if h in options and slow[v][h] <= 1e-9 * (1.0 + fastest[v, 0]) and ledger.fits(v, h, dev):
-                options = [h]
+            if h in options and ledger.fits(v, h, dev):
+                start = [max(row[d], free[d]) + slow[v][d] for d in options]
+                if max(row[h], free[h]) + slow[v][h] <= min(start) + 1e-9 * (1.0 + fastest[v, 0]):
+                    options = [h]
         for d in options:
             heapq.heappush(waiting[d], (float(row[d]), prio[v], v))
 
@@ -84,15 +86,15 @@ def etf_schedule(
                 heapq.heappop(A)
             if A:
                 v = A[0][1]
-                key = (f + slow[v][d], A[0][0], rank[d], v, f, d)
+                key = (f + slow[v][d], A[0][0], rank[d], v, f, d, A)
             else:
                 while W and (dev[W[0][2]] >= 0 or not ledger.may_use(W[0][2], d) or not ledger.fits(W[0][2], d, dev)):
                     heapq.heappop(W)
                 if not W:
                     continue
                 v = W[0][2]
-                key = (W[0][0] + slow[v][d], W[0][1], rank[d], v, W[0][0], d)
-            if best is None or key < best:
+                key = (W[0][0] + slow[v][d], W[0][1], rank[d], v, W[0][0], d, W)
+            if best is None or key[:6] < best[:6]:
                 best = key
         if best is None:
             # Every offer was withdrawn (memory ran out or a group went elsewhere): retry the ready
@@ -105,7 +107,13 @@ def etf_schedule(
                 for d in options:
                     heapq.heappush(waiting[d], (float(ready_at[v][d]), prio[v], v))
             continue
-        _, _, _, v, start, d = best
+        _, _, _, v, start, d, heap = best
+        ready = sched.ready_on(v, d)
+        if ready > start:
+            # Links booked since the offer was made delay it: offer it again at its new time.
+            heapq.heappop(heap)
+            heapq.heappush(waiting[d], (ready, prio[v], v))
+            continue
         sched.place(v, d, start)
         del ready_at[v]
         for w, _ in inst.succs[v]:
@@ -125,4 +133,4 @@ def m_etf(problem: Problem) -> Plan:
     inst = instance(problem)
     priority = static_priority(inst)
     sched = memory_retries(lambda h: etf_schedule(inst, priority, headroom=h))
-    return to_plan(problem, inst, sched.dev, solver="m-etf", seq=sched.seq)
+    return to_plan(problem, inst, sched.dev, solver="m-etf", seq=sched.seq, settings=sched.settings())

@@ -49,4 +49,4 @@ def heft(problem: Problem) -> Plan:
     """Place with HEFT and record the schedule's order per device."""
     inst = instance(problem)
     sched = heft_schedule(inst)
-    return to_plan(problem, inst, sched.dev, solver="heft", seq=sched.seq)
+    return to_plan(problem, inst, sched.dev, solver="heft", seq=sched.seq, settings=sched.settings())

@@ -36,6 +36,7 @@ from placement.errors import ConfigurationError
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance
+from placement.solvers.linkbook import LinkBook
 from placement.solvers.search import Evaluator
 
 
@@ -216,15 +217,18 @@ class Schedule:
         self.seq: list[list[int]] = [[] for _ in range(D)]
         self._seq_start: list[list[float]] = [[] for _ in range(D)]
         self.ledger = MemoryLedger(inst, headroom)
+        self.links = LinkBook(inst)
         self.placed = 0
 
     def ready_row(self, v: int) -> np.ndarray:
-        """(D,) when all of ``v``'s inputs can be on each device (its predecessors must be placed)."""
-        inst = self.inst
-        row = np.zeros(inst.num_devices)
-        for u, e in inst.preds[v]:
-            np.maximum(row, self.finish[u] + inst.round_trip_row(e, int(self.dev[u])), out=row)
-        return row
+        """(D,) when all of ``v``'s inputs can be on each device (its predecessors must be placed),
+        after the transfers already booked (:class:`~placement.solvers.linkbook.LinkBook`)."""
+        links, dev, finish = self.links, self.dev, self.finish
+        return np.asarray([links.ready(v, d, dev, finish) for d in range(self.inst.num_devices)])
+
+    def ready_on(self, v: int, d: int) -> float:
+        """When all of ``v``'s inputs can be on device ``d``, after the transfers already booked."""
+        return self.links.ready(v, d, self.dev, self.finish)
 
     def candidates(self, v: int) -> list[int]:
         """Devices ``v`` may use and fits on now."""
@@ -232,7 +236,11 @@ class Schedule:
         return [d for d in range(self.inst.num_devices) if led.may_use(v, d) and led.fits(v, d, dev)]
 
     def place(self, v: int, d: int, start: float) -> None:
-        """Put ``v`` on ``d`` from ``start`` for its work time; the device order is by start time."""
+        """Put ``v`` on ``d`` from ``start`` (not before its inputs can be there) for its work time,
+        booking the transfers of its inputs; the device order is by start time."""
+        ready = self.links.book(v, d, self.dev, self.finish)
+        if ready > start:
+            start = ready
         self.ledger.commit(v, d, self.dev)
         self.dev[v] = d
         self.start[v] = start
@@ -272,6 +280,10 @@ class Schedule:
 
     def makespan(self) -> float:
         return float(self.finish.max(initial=0.0))
+
+    def settings(self) -> dict[str, float]:
+        """What a plan records of the schedule: ``schedule_ms``, the step it predicts."""
+        return {"schedule_ms": round(self.makespan(), 6)}
 
 
 HEADROOMS = (1.0, 4.0, 16.0, 64.0)

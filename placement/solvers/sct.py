@@ -160,4 +160,4 @@ def m_sct(problem: Problem) -> Plan:
     """Place with m-SCT and record the schedule's order per device."""
     inst = instance(problem)
     sched = sct_schedule(inst)
-    return to_plan(problem, inst, sched.dev, solver="m-sct", seq=sched.seq)
+    return to_plan(problem, inst, sched.dev, solver="m-sct", seq=sched.seq, settings=sched.settings())

@@ -194,7 +194,8 @@ def test_inference_memory_frees_an_output_after_its_last_consumer() -> None:
 def test_memory_of_received_activations_and_gradients() -> None:
     g = graph({"a": (1, 1, 10), "b": (1, 1, 20)}, [("a", "b", MB)])
     r = simulate(g, star(), {"a": "d0", "b": "d1"})
-    assert r.peak_memory_bytes["d1"] == 20 + MB  # b's activation and the received input of b
+    # b's activation, the received input of b and, while B(b) runs, the gradient of that input
+    assert r.peak_memory_bytes["d1"] == 20 + MB + MB
     assert r.peak_memory_bytes["d0"] == 10 + MB  # a's activation and the gradient sent back
 
 
@@ -408,8 +409,12 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
     def hold(device: str, start: float, end: float, nbytes: float) -> None:
         changes.extend(((device, start, nbytes), (device, end, -nbytes)))
 
+    inputs = graph_inputs(g)
     for e in result.timeline:
         nd = g.node(e.name)
+        if e.kind == "backward" and e.name not in inputs:  # the output's and the inputs' gradients
+            in_grads = sum(g.edge(p, e.name).bytes for p in g.predecessors(e.name) if p not in inputs)
+            hold(e.device, e.start_ms, e.end_ms, max(nd.output_bytes, in_grads) / m)
         if e.kind == "forward":
             if mode == "training":
                 hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, nd.activation_bytes / m)

@@ -21,16 +21,28 @@ replicated stages (Narayanan et al., SOSP 2019) added through :math:`r`.
 Evaluation. Ideals are sorted by size, so every :math:`J \subsetneq I` comes before :math:`I`. For each
 :math:`I` all its sub-ideals :math:`J` are found at once (bitset test on packed words) and the loads of
 all differences :math:`I \setminus J` are computed as vectors: compute, memory and parameter sums as
-differences of per-ideal prefix sums, and the communication term exactly from two per-ideal tables for
-every node :math:`u` that has a successor in another block: whether :math:`u \in I`, and
-:math:`|\mathrm{succ}(u) \cap I|` counted in blocks. With :math:`S = I \setminus J`,
-:math:`|\mathrm{succ}(u) \cap S| = |\mathrm{succ}(u) \cap I| - |\mathrm{succ}(u) \cap J|`, and :math:`u`
-crosses the boundary of :math:`S` iff it is in :math:`S` with fewer than all its successor blocks in
-:math:`S`, or outside :math:`S` with at least one in :math:`S`. The work is
-:math:`O(\#\text{pairs} \cdot (|R| + \text{states}))` with numpy, :math:`|R|` the number of such nodes.
-A lattice whose tables (:data:`MAX_TABLE_CELLS`) or estimated work (:data:`MAX_WORK`) are too large is
-refused as :class:`~placement.pipeline.ideals.TooManyIdeals` before any work, and a deadline stops the
-loop (:class:`DPTimeout`), so a caller can fall back to the prefix lattice.
+differences of per-ideal prefix sums. Communication: for a node :math:`u` with a successor in another
+block, its *span* :math:`\sigma(u)` is the set of blocks of :math:`u` and of its successors; :math:`u`
+crosses the boundary of a part :math:`S` iff :math:`\sigma(u)` meets :math:`S` without lying inside it.
+Let :math:`\mathrm{cut}(J)` be the communication of ideal :math:`J` as a part and :math:`B(I)` the nodes
+whose span meets :math:`I` without lying inside it (the tensors crossing :math:`I`'s boundary, a few per
+ideal in a DNN). For :math:`J \subseteq I`, a node whose span lies inside :math:`I` crosses
+:math:`I \setminus J` iff it crosses :math:`J`; one whose span misses :math:`I` crosses neither; so
+
+.. math::
+
+    \mathrm{comm}(I \setminus J) = \mathrm{cut}(J) + \sum_{u \in B(I)} c_u
+        \bigl([\sigma(u) \cap J = \emptyset] - [\sigma(u) \cap I \subseteq J]\bigr)
+
+(a node of :math:`B(I)` crosses :math:`I \setminus J` iff :math:`\sigma(u) \cap I \not\subseteq J`, and
+crosses :math:`J` iff :math:`\sigma(u) \cap J \neq \emptyset`), computed exactly from one per-ideal table,
+:math:`|\sigma(u) \cap I|` counted in blocks. The work per pair is :math:`O(|B(I)| + \text{states} \cdot
+\text{options})`, independent of the size of the graph, which is what makes operator graphs of 2,000
+nodes take seconds. The exact DP first runs the DP over prefixes (below) and skips every pair whose
+compute alone, on any class with the most replicas, exceeds that split's max-load: no optimal chain
+uses it. A lattice whose tables (:data:`MAX_TABLE_CELLS`) or estimated work (:data:`MAX_WORK`) are too
+large is refused as :class:`~placement.pipeline.ideals.TooManyIdeals` before the loop, and a deadline
+stops the loop (:class:`DPTimeout`), so a caller can fall back to the prefix lattice.
 
 When no split fits in memory, the same recurrence with :math:`\max_S (\mathrm{mem}(S) - M_t)` as the
 stage cost finds the least overflow any contiguous split must have, and :class:`InfeasibleError` names it.
@@ -63,8 +75,8 @@ from placement.pipeline.instance import (
     max_load,
 )
 
-MAX_TABLE_CELLS = 30_000_000  # ideals x blocks: the per-ideal membership table
-MAX_WORK = 5e9  # pairs of ideals x (nodes that may cross + states x options), estimated as N^2/2
+MAX_TABLE_CELLS = 30_000_000  # ideals x (blocks or nodes that may cross): the per-ideal tables
+MAX_WORK = 5e9  # pairs of ideals x (boundary nodes + states x options), pairs estimated as N^2/2
 
 
 @dataclass
@@ -80,10 +92,10 @@ class _Tables:
     forbidden: np.ndarray  # N x T: number of nodes not allowed on the class
     memory: np.ndarray  # N
     params: np.ndarray  # N
-    comm_cost: np.ndarray  # |R|
-    in_ideal: np.ndarray  # N x |R| bool
-    succ_in: np.ndarray  # N x |R| int32
-    degree: np.ndarray  # |R|
+    comm_cost: np.ndarray  # |R|: c_u of the nodes that may cross
+    span_in: np.ndarray  # N x |R| int32: blocks of each node's span inside each ideal
+    span_size: np.ndarray  # |R| int32: blocks of each node's span
+    cut: np.ndarray  # N: communication of each ideal as a part
 
     @property
     def size(self) -> int:
@@ -96,14 +108,27 @@ class _Tables:
         w = self.words
         return np.flatnonzero(~np.any(w[:i] & ~w[i], axis=1))
 
+    def least_load(self, i: int, js: np.ndarray, options: list[tuple[int, int]]) -> np.ndarray:
+        """A lower bound on the stage cost of ``I_i \\ I_j`` over ``options``: its compute divided by the
+        replicas, ``inf`` where it holds a node the class may not run or does not fit the class."""
+        mem = self.memory[i] - self.memory[js]
+        out = np.full(len(js), np.inf)
+        for t, r in options:
+            cls = self.inst.classes[t]
+            ok = (self.forbidden[i, t] - self.forbidden[js, t] <= 0) & (mem <= cls.capacity * (1 + 1e-12))
+            out = np.minimum(out, np.where(ok, (self.compute[i, t] - self.compute[js, t]) / r, np.inf))
+        return out
+
     def comm(self, i: int, js: np.ndarray) -> np.ndarray:
-        """Communication of ``I_i \\ I_j`` for every ``j`` in ``js`` (module docstring)."""
-        if self.comm_cost.size == 0:
-            return np.zeros(len(js))
-        in_s = self.in_ideal[i] & ~self.in_ideal[js]
-        succ_s = self.succ_in[i] - self.succ_in[js]
-        cross = np.where(in_s, succ_s < self.degree, succ_s > 0)
-        return cross.astype(np.float64) @ self.comm_cost
+        """Communication of ``I_i \\ I_j`` for every ``j`` in ``js``: ``cut(J)`` corrected on the boundary
+        of ``I`` (module docstring)."""
+        row = self.span_in[i]
+        boundary = np.flatnonzero((row > 0) & (row < self.span_size))
+        if boundary.size == 0:
+            return self.cut[js].copy()
+        inside_j = self.span_in[np.ix_(js, boundary)]
+        costs = self.comm_cost[boundary]
+        return self.cut[js] + (inside_j == 0) @ costs - (inside_j == row[boundary]) @ costs
 
 
 def _tables(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], exhaustive: bool) -> _Tables:
@@ -122,18 +147,19 @@ def _tables(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], exhaust
     np.add.at(forb_block, blocks.block_of, np.isinf(load).astype(np.float64))
     np.add.at(mem_block, blocks.block_of, np.asarray(inst.memory, dtype=np.float64))
     np.add.at(par_block, blocks.block_of, np.asarray(inst.param_bytes, dtype=np.float64))
-    # Nodes whose output may cross a boundary: a successor in another block and a cost.
-    succ_blocks: dict[int, set[int]] = {}
+    # Nodes whose output may cross a boundary (a successor in another block, a cost) and their spans.
+    span: dict[int, set[int]] = {}
     for u, w in inst.edges:
         bu, bw = blocks.block_of[u], blocks.block_of[w]
         if bu != bw and inst.comm[u] > 0:
-            succ_blocks.setdefault(u, set()).add(bw)
-    rel = sorted(succ_blocks)
-    adj = np.zeros((nb, len(rel)), dtype=np.float32)
+            span.setdefault(u, {bu}).add(bw)
+    rel = sorted(span)
+    incidence = np.zeros((nb, len(rel)), dtype=np.float32)
     for j, u in enumerate(rel):
-        for b in succ_blocks[u]:
-            adj[b, j] = 1.0
-    own = [blocks.block_of[u] for u in rel]
+        incidence[sorted(span[u]), j] = 1.0
+    span_in = np.rint(member.astype(np.float32) @ incidence).astype(np.int32)
+    span_size = incidence.sum(axis=0).astype(np.int32)
+    comm_cost = np.array([inst.comm[u] for u in rel], dtype=np.float64)
     return _Tables(
         inst=inst,
         blocks=blocks,
@@ -144,10 +170,10 @@ def _tables(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], exhaust
         forbidden=np.rint(member @ forb_block),
         memory=member @ mem_block,
         params=member @ par_block,
-        comm_cost=np.array([inst.comm[u] for u in rel], dtype=np.float64),
-        in_ideal=member[:, own].astype(bool),
-        succ_in=np.rint(member.astype(np.float32) @ adj).astype(np.int32),
-        degree=adj.sum(axis=0).astype(np.int32),
+        comm_cost=comm_cost,
+        span_in=span_in,
+        span_size=span_size,
+        cut=((span_in > 0) & (span_in < span_size)) @ comm_cost,
     )
 
 
@@ -159,8 +185,14 @@ def _options(inst: ThroughputInstance, replication: bool) -> list[tuple[int, int
     return [(t, r) for t, c in enumerate(inst.classes) for r in range(1, (c.count if replication else 1) + 1)]
 
 
-def _run(tab: _Tables, cost: _StageCost, options: list[tuple[int, int]], deadline: float | None):
-    """The recurrence of the module docstring; returns the value table and the argmin table."""
+def _run(
+    tab: _Tables, cost: _StageCost, options: list[tuple[int, int]], deadline: float | None, limit: float = math.inf
+):
+    """The recurrence of the module docstring; returns the value table and the argmin table.
+
+    Pairs whose stage costs more than ``limit`` on every option however it is replicated (compute alone,
+    :meth:`_Tables.least_load`) or fits no class are skipped before their communication is computed.
+    """
     counts = [c.count for c in tab.inst.classes]
     strides = [1] * len(counts)
     for t in range(len(counts) - 2, -1, -1):
@@ -178,6 +210,8 @@ def _run(tab: _Tables, cost: _StageCost, options: list[tuple[int, int]], deadlin
         if deadline is not None and (i & 63) == 0 and time.perf_counter() > deadline:
             raise DPTimeout(f"the DP over {n_ideals} ideals passed its deadline at ideal {i}")
         js = tab.subsets(i)
+        if limit != math.inf:
+            js = js[tab.least_load(i, js, options) <= limit]
         pairs += len(js)
         stage = cost(i, js)
         prev_all = value[js]
@@ -280,9 +314,11 @@ def contiguous_dp(
     replicate = inst.replication if replication is None else replication
     blocks = structure_blocks(inst)
     options = _options(inst, replicate)
+    limit = math.inf
     if exhaustive:
         ideals = enumerate_ideals(blocks, max_ideals)
-        _check_size(inst, blocks, ideals, options)
+        _check_cells(inst, blocks, ideals)
+        limit = _prefix_limit(inst, replicate, chunks)
     else:
         weights = [0.0] * len(blocks)
         for v, b in enumerate(blocks.block_of):
@@ -290,7 +326,9 @@ def contiguous_dp(
         blocks = chunk_blocks(blocks, weights, chunks)
         ideals = prefix_ideals(len(blocks))
     tab = _tables(inst, blocks, ideals, exhaustive)
-    value, arg_j, arg_o, strides, pairs = _run(tab, _load_cost(tab, options), options, deadline)
+    if exhaustive:
+        _check_work(tab, options)
+    value, arg_j, arg_o, strides, pairs = _run(tab, _load_cost(tab, options), options, deadline, limit)
     full = sum(c.count * st for c, st in zip(inst.classes, strides))
     if not np.isfinite(value[-1, full]):
         raise _infeasible(tab, deadline)
@@ -310,23 +348,46 @@ def contiguous_dp(
             "blocks": len(blocks),
             "comm_nodes": int(tab.comm_cost.size),
             "dp_value": float(value[-1, full]),
+            "limit": limit if math.isfinite(limit) else None,
             "replication": replicate,
         },
     )
 
 
-def _check_size(inst: ThroughputInstance, blocks: Blocks, ideals: list[int], options: list) -> None:
-    """Refuse (as too many ideals) a lattice whose tables or pairs would not fit in memory or time."""
+def _prefix_limit(inst: ThroughputInstance, replicate: bool, chunks: int) -> float:
+    """The max-load of the prefix DP's split (a contiguous split, so the optimum is no larger), with room
+    for rounding; ``inf`` when no prefix split fits."""
+    try:
+        return contiguous_dp(inst, exhaustive=False, chunks=chunks, replication=replicate).max_load * (1 + 1e-9)
+    except InfeasibleError:
+        return math.inf
+
+
+def _check_cells(inst: ThroughputInstance, blocks: Blocks, ideals: list[int]) -> None:
+    """Refuse (as too many ideals) a lattice whose per-ideal tables would not fit in memory."""
     n_ideals, nb = len(ideals), len(blocks)
-    states = 1
-    for c in inst.classes:
-        states *= c.count + 1
-    comm_nodes = sum(1 for u, w in inst.edges if inst.comm[u] > 0 and blocks.block_of[u] != blocks.block_of[w])
-    work = n_ideals * n_ideals / 2 * (min(comm_nodes, inst.n) + states * len(options))
-    if n_ideals * nb > MAX_TABLE_CELLS or work > MAX_WORK:
+    comm_nodes = len({u for u, w in inst.edges if inst.comm[u] > 0 and blocks.block_of[u] != blocks.block_of[w]})
+    cells = n_ideals * max(nb, comm_nodes)
+    if cells > MAX_TABLE_CELLS:
         raise TooManyIdeals(
             n_ideals, n_ideals - 1,
-            f"{n_ideals} ideals of {nb} blocks: about {work:.1e} steps of DP, more than the exact DP takes on",
+            f"{n_ideals} ideals of {nb} blocks and {comm_nodes} nodes that may cross: tables of {cells:.1e} "
+            f"cells, more than the exact DP keeps ({MAX_TABLE_CELLS:.1e})",
+        )  # fmt: skip
+
+
+def _check_work(tab: _Tables, options: list[tuple[int, int]]) -> None:
+    """Refuse (as too many ideals) a lattice whose pairs would take too long: at most ``N^2 / 2`` pairs,
+    each costing its ideal's boundary (the communication correction) and the states times options."""
+    n_ideals = tab.size
+    states = math.prod(c.count + 1 for c in tab.inst.classes)
+    boundary = float(((tab.span_in > 0) & (tab.span_in < tab.span_size)).sum()) / n_ideals
+    work = n_ideals * n_ideals / 2 * (boundary + states * len(options))
+    if work > MAX_WORK:
+        raise TooManyIdeals(
+            n_ideals, n_ideals - 1,
+            f"{n_ideals} ideals of {len(tab.blocks)} blocks: about {work:.1e} steps of DP, more than the exact "
+            f"DP takes on ({MAX_WORK:.1e})",
         )  # fmt: skip
 
 

@@ -1,18 +1,37 @@
 """Blocks and ideals: the lattice the contiguous dynamic program runs over.
 
-**Blocks.** Nodes of one colocation group form a *unit*; units joined by the structure edges (edges
-between forward nodes, see :mod:`placement.pipeline.instance`) form the unit graph. A cycle of units
-(two colocated nodes with a path between them through a third) must sit in one part of any contiguous
-split, so the strongly connected components of the unit graph are merged into *blocks*; the block graph
-is a DAG, numbered in a deterministic topological order. In the NeurIPS 2020 training files every block
-is one colour class: a layer's forward node and its backward node.
+**The pipeline structure.** Contiguity (module docstring of :mod:`placement.pipeline.instance`) is
+defined on the edges between forward nodes; a backward node follows its colocation group (its colour
+class). Operator-level training graphs also have *backward-only* units: colocation units without a
+forward node (a colour class of backward nodes only, or an uncoloured backward node). Such a unit has no
+forward edge, so the forward structure leaves it free: every one of them doubles the number of ideals
+(32 of them in the NeurIPS 2020 ``bert_L-12_training`` operator graph), and no pipeline order says where
+its gradient work runs. :func:`pipeline_edges` therefore adds, for every edge between two backward nodes
+that touches a backward-only unit, the *mirrored* edge: a backward edge ``a -> b`` carries a gradient
+from ``a`` to ``b`` (towards the inputs), so in pipeline order ``b``'s unit comes no later than ``a``'s,
+as the forward nodes of two layers ``b -> a`` would. This is how the NeurIPS 2020 authors' DP treats
+such units (an artificial forward node mirroring the backward one); it is a constraint a pipelined
+training step needs anyway (a stage's backward pass receives gradients only from later stages).
+Backward edges between units that have forward nodes, and edges from forward to backward nodes (saved
+activations, read in the backward pass whichever stage holds them), add nothing. Graphs without
+backward-only units (every inference graph, the layer-level training files) get exactly the forward
+structure. :func:`is_pipeline_contiguous` checks a split against these edges; the DP, the contiguous
+CP-SAT model and exhaustive search all use them, so their optima are of the same problem.
+
+**Blocks.** Nodes of one colocation group form a *unit*; units joined by the pipeline edges form the
+unit graph. A cycle of units (two colocated nodes with a path between them through a third) must sit in
+one part of any contiguous split, so the strongly connected components of the unit graph are merged
+into *blocks*; the block graph is a DAG, numbered in a deterministic topological order. In the NeurIPS
+2020 layer-level training files every block is one colour class: a layer's forward node and its
+backward node.
 
 **Ideals.** An ideal is a set of blocks closed under predecessors. Contiguous splits are exactly the
 chains of ideals (module docstring of :mod:`~placement.pipeline.instance`). :func:`enumerate_ideals`
 lists all of them breadth-first from the empty ideal, adding one block whose predecessors are all in
 (each ideal of size ``k+1`` is an ideal of size ``k`` plus such a block, so the search finds every
 ideal, and a set per level removes duplicates), as the NeurIPS 2020 paper does. Their number is small
-for chain-like networks (ResNet-50: 242, BERT-24: 39) but grows as the product of the branch lengths of
+for chain-like networks (ResNet-50: 242, BERT-24: 39; the operator-level training graphs of BERT and
+ResNet-50, 600 to 2,012 nodes: 258 to 3,776) but grows as the product of the branch lengths of
 parallel branches (GNMT: 7,874; Inception-v3: 221,566), so the enumeration stops at a limit.
 :func:`chunk_blocks` and :func:`prefix_ideals` then offer the prefixes of one topological order of at
 most ``chunks`` runs of consecutive blocks instead: every chain of those is still a contiguous split,
@@ -24,12 +43,13 @@ Ideals are Python integers used as bitsets over blocks (bit ``b``: block ``b``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
 from placement.errors import TooManyIdeals
-from placement.pipeline.instance import ThroughputInstance, colocation_units
+from placement.pipeline.instance import Part, ThroughputInstance, colocation_units
 
 
 @dataclass
@@ -63,12 +83,50 @@ class Blocks:
         return sorted(out)
 
 
+def pipeline_edges(inst: ThroughputInstance) -> list[tuple[int, int]]:
+    """The node pairs ``(u, w)`` contiguity is defined on: ``u``'s part comes no later than ``w``'s.
+
+    The forward structure edges, then, for every edge ``a -> b`` between backward nodes that touches a
+    backward-only unit, the mirrored pair ``(b, a)`` (module docstring)."""
+    unit = colocation_units(inst)
+    has_forward = {unit[v] for v in range(inst.n) if not inst.backward[v]}
+    edges = inst.structure_edges()
+    for a, b in inst.edges:
+        both_backward = inst.backward[a] and inst.backward[b] and unit[a] != unit[b]
+        if both_backward and (unit[a] not in has_forward or unit[b] not in has_forward):
+            edges.append((b, a))
+    return edges
+
+
+def is_pipeline_contiguous(
+    inst: ThroughputInstance,
+    parts: Sequence[Part] | Sequence[Sequence[int]],
+    edges: Sequence[tuple[int, int]] | None = None,
+) -> bool:
+    """Whether the quotient graph of the split over :func:`pipeline_edges` (``edges``, when the caller
+    has them already) is acyclic.
+
+    Stricter than :func:`~placement.pipeline.instance.is_contiguous` only on graphs with backward-only
+    units (module docstring)."""
+    where: dict[int, int] = {}
+    for i, p in enumerate(parts):
+        for v in p.nodes if isinstance(p, Part) else p:
+            where[v] = i
+    quotient = nx.DiGraph()
+    quotient.add_nodes_from(range(len(parts)))
+    quotient.add_edges_from(
+        (where[u], where[w]) for u, w in (pipeline_edges(inst) if edges is None else edges) if u in where and w in where and where[u] != where[w]
+    )
+    return nx.is_directed_acyclic_graph(quotient)
+
+
 def structure_blocks(inst: ThroughputInstance) -> Blocks:
-    """Merge colocation units, then strongly connected units, into blocks in topological order."""
+    """Merge colocation units, then units strongly connected by :func:`pipeline_edges`, into blocks in
+    topological order."""
     unit = colocation_units(inst)
     g = nx.DiGraph()
     g.add_nodes_from(sorted(set(unit)))
-    for u, w in inst.structure_edges():
+    for u, w in pipeline_edges(inst):
         if unit[u] != unit[w]:
             g.add_edge(unit[u], unit[w])
     cond = nx.condensation(g)

@@ -23,8 +23,9 @@ Constraints:
   non-increasing in device order (non-contiguous) or their pipeline positions increasing (contiguous);
 * contiguity, only when asked (:meth:`_Model.contiguity`): a position :math:`o_d \in [0, D)` per device,
   all different, and :math:`q_a \in [0, D)` per unit with :math:`x_{a,d} \Rightarrow q_a = o_d` and
-  :math:`q_a \le q_b` for every structure edge between units: the quotient graph follows the order of
-  positions, so it is acyclic, which is exactly the contiguity of :mod:`placement.pipeline.instance`.
+  :math:`q_a \le q_b` for every pipeline edge between units (:func:`~placement.pipeline.ideals.pipeline_edges`:
+  the forward structure, plus mirrored gradient edges of backward-only units): the quotient graph follows
+  the order of positions, so it is acyclic, which is exactly the contiguity the DP optimises over.
 
 Objective: minimise :math:`T`. The split found is re-scored exactly in floating point. The proven bound is
 :math:`(B - \tfrac{K}{2}) / \sigma` with :math:`B` CP-SAT's bound and :math:`K` the most terms a device's
@@ -54,12 +55,12 @@ from ortools.sat.python import cp_model
 from graphc.ir.deprecation import renamed_keywords
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
+from placement.pipeline.ideals import is_pipeline_contiguous, pipeline_edges
 from placement.pipeline.instance import (
     Partition,
     ThroughputInstance,
     colocation_units,
     format_bytes,
-    is_contiguous,
     make_part,
     max_load,
 )
@@ -199,7 +200,7 @@ class _Model:
         for (a, dev), x in self.x.items():
             self.m.add(self.pos[a] == self.order[dev]).only_enforce_if(x)
         seen = set()
-        for u, w in d.inst.structure_edges():
+        for u, w in pipeline_edges(d.inst):
             a, b = d.unit_of[u], d.unit_of[w]
             if a != b and (a, b) not in seen:
                 seen.add((a, b))
@@ -307,7 +308,7 @@ def noncontiguous_ilp(
         method="ilp-contiguous" if contiguous else "ilp",
         optimal=optimal,
         bound=min(bound, value),
-        contiguous=is_contiguous(inst, split),
+        contiguous=is_pipeline_contiguous(inst, split),
         seconds=time.perf_counter() - started,
         stats={
             "status": name,

@@ -37,11 +37,10 @@ from typing import Any
 
 import torch
 
-from graphc.app.calibrate import Calibration
 from graphc.frontend import zoo
 from graphc.ir.errors import ConfigurationError, GraphcError, RuntimeFault
 from graphc.ir.graph import Graph
-from placement import simulate
+from placement import Cluster, CostModel, simulate
 from placement.plan import Plan
 from runtime import DistributedExecutor, PartitionedProgram, init_from_env
 from runtime.launch import spawn
@@ -211,14 +210,15 @@ def measure_plans(
     return found
 
 
-def predict(case: PlanCase, graph: Graph, calibration: Calibration) -> Predicted:
-    """The simulated step and peak memory of ``case`` on the calibrated cluster, in the order its
-    program runs, without optimizer state (the plans are measured without an optimizer). The simulator
-    has one pipeline order, GPipe's: a 1F1B case is predicted as GPipe."""
+def predict(case: PlanCase, graph: Graph, cluster: Cluster, cost_model: CostModel) -> Predicted:
+    """The simulated step and peak memory of ``case`` (made for ``graph``) on ``cluster`` with
+    ``cost_model`` (a :class:`~graphc.app.calibrate.Calibration`'s, to predict this machine), in the order
+    its program runs, without optimizer state (the plans are measured without an optimizer). The
+    simulator has one pipeline order, GPipe's: a 1F1B case is predicted as GPipe."""
     plan = case.plan
     result = simulate(
-        graph, calibration.cluster, plan.assignment, calibration.cost_model, microbatches=plan.microbatches,
-        order=case.program.node_order, optimizer_state_factor=0.0,
+        graph, cluster, plan.assignment, cost_model, microbatches=plan.microbatches, order=case.program.node_order,
+        optimizer_state_factor=0.0,
     )  # fmt: skip
     used = case.program.devices
     return Predicted(result.step_ms, {d: int(result.peak_memory_bytes[d]) for d in used})

@@ -14,7 +14,8 @@ Every solver is a function ``Problem -> Plan`` registered by name in :data:`SOLV
 ``cp-sat``         joint placement and scheduling with OR-Tools CP-SAT, coarsened, warm-started,
                    refined by large-neighbourhood search; reports CP-SAT's proven bound
 ``auto``           picks and combines the above by graph size and time budget; throughput requests
-                   go to :func:`placement.pipeline.solve_throughput`
+                   go to :func:`placement.pipeline.solve_throughput`, and one device is always a
+                   candidate (never a plan slower than it)
 =================  ============================================================================
 
 :func:`solve` is the one public entry for both objectives: ``objective="throughput"`` (with ``auto``)
@@ -23,7 +24,8 @@ are arguments of ``solve``, so no caller needs :func:`~placement.problem.make_pr
 
 All honour the resolved constraints (pins, colocation, forbidden kinds, memory budgets) and return
 :func:`~placement.problem.finish_plan`'s checked, simulated, bounded Plan. Same inputs and seed
-give the same plan (see :mod:`placement.solvers.auto` for the one caveat, CP-SAT under a loaded clock).
+give the same plan, on a quiet or a loaded machine (:mod:`placement.solvers.auto` says how; a plan cut
+short by the wall-clock safety net says so in ``settings["stopped_by_wall_clock"]``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from placement.cluster import ClusterLike
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError
-from placement.pipeline import solve_throughput
 from placement.plan import Plan
 from placement.problem import Problem, make_problem
 from placement.solvers.auto import auto
@@ -125,8 +126,8 @@ def solve(
         seed=seed,
         microbatches=microbatches,
     )
-    if problem.objective == "throughput" and solver == "auto":
-        return solve_throughput(problem, **pipeline_options)
+    if solver == "auto":
+        return auto(problem, **pipeline_options)
     return SOLVERS[solver](problem)
 
 

@@ -1,75 +1,85 @@
-"""``solver="auto"``: the best plan the time budget allows, with its proven gap.
+"""``solver="auto"``: the best plan the time budget allows, reproducibly, never slower than one device.
 
-* ``objective="throughput"`` goes to the pipeline solver, :func:`placement.pipeline.solve_throughput`,
-  with its defaults (:func:`placement.solve` passes the pipeline's options on).
-* Latency, given under a second or so: the warm-start heuristics only (one device, m-ETF, m-SCT,
-  HEFT, critical path; the fastest first), the best by simulated step.
-* Otherwise the whole of :func:`placement.solvers.cpsat.improve`: the heuristics, CP-SAT on the graph
-  or a coarsening of it, then rounds of simulator-judged polish and large-neighbourhood search. The
-  plan is never worse than the best heuristic (m-TOPO, m-ETF, m-SCT, HEFT, critical path, one
-  device), since those are its first incumbents and only a shorter simulated step replaces one.
-  The search stops early when the plan meets a lower bound (proven optimal).
+* **Latency**: :func:`placement.solvers.cpsat.improve` with settings scaled to the devices: the
+  warm-start heuristics (one device first), CP-SAT on the graph or a coarsening of it, then rounds of
+  simulator-judged polish and large-neighbourhood search. Only a shorter simulated step replaces the
+  incumbent, so the plan is never worse than any heuristic the budget ran, one device included. The
+  search stops early when the plan meets a lower bound (proven optimal).
+* **Throughput**: the pipeline solver, :func:`placement.pipeline.solve_throughput` (its options passed
+  on), and the whole graph on one device as a one-stage plan (:func:`single_device_pipeline`, its
+  microbatches chosen by simulation as the pipeline's are); the shorter simulated step wins, the
+  pipeline on a tie.
 
 Sizes: the model covers the whole graph up to ``nodes x devices = full_limit``; beyond, a coarsening.
 The LNS window and base partition shrink with the devices so that one step stays small.
 
-Determinism: heuristics, coarsening, windows, perturbations and the polish are seeded, and every
-stage's work is fixed by the time limit, the graph's size and the search's own course (CP-SAT's
-deterministic time, numbers of simulations; an LNS step costs the deterministic time its solve used),
-not by the clock; so a seed reproduces the plan. The wall clock is a
-safety net that keeps ``auto`` within its time limit on a slow or busy machine; when it cuts a stage
-short, the plan's ``settings["stopped_by_wall_clock"]`` names the stage (and the result may then
-differ between runs). Under a budget too small for the graph only the quick heuristics run.
+**Determinism and time.** Every phase's work is planned from the time limit and the graph's size alone
+(:mod:`placement.solvers.workload`: nominal seconds for the heuristics, the lowering, a simulation, a
+coarsening, a model of a given size; CP-SAT's deterministic time; numbers of simulations and of LNS
+steps), never from the clock, so the same inputs and seed give the same plan on a quiet or a loaded
+machine. Model building is inside the plan: a coarsening or model estimated too large for its share
+is not built, its share going to the search, and graphs too large for any model are left to the
+heuristics and the polish. The plan spends about :data:`~placement.solvers.workload.NOMINAL_SHARE` of
+the time limit; the wall clock is only a safety net for a machine much slower than the estimates, and
+when it cuts a stage short the plan's ``settings["stopped_by_wall_clock"]`` names the stage (the
+result may then differ between runs).
 """
 
 from __future__ import annotations
 
-import time
-
+from placement.constraints import InfeasibleError
 from placement.pipeline import solve_throughput
-from placement.plan import Plan
-from placement.problem import Problem
-from placement.solvers.cpsat import WARM_START, CpSatSettings, improve, warm_start
+from placement.pipeline.microbatches import choose_microbatches
+from placement.plan import Plan, Stage
+from placement.problem import Problem, finish_plan
+from placement.solvers.baselines import single_schedule
+from placement.solvers.cpsat import CpSatSettings, improve
 from placement.solvers.instance import instance
-from placement.solvers.listsched import to_plan
-from placement.solvers.search import Evaluator
-
-# Heuristics in the order auto tries them when time is short (the most useful first).
-QUICK_ORDER = ("heft", "m-etf", "single", "critical-path", "m-sct")
-QUICK_BUDGET_S = 1.5
 
 
-def auto(problem: Problem) -> Plan:
-    """Pick and combine solvers by graph size and time budget (module docstring)."""
+def auto(problem: Problem, **pipeline_options: object) -> Plan:
+    """Pick and combine solvers by graph size and time budget (module docstring). ``pipeline_options``
+    (``method``, ``replication``) go to :func:`~placement.pipeline.solve_throughput`."""
     if problem.objective == "throughput":
-        return solve_throughput(problem)
-    inst = instance(problem)
-    D = inst.num_devices
-    if problem.time_limit < QUICK_BUDGET_S or D == 1 or inst.n < 2:
-        return _heuristics_only(problem)
+        return _throughput(problem, **pipeline_options)
+    D = instance(problem).num_devices
     cfg = CpSatSettings(lns_window=max(12, 48 // max(1, D // 2)), lns_base=max(24, 480 // D))
     plan, _ = improve(problem, cfg, solver="auto")
     return plan
 
 
-def _heuristics_only(problem: Problem) -> Plan:
-    """The best of the quick heuristics that fit in the budget."""
-    inst = instance(problem)
-    evaluator = Evaluator(problem, inst)
-    names = []
-    per = max(0.05, problem.time_limit * 0.15)
-    for name in QUICK_ORDER:
-        if names and problem.time_left() < per:
-            break
-        names.append(name)
-        if len(names) == len(WARM_START):
-            break
-    start = time.perf_counter()
-    best, cands = warm_start(problem, inst, evaluator, names)
-    settings = {
-        "strategy": "heuristics",
-        "tried": {c.source: c.step_ms for c in cands},
-        "found_by": best.source,
-        "seconds": round(time.perf_counter() - start, 3),
+def _throughput(problem: Problem, **pipeline_options: object) -> Plan:
+    """The pipeline solver's plan, or the one-device plan where that simulates faster."""
+    pipeline = solve_throughput(problem, **pipeline_options)  # type: ignore[arg-type]
+    single = single_device_pipeline(problem)
+    chosen = pipeline
+    if single is not None and single.predicted_step_ms < pipeline.predicted_step_ms * (1 - 1e-9):
+        chosen = single
+    chosen.settings["auto"] = {
+        "pipeline_ms": pipeline.predicted_step_ms,
+        "single_device_ms": single.predicted_step_ms if single is not None else None,
+        "chosen": "single" if chosen is single else "pipeline",
     }
-    return to_plan(problem, inst, best.dev, solver="auto", settings=settings, seq=best.seq)
+    return chosen
+
+
+def single_device_pipeline(problem: Problem) -> Plan | None:
+    """The whole graph as one stage on the device of the ``single`` baseline
+    (:func:`~placement.solvers.baselines.single_schedule`), with the problem's microbatch count or the
+    fastest that fits (:func:`~placement.pipeline.microbatches.choose_microbatches`); None when the
+    graph fits on no single device."""
+    inst = instance(problem)
+    try:
+        dev = single_schedule(inst, problem.graph.name).dev
+    except InfeasibleError:
+        return None
+    assignment = inst.assignment_names(dev)
+    devices = sorted(set(assignment.values()), key=list(problem.cluster.device_names).index)
+    if len(devices) != 1:  # a pin or a forbidden kind keeps part of the graph elsewhere: no one stage
+        return None
+    m = problem.microbatches or choose_microbatches(problem, assignment).microbatches
+    stages = [Stage(index=0, nodes=list(problem.graph.node_names()), devices=devices)]
+    try:
+        return finish_plan(problem, assignment, solver="single", stages=stages, microbatches=m)
+    except InfeasibleError:
+        return None

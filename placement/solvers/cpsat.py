@@ -50,15 +50,33 @@ from placement.solvers.listsched import Schedule, memory_retries, to_plan
 from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
 from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
-from placement.solvers.topo import balanced_split, layer_split, split_counts, topo_schedule
+from placement.solvers.topo import (
+    balanced_split,
+    layer_split,
+    split_counts,
+    topo_schedule,
+)
+from placement.solvers.workload import (
+    MAX_MODEL_TERMS,
+    NOMINAL_SHARE,
+    SECONDS_PER_TERM,
+    coarsen_seconds,
+    final_seconds,
+    heuristic_seconds,
+    instance_seconds,
+    model_terms,
+    quotient_seconds,
+    simulation_seconds,
+)
 
-# The warm-start heuristics: name -> Instance -> Schedule.
+# The warm-start heuristics, name -> Instance -> Schedule, in the order the budget takes them (one
+# device first, so that no plan slower than it is ever returned where the graph fits on one device).
 WARM_START: dict[str, Callable[[Instance], Schedule]] = {
     "single": single_schedule,
     "m-etf": lambda inst: memory_retries(lambda h: etf_schedule(inst, static_priority(inst), headroom=h)),
-    "m-sct": sct_schedule,
     "heft": heft_schedule,
     "critical-path": cpop_schedule,
+    "m-sct": sct_schedule,
     "m-topo": topo_schedule,
 }
 
@@ -67,8 +85,8 @@ WARM_START: dict[str, Callable[[Instance], Schedule]] = {
 # wavefront, say): then the model's optimum says little about the simulator's, and the search makes
 # better use of the time.
 MODEL_TRUST = 0.25
-# Simulations an LNS step is charged for building its model, besides its CP-SAT time (Budget.lns_units).
-LNS_STEP_SIMS = 20
+# A stage whose wall-clock time passes this multiple of its nominal seconds (plus a second) is stopped.
+WALL_SLACK = 3.0
 
 
 @dataclass
@@ -80,8 +98,10 @@ class CpSatSettings:
         coarse_limit: else coarsen to about this many (coarse nodes x devices).
         exact_limit: also model link contention and the reverse backward order when nodes x
             devices^2 is at most this.
-        ilp_share: fraction of the time (after the warm start) for CP-SAT; the rest goes to rounds of
-            polish and LNS.
+        warm_share: fraction of the planned work the warm-start heuristics may take (one device and
+            the cheapest other heuristic always run).
+        ilp_share: fraction of the work left after the warm start for CP-SAT (its coarsening and model
+            included); the rest goes to rounds of polish and LNS.
         lns_window: fine nodes freed per LNS step; ``lns_base``: coarse nodes of the LNS's partition.
         lns_step_seconds: CP-SAT budget per LNS step; ``lns_round``: LNS steps per round.
         perturb_fraction: share of the cut-edge nodes moved when a round finds nothing.
@@ -91,6 +111,7 @@ class CpSatSettings:
     full_limit: int = 480
     coarse_limit: int = 400
     exact_limit: int = 160
+    warm_share: float = 0.5
     ilp_share: float = 0.35
     lns_window: int = 24
     lns_base: int = 60
@@ -100,10 +121,17 @@ class CpSatSettings:
     workers: int = 1
 
 
-def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: list[str] | None = None) -> tuple[Candidate, list[Candidate]]:
-    """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them and then
-    the balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of
-    :func:`~placement.solvers.topo.split_counts`, named ``split/k`` and ``layers/k``, each distinct
+def warm_start(
+    problem: Problem,
+    inst: Instance,
+    evaluator: Evaluator,
+    names: list[str] | None = None,
+    *,
+    splits: bool = True,
+) -> tuple[Candidate, list[Candidate]]:
+    """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them) and, with
+    ``splits``, the balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of
+    :func:`~placement.solvers.topo.split_counts` (named ``split/k`` and ``layers/k``, each distinct
     placement simulated once); the best candidate and all of them. Raises the first heuristic's
     infeasibility when none finds a placement."""
     candidates: list[Candidate] = []
@@ -119,7 +147,7 @@ def warm_start(problem: Problem, inst: Instance, evaluator: Evaluator, names: li
         cand = evaluator(sched.dev, seq, name)
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
-    if names is None:
+    if splits:
         tried: set[bytes] = set()
         for k in split_counts(inst):
             for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
@@ -152,42 +180,47 @@ def improve(
 ) -> tuple[Plan, dict[str, Any]]:
     """Stages 1-4 of the module docstring; the plan and a record of what each stage did.
 
-    Every stage gets a *work* budget computed from the time limit, the graph's size and the cut edges
-    of the plan the search starts from (:class:`Budget`: CP-SAT's deterministic time; simulations, an
-    LNS step charged the deterministic time its CP-SAT solve used), so a seed reproduces the plan; the
-    wall clock only stops a stage that overruns, and the record says which. After the first polish,
-    rounds of LNS steps and polish alternate until the work is spent; a round that finds nothing
-    perturbs the best plan (random moves across cut edges) and polishes that instead (iterated local
-    search).
+    The work of every stage is planned in nominal seconds (:class:`Budget`, from the time limit and the
+    instance's size: which heuristics run, CP-SAT's deterministic time, its coarsening and model
+    building, simulations, LNS steps charged what they build and the deterministic time their solves
+    used), so a seed reproduces the plan on a quiet or a loaded machine; the wall clock only stops a
+    stage that overruns, and ``stopped_by_wall_clock`` in the record says which. After the first
+    polish, rounds of LNS steps and polish alternate until the work is spent; a round that finds
+    nothing perturbs the best plan (random moves across cut edges) and polishes that instead (iterated
+    local search).
     """
     inst = instance(problem)
     evaluator = Evaluator(problem, inst)
-    record: dict[str, Any] = {"cp_sat": asdict(cfg)}
+    budget = Budget.of(problem, inst, cfg)
+    record: dict[str, Any] = {"cp_sat": asdict(cfg), "budget": asdict(budget)}
     D = inst.num_devices
+    hard = problem.deadline - final_seconds(inst)
+    cut_by_clock: list[str] = []
     if incumbent is None:
-        incumbent, cands = warm_start(problem, inst, evaluator)
+        incumbent, cands = warm_start(problem, inst, evaluator, budget.heuristics, splits=budget.splits)
         record["warm_start"] = {c.source: c.step_ms for c in cands}
+        if time.perf_counter() >= hard:
+            cut_by_clock.append("warm start")
     best = incumbent
     bound_ms = 0.0
     generic = problem.bound(problem.microbatches or 1).step_ms
-    budget = Budget.of(problem, inst, cfg)
-    record["budget"] = asdict(budget)
-    hard = problem.deadline - _reserve(inst)
-    cut_by_clock: list[str] = []
     rng = random.Random(problem.seed)
 
     def proven() -> bool:  # the incumbent meets a lower bound: nothing left to find
         # bool(): the bounds may be NumPy floats, and the result goes into the plan's settings as is
         return bool(best.step_ms <= max(generic, bound_ms) * (1 + 1e-9) + 1e-12)
 
-    if D > 1 and inst.n > 1:
+    def clock(nominal: float) -> float:  # the wall-clock safety net of a stage planned to take ``nominal`` s
+        return min(hard, time.perf_counter() + WALL_SLACK * nominal + 1.0)
+
+    if D > 1 and inst.n > 1 and not cut_by_clock:
         # -- CP-SAT on the graph or a coarsening --------------------------------------------
         if budget.ilp_seconds > 0.05 and not proven():
-            wall = min(hard, time.perf_counter() + 2.0 * budget.ilp_seconds + 0.5)
+            wall = clock(budget.ilp_seconds)
             cand, info = _ilp_stage(inst, evaluator, best, cfg, budget.ilp_seconds, wall, problem.seed)
             record["ilp"] = info
-            if info.get("skipped"):  # CP-SAT's share of the work goes to the search
-                budget.search_seconds += budget.ilp_seconds
+            if info.get("skipped"):  # what CP-SAT's share did not spend goes to the search
+                budget.search_seconds += max(0.0, budget.ilp_seconds - info["charged_s"])
             if info.get("stopped_by_wall_clock"):
                 cut_by_clock.append("cp-sat")
             if cand is not None and cand.better_than(best):
@@ -197,45 +230,9 @@ def improve(
         # -- rounds of polish and LNS until the work is spent --------------------------------
         budget.price(inst, best.dev)
         record["budget"]["search_sim_seconds"] = budget.sim_seconds
-        start_calls = evaluator.calls
-        step_units = int(cfg.lns_step_seconds / budget.sim_seconds) + 2  # the most one LNS step costs
-        lns_steps = lns_units = 0
-        rounds: list[dict[str, Any]] = []
-        current = best
-        while not proven():
-            left = budget.search_evals - (evaluator.calls - start_calls) - lns_units
-            if left <= 0:
-                break
-            if time.perf_counter() >= hard:
-                cut_by_clock.append("search")
-                break
-            before = best.step_ms
-            current, done = polish(evaluator, current, hard, seed=rng.randrange(2**31), max_evals=left)
-            if not done:
-                cut_by_clock.append("polish")
-            if current.better_than(best):
-                best = current
-            left = budget.search_evals - (evaluator.calls - start_calls) - lns_units
-            steps = min(cfg.lns_round, left // step_units)
-            if steps > 0 and not proven() and time.perf_counter() < hard:
-                current, stats = lns(
-                    inst, evaluator, best, hard, seed=rng.randrange(2**31), window=cfg.lns_window,
-                    base_size=cfg.lns_base, step_seconds=cfg.lns_step_seconds, max_steps=steps, workers=cfg.workers,
-                )  # fmt: skip
-                lns_steps += stats["steps"]
-                lns_units += budget.lns_units(stats)
-                if stats["steps"] < steps:
-                    cut_by_clock.append("lns")
-                if current.better_than(best):
-                    best = current
-            rounds.append({"before_ms": before, "after_ms": best.step_ms})
-            if best.step_ms >= before * (1 - 1e-9):
-                if steps <= 0 and left < 2:
-                    break
-                current = _perturb(inst, best, evaluator, rng, cfg.perturb_fraction)  # diversify
-            else:
-                current = best
-        record["search"] = {"rounds": rounds, "lns_steps": lns_steps, "simulations": evaluator.calls - start_calls}
+        record["search"] = _search(inst, evaluator, budget, cfg, best, rng, clock(budget.search_seconds), proven)
+        best = record["search"].pop("best")
+        cut_by_clock += record["search"].pop("cut_by_clock")
 
     record["proven_optimal"] = proven()
     record["stopped_by_wall_clock"] = sorted(set(cut_by_clock))
@@ -243,6 +240,79 @@ def improve(
     record["found_by"] = best.source
     plan = to_plan(problem, inst, best.dev, solver=solver, settings=record, seq=best.seq, bound_ms=bound_ms or None)
     return plan, record
+
+
+def _search(
+    inst: Instance,
+    evaluator: Evaluator,
+    budget: Budget,
+    cfg: CpSatSettings,
+    best: Candidate,
+    rng: random.Random,
+    hard: float,
+    proven: Callable[[], bool],
+) -> dict[str, Any]:
+    """Rounds of polish and LNS from ``best`` until ``budget.search_evals`` simulations' worth of work
+    is spent (an LNS step charged :meth:`Budget.lns_units`, a polish's segment coarsening
+    :meth:`Budget.coarsen_units`); a record with the best candidate (``best``) and the stages the wall
+    clock cut (``cut_by_clock``)."""
+    start_calls = evaluator.calls
+    charged = 0  # simulations' worth of work done besides simulating: LNS steps, coarsenings
+    # LNS coarsens the whole graph around each new incumbent: not when that alone costs a round.
+    lns_ok = coarsen_seconds(inst) <= cfg.lns_round * cfg.lns_step_seconds
+    step_units = budget.lns_step_units(inst, cfg)  # the most one LNS step costs
+    lns_steps = 0
+    rounds: list[dict[str, Any]] = []
+    cut: list[str] = []
+    skipped: str | None = None if lns_ok else "coarsening the graph costs more than a round of LNS"
+    current = best
+
+    def left() -> int:
+        return budget.search_evals - (evaluator.calls - start_calls) - charged
+
+    while not proven() and left() > 0:
+        if time.perf_counter() >= hard:
+            cut.append("search")
+            break
+        before = best.step_ms
+        current, done, segments = polish(
+            evaluator, current, hard, seed=rng.randrange(2**31), max_evals=left(),
+            segment_cost=budget.coarsen_units(inst),
+        )  # fmt: skip
+        charged += segments
+        if not done:
+            cut.append("polish")
+        if current.better_than(best):
+            best = current
+        steps = min(cfg.lns_round, left() // step_units) if lns_ok else 0
+        if steps > 0 and not proven() and time.perf_counter() < hard:
+            current, stats = lns(
+                inst, evaluator, best, hard, seed=rng.randrange(2**31), window=cfg.lns_window,
+                base_size=cfg.lns_base, step_seconds=cfg.lns_step_seconds, max_steps=steps, workers=cfg.workers,
+                max_terms=MAX_MODEL_TERMS,
+            )  # fmt: skip
+            lns_steps += stats["steps"]
+            charged += budget.lns_units(inst, stats)
+            if stats.get("too_large"):
+                lns_ok, skipped = False, f"its models are too large (~{stats['too_large']} terms)"
+            elif stats["steps"] < steps:
+                cut.append("lns")
+            if current.better_than(best):
+                best = current
+        rounds.append({"before_ms": before, "after_ms": best.step_ms})
+        if best.step_ms >= before * (1 - 1e-9):
+            if steps <= 0 and left() < 2:
+                break
+            current = _perturb(inst, best, evaluator, rng, cfg.perturb_fraction)  # diversify
+        else:
+            current = best
+    out: dict[str, Any] = {
+        "rounds": rounds, "lns_steps": lns_steps, "simulations": evaluator.calls - start_calls,
+        "charged_simulations": evaluator.calls - start_calls + charged, "best": best, "cut_by_clock": cut,
+    }  # fmt: skip
+    if skipped:
+        out["lns_skipped"] = skipped
+    return out
 
 
 def _perturb(inst: Instance, cand: Candidate, evaluator: Evaluator, rng: random.Random, fraction: float) -> Candidate:
@@ -260,16 +330,26 @@ def _perturb(inst: Instance, cand: Candidate, evaluator: Evaluator, rng: random.
 
 @dataclass
 class Budget:
-    """Work allowed, from the time limit and the graph's size only (deterministic).
+    """Work planned, in nominal seconds (:mod:`placement.solvers.workload`), from the time limit and the
+    instance's size only (deterministic): :data:`~placement.solvers.workload.NOMINAL_SHARE` of the time
+    limit, less the lowering and the final plan.
 
     Attributes:
-        ilp_seconds: CP-SAT's nominal seconds (its deterministic limit is a fraction of them).
+        heuristics: the warm-start heuristics to run: one device, then those of :data:`WARM_START` whose
+            estimated cost fits ``warm_share`` of the work, in that order (at least the cheapest).
+        splits: whether the balanced and layer splits are simulated too (when they fit as well).
+        warm_seconds: nominal seconds of the warm start so planned.
+        ilp_seconds: CP-SAT's nominal seconds, its coarsening and model building included (its
+            deterministic limit is a fraction of what is left for the solve).
         search_seconds: nominal seconds of the polish and LNS rounds, spent as simulations
             (:attr:`search_evals`; an LNS step is charged as simulations: :meth:`lns_units`).
-        sim_seconds: the estimated seconds of one simulation (:func:`_sim_seconds`).
+        sim_seconds: the nominal seconds of one simulation.
         microbatches: simulated per step.
     """
 
+    heuristics: list[str]
+    splits: bool
+    warm_seconds: float
     ilp_seconds: float
     search_seconds: float
     sim_seconds: float
@@ -285,31 +365,58 @@ class Budget:
         before the warm start are a guess): on an RNN unrolled over its tokens, transfers make up half
         the simulation."""
         cut = int(np.count_nonzero(dev[inst.src] != dev[inst.dst]))
-        self.sim_seconds = _sim_seconds(inst, self.microbatches, cut)
+        self.sim_seconds = simulation_seconds(inst, self.microbatches, cut)
 
-    def lns_units(self, stats: dict[str, float]) -> int:
-        """Simulations that LNS steps are charged (beyond their own simulations): the nominal seconds
-        of the deterministic time their CP-SAT solves used, and ``LNS_STEP_SIMS`` each for building
-        the model. The deterministic time, not the clock, so that a seed reproduces the search; not
-        the step's whole budget, since a small neighbourhood is often solved to optimality at once."""
-        nominal = stats["deterministic_s"] / DETERMINISTIC_PER_SECOND
-        return int(stats["steps"] * LNS_STEP_SIMS + nominal / self.sim_seconds)
+    def coarsen_units(self, inst: Instance) -> int:
+        """Simulations one coarsening of the whole graph is charged (a polish's segments)."""
+        return int(coarsen_seconds(inst) / self.sim_seconds) + 1
+
+    def lns_units(self, inst: Instance, stats: dict[str, float]) -> int:
+        """Simulations that LNS steps are charged (beyond their own simulations): the nominal seconds of
+        their coarsenings, of splitting each window out and building its model (by its size), and of the
+        deterministic time their CP-SAT solves used. The deterministic time, not the clock, so that a
+        seed reproduces the search; not the step's whole budget, since a small neighbourhood is often
+        solved to optimality at once."""
+        nominal = (
+            stats["deterministic_s"] / DETERMINISTIC_PER_SECOND
+            + stats["coarsenings"] * coarsen_seconds(inst)
+            + stats["steps"] * quotient_seconds(inst)
+            + stats["terms"] * SECONDS_PER_TERM
+        )
+        return int(nominal / self.sim_seconds)
+
+    def lns_step_units(self, inst: Instance, cfg: CpSatSettings) -> int:
+        """The most one LNS step costs, in simulations: its solve, a coarsening, its window and model."""
+        nominal = cfg.lns_step_seconds + coarsen_seconds(inst) + quotient_seconds(inst) + MAX_MODEL_TERMS * SECONDS_PER_TERM
+        return int(nominal / self.sim_seconds) + 2
 
     @classmethod
     def of(cls, problem: Problem, inst: Instance, cfg: CpSatSettings) -> Budget:
         mb = max(1, problem.microbatches or 1)
-        sim = _sim_seconds(inst, mb, inst.n // 10)  # a cut edge per ten nodes, until a plan is known
-        # The warm start's heuristics and simulations, estimated (one simulation per split of each kind).
-        warm = 0.05 + 4e-4 * inst.n + 2 * len(split_counts(inst)) * sim
-        avail = max(0.0, problem.time_limit - warm - _reserve(inst))
+        sim = simulation_seconds(inst, mb, inst.n // 10)  # a cut edge per ten nodes, until a plan is known
+        total = max(0.0, NOMINAL_SHARE * problem.time_limit - instance_seconds(inst.n) - final_seconds(inst))
+        # A heuristic costs its own run and two simulations (with its order and the simulator's).
+        cost = {name: heuristic_seconds(name, inst) + 2 * sim for name in WARM_START}
+        cap = cfg.warm_share * total
+        names = ["single"]
+        warm = cost["single"]
+        for name in WARM_START:
+            if name != "single" and warm + cost[name] <= cap:
+                names.append(name)
+                warm += cost[name]
+        if len(names) == 1 and inst.num_devices > 1:  # always a heuristic that may use several devices
+            cheapest = min((n for n in WARM_START if n != "single"), key=lambda n: cost[n])
+            names.append(cheapest)
+            warm += cost[cheapest]
+        split_cost = 2 * len(split_counts(inst)) * sim
+        splits = warm + split_cost <= cap
+        warm += split_cost if splits else 0.0
+        avail = max(0.0, total - warm)
         ilp = cfg.ilp_share * avail
-        return cls(ilp_seconds=ilp, search_seconds=avail - ilp, sim_seconds=sim, microbatches=mb)
-
-
-def _sim_seconds(inst: Instance, microbatches: int, cut: int) -> float:
-    """One simulation's seconds, estimated: a node's tasks and, dearer, a cut edge's transfers (routes
-    and link queues), per microbatch (fitted on this project's benchmark graphs)."""
-    return 3e-4 + (5e-6 * inst.n + 1.1e-5 * cut) * microbatches
+        return cls(
+            heuristics=names, splits=splits, warm_seconds=warm, ilp_seconds=ilp, search_seconds=avail - ilp,
+            sim_seconds=sim, microbatches=mb,
+        )  # fmt: skip
 
 
 def _ilp_stage(
@@ -321,31 +428,49 @@ def _ilp_stage(
     deadline: float,
     seed: int,
 ) -> tuple[Candidate | None, dict[str, Any]]:
-    """Solve the model of the whole graph or of a coarsening; judge its solution by the simulator."""
+    """Solve the model of the whole graph or of a coarsening; judge its solution by the simulator.
+
+    The coarsening and the model's building are charged their estimated nominal seconds out of
+    ``seconds`` and skipped, before they start, when they would take more than half of it or the model
+    would pass :data:`~placement.solvers.workload.MAX_MODEL_TERMS` (``info["skipped"]`` says why,
+    ``info["charged_s"]`` what was spent)."""
     D = inst.num_devices
     whole = inst.n * D <= cfg.full_limit
     exact = whole and inst.n * D * D <= cfg.exact_limit
+    info: dict[str, Any] = {"exact": exact, "charged_s": 0.0}
     co = None
     target = inst
     if not whole:
+        cost = coarsen_seconds(inst)
+        if cost > 0.5 * seconds:
+            info["skipped"] = f"coarsening {inst.n} nodes (~{cost:.1f} s) would take most of CP-SAT's {seconds:.1f} s"
+            return None, info
+        info["charged_s"] += cost
         co = coarsen(inst, max(8, cfg.coarse_limit // D))
         target = co.coarse
+    info["graph"] = "full" if co is None else f"coarse ({co.size} nodes)"
+    terms = model_terms(target, contention=exact, reverse_backward=exact)
+    info["terms"] = terms
+    if terms > MAX_MODEL_TERMS or info["charged_s"] + terms * SECONDS_PER_TERM > 0.5 * seconds:
+        info["skipped"] = f"its model (~{terms} terms) is too large for CP-SAT's {seconds:.1f} s"
+        return None, info
+    info["charged_s"] += terms * SECONDS_PER_TERM
     priority = incumbent.starts
     hint_dev = incumbent.dev
     if co is not None:
         hint_dev = co.project(incumbent.dev)
         if priority is not None:
             priority = np.asarray([min(priority[v] for v in mem) for mem in co.members])
-    info: dict[str, Any] = {"graph": "full" if co is None else f"coarse ({co.size} nodes)", "exact": exact}
     model = LatencyModel(target, contention=exact, reverse_backward=exact)
     info["hint_ms"] = model.hint(hint_dev, priority)
     if co is not None and abs(info["hint_ms"] - incumbent.step_ms) > MODEL_TRUST * incumbent.step_ms:
         info["skipped"] = "the model's time of the incumbent is too far from its simulated step"
         return None, info
+    solve_seconds = seconds - info["charged_s"]
     share = 0.6 if exact else 1.0
     result = model.solve(
-        share * seconds, seed=seed, workers=cfg.workers,
-        wall_limit=max(0.05, share * (deadline - time.perf_counter())),
+        share * solve_seconds, seed=seed, workers=cfg.workers,
+        wall_limit=max(0.05, deadline - time.perf_counter()),
         presolve=target.n * D <= cfg.full_limit // 2,
     )  # fmt: skip
     info.update(
@@ -359,7 +484,7 @@ def _ilp_stage(
         if result.status in ("OPTIMAL", "FEASIBLE"):
             relaxed.hint(result.dev, None)
         rb = relaxed.solve(
-            (1 - share) * seconds, seed=seed, workers=cfg.workers,
+            (1 - share) * solve_seconds, seed=seed, workers=cfg.workers,
             wall_limit=max(0.05, deadline - time.perf_counter()),
         )  # fmt: skip
         bound_ms, valid = rb.bound_ms, rb.relaxation
@@ -372,12 +497,6 @@ def _ilp_stage(
     if co is None:
         return evaluator(result.dev, result.seq, "cp-sat"), info
     return evaluator(co.expand(result.dev), co.expand_seq(result.seq), "cp-sat (coarse)"), info
-
-
-def _reserve(inst: Instance) -> float:
-    """Seconds kept for the final plan (three simulations and the bound: about 0.2 s each per 10,000
-    nodes) and for a simulation under way when the clock runs out."""
-    return 0.2 + 1.2 * inst.n / 10_000
 
 
 def _check_latency(problem: Problem, name: str) -> None:

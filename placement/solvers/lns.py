@@ -15,8 +15,9 @@ Each step frees a neighbourhood of the incumbent and re-optimises it with the mo
 4. The result is expanded to the full graph and simulated; it replaces the incumbent if its step is
    shorter, and the coarsening is redone around the new incumbent.
 
-Windows are drawn from a generator seeded by the problem's seed, so the sequence of neighbourhoods is
-reproducible (the number of steps taken depends on the time limit).
+Windows are drawn from a generator seeded by the problem's seed and every solve runs under CP-SAT's
+deterministic time limit, so the sequence of neighbourhoods and their solutions is reproducible; the
+caller fixes the number of steps (``max_steps``), and the wall-clock ``deadline`` is only a safety net.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from placement.solvers.coarsen import coarsen
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import Instance
 from placement.solvers.search import Candidate, Evaluator
+from placement.solvers.workload import model_terms
 
 if TYPE_CHECKING:
     from placement.solvers.coarsen import Coarsening
@@ -83,12 +85,16 @@ def lns(
     step_seconds: float = 1.5,
     max_steps: int = 1_000_000,
     workers: int = 1,
+    max_terms: int | None = None,
 ) -> tuple[Candidate, dict]:
     """Improve ``incumbent`` for ``max_steps`` steps of ``step_seconds`` CP-SAT budget each, or until
-    the wall-clock ``deadline`` (module docstring); returns it and step statistics (steps taken,
-    improvements, CP-SAT's deterministic seconds over all steps: what the caller charges them)."""
+    the wall-clock ``deadline`` (module docstring); returns it and step statistics: steps taken,
+    improvements, and what the caller charges them: CP-SAT's deterministic seconds over all steps,
+    coarsenings of the whole graph, and the terms of the models built
+    (:func:`placement.solvers.workload.model_terms`). A step whose model would pass ``max_terms`` is
+    not built: the search stops there and ``stats["too_large"]`` holds its size."""
     rng = random.Random(seed)
-    stats: dict[str, float] = {"steps": 0, "improvements": 0, "deterministic_s": 0.0}
+    stats: dict[str, float] = {"steps": 0, "improvements": 0, "deterministic_s": 0.0, "coarsenings": 1, "terms": 0}
     base = coarsen(inst, base_size, respect=incumbent.dev)
     while stats["steps"] < max_steps:
         left = deadline - time.perf_counter()
@@ -101,12 +107,17 @@ def lns(
             in_window[co.part[fine]] = True
         cdev = co.project(incumbent.dev)
         fixed = {c: int(cdev[c]) for c in range(co.size) if not in_window[c]}
+        terms = model_terms(co.coarse, fixed)
+        if max_terms is not None and terms > max_terms:
+            stats["too_large"] = terms
+            break
+        stats["terms"] += terms
         model = LatencyModel(co.coarse, fixed=fixed, symmetry=False)
         priority = None
         if incumbent.starts is not None:
             priority = np.asarray([min(incumbent.starts[v] for v in mem) for mem in co.members])
         model.hint(cdev, priority)
-        result = model.solve(step_seconds, seed=rng.randrange(2**31), workers=workers, wall_limit=min(2 * step_seconds, left), presolve=False)
+        result = model.solve(step_seconds, seed=rng.randrange(2**31), workers=workers, wall_limit=left, presolve=False)
         stats["steps"] += 1
         stats["deterministic_s"] += result.deterministic_s
         if result.status not in ("OPTIMAL", "FEASIBLE"):
@@ -115,5 +126,6 @@ def lns(
         if cand.better_than(incumbent):
             incumbent = cand
             stats["improvements"] += 1
+            stats["coarsenings"] += 1
             base = coarsen(inst, base_size, respect=incumbent.dev)
     return incumbent, stats

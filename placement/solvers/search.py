@@ -100,19 +100,23 @@ def polish(
     *,
     seed: int = 0,
     max_evals: int = 100_000,
-) -> tuple[Candidate, bool]:
+    segment_cost: int = 0,
+) -> tuple[Candidate, bool, int]:
     """Local search judged by the simulator (module docstring), in two neighbourhoods: a node (with
     its colocation group) moved across a cut edge to its neighbour's device, until no such move helps;
     then a *segment* (a coarse node of the graph coarsened to a third of its size respecting the
     current devices: a short chain) moved to any device; back to single moves after a segment move
-    helps, stop when neither does. Returns the result and whether the search ended by itself (local
-    optimum or ``max_evals``) rather than at the wall-clock ``deadline``."""
+    helps, stop when neither does. Each coarsening into segments counts as ``segment_cost`` simulations
+    against ``max_evals`` (its nominal cost, so that the work done never depends on the clock).
+    Returns the result, whether the search ended by itself (local optimum or ``max_evals``) rather
+    than at the wall-clock ``deadline``, and the simulations charged beyond those run (the
+    coarsenings')."""
     inst = evaluator.inst
     rng = random.Random(seed)
     dev = incumbent.dev.copy()
     # Moves are judged with the simulator's own priority (an order would not survive them).
     best_step = incumbent.step_ms if incumbent.seq is None else evaluator.step(dev)[0]
-    evals = 0
+    evals = charged = 0
 
     def attempt(nodes: list[int], d: int) -> bool:
         nonlocal best_step, evals
@@ -150,8 +154,10 @@ def polish(
                 if out_of_time():
                     break
                 improved |= attempt([v], d)
-        if out_of_time() or inst.n < 3:
+        if out_of_time() or inst.n < 3 or evals + segment_cost >= max_evals:
             break
+        evals += segment_cost
+        charged += segment_cost
         segments = coarsen(inst, max(2, inst.n // 3), respect=dev).members
         order = [(i, d) for i in range(len(segments)) for d in range(inst.num_devices)]
         rng.shuffle(order)
@@ -164,8 +170,8 @@ def polish(
         if not moved:
             break
     if best_step < incumbent.step_ms * (1 - 1e-9) - 1e-12:
-        return Candidate(dev, None, best_step, incumbent.source + "+polish"), not clock
-    return incumbent, not clock
+        return Candidate(dev, None, best_step, incumbent.source + "+polish"), not clock, charged
+    return incumbent, not clock, charged
 
 
 def boundary_moves(inst: Instance, dev: np.ndarray) -> set[tuple[int, int]]:

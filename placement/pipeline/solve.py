@@ -10,7 +10,9 @@ Steps, each a module of its own:
      when the instance allows them; when the graph has too many ideals for the time budget, the DP over
      prefixes of a topological order (an upper bound), then the contiguous CP-SAT model started from it
      for :data:`ILP_SHARES` ``["dp"]`` of the budget (it proves the contiguous optimum of Inception-v3 in
-     about a minute);
+     about a minute), keeping the prefix split unless CP-SAT's is better (a CP-SAT proof of optimality
+     then covers the kept split too: it is no worse). Operator-level training graphs of 2,000 nodes
+     stay within the exact DP (:mod:`~placement.pipeline.ideals`, :mod:`~placement.pipeline.dp`);
    * ``"ilp"``: the non-contiguous CP-SAT model (:mod:`~placement.pipeline.ilp`), started from the
      prefix DP's split;
    * ``"equal-split"``: the naive baseline (:mod:`~placement.pipeline.baselines`);
@@ -19,7 +21,8 @@ Steps, each a module of its own:
      split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split replicates a stage (the
      ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's
      after its idle devices are given to its parts as replicas when the instance allows it
-     (:mod:`~placement.pipeline.replication`);
+     (:mod:`~placement.pipeline.replication`). Every step keeps the better of its split and the split
+     found before it, so ``"auto"`` never returns a split worse than a cheaper method already found;
 3. the parts get concrete devices, in pipeline order, as :class:`~placement.plan.Stage` records;
 4. the microbatch count is the problem's, the caller's, or the fastest simulated one that fits
    (:mod:`~placement.pipeline.microbatches`);
@@ -115,7 +118,7 @@ def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int, budget: flo
                 if inst.replication:  # the ILP has no replicas: it proves nothing about replicated splits
                     part = _best(inst, part, replicate(inst, ilp))
                 else:
-                    part = ilp if ilp.optimal else _best(inst, part, ilp)
+                    part = _proven(_best(inst, part, ilp), ilp)
             except PlacementError as failed:  # nothing found in time: keep the prefix DP's split
                 part.stats["ilp"] = str(failed)
     part.stats["fallback"] = reason
@@ -127,8 +130,18 @@ def _ilp_size(inst: ThroughputInstance) -> int:
 
 
 def _best(inst: ThroughputInstance, a: Partition, b: Partition) -> Partition:
-    """The smaller max-load; ``a`` on a tie (within float noise)."""
+    """The smaller max-load; ``a`` on a tie (within float noise). Every fallback step picks with it, so
+    a later, costlier method never returns a split worse than one an earlier method found."""
     return b if b.max_load < a.max_load * (1 - 1e-9) else a
+
+
+def _proven(best: Partition, ilp: Partition) -> Partition:
+    """``best`` (a split no worse than ``ilp``'s), marked optimal with ``ilp``'s bound when ``ilp`` proved
+    its problem's optimum: CP-SAT's optimum is exact up to its rounding (``stats["resolution_ms"]``), so
+    a split at most as costly is optimal up to the same rounding."""
+    if not ilp.optimal or best is ilp:
+        return best
+    return replace(best, optimal=True, bound=max(best.bound, ilp.bound), stats={**best.stats, "proven_by": ilp.method})
 
 
 def choose_partition(

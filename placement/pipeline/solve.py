@@ -141,7 +141,8 @@ def _proven(best: Partition, ilp: Partition) -> Partition:
     a split at most as costly is optimal up to the same rounding."""
     if not ilp.optimal or best is ilp:
         return best
-    return replace(best, optimal=True, bound=max(best.bound, ilp.bound), stats={**best.stats, "proven_by": ilp.method})
+    proof = {"proven_by": ilp.method, "resolution_ms": ilp.stats["resolution_ms"]}
+    return replace(best, optimal=True, bound=max(best.bound, ilp.bound), stats={**best.stats, **proof})
 
 
 def choose_partition(

@@ -135,7 +135,9 @@ def test_past_the_ideal_limit_cp_sat_still_reaches_the_contiguous_optimum() -> N
     plan = solve_throughput(bert_problem(time_limit_s=20.0), method="dp", max_ideals=10, microbatches=1)
     stats = plan.settings["partition_stats"]
     assert "more than 10 ideals" in stats["fallback"]
-    assert plan.settings["split"] == "ilp-contiguous" and plan.settings["optimal"]
+    # CP-SAT proves the optimum; its split is kept only when better than the prefix DP's (a tie here).
+    assert plan.settings["optimal"]
+    assert plan.settings["split"] == "ilp-contiguous" or stats["proven_by"] == "ilp-contiguous"
     resolution = stats["resolution_ms"]  # CP-SAT's costs are rounded (placement/pipeline/ilp.py)
     assert BERT_OPTIMUM - 1e-12 <= plan.settings["max_load_ms"] <= BERT_OPTIMUM + resolution
 

@@ -2,7 +2,8 @@
 
 Every (graph, cluster, solver) row is solved with the same time limit and reported with the simulated
 step time (one training step of the whole batch), its ratio to the lower bound, the proven gap and the
-solve time. With the ``throughput`` objective each (graph, cluster) also gets one pipelined plan from
+solve time, a digest of the plan (:func:`plan_digest`: two runs chose the same plan iff the digests
+match) and the stages the wall-clock safety net cut short, if any. With the ``throughput`` objective each (graph, cluster) also gets one pipelined plan from
 ``auto`` (stages and microbatches chosen by :func:`placement.pipeline.solve_throughput`); its step time is
 the simulated step of all microbatches, so it compares directly with the latency plans' step time.
 
@@ -20,6 +21,8 @@ files of the shared benchmarks (``pipedream/vgg16.txt``, ``dnn-partitioning/late
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -45,6 +48,7 @@ from graphc.ir.errors import ConfigurationError, FormatError, GraphcError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import load_benchmark
 from placement.cluster import Cluster
+from placement.plan import Plan
 from placement.solvers import solve
 
 if TYPE_CHECKING:
@@ -81,6 +85,20 @@ class Row:
     microbatches: int = 1
     found_by: str = ""
     error: str = ""
+    plan_digest: str = ""
+    wall_clock_stops: str = ""
+
+
+def plan_digest(plan: Plan) -> str:
+    """A short fingerprint of what a plan decides (devices, order, stages, microbatches): two runs gave
+    the same plan iff their digests match (the timings they report may differ)."""
+    decided = {
+        "assignment": sorted(plan.assignment.items()),
+        "order": sorted((d, list(names)) for d, names in plan.order.items()),
+        "stages": [(s.nodes, s.devices) for s in plan.stages],
+        "microbatches": plan.microbatches,
+    }
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_graph(spec: str, batch_size: int) -> Graph:
@@ -108,6 +126,7 @@ def _row(graph: Graph, cluster: Cluster, objective: str, solver: str, time_limit
     return Row(
         graph.name, cluster.name, objective, label, plan.predicted_step_ms, plan.lower_bound_ms, plan.ratio_to_bound(),
         plan.gap, plan.solve_seconds, len(plan.devices_used()), len(plan.stages), plan.microbatches, plan.solver,
+        plan_digest=plan_digest(plan), wall_clock_stops=",".join(plan.settings.get("stopped_by_wall_clock", [])),
     )  # fmt: skip
 
 

@@ -17,13 +17,15 @@ from graphc.app.compare import (
     chart_figure,
     chart_ratios,
     compare,
+    plan_digest,
     replace_readme_block,
     summary_grid,
     summary_tables,
     to_summary_markdown,
 )
 from graphc.ir.errors import GraphcError
-from graphc.ir.importers import benchmark_files
+from graphc.ir.importers import benchmark_files, load_benchmark
+from placement.solvers import solve
 
 
 def _row(graph, solver, step, bound, objective="latency", error="", stages=0, microbatches=1):
@@ -172,3 +174,12 @@ def test_console_summary_fits_100_columns_with_every_name_and_number_whole():
         for cell, _ in line:
             assert set(cell.split()) <= words, cell  # wrapped at spaces at most, never cut
     assert closing in " ".join(text.split())
+
+
+def test_plan_digest_tells_plans_apart_and_ignores_timings() -> None:
+    g = load_benchmark("pipedream/vgg16.txt")
+    first = solve(g, "pcie-4gpu", solver="m-etf")
+    again = solve(g, "pcie-4gpu", solver="m-etf")
+    again.solve_seconds = first.solve_seconds + 1.0
+    assert plan_digest(first) == plan_digest(again)
+    assert plan_digest(first) != plan_digest(solve(g, "pcie-4gpu", solver="single"))

@@ -32,9 +32,9 @@ import graphc.zoo as _zoo
 import runtime.errors as _errors
 import runtime.measure as _measure
 import runtime.partition as _partition
-import runtime.schedule as _schedule
 import runtime.testing as _testing
 from graphc.ir.deprecation import moved_names
+from placement.schedules import Action, Schedule, make_schedule
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import MismatchError, RankFailure, RunFailed, RuntimeFault, ScheduleError
 from runtime.launch import spawn
@@ -42,7 +42,6 @@ from runtime.local import LocalExecutor
 from runtime.measure import Measurement, measure
 from runtime.partition import DeviceProgram, PartitionedProgram, partition
 from runtime.plans import contiguous_plan, plan_from_assignment, single_device_plan
-from runtime.schedule import Action, Schedule, make_schedule
 from runtime.step import StepResult
 
 __all__ = [
@@ -59,7 +58,7 @@ __all__ = [
     "partition",
     "plan_from_assignment",
     "single_device_plan",
-    # schedules
+    # schedules (placement's: the executors run them)
     "Action",
     "Schedule",
     "make_schedule",
@@ -75,8 +74,9 @@ __all__ = [
 ]
 
 # Names exported until this release, still reachable from here with a DeprecationWarning: the test
-# helpers (now in runtime.testing), internals of the partition, schedules and measurement, the old
-# name of MismatchError, and the zoo's loss (graphc.zoo.zoo_loss).
+# helpers (now in runtime.testing), internals of the partition and measurement, the old name of
+# MismatchError, and the zoo's loss (graphc.zoo.zoo_loss). The runtime's own schedule generators are
+# gone: placement.schedules makes the schedules the executors run.
 __getattr__ = moved_names(
     "runtime",
     {
@@ -88,10 +88,6 @@ __getattr__ = moved_names(
         "Transfer": _partition,
         "fx_devices": _partition,
         "split_by_device": _partition,
-        "gpipe": _schedule,
-        "one_f_one_b": _schedule,
-        "pipeline_stages": _schedule,
-        "validate": _schedule,
         "zoo_loss": _zoo,
     },
 )

@@ -18,13 +18,15 @@ gradient transfer runs even where the value's consumers do not lead to the loss.
 runs a device's backward nodes latest-created first, i.e. in the reverse of the forward order, so the
 backward is the mirror image of the forward and inherits its freedom from deadlock.
 
-Microbatches follow a :class:`~runtime.schedule.Schedule` (GPipe or 1F1B), validated on every rank
-before the first step. Messages carry tags (transfer, microbatch, direction), so gloo matches them
-whatever the order; with NCCL the schedule is also checked to keep every pair's messages in order.
+A step runs this rank's work of a :class:`placement.schedules.Schedule` (``node-order``, ``gpipe``,
+``1f1b`` or one given), in its order: the forwards and backwards of microbatches, the all-reduce, the
+optimizer step (:func:`runtime.schedule.lower`, checked on every rank before the first step). Messages
+carry tags (transfer, microbatch, direction), so gloo matches them whatever the order; with NCCL the
+schedule is also checked to keep every pair's messages in order.
 
 Replicated stages (:mod:`runtime.partition`). Every replica is a rank; microbatch ``k`` of a stage on
 ``r`` replicas runs on replica ``k mod r``, and a transfer of microbatch ``k`` goes between the ranks
-that hold ``k`` (:meth:`~runtime.partition.PartitionedProgram.runner`). The schedule's ``AR`` action,
+that hold ``k`` (:meth:`~runtime.partition.PartitionedProgram.runner`). The schedule's all-reduce,
 after a replica's last backward, sums the stage's parameter gradients over a process group of its
 replicas (``torch.distributed.new_group``; one flat tensor per dtype), so every replica updates its
 copy of the parameters with the gradients of the whole batch. When the output stage is replicated its
@@ -54,12 +56,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from placement.schedules import Schedule
 from runtime.comm import active
 from runtime.errors import MismatchError, RuntimeFault
 from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, FORWARD, Schedule, make_schedule, validate
+from runtime.schedule import ALLREDUCE, FORWARD, OPTIMIZER, lower, resolve
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -109,7 +112,9 @@ class DistributedExecutor:
         program: the partitioned program, built the same way on every rank.
         loss_fn: ``loss_fn(outputs, targets)`` (see :mod:`runtime.step`); used on the output device.
         optimizer: builds the optimizer from this rank's parameters; None leaves gradients in ``.grad``.
-        schedule: ``"gpipe"``, ``"1f1b"`` or a :class:`Schedule`; validated here, on every rank.
+        schedule: a :class:`placement.schedules.Schedule` of the plan, or its name (``"node-order"``,
+            ``"gpipe"``, ``"1f1b"``; None: ``make_schedule``'s default for the plan); checked here, on
+            every rank (:func:`runtime.schedule.lower`).
         timeout_s: how long a wait for another rank may last before it is declared dead or hung.
         device: this rank's torch device (default ``cuda:LOCAL_RANK`` under NCCL, else the CPU).
 
@@ -124,7 +129,7 @@ class DistributedExecutor:
         *,
         loss_fn: LossFn | None = None,
         optimizer: OptimizerFactory | None = None,
-        schedule: str | Schedule = "gpipe",
+        schedule: Schedule | str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         device: str | torch.device | None = None,
     ) -> None:
@@ -157,8 +162,10 @@ class DistributedExecutor:
         self.torch_device = torch.device(device) if device is not None else _default_device(self.backend)
         self.part = program.programs[self.device]
         self.part.module.to(self.torch_device)
-        self.schedule = schedule if isinstance(schedule, Schedule) else make_schedule(program, schedule)
-        validate(self.schedule, program, in_order=self.backend == "nccl")
+        self.schedule = resolve(program, schedule)
+        lowered = lower(self.schedule, program, in_order=self.backend == "nccl")
+        self.training = lowered.training
+        self.work = lowered.work[self.device]
         self.program = program.only(self.device)
         self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
         namespace = f"graphc/executor{next(_executors)}/"
@@ -197,12 +204,18 @@ class DistributedExecutor:
         return concat_microbatches(list(self._gather_output_stage(outputs).values()))
 
     def step(self, inputs: Any = None, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
-        """One training step on this rank: the schedule's forwards and backwards, then the optimizer.
+        """One training step on this rank: its work of the schedule, in order (forwards, backwards,
+        all-reduce, optimizer step).
 
         Every rank calls it with the same arguments (ranks without inputs or the loss may pass None).
-        Returns the loss and outputs on the output rank. ``measure_memory`` records this device's peak
-        bytes of live tensors (slower; CUDA reads the allocator's statistics).
+        Returns the loss and outputs on the output rank, and on every rank the work it ran. ``measure_memory``
+        records this device's peak bytes of live tensors (slower; CUDA reads the allocator's statistics).
         """
+        if not self.training:
+            raise MismatchError(
+                f"the {self.schedule.name} schedule runs forwards only (it was made for an inference plan): step() "
+                "trains; call forward(), or pass a training schedule"
+            )
         if self.is_output_rank and self.loss_fn is None:
             raise MismatchError("DistributedExecutor.step needs a loss_fn on the output rank; pass loss_fn=")
         feeds = self._feeds(inputs)
@@ -221,12 +234,17 @@ class DistributedExecutor:
         losses: dict[int, torch.Tensor] = {}
         outputs: dict[int, Any] = {}
         with tracker if tracker is not None else contextlib.nullcontext():
-            for action in self.schedule.actions[self.device]:
-                k = action.microbatch
-                if action.kind == ALLREDUCE:
+            for work in self.work:
+                k = work.microbatch
+                if work.kind == ALLREDUCE:
                     self.monitor.doing("all-reduce of the stage's gradients")
                     self._allreduce_gradients()
-                elif action.kind == FORWARD:
+                elif work.kind == OPTIMIZER:
+                    self.monitor.doing("sends and optimizer step")
+                    self._finish_sends()
+                    if self.optimizer is not None:
+                        self.optimizer.step()
+                elif work.kind == FORWARD:
                     self.monitor.doing(f"forward of microbatch {k}")
                     comm = comms[k] = DistributedComm(self, k)
                     out = self._forward(feeds[k], comm)
@@ -243,10 +261,6 @@ class DistributedExecutor:
                     tensors = roots.pop(k)
                     if tensors:
                         torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
-            self.monitor.doing("sends and optimizer step")
-            self._finish_sends()
-            if self.optimizer is not None:
-                self.optimizer.step()
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
             self.monitor.done()
@@ -254,11 +268,12 @@ class DistributedExecutor:
         peaks = tracker.peaks() if tracker is not None else {}
         if self.torch_device.type == "cuda" and measure_memory:
             peaks = {self.device: torch.cuda.max_memory_allocated(self.torch_device)}
+        order = {self.device: [str(w) for w in self.work]}
         if not self.is_output_rank:
-            return StepResult(None, None, step_ms, peaks)
+            return StepResult(None, None, step_ms, peaks, order)
         gathered = self._gather_output_stage({k: (losses[k], outputs[k]) for k in losses})
         loss = float(sum(loss for loss, _ in gathered.values()))
-        return StepResult(loss, concat_microbatches([out for _, out in gathered.values()]), step_ms, peaks)
+        return StepResult(loss, concat_microbatches([out for _, out in gathered.values()]), step_ms, peaks, order)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank (a collective: all ranks call it)."""

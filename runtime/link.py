@@ -36,7 +36,8 @@ from placement import Cluster
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RuntimeFault
 from runtime.launch import spawn
-from runtime.partition import PartitionedProgram, split_by_device
+from runtime.partition import PartitionedProgram, partition
+from runtime.plans import plan_from_assignment
 
 TINY_NUMEL = 8
 LARGE_BYTES = 1 << 20
@@ -81,7 +82,9 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
     model = nn.Sequential(*[_Scale(numel) for _ in range(CHAIN_OPS)])
     program = trace(model, (torch.ones(1, numel),), name="chain", granularity="op")
     position = {n.name: i for i, n in enumerate(n for n in program.graph_module.graph.nodes if n.op != "get_attr")}
-    return split_by_device(program.graph_module, lambda node: f"cpu{position[node.name] % devices}")
+    graph = program.graph
+    device = {n: f"cpu{position[graph.node(n).fx_nodes[0]] % devices}" for n in graph.node_names()}
+    return partition(program, plan_from_assignment(graph, device))
 
 
 def _extra_ms_per_message(numel: int, steps: int) -> float:

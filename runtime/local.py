@@ -2,23 +2,30 @@
 
 Each plan device maps to a torch device: ``cuda:i`` names itself, other GPU names take the CUDA devices
 in order when there are enough, and everything else, like the ``cpuN`` workers of the ``local``
-cluster, runs on the CPU as a *logical* device. The device programs run interleaved in the partition's
-global order (:attr:`PartitionedProgram.schedule`), node by node, each device reading only its own
-values; a transfer copies the tensor to the receiving device (a clone between logical devices), so
-every device holds its own copy. Copies are differentiable, so one ``backward`` of the loss carries the
-gradients across every cut; each parameter lives on the device that owns it and is updated there.
+cluster, runs on the CPU as a *logical* device. Each device reads only its own values; a transfer
+copies the tensor to the receiving device (a clone between logical devices), so every device holds its
+own copy, and each parameter lives on the device that owns it and is updated there.
+
+A training step (:meth:`LocalExecutor.step`) runs a :class:`placement.schedules.Schedule`, the one the
+distributed executor and the simulator run: every device does its work of the schedule in the
+schedule's order (forward and backward of each microbatch, the all-reduce of a replicated stage, the
+optimizer step), the devices taking turns in one process and exchanging tensors and gradients through
+a mailbox (:mod:`runtime.play`). A replicated stage (:mod:`runtime.partition`) runs microbatch ``k``
+on its replica ``k mod r``, each replica with its own copy of the parameters, and its all-reduce sums
+the replicas' gradients, so the copies stay equal.
+
+A differentiable call (:meth:`LocalExecutor.__call__`) and :meth:`LocalExecutor.forward` run no
+schedule: the device programs run interleaved in the partition's global order
+(:attr:`PartitionedProgram.schedule`), node by node, microbatch after microbatch, with differentiable
+copies, so that a ``backward`` of anything computed from the outputs carries the gradients across every
+cut. It cannot sum gradients that a later ``backward`` makes, so it refuses a program with replicated
+stages.
 
 On CUDA the kernels of different GPUs overlap because launches are asynchronous; on logical CPU
 devices the run is sequential. Either way the numbers are those of eager PyTorch on one device (up to
-float32 rounding of ops that run in another order). Microbatches run as GPipe does: all forwards,
-then all backwards. Random ops draw from their torch device's generator in the global run order: on
-logical CPU devices with one microbatch and the traced program's order, the masks of eager dropout.
-
-A replicated stage (:mod:`runtime.partition`) runs microbatch ``k`` on its replica ``k mod r``, each
-replica with its own copy of the parameters; after the backward, :meth:`LocalExecutor.step` gives every
-replica the sum of the replicas' gradients (the all-reduce of the distributed executor, summed in
-replica order), so the copies stay equal. A differentiable call (:meth:`LocalExecutor.__call__`) cannot
-sum gradients that a later ``backward`` makes, so it refuses a program with replicated stages.
+float32 rounding of ops that run in another order). Random ops draw from their torch device's generator
+in the order the devices run them: on logical CPU devices, with one microbatch and the ``node-order``
+schedule of a plan that keeps the traced order, the masks of eager dropout.
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import fx, nn
-from torch.utils._pytree import tree_map
+from torch import nn
 
+from placement.schedules import Schedule
 from runtime.comm import LocalComm, active
 from runtime.errors import MismatchError
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram
+from runtime.play import DeviceInterpreter, Play
+from runtime.schedule import Lowered, lower, resolve
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -44,9 +53,7 @@ from runtime.step import (
     as_tuple,
     check_inputs,
     concat_microbatches,
-    microbatch_loss,
     split_batch,
-    to_device,
     unflatten_outputs,
 )
 
@@ -74,26 +81,6 @@ def torch_devices(devices: list[str], overrides: Mapping[str, str | torch.device
     return result
 
 
-class _DeviceInterpreter(fx.Interpreter):
-    """Runs one device program node by node, as the global schedule asks, freeing values after last use."""
-
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module)
-        self.nodes = {n.name: n for n in module.graph.nodes}
-        self.feeds: dict[str, torch.Tensor] = {}
-
-    def placeholder(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        return self.feeds[target]
-
-    def advance(self, name: str) -> Any:
-        node = self.nodes[name]
-        value = self.run_node(node)
-        self.env[node] = value
-        for dead in self.user_to_last_uses.get(node, []):
-            del self.env[dead]
-        return value
-
-
 class LocalExecutor:
     """Runs a :class:`PartitionedProgram` in this process (see the module docstring).
 
@@ -102,7 +89,13 @@ class LocalExecutor:
             that device's torch device and trains them in place.
         loss_fn: ``loss_fn(outputs, targets)`` (see :mod:`runtime.step`); needed for :meth:`step`.
         optimizer: builds the optimizer from the parameters, e.g. ``lambda ps: torch.optim.SGD(ps, lr=0.1)``;
-            None: :meth:`step` computes gradients and leaves them in ``.grad``.
+            None: :meth:`step` computes gradients and leaves them in ``.grad``. Each device gets its
+            own optimizer of its own parameters (as each rank of the distributed executor does),
+            stepped at the schedule's optimizer step.
+        schedule: what :meth:`step` runs: a :class:`placement.schedules.Schedule` of the plan, or its
+            name (``"node-order"``, ``"gpipe"``, ``"1f1b"``), checked here (:func:`runtime.schedule.lower`);
+            None: ``make_schedule``'s default for the plan, made and checked at the first step (a program
+            only called differentiably needs none).
         devices: plan device -> torch device, where the default mapping does not suit.
     """
 
@@ -112,6 +105,7 @@ class LocalExecutor:
         *,
         loss_fn: LossFn | None = None,
         optimizer: OptimizerFactory | None = None,
+        schedule: Schedule | str | None = None,
         devices: Mapping[str, str | torch.device] | None = None,
     ) -> None:
         self.program = program
@@ -120,7 +114,25 @@ class LocalExecutor:
         for device, part in program.programs.items():
             part.module.to(self.devices[device])
         self._every_copy = [p for part in program.programs.values() for p in part.parameters.values()]
-        self.optimizer = optimizer(self._every_copy) if optimizer is not None else None
+        self.optimizers = {
+            d: optimizer(list(part.parameters.values()))
+            for d, part in program.programs.items()
+            if optimizer is not None and part.parameters
+        }
+        self._schedule = schedule
+        self._lowered: Lowered | None = None
+        if schedule is not None:
+            self._lower()
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule :meth:`step` runs."""
+        return self._lower().schedule
+
+    def _lower(self) -> Lowered:
+        if self._lowered is None:
+            self._lowered = lower(resolve(self.program, self._schedule), self.program)
+        return self._lowered
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter once, by its name in the traced model, on the device that owns it (a replicated
@@ -155,13 +167,20 @@ class LocalExecutor:
             return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(inputs))])
 
     def step(self, inputs: Any, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
-        """One training step: forward and backward of every microbatch, then the optimizer's update.
+        """One training step: every device's work of the schedule, in the schedule's order (module
+        docstring); :attr:`StepResult.order` says what each device ran.
 
         With ``measure_memory`` the step also records each device's peak bytes of live tensors (slower:
         every op is intercepted; CUDA devices read the allocator's statistics instead).
         """
         if self.loss_fn is None:
             raise MismatchError("LocalExecutor.step needs a loss_fn; pass loss_fn= (or call forward())")
+        lowered = self._lower()
+        if not lowered.training:
+            raise MismatchError(
+                f"the {lowered.schedule.name} schedule runs forwards only (it was made for an inference plan): step() "
+                "trains; call forward(), or pass a training schedule"
+            )
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         m = self.program.microbatches
@@ -170,24 +189,18 @@ class LocalExecutor:
         tracker = self._tracker() if measure_memory and any(t.type == "cpu" for t in self.devices.values()) else None
         self._reset_cuda_peaks()
         start = time.perf_counter()
+        play = Play(
+            self.program, self.devices, lowered.work, self._split(inputs), split_batch(targets, m), self.loss_fn, self.optimizers, tracker
+        )
         with tracker if tracker is not None else contextlib.nullcontext():
-            losses, outputs = [], []
-            for k, (mb, mb_targets) in enumerate(zip(self._split(inputs), split_batch(targets, m))):
-                out = self._forward(mb, k, tracker)
-                outputs.append(out)
-                on_output = self.devices[self.program.runner(self.program.output_device, k)]
-                losses.append(microbatch_loss(self.loss_fn, out, to_device(mb_targets, on_output), m))
-            for loss in losses:
-                loss.backward()
-            self._sum_replica_gradients()
-            if self.optimizer is not None:
-                self.optimizer.step()
+            play.run()
             self._synchronize()
         step_ms = 1e3 * (time.perf_counter() - start)
         peaks = tracker.peaks() if tracker is not None else {}
         peaks.update(self._cuda_peaks())
-        loss = float(sum(loss.detach().to("cpu") for loss in losses))
-        return StepResult(loss, concat_microbatches([tree_map(_detach, o) for o in outputs]), step_ms, peaks)
+        loss = float(sum(play.losses[k].to("cpu") for k in range(m)))
+        outputs = concat_microbatches([play.outputs[k] for k in range(m)])
+        return StepResult(loss, outputs, step_ms, peaks, play.order)
 
     # -- running ------------------------------------------------------------------------------
     def _split(self, inputs: tuple) -> list[dict[str, torch.Tensor]]:
@@ -195,38 +208,22 @@ class LocalExecutor:
         per_input = [split_batch(t, m) for t in inputs]
         return [{name: chunks[k] for name, chunks in zip(self.program.input_names, per_input)} for k in range(m)]
 
-    def _forward(self, feeds: dict[str, torch.Tensor], microbatch: int, tracker: MemoryTracker | None = None) -> Any:
-        """Microbatch ``microbatch`` through every stage, each on the device that runs it (its replica)."""
+    def _forward(self, feeds: dict[str, torch.Tensor], microbatch: int) -> Any:
+        """Microbatch ``microbatch`` through every stage in the global order, each on the device that runs
+        it (its replica), with differentiable copies (:meth:`__call__`, :meth:`forward`)."""
         runner = {d: self.program.runner(d, microbatch) for d in self.program.stage_devices}
         on = {d: self.devices[r] for d, r in runner.items()}  # stage device -> torch device of its runner
-        interpreters = {d: _DeviceInterpreter(self.program.programs[r].module) for d, r in runner.items()}
-        for device, interp in interpreters.items():
-            interp.feeds = {n: feeds[n].to(on[device]) for n in self.program.programs[device].inputs}
+        interpreters = {
+            d: DeviceInterpreter(self.program.programs[r].module, {n: feeds[n].to(on[d]) for n in self.program.programs[d].inputs})
+            for d, r in runner.items()
+        }
         flat: Any = ()
         with active(LocalComm(on)):
             for device, name in self.program.schedule:
-                if tracker is not None:
-                    tracker.current = runner[device]
                 value = interpreters[device].advance(name)
                 if device == self.program.output_device and name == "output":
                     flat = value
-        if tracker is not None:
-            tracker.current = None
         return unflatten_outputs(self.program, flat)
-
-    def _sum_replica_gradients(self) -> None:
-        """Give every replica of a replicated stage the sum of the replicas' gradients (module docstring)."""
-        for stage, replicas in self.program.replicas.items():
-            for name in self.program.programs[stage].parameters:
-                copies = [self.program.programs[r].parameters[name] for r in replicas]
-                grads = [p.grad.to(self.devices[stage]) for p in copies if p.grad is not None]
-                if not grads:
-                    continue
-                total = grads[0]
-                for grad in grads[1:]:
-                    total = total + grad
-                for p, replica in zip(copies, replicas):
-                    p.grad = total.to(self.devices[replica], copy=True)
 
     # -- memory -------------------------------------------------------------------------------
     def _owners(self) -> dict[int, str]:
@@ -251,8 +248,8 @@ class LocalExecutor:
         for part in self.program.programs.values():
             for t in [*part.parameters.values(), *part.buffers.values()]:
                 count(t, t)
-        if self.optimizer is not None:
-            for p, state in self.optimizer.state.items():
+        for optimizer in self.optimizers.values():
+            for p, state in optimizer.state.items():
                 for value in state.values():
                     if isinstance(value, torch.Tensor):
                         count(p, value)
@@ -271,6 +268,3 @@ class LocalExecutor:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
-
-def _detach(value: Any) -> Any:
-    return value.detach() if isinstance(value, torch.Tensor) else value

@@ -30,8 +30,8 @@ copy of the parameters and buffers (:meth:`DeviceProgram.replica`). Microbatch `
 ``r`` replicas runs on replica ``k mod r`` (:meth:`PartitionedProgram.runner`; the round robin of
 PipeDream's replicated stages, Narayanan et al., SOSP 2019), so a transfer of microbatch ``k`` goes
 from the replica holding ``k`` in the producing stage to the one holding it in the consuming stage.
-After the stage's last backward the replicas sum their parameter gradients (an all-reduce, a step of
-the schedule: :mod:`runtime.schedule`), so every replica ends the step with the gradients, and after
+After the stage's last backward the replicas sum their parameter gradients (an all-reduce, an action
+of the schedule: :mod:`runtime.schedule`), so every replica ends the step with the gradients, and after
 the update the parameters, of the unreplicated plan. Batch-norm running statistics are each replica's
 own (a replica sees only its microbatches).
 
@@ -176,6 +176,9 @@ class PartitionedProgram:
         microbatches: how many microbatches a step is split into.
         replicas: stage device -> every device of its data-parallel stage, the stage device first; only
             replicated stages are listed (see the module docstring).
+        plan: the plan it was partitioned from, carrying the cost graph (without its cluster and cost
+            model, so that it travels to ranks); the executors make its schedules. None when partitioned
+            without a plan (:func:`split_by_device`).
     """
 
     name: str
@@ -191,6 +194,7 @@ class PartitionedProgram:
     cost_nodes: dict[str, str] = field(default_factory=dict)
     microbatches: int = 1
     replicas: dict[str, list[str]] = field(default_factory=dict)
+    plan: Plan | None = None
 
     def transfer(self, tag: int) -> Transfer:
         return self.transfers[tag]
@@ -314,6 +318,7 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
         name=graph.name,
         microbatches=plan.microbatches,
     )
+    parts.plan = dataclasses.replace(plan, graph=graph, cluster=None, cost_model=None)
     return replicate_stages(parts, replicas)
 
 

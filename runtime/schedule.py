@@ -1,40 +1,49 @@
-"""Pipeline schedules as data: per device, the order in which it runs the forward and backward of each
-microbatch; checked before anything runs, and printable.
+"""What each device runs for a placement schedule, checked against the partitioned program.
 
-An :class:`Action` is ``F k`` (the device's program on microbatch ``k``, with the sends and receives it
-contains) or ``B k`` (the backward of that microbatch on the device: it posts the receives of the
-gradients of the values it sent, then, in the reverse order of the forward, sends back the gradients
-of the values it received and waits for those of the values it sent), or ``AR`` on a replica of a
-data-parallel stage (the all-reduce that sums the stage's parameter gradients over its replicas, after
-its last backward). A :class:`Schedule` gives every device its list of actions:
+The executors run a :class:`placement.schedules.Schedule`, the object the simulator times (made by
+:func:`placement.schedules.make_schedule`); :func:`resolve` turns an executor's ``schedule=`` (a
+Schedule, a schedule's name, or None for the plan's default) into one. The runtime adds no schedule of
+its own: :func:`lower` turns a schedule into each device's list of :class:`Work`, the units the
+executors run, in the schedule's order:
 
-* :func:`gpipe` (Huang et al. 2019): all forwards, then all backwards. Valid for any partition.
-* :func:`one_f_one_b` (PipeDream-flush, Narayanan et al. 2021): stage ``s`` of ``S`` runs ``S - 1 - s``
-  warm-up forwards, then alternates one forward and one backward, then drains the backwards, so at most
-  ``S - s`` microbatches keep activations alive at once. It needs the devices to form a pipeline (data
-  flows one way between them): :func:`pipeline_stages` orders them or says why not.
+* ``F k`` / ``B k``: the forward / backward of the device's program on microbatch ``k``. A pipeline
+  schedule's :class:`~placement.schedules.Forward` of a stage is one; a ``node-order`` schedule's
+  forwards of the nodes of one device and one microbatch are one, and must list the device program's
+  nodes together and in its order (its backwards in the reverse order, graph inputs left out): the
+  executors run a device's program for one microbatch at a time;
+* ``AR``: the :class:`~placement.schedules.AllReduce` that sums a replicated stage's gradients over
+  its replicas, exactly the replicas of the partition;
+* ``OPT``: the :class:`~placement.schedules.OptimizerStep`.
 
-A stage replicated on ``r`` devices (:mod:`runtime.partition`) gets the stage's actions restricted to the
-microbatches of each replica (replica ``j`` runs ``j, j + r, ...``), in the same order, then ``AR``
-(:func:`replicate`). Restricting a valid schedule keeps it free of deadlock: every replica meets its
-messages in the order the stage did, and the all-reduce comes last.
+The schedule's :class:`~placement.schedules.Send` and :class:`~placement.schedules.Recv` are not run
+as such: the device programs carry the partition's real messages (one per fx value that crosses a
+cut, where a schedule names one per cost node), and :func:`lower` checks by playing those messages in
+the schedule's order of work that the schedule runs them to the end.
 
-:func:`validate` is the checker that needs no simulator: it expands each device's actions into the
-communication events of its program (sends never block, a wait blocks until the matching send was
-posted; an all-reduce blocks until every replica of the stage reaches it) and plays them until every
-device is done. It refuses a schedule that deadlocks (naming each stuck device, its action and what it
-waits for), a send without a receive, a microbatch missing, run twice or run by the wrong replica, an
-all-reduce missing or not last, and, for backends whose messages carry no tags (NCCL), a pair of
-devices whose messages would be received in another order than sent.
+That check needs no simulator: it expands each device's work into the communication events of its
+program (sends never block, a wait blocks until the matching send was posted; an all-reduce blocks
+until every replica of the stage reaches it) and plays them until every device is done. It refuses a
+schedule that deadlocks (naming each stuck device, its work and what it waits for), a send without a
+receive, and, for backends whose messages carry no tags (NCCL), a pair of devices whose messages
+would be received in another order than sent. Before that it refuses, saying what is wrong, a schedule
+made for another plan: other devices, another number of microbatches, other nodes or another node
+order on a device, stages split otherwise, a microbatch missing, run twice or run by the wrong replica,
+an all-reduce over other devices or before the last backward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import networkx as nx
-
-from placement.schedules.generate import STAGE_ORDERS
+from placement.schedules import (
+    AllReduce,
+    Backward,
+    Compute,
+    OptimizerStep,
+    Schedule,
+    Transfer,
+    make_schedule,
+)
 from runtime import comm
 from runtime.errors import ScheduleError
 from runtime.partition import PartitionedProgram, device_sort_key
@@ -42,13 +51,13 @@ from runtime.partition import PartitionedProgram, device_sort_key
 FORWARD = "F"
 BACKWARD = "B"
 ALLREDUCE = "AR"
-SCHEDULES = ("gpipe", "1f1b")
+OPTIMIZER = "OPT"
+SHOWN = 5  # nodes quoted in one error message
 
 
 @dataclass(frozen=True)
-class Action:
-    """One step of a device: the forward (``F``) or backward (``B``) of one microbatch, or the all-reduce
-    of a replicated stage's gradients (``AR``, no microbatch)."""
+class Work:
+    """One unit of a device's work: ``F``/``B`` of microbatch ``microbatch``, ``AR`` or ``OPT``."""
 
     kind: str
     microbatch: int | None = None
@@ -58,99 +67,199 @@ class Action:
 
 
 @dataclass
-class Schedule:
-    """Which actions every device runs, in order.
+class Lowered:
+    """A schedule as the executors run it.
 
     Attributes:
-        name: ``gpipe``, ``1f1b`` or a user's name.
-        microbatches: microbatches per step.
-        actions: device -> its actions in order.
-        training: backward actions are expected (False: forwards only, inference).
+        schedule: the placement schedule.
+        work: device -> its work in the schedule's order.
     """
 
-    name: str
-    microbatches: int
-    actions: dict[str, list[Action]] = field(default_factory=dict)
-    training: bool = True
+    schedule: Schedule
+    work: dict[str, list[Work]]
 
-    def __str__(self) -> str:
-        width = max((len(d) for d in self.actions), default=0)
-        lines = [f"{self.name} schedule: {self.microbatches} microbatch(es) on {len(self.actions)} device(s)"]
-        for device, actions in self.actions.items():
-            lines.append(f"  {device:<{width}} | {' '.join(str(a) for a in actions)}")
-        return "\n".join(lines)
+    @property
+    def training(self) -> bool:
+        """The schedule runs backwards (False: a forward-only schedule, of an inference plan)."""
+        return any(w.kind == BACKWARD for ws in self.work.values() for w in ws)
 
 
-def gpipe(devices: list[str], microbatches: int, training: bool = True) -> Schedule:
-    """All forwards in microbatch order, then (training) all backwards in microbatch order."""
-    return _stage_schedule("gpipe", devices, microbatches, training)
-
-
-def one_f_one_b(stages: list[str], microbatches: int) -> Schedule:
-    """1F1B for devices in pipeline order (``stages[0]`` first; see the module docstring)."""
-    return _stage_schedule("1f1b", stages, microbatches, True)
-
-
-def _stage_schedule(name: str, stages: list[str], microbatches: int, training: bool) -> Schedule:
-    """Schedule ``name`` with each device's forwards and backwards in the order that
-    :data:`placement.schedules.generate.STAGE_ORDERS` gives its stage (one definition of each
-    schedule's order, for the schedules as data and for the executors)."""
-    order = STAGE_ORDERS[name]
-    actions = {
-        device: [Action(BACKWARD if backward else FORWARD, k) for backward, k in order(s, len(stages), microbatches, training)]
-        for s, device in enumerate(stages)
-    }
-    return Schedule(name, microbatches, actions, training)
-
-
-def pipeline_stages(program: PartitionedProgram) -> list[str]:
-    """The stage devices in pipeline order (a topological order of who sends to whom), or a ScheduleError
-    naming a cycle when data flows both ways between devices."""
-    flow = nx.DiGraph()
-    flow.add_nodes_from(program.stage_devices)
-    flow.add_edges_from((t.src, t.dst) for t in program.transfers)
-    rank = {d: i for i, d in enumerate(program.stage_devices)}
-    try:
-        return list(nx.lexicographical_topological_sort(flow, key=rank.__getitem__))
-    except nx.NetworkXUnfeasible:
-        cycle = [u for u, _ in nx.find_cycle(flow)]
+def resolve(program: PartitionedProgram, schedule: Schedule | str | None) -> Schedule:
+    """``schedule`` as a :class:`Schedule`: itself, or :func:`placement.schedules.make_schedule` of the
+    plan ``program`` was partitioned from, by name (None: that function's default)."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if program.plan is None:
         raise ScheduleError(
-            f"the devices do not form a pipeline: data flows {' -> '.join(cycle + cycle[:1])}; 1F1B needs stages "
-            "that only send forward: use schedule='gpipe', or a plan whose stages form a chain"
-        ) from None
+            f"program {program.name!r} was partitioned without a plan (split_by_device?), so no schedule can be "
+            "made for it: partition it from a plan (runtime.partition), or pass schedule= a Schedule"
+        )
+    return make_schedule(program.plan, schedule)
 
 
-def make_schedule(program: PartitionedProgram, name: str, training: bool = True) -> Schedule:
-    """The schedule ``name`` (``gpipe`` or ``1f1b``) for ``program``'s devices and microbatches, its
-    replicated stages expanded to their replicas (:func:`replicate`)."""
-    if name == "gpipe" or (name == "1f1b" and not training):
-        schedule = gpipe(program.stage_devices, program.microbatches, training)
-    elif name == "1f1b":
-        schedule = one_f_one_b(pipeline_stages(program), program.microbatches)
-    else:
-        raise ScheduleError(f"unknown schedule {name!r}; schedules: {', '.join(SCHEDULES)}")
-    return replicate(schedule, program)
+def lower(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = False) -> Lowered:
+    """Each device's :class:`Work` for ``schedule``, checked to run ``program`` (module docstring).
 
-
-def replicate(schedule: Schedule, program: PartitionedProgram) -> Schedule:
-    """``schedule``, made for ``program``'s stage devices, with every replicated stage's actions given to
-    its replicas: each runs the stage's actions of its own microbatches, in order, then (training) ``AR``."""
-    actions: dict[str, list[Action]] = {}
+    ``in_order``: also require that every pair of devices receives its messages in the order they are
+    sent (for NCCL, whose point-to-point messages are matched by order, not by tag).
+    """
+    if set(schedule.actions) != set(program.devices):
+        raise ScheduleError(
+            f"the {schedule.name} schedule runs on devices {sorted(schedule.actions, key=device_sort_key)}, the program "
+            f"on {program.devices}: it was made for another plan; make it from the plan that was partitioned"
+        )
+    if schedule.microbatches != program.microbatches:
+        raise ScheduleError(
+            f"the {schedule.name} schedule has {schedule.microbatches} microbatch(es), the program "
+            f"{program.microbatches}: it was made for another plan; make it from the plan that was partitioned"
+        )
+    stages: dict[str, int] = {}
+    work = {d: _device_work(schedule, program, d, stages) for d in program.devices}
+    lowered = Lowered(schedule, work)
     for device in program.devices:
-        stage = program.stage_device(device)
-        if stage not in schedule.actions:
-            raise ScheduleError(f"the schedule has no actions for {stage}, a device of the program")
-        if stage not in program.replicas:
-            actions[device] = list(schedule.actions[stage])
+        _check_work(lowered, program, device)
+    events = {d: [e for w in work[d] for e in _expand(program, d, w)] for d in program.devices}
+    _play(events, program)
+    if in_order:
+        _check_order(events, program)
+    return lowered
+
+
+# -- from actions to work ------------------------------------------------------------------------
+
+
+def _device_work(schedule: Schedule, program: PartitionedProgram, device: str, stages: dict[str, int]) -> list[Work]:
+    """``device``'s actions as work: node-level compute collapsed per microbatch and checked against the
+    device program, stage-level compute checked to name one stage per partition stage."""
+    stage_device = program.stage_device(device)
+    work: list[Work] = []
+    blocks: list[list[str]] = []  # the nodes of each node-level F or B, by position in work
+    levels = set()
+    for action in schedule.actions[device]:
+        if isinstance(action, Transfer):
+            continue  # carried by the program's own communication ops
+        if isinstance(action, Compute):
+            unit = Work(BACKWARD if isinstance(action, Backward) else FORWARD, action.microbatch)
+            levels.add("stage" if action.stage is not None else "node")
+            if action.stage is not None:
+                _check_stage(schedule, program, device, action.stage, stages)
+                work.append(unit)
+                blocks.append([])
+            elif work and work[-1] == unit and blocks[-1]:
+                blocks[-1].append(action.node)
+            else:
+                work.append(unit)
+                blocks.append([action.node])
             continue
-        mine = set(program.microbatches_of(device))
-        actions[device] = [a for a in schedule.actions[stage] if a.microbatch in mine]
-        if schedule.training:
-            actions[device].append(Action(ALLREDUCE))
-    return Schedule(schedule.name, schedule.microbatches, actions, schedule.training)
+        blocks.append([])
+        if isinstance(action, AllReduce):
+            _check_group(program, device, action)
+            work.append(Work(ALLREDUCE))
+        elif isinstance(action, OptimizerStep):
+            work.append(Work(OPTIMIZER))
+        else:
+            raise ScheduleError(
+                f"{device} runs {action.code()} ({type(action).__name__}), an action the executors do not run"
+            )
+    if levels == {"stage", "node"}:
+        raise ScheduleError(f"{device} mixes the compute of stages and of nodes; a schedule gives one or the other")
+    if "node" in levels:
+        for unit, nodes in zip(work, blocks):
+            if nodes:
+                _check_nodes(program, device, stage_device, unit, nodes)
+    return work
 
 
-# -- validation ----------------------------------------------------------------------------------
+def _check_stage(schedule: Schedule, program: PartitionedProgram, device: str, stage: int, stages: dict[str, int]) -> None:
+    """``device`` runs stage ``stage``: the same stage as its replicas, and no other device does."""
+    stage_device = program.stage_device(device)
+    known = stages.setdefault(stage_device, stage)
+    others = [d for d, s in stages.items() if s == stage and d != stage_device]
+    if known != stage or others:
+        raise ScheduleError(
+            f"the {schedule.name} schedule runs stage {stage} on {device}, but the program runs {device} "
+            f"{'as stage ' + str(known) if known != stage else 'as a stage of its own, not with ' + others[0]}: it "
+            "was made for another plan; make it from the plan that was partitioned"
+        )
+
+
+def _check_group(program: PartitionedProgram, device: str, action: AllReduce) -> None:
+    replicas = program.replicas.get(program.stage_device(device), [])
+    if sorted(action.group) != sorted(replicas):
+        expected = f"its stage's replicas {replicas}" if replicas else "nothing: its stage is not replicated"
+        raise ScheduleError(
+            f"{device} all-reduces over {list(action.group)}, but in the program it all-reduces {expected}: the "
+            "schedule was made for another plan; make it from the plan that was partitioned"
+        )
+
+
+def _check_nodes(program: PartitionedProgram, device: str, stage_device: str, unit: Work, nodes: list[str]) -> None:
+    """The nodes of one node-level forward or backward are the device program's, in its order."""
+    order = program.node_order.get(stage_device)
+    if not order:
+        raise ScheduleError(
+            f"{device}: the schedule runs nodes, but the program was partitioned without a cost graph, so its "
+            "nodes are not known: partition it from a plan (runtime.partition), or use a stage schedule"
+        )
+    if unit.kind == FORWARD:
+        expected = order
+    else:
+        inputs = {program.cost_nodes.get(n) for n in program.input_names}
+        expected = [n for n in reversed(order) if n not in inputs]
+    if nodes != expected:
+        i = next(i for i, (a, b) in enumerate(zip([*nodes, None], [*expected, None])) if a != b)
+        got = repr(nodes[i]) if i < len(nodes) else "nothing"
+        want = repr(expected[i]) if i < len(expected) else "nothing"
+        raise ScheduleError(
+            f"{device}: {unit} of the schedule runs {got} as its node {i}, where {device}'s program runs {want} "
+            f"(its {'forward' if unit.kind == FORWARD else 'backward'} runs {len(expected)} node(s): "
+            f"{expected[:SHOWN]}{' ...' if len(expected) > SHOWN else ''}). The executors run a device's program for "
+            "one microbatch at a time: list its nodes together, in the program's order (in reverse for the "
+            "backward); or the schedule was made for another plan"
+        )
+
+
+# -- the work of each device ---------------------------------------------------------------------
+
+
+def _check_work(lowered: Lowered, program: PartitionedProgram, device: str) -> None:
+    work = lowered.work[device]
+    expected = program.microbatches_of(device)
+    kinds = (FORWARD, BACKWARD) if lowered.training else (FORWARD,)
+    for kind in kinds:
+        seen = sorted(w.microbatch for w in work if w.kind == kind)
+        if seen != expected:
+            whose = (
+                f"its microbatches as replica of {program.stage_device(device)}, {expected},"
+                if len(expected) < program.microbatches
+                else f"each of 0..{program.microbatches - 1}"
+            )
+            raise ScheduleError(f"{device} runs {kind} for microbatches {seen}; it must run {whose} once")
+    done: set[int | None] = set()
+    for w in work:
+        if w.kind == FORWARD:
+            done.add(w.microbatch)
+        elif w.kind == BACKWARD and w.microbatch not in done:
+            raise ScheduleError(f"{device} runs B{w.microbatch} before F{w.microbatch}")
+    listed = " ".join(map(str, work))
+    if not lowered.training:
+        extra = [str(w) for w in work if w.kind != FORWARD]
+        if extra:
+            raise ScheduleError(f"{device} has {extra} in a forward-only schedule ({listed})")
+        return
+    if [w.kind for w in work].count(OPTIMIZER) != 1 or work[-1].kind != OPTIMIZER:
+        raise ScheduleError(f"{device} must end with one {OPTIMIZER} (the optimizer step); it runs {listed}")
+    replicated = program.stage_device(device) in program.replicas
+    reduces = [i for i, w in enumerate(work) if w.kind == ALLREDUCE]
+    last_backward = max(i for i, w in enumerate(work) if w.kind == BACKWARD)
+    if replicated and (len(reduces) != 1 or reduces[0] < last_backward):
+        raise ScheduleError(
+            f"{device} replicates the stage of {program.stage_device(device)}: it must run one {ALLREDUCE} (the "
+            f"all-reduce of the stage's gradients), after its last backward; it runs {listed}"
+        )
+
+
+# -- playing the program's messages --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -160,74 +269,22 @@ class _Event:
 
     kind: str
     key: tuple[int, int, bool] | None  # (transfer tag, microbatch, is gradient)
-    action: Action
+    work: Work
     peer: str
 
 
-def validate(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = False) -> None:
-    """Raise :class:`ScheduleError` unless ``schedule`` runs ``program`` to the end (module docstring).
-
-    ``in_order``: also require that every pair of devices receives its messages in the order they are
-    sent (for NCCL, whose point-to-point messages are matched by order, not by tag).
-    """
-    _check_actions(schedule, program)
-    events = {d: [e for a in schedule.actions[d] for e in _expand(program, d, a)] for d in program.devices}
-    _play(events, program)
-    if in_order:
-        _check_order(events, program)
-
-
-def _check_actions(schedule: Schedule, program: PartitionedProgram) -> None:
-    if set(schedule.actions) != set(program.devices):
-        raise ScheduleError(
-            f"the schedule covers devices {sorted(schedule.actions, key=device_sort_key)}, the program runs on {program.devices}"
-        )
-    if schedule.microbatches != program.microbatches:
-        raise ScheduleError(f"the schedule has {schedule.microbatches} microbatches, the program {program.microbatches}")
-    kinds = (FORWARD, BACKWARD) if schedule.training else (FORWARD,)
-    for device, actions in schedule.actions.items():
-        malformed = [str(a) for a in actions if (a.microbatch is None) != (a.kind == ALLREDUCE)]
-        if malformed:
-            raise ScheduleError(f"{device} has actions {malformed}: F and B take a microbatch, {ALLREDUCE} none")
-        expected = program.microbatches_of(device)
-        for kind in kinds:
-            seen = sorted(a.microbatch for a in actions if a.kind == kind)
-            if seen != expected:
-                whose = (
-                    f"its microbatches as replica of {program.stage_device(device)}, {expected},"
-                    if len(expected) < schedule.microbatches
-                    else f"each of 0..{schedule.microbatches - 1}"
-                )
-                raise ScheduleError(f"{device} runs {kind} for microbatches {seen}; it must run {whose} once")
-        replicated = schedule.training and program.stage_device(device) in program.replicas
-        reduces = [i for i, a in enumerate(actions) if a.kind == ALLREDUCE]
-        if replicated and reduces != [len(actions) - 1]:
-            raise ScheduleError(
-                f"{device} replicates the stage of {program.stage_device(device)}: its last action, and only that, "
-                f"must be {ALLREDUCE} (the all-reduce of the stage's gradients); it has {' '.join(map(str, actions))}"
-            )
-        extra = [str(a) for a in actions if a.kind not in kinds and not (replicated and a.kind == ALLREDUCE)]
-        if extra:
-            what = "training" if schedule.training else "forward-only"
-            raise ScheduleError(f"{device} has actions {extra} that a {what} schedule cannot run on it")
-        done: set[int] = set()
-        for a in actions:
-            if a.kind == FORWARD:
-                done.add(a.microbatch)
-            elif a.kind == BACKWARD and a.microbatch not in done:
-                raise ScheduleError(f"{device} runs B{a.microbatch} before F{a.microbatch}")
-
-
-def _expand(program: PartitionedProgram, device: str, action: Action) -> list[_Event]:
-    """The communication events of one action of ``device``, in the order the device meets them.
+def _expand(program: PartitionedProgram, device: str, work: Work) -> list[_Event]:
+    """The communication events of one unit of ``device``'s work, in the order the device meets them.
 
     Forward: the program's ops in order (its receives are posted first). Backward: the receives of
     the gradients of the values the device sent are posted first, then the gradient steps run in the
     reverse of the forward order: a received value's gradient is sent back, a sent value's is waited for.
     """
-    if action.kind == ALLREDUCE:
-        return [_Event("allreduce", None, action, program.stage_device(device))]
-    k = action.microbatch
+    if work.kind == ALLREDUCE:
+        return [_Event("allreduce", None, work, program.stage_device(device))]
+    if work.kind == OPTIMIZER:
+        return []
+    k = work.microbatch
     assert k is not None
     forward: list[_Event] = []
     gradient_posts: list[_Event] = []
@@ -236,20 +293,20 @@ def _expand(program: PartitionedProgram, device: str, action: Action) -> list[_E
         if node.target is comm.send:
             t = program.transfer(node.kwargs["tag"])
             dst = program.runner(t.dst, k)
-            forward.append(_Event("send", (t.tag, k, False), action, dst))
+            forward.append(_Event("send", (t.tag, k, False), work, dst))
             if t.grad:
-                gradient_posts.append(_Event("post", (t.tag, k, True), action, dst))
-                gradient_steps.append(_Event("wait", (t.tag, k, True), action, dst))
+                gradient_posts.append(_Event("post", (t.tag, k, True), work, dst))
+                gradient_steps.append(_Event("wait", (t.tag, k, True), work, dst))
         elif node.target is comm.recv:
             t = program.transfer(node.kwargs["tag"])
-            forward.append(_Event("post", (t.tag, k, False), action, program.runner(t.src, k)))
+            forward.append(_Event("post", (t.tag, k, False), work, program.runner(t.src, k)))
         else:
             t = program.transfer(node.args[0].kwargs["tag"])
             src = program.runner(t.src, k)
-            forward.append(_Event("wait", (t.tag, k, False), action, src))
+            forward.append(_Event("wait", (t.tag, k, False), work, src))
             if t.grad:
-                gradient_steps.append(_Event("send", (t.tag, k, True), action, src))
-    if action.kind == FORWARD:
+                gradient_steps.append(_Event("send", (t.tag, k, True), work, src))
+    if work.kind == FORWARD:
         return forward
     return list(reversed(gradient_posts)) + list(reversed(gradient_steps))
 
@@ -286,7 +343,7 @@ def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
                 progress = True
     stuck = [(d, seq[position[d]]) for d, seq in events.items() if position[d] < len(seq)]
     if stuck:
-        lines = [f"{d} at {event.action} waits for {_describe(program, event)}" for d, event in stuck]
+        lines = [f"{d} at {event.work} waits for {_describe(program, event)}" for d, event in stuck]
         raise ScheduleError("the schedule deadlocks: " + "; ".join(lines))
     unmatched = sorted(sent - received)
     if unmatched:
@@ -323,3 +380,4 @@ def _check_order(events: dict[str, list[_Event]], program: PartitionedProgram) -
                 f"but received as {expected[i] if i < len(expected) else '-'}; a backend without tags (NCCL) would "
                 "mix them up: use a schedule in which both devices meet their messages in the same order"
             )
+

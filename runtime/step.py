@@ -37,12 +37,15 @@ class StepResult:
         outputs: the model's outputs for the whole batch where they are gathered; None elsewhere.
         step_ms: wall time of the step, from the first op to the optimizer's update.
         peak_memory_bytes: device -> peak bytes of live tensors during the step, when measured.
+        order: device -> the work it ran, in order (``F0``, ``B0``, ``AR``, ``OPT``:
+            :class:`runtime.schedule.Work`), for the devices this process runs.
     """
 
     loss: float | None
     outputs: Any
     step_ms: float
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    order: dict[str, list[str]] = field(default_factory=dict)
 
 
 def as_tuple(inputs: Any) -> tuple:

@@ -48,12 +48,12 @@ from graphc.ir.errors import ConfigurationError, GraphcError, MismatchError
 from placement.cluster import Cluster
 from placement.plan import Plan
 from placement.presets import cluster_presets
+from placement.schedules import SCHEDULES
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
 from runtime.faults import REPORTS_ENV, FaultReport
 from runtime.measure import measure
 from runtime.partition import PartitionedProgram, partition
-from runtime.schedule import SCHEDULES
 from runtime.step import split_batch
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
@@ -80,7 +80,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd", help="default: %(default)s")
     parser.add_argument("--lr", type=positive_number, default=0.01, help="learning rate (default: %(default)s)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="gpipe", help="pipeline schedule of a pipelined plan (default: %(default)s)")
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="the schedule the ranks run (default: gpipe for a plan with pipeline stages, else node-order)",
+    )
     parser.add_argument(
         "--timeout",
         type=positive_number,
@@ -199,7 +203,9 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     if args.granularity:
         worker += ["--granularity", args.granularity]
     worker += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    worker += ["--optimizer", args.optimizer, "--lr", str(args.lr), "--schedule", args.schedule]
+    worker += ["--optimizer", args.optimizer, "--lr", str(args.lr)]
+    if args.schedule:
+        worker += ["--schedule", args.schedule]
     worker += ["--timeout", str(args.timeout), "--threads", str(args.threads)]
     if args.json_out:
         worker += ["--json", str(Path(args.json_out).resolve())]

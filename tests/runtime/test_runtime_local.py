@@ -35,18 +35,27 @@ def test_random_placements_match_eager(name, data):
     assert relative_difference(grads, reference.grads) < (RTOL, "")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "resnet50"])
-def test_parameters_match_eager_after_optimizer_steps(name):
-    """GPT-2 has a tied embedding, ResNet batch norm state; three Adam steps on a random placement."""
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize(("name", "optimizer"), [("gpt2", adam), ("resnet50", sgd)])
+def test_parameters_match_eager_after_optimizer_steps(name, optimizer):
+    """GPT-2 has a tied embedding, ResNet batch norm state; three steps on a random placement.
+
+    On this placement data flows back and forth between devices within the step, so a device
+    back-propagates in parts (runtime.play) and sums some gradients in another order than eager.
+    ResNet's stem.bn.bias has a gradient that is zero but for float32 rounding, which Adam would scale
+    up to full steps; SGD with momentum keeps it at rounding level."""
     zm = build(name)
     program = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
     names = program.graph.node_names()
     rng = random.Random(7)
     plan = plan_from_assignment(program.graph, {n: rng.choice(DEVICES) for n in names})
-    executor = LocalExecutor(partition(program, plan), loss_fn=zoo_loss(zm), optimizer=adam)
+    executor = LocalExecutor(partition(program, plan), loss_fn=zoo_loss(zm), optimizer=optimizer)
     losses = [executor.step(zm.example_inputs, zm.targets).loss for _ in range(3)]
     ref = build(name)
-    reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), adam, steps=3)
+    reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), optimizer, steps=3)
     assert losses == pytest.approx(reference.losses, rel=1e-5)
     params = {n: p for n, p in executor.named_parameters()}
     assert relative_difference(params, reference.params) < (RTOL, "")

@@ -8,6 +8,7 @@ from the last stage to the replica that holds each microbatch before the replica
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -23,22 +24,27 @@ import graphc
 from graphc import zoo
 from graphc.frontend.zoo import ZooLoss
 from graphc.zoo import zoo_loss
+from placement.schedules import (
+    AllReduce,
+    Backward,
+    Forward,
+    OptimizerStep,
+    Schedule,
+    make_schedule,
+)
 from runtime import (
-    Action,
     DistributedExecutor,
     LocalExecutor,
     PartitionedProgram,
     RankFailure,
-    Schedule,
     ScheduleError,
     contiguous_plan,
     init_from_env,
-    make_schedule,
     partition,
 )
 from runtime.errors import ProgramMismatch
 from runtime.launch import spawn
-from runtime.schedule import validate
+from runtime.schedule import lower, resolve
 from runtime.testing import eager_run, relative_difference
 
 RTOL = 1e-4
@@ -102,51 +108,67 @@ def test_replicas_get_their_own_copy_of_the_stage_and_every_other_microbatch():
     assert "── cpu1: a replica of cpu0" in str(parts)
 
 
+def work(schedule: Schedule, parts: PartitionedProgram) -> list[str]:
+    return [f"{d} | {' '.join(map(str, w))}" for d, w in lower(schedule, parts, in_order=True).work.items()]
+
+
 def test_schedules_give_each_replica_its_microbatches_then_the_all_reduce():
     parts = mlp_program()
-    assert str(make_schedule(parts, "gpipe")).splitlines()[1:] == [
-        "  cpu0 | F0 F2 B0 B2 AR",
-        "  cpu1 | F1 F3 B1 B3 AR",
-        "  cpu2 | F0 F1 F2 F3 B0 B1 B2 B3",
+    assert work(resolve(parts, "gpipe"), parts) == [
+        "cpu0 | F0 F2 B0 B2 AR OPT",
+        "cpu1 | F1 F3 B1 B3 AR OPT",
+        "cpu2 | F0 F1 F2 F3 B0 B1 B2 B3 OPT",
     ]
-    assert str(make_schedule(parts, "1f1b")).splitlines()[1:] == [
-        "  cpu0 | F0 B0 F2 B2 AR",
-        "  cpu1 | F1 B1 F3 B3 AR",
-        "  cpu2 | F0 B0 F1 B1 F2 B2 F3 B3",
+    assert work(resolve(parts, "1f1b"), parts) == [
+        "cpu0 | F0 B0 F2 B2 AR OPT",
+        "cpu1 | F1 B1 F3 B3 AR OPT",
+        "cpu2 | F0 B0 F1 B1 F2 B2 F3 B3 OPT",
     ]
-    assert str(make_schedule(parts, "gpipe", training=False)).splitlines()[1:] == [
-        "  cpu0 | F0 F2",
-        "  cpu1 | F1 F3",
-        "  cpu2 | F0 F1 F2 F3",
-    ]
-    for name in ("gpipe", "1f1b"):
-        validate(make_schedule(parts, name), parts, in_order=True)
+    inference = dataclasses.replace(parts.plan, mode="inference")
+    assert work(make_schedule(inference, "gpipe"), parts) == ["cpu0 | F0 F2", "cpu1 | F1 F3", "cpu2 | F0 F1 F2 F3"]
 
 
-def test_a_schedule_must_all_reduce_last_and_keep_each_microbatch_on_its_replica():
+def stage_actions(device: str, stage: int, codes: str, group: tuple[str, ...] = ()) -> list:
+    """``device``'s actions running ``stage`` in the order of ``codes`` ("F0 B0 ..."), then the
+    all-reduce over ``group`` when given, then the optimizer step."""
+    kinds = {"F": Forward, "B": Backward}
+    actions = [kinds[c[0]](device, int(c[1:]), stage=stage) for c in codes.split()]
+    reduce = [AllReduce(device, group, f"stage {stage} gradients")] if group else []
+    return actions + reduce + [OptimizerStep(device)]
+
+
+def test_a_schedule_must_all_reduce_after_the_last_backward_and_keep_each_microbatch_on_its_replica():
     parts = mlp_program()
-    good = make_schedule(parts, "gpipe").actions
-    without = Schedule("mine", M, {**good, "cpu1": good["cpu1"][:-1]})
-    with pytest.raises(ScheduleError, match="cpu1 replicates the stage of cpu0: its last action, and only that, must be AR"):
-        validate(without, parts)
-    swapped = Schedule("mine", M, {**good, "cpu0": [Action("F", 1), *good["cpu0"][1:]]})
+    good = resolve(parts, "gpipe").actions
+    replicas = ("cpu0", "cpu1")
+    without = Schedule("mine", "throughput", M, {**good, "cpu1": stage_actions("cpu1", 0, "F1 F3 B1 B3")})
+    with pytest.raises(ScheduleError, match="cpu1 replicates the stage of cpu0: it must run one AR .*, after its last backward"):
+        lower(without, parts)
+    early = stage_actions("cpu1", 0, "F1 F3 B1", replicas)
+    early[-1:-1] = [Backward("cpu1", 3, stage=0)]
+    with pytest.raises(ScheduleError, match=r"after its last backward; it runs F1 F3 B1 AR B3 OPT"):
+        lower(Schedule("mine", "throughput", M, {**good, "cpu1": early}), parts)
+    swapped = Schedule("mine", "throughput", M, {**good, "cpu0": stage_actions("cpu0", 0, "F1 F2 B1 B2", replicas)})
     with pytest.raises(
         ScheduleError,
         match=r"cpu0 runs F for microbatches \[1, 2\]; it must run its microbatches as replica of cpu0, \[0, 2\], once",
     ):
-        validate(swapped, parts)
-    stray = Schedule("mine", M, {**good, "cpu2": [*good["cpu2"], Action("AR")]})
-    with pytest.raises(ScheduleError, match=r"cpu2 has actions \['AR'\]"):
-        validate(stray, parts)
+        lower(swapped, parts)
+    stray = Schedule("mine", "throughput", M, {**good, "cpu2": stage_actions("cpu2", 1, "F0 F1 F2 F3 B0 B1 B2 B3", ("cpu2",))})
+    with pytest.raises(ScheduleError, match=r"cpu2 all-reduces over \['cpu2'\], but in the program it all-reduces nothing"):
+        lower(stray, parts)
+    other = Schedule("mine", "throughput", M, {**good, "cpu1": stage_actions("cpu1", 0, "F1 F3 B1 B3", ("cpu1", "cpu2"))})
+    with pytest.raises(ScheduleError, match=r"cpu1 all-reduces over \['cpu1', 'cpu2'\], but in the program it all-reduces its stage's replicas"):
+        lower(other, parts)
 
 
 def test_a_replica_stuck_in_the_pipeline_leaves_the_other_waiting_in_the_all_reduce():
     parts = mlp_program()
-    schedule = make_schedule(parts, "gpipe")
-    schedule.actions["cpu2"] = [Action(kind, k) for kind, k in zip("FFBBFFBB", [0, 2, 0, 2, 1, 3, 1, 3])]
-    schedule.actions["cpu1"] = [Action("F", 3), Action("B", 3), Action("F", 1), Action("B", 1), Action("AR")]
+    schedule = resolve(parts, "gpipe")
+    schedule.actions["cpu2"] = stage_actions("cpu2", 1, "F0 F2 B0 B2 F1 F3 B1 B3")
+    schedule.actions["cpu1"] = stage_actions("cpu1", 0, "F3 B3 F1 B1", ("cpu0", "cpu1"))
     with pytest.raises(ScheduleError) as error:
-        validate(schedule, parts)
+        lower(schedule, parts)
     message = str(error.value)
     assert "cpu0 at AR waits for the all-reduce with the other replicas of cpu0 (cpu0, cpu1)" in message
     assert "cpu1 at B3 waits for the gradient of 'tanh' (transfer 0, microbatch 3) from cpu2" in message

@@ -120,13 +120,14 @@ def is_pipeline_contiguous(
     return nx.is_directed_acyclic_graph(quotient)
 
 
-def structure_blocks(inst: ThroughputInstance) -> Blocks:
-    """Merge colocation units, then units strongly connected by :func:`pipeline_edges`, into blocks in
-    topological order."""
+def structure_blocks(inst: ThroughputInstance, edges: Sequence[tuple[int, int]] | None = None) -> Blocks:
+    """Merge colocation units, then units strongly connected by :func:`pipeline_edges` (or ``edges``:
+    ``inst.structure_edges()`` gives the forward-only lattice, to count what the mirrored edges save),
+    into blocks in topological order."""
     unit = colocation_units(inst)
     g = nx.DiGraph()
     g.add_nodes_from(sorted(set(unit)))
-    for u, w in pipeline_edges(inst):
+    for u, w in pipeline_edges(inst) if edges is None else edges:
         if unit[u] != unit[w]:
             g.add_edge(unit[u], unit[w])
     cond = nx.condensation(g)

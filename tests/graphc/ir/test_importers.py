@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_training_graphs import synthetic_forward, training_file
 
 from graphc.ir.errors import GraphFormatError
 from graphc.ir.graph import Graph
@@ -434,6 +435,34 @@ def test_malformed_dnn(tmp_path: Path, dotted: str, value: object, where: str, w
     path = write_json(tmp_path / "bad.json", _set(doc, dotted, value))
     with pytest.raises(GraphFormatError, match=rf"bad\.json: {where}: .*{why}"):
         load_dnn_partitioning(path)
+
+
+def test_dnn_cycle_names_every_edge_of_it(tmp_path: Path) -> None:
+    # 1 -> 2 -> 3 -> 1 behind a node that is not on the cycle (0 -> 1): the message walks the cycle.
+    doc = small_doc()
+    doc["nodes"] += [{**doc["nodes"][0], "id": i, "name": f"node{i}", "colorClass": i} for i in (0, 3)]
+    doc["edges"] = [{"sourceId": s, "destId": d, "cost": 0.0} for s, d in ((0, 1), (1, 2), (2, 3), (3, 1))]
+    with pytest.raises(GraphFormatError, match=r"cycle: edges\[1\] \(1 -> 2\), edges\[2\] \(2 -> 3\), edges\[3\] \(3 -> 1\)$"):
+        load_dnn_partitioning(write_json(tmp_path / "cycle.json", doc))
+
+
+def test_operator_level_training_file(tmp_path: Path) -> None:
+    # The shapes of the paper's operator files: backward-only colour classes, uncoloured backward nodes,
+    # forward-to-backward edges; colour classes become colocation groups, backward nodes stay marked.
+    doc = training_file(synthetic_forward(4, seed=2), seed=2)
+    graph = load_dnn_partitioning(write_json(tmp_path / "ops_training.json", doc))
+    assert graph.meta["training"] and len(graph.node_names()) == len(doc["nodes"])
+    backward = {n["name"] for n in doc["nodes"] if n["isBackwardNode"]}
+    assert {d.name for d in graph.nodes() if d.is_backward} == backward
+    forward_groups = {d.colocation_group for d in graph.nodes() if not d.is_backward}
+    orphans = {d.colocation_group for d in graph.nodes() if d.is_backward} - forward_groups
+    assert orphans == {str(len(synthetic_forward(4, seed=2).names))}  # the loss class
+    assert any(d.is_backward and d.colocation_group is None for d in graph.nodes())
+    assert any(src not in backward and dst in backward for src, dst, _ in graph.edges())
+    assert not any(src in backward and dst not in backward for src, dst, _ in graph.edges())
+    assert {(s, d) for s, d, _ in graph.edges()} == {
+        (doc["nodes"][e["sourceId"]]["name"], doc["nodes"][e["destId"]]["name"]) for e in doc["edges"]
+    }
 
 
 def test_dnn_not_json(tmp_path: Path) -> None:

@@ -23,11 +23,14 @@ from placement.simulate import simulate
 
 @dataclass
 class MicrobatchChoice:
-    """The chosen count and what each candidate simulated to (step ms, and whether it fits in memory)."""
+    """The chosen count and what each candidate simulated to (step ms, and whether it fits in memory);
+    ``stopped_by_wall_clock``: the deadline left candidates unsimulated (the choice may then differ
+    between runs)."""
 
     microbatches: int
     step_ms: dict[int, float] = field(default_factory=dict)
     fits: dict[int, bool] = field(default_factory=dict)
+    stopped_by_wall_clock: bool = False
 
 
 def bubble_fraction(stages: int, microbatches: int) -> float:
@@ -59,8 +62,9 @@ def choose_microbatches(
     ``replicas``: the replicated stages (:func:`placement.plan.stage_replicas`), simulated as such.
 
     When none fits, the one with the least total overflow is returned (the plan's memory check then
-    reports it). Candidates past ``deadline`` (a ``time.perf_counter()`` value) are skipped, but at least
-    one is always simulated.
+    reports it). Every candidate is simulated unless the wall clock passes ``deadline`` (a
+    ``time.perf_counter()`` value: a safety net, not a budget); the rest are then skipped, at least one
+    is always simulated, and the choice says so.
     """
     if candidates is None:
         candidates = microbatch_candidates(problem.graph.batch_size())
@@ -69,6 +73,7 @@ def choose_microbatches(
     capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))
     for m in sorted(set(candidates)):
         if choice.step_ms and deadline is not None and time.perf_counter() > deadline:
+            choice.stopped_by_wall_clock = True
             break
         result = simulate(
             problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode, microbatches=m,

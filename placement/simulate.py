@@ -15,7 +15,9 @@ stands for all outputs). In training the gradient goes back the reverse route wi
 all consumers on that device finished their backward (their gradients are summed there first). A transfer
 between a device and itself is free and not simulated. A transfer's duration is the cost model's:
 ``EdgeData.transfer_ms`` when the edge gives one for the device pair (the largest over the group's
-edges), else route latency + bytes / bottleneck bandwidth. The sends of one output leave in the order of
+edges), else route latency + bytes / bottleneck bandwidth. The route latency is the per-message cost:
+on the ``local`` cluster calibrated by :func:`graphc.app.calibrate.calibrate`, the latency measured
+between two ranks (:func:`runtime.link.local_cluster`). The sends of one output leave in the order of
 the receiving devices in the cluster.
 
 Contention. Each direction of each full-duplex link is a resource (a half-duplex link is one resource
@@ -26,14 +28,37 @@ request is made, so a transfer waiting for one busy link also keeps the others o
 later requests; requests of one instant are booked in task order). So two transfers sharing a link take
 twice as long as one, and transfers on disjoint links overlap.
 
+Devices without a copy engine. A device of category ``cpu`` (the ``local`` cluster's CPU worker
+processes, the CPUs of the presets) moves its tensors itself: its compute is one more resource of every
+transfer that starts or ends there (and of its stage's all-reduce), booked with the links. A transfer
+to or from it waits for the task it is running and holds it from the request until the transfer ends;
+a task there starts only once the device is free of transfers, and books it until the task ends. So its
+transfers and tasks are serialised, and ``busy_ms`` still counts only its tasks. A GPU's (or another
+accelerator's) transfers overlap its compute.
+
 Compute. A device runs one task at a time. Among its ready tasks it starts the one first in priority:
 ``priority="topological"`` (default) orders forwards by microbatch then topological position and
 backwards by microbatch then reverse topological position; ``"critical_path"`` orders by the longest
 remaining path of compute (no communication) instead. Following GPipe, a device starts no backward until
-all its forwards (of every microbatch) are done. ``order`` fixes the sequence on some devices instead:
-``order[device]`` lists that device's nodes; it runs them in that order for each microbatch in turn, then
-(training) their backwards in reverse order for each microbatch; an order that contradicts the
-dependencies is reported as a deadlock.
+all its forwards (of every microbatch) are done. These ready queues are the solvers' quick evaluation.
+``order`` fixes the sequence on some devices instead: ``order[device]`` lists that device's nodes; it
+runs them in that order for each microbatch in turn (each replica its microbatches), then (training)
+their backwards in reverse order for each microbatch. A device with a fixed sequence starts a task only
+when it is the next of its sequence and ready; a sequence that contradicts the dependencies is
+reported as a deadlock.
+
+Schedules. ``schedule`` (a :class:`placement.schedules.Schedule`, what the executors run) fixes the
+sequence of every device it lists: its compute actions in order, a :class:`~placement.schedules.Forward`
+of a node being ``F(v,k)`` (a node's action in a graph with explicit backward nodes is its one task), of
+a stage the forwards of the stage's nodes on the device in topological order, a
+:class:`~placement.schedules.Backward` the backwards, of a stage in reverse topological order. A graph
+input's backward, which takes no time and which schedules leave out, follows the last backward of its
+microbatch on its device. The schedule must run every task of the placement exactly once, each on the
+device that holds its node for that microbatch. A :class:`~placement.schedules.Recv` waits for the
+matching transfer: the tasks that read the tensor start once it has arrived (the executors send a tensor
+when it is made and wait for it where it is first used), and the receive buffer is allocated when the
+device reaches the Recv (see Memory). The all-reduce of a replicated stage and the optimizer step come
+at the end as without a schedule (the optimizer step takes no time).
 
 Microbatches. ``microbatches=m`` splits the batch: every transfer's bytes (and a measured transfer
 time), every activation and every received tensor are divided by ``m``, and the ``m`` microbatches flow
@@ -52,19 +77,37 @@ bytes over its bandwidth, holding the links of every ring edge (booked like a tr
 The step ends when the last all-reduce does. Per replica this is the load model of
 :mod:`placement.pipeline.instance`: ``(compute) / r + 2 (r - 1) / r x bytes / bandwidth``.
 
-Memory, per device: static = parameters + buffers, in training also gradients (as large as the
-parameters) and optimizer state (``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or
-``NodeData.memory_bytes`` for a node that gives one (its whole footprint, nothing else is counted for it).
-Then, in training: ``activation_bytes`` of ``v`` is held from the end of ``F(v,k)`` until the end of
-``B(v,k)``; a received activation from its arrival until every consumer on the device finished its
-backward; a received gradient from its arrival until the producer's backward ends. In inference (and for
-graphs with explicit backward nodes): ``output_bytes`` of ``v`` from the end of ``F(v,k)`` until its
-consumers on the device finished and its sends completed (kept to the end when nothing consumes it), a
-received tensor from its arrival until every consumer on the device finished. Peak = the highest total;
-at one instant, memory freed is subtracted before memory allocated is added.
+Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
+before the step plus the live tensors made during it). Static = parameters + buffers, in training also
+gradients (as large as the parameters, counted for the whole step) and optimizer state
+(``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or ``NodeData.memory_bytes`` for a
+node that gives one (its whole footprint, nothing else is counted for it). Then, in training:
 
-Ties. All events of one instant (task completions, inputs arriving) are processed before any idle
-device picks its next task, so a device chooses among everything ready at that instant.
+* ``activation_bytes`` of ``v`` (what its backward keeps) from the end of ``F(v,k)`` until the end of
+  ``B(v,k)``;
+* backward temporaries: while ``B(v,k)`` runs, the larger of the gradient of ``v``'s output, when it is
+  made on the device (``output_bytes``; by a consumer there or by the loss; a gradient from another
+  device is a received tensor) and the gradients of its inputs (the bytes of its in-edges from nodes
+  that take a gradient);
+* the graph's outputs (``NodeData.is_output``): each microbatch's output (``output_bytes``) from the end
+  of its forward to the end of the step (the step returns it), and the loss, taken to keep a tensor as
+  large as the output (cross-entropy keeps the log-probabilities), until the output's backward starts;
+  the loss's gradient of the output is that backward's temporary;
+* a received activation from its arrival until every consumer on the device finished its backward; a
+  received gradient from its arrival until the producer's backward ends.
+
+In inference (and for graphs with explicit backward nodes): ``output_bytes`` of ``v`` from the end of
+``F(v,k)`` until its consumers on the device finished and its sends completed (kept to the end when
+nothing consumes it), a received tensor from its arrival until every consumer on the device finished.
+With a schedule, a received tensor's buffer is held from its :class:`~placement.schedules.Recv` (the end
+of the device's compute before it, 0 when there is none) when that comes before the arrival. Peak = the
+highest total; at one instant, memory freed is subtracted before memory allocated is added. Not modelled:
+the optimizer step's temporaries, gradients made only at a node's first backward (all are static here),
+the allocator's caching and fragmentation.
+
+Ties. All events of one instant (task completions, inputs arriving, devices freed of transfers) are
+processed before any idle device picks its next task, so a device chooses among everything ready at
+that instant.
 
 Cost. Setup is linear in nodes and edges; the loop pops one event per task end and at most one per task
 whose last input arrives from another device, with a heap of pending events and one ready heap per
@@ -499,8 +542,8 @@ class _Simulation:
 
     def _memory_terms(self) -> None:
         """Training memory beyond activations (module docstring, "Memory"): per node, the gradients alive
-        while its backward runs (``grad_tmp``: the larger of its output's and its inputs' gradients),
-        and the graph outputs (``NodeData.is_output``) whose output and loss stay on their device."""
+        while its backward runs (``grad_tmp``: the larger of its output's, made on the device, and its
+        inputs'), and the graph outputs (``NodeData.is_output``) whose output and loss stay there."""
         n, m, data = self.n, self.m, self.data
         self.grad_tmp = [0.0] * n
         self.outputs: list[int] = []
@@ -513,7 +556,10 @@ class _Simulation:
         for v, nd in enumerate(data):
             if nd.memory_bytes is not None or not self.needs_grad[v]:
                 continue
-            self.grad_tmp[v] = max(nd.output_bytes, in_grad[v]) / m
+            # The output's gradient is made here by local consumers or the loss; one from another
+            # device is a received tensor, counted as such.
+            made_here = nd.is_output or bool(self.local_succ[v])
+            self.grad_tmp[v] = max(nd.output_bytes if made_here else 0.0, in_grad[v]) / m
             if nd.is_output:
                 self.outputs.append(v)
 
@@ -621,16 +667,17 @@ class _Simulation:
         goes after the last backward of its microbatch on its device. Any other task left out is an error."""
         n, MN = self.n, self.m * self.n
         missing = [t for t in range(self.T) if not ran[t]]
+        wrong = [t for t in missing if t < MN or self.needs_grad[t % n]]
+        if wrong:
+            t = wrong[0]
+            more = f" and {len(wrong) - 1} more task(s)" if len(wrong) > 1 else ""
+            raise PlacementError(
+                f"the schedule never runs {self._task_name(t)} on {self.devices[self.kdev[(t % MN) // n][t % n]].name}"
+                f"{more}: it must run every task of the placement"
+            )
         later: dict[int, list[int]] = {}
         for t in missing:
-            v = t % n
-            if t < MN or self.needs_grad[v]:
-                more = f" and {len(missing) - 1} more task(s)" if len(missing) > 1 else ""
-                raise PlacementError(
-                    f"the schedule never runs {self._task_name(t)} on {self.devices[self.kdev[(t % MN) // n][v]].name}"
-                    f"{more}: it must run every task of the placement"
-                )
-            later.setdefault(self.kdev[(t - MN) // n][v], []).append(t)
+            later.setdefault(self.kdev[(t - MN) // n][t % n], []).append(t)
         for d, inputs in later.items():
             seq = sequences.setdefault(d, [])
             last = {(t - MN) // n: p for p, t in enumerate(seq) if t >= MN}  # microbatch -> its last backward

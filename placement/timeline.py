@@ -100,8 +100,10 @@ class SimResult:
         step_ms: time from the first task's start to the last task's end.
         mode: ``training`` or ``inference``.
         microbatches: number of microbatches the step was split into.
-        busy_ms: compute time per device (every device of the cluster, 0 when unused).
-        peak_memory_bytes: highest memory in use per device (static + activations + received tensors).
+        busy_ms: compute time per device (every device of the cluster, 0 when unused); a CPU device's
+            transfers, which hold it too, are not counted.
+        peak_memory_bytes: highest memory in use per device (static + activations, backward
+            temporaries, outputs and loss, received tensors: :mod:`placement.simulate`, "Memory").
         static_memory_bytes: parameters, gradients, optimizer state and buffers per device.
         memory_capacity_bytes: each device's memory capacity, for comparison.
         over_capacity: devices whose peak exceeds their capacity.

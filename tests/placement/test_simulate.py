@@ -358,9 +358,10 @@ def random_graph(rng: random.Random, n: int) -> Graph:
     return g
 
 
-def check_invariants(g: Graph, c: Cluster, result, mode: str, m: int) -> None:
+def check_invariants(g: Graph, c: Cluster, result, mode: str, m: int, memory: bool = True) -> None:
     """No device runs two tasks at once, no directional link carries two transfers at once, every
-    task starts after its inputs are there, and the step is at least the lower bound."""
+    task starts after its inputs are there, and the step is at least the lower bound; with ``memory``,
+    the peaks are those of the timeline (receives at arrival)."""
     compute = [e for e in result.timeline if e.kind in ("forward", "backward")]
     sends = [e for e in result.timeline if e.kind in ("send", "send_grad")]
     tasks_per_mb = len(g) * (2 if mode == "training" else 1)
@@ -395,7 +396,8 @@ def check_invariants(g: Graph, c: Cluster, result, mode: str, m: int) -> None:
                     ready = arrivals[("send_grad", name, k, e.device)]
                 assert e.start_ms >= ready - 1e-9
     assert sum(result.busy_ms.values()) == pytest.approx(sum(e.duration_ms for e in compute))
-    assert_memory_matches_the_timeline(g, result, mode, m)
+    if memory:
+        assert_memory_matches_the_timeline(g, result, mode, m)
     bound = lower_bound(g, c, mode=mode, microbatches=m)
     assert result.step_ms >= bound.step_ms * (1 - 1e-9)
     assert all(result.peak_memory_bytes[d] >= result.static_memory_bytes[d] for d in c.device_names)
@@ -414,7 +416,8 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
         nd = g.node(e.name)
         if e.kind == "backward" and e.name not in inputs:  # the output's and the inputs' gradients
             in_grads = sum(g.edge(p, e.name).bytes for p in g.predecessors(e.name) if p not in inputs)
-            hold(e.device, e.start_ms, e.end_ms, max(nd.output_bytes, in_grads) / m)
+            local = [s for s in g.successors(e.name) if at[("forward", s, e.microbatch)].device == e.device]
+            hold(e.device, e.start_ms, e.end_ms, max(nd.output_bytes if local else 0.0, in_grads) / m)
         if e.kind == "forward":
             if mode == "training":
                 hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, nd.activation_bytes / m)

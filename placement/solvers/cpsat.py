@@ -1,23 +1,30 @@
 """The ILP solver: CP-SAT on the graph (or a coarsening of it), warm-started, refined, bounded.
 
-Stages, each given a share of the time limit (``CpSatSettings``):
+Stages, each given a share of the work planned (:class:`Budget`, in nominal seconds estimated from
+the instance's size by :mod:`placement.solvers.workload`, never read from the clock):
 
-1. **Warm start.** The fast heuristics (one device where the graph fits, m-ETF, m-SCT, HEFT,
-   critical path, m-TOPO, and the memory-balanced split and the split by layer onto the ``k`` fastest
-   devices for each useful ``k``: :func:`placement.solvers.topo.balanced_split` and
-   :func:`~placement.solvers.topo.layer_split`) are run and simulated; the best is the incumbent.
+1. **Warm start.** The heuristics that fit ``warm_share`` of the work, in the order of
+   :data:`WARM_START` (one device where the graph fits, always; m-ETF, HEFT, critical path, m-SCT,
+   m-TOPO; at least the cheapest of them), and, when they fit too, the memory-balanced split and the
+   split by layer onto the ``k`` fastest devices for each useful ``k``
+   (:func:`placement.solvers.topo.balanced_split` and :func:`~placement.solvers.topo.layer_split`),
+   are run and simulated; the best is the incumbent.
 2. **CP-SAT.** If ``nodes x devices <= full_limit`` the model of :mod:`placement.solvers.ilp` is built
    for the whole graph, else for a coarsening of it (:func:`placement.solvers.coarsen.coarsen`, about
-   ``coarse_limit / devices`` nodes). It is hinted with the incumbent scheduled in the model's time.
-   On a coarsening it is skipped, its share of the time going to stages 3-4, when the model's time of
-   the incumbent is off the incumbent's simulated step by more than ``MODEL_TRUST``.
+   ``coarse_limit / devices`` nodes). The coarsening and the model are charged their estimated cost
+   and not started when that passes half of CP-SAT's share, or when the model would pass
+   :data:`~placement.solvers.workload.MAX_MODEL_TERMS` (a graph of 10,000 nodes on 128 devices, say):
+   the share then goes to stages 3-4. The model is hinted with the incumbent scheduled in the model's
+   time. On a coarsening it is skipped, its share going to stages 3-4, when the model's time of the
+   incumbent is off the incumbent's simulated step by more than ``MODEL_TRUST``.
    On tiny instances (``nodes x devices^2 <= exact_limit``) the model also books transfers on the
    links they cross and runs backwards in the reverse order of forwards, as the simulator does with a
    plan's order, and a second, relaxed solve proves the bound.
 3. **Polish**: moves across cut edges and of short chains, judged by the simulator
    (:func:`placement.solvers.search.polish`).
 4. **Large-neighbourhood search** on the full graph (:mod:`placement.solvers.lns`), in rounds with
-   the polish, perturbing the best plan when a round finds nothing, until the work budget is spent.
+   the polish, perturbing the best plan when a round finds nothing, until the work budget is spent;
+   left out when coarsening the graph costs more than a round or its models would be too large.
 
 The plan is the best candidate seen (by simulated step). Its lower bound is the larger of the generic
 bound (:func:`placement.bounds.lower_bound`) and CP-SAT's proven bound when that is a bound of the full
@@ -67,6 +74,7 @@ from placement.solvers.workload import (
     model_terms,
     quotient_seconds,
     simulation_seconds,
+    window_terms,
 )
 
 # The warm-start heuristics, name -> Instance -> Schedule, in the order the budget takes them (one
@@ -258,13 +266,18 @@ def _search(
     clock cut (``cut_by_clock``)."""
     start_calls = evaluator.calls
     charged = 0  # simulations' worth of work done besides simulating: LNS steps, coarsenings
-    # LNS coarsens the whole graph around each new incumbent: not when that alone costs a round.
-    lns_ok = coarsen_seconds(inst) <= cfg.lns_round * cfg.lns_step_seconds
-    step_units = budget.lns_step_units(inst, cfg)  # the most one LNS step costs
+    # LNS coarsens the whole graph around each new incumbent: not when that alone costs a round, nor
+    # when its models would be too large to build (many devices: free nodes times device pairs).
+    skipped: str | None = None
+    if coarsen_seconds(inst) > cfg.lns_round * cfg.lns_step_seconds:
+        skipped = "coarsening the graph costs more than a round of LNS"
+    elif window_terms(inst, cfg.lns_window, cfg.lns_base) > MAX_MODEL_TERMS:
+        skipped = f"its models would be too large (~{window_terms(inst, cfg.lns_window, cfg.lns_base)} terms)"
+    lns_ok = skipped is None
+    step_units = budget.lns_step_units(inst, cfg)  # what one LNS step may cost
     lns_steps = 0
     rounds: list[dict[str, Any]] = []
     cut: list[str] = []
-    skipped: str | None = None if lns_ok else "coarsening the graph costs more than a round of LNS"
     current = best
 
     def left() -> int:
@@ -386,8 +399,10 @@ class Budget:
         return int(nominal / self.sim_seconds)
 
     def lns_step_units(self, inst: Instance, cfg: CpSatSettings) -> int:
-        """The most one LNS step costs, in simulations: its solve, a coarsening, its window and model."""
-        nominal = cfg.lns_step_seconds + coarsen_seconds(inst) + quotient_seconds(inst) + MAX_MODEL_TERMS * SECONDS_PER_TERM
+        """What one LNS step may cost, in simulations: its solve, a coarsening, its window and a model of
+        the usual size (:func:`~placement.solvers.workload.window_terms`)."""
+        terms = min(MAX_MODEL_TERMS, window_terms(inst, cfg.lns_window, cfg.lns_base))
+        nominal = cfg.lns_step_seconds + coarsen_seconds(inst) + quotient_seconds(inst) + terms * SECONDS_PER_TERM
         return int(nominal / self.sim_seconds) + 2
 
     @classmethod

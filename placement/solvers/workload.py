@@ -43,7 +43,7 @@ _HEURISTIC_FIT: dict[str, tuple[float, float, float]] = {
 }
 
 #: Building a CP-SAT model: nominal seconds per term (measured on the latency model).
-SECONDS_PER_TERM = 2e-5
+SECONDS_PER_TERM = 8e-6
 #: The largest model auto builds: beyond, its graph is coarsened further or left to the heuristics.
 MAX_MODEL_TERMS = 150_000
 
@@ -82,6 +82,14 @@ def final_seconds(inst: Instance) -> float:
     """Nominal seconds kept for the final plan (three simulations and the lower bound) and for a
     simulation under way when the clock runs out."""
     return 0.2 + 1.2 * inst.n / 10_000
+
+
+def window_terms(inst: Instance, window: int, base: int) -> int:
+    """About the terms of one large-neighbourhood step's model (:mod:`placement.solvers.lns`): ``base``
+    coarse nodes fixed, ``window`` fine nodes free on every device, whose device pairs dominate."""
+    D = inst.num_devices
+    tasks = 2 if inst.has_bwd else 1
+    return 4 * (base + window) * (2 + tasks) + tasks * window * (D * D + 3 * D)
 
 
 def model_terms(

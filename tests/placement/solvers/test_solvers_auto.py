@@ -1,0 +1,174 @@
+"""``solver="auto"``: the same plan on a quiet and on a loaded machine, work planned from the graph's size
+(heuristics, model sizes) rather than the clock, and never a plan slower than one device."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from test_solvers_common import branches, graph, random_graph, star
+
+from placement import simulate
+from placement.plan import Plan
+from placement.problem import make_problem
+from placement.solvers import cpsat as cpsat_module
+from placement.solvers import lns as lns_module
+from placement.solvers import solve
+from placement.solvers.auto import single_device_pipeline
+from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings
+from placement.solvers.ilp import LatencyModel
+from placement.solvers.instance import instance
+from placement.solvers.workload import heuristic_seconds, model_terms
+
+GB = 1e9
+
+
+def _burn(stop) -> None:  # a busy loop until told to stop
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+@contextmanager
+def cpu_burners(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU for the duration of the block, stopped and joined after."""
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_burn, args=(stop,), daemon=True) for _ in range(count)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
+def _fingerprint(plan: Plan) -> tuple:
+    return (
+        plan.assignment, plan.order, plan.predicted_step_ms, plan.microbatches,
+        [(s.nodes, s.devices) for s in plan.stages],
+    )  # fmt: skip
+
+
+# -- determinism ---------------------------------------------------------------------------------------
+CASES = [
+    (random_graph(3, 14), star(3), "latency"),
+    (random_graph(8, 40), star(4), "latency"),
+    (branches(), star(2), "throughput"),
+]
+
+
+@pytest.mark.slow
+def test_auto_gives_the_same_plan_beside_cpu_burners() -> None:
+    """Each input solved on a quiet machine and again beside two CPU-burning processes: the same plan,
+    and no stage cut short by the wall clock."""
+    quiet = [solve(g, c, objective=o, solver="auto", time_limit_s=2.0, seed=5) for g, c, o in CASES]
+    with cpu_burners(2):
+        loaded = [solve(g, c, objective=o, solver="auto", time_limit_s=2.0, seed=5) for g, c, o in CASES]
+    for a, b in zip(quiet, loaded):
+        assert _fingerprint(a) == _fingerprint(b)
+        assert a.settings.get("stopped_by_wall_clock", []) == []
+        assert b.settings.get("stopped_by_wall_clock", []) == []
+
+
+def test_budget_is_planned_from_the_size_not_the_clock() -> None:
+    """A tiny time limit runs one device and the cheapest other heuristic only; a generous one all of
+    them and the splits; the same inputs plan the same work."""
+    problem = make_problem(random_graph(3, 30), star(4), time_limit_s=0.2)
+    inst = instance(problem)
+    cfg = CpSatSettings()
+    tight = Budget.of(problem, inst, cfg)
+    cheapest = min((n for n in WARM_START if n != "single"), key=lambda n: heuristic_seconds(n, inst))
+    assert tight.heuristics == ["single", cheapest] and not tight.splits
+    assert tight.ilp_seconds == 0.0 and tight.search_evals == 0
+    roomy = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=30.0), inst, cfg)
+    assert roomy.heuristics == list(WARM_START) and roomy.splits
+    assert Budget.of(problem, inst, cfg) == tight
+
+
+# -- bounded model building ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("seed", "n", "devices", "fixed_share", "exact"), [
+    (1, 10, 3, 0.0, True), (2, 30, 4, 0.0, False), (3, 40, 3, 0.7, False), (4, 25, 8, 0.5, False),
+])  # fmt: skip
+def test_model_terms_estimate_the_built_model(seed: int, n: int, devices: int, fixed_share: float, exact: bool) -> None:
+    inst = instance(make_problem(random_graph(seed, n), star(devices)))
+    rng = np.random.default_rng(seed)
+    fixed = {v: int(rng.integers(devices)) for v in range(n) if rng.random() < fixed_share}
+    estimate = model_terms(inst, fixed, contention=exact, reverse_backward=exact)
+    size = LatencyModel(inst, fixed=fixed, contention=exact, reverse_backward=exact, symmetry=False).size()
+    built = size["variables"] + size["constraints"]
+    assert 0.5 * built <= estimate <= 2.0 * built
+
+
+def test_models_past_the_limit_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a limit below every model's size, auto builds none (CP-SAT and LNS are skipped, saying why)
+    and still returns the best heuristic's plan, polished."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model past MAX_MODEL_TERMS was built")
+
+    monkeypatch.setattr(cpsat_module, "MAX_MODEL_TERMS", 10)
+    monkeypatch.setattr(cpsat_module, "LatencyModel", refuse)
+    monkeypatch.setattr(lns_module, "LatencyModel", refuse)
+    g, c = random_graph(8, 40), star(4)
+    plan = solve(g, c, solver="auto", time_limit_s=4.0)
+    assert "too large" in plan.settings["ilp"]["skipped"]
+    assert "too large" in plan.settings["search"]["lns_skipped"]
+    best_heuristic = min(plan.settings["warm_start"].values())
+    assert plan.predicted_step_ms <= best_heuristic
+
+
+# -- never slower than one device ----------------------------------------------------------------------
+def _heavy_edges_chain() -> tuple:
+    """Four 5 ms nodes passing 1 GB tensors (1 s on a link): every split is far slower than one device."""
+    g = graph({f"n{i}": (5, 5, 1e6) for i in range(4)}, [(f"n{i}", f"n{i + 1}", GB) for i in range(3)])
+    return g, star(2)
+
+
+def test_auto_keeps_one_device_when_every_split_is_worse() -> None:
+    g, c = _heavy_edges_chain()
+    names = g.node_names()
+    steps = {a: simulate(g, c, dict(zip(names, a))).step_ms for a in itertools.product(c.device_names, repeat=len(names))}
+    one_device = min(s for a, s in steps.items() if len(set(a)) == 1)
+    assert all(s > one_device for a, s in steps.items() if len(set(a)) > 1)  # the premise
+    plan = solve(g, c, solver="auto", time_limit_s=2.0)
+    assert len(set(plan.assignment.values())) == 1
+    assert plan.predicted_step_ms == pytest.approx(one_device)
+
+
+def test_auto_throughput_keeps_one_device_when_the_pipeline_is_slower() -> None:
+    g, c = _heavy_edges_chain()
+    problem = make_problem(g, c, objective="throughput", time_limit_s=2.0)
+    single = single_device_pipeline(problem)
+    assert single is not None and len(single.stages) == 1
+    plan = solve(g, c, objective="throughput", solver="auto", time_limit_s=2.0, method="equal-split")
+    assert plan.settings["auto"]["pipeline_ms"] > single.predicted_step_ms  # the premise
+    assert plan.settings["auto"]["chosen"] == "single"
+    assert plan.predicted_step_ms == pytest.approx(single.predicted_step_ms)
+    assert plan.objective == "throughput" and len(plan.stages) == 1
+
+
+def test_auto_throughput_keeps_a_faster_pipeline() -> None:
+    plan = solve(branches(), star(2), objective="throughput", solver="auto", time_limit_s=2.0)
+    assert plan.predicted_step_ms <= plan.settings["auto"]["single_device_ms"]
+
+
+def test_no_one_device_plan_when_the_graph_fits_on_none() -> None:
+    g = graph({f"n{i}": (1, 1, GB) for i in range(4)}, [(f"n{i}", f"n{i + 1}", 1e6) for i in range(3)])
+    problem = make_problem(g, star(2, memory=3 * GB), objective="throughput")
+    assert single_device_pipeline(problem) is None
+
+
+def test_burners_are_cleaned_up() -> None:
+    before = set(multiprocessing.active_children())
+    with cpu_burners(2):
+        assert len(set(multiprocessing.active_children()) - before) == 2
+    assert set(multiprocessing.active_children()) - before == set()

@@ -10,18 +10,26 @@ constraints, simulates it, checks memory, computes the lower bound and records e
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ortools.sat.python import cp_model
 
 from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.graph import Graph
-from placement.bounds import Bound, lower_bound
+from placement.bounds import Bound, lowered_bound
 from placement.cluster import Cluster, ClusterLike
-from placement.constraints import Constraints, InfeasibleError, Resolved, check_memory, resolve
+from placement.constraints import (
+    Constraints,
+    InfeasibleError,
+    Resolved,
+    check_memory,
+    resolve,
+)
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError
+from placement.lowering import Lowered, lower
 from placement.plan import MODES, OBJECTIVES, Plan, Stage, stage_replicas
 from placement.simulate import simulate
 
@@ -32,8 +40,10 @@ class Problem:
 
     ``started`` is the ``time.perf_counter()`` at which solving began (solve time is measured from it);
     ``deadline`` the perf_counter value by which a solver must return. ``cache`` holds what solvers
-    derive from the problem once and share (the integer-indexed :class:`~placement.solvers.instance.Instance`,
-    the best plan found so far under ``auto``); it is not part of the request.
+    derive from the problem once and share (the :class:`~placement.lowering.Lowered` arrays, the
+    integer-indexed :class:`~placement.solvers.instance.Instance`, the best plan found so far under
+    ``auto``); it is not part of the request. The problem owns its graph: edit a graph and make a new
+    problem, as what was derived from the old graph stays cached here.
     """
 
     graph: Graph
@@ -56,12 +66,20 @@ class Problem:
     def time_left(self) -> float:
         return max(0.0, self.deadline - time.perf_counter())
 
+    def lowered(self) -> Lowered:
+        """The graph, cluster and cost model of this problem as arrays (:mod:`placement.lowering`), built
+        on first use and shared by the solver instance, the pipeline instance and the bounds."""
+        cached = self.cache.get("lowered")
+        if cached is None:
+            cached = self.cache["lowered"] = lower(self.graph, self.cluster, self.cost_model, self.mode)
+        return cached
+
     def bound(self, microbatches: int = 1) -> Bound:
         """The lower bound of this graph on this cluster (cached for one microbatch)."""
         if microbatches != 1:
-            return lower_bound(self.graph, self.cluster, self.cost_model, self.mode, microbatches=microbatches)
+            return lowered_bound(self.lowered(), microbatches)
         if self._bound is None:
-            self._bound = lower_bound(self.graph, self.cluster, self.cost_model, self.mode)
+            self._bound = lowered_bound(self.lowered())
         return self._bound
 
 

@@ -2,6 +2,6 @@
 series / fork-join bounds with transfers (:mod:`placement.bounds.core` combines them;
 :mod:`placement.bounds.series` and :mod:`placement.bounds.forkjoin` hold the bounds with transfers)."""
 
-from placement.bounds.core import Bound, lower_bound, work_bound
+from placement.bounds.core import Bound, lower_bound, lowered_bound, work_bound
 
-__all__ = ["Bound", "lower_bound", "work_bound"]
+__all__ = ["Bound", "lower_bound", "lowered_bound", "work_bound"]

@@ -36,14 +36,14 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from graphc.ir.graph import Graph
 from placement.bounds.series import series_bound, timed_graph
-from placement.cluster import Cluster, ClusterLike, Device
-from placement.cost_model import CostModel, graph_inputs
+from placement.cluster import Cluster, ClusterLike
+from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError
+from placement.lowering import Lowered, lower
 
 
 @dataclass(frozen=True)
@@ -91,121 +91,65 @@ def lower_bound(
     """Critical-path, work, series and memory bounds for ``graph`` on ``cluster`` (see the module docstring)."""
     if mode not in ("training", "inference"):
         raise ConfigurationError(f"lower_bound: mode must be 'training' or 'inference', got {mode!r}")
-    if microbatches < 1:
-        raise ConfigurationError(f"lower_bound: microbatches must be >= 1, got {microbatches}")
     cluster = Cluster.resolve(cluster)
-    cm = cost_model or CostModel(cluster)
-    m = microbatches
-    training = mode == "training"
-    nxg = graph.to_networkx()
-    explicit = any(d.is_backward for _, d in nxg.nodes(data="data"))
-    has_bwd = training and not explicit
-    names, preds = _topological(nxg, keep_backward=training)
-    data = [nxg.nodes[name]["data"] for name in names]
-    inputs = graph_inputs(graph)
-    is_input = [name in inputs for name in names]
-    n = len(names)
+    lowered = lower(graph, cluster, cost_model or CostModel(cluster), mode, optimizer_state_factor)
+    return lowered_bound(lowered, microbatches)
 
-    classes = _speed_classes(cluster)
-    inf = math.inf
-    per_class: list[list[float]] = []  # per class, per node: the node's time on that class (inf: not allowed)
-    fwd_class: list[list[float]] = []  # per class, per node: forward and backward of one microbatch (inf: not allowed)
-    bwd_class: list[list[float]] = []
-    fwd_min = [inf] * n
-    bwd_min = [inf] * n
-    for rep, _count in classes:
-        fwd, bwd = cm.node_times(data, [rep] * n, has_bwd)
-        total, fs, bs = [], [], []
-        for v, nd in enumerate(data):
-            kinds = nd.allowed_kinds
-            if kinds is not None and rep.kind not in kinds and rep.category not in kinds:
-                total.append(inf)
-                fs.append(inf)
-                bs.append(inf)
-                continue
-            f, b = (0.0, 0.0) if is_input[v] else (fwd[v] / m, bwd[v] / m)
-            fwd_min[v] = min(fwd_min[v], f)
-            bwd_min[v] = min(bwd_min[v], b)
-            total.append(m * (f + b))
-            fs.append(f)
-            bs.append(b)
-        per_class.append(total)
-        fwd_class.append(fs)
-        bwd_class.append(bs)
-    for v in range(n):
-        if fwd_min[v] == inf:
-            nd = data[v]
-            raise PlacementError(f"node {nd.name!r} may run on {nd.allowed_kinds}, which no device of {cluster.name!r} is")
-    times = list(zip(*per_class)) if n else []
+
+def lowered_bound(lowered: Lowered, microbatches: int = 1) -> Bound:
+    """:func:`lower_bound` of a problem already lowered (:mod:`placement.lowering`)."""
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+        raise ConfigurationError(f"lower_bound: microbatches must be an integer >= 1, got {microbatches!r}")
+    lw, m = lowered, microbatches
+    n = lw.n
+    # Per class, per node: forward and backward of one microbatch (inf where the node may not run).
+    fwd_class = np.where(lw.kinds_ok, lw.class_fwd / m, np.inf)
+    bwd_class = np.where(lw.kinds_ok, lw.class_bwd / m, np.inf)
+    allowed_nowhere = np.flatnonzero(~lw.kinds_ok.any(axis=1))
+    if len(allowed_nowhere):
+        nd = lw.data[int(allowed_nowhere[0])]
+        raise PlacementError(f"node {nd.name!r} may run on {nd.allowed_kinds}, which no device of {lw.cluster.name!r} is")
+    fwd_min = fwd_class.min(axis=1).tolist()
+    bwd_min = bwd_class.min(axis=1).tolist()
+    preds = [[u for u, _ in ps] for ps in lw.preds]
+    is_input = lw.is_input.tolist()
 
     lf = [0.0] * n
     lb = [0.0] * n
     for v in range(n):
         lf[v] = fwd_min[v] + max((lf[p] for p in preds[v]), default=0.0)
-        if has_bwd:
+        if lw.has_bwd:
             lb[v] = bwd_min[v] + max((lb[p] for p in preds[v] if not is_input[p]), default=0.0)
     critical = max((lf[v] + lb[v] for v in range(n)), default=0.0)
 
-    work = work_bound(times, [c for _, c in classes])
+    times = [tuple(row) for row in (m * (fwd_class + bwd_class)).tolist()]
+    work = work_bound(times, [len(c) for c in lw.classes])
     series = 0.0
-    if m == 1 and not explicit and n:
-        class_of = [next(i for i, (rep, _) in enumerate(classes) if rep.speed_key() == d.speed_key()) for d in cluster.devices]
-        fwd_dev = np.asarray(fwd_class)[class_of].T
-        bwd_dev = np.asarray(bwd_class)[class_of].T
-        tg = timed_graph(nxg, names, preds, fwd_dev, bwd_dev, is_input)
-        series = series_bound(tg, cluster, cm, training) or 0.0
+    if m == 1 and not lw.explicit_backward and n:
+        tg = timed_graph(lw, fwd_class[:, lw.device_class], bwd_class[:, lw.device_class])
+        series = series_bound(tg) or 0.0
 
-    mult = (2.0 + optimizer_state_factor) if training else 1.0
-    static = [
-        nd.memory_bytes if nd.memory_bytes is not None else mult * nd.param_bytes + nd.buffer_bytes for nd in data
-    ]
-    if has_bwd:
+    static = lw.static.tolist()
+    own = (lw.held / m).tolist()  # activations in training of forward nodes, else outputs (0 with memory_bytes)
+    if lw.has_bwd:
         heavy = [0.0] * n  # heaviest activation path ending at v
         sinks = [True] * n
         for v in range(n):
-            nd = data[v]
-            own = nd.activation_bytes / m if nd.memory_bytes is None else 0.0
-            heavy[v] = own + max((heavy[p] for p in preds[v]), default=0.0)
+            heavy[v] = own[v] + max((heavy[p] for p in preds[v]), default=0.0)
             for p in preds[v]:
                 sinks[p] = False
         dynamic = min((heavy[v] for v in range(n) if sinks[v]), default=0.0)
     else:
-        dynamic = max((nd.output_bytes / m for nd in data if nd.memory_bytes is None), default=0.0)
+        dynamic = max(own, default=0.0)
     memory = sum(static) + dynamic
-    capacities = sorted((d.memory_bytes for d in cluster.devices), reverse=True)
+    capacities = sorted((d.memory_bytes for d in lw.devices), reverse=True)
     # The fewest devices whose capacities add up to the memory (largest first; at least one).
     running = list(itertools.accumulate(capacities))
     need = next((k + 1 for k, total in enumerate(running) if total >= memory), None)
     if need is None:
         need = len(capacities) + math.ceil((memory - running[-1]) / capacities[0])
     fits = need <= len(capacities) and max(static, default=0.0) <= capacities[0]
-    return Bound(critical, work, memory, need, len(capacities), fits, mode, m, series)
-
-
-def _topological(nxg, keep_backward: bool) -> tuple[list[str], list[list[int]]]:
-    """Node names in a topological order (insertion order when it is one) and predecessor indices."""
-    names = [name for name, d in nxg.nodes(data="data") if keep_backward or not d.is_backward]
-    index = {name: i for i, name in enumerate(names)}
-    edges = [(index[u], index[v]) for u, v in nxg.edges() if u in index and v in index]
-    if any(i >= j for i, j in edges):
-        try:
-            names = list(nx.lexicographical_topological_sort(nxg.subgraph(names), key=index.__getitem__))
-        except nx.NetworkXUnfeasible:
-            raise PlacementError("lower_bound: the graph has a cycle") from None
-        index = {name: i for i, name in enumerate(names)}
-        edges = [(index[u], index[v]) for u, v in nxg.edges() if u in index and v in index]
-    preds: list[list[int]] = [[] for _ in names]
-    for i, j in edges:
-        preds[j].append(i)
-    return names, preds
-
-
-def _speed_classes(cluster: Cluster) -> list[tuple[Device, int]]:
-    """Devices grouped by what the cost model reads: (representative, count)."""
-    groups: dict[tuple, list[Device]] = {}
-    for d in cluster.devices:
-        groups.setdefault(d.speed_key(), []).append(d)
-    return [(devs[0], len(devs)) for devs in groups.values()]
+    return Bound(critical, work, memory, need, len(capacities), fits, lw.mode, m, series)
 
 
 def work_bound(times: list[tuple[float, ...]], counts: list[int]) -> float:

@@ -40,7 +40,6 @@ bounded; blocks past the budget keep their path bound.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -55,8 +54,7 @@ from placement.bounds.forkjoin import (
     block_span,
     component_key,
 )
-from placement.cluster import Cluster
-from placement.cost_model import CostModel
+from placement.lowering import Lowered
 
 # Patterns (2^|component| summed over the components of the blocks refined) enumerated at most, per bound.
 PATTERN_BUDGET = 1 << 21
@@ -66,11 +64,12 @@ INF = math.inf
 
 @dataclass
 class Timed:
-    """The graph as the bounds read it: nodes in topological order with their times on every device.
+    """The graph as the bounds read it: the lowered problem with its times on every device.
 
     ``fwd[v, d]`` and ``bwd[v, d]`` (ms; inf where the node may not run; zeros for inputs and for the
     backward in inference), ``preds`` / ``succs`` as index lists, ``edges[(u, v)]`` the edge's data,
-    ``is_input`` the graph inputs."""
+    ``is_input`` the graph inputs, ``lowered`` the :class:`~placement.lowering.Lowered` problem (its
+    nodes in topological order, its routes)."""
 
     fwd: np.ndarray
     bwd: np.ndarray
@@ -78,17 +77,16 @@ class Timed:
     succs: list[list[int]]
     edges: dict[tuple[int, int], EdgeData]
     is_input: list[bool]
+    lowered: Lowered
 
 
-def timed_graph(nxg: nx.DiGraph, names: Sequence[str], preds: list[list[int]], fwd: np.ndarray, bwd: np.ndarray, is_input: list[bool]) -> Timed:
-    """Index the edges of ``nxg`` by position in ``names`` (a topological order)."""
-    index = {name: i for i, name in enumerate(names)}
-    succs: list[list[int]] = [[] for _ in names]
-    for v, ps in enumerate(preds):
-        for u in ps:
-            succs[u].append(v)
-    edges = {(index[u], index[v]): d for u, v, d in nxg.edges(data="data") if u in index and v in index}
-    return Timed(fwd, bwd, preds, succs, edges, is_input)
+def timed_graph(lowered: Lowered, fwd: np.ndarray, bwd: np.ndarray) -> Timed:
+    """The lowered graph with the (n, D) times ``fwd`` and ``bwd``, its edges indexed by node pair."""
+    lw = lowered
+    preds = [[u for u, _ in ps] for ps in lw.preds]
+    succs = [[v for v, _ in ss] for ss in lw.succs]
+    edges = dict(zip(zip(lw.src.tolist(), lw.dst.tolist()), lw.edge_data))
+    return Timed(fwd, bwd, preds, succs, edges, lw.is_input.tolist(), lw)
 
 
 def cut_nodes(preds: list[list[int]], succs: list[list[int]]) -> list[int]:
@@ -114,8 +112,9 @@ def cut_nodes(preds: list[list[int]], succs: list[list[int]]) -> list[int]:
     return cuts
 
 
-def series_bound(tg: Timed, cluster: Cluster, cm: CostModel, training: bool) -> float | None:
+def series_bound(tg: Timed) -> float | None:
     """The series bound of the module docstring, ms; None when the graph has no cut node past its inputs."""
+    training = tg.lowered.training
     cuts = cut_nodes(tg.preds, tg.succs)
     if cuts and tg.is_input[cuts[0]]:
         cuts = cuts[1:]
@@ -146,7 +145,7 @@ def series_bound(tg: Timed, cluster: Cluster, cm: CostModel, training: bool) -> 
         tail = max((fwd_in[v] + back[v] for v in range(last + 1, n)), default=0.0)
     else:
         tail = max(fwd_in[last + 1 :], default=0.0)
-    delays = _Delays(tg, cluster, cm)
+    delays = _Delays(tg)
     own = tg.fwd[cuts] + (tg.bwd[cuts] if training else 0.0)  # (k, D)
     best = own[0].copy()
     budget = [PATTERN_BUDGET]
@@ -163,21 +162,16 @@ def series_bound(tg: Timed, cluster: Cluster, cm: CostModel, training: bool) -> 
 class _Delays:
     """Least transfer times of edges between devices (module docstring), computed per edge on demand."""
 
-    def __init__(self, tg: Timed, cluster: Cluster, cm: CostModel) -> None:
-        self.tg, self.cm, self.devices = tg, cm, cluster.devices
-        names = cluster.device_names
-        D = len(names)
-        self.latency = np.zeros((D, D))
-        self.per_byte = np.zeros((D, D))
+    def __init__(self, tg: Timed) -> None:
+        lw = tg.lowered
+        self.tg, self.cm, self.devices = tg, lw.cost_model, lw.devices
+        D = len(self.devices)
+        self.latency, self.per_byte = lw.lat, lw.inv_bw
         self.into: list[bool] = []
         self.out_of: list[bool] = []
-        routes = {(s, t): cluster.route(names[s], names[t]) for s in range(D) for t in range(D) if s != t}
-        for (s, t), r in routes.items():
-            self.latency[s, t] = 1e3 * r.latency_s
-            self.per_byte[s, t] = 1e3 / r.bandwidth
         for h in range(D):  # does every route into (out of) h cross one link in one direction?
-            ins = [set(routes[s, h].resources) for s in range(D) if s != h]
-            outs = [set(routes[h, t].resources) for t in range(D) if t != h]
+            ins = [set(lw.resources[s][h]) for s in range(D) if s != h]
+            outs = [set(lw.resources[h][t]) for t in range(D) if t != h]
             self.into.append(bool(ins) and bool(set.intersection(*ins)))
             self.out_of.append(bool(outs) and bool(set.intersection(*outs)))
         self._cache: dict[tuple[int, int], np.ndarray] = {}

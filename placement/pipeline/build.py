@@ -1,5 +1,9 @@
 """From a placement :class:`~placement.problem.Problem` to a :class:`ThroughputInstance`, and back.
 
+The instance is read from the problem's lowering (:mod:`placement.lowering`), the arrays the solver
+instances and the bounds share: its nodes in the simulator's topological order (then, in inference,
+the explicit backward nodes, which do not run), their times per device class, memory and edges.
+
 **Device classes.** Devices are interchangeable when the cost model sees them alike (kind, category,
 peak FLOP/s, memory bandwidth, op overhead), they have the same usable memory (capacity after the
 memory budget), and the resolved constraints allow the same nodes on them (a pin makes its device a
@@ -23,9 +27,9 @@ stages are placed). In training of a graph of forward nodes the gradient comes b
 DRAM), each accelerator pays ``cost`` for every tensor it sends or receives, memory is the files'
 ``size``, and there is no replication.
 
-**Memory.** ``NodeData.memory_bytes`` where given; else, as the simulator counts it, parameters,
-buffers, gradients and optimizer state plus activations in training, parameters, buffers and the
-output in inference.
+**Memory.** The lowering's ``static + held``, as the simulator counts it: ``NodeData.memory_bytes``
+where given; else parameters and buffers, in training also gradients and optimizer state, plus the
+activations in training of a graph of forward nodes, the output otherwise.
 """
 
 from __future__ import annotations
@@ -34,14 +38,10 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from graphc.ir.graph import EdgeData
-from placement.cost_model import graph_inputs
+from placement.lowering import Lowered
 from placement.pipeline.instance import DeviceClass, Partition, ThroughputInstance
 from placement.plan import Stage
 from placement.problem import Problem
-from placement.simulate import send_bytes
-
-OPTIMIZER_STATE_FACTOR = 2.0  # Adam's two moments, as placement.simulate assumes
 
 
 def is_paper_model(problem: Problem) -> bool:
@@ -51,130 +51,106 @@ def is_paper_model(problem: Problem) -> bool:
 
 def device_classes(problem: Problem, replication: bool) -> list[DeviceClass]:
     """The classes of interchangeable devices (module docstring), in cluster order."""
-    cluster, resolved = problem.cluster, problem.resolved
+    lw, resolved = problem.lowered(), problem.resolved
     paper = is_paper_model(problem)
-    allows: list[set[str]] = [set() for _ in cluster.devices]
+    allows: list[set[str]] = [set() for _ in lw.devices]
     for rep in resolved.groups:
         for d in resolved.allowed[rep]:
             allows[d].add(rep)
     keyed: dict[tuple, list[int]] = {}
-    for d, dev in enumerate(cluster.devices):
-        key = (dev.speed_key(), resolved.capacity[d], frozenset(allows[d]))
+    for d in range(lw.num_devices):
+        key = (int(lw.device_class[d]), resolved.capacity[d], frozenset(allows[d]))
         keyed.setdefault(key, []).append(d)
     names_used: dict[str, int] = {}
     classes = []
     for (_, capacity, _), members in keyed.items():
-        first = cluster.devices[members[0]]
+        first = lw.devices[members[0]]
         base = first.category if paper else first.kind
         names_used[base] = names_used.get(base, 0) + 1
         name = base if names_used[base] == 1 else f"{base}#{names_used[base]}"
-        devices = tuple(cluster.devices[d].name for d in members)
         classes.append(
             DeviceClass(
                 name=name,
                 count=len(members),
                 capacity=capacity,
                 pays_comm=not (paper and first.category == "cpu"),
-                allreduce_ms_per_byte=_ring_ms_per_byte(problem, devices) if replication else 0.0,
-                devices=devices,
+                allreduce_ms_per_byte=_ring_ms_per_byte(lw, members) if replication else 0.0,
+                devices=tuple(lw.devices[d].name for d in members),
             )
         )
     return classes
 
 
-def _ring_ms_per_byte(problem: Problem, devices: Sequence[str]) -> float:
-    """Inverse bandwidth of the slowest hop of a ring over ``devices`` (ms per byte)."""
+def _ring_ms_per_byte(lw: Lowered, devices: Sequence[int]) -> float:
+    """Inverse bandwidth of the slowest hop of a ring over the device ids ``devices`` (ms per byte)."""
     if len(devices) < 2:
         return 0.0
-    cluster = problem.cluster
-    slowest = min(cluster.route(a, b).bandwidth for a, b in itertools.pairwise([*devices, devices[0]]))
-    return 1e3 / slowest
+    slowest = min(lw.bandwidth[a, b] for a, b in itertools.pairwise([*devices, devices[0]]))
+    return 1e3 / float(slowest)
 
 
-def _representative_route(problem: Problem) -> tuple[float, float]:
+def _representative_route(lw: Lowered) -> tuple[float, float]:
     """(latency s, bandwidth bytes/s) of the median route between consecutive devices."""
-    devs = problem.cluster.device_names
-    if len(devs) < 2:
+    if lw.num_devices < 2:
         return 0.0, math.inf
-    routes = [problem.cluster.route(a, b) for a, b in itertools.pairwise(devs)]
-    routes.sort(key=lambda r: r.bandwidth)
-    mid = routes[len(routes) // 2]
-    return mid.latency_s, mid.bandwidth
+    hops = sorted(range(lw.num_devices - 1), key=lambda a: lw.bandwidth[a, a + 1])
+    mid = hops[len(hops) // 2]
+    return float(lw.latency_s[mid, mid + 1]), float(lw.bandwidth[mid, mid + 1])
 
 
 def instance_from_problem(problem: Problem, *, replication: bool | None = None) -> ThroughputInstance:
-    """The throughput instance of ``problem`` (module docstring).
+    """The throughput instance of ``problem`` (module docstring), read from its lowering
+    (:meth:`Problem.lowered <placement.problem.Problem.lowered>`).
 
     ``replication``: allow replicated stages; default: yes, except for the NeurIPS 2020 model.
     """
-    graph, cm, resolved = problem.graph, problem.cost_model, problem.resolved
+    lw, resolved = problem.lowered(), problem.resolved
     paper = is_paper_model(problem)
     replicate = (not paper) if replication is None else replication
     classes = device_classes(problem, replicate)
-    names = graph.node_names()
+    # The lowering's nodes (topological order), then the nodes that do not run (backward in inference).
+    names = [*lw.names, *lw.dropped]
     index = {name: i for i, name in enumerate(names)}
-    data = [graph.node(n) for n in names]
-    explicit = any(d.is_backward for d in data)
-    training = problem.mode == "training"
-    implicit_bwd = training and not explicit
-    dropped = [d.is_backward and not training for d in data]  # backward nodes do not run in inference
-    inputs = graph_inputs(graph)
+    n, kept = len(names), lw.n
 
-    cluster = problem.cluster
-    reps = [cluster.device(c.devices[0]) for c in classes]
+    work = (lw.class_fwd + lw.class_bwd).tolist()  # per node, per speed class; inputs 0
     load = [[0.0] * len(classes) for _ in names]
-    for t, rep in enumerate(reps):
-        fwd, bwd = cm.node_times(data, [rep] * len(data), implicit_bwd)
-        d_index = cluster.device_index(rep.name)
-        for v, name in enumerate(names):
-            if d_index not in resolved.allowed[name]:
+    for t, cls in enumerate(classes):
+        rep = lw.cluster.device_index(cls.devices[0])
+        c = int(lw.device_class[rep])
+        for v in range(n):
+            if rep not in resolved.allowed[names[v]]:
                 load[v][t] = math.inf
-            elif name in inputs or dropped[v]:
-                load[v][t] = 0.0
-            else:
-                load[v][t] = fwd[v] + (bwd[v] if implicit_bwd else 0.0)
+            elif v < kept:
+                load[v][t] = work[v][c]
 
-    memory = []
-    for v, nd in enumerate(data):
-        if dropped[v]:
-            memory.append(0.0)
-        elif nd.memory_bytes is not None:
-            memory.append(nd.memory_bytes)
-        elif training:
-            memory.append((2.0 + OPTIMIZER_STATE_FACTOR) * nd.param_bytes + nd.buffer_bytes + nd.activation_bytes)
-        else:
-            memory.append(nd.param_bytes + nd.buffer_bytes + nd.output_bytes)
+    memory = (lw.static + lw.held).tolist() + [0.0] * len(lw.dropped)
 
-    out_edges: dict[str, list[EdgeData]] = {}
-    edges = []
-    for u, w, e in graph.edges():
-        if dropped[index[u]] or dropped[index[w]]:
+    latency, bandwidth = _representative_route(lw)
+    comm = [0.0] * n
+    for u, outs in enumerate(lw.succs):
+        if not outs:
             continue
-        edges.append((index[u], index[w]))
-        out_edges.setdefault(u, []).append(e)
-    latency, bandwidth = _representative_route(problem)
-    comm = [0.0] * len(names)
-    for u, es in out_edges.items():
-        measured = [ms for e in es for ms in e.transfer_ms.values()]
+        measured = [ms for _, e in outs for ms in lw.edge_data[e].transfer_ms.values()]
         if measured:
             c = max(measured)
         elif bandwidth == math.inf:
             c = 0.0
         else:
-            c = 1e3 * (latency + send_bytes(es) / bandwidth)
-        comm[index[u]] = 2.0 * c if implicit_bwd else c
+            c = 1e3 * (latency + float(lw.send_bytes[u]) / bandwidth)
+        comm[u] = 2.0 * c if lw.has_bwd else c
 
     colocate = [[index[m] for m in members] for members in resolved.groups.values() if len(members) > 1]
     return ThroughputInstance(
-        names=list(names),
+        names=names,
         load=load,
         memory=memory,
-        edges=edges,
+        edges=list(zip(lw.src.tolist(), lw.dst.tolist())),
         comm=comm,
         classes=classes,
         colocate=colocate,
-        backward=[d.is_backward for d in data],
-        param_bytes=[d.param_bytes for d in data],
+        backward=[d.is_backward for d in lw.data] + [True] * len(lw.dropped),
+        param_bytes=lw.param_bytes.tolist() + [lw.graph.node(name).param_bytes for name in lw.dropped],
         replication=replicate and any(c.count > 1 for c in classes),
     )
 

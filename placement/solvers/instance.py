@@ -1,7 +1,10 @@
 """A placement problem as integer-indexed arrays, the form every solver computes on.
 
-:class:`Instance` is built once per :class:`~placement.problem.Problem` (and cached on it) from
-the cost graph, the cluster, the cost model and the resolved constraints. It mirrors the simulator's
+:class:`Instance` is built once per :class:`~placement.problem.Problem` (and cached on it): the
+problem's lowering (:mod:`placement.lowering`: nodes, topological order, times, memory, edges and
+routes, shared with the pipeline instances and the bounds) plus what the solvers add to it, the
+resolved constraints (allowed devices, colocation groups, capacities, where the left-out nodes go),
+edges sorted by producer then consumer, and measured transfer matrices. It mirrors the simulator's
 model (:mod:`placement.simulate`) so that what a solver estimates is what the simulator will measure,
 up to the differences listed here:
 
@@ -27,12 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.ir.graph import Graph
-from placement.cluster import Cluster, Device
-from placement.cost_model import CostModel, graph_inputs
-from placement.errors import PlacementError
+from graphc.ir.graph import EdgeData
+from placement.cluster import Device
+from placement.lowering import Lowered
 from placement.problem import Problem
-from placement.simulate import topological_indices
 
 GiB = 2**30
 
@@ -60,6 +61,8 @@ class Instance:
         resources: ``resources[a][b]``, the link resources a transfer from device ``a`` to ``b`` holds
             (:attr:`placement.cluster.Route.resources`).
         modules: per node, the module it belongs to ("" if none), for coarsening by layer.
+        lowered: the :class:`~placement.lowering.Lowered` problem the instance was built from, whose
+            arrays it shares (read-only); None for an instance made otherwise (coarsening).
     """
 
     names: list[str]
@@ -88,6 +91,7 @@ class Instance:
     extra_home: dict[str, tuple[str | None, int]] = field(default_factory=dict)
     resources: list[list[tuple[int, ...]]] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    lowered: Lowered | None = None
 
     @property
     def n(self) -> int:
@@ -183,121 +187,22 @@ def instance(problem: Problem) -> Instance:
     return cached
 
 
-def _speed_classes(devices: list[Device]) -> list[list[int]]:
-    """Device ids grouped by the figures the cost model reads, so each class is priced once."""
-    groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(devices):
-        groups.setdefault(d.speed_key(), []).append(i)
-    return list(groups.values())
-
-
-def _topological(nxg, names: list[str]) -> list[str]:
-    """``names`` in the simulator's order (:func:`placement.simulate.topological_indices`): insertion
-    order when it is topological, else the smallest insertion index first among the ready."""
-    pos = {name: i for i, name in enumerate(names)}
-    edges = [(pos[u], pos[v]) for u, v in nxg.edges() if u in pos and v in pos]
-    if all(i < j for i, j in edges):
-        return names
-    order = topological_indices(len(names), [i for i, _ in edges], [j for _, j in edges])
-    if order is None:
-        raise PlacementError("the graph has a cycle; cannot place it")
-    return [names[i] for i in order]
-
-
-def build(problem: Problem, optimizer_state_factor: float = 2.0) -> Instance:
-    """Build the arrays of ``problem`` (see :class:`Instance`)."""
-    graph: Graph = problem.graph
-    cluster: Cluster = problem.cluster
-    cm: CostModel = problem.cost_model
+def build(problem: Problem) -> Instance:
+    """Build the arrays of ``problem`` (see :class:`Instance`) from its lowering and its constraints."""
+    lw = problem.lowered()
     resolved = problem.resolved
-    training = problem.mode == "training"
-    nxg = graph.to_networkx()
-    all_data = [d for _, d in nxg.nodes(data="data")]
-    explicit = any(d.is_backward for d in all_data)
-    has_bwd = training and not explicit
-    keep = [d.name for d in all_data if training or not explicit or not d.is_backward]
-    names = _topological(nxg, keep)
-    index = {name: i for i, name in enumerate(names)}
-    extra = [d.name for d in all_data if d.name not in index]
-    data = [nxg.nodes[name]["data"] for name in names]
-    n, devices = len(names), cluster.devices
-    D = len(devices)
+    names, index, devices = lw.names, lw.index, lw.devices
+    n, D = lw.n, lw.num_devices
 
-    # -- times ---------------------------------------------------------------------------------
-    fwd = np.zeros((n, D))
-    bwd = np.zeros((n, D))
-    for ids in _speed_classes(devices):
-        f, b = cm.node_times(data, [devices[ids[0]]] * n, has_bwd)
-        fwd[:, ids] = np.asarray(f, dtype=float)[:, None]
-        bwd[:, ids] = np.asarray(b, dtype=float)[:, None]
-    inputs = graph_inputs(graph)
-    needs_grad = np.ones(n, dtype=bool)
-    for name in inputs:
-        v = index.get(name)
-        if v is not None:
-            needs_grad[v] = False
-            fwd[v] = bwd[v] = 0.0
-
-    # -- edges and transfers -------------------------------------------------------------------
-    edges = [(index[u], index[v], e) for u, v, e in nxg.edges(data="data") if u in index and v in index]
-    edges.sort(key=lambda t: (t[0], t[1]))
-    src = np.fromiter((t[0] for t in edges), dtype=np.int64, count=len(edges))
-    dst = np.fromiter((t[1] for t in edges), dtype=np.int64, count=len(edges))
-    nbytes = np.fromiter((t[2].bytes for t in edges), dtype=float, count=len(edges))
-    lat = np.zeros((D, D))
-    inv_bw = np.zeros((D, D))
-    resources: list[list[tuple[int, ...]]] = [[() for _ in range(D)] for _ in range(D)]
-    for a, da in enumerate(devices):
-        for b, db in enumerate(devices):
-            if a != b:
-                r = cluster.route(da.name, db.name)
-                lat[a, b] = 1e3 * r.latency_s
-                inv_bw[a, b] = 1e3 / r.bandwidth
-                resources[a][b] = r.resources
-    measured: dict[int, np.ndarray] = {}
-    seen: dict[tuple, np.ndarray] = {}
-    for e, (_, _, ed) in enumerate(edges):
-        if not ed.transfer_ms:
-            continue
-        key = (tuple(sorted(ed.transfer_ms.items())), ed.bytes)
-        m = seen.get(key)
-        if m is None:
-            m = lat + ed.bytes * inv_bw
-            for a, da in enumerate(devices):
-                for b, db in enumerate(devices):
-                    if a != b:
-                        t = cm.measured_transfer_ms(ed.transfer_ms, da, db)
-                        if t is not None:
-                            m[a, b] = t
-            np.fill_diagonal(m, 0.0)
-            seen[key] = m
-        measured[e] = m
+    # -- edges, sorted by (producer, consumer) -------------------------------------------------
+    order = np.lexsort((lw.dst, lw.src))
+    src, dst = lw.src[order], lw.dst[order]
+    edge_data = [lw.edge_data[e] for e in order.tolist()]
     preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for e, (u, v, _) in enumerate(edges):
+    for e, (u, v) in enumerate(zip(src.tolist(), dst.tolist())):
         preds[v].append((u, e))
         succs[u].append((v, e))
-
-    # -- memory --------------------------------------------------------------------------------
-    mult = (2.0 + optimizer_state_factor) if training else 1.0
-    static = np.zeros(n)
-    held = np.zeros(n)
-    for i, nd in enumerate(data):
-        if nd.memory_bytes is not None:
-            static[i] = nd.memory_bytes
-        else:
-            static[i] = mult * nd.param_bytes + nd.buffer_bytes
-            held[i] = nd.activation_bytes if has_bwd else nd.output_bytes
-    # Upper bound of the simulator's group bytes: largest edge per output index, summed.
-    send_bytes = np.zeros(n)
-    per_node: dict[int, dict] = {}
-    for u, _, ed in edges:
-        d = per_node.setdefault(u, {})
-        key = -1 if ed.output_index is None else ed.output_index
-        d[key] = max(d.get(key, 0.0), ed.bytes)
-    for u, d in per_node.items():
-        whole = d.pop(-1, 0.0)
-        send_bytes[u] = max(whole, sum(d.values()))
 
     # -- constraints ---------------------------------------------------------------------------
     allowed = np.zeros((n, D), dtype=bool)
@@ -315,36 +220,61 @@ def build(problem: Problem, optimizer_state_factor: float = 2.0) -> Instance:
         group[i] = g
         members[g].append(i)
     extra_home: dict[str, tuple[str | None, int]] = {}
-    for name in extra:
+    for name in lw.dropped:
         mates = [m for m in resolved.groups[resolved.group_of[name]] if m in index]
         extra_home[name] = (mates[0] if mates else None, resolved.allowed[name][0])
-    capacity = np.asarray(resolved.capacity, dtype=float)
 
     return Instance(
         names=names,
         index=index,
-        extra=extra,
-        devices=list(devices),
-        fwd=fwd,
-        bwd=bwd,
-        has_bwd=has_bwd,
-        needs_grad=needs_grad,
+        extra=list(lw.dropped),
+        devices=devices,
+        fwd=lw.fwd,
+        bwd=lw.bwd,
+        has_bwd=lw.has_bwd,
+        needs_grad=lw.needs_grad,
         src=src,
         dst=dst,
-        nbytes=nbytes,
-        lat=lat,
-        inv_bw=inv_bw,
-        measured=measured,
-        static=static,
-        held=held,
-        send_bytes=send_bytes,
+        nbytes=lw.nbytes[order],
+        lat=lw.lat,
+        inv_bw=lw.inv_bw,
+        measured=_measured(lw, edge_data),
+        static=lw.static,
+        held=lw.held,
+        send_bytes=lw.send_bytes,
         allowed=allowed,
         group=group,
         members=members,
-        capacity=capacity,
+        capacity=np.asarray(resolved.capacity, dtype=float),
         preds=preds,
         succs=succs,
         extra_home=extra_home,
-        resources=resources,
-        modules=[nd.module for nd in data],
+        resources=lw.resources,
+        modules=lw.modules,
+        lowered=lw,
     )
+
+
+def _measured(lw: Lowered, edge_data: list[EdgeData]) -> dict[int, np.ndarray]:
+    """Edge id -> (D, D) transfer ms, for the edges with a measured ``transfer_ms`` (pairs it does not
+    price go by the route; one matrix per distinct measurement)."""
+    measured: dict[int, np.ndarray] = {}
+    seen: dict[tuple, np.ndarray] = {}
+    devices, cm = lw.devices, lw.cost_model
+    for e, ed in enumerate(edge_data):
+        if not ed.transfer_ms:
+            continue
+        key = (tuple(sorted(ed.transfer_ms.items())), ed.bytes)
+        m = seen.get(key)
+        if m is None:
+            m = lw.lat + ed.bytes * lw.inv_bw
+            for a, da in enumerate(devices):
+                for b, db in enumerate(devices):
+                    if a != b:
+                        t = cm.measured_transfer_ms(ed.transfer_ms, da, db)
+                        if t is not None:
+                            m[a, b] = t
+            np.fill_diagonal(m, 0.0)
+            seen[key] = m
+        measured[e] = m
+    return measured

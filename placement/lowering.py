@@ -1,0 +1,405 @@
+"""One lowering of a placement problem: graph + cluster + cost model as integer-indexed arrays.
+
+The solver instances (:mod:`placement.solvers.instance`), the pipeline instances
+(:mod:`placement.pipeline.build`) and the lower bounds (:mod:`placement.bounds`) all read the
+:class:`Lowered` record :func:`lower` builds, so that each fact below is derived here once and every
+consumer sees the same figures as the simulator (:mod:`placement.simulate`, whose model it follows):
+
+* **Nodes.** Every node of the graph, except that in inference a graph holding explicit backward nodes
+  (``NodeData.is_backward``, the dnn-partitioning training files) leaves them out: they do not run
+  (``dropped``). ``has_bwd``: the step derives a backward task per node (training a graph of forward
+  nodes; a graph with explicit backward nodes is simulated as given).
+* **Order.** Nodes are numbered in the simulator's topological order (:func:`topological_indices`):
+  the graph's insertion order when it is topological, else Kahn's algorithm taking the smallest
+  insertion index first among the ready nodes. Edges keep the graph's edge order, renumbered.
+* **Graph inputs** (:func:`placement.cost_model.graph_inputs`) cost no compute and receive no gradient
+  (``is_input``; ``needs_grad`` is its negation).
+* **Times.** Devices with equal :meth:`Device.speed_key` form a class (classes in order of their first
+  device); the cost model prices each node once per class, on the whole batch: ``class_fwd[v, c]``,
+  ``class_bwd[v, c]`` in ms (zero for inputs, and the backward zero unless ``has_bwd``); ``fwd`` and
+  ``bwd`` spread them to every device. ``kinds_ok[v, c]``: the node's ``allowed_kinds`` admit the
+  class's kind or category.
+* **Memory** (bytes per node, whole batch): ``static`` = ``memory_bytes`` when the node gives one, else
+  ``(2 + optimizer_state_factor) x param_bytes + buffer_bytes`` in training (parameters, gradients,
+  optimizer state) and ``param_bytes + buffer_bytes`` in inference; ``held`` = what the node keeps
+  alive during the step: its ``activation_bytes`` when ``has_bwd``, else its ``output_bytes`` (0 for a
+  node with ``memory_bytes``, whose figure is its whole footprint).
+* **Edges**: ``src``, ``dst``, ``nbytes``, ``edge_data``; ``send_bytes[u]`` = :func:`send_bytes` of all
+  of ``u``'s out-edges (what one send of its output to another device carries at most).
+* **Routes** between every ordered pair of devices: ``lat`` (ms), ``inv_bw`` (ms per byte), their raw
+  ``latency_s`` and ``bandwidth``, and the link ``resources`` a transfer holds (zero, inf and ``()`` on
+  the diagonal).
+
+A lowering is built once per problem: :meth:`placement.problem.Problem.lowered` builds it on first use
+and keeps it. The problem owns its graph: a graph is a mutable networkx wrapper with no version to key
+a cache on honestly, so one edited after its problem was made needs a new problem (or a fresh
+:func:`lower`). :func:`lower` itself never caches.
+
+Cost: linear in nodes and edges, one cost-model pass per device class, ``D^2`` route lookups.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from graphc.ir.graph import EdgeData, Graph, NodeData
+from placement.cluster import Cluster, Device
+from placement.cost_model import CostModel, graph_inputs
+from placement.errors import ConfigurationError, PlacementError
+
+MODES = ("training", "inference")
+
+
+@dataclass(frozen=True, eq=False)
+class Lowered:
+    """Graph + cluster + cost model of one problem as arrays (module docstring). Arrays are read-only:
+    every consumer shares them.
+
+    Attributes:
+        graph, cluster, cost_model: what it was lowered from.
+        mode, optimizer_state_factor: the step lowered (``"training"`` or ``"inference"``).
+        explicit_backward: the graph holds explicit backward nodes.
+        has_bwd: the step derives a backward task per node.
+        names: kept node names in topological order; ``index`` maps them back; ``data`` their NodeData.
+        dropped: graph nodes left out (explicit backward nodes in inference), in graph order.
+        is_input: (n,) the node is a graph input.
+        devices: the cluster's devices (index = device id).
+        device_class: (D,) class id of each device; ``classes[c]`` lists the class's device ids.
+        class_fwd, class_bwd: (n, C) whole-batch ms of each node on a device of each class.
+        kinds_ok: (n, C) the node's ``allowed_kinds`` admit the class.
+        src, dst: (E,) edge endpoints (node ids) in the graph's edge order; ``edge_data`` their EdgeData.
+        nbytes: (E,) edge bytes.
+        preds, succs: per node, (other node, edge id) pairs in edge order.
+        static, held, param_bytes, send_bytes: (n,) bytes (module docstring).
+        latency_s, bandwidth: (D, D) raw route figures; ``lat``, ``inv_bw`` the same in ms and ms/byte.
+        resources: ``resources[a][b]``, the link resources of the route from ``a`` to ``b``.
+        modules: per node, the module it belongs to ("" if none).
+    """
+
+    graph: Graph
+    cluster: Cluster
+    cost_model: CostModel
+    mode: str
+    optimizer_state_factor: float
+    explicit_backward: bool
+    has_bwd: bool
+    names: list[str]
+    index: dict[str, int]
+    data: list[NodeData]
+    dropped: list[str]
+    is_input: np.ndarray
+    devices: list[Device]
+    device_class: np.ndarray
+    classes: list[list[int]]
+    class_fwd: np.ndarray
+    class_bwd: np.ndarray
+    kinds_ok: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    edge_data: list[EdgeData]
+    nbytes: np.ndarray
+    preds: list[list[tuple[int, int]]]
+    succs: list[list[tuple[int, int]]]
+    static: np.ndarray
+    held: np.ndarray
+    param_bytes: np.ndarray
+    send_bytes: np.ndarray
+    latency_s: np.ndarray
+    bandwidth: np.ndarray
+    lat: np.ndarray
+    inv_bw: np.ndarray
+    resources: list[list[tuple[int, ...]]]
+    modules: list[str]
+
+    @property
+    def training(self) -> bool:
+        return self.mode == "training"
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.src)
+
+    @property
+    def needs_grad(self) -> np.ndarray:
+        """(n,) the node receives a gradient: every node but the graph inputs."""
+        return ~self.is_input
+
+    @cached_property
+    def fwd(self) -> np.ndarray:
+        """(n, D) whole-batch forward ms of each node on each device (built on first use)."""
+        return _frozen(self.class_fwd[:, self.device_class])
+
+    @cached_property
+    def bwd(self) -> np.ndarray:
+        """(n, D) whole-batch backward ms of each node on each device (built on first use)."""
+        return _frozen(self.class_bwd[:, self.device_class])
+
+
+def lower(
+    graph: Graph,
+    cluster: Cluster,
+    cost_model: CostModel,
+    mode: str = "training",
+    optimizer_state_factor: float = 2.0,
+) -> Lowered:
+    """Lower ``graph`` on ``cluster`` priced by ``cost_model`` for one step of ``mode`` (module docstring).
+
+    ``optimizer_state_factor``: bytes of optimizer state per parameter byte in training (2: Adam's two
+    moments). Raises :class:`ConfigurationError` for a bad mode or factor and :class:`PlacementError`
+    when the graph has a cycle."""
+    if mode not in MODES:
+        raise ConfigurationError(
+            f"lower: mode must be one of {', '.join(MODES)}, got {mode!r}"
+        )
+    if (
+        isinstance(optimizer_state_factor, bool)
+        or not isinstance(optimizer_state_factor, (int, float))
+        or not optimizer_state_factor >= 0
+    ):
+        raise ConfigurationError(
+            f"lower: optimizer_state_factor must be a number >= 0, got {optimizer_state_factor!r}"
+        )
+    training = mode == "training"
+    nxg = graph.to_networkx()
+    explicit = any(d.is_backward for _, d in nxg.nodes(data="data"))
+    has_bwd = training and not explicit
+    keep_all = training or not explicit
+    kept = [
+        (name, d) for name, d in nxg.nodes(data="data") if keep_all or not d.is_backward
+    ]
+    dropped = (
+        []
+        if keep_all
+        else [name for name, d in nxg.nodes(data="data") if d.is_backward]
+    )
+    names, data, src, dst, edge_data = _ordered(
+        graph, [name for name, _ in kept], [d for _, d in kept], bool(dropped)
+    )
+    n, E = len(names), len(src)
+    index = {name: i for i, name in enumerate(names)}
+    inputs = graph_inputs(graph)
+    is_input = np.fromiter((name in inputs for name in names), dtype=bool, count=n)
+
+    devices = list(cluster.devices)
+    device_class, classes = _device_classes(devices)
+    class_fwd, class_bwd, kinds_ok = _class_times(
+        cost_model, data, [devices[c[0]] for c in classes], has_bwd, is_input
+    )
+
+    src_np = np.asarray(src, dtype=np.int64)
+    dst_np = np.asarray(dst, dtype=np.int64)
+    nbytes = np.fromiter(
+        map(operator.attrgetter("bytes"), edge_data), dtype=float, count=E
+    )
+    preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for e, (u, v) in enumerate(zip(src, dst)):
+        preds[v].append((u, e))
+        succs[u].append((v, e))
+    out_bytes = np.zeros(n)
+    for u, outs in enumerate(succs):
+        if outs:
+            out_bytes[u] = send_bytes([edge_data[e] for _, e in outs])
+
+    static, held = _memory(data, training, has_bwd, float(optimizer_state_factor))
+    latency_s, bandwidth, resources = _routes(cluster, devices)
+    lat = 1e3 * latency_s
+    inv_bw = 1e3 / bandwidth  # 0 on the diagonal, where the bandwidth is inf
+
+    return Lowered(
+        graph=graph,
+        cluster=cluster,
+        cost_model=cost_model,
+        mode=mode,
+        optimizer_state_factor=float(optimizer_state_factor),
+        explicit_backward=explicit,
+        has_bwd=has_bwd,
+        names=names,
+        index=index,
+        data=data,
+        dropped=dropped,
+        is_input=_frozen(is_input),
+        devices=devices,
+        device_class=_frozen(device_class),
+        classes=classes,
+        class_fwd=_frozen(class_fwd),
+        class_bwd=_frozen(class_bwd),
+        kinds_ok=_frozen(kinds_ok),
+        src=_frozen(src_np),
+        dst=_frozen(dst_np),
+        edge_data=edge_data,
+        nbytes=_frozen(nbytes),
+        preds=preds,
+        succs=succs,
+        static=_frozen(static),
+        held=_frozen(held),
+        param_bytes=_frozen(
+            np.fromiter((d.param_bytes for d in data), dtype=float, count=n)
+        ),
+        send_bytes=_frozen(out_bytes),
+        latency_s=_frozen(latency_s),
+        bandwidth=_frozen(bandwidth),
+        lat=_frozen(lat),
+        inv_bw=_frozen(inv_bw),
+        resources=resources,
+        modules=[d.module for d in data],
+    )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _ordered(graph: Graph, names: list[str], data: list[NodeData], some_left_out: bool):
+    """The kept nodes in topological order (module docstring) and the edges between them, renumbered."""
+    pos = {name: i for i, name in enumerate(names)}
+    edges = list(graph.to_networkx().edges(data="data"))
+    if some_left_out:
+        edges = [e for e in edges if e[0] in pos and e[1] in pos]
+    if edges:
+        us, vs, edge_data = (list(x) for x in zip(*edges))
+        src = list(map(pos.__getitem__, us))
+        dst = list(map(pos.__getitem__, vs))
+    else:
+        src, dst, edge_data = [], [], []
+    if any(map(operator.ge, src, dst)):  # insertion order is not topological
+        topo = topological_indices(len(names), src, dst)
+        if topo is None:
+            raise PlacementError(f"graph {graph.name!r} has a cycle; cannot place it")
+        rank = [0] * len(names)
+        for r, i in enumerate(topo):
+            rank[i] = r
+        names = [names[i] for i in topo]
+        data = [data[i] for i in topo]
+        src = [rank[i] for i in src]
+        dst = [rank[j] for j in dst]
+    return names, data, src, dst, edge_data
+
+
+def _device_classes(devices: Sequence[Device]) -> tuple[np.ndarray, list[list[int]]]:
+    """Devices grouped by :meth:`Device.speed_key`, classes in order of their first device."""
+    keyed: dict[tuple, int] = {}
+    classes: list[list[int]] = []
+    device_class = np.zeros(len(devices), dtype=np.int64)
+    for d, dev in enumerate(devices):
+        c = keyed.setdefault(dev.speed_key(), len(classes))
+        if c == len(classes):
+            classes.append([])
+        classes[c].append(d)
+        device_class[d] = c
+    return device_class, classes
+
+
+def _class_times(
+    cm: CostModel,
+    data: list[NodeData],
+    reps: list[Device],
+    has_bwd: bool,
+    is_input: np.ndarray,
+):
+    """Whole-batch forward and backward ms of every node on each class's first device (inputs 0), and
+    whether the node's ``allowed_kinds`` admit the class."""
+    n, C = len(data), len(reps)
+    fwd = np.zeros((n, C))
+    bwd = np.zeros((n, C))
+    kinds_ok = np.ones((n, C), dtype=bool)
+    for c, rep in enumerate(reps):
+        f, b = cm.node_times(data, [rep] * n, has_bwd)
+        fwd[:, c] = f
+        bwd[:, c] = b
+    fwd[is_input] = 0.0
+    bwd[is_input] = 0.0
+    for v, nd in enumerate(data):
+        kinds = nd.allowed_kinds
+        if kinds is not None:
+            kinds_ok[v] = [rep.kind in kinds or rep.category in kinds for rep in reps]
+    return fwd, bwd, kinds_ok
+
+
+def _memory(
+    data: list[NodeData], training: bool, has_bwd: bool, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``static`` and ``held`` bytes of every node (module docstring)."""
+    mult = (2.0 + factor) if training else 1.0
+    n = len(data)
+    static = np.zeros(n)
+    held = np.zeros(n)
+    for i, nd in enumerate(data):
+        if nd.memory_bytes is not None:
+            static[i] = nd.memory_bytes
+        else:
+            static[i] = mult * nd.param_bytes + nd.buffer_bytes
+            held[i] = nd.activation_bytes if has_bwd else nd.output_bytes
+    return static, held
+
+
+def _routes(
+    cluster: Cluster, devices: list[Device]
+) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:
+    """Latency (s), bottleneck bandwidth (bytes/s) and link resources of every route."""
+    D = len(devices)
+    latency = np.zeros((D, D))
+    bandwidth = np.full((D, D), np.inf)
+    resources: list[list[tuple[int, ...]]] = [[() for _ in range(D)] for _ in range(D)]
+    for a, da in enumerate(devices):
+        for b, db in enumerate(devices):
+            if a != b:
+                r = cluster.route(da.name, db.name)
+                latency[a, b] = r.latency_s
+                bandwidth[a, b] = r.bandwidth
+                resources[a][b] = r.resources
+    return latency, bandwidth, resources
+
+
+def topological_indices(
+    n: int, src: Sequence[int], dst: Sequence[int]
+) -> list[int] | None:
+    """Nodes ``0 .. n-1`` (edges ``src[e] -> dst[e]``) in the simulator's order: among the ready nodes,
+    the smallest index first (Kahn's algorithm with a heap). None when the edges make a cycle."""
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
+    for i, j in zip(src, dst):
+        succ[i].append(j)
+        indeg[j] += 1
+    heap = [i for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(heap, j)
+    return order if len(order) == n else None
+
+
+def send_bytes(edges: Sequence[EdgeData]) -> float:
+    """Bytes of one send carrying every edge of a group: the largest edge per ``output_index``, summed;
+    an edge with no index stands for all outputs, so the send is at least that large."""
+    per_index: dict[int, float] = {}
+    whole = 0.0
+    for e in edges:
+        if e.output_index is None:
+            whole = max(whole, e.bytes)
+        else:
+            per_index[e.output_index] = max(per_index.get(e.output_index, 0.0), e.bytes)
+    return max(whole, sum(per_index.values()))
+
+
+__all__ = ["MODES", "Lowered", "lower", "send_bytes", "topological_indices"]

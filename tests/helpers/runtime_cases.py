@@ -10,6 +10,7 @@ import torch
 import graphc
 from graphc import zoo
 from graphc.zoo import zoo_loss
+from placement.schedules import AllReduce, Backward, Forward, OptimizerStep, Schedule
 from runtime.testing import EagerRun, eager_run
 
 RTOL = 1e-4  # float32: sums of gradients in another order, magnified by batch norm over tiny batches
@@ -35,3 +36,23 @@ def eager(name: str) -> EagerRun:
 
 def adam(params):
     return torch.optim.Adam(params, lr=1e-2)
+
+
+def expected_order(schedule: Schedule) -> dict[str, list[str]]:
+    """Each device's compute, all-reduce and optimizer step as the schedule lists them (``F0``, ``B0``,
+    ``AR``, ``OPT``), a device's consecutive node-level actions of one microbatch counted once: what
+    :attr:`runtime.StepResult.order` must say the device ran."""
+    order: dict[str, list[str]] = {}
+    for device, actions in schedule.actions.items():
+        codes: list[str] = []
+        for a in actions:
+            if isinstance(a, Forward | Backward):
+                code = f"{'B' if isinstance(a, Backward) else 'F'}{a.microbatch}"
+                if a.node is None or not codes or codes[-1] != code:
+                    codes.append(code)
+            elif isinstance(a, AllReduce):
+                codes.append("AR")
+            elif isinstance(a, OptimizerStep):
+                codes.append("OPT")
+        order[device] = codes
+    return order

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from runtime_cases import RTOL, adam, build, eager, traced
+from runtime_cases import RTOL, adam, build, eager, expected_order, traced
 
 import graphc
 from graphc import zoo
 from graphc.frontend.zoo import ZooLoss
 from graphc.zoo import zoo_loss
+from placement.schedules import make_schedule
 from runtime import (
     DistributedExecutor,
     PartitionedProgram,
@@ -44,7 +45,7 @@ class Case:
     loss_fn: ZooLoss
     steps: int = 1
     optimizer: bool = False
-    schedule: str = "gpipe"
+    schedule: str | None = None  # the plan's default
 
 
 def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
@@ -66,6 +67,7 @@ def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
                 "outputs": steps[-1].outputs,
                 "grads": {n: p.grad for n, p in executor.named_parameters()},
                 "params": {n: p.detach() for n, p in executor.named_parameters()},
+                "order": steps[-1].order,
             }
         )
         executor.close()
@@ -74,18 +76,22 @@ def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
 
 def run(world_size: int, cases: list[Case]) -> list[dict[str, Any]]:
     """Run the cases on ``world_size`` ranks; per case, the loss and outputs of the output rank and the
-    gradients and parameters of all ranks merged."""
+    gradients, parameters and order of work of all ranks merged, and the order the case's schedule gives."""
     outcomes = spawn(run_cases, world_size, (cases,), timeout_s=120)
     for o in outcomes:
         assert o.ok, f"rank {o.rank} failed: {o.error}"
     merged = []
     for i, case in enumerate(cases):
         out = outcomes[case.program.devices.index(case.program.output_device)].result[i]
-        grads, params = {}, {}
+        grads, params, order = {}, {}, {}
         for o in outcomes:
             grads.update(o.result[i]["grads"])
             params.update(o.result[i]["params"])
-        merged.append({"losses": out["losses"], "outputs": out["outputs"], "grads": grads, "params": params})
+            order.update(o.result[i]["order"])
+        expected = expected_order(make_schedule(case.program.plan, case.schedule))
+        merged.append(
+            {"losses": out["losses"], "outputs": out["outputs"], "grads": grads, "params": params, "order": order, "expected": expected}
+        )
     return merged
 
 
@@ -121,7 +127,7 @@ def two_ranks() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def three_ranks() -> dict[str, Any]:
     """Three ranks: every zoo model on a random placement, and GPT-2 and VGG pipelined through three
-    stages in 4 microbatches under GPipe and 1F1B."""
+    stages in 4 microbatches under every schedule."""
     rng = random.Random(SEED + 1)
     cases = {name: random_case(name, ["cpu0", "cpu1", "cpu2"], rng) for name in zoo.NAMES}
     for name in PIPELINED:
@@ -130,12 +136,13 @@ def three_ranks() -> dict[str, Any]:
         micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name=name, granularity="op")
         plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=M)
         program = partition(micro.graph_module, plan, full.graph)
-        for schedule in ("gpipe", "1f1b"):
+        for schedule in SCHEDULES:
             cases[f"{name} {schedule}"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=schedule)
     return dict(zip(cases, run(3, list(cases.values()))))
 
 
 PIPELINED, BATCH, M = ("gpt2", "vgg16"), 8, 4
+SCHEDULES = ("node-order", "gpipe", "1f1b")
 
 
 @pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
@@ -146,6 +153,7 @@ def test_random_placements_match_eager(name, ranks, request):
     assert got["losses"][0] == pytest.approx(reference.losses[0], rel=1e-5), f"seed {SEED}"
     assert relative_difference({"out": got["outputs"]}, {"out": reference.outputs.detach()})[0] < RTOL, f"seed {SEED}"
     assert relative_difference(got["grads"], reference.grads) < (RTOL, ""), f"seed {SEED}"
+    assert got["order"] == got["expected"], f"seed {SEED}"
 
 
 @pytest.mark.parametrize("name", ["gpt2", "resnet50"])
@@ -157,10 +165,11 @@ def test_parameters_match_eager_after_optimizer_steps(name, two_ranks):
     assert relative_difference(got["params"], reference.params) < (RTOL, ""), f"seed {SEED}"
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("name", PIPELINED)
-def test_pipelined_steps_give_the_full_batch_gradients(name, schedule, three_ranks):
+def test_pipelined_steps_give_the_full_batch_gradients_in_the_schedules_order(name, schedule, three_ranks):
     got = three_ranks[f"{name} {schedule}"]
+    assert got["order"] == got["expected"]
     ref = build(name, BATCH)
     reference = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref))
     assert got["losses"][0] == pytest.approx(reference.losses[0], rel=1e-5)

@@ -9,19 +9,13 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from runtime_cases import expected_order
 from torch import nn
 
 import graphc
 from graphc import zoo
 from graphc.zoo import zoo_loss
-from placement.schedules import (
-    AllReduce,
-    Backward,
-    Forward,
-    OptimizerStep,
-    Schedule,
-    make_schedule,
-)
+from placement.schedules import Schedule, make_schedule
 from runtime import (
     LocalExecutor,
     MismatchError,
@@ -35,25 +29,6 @@ from runtime.testing import eager_run, relative_difference
 
 RTOL = 1e-4
 BATCH, M = 8, 4
-
-
-def expected_order(schedule: Schedule) -> dict[str, list[str]]:
-    """Each device's compute, all-reduce and optimizer step as the schedule lists them, a device's
-    consecutive node-level actions of one microbatch counted once."""
-    order: dict[str, list[str]] = {}
-    for device, actions in schedule.actions.items():
-        codes: list[str] = []
-        for a in actions:
-            if isinstance(a, Forward | Backward):
-                code = f"{'B' if isinstance(a, Backward) else 'F'}{a.microbatch}"
-                if a.node is None or not codes or codes[-1] != code:
-                    codes.append(code)
-            elif isinstance(a, AllReduce):
-                codes.append("AR")
-            elif isinstance(a, OptimizerStep):
-                codes.append("OPT")
-        order[device] = codes
-    return order
 
 
 def check_against_eager(executor: LocalExecutor, result, reference) -> None:

@@ -135,13 +135,13 @@ def warm_start(
     evaluator: Evaluator,
     names: list[str] | None = None,
     *,
-    splits: bool = True,
+    splits: list[int] | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
-    """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them) and, with
-    ``splits``, the balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of
-    :func:`~placement.solvers.topo.split_counts` (named ``split/k`` and ``layers/k``, each distinct
-    placement simulated once); the best candidate and all of them. Raises the first heuristic's
-    infeasibility when none finds a placement."""
+    """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them) and the
+    balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of ``splits``
+    (default: every ``k`` of :func:`~placement.solvers.topo.split_counts`; named ``split/k`` and
+    ``layers/k``, each distinct placement simulated once); the best candidate and all of them. Raises
+    the first heuristic's infeasibility when none finds a placement."""
     candidates: list[Candidate] = []
     first_error: Exception | None = None
     for name in names or list(WARM_START):
@@ -155,16 +155,15 @@ def warm_start(
         cand = evaluator(sched.dev, seq, name)
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
-    if splits:
-        tried: set[bytes] = set()
-        for k in split_counts(inst):
-            for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
-                if dev is None or dev.tobytes() in tried:
-                    continue
-                tried.add(dev.tobytes())
-                cand = evaluator(dev, None, name)
-                if np.isfinite(cand.step_ms):  # the simulator's memory check (the splits have no ledger)
-                    candidates.append(cand)
+    tried: set[bytes] = set()
+    for k in split_counts(inst) if splits is None else splits:
+        for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
+            if dev is None or dev.tobytes() in tried:
+                continue
+            tried.add(dev.tobytes())
+            cand = evaluator(dev, None, name)
+            if np.isfinite(cand.step_ms):  # the simulator's memory check (the splits have no ledger)
+                candidates.append(cand)
     if not candidates:
         raise first_error or InfeasibleError("no warm-start heuristic found a placement that fits in memory")
     best = min(candidates, key=lambda c: c.step_ms)
@@ -349,8 +348,12 @@ class Budget:
 
     Attributes:
         heuristics: the warm-start heuristics to run: one device, then those of :data:`WARM_START` whose
-            estimated cost fits ``warm_share`` of the work, in that order (at least the cheapest).
-        splits: whether the balanced and layer splits are simulated too (when they fit as well).
+            estimated cost fits ``warm_share`` of the work, in that order.
+        splits: the device counts whose balanced and layer splits are simulated too: as many of
+            :func:`~placement.solvers.topo.split_counts` as fit what the heuristics left, spread
+            evenly from the fewest devices to all. When neither a heuristic nor a split fits, the
+            fewest devices' splits are the one multi-device candidate (two simulations: cheaper than
+            any heuristic on a large graph).
         warm_seconds: nominal seconds of the warm start so planned.
         ilp_seconds: CP-SAT's nominal seconds, its coarsening and model building included (its
             deterministic limit is a fraction of what is left for the solve).
@@ -361,7 +364,7 @@ class Budget:
     """
 
     heuristics: list[str]
-    splits: bool
+    splits: list[int]
     warm_seconds: float
     ilp_seconds: float
     search_seconds: float
@@ -419,13 +422,12 @@ class Budget:
             if name != "single" and warm + cost[name] <= cap:
                 names.append(name)
                 warm += cost[name]
-        if len(names) == 1 and inst.num_devices > 1:  # always a heuristic that may use several devices
-            cheapest = min((n for n in WARM_START if n != "single"), key=lambda n: cost[n])
-            names.append(cheapest)
-            warm += cost[cheapest]
-        split_cost = 2 * len(split_counts(inst)) * sim
-        splits = warm + split_cost <= cap
-        warm += split_cost if splits else 0.0
+        counts = split_counts(inst)
+        fit = min(len(counts), max(0, int((cap - warm) / (2 * sim))))
+        splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[:fit]
+        if len(names) == 1 and not splits:  # always a candidate that may use several devices
+            splits = counts[:1]
+        warm += 2 * len(splits) * sim
         avail = max(0.0, total - warm)
         ilp = cfg.ilp_share * avail
         return cls(

@@ -22,7 +22,14 @@ from placement.solvers.auto import single_device_pipeline
 from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import instance
-from placement.solvers.workload import heuristic_seconds, model_terms
+from placement.solvers.topo import split_counts
+from placement.solvers.workload import (
+    NOMINAL_SHARE,
+    final_seconds,
+    heuristic_seconds,
+    instance_seconds,
+    model_terms,
+)
 
 GB = 1e9
 
@@ -80,17 +87,23 @@ def test_auto_gives_the_same_plan_beside_cpu_burners() -> None:
 
 
 def test_budget_is_planned_from_the_size_not_the_clock() -> None:
-    """A tiny time limit runs one device and the cheapest other heuristic only; a generous one all of
-    them and the splits; the same inputs plan the same work."""
+    """A tiny time limit runs one device and the splits onto the fewest devices only; a generous one
+    every heuristic and every split; one in between the heuristics that fit in order; the same inputs
+    plan the same work."""
     problem = make_problem(random_graph(3, 30), star(4), time_limit_s=0.2)
     inst = instance(problem)
     cfg = CpSatSettings()
     tight = Budget.of(problem, inst, cfg)
-    cheapest = min((n for n in WARM_START if n != "single"), key=lambda n: heuristic_seconds(n, inst))
-    assert tight.heuristics == ["single", cheapest] and not tight.splits
+    assert tight.heuristics == ["single"] and tight.splits == split_counts(inst)[:1]
     assert tight.ilp_seconds == 0.0 and tight.search_evals == 0
     roomy = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=30.0), inst, cfg)
-    assert roomy.heuristics == list(WARM_START) and roomy.splits
+    assert roomy.heuristics == list(WARM_START) and roomy.splits == split_counts(inst)
+    # Room for one device and m-ETF, not HEFT after it: m-ETF alone, whatever comes later that fits.
+    sim = roomy.sim_seconds
+    room = heuristic_seconds("single", inst) + heuristic_seconds("m-etf", inst) + 6 * sim
+    limit = (room / cfg.warm_share + instance_seconds(inst.n) + final_seconds(inst)) / NOMINAL_SHARE
+    middle = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=limit), inst, cfg)
+    assert middle.heuristics[:2] == ["single", "m-etf"] and "heft" not in middle.heuristics
     assert Budget.of(problem, inst, cfg) == tight
 
 

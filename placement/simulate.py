@@ -130,10 +130,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from graphc.ir.graph import EdgeData, Graph
+from graphc.ir.graph import Graph
 from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel, graph_inputs
 from placement.errors import ArgumentTypeError, ConfigurationError, PlacementError
+from placement.lowering import send_bytes, topological_indices
 from placement.schedules import Backward, Compute, Recv, Schedule
 from placement.timeline import AllReduce, RawTimeline, SimResult
 
@@ -1263,36 +1264,3 @@ def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, 
     new_id = {x: merged.setdefault(tuple(rs), len(merged)) for x, rs in users.items()}
     return [tuple(dict.fromkeys(new_id[x] for x in res)) for res in route_resources]
 
-
-def topological_indices(n: int, src: Sequence[int], dst: Sequence[int]) -> list[int] | None:
-    """Nodes ``0 .. n-1`` (edges ``src[e] -> dst[e]``) in the simulator's order: among the ready nodes,
-    the smallest index first (Kahn's algorithm with a heap). None when the edges make a cycle."""
-    succ: list[list[int]] = [[] for _ in range(n)]
-    indeg = [0] * n
-    for i, j in zip(src, dst):
-        succ[i].append(j)
-        indeg[j] += 1
-    heap = [i for i in range(n) if indeg[i] == 0]
-    heapq.heapify(heap)
-    order: list[int] = []
-    while heap:
-        i = heapq.heappop(heap)
-        order.append(i)
-        for j in succ[i]:
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                heapq.heappush(heap, j)
-    return order if len(order) == n else None
-
-
-def send_bytes(edges: Sequence[EdgeData]) -> float:
-    """Bytes of one send carrying every edge of a group: the largest edge per ``output_index``, summed;
-    an edge with no index stands for all outputs, so the send is at least that large."""
-    per_index: dict[int, float] = {}
-    whole = 0.0
-    for e in edges:
-        if e.output_index is None:
-            whole = max(whole, e.bytes)
-        else:
-            per_index[e.output_index] = max(per_index.get(e.output_index, 0.0), e.bytes)
-    return max(whole, sum(per_index.values()))

@@ -12,7 +12,7 @@ thread), traced at module granularity:
    two contiguous halves as a GPipe and as a 1F1B pipeline of 2, 4 and 8 microbatches;
 3. measure each on one process per device (:func:`graphc.app.measure_plans.measure_plans`: interleaved
    rounds, medians, peak memory per rank, no optimizer, as the calibration times the eager step),
-   recording the cores other processes used;
+   recording the cores other processes used, and each rank's CPU time per step;
 4. predict each (:func:`graphc.app.measure_plans.predict`: the simulator on the calibrated cluster, in
    the order the partitioned program runs). The calibration's one factor is taken again from these
    rounds: it scales the profiled table so that one device predicts the one-device plan as measured now
@@ -22,6 +22,12 @@ thread), traced at module granularity:
 Prints a table per network and a summary, and writes ``results/prediction_accuracy.json``. Targets
 (issue 12): median |error| <= 7% and worst <= 15% per network, Kendall tau between predicted and
 measured step times >= 0.8 per network, predicted peak memory within 10% on every device of every plan.
+
+Work. The table also sets each device's CPU time per step (all threads of its process: compute,
+sends and receives) next to the simulator's compute on that device (``busy_ms``): their sums' error is
+the *work error*. On a loaded machine a rank's wall time swells with waiting for a core, its CPU time
+much less, so the work error says whether the cost of the work was predicted right even where the step
+times cannot be trusted; a step error beyond the work error is waiting the simulator did not foresee.
 
 The simulator has one pipeline order, GPipe's: 1F1B plans are predicted as GPipe (their memory most
 of all differs). The executors take ``schedule="gpipe"`` or ``"1f1b"``; a case's schedule is the
@@ -104,6 +110,9 @@ class Row:
     predicted_peak_bytes: dict[str, int]
     measured_peak_bytes: dict[str, int]
     memory_errors: dict[str, float]
+    predicted_busy_ms: dict[str, float]
+    measured_cpu_ms: dict[str, float]
+    work_error: float
 
 
 def random_placement(graph: Graph, devices: list[str], seed: int) -> dict[str, str]:
@@ -156,17 +165,20 @@ def rows_of(model: str, cases: list[PlanCase], predicted: dict[str, Predicted], 
             d: relative_error(pred.peak_memory_bytes[d], meas.peak_memory_bytes[d])
             for d in case.program.devices if meas.peak_memory_bytes.get(d)
         }  # fmt: skip
+        cpu = meas.median_cpu_ms()
+        work = relative_error(sum(pred.busy_ms.values()), sum(cpu.values()))
         rows.append(Row(
             model, case.label, case.ranks, case.plan.microbatches, len(case.program.transfers), pred.step_ms,
             meas.median_ms, relative_error(pred.step_ms, meas.median_ms), meas.samples_ms, pred.peak_memory_bytes,
-            meas.peak_memory_bytes, memory,
+            meas.peak_memory_bytes, memory, pred.busy_ms, cpu, work,
         ))  # fmt: skip
     return rows
 
 
 def model_table(model: str, rows: list[Row]) -> Table:
     table = Table(title=f"{model}: one training step on CPU ranks of one thread each, measured vs predicted")
-    columns = ("plan", "ranks", "transfers", "measured ms", "spread", "predicted ms", "error", "peak MiB meas/pred", "mem error")
+    columns = ("plan", "ranks", "transfers", "measured ms", "spread", "predicted ms", "error", "CPU ms meas/pred", "work error",
+               "peak MiB meas/pred", "mem error")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "plan" else "right")
     for r in rows:
@@ -175,7 +187,8 @@ def model_table(model: str, rows: list[Row]) -> Table:
         worst_memory = max(r.memory_errors.values(), key=abs, default=float("nan"))
         table.add_row(
             r.plan, str(r.ranks), str(r.transfers), f"{r.measured_ms:.1f}", f"{q[0]:.0f}-{q[2]:.0f}", f"{r.predicted_ms:.1f}",
-            _coloured(r.error, WORST_TARGET), memory, _coloured(worst_memory, MEMORY_TARGET),
+            _coloured(r.error, WORST_TARGET), ", ".join(f"{r.measured_cpu_ms[d]:.0f}/{r.predicted_busy_ms[d]:.0f}" for d in r.measured_cpu_ms),
+            _coloured(r.work_error, WORST_TARGET), memory, _coloured(worst_memory, MEMORY_TARGET),
         )  # fmt: skip
     return table
 
@@ -192,6 +205,7 @@ class ModelSummary:
     time: ErrorSummary
     kendall_tau: float
     memory: ErrorSummary
+    work: ErrorSummary
 
     @property
     def passes(self) -> dict[str, bool]:
@@ -207,12 +221,14 @@ def summarise(model: str, rows: list[Row]) -> ModelSummary:
     time_errors = {r.plan: r.error for r in rows}
     memory_errors = {f"{r.plan} {d}": e for r in rows for d, e in r.memory_errors.items()}
     tau = kendall_tau([r.predicted_ms for r in rows], [r.measured_ms for r in rows])
-    return ModelSummary(model, len(rows), error_summary(time_errors), tau, error_summary(memory_errors))
+    work = error_summary({r.plan: r.work_error for r in rows})
+    return ModelSummary(model, len(rows), error_summary(time_errors), tau, error_summary(memory_errors), work)
 
 
 def summary_table(summaries: list[ModelSummary]) -> Table:
     table = Table(title="prediction accuracy per network (targets: median |error| <= 7%, worst <= 15%, tau >= 0.8, memory <= 10%)")
-    for column in ("model", "plans", "median |error|", "worst error (plan)", "Kendall tau", "worst memory error (plan, device)"):
+    for column in ("model", "plans", "median |error|", "worst error (plan)", "Kendall tau", "worst memory error (plan, device)",
+                   "work: median |error|, worst"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for s in summaries:
         ok = s.passes
@@ -220,6 +236,7 @@ def summary_table(summaries: list[ModelSummary]) -> Table:
             s.model, str(s.plans), _mark(f"{s.time.median_abs:.1%}", ok["median"]),
             _mark(f"{s.time.worst:+.1%} ({s.time.worst_label})", ok["worst"]), _mark(f"{s.kendall_tau:.2f}", ok["tau"]),
             _mark(f"{s.memory.worst:+.1%} ({s.memory.worst_label})", ok["memory"]),
+            f"{s.work.median_abs:.1%}, {s.work.worst:+.1%} ({s.work.worst_label})",
         )  # fmt: skip
     return table
 

@@ -9,7 +9,11 @@ round runs every plan for a few steps after a warm-up, the plans that use the sa
 together in one spawn (executors built one after another on the same ranks), so that the load of a
 shared machine falls on all of them alike; a plan's time is the median over all its steps, a step's
 time the slowest rank's. The first round also measures every rank's peak memory in a step of its own
-(:class:`runtime.measure.MemoryTracker`: static bytes plus the peak of the live tensors).
+(:class:`runtime.measure.MemoryTracker`: static bytes plus the peak of the live tensors). Every step
+also records each rank's CPU time (all its threads): on a loaded machine the wall time of a step
+swells with the time a rank waits for a core, its CPU time much less, so the CPU time next to the
+simulator's compute per device (``busy_ms``) tells whether the work was predicted right even when the
+wall time cannot be trusted.
 
 Other load. Two ranks on a two-core machine leave no core spare, so a busy neighbour slows the plans
 across ranks most (see ``benchmarks/runtime_step.py``). :class:`OtherLoad` records how many cores the
@@ -77,22 +81,29 @@ class PlanCase:
 
 @dataclass
 class Measured:
-    """A plan as measured: every timed step (the slowest rank's time, ms) and each device's peak bytes."""
+    """A plan as measured: every timed step (the slowest rank's time, ms), each device's peak bytes, and
+    each device's CPU time of every timed step (ms; its process's threads, sends and receives included)."""
 
     samples_ms: list[float] = field(default_factory=list)
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.samples_ms)
 
+    def median_cpu_ms(self) -> dict[str, float]:
+        """Device -> the median CPU time of its steps."""
+        return {d: statistics.median(v) for d, v in self.cpu_ms.items()}
+
 
 @dataclass
 class Predicted:
-    """A plan as the simulator predicts it: the step (ms) and each device's peak bytes."""
+    """A plan as the simulator predicts it: the step (ms), each device's peak bytes and compute (ms)."""
 
     step_ms: float
     peak_memory_bytes: dict[str, int]
+    busy_ms: dict[str, float]
 
 
 @dataclass
@@ -157,19 +168,25 @@ def rank_run_plans(
 ) -> dict[str, dict[str, Any]]:
     """On one rank (started by :func:`runtime.launch.spawn`): each ``(label, program, schedule)`` in turn,
     ``warmup`` then ``steps`` timed steps of the zoo network ``model`` built with ``config``; with
-    ``memory``, one more step measuring this rank's peak bytes. Returns label -> ``{"times", "peak"}``."""
+    ``memory``, one more step measuring this rank's peak bytes. Returns label -> ``{"device", "times",
+    "cpu", "peak"}``: the rank's device, its wall and CPU time (every thread of the process) of each timed
+    step in ms, its peak bytes by device."""
     init_from_env()
     zm = zoo.build(model, **config)
     loss_fn = zoo.zoo_loss(zm)
     found: dict[str, dict[str, Any]] = {}
     for label, program, schedule in cases:
         executor = DistributedExecutor(program, loss_fn=loss_fn, schedule=schedule, timeout_s=300)
+        times, cpu = [], []
         try:
-            times = [executor.step(zm.example_inputs, zm.targets).step_ms for _ in range(warmup + steps)]
+            for _ in range(warmup + steps):
+                start = time.process_time()
+                times.append(executor.step(zm.example_inputs, zm.targets).step_ms)
+                cpu.append(1e3 * (time.process_time() - start))
             peak = executor.step(zm.example_inputs, zm.targets, measure_memory=True).peak_memory_bytes if memory else {}
         finally:
             executor.close()
-        found[label] = {"times": times[warmup:], "peak": peak}
+        found[label] = {"device": executor.device, "times": times[warmup:], "cpu": cpu[warmup:], "peak": peak}
     return found
 
 
@@ -178,9 +195,10 @@ def rank_run_plans(
 
 def measure_plans(
     cases: Sequence[PlanCase], model: str, config: dict[str, Any], *, rounds: int = 3, steps: int = 5, warmup: int = 2,
-    timeout_s: float = 1800.0,
+    memory: bool = True, timeout_s: float = 1800.0,
 ) -> dict[str, Measured]:  # fmt: skip
     """Measure every case on its ranks in ``rounds`` interleaved rounds (module docstring); label -> result.
+    ``memory=False`` skips the step that measures peak memory (it leaves ``peak_memory_bytes`` empty).
 
     ``model`` and ``config`` name the zoo network the cases were partitioned from (every rank builds it
     for its inputs, targets and loss). Raises :class:`~graphc.ir.errors.RuntimeFault` when a rank fails, naming it."""
@@ -196,7 +214,7 @@ def measure_plans(
     previous = torch.get_num_threads()
     for round_ in range(rounds):
         for ranks, group in sorted(by_ranks.items()):
-            args = ([(c.label, c.program, c.schedule) for c in group], model, config, steps, warmup, round_ == 0)
+            args = ([(c.label, c.program, c.schedule) for c in group], model, config, steps, warmup, memory and round_ == 0)
             outcomes = spawn(rank_run_plans, ranks, args, threads=1, timeout_s=timeout_s)
             failed = [o for o in outcomes if not o.ok]
             if failed:
@@ -206,6 +224,7 @@ def measure_plans(
                 found[case.label].samples_ms += [max(step) for step in zip(*(r["times"] for r in per_rank))]
                 for r in per_rank:
                     found[case.label].peak_memory_bytes.update(r["peak"])
+                    found[case.label].cpu_ms.setdefault(r["device"], []).extend(r["cpu"])
     torch.set_num_threads(previous)
     return found
 
@@ -221,7 +240,7 @@ def predict(case: PlanCase, graph: Graph, cluster: Cluster, cost_model: CostMode
         optimizer_state_factor=0.0,
     )  # fmt: skip
     used = case.program.devices
-    return Predicted(result.step_ms, {d: int(result.peak_memory_bytes[d]) for d in used})
+    return Predicted(result.step_ms, {d: int(result.peak_memory_bytes[d]) for d in used}, {d: result.busy_ms[d] for d in used})
 
 
 # -- summaries ------------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ from placement.solvers.workload import (
     model_terms,
     quotient_seconds,
     simulation_seconds,
+    split_seconds,
     window_terms,
 )
 
@@ -352,8 +353,8 @@ class Budget:
         splits: the device counts whose balanced and layer splits are simulated too: as many of
             :func:`~placement.solvers.topo.split_counts` as fit what the heuristics left, spread
             evenly from the fewest devices to all. When neither a heuristic nor a split fits, the
-            fewest devices' splits are the one multi-device candidate (two simulations: cheaper than
-            any heuristic on a large graph).
+            fewest devices' splits are the one multi-device candidate (two simulations and a pass
+            over the nodes: cheaper than any heuristic on a large graph).
         warm_seconds: nominal seconds of the warm start so planned.
         ilp_seconds: CP-SAT's nominal seconds, its coarsening and model building included (its
             deterministic limit is a fraction of what is left for the solve).
@@ -423,11 +424,12 @@ class Budget:
                 names.append(name)
                 warm += cost[name]
         counts = split_counts(inst)
-        fit = min(len(counts), max(0, int((cap - warm) / (2 * sim))))
+        per_split = 2 * sim + split_seconds(inst)
+        fit = min(len(counts), max(0, int((cap - warm) / per_split)))
         splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[:fit]
         if len(names) == 1 and not splits:  # always a candidate that may use several devices
             splits = counts[:1]
-        warm += 2 * len(splits) * sim
+        warm += len(splits) * per_split
         avail = max(0.0, total - warm)
         ilp = cfg.ilp_share * avail
         return cls(

@@ -61,6 +61,12 @@ def simulation_seconds(inst: Instance, microbatches: int, cut: int) -> float:
     return 3e-4 + (5e-6 * inst.n + 1.1e-5 * cut) * microbatches
 
 
+def split_seconds(inst: Instance) -> float:
+    """Nominal seconds of computing one device count's balanced and layer splits
+    (:func:`placement.solvers.topo.balanced_split`, :func:`~placement.solvers.topo.layer_split`)."""
+    return 1e-3 + 1.5e-5 * inst.n
+
+
 def instance_seconds(nodes: int) -> float:
     """Nominal seconds of lowering a problem of ``nodes`` nodes to its instance."""
     return 0.01 + 4e-5 * nodes

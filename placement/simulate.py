@@ -90,9 +90,11 @@ node that gives one (its whole footprint, nothing else is counted for it). Then,
   device is a received tensor) and the gradients of its inputs (the bytes of its in-edges from nodes
   that take a gradient);
 * the graph's outputs (``NodeData.is_output``): each microbatch's output (``output_bytes``) from the end
-  of its forward to the end of the step (the step returns it), and the loss, taken to keep a tensor as
-  large as the output (cross-entropy keeps the log-probabilities), until the output's backward starts;
-  the loss's gradient of the output is that backward's temporary;
+  of its forward to the end of the step (the step returns it); the loss, taken to keep a tensor as large
+  as the output (cross-entropy keeps the log-probabilities), from then until the output's backward
+  ends; and the loss's backward, which runs as the output's backward starts, the gradient of that kept
+  tensor over the output's backward (the gradient of the output itself is that backward's temporary).
+  So the output's device holds four output-sized tensors there, as measured for cross-entropy;
 * a received activation from its arrival until every consumer on the device finished its backward; a
   received gradient from its arrival until the producer's backward ends.
 
@@ -1103,12 +1105,13 @@ class _Simulation:
             b_end = b_start + np.tile(np.asarray(self.bwd), m)
             interval(node_dev, f_end, b_end, np.tile(np.asarray(self.act), m))
             interval(node_dev, b_start, b_end, np.tile(np.asarray(self.grad_tmp), m))
-            if self.outputs:  # each microbatch's output to the step's end, the loss's until its backward
+            if self.outputs:  # each microbatch's output to the step's end; the loss (module docstring)
                 out = np.asarray(self.outputs, dtype=np.int64)
                 tasks = (np.arange(m)[:, None] * n + out).reshape(-1)
                 size = np.tile(np.asarray([self.data[v].output_bytes / m for v in self.outputs]), m)
                 interval(node_dev[tasks], f_end[tasks], np.full(len(tasks), np.inf), size)
-                interval(node_dev[tasks], f_end[tasks], b_start[tasks], size)
+                interval(node_dev[tasks], f_end[tasks], b_end[tasks], size)
+                interval(node_dev[tasks], b_start[tasks], b_end[tasks], size)
             interval(g_dst, arrival[: m * G], np.frombuffer(self.g_free), g_bytes)
             # Gradients: held at the producer from arrival until its backward ends.
             g_src_node = np.tile(g_src_node0, m) + np.repeat(np.arange(m) * n, G)

@@ -1,8 +1,8 @@
 """Schedules as data: what every device does in one step, in order, generated from a plan, validated
 before anything runs, and printable. Torch-free.
 
-The schedule is the contract between prediction and execution: the simulator is to time these actions
-and the executors to run them, in the same order.
+The schedule is the contract between prediction and execution: the simulator times these actions
+(:func:`placement.simulate` with ``schedule=``) and the executors run them, in the same order.
 
 Action model (:mod:`placement.schedules.actions`). A :class:`Schedule` maps each device to its list of
 actions; each action names its device:

@@ -1,7 +1,8 @@
 """Baselines every placement is compared with: one device, round-robin, and a human expert's split.
 
 * ``single``: every node on the one device where the whole step is fastest among those it fits on
-  (nodes pinned or restricted elsewhere go to their first allowed device that fits).
+  (nodes pinned or restricted elsewhere go to their first allowed device that fits). Every heuristic
+  returns this placement where its own schedule is no shorter (:func:`no_slower_than_one_device`).
 * ``round-robin``: nodes in topological order dealt to the devices in turn (a colocation group goes
   where its first member goes), skipping a device the node may not use or does not fit on.
 * ``expert``: the human-expert splits published with the dnn-partitioning inputs (Tarnawski et al.,
@@ -41,7 +42,7 @@ def single_device(problem: Problem) -> Plan:
 
 
 def single_schedule(inst: Instance, name: str = "graph") -> Schedule:
-    """The placement of :func:`single_device` (start times are not estimated)."""
+    """The placement of :func:`single_device`, scheduled in topological order."""
     totals = np.where(inst.allowed, inst.work, 0.0).sum(axis=0)
     need = float(inst.need.sum())
     fitting = [d for d in range(inst.num_devices) if need <= inst.capacity[d]]
@@ -58,13 +59,24 @@ def single_schedule(inst: Instance, name: str = "graph") -> Schedule:
     sched = Schedule(inst)
     for v in range(inst.n):
         if sched.ledger.may_use(v, d):
-            sched.place(v, d, 0.0)
+            sched.append(v, d)
         else:
             options = sched.candidates(v)
             if not options:
                 raise sched.ledger.infeasible(v, sched.dev)
-            sched.place(v, options[0], 0.0)
+            sched.append(v, options[0])
     return sched
+
+
+def no_slower_than_one_device(inst: Instance, sched: Schedule) -> Schedule:
+    """``sched``, or :func:`single_schedule` where that schedule is no longer (a heuristic's split that
+    only adds transfers, or hands a slow device work, is not taken); ``sched`` when the graph fits on
+    no single device."""
+    try:
+        one = single_schedule(inst)
+    except InfeasibleError:
+        return sched
+    return one if one.makespan() <= sched.makespan() else sched
 
 
 def round_robin(problem: Problem) -> Plan:
@@ -86,7 +98,7 @@ def _deal(inst: Instance, headroom: float) -> Schedule:
             d = (turn + k) % D
             if d in options:
                 break
-        sched.place(v, d, 0.0)
+        sched.append(v, d)
         turn = d + 1
     check_complete(sched)
     return sched

@@ -45,6 +45,7 @@ class LinkBook:
         self.sent: dict[tuple[int, int], float] = {}  # (producer, device) -> bytes sent there so far
         self._grad = inst.needs_grad.tolist() if inst.has_bwd else [False] * inst.n
         self._nbytes = inst.nbytes.tolist()
+        self._lat, self._inv_bw, self._measured = inst.lat.tolist(), inst.inv_bw.tolist(), inst.measured
 
     def ready(self, v: int, d: int, dev: np.ndarray, finish: np.ndarray) -> float:
         """When all of ``v``'s inputs can be on device ``d`` (its producers placed), booking nothing."""
@@ -74,12 +75,13 @@ class LinkBook:
                 if need <= sent:
                     t = arrived
                 else:
-                    if sent < 0:
-                        there = inst.comm(e, a, d)
-                        back = inst.comm(e, d, a)
-                    else:  # the rest of a larger tensor from the same producer
-                        there = float(inst.lat[a, d] + (need - sent) * inst.inv_bw[a, d])
-                        back = float(inst.lat[d, a] + (need - sent) * inst.inv_bw[d, a])
+                    m = self._measured.get(e) if sent < 0 else None
+                    if m is not None:
+                        there, back = float(m[a, d]), float(m[d, a])
+                    else:  # route latency + bytes / bandwidth; past a first send, only the bytes missing
+                        rest = need if sent < 0 else need - sent
+                        there = self._lat[a][d] + rest * self._inv_bw[a][d]
+                        back = self._lat[d][a] + rest * self._inv_bw[d][a]
                     end = self._hold(inst.resources[a][d], float(finish[u]), there, probe)
                     if self._grad[u]:
                         end = self._hold(inst.resources[d][a], end, back, probe)

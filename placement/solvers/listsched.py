@@ -258,6 +258,12 @@ class Schedule:
             keys.append(start)
         self.placed += 1
 
+    def append(self, v: int, d: int) -> None:
+        """Put ``v`` on ``d`` after everything there, once its inputs can be there (a fixed placement
+        scheduled in the order of the calls)."""
+        ready = self.ready_on(v, d)
+        self.place(v, d, ready if ready > self.free[d] else float(self.free[d]))
+
     def eft(self, v: int, timelines: list[Timeline] | None = None) -> tuple[int, float]:
         """(device, start) giving ``v`` its earliest finish among the devices it fits on; with
         ``timelines``, a start may fall into an idle gap (insertion policy). Raises when none fits."""

@@ -1,19 +1,28 @@
 """m-TOPO: memory-aware topological placement (Baechi, Jeon et al., SoCC 2020).
 
-Nodes are taken in topological order and packed onto one device after another: the current device
-takes nodes until it holds its share of the graph's memory (the total footprint over the number of
-devices, so that every device gets some of the graph) or until the next node no longer fits, and the
-next device continues. Devices are filled fastest first. A node that may not use the current device
-goes to the first later device it may use and fits on (a colocation group follows its first member).
-Baechi uses it as the fast baseline its m-ETF and m-SCT improve on; it ignores time altogether.
+Nodes are taken in topological order and packed onto one device after another, fastest device first
+(:func:`topo_pack`): as in Baechi, a device takes the next node while what it holds plus the node stays
+within ``total / count + largest`` (the graph's footprint shared over the ``count`` devices, plus the
+largest node's, so that every device gets some of the graph) and the node fits; then the next device
+continues. A node that may not use the current device goes to the first later device it may use and
+fits on (a colocation group follows its first member). Baechi packs onto every device; here
+:func:`topo_schedule` packs onto the ``count`` fastest devices for every ``count`` from one to all and
+keeps the packing whose schedule is shortest, so that a slow device (a CPU beside GPUs) or a split that
+only adds transfers is never taken where it makes the step longer. Each packing is timed as it is
+made: a node starts on its device at the first idle gap after its inputs are there, with the link
+bookings of :class:`~placement.solvers.linkbook.LinkBook` (the simulator's model: a transfer per
+producer and receiving device, transfers sharing a link wait). Booked in topological order, that
+time errs long (up to 1.7 times the simulated step on small random graphs); the packing kept is
+timed again by m-ETF's list schedule of its fixed devices, which the plan records. Baechi uses m-TOPO as the fast baseline its m-ETF and
+m-SCT improve on.
 
 :func:`balanced_split` is a variant for ``auto``'s warm start: it packs onto the ``k`` fastest devices
 only, ``total / k`` of the footprint each (a colocation group counted whole where its first member
 lands), and checks capacity by footprint alone, leaving the exact memory check to the simulator
-instead of the memory ledger. m-TOPO's share over every device hands a slow device of large memory (a
-CPU beside the GPUs) its share of the graph, and the ledger's allowance for transfers can push more
-there: on the dnn-partitioning ResNet-50 training graph on ``pcie-4gpu``, m-TOPO's step is 2,727 ms
-and the split onto the four GPUs 393 ms. ``auto`` tries every ``k`` of :func:`split_counts`
+instead of the memory ledger. Packing over every device, as Baechi's m-TOPO does, hands a slow device
+of large memory (a CPU beside the GPUs) its share of the graph, and the ledger's allowance for transfers
+can push more there: on the dnn-partitioning ResNet-50 training graph on ``pcie-4gpu``, such a packing
+gave 2,727 ms and the split onto the four GPUs 393 ms. ``auto`` tries every ``k`` of :func:`split_counts`
 (contiguous, memory-balanced splits: the model-parallel baseline).
 
 :func:`layer_split` is the other kind of split ``auto`` tries: by the index of the repeated layer a
@@ -28,17 +37,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.problem import Problem
+from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import Instance, instance
-from placement.solvers.listsched import Schedule, memory_retries, to_plan
+from placement.solvers.listsched import Schedule, Timeline, memory_retries, to_plan
 
 
 def m_topo(problem: Problem) -> Plan:
-    """Place with m-TOPO; the simulator orders the tasks."""
+    """Place with m-TOPO (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
-    return to_plan(problem, inst, topo_schedule(inst).dev, solver="m-topo")
+    packed = topo_schedule(inst)
+    sched = no_slower_than_one_device(inst, etf_schedule(inst, static_priority(inst), fixed=packed.dev))
+    return to_plan(problem, inst, sched.dev, solver="m-topo", seq=sched.seq, settings=sched.settings())
 
 
 def fastest_first(inst: Instance) -> list[int]:
@@ -48,9 +62,34 @@ def fastest_first(inst: Instance) -> list[int]:
 
 
 def topo_schedule(inst: Instance) -> Schedule:
-    """The m-TOPO placement of ``inst`` (start times are not estimated)."""
-    share = float(inst.need.sum()) / inst.num_devices
-    return memory_retries(lambda h: _pack(inst, fastest_first(inst), share, h))
+    """The m-TOPO placement of ``inst``: the packing onto the ``count`` fastest devices, over every
+    ``count``, whose schedule is shortest (module docstring). Raises the error of packing onto every
+    device when no packing fits."""
+    best: Schedule | None = None
+    error: InfeasibleError | None = None
+    for count in range(inst.num_devices, 0, -1):
+        try:
+            sched = topo_pack(inst, count)
+        except InfeasibleError as exc:
+            error = error or exc
+            continue
+        if best is None or sched.makespan() < best.makespan() * (1 - 1e-9):
+            best = sched
+    if best is None:
+        assert error is not None
+        raise error
+    return best
+
+
+def topo_pack(inst: Instance, count: int) -> Schedule:
+    """Baechi's packing onto the ``count`` fastest devices (module docstring), with growing memory
+    headroom until it fits (:func:`memory_retries`)."""
+    D = inst.num_devices
+    if not 1 <= count <= D:
+        raise PlacementError(f"topo_pack: count must be between 1 and the {D} devices, got {count}")
+    need = inst.need
+    limit = float(need.sum()) / count + float(need.max(initial=0.0))
+    return memory_retries(lambda h: _pack(inst, fastest_first(inst), count, limit, h))
 
 
 def split_counts(inst: Instance) -> list[int]:
@@ -134,24 +173,28 @@ def _first_int(path: str) -> int | None:
     return next((int(part) for part in path.split(".") if part.isdigit()), None)
 
 
-def _pack(inst: Instance, devices: list[int], share: float, headroom: float) -> Schedule:
-    D = inst.num_devices
+def _pack(inst: Instance, devices: list[int], count: int, limit: float, headroom: float) -> Schedule:
+    """Pack onto ``devices[:count]`` (fastest first), each device up to ``limit`` bytes of footprint;
+    a node kept off all of them by its constraints goes to the first other device it may use."""
     sched = Schedule(inst, headroom=headroom)
-    used = np.zeros(D)
+    timelines = [Timeline() for _ in range(inst.num_devices)]
+    led = sched.ledger
+    packed = devices[:count]
+    held = np.zeros(inst.num_devices)
     k = 0
+    dev = sched.dev
     for v in range(inst.n):
-        options = set(sched.candidates(v))
-        if not options:
-            raise sched.ledger.infeasible(v, sched.dev)
-        if used[devices[k]] >= share and k < D - 1:
+        need = float(inst.need[v])
+        # Move on while the current device holds its share, or is full for this node.
+        while k < count - 1 and (
+            held[packed[k]] + need > limit or (led.may_use(v, packed[k]) and not led.fits(v, packed[k], dev))
+        ):
             k += 1
-        cur = devices[k]
-        if cur not in options and sched.ledger.may_use(v, cur):
-            # The current device is full for this node: move on to the next one that takes it.
-            while k < D - 1 and devices[k] not in options:
-                k += 1
-        # A node the constraints keep off the current device goes to the next device it may use.
-        d = next(x for x in devices[k:] + devices[:k] if x in options)
-        sched.place(v, d, 0.0)
-        used[d] += inst.need[v]
+        d = next((x for x in packed[k:] + packed[:k] + devices[count:] if led.may_use(v, x) and led.fits(v, x, dev)), -1)
+        if d < 0:
+            raise led.infeasible(v, dev)
+        start = timelines[d].earliest(sched.ready_on(v, d), float(sched.work[v, d]))
+        sched.place(v, d, start)
+        timelines[d].add(start, float(sched.finish[v]))
+        held[d] += need
     return sched

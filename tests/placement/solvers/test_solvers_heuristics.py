@@ -30,7 +30,7 @@ from placement.solvers.instance import instance
 from placement.solvers.listsched import MemoryLedger, Timeline, upward_rank
 from placement.solvers.sct import favourite_parents
 from placement.solvers.search import Evaluator
-from placement.solvers.topo import balanced_split, layer_index, layer_split, split_counts
+from placement.solvers.topo import balanced_split, layer_index, layer_split, split_counts, topo_pack
 
 
 def test_single_device_is_the_fastest_device() -> None:
@@ -47,11 +47,31 @@ def test_round_robin_deals_nodes_in_turn() -> None:
 
 
 def test_m_topo_packs_devices_in_topological_order() -> None:
+    # Six nodes of 1 GB: each device takes nodes while it holds at most 6 / 3 + 1 = 3 GB.
     g = graph({f"n{i}": (1, 1, 1e9) for i in range(6)}, [(f"n{i}", f"n{i + 1}") for i in range(5)])
+    inst = instance(make_problem(g, star(3, memory=20e9)))
+    sched = topo_pack(inst, 3)
+    assert [inst.devices[d].name for d in sched.dev] == ["d0"] * 3 + ["d1"] * 3
+    assert [inst.devices[d].name for d in topo_pack(inst, 2).dev] == ["d0"] * 4 + ["d1"] * 2  # 6 / 2 + 1
+    # A chain gains nothing from a split: m-TOPO keeps the packing onto one device, the shortest.
     plan = solve(g, star(3, memory=20e9), solver="m-topo")
-    devices = [plan.assignment[f"n{i}"] for i in range(6)]
-    assert devices == sorted(devices)  # contiguous blocks
-    assert len(set(devices)) == 3  # an equal share each
+    assert set(plan.assignment.values()) == {"d0"}
+    assert plan.settings["schedule_ms"] == pytest.approx(plan.predicted_step_ms) == pytest.approx(12.0)
+
+
+def test_m_topo_leaves_out_a_slow_cpu() -> None:
+    # Two heavy branches of 1 GB nodes, on a CPU d0 (four times slower) and two GPUs. Packed onto the
+    # two GPUs (4 GB each), b1 joins the a branch; onto all three (3 GB each), each branch has a GPU
+    # and the CPU gets nothing, the shortest step.
+    g = graph(
+        {"src": (1, 1, 1e9), "a1": (10, 10, 1e9), "a2": (10, 10, 1e9), "b1": (10, 10, 1e9), "b2": (10, 10, 1e9),
+         "sink": (1, 1, 1e9)},
+        [("src", "a1"), ("a1", "a2"), ("src", "b1"), ("b1", "b2"), ("a2", "sink"), ("b2", "sink")],
+    )  # fmt: skip
+    c = star(3, kinds=("cpu",))
+    plan = solve(g, c, solver="m-topo")
+    assert plan.assignment == {"src": "d1", "a1": "d1", "a2": "d1", "b1": "d2", "b2": "d2", "sink": "d2"}
+    assert plan.predicted_step_ms < solve(g, c, solver="single").predicted_step_ms
 
 
 def cpu_beside_gpus(gpu_memory: float) -> Cluster:

@@ -14,7 +14,7 @@ thread), traced at module granularity:
    rounds, medians, peak memory per rank, no optimizer, as the calibration times the eager step),
    recording the cores other processes used, and each rank's CPU time per step;
 4. predict each (:func:`graphc.app.measure_plans.predict`: the simulator on the calibrated cluster, in
-   the order the partitioned program runs). The calibration's one factor is taken again from these
+   the schedule the executors run). The calibration's one factor is taken again from these
    rounds: it scales the profiled table so that one device predicts the one-device plan as measured now
    (the eager step the cached calibration measured may have met another load of the machine; the JSON
    keeps both). So the one-device plan is the anchor, predicted exactly, and every other plan is a test.
@@ -29,9 +29,8 @@ the *work error*. On a loaded machine a rank's wall time swells with waiting for
 much less, so the work error says whether the cost of the work was predicted right even where the step
 times cannot be trusted; a step error beyond the work error is waiting the simulator did not foresee.
 
-The simulator has one pipeline order, GPipe's: 1F1B plans are predicted as GPipe (their memory most
-of all differs). The executors take ``schedule="gpipe"`` or ``"1f1b"``; a case's schedule is the
-``schedule`` field of its :class:`~graphc.app.measure_plans.PlanCase`.
+Every plan runs, and is simulated with, one :class:`placement.schedules.Schedule` (a case's
+``schedule``: ``node-order`` for a latency plan, ``gpipe`` or ``1f1b`` for a pipeline).
 
     python benchmarks/prediction_accuracy.py [--models gpt2,gnmt] [--rounds 3] [--steps 5] [--quick]
 """

@@ -20,8 +20,9 @@ across ranks most (see ``benchmarks/runtime_step.py``). :class:`OtherLoad` recor
 other processes of the machine used, on average, while the plans were measured (``/proc/stat`` minus
 this process and its joined children).
 
-Predicting. :func:`predict` simulates a plan on the calibrated ``local`` cluster in the order its
-partitioned program runs (:attr:`runtime.PartitionedProgram.node_order`), with no optimizer state.
+Predicting. :func:`predict` simulates a plan on the calibrated ``local`` cluster running the same
+:class:`placement.schedules.Schedule` object the executors run (:attr:`PlanCase.actions`), with no
+optimizer state.
 
 Summaries. :func:`error_summary` (median and worst absolute relative error) and :func:`kendall_tau`
 (rank agreement of predicted and measured times; tau-b, which handles ties).
@@ -36,6 +37,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,9 @@ from graphc.ir.errors import ConfigurationError, GraphcError, RuntimeFault
 from graphc.ir.graph import Graph
 from placement import Cluster, CostModel, simulate
 from placement.plan import Plan
+from placement.schedules import SCHEDULES, Schedule, make_schedule
 from runtime import DistributedExecutor, PartitionedProgram, init_from_env
 from runtime.launch import spawn
-
-#: The executor's schedule of a pipelined plan; a plan of one microbatch runs its node order.
-SCHEDULES = ("gpipe", "1f1b")
-
 
 @dataclass
 class PlanCase:
@@ -61,17 +60,25 @@ class PlanCase:
         label: how tables name it (unique within a model).
         plan: the plan, made for the full-batch cost graph.
         program: the traced program partitioned by ``plan`` (traced on one microbatch when pipelined).
-        schedule: the executor's schedule for a pipelined plan (one of :data:`SCHEDULES`).
+        schedule: the name of the schedule the executors run and the simulator times (one of
+            :data:`placement.schedules.SCHEDULES`); None: the plan's default (``gpipe`` for a plan with
+            stages, else ``node-order``).
     """
 
     label: str
     plan: Plan
     program: PartitionedProgram
-    schedule: str = "gpipe"
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ConfigurationError(f"plan {self.label!r}: unknown schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
+
+    @cached_property
+    def actions(self) -> Schedule:
+        """The schedule itself (:func:`placement.schedules.make_schedule`): the one object both the
+        executors run and the simulator times."""
+        return make_schedule(self.plan, self.schedule)
 
     @property
     def ranks(self) -> int:
@@ -164,7 +171,7 @@ def own_cpu_seconds() -> float:
 
 
 def rank_run_plans(
-    cases: list[tuple[str, PartitionedProgram, str]], model: str, config: dict[str, Any], steps: int, warmup: int, memory: bool
+    cases: list[tuple[str, PartitionedProgram, Schedule]], model: str, config: dict[str, Any], steps: int, warmup: int, memory: bool
 ) -> dict[str, dict[str, Any]]:
     """On one rank (started by :func:`runtime.launch.spawn`): each ``(label, program, schedule)`` in turn,
     ``warmup`` then ``steps`` timed steps of the zoo network ``model`` built with ``config``; with
@@ -214,7 +221,7 @@ def measure_plans(
     previous = torch.get_num_threads()
     for round_ in range(rounds):
         for ranks, group in sorted(by_ranks.items()):
-            args = ([(c.label, c.program, c.schedule) for c in group], model, config, steps, warmup, memory and round_ == 0)
+            args = ([(c.label, c.program, c.actions) for c in group], model, config, steps, warmup, memory and round_ == 0)
             outcomes = spawn(rank_run_plans, ranks, args, threads=1, timeout_s=timeout_s)
             failed = [o for o in outcomes if not o.ok]
             if failed:
@@ -230,13 +237,12 @@ def measure_plans(
 
 
 def predict(case: PlanCase, graph: Graph, cluster: Cluster, cost_model: CostModel) -> Predicted:
-    """The simulated step and peak memory of ``case`` (made for ``graph``) on ``cluster`` with
-    ``cost_model`` (a :class:`~graphc.app.calibrate.Calibration`'s, to predict this machine), in the order
-    its program runs, without optimizer state (the plans are measured without an optimizer). The
-    simulator has one pipeline order, GPipe's: a 1F1B case is predicted as GPipe."""
+    """The simulated step, peak memory and compute of ``case`` (made for ``graph``) on ``cluster`` with
+    ``cost_model`` (a :class:`~graphc.app.calibrate.Calibration`'s, to predict this machine), running the
+    case's schedule, without optimizer state (the plans are measured without an optimizer)."""
     plan = case.plan
     result = simulate(
-        graph, cluster, plan.assignment, cost_model, microbatches=plan.microbatches, order=case.program.node_order,
+        graph, cluster, plan.assignment, cost_model, microbatches=plan.microbatches, schedule=case.actions,
         optimizer_state_factor=0.0,
     )  # fmt: skip
     used = case.program.devices

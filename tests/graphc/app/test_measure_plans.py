@@ -105,18 +105,18 @@ def test_plans_are_measured_on_their_ranks_next_to_their_prediction():
         measure_plans([cases[0], cases[0]], "gpt2", TINY)
 
 
-def test_a_plan_is_predicted_in_the_order_its_program_runs_without_optimizer_state():
+def test_a_plan_is_predicted_running_its_schedule_without_optimizer_state():
     zm = zoo.build("gpt2", **TINY)
     program = trace(zm.model, zm.example_inputs, granularity="module", name="gpt2")
     cluster = local_cluster(2, LinkSpeed(latency_s=1e-4, bandwidth=1e9))
     cost_model = CostModel(cluster)
     halves = contiguous_plan(program.graph, ["cpu0", "cpu1"])
     case = PlanCase("halves", halves, partition(program, halves))
+    assert case.actions.name == "node-order"  # a latency plan's default
     found = predict(case, program.graph, cluster, cost_model)
-    expected = simulate(
-        program.graph, cluster, halves.assignment, cost_model, order=case.program.node_order, optimizer_state_factor=0.0
-    )
+    expected = simulate(program.graph, cluster, halves.assignment, cost_model, schedule=case.actions, optimizer_state_factor=0.0)
     assert found.step_ms == expected.step_ms > 0
     assert found.peak_memory_bytes == {d: int(expected.peak_memory_bytes[d]) for d in ("cpu0", "cpu1")}
-    with_adam = simulate(program.graph, cluster, halves.assignment, cost_model, order=case.program.node_order)
+    assert found.busy_ms == {d: expected.busy_ms[d] for d in ("cpu0", "cpu1")}
+    with_adam = simulate(program.graph, cluster, halves.assignment, cost_model, schedule=case.actions)
     assert found.peak_memory_bytes["cpu0"] < with_adam.peak_memory_bytes["cpu0"]  # no optimizer state counted

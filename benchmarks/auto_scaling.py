@@ -94,8 +94,8 @@ def main() -> None:
     cluster = Cluster.preset(args.cluster)
     results = []
     table = Table(title=f"auto, time limit {args.time_limit:g} s, on {cluster.name} ({len(cluster)} devices)")
-    for col in ("nodes", "auto ms", "wall s", "cpu s", "best heuristic", "auto / best", "ran", "wall-clock stops", "load"):
-        table.add_column(col, justify="right" if col not in ("ran", "best heuristic") else "left")
+    for col in ("nodes", "auto ms", "wall s", "cpu s", "best heuristic", "auto / best", "wall-clock stops", "load"):
+        table.add_column(col, justify="left" if col == "best heuristic" else "right", no_wrap=True)
     for size in args.sizes:
         graph = random_layered_dag(size, seed=0)
         heuristics = heuristic_rows(graph, cluster, args.heuristic_cap)
@@ -107,11 +107,12 @@ def main() -> None:
         for h in heuristics:
             measured = f"{h['wall_s']} s wall, {h['cpu_s']} s cpu" if "wall_s" in h else h.get("skipped") or h.get("error")
             console.print(f"  {size} nodes, {h['solver']}: estimate {h['estimate_s']} s; {measured}")
+        console.print(f"  {size} nodes, auto ran {', '.join(auto['warm_start'] or [])}; cp-sat: {auto['cp_sat']}; "
+                      f"lns: {auto['lns']}; found by {auto['found_by']}")  # fmt: skip
         table.add_row(
             str(size), f"{auto['step_ms']:,.1f}", f"{auto['wall_s']:.1f}", f"{auto['cpu_s']:.1f}",
             "—" if best is None else f"{best['solver']} {best['step_ms']:,.1f}",
             "—" if best is None else f"{auto['step_ms'] / best['step_ms']:.3f}",
-            f"{'+'.join(auto['warm_start'] or [])}; cp-sat: {auto['cp_sat']}; lns: {auto['lns']}",
             ", ".join(auto["stopped_by_wall_clock"]) or "none", f"{load:.1f}",
         )  # fmt: skip
     console.print(table)

@@ -137,15 +137,30 @@ def warm_start(
     names: list[str] | None = None,
     *,
     splits: list[int] | None = None,
+    deadline: float | None = None,
+    cut: list[str] | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them) and the
     balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of ``splits``
     (default: every ``k`` of :func:`~placement.solvers.topo.split_counts`; named ``split/k`` and
     ``layers/k``, each distinct placement simulated once); the best candidate and all of them. Raises
-    the first heuristic's infeasibility when none finds a placement."""
+    the first heuristic's infeasibility when none finds a placement.
+
+    ``deadline``: the wall-clock safety net; past it, once a candidate exists, the heuristics and splits
+    not yet started are skipped and their names appended to ``cut``."""
     candidates: list[Candidate] = []
     first_error: Exception | None = None
+
+    def late(name: str) -> bool:
+        if candidates and deadline is not None and time.perf_counter() > deadline:
+            if cut is not None:
+                cut.append(name)
+            return True
+        return False
+
     for name in names or list(WARM_START):
+        if late(name):
+            continue
         try:
             sched = WARM_START[name](inst)
         except InfeasibleError as exc:
@@ -158,6 +173,8 @@ def warm_start(
             candidates.append(cand)
     tried: set[bytes] = set()
     for k in split_counts(inst) if splits is None else splits:
+        if late(f"splits/{k}"):
+            continue
         for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
             if dev is None or dev.tobytes() in tried:
                 continue
@@ -205,10 +222,15 @@ def improve(
     hard = problem.deadline - final_seconds(inst)
     cut_by_clock: list[str] = []
     if incumbent is None:
-        incumbent, cands = warm_start(problem, inst, evaluator, budget.heuristics, splits=budget.splits)
+        skipped: list[str] = []
+        incumbent, cands = warm_start(
+            problem, inst, evaluator, budget.heuristics, splits=budget.splits,
+            deadline=min(hard, time.perf_counter() + WALL_SLACK * budget.warm_seconds + 1.0), cut=skipped,
+        )  # fmt: skip
         record["warm_start"] = {c.source: c.step_ms for c in cands}
-        if time.perf_counter() >= hard:
+        if skipped or time.perf_counter() >= hard:
             cut_by_clock.append("warm start")
+            record["warm_start_skipped"] = skipped
     best = incumbent
     bound_ms = 0.0
     generic = problem.bound(problem.microbatches or 1).step_ms
@@ -349,7 +371,7 @@ class Budget:
 
     Attributes:
         heuristics: the warm-start heuristics to run: one device, then those of :data:`WARM_START` whose
-            estimated cost fits ``warm_share`` of the work, in that order.
+            estimated cost fits ``warm_share`` of the work (taken in that order), run cheapest first.
         splits: the device counts whose balanced and layer splits are simulated too: as many of
             :func:`~placement.solvers.topo.split_counts` as fit what the heuristics left, spread
             evenly from the fewest devices to all. When neither a heuristic nor a split fits, the
@@ -423,6 +445,7 @@ class Budget:
             if name != "single" and warm + cost[name] <= cap:
                 names.append(name)
                 warm += cost[name]
+        names.sort(key=lambda name: (name != "single", cost[name]))  # the cheapest first, should the clock cut
         counts = split_counts(inst)
         per_split = 2 * sim + split_seconds(inst)
         fit = min(len(counts), max(0, int((cap - warm) / per_split)))

@@ -19,9 +19,10 @@ from placement.solvers import cpsat as cpsat_module
 from placement.solvers import lns as lns_module
 from placement.solvers import solve
 from placement.solvers.auto import single_device_pipeline
-from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings
+from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings, warm_start
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import instance
+from placement.solvers.search import Evaluator
 from placement.solvers.topo import split_counts
 from placement.solvers.workload import (
     NOMINAL_SHARE,
@@ -97,13 +98,15 @@ def test_budget_is_planned_from_the_size_not_the_clock() -> None:
     assert tight.heuristics == ["single"] and tight.splits == split_counts(inst)[:1]
     assert tight.ilp_seconds == 0.0 and tight.search_evals == 0
     roomy = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=30.0), inst, cfg)
-    assert roomy.heuristics == list(WARM_START) and roomy.splits == split_counts(inst)
+    assert sorted(roomy.heuristics) == sorted(WARM_START) and roomy.splits == split_counts(inst)
+    assert roomy.heuristics[0] == "single"
+    assert [heuristic_seconds(n, inst) for n in roomy.heuristics[1:]] == sorted(heuristic_seconds(n, inst) for n in roomy.heuristics[1:])
     # Room for one device, m-ETF and a little more, not HEFT after it: m-ETF but not HEFT.
     sim = roomy.sim_seconds
     room = heuristic_seconds("single", inst) + heuristic_seconds("m-etf", inst) + 6 * sim
     limit = (room / cfg.warm_share + instance_seconds(inst.n) + final_seconds(inst)) / NOMINAL_SHARE
     middle = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=limit), inst, cfg)
-    assert middle.heuristics[:2] == ["single", "m-etf"] and "heft" not in middle.heuristics
+    assert middle.heuristics[0] == "single" and "m-etf" in middle.heuristics and "heft" not in middle.heuristics
     assert Budget.of(problem, inst, cfg) == tight
 
 
@@ -185,3 +188,13 @@ def test_burners_are_cleaned_up() -> None:
     with cpu_burners(2):
         assert len(set(multiprocessing.active_children()) - before) == 2
     assert set(multiprocessing.active_children()) - before == set()
+
+
+def test_warm_start_past_its_deadline_keeps_the_first_candidate_and_names_the_rest() -> None:
+    problem = make_problem(random_graph(3, 14), star(3))
+    inst = instance(problem)
+    cut: list[str] = []
+    best, cands = warm_start(problem, inst, Evaluator(problem, inst), ["single", "heft", "m-etf"], splits=[2, 3],
+                             deadline=0.0, cut=cut)  # fmt: skip
+    assert [c.source for c in cands] == ["single"] and best is cands[0]
+    assert cut == ["heft", "m-etf", "splits/2", "splits/3"]

@@ -13,10 +13,12 @@ as the forward nodes of two layers ``b -> a`` would. This is how the NeurIPS 202
 such units (an artificial forward node mirroring the backward one); it is a constraint a pipelined
 training step needs anyway (a stage's backward pass receives gradients only from later stages).
 Backward edges between units that have forward nodes, and edges from forward to backward nodes (saved
-activations, read in the backward pass whichever stage holds them), add nothing. Graphs without
-backward-only units (every inference graph, the layer-level training files) get exactly the forward
-structure. :func:`is_pipeline_contiguous` checks a split against these edges; the DP, the contiguous
-CP-SAT model and exhaustive search all use them, so their optima are of the same problem.
+activations, read in the backward pass whichever stage holds them), add nothing. A backward-only unit
+with no edge to another backward node stays free and still doubles the ideals, as in the authors' DP;
+none of the published operator files has one. Graphs without backward-only units (every inference
+graph, the layer-level training files) get exactly the forward structure. :func:`is_pipeline_contiguous`
+checks a split against these edges; the DP, the contiguous CP-SAT model and exhaustive search all use
+them, so their optima are of the same problem.
 
 **Blocks.** Nodes of one colocation group form a *unit*; units joined by the pipeline edges form the
 unit graph. A cycle of units (two colocated nodes with a path between them through a third) must sit in

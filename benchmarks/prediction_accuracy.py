@@ -24,10 +24,14 @@ Prints a table per network and a summary, and writes ``results/prediction_accura
 measured step times >= 0.8 per network, predicted peak memory within 10% on every device of every plan.
 
 Work. The table also sets each device's CPU time per step (all threads of its process: compute,
-sends and receives) next to the simulator's compute on that device (``busy_ms``): their sums' error is
-the *work error*. On a loaded machine a rank's wall time swells with waiting for a core, its CPU time
-much less, so the work error says whether the cost of the work was predicted right even where the step
-times cannot be trusted; a step error beyond the work error is waiting the simulator did not foresee.
+sends and receives) next to the simulator's compute on that device (``busy_ms``). The *work error*
+compares the plan's total work relative to the one-device plan's, predicted (compute summed over the
+devices) against measured (CPU time summed over the ranks): ``(busy / busy_1) / (cpu / cpu_1) - 1``.
+On a loaded machine a rank's wall time swells with waiting for a core, its CPU time much less, and the
+ratio to the one-device plan measured in the same rounds cancels what remains; so the work error says
+whether the extra work of a plan (microbatches, sends and receives) was predicted right even where the
+step times cannot be trusted. A step error beyond the work error is waiting the simulator did not
+foresee.
 
 Every plan runs, and is simulated with, one :class:`placement.schedules.Schedule` (a case's
 ``schedule``: ``node-order`` for a latency plan, ``gpipe`` or ``1f1b`` for a pipeline).
@@ -157,6 +161,9 @@ def plan_cases(zm: zoo.ZooModel, program: TracedProgram, calibration: Calibratio
 
 
 def rows_of(model: str, cases: list[PlanCase], predicted: dict[str, Predicted], measured: dict[str, Measured]) -> list[Row]:
+    """The rows of ``cases``; the first case is the one-device plan, the anchor of the work errors."""
+    anchor_busy = sum(predicted[cases[0].label].busy_ms.values())
+    anchor_cpu = sum(measured[cases[0].label].median_cpu_ms().values())
     rows = []
     for case in cases:
         pred, meas = predicted[case.label], measured[case.label]
@@ -165,7 +172,7 @@ def rows_of(model: str, cases: list[PlanCase], predicted: dict[str, Predicted], 
             for d in case.program.devices if meas.peak_memory_bytes.get(d)
         }  # fmt: skip
         cpu = meas.median_cpu_ms()
-        work = relative_error(sum(pred.busy_ms.values()), sum(cpu.values()))
+        work = relative_error(sum(pred.busy_ms.values()) / anchor_busy, sum(cpu.values()) / anchor_cpu)
         rows.append(Row(
             model, case.label, case.ranks, case.plan.microbatches, len(case.program.transfers), pred.step_ms,
             meas.median_ms, relative_error(pred.step_ms, meas.median_ms), meas.samples_ms, pred.peak_memory_bytes,

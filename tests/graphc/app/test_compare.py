@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from cpu_burners import cpu_burners
 from PIL import Image
 from rich.console import Console
 
@@ -183,3 +184,19 @@ def test_plan_digest_tells_plans_apart_and_ignores_timings() -> None:
     again.solve_seconds = first.solve_seconds + 1.0
     assert plan_digest(first) == plan_digest(again)
     assert plan_digest(first) != plan_digest(solve(g, "pcie-4gpu", solver="single"))
+
+
+@pytest.mark.slow
+def test_two_runs_of_compare_choose_the_same_plans_one_beside_cpu_burners() -> None:
+    """Every row's plan (by its digest) is the same on a quiet machine and beside two CPU burners, and
+    no row was cut by the wall clock."""
+    run = dict(graphs=["pipedream/vgg16.txt", "pipedream/gnmt.txt"], clusters=["pcie-4gpu"], solvers=["m-etf", "auto"],
+               objectives=("latency", "throughput"), time_limit_s=2.0, quiet=True)  # fmt: skip
+    quiet = compare(**run)
+    with cpu_burners(2):
+        loaded = compare(**run)
+    assert len(quiet) == 6 and not any(r.error for r in quiet)
+    assert [(r.graph, r.objective, r.solver, r.plan_digest) for r in quiet] == [
+        (r.graph, r.objective, r.solver, r.plan_digest) for r in loaded
+    ]
+    assert all(r.plan_digest and not r.wall_clock_stops for r in quiet + loaded)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from cpu_burners import cpu_burners
 from test_solvers_common import branches, graph, random_graph, star
 
 from placement import simulate
@@ -33,30 +32,6 @@ from placement.solvers.workload import (
 )
 
 GB = 1e9
-
-
-def _burn(stop) -> None:  # a busy loop until told to stop
-    while not stop.is_set():
-        sum(i * i for i in range(10_000))
-
-
-@contextmanager
-def cpu_burners(count: int) -> Iterator[None]:
-    """``count`` processes spinning on the CPU for the duration of the block, stopped and joined after."""
-    ctx = multiprocessing.get_context("fork")
-    stop = ctx.Event()
-    procs = [ctx.Process(target=_burn, args=(stop,), daemon=True) for _ in range(count)]
-    for p in procs:
-        p.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-                p.join()
 
 
 def _fingerprint(plan: Plan) -> tuple:

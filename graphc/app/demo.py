@@ -10,8 +10,11 @@
 3. execute the plan with the local executor and check loss and every parameter gradient against eager
    PyTorch;
 4. run the same plan as it would run on two devices: one process per device (gloo, one thread each,
-   started like torchrun), and print the measured step time next to the simulator's prediction and
-   next to eager PyTorch on one thread and on every core (the strongest plain baseline on a CPU).
+   started like torchrun), in interleaved rounds with the single-device plan on one process
+   (:func:`graphc.app.measure_plans.measure_plans`), and print the measured step times next to the
+   simulator's predictions, and next to eager PyTorch on every core (the strongest plain baseline on a
+   CPU); then say plainly whether placing the model on this machine's workers paid: against one worker
+   (what the plan must not lose to, issue 12 item 6) and against eager PyTorch on every core.
 
 :func:`run_demo` prints the four steps and returns a :class:`DemoResult` (losses, the largest gradient
 difference, predicted, measured and eager step times, the plan); its exit code is 1 when the placed run
@@ -29,21 +32,22 @@ import torch
 from rich.console import Console
 
 from graphc.app.calibrate import calibrate, eager_step_ms
+from graphc.app.measure_plans import PlanCase, measure_plans
 from graphc.app.report import graph_totals_table
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.frontend.zoo import zoo_loss
 from placement import Plan
 from placement.solvers import solve
-from runtime import DistributedExecutor, LocalExecutor, init_from_env, partition
-from runtime.launch import spawn
+from runtime import LocalExecutor, partition, single_device_plan
+from runtime.errors import RuntimeFault
 from runtime.link import LinkSpeed
-from runtime.measure import measure
 
 MODEL = "inception_v3"
 CONFIG: dict[str, Any] = {"batch_size": 8, "size": "small", "width": 0.25, "dropout": 0.0}
 TOLERANCE = 1e-3  # float32: the placed run adds gradients in another order than eager
-STEPS = 5
+STEPS = 5  # timed steps per plan and round
+ROUNDS = 2  # interleaved rounds of the plan and the single-device plan
 
 
 @dataclass
@@ -58,12 +62,16 @@ class DemoResult:
         profile_factor: the calibration of the profiled op times (measured eager step / simulated).
         link: the link measured between two ranks.
         predicted_ms: the plan's predicted step.
-        measured_ms: the median measured step over ``steps`` steps, one process per device; None when
-            the placed run did not match eager or a rank failed.
-        steps: how many steps the ranks measured.
-        eager_ms: eager PyTorch's step on one thread.
+        measured_ms: the median measured step over ``steps`` steps in each of ``rounds`` rounds, one
+            process per device; None when the placed run did not match eager or a rank failed.
+        steps: how many steps the ranks measured per round.
+        eager_ms: eager PyTorch's step on one thread (the calibration's).
         eager_all_cores_ms: eager PyTorch's step on every core (``cores``); None when not measured.
         failure: why the demo failed (a rank's error), or empty.
+        single_device_predicted_ms: the single-device plan's predicted step (the calibration's anchor).
+        single_device_ms: the single-device plan measured on one process, in the same rounds as the
+            plan (the plan's own figure when the plan is on one device); None when not measured.
+        rounds: how many interleaved rounds measured the plans.
     """
 
     plan: Plan
@@ -80,6 +88,9 @@ class DemoResult:
     eager_all_cores_ms: float | None
     cores: int
     failure: str = ""
+    single_device_predicted_ms: float | None = None
+    single_device_ms: float | None = None
+    rounds: int = ROUNDS
 
     @property
     def matches_eager(self) -> bool:
@@ -94,17 +105,44 @@ class DemoResult:
             return None
         return self.measured_ms < self.eager_all_cores_ms
 
+    @property
+    def beats_one_device(self) -> bool | None:
+        """Whether the plan was measured no slower than the single-device plan on one worker (issue 12
+        item 6: auto's choice must not lose to one device); None when either was not measured."""
+        if self.measured_ms is None or self.single_device_ms is None:
+            return None
+        return self.measured_ms <= self.single_device_ms
+
     def verdict(self) -> str:
-        """One plain sentence on whether placing the model across this machine's workers paid."""
+        """Plain sentences on whether placing the model across this machine's workers paid: against eager
+        PyTorch on every core, then against the same model on one worker."""
         measured, eager = self.measured_ms, self.eager_all_cores_ms
         if measured is None or eager is None:
             return "not measured: no verdict on whether placement pays here"
         ratio = eager / measured
         if measured < eager:
-            return f"placement pays here: the placed step is {ratio:.2f}x as fast as eager PyTorch on all {self.cores} cores"
+            said = f"placement pays here: the placed step is {ratio:.2f}x as fast as eager PyTorch on all {self.cores} cores"
+        else:
+            said = (
+                f"placement does not pay here: eager PyTorch on all {self.cores} cores is {1 / ratio:.2f}x as fast as "
+                "the placed step"
+            )
+        return f"{said}. {self._against_one_device()}"
+
+    def _against_one_device(self) -> str:
+        """The plan against the single-device plan, measured and predicted, in one sentence."""
+        single, predicted_single = self.single_device_ms, self.single_device_predicted_ms
+        if single is None or self.measured_ms is None:
+            return "The single-device plan was not measured."
+        if len(self.plan.devices_used()) < 2:
+            return "The plan keeps the model on one worker: by the model, a second worker does not pay for this network and batch."
+        speedup = single / self.measured_ms
+        by_model = f" (predicted {predicted_single / self.predicted_ms:.2f}x)" if predicted_single else ""
+        if speedup >= 1:
+            return f"Against one worker, the plan on {len(self.plan.devices_used())} workers is {speedup:.2f}x as fast{by_model}."
         return (
-            f"placement does not pay here: eager PyTorch on all {self.cores} cores is {1 / ratio:.2f}x as fast as "
-            "the placed step"
+            f"Against one worker, the plan on {len(self.plan.devices_used())} workers is slower: {1 / speedup:.2f}x the "
+            f"single-device step{by_model}; here the model was wrong."
         )
 
     @property
@@ -116,17 +154,6 @@ class DemoResult:
 def demo_model() -> zoo.ZooModel:
     """The network of the demo; seeded, so every process builds the same inputs and targets."""
     return zoo.build(MODEL, **CONFIG)
-
-
-def rank_step_ms(program: Any, steps: int) -> float:
-    """On one rank (started by :func:`runtime.launch.spawn`): the median measured training step, in ms."""
-    init_from_env()
-    zm = demo_model()
-    executor = DistributedExecutor(program, loss_fn=zoo_loss(zm), timeout_s=120)
-    try:
-        return measure(executor, zm.example_inputs, zm.targets, steps=steps, warmup=2).step_ms
-    finally:
-        executor.close()
 
 
 def run_demo(console: Console) -> DemoResult:
@@ -179,20 +206,27 @@ def run_demo(console: Console) -> DemoResult:
 
     ranks = len(plan.devices_used())
     console.rule(f"4. predicted vs measured: {ranks} process(es), one per device (gloo, 1 thread each)")
-    with console.status(f"running {STEPS} steps on {ranks} rank(s) ..."):
-        outcomes = spawn(rank_step_ms, ranks, (partitioned, STEPS), threads=1, timeout_s=300)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        console.print(f"[red]rank {failed[0].rank} failed: {failed[0].error}[/red]")
-        found.failure = f"rank {failed[0].rank} failed: {failed[0].error}"
-        return found
-    measured = found.measured_ms = outcomes[0].result
+    single = single_device_plan(program.graph)
+    cases = [PlanCase("plan", plan, partitioned)]
+    if ranks > 1:
+        cases.append(PlanCase("one device", single, partition(program, single)))
+    with console.status(f"running {STEPS} steps of {len(cases)} plan(s) in {ROUNDS} interleaved rounds ..."):
+        try:
+            measured_plans = measure_plans(cases, MODEL, CONFIG, rounds=ROUNDS, steps=STEPS, memory=False)
+        except RuntimeFault as exc:
+            console.print(f"[red]{exc}[/red]")
+            found.failure = str(exc)
+            return found
+    measured = found.measured_ms = measured_plans["plan"].median_ms
+    found.single_device_ms = measured_plans["one device" if ranks > 1 else "plan"].median_ms
+    found.single_device_predicted_ms = single.simulate(calibration.cluster, calibration.cost_model).step_ms
     error = (plan.predicted_step_ms - measured) / measured
     eager_all_ms = found.eager_all_cores_ms = eager_step_ms(copy.deepcopy(reference), zm.example_inputs, loss=zm.loss, threads=cores)
     console.print(
         f"predicted step {plan.predicted_step_ms:.1f} ms, measured {measured:.1f} ms "
-        f"(median of {STEPS} steps; prediction {error:+.0%}); eager PyTorch on one thread {eager_ms:.1f} ms, "
-        f"on all {cores} cores {eager_all_ms:.1f} ms"
+        f"(median of {STEPS} steps x {ROUNDS} rounds; prediction {error:+.0%}); the single-device plan: predicted "
+        f"{found.single_device_predicted_ms:.1f} ms, measured {found.single_device_ms:.1f} ms on one process; eager "
+        f"PyTorch on one thread {eager_ms:.1f} ms (calibration), on all {cores} cores {eager_all_ms:.1f} ms"
     )
     console.print(found.verdict())
     console.print(

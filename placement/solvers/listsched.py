@@ -15,12 +15,16 @@ and finish times. They share:
   forward + backward time and an edge across devices costs its forward transfer plus the gradient sent
   back, so a forward-only list schedule prices the whole step (the backward pass mirrors the forward
   one: Baechi, Jeon et al., SoCC 2020, colocates each backward op with its forward op in the same way).
+  Transfers are booked as the simulator makes them (:class:`~placement.solvers.linkbook.LinkBook`):
+  once per producer and receiving device, waiting for the links that other transfers hold, so that a
+  heuristic's own schedule predicts the simulated step (its makespan is what a plan records as
+  ``settings["schedule_ms"]``; ``benchmarks/list_schedulers.py`` compares the two).
 * :class:`Timeline`: a device's busy intervals, for insertion-based policies (HEFT's).
 * Priorities: upward rank (bottom level with communication), downward rank, static level.
 * :func:`to_plan`: the assignment and per-device order turned into a checked, simulated Plan.
 
-Everything is array-based and linear or ``O(n D log n)``, so a 10,000-node graph schedules in well
-under a second.
+Everything is array-based and near linear (``O(n D log n)`` plus the link bookings of each node's
+inputs), so a 10,000-node graph schedules in seconds.
 """
 
 from __future__ import annotations

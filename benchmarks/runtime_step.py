@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import time
 from collections import defaultdict
@@ -54,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphc import TracedProgram, trace, zoo
+from graphc.app.measure_plans import busy_cpu_seconds, own_cpu_seconds
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.ir.profiled import ProfiledTimes
 from placement import Cluster, CostModel, simulate
@@ -144,21 +143,6 @@ def on_ranks(fn: Any, world_size: int, args: tuple, threads: int = 1) -> list[An
         if not o.ok:
             raise RuntimeError(f"rank {o.rank} of {fn.__name__} failed: {o.error}")
     return [o.result for o in outcomes]
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds every process of this machine has used since boot (Linux ``/proc/stat``), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that ended (the ranks, once joined)."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 # -- the parent ---------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ stages.
 
 On CUDA the kernels of different GPUs overlap because launches are asynchronous; on logical CPU
 devices the run is sequential. Either way the numbers are those of eager PyTorch on one device (up to
-float32 rounding of ops that run in another order). Random ops draw from their torch device's generator
+float32 rounding of ops that run in another order; where data flows back and forth between devices
+within a microbatch, a device back-propagates in parts and sums some gradients in another order than
+eager's one backward). Random ops draw from their torch device's generator
 in the order the devices run them: on logical CPU devices, with one microbatch and the ``node-order``
 schedule of a plan that keeps the traced order, the masks of eager dropout.
 """

@@ -64,6 +64,7 @@ from placement.solvers.topo import (
     topo_schedule,
 )
 from placement.solvers.workload import (
+    HEURISTICS_ONLY_SHARE,
     MAX_MODEL_TERMS,
     NOMINAL_SHARE,
     SECONDS_PER_TERM,
@@ -288,13 +289,7 @@ def _search(
     clock cut (``cut_by_clock``)."""
     start_calls = evaluator.calls
     charged = 0  # simulations' worth of work done besides simulating: LNS steps, coarsenings
-    # LNS coarsens the whole graph around each new incumbent: not when that alone costs a round, nor
-    # when its models would be too large to build (many devices: free nodes times device pairs).
-    skipped: str | None = None
-    if coarsen_seconds(inst) > cfg.lns_round * cfg.lns_step_seconds:
-        skipped = "coarsening the graph costs more than a round of LNS"
-    elif window_terms(inst, cfg.lns_window, cfg.lns_base) > MAX_MODEL_TERMS:
-        skipped = f"its models would be too large (~{window_terms(inst, cfg.lns_window, cfg.lns_base)} terms)"
+    skipped = _lns_obstacle(inst, cfg)
     lns_ok = skipped is None
     step_units = budget.lns_step_units(inst, cfg)  # what one LNS step may cost
     lns_steps = 0
@@ -384,6 +379,10 @@ class Budget:
             (:attr:`search_evals`; an LNS step is charged as simulations: :meth:`lns_units`).
         sim_seconds: the nominal seconds of one simulation.
         microbatches: simulated per step.
+        heuristics_only: neither CP-SAT nor LNS could build a model of this graph (too large for
+            :data:`~placement.solvers.workload.MAX_MODEL_TERMS`): the heuristics may plan
+            :data:`~placement.solvers.workload.HEURISTICS_ONLY_SHARE` of the time limit, the polish
+            gets what the planned work leaves.
     """
 
     heuristics: list[str]
@@ -393,6 +392,7 @@ class Budget:
     search_seconds: float
     sim_seconds: float
     microbatches: int
+    heuristics_only: bool = False
 
     @property
     def search_evals(self) -> int:
@@ -438,7 +438,11 @@ class Budget:
         total = max(0.0, NOMINAL_SHARE * problem.time_limit - instance_seconds(inst.n) - final_seconds(inst))
         # A heuristic costs its own run and two simulations (with its order and the simulator's).
         cost = {name: heuristic_seconds(name, inst) + 2 * sim for name in WARM_START}
-        cap = cfg.warm_share * total
+        heuristics_only = inst.num_devices > 1 and not _models_fit(inst, cfg)
+        if heuristics_only:  # no CP-SAT nor LNS to come: the heuristics are the search
+            cap = max(0.0, HEURISTICS_ONLY_SHARE * problem.time_limit - instance_seconds(inst.n) - final_seconds(inst))
+        else:
+            cap = cfg.warm_share * total
         names = ["single"]
         warm = cost["single"]
         for name in WARM_START:
@@ -454,11 +458,34 @@ class Budget:
             splits = counts[:1]
         warm += len(splits) * per_split
         avail = max(0.0, total - warm)
-        ilp = cfg.ilp_share * avail
+        ilp = 0.0 if heuristics_only else cfg.ilp_share * avail
         return cls(
             heuristics=names, splits=splits, warm_seconds=warm, ilp_seconds=ilp, search_seconds=avail - ilp,
-            sim_seconds=sim, microbatches=mb,
+            sim_seconds=sim, microbatches=mb, heuristics_only=heuristics_only,
         )  # fmt: skip
+
+
+def _lns_obstacle(inst: Instance, cfg: CpSatSettings) -> str | None:
+    """Why LNS cannot run on ``inst``, judged from sizes alone: a coarsening of the whole graph (one per
+    new incumbent) costing more than a round of steps, or models too large to build (free nodes times
+    device pairs); None when it can."""
+    if coarsen_seconds(inst) > cfg.lns_round * cfg.lns_step_seconds:
+        return "coarsening the graph costs more than a round of LNS"
+    terms = window_terms(inst, cfg.lns_window, cfg.lns_base)
+    if terms > MAX_MODEL_TERMS:
+        return f"its models would be too large (~{terms} terms)"
+    return None
+
+
+def _models_fit(inst: Instance, cfg: CpSatSettings) -> bool:
+    """Whether CP-SAT (on the whole graph, or on a coarsening with every coarse node free) or LNS could
+    build a model of at most :data:`~placement.solvers.workload.MAX_MODEL_TERMS`, from sizes alone."""
+    D = inst.num_devices
+    if inst.n * D <= cfg.full_limit:
+        return True
+    if window_terms(inst, max(8, cfg.coarse_limit // D), 0) <= MAX_MODEL_TERMS:
+        return True
+    return _lns_obstacle(inst, cfg) is None
 
 
 def _ilp_stage(

@@ -11,7 +11,7 @@ import pytest
 from cpu_burners import cpu_burners
 from test_solvers_common import branches, graph, random_graph, star
 
-from placement import simulate
+from placement import Cluster, simulate
 from placement.plan import Plan
 from placement.problem import make_problem
 from placement.solvers import cpsat as cpsat_module
@@ -24,6 +24,7 @@ from placement.solvers.instance import instance
 from placement.solvers.search import Evaluator
 from placement.solvers.topo import split_counts
 from placement.solvers.workload import (
+    HEURISTICS_ONLY_SHARE,
     NOMINAL_SHARE,
     final_seconds,
     heuristic_seconds,
@@ -173,3 +174,17 @@ def test_warm_start_past_its_deadline_keeps_the_first_candidate_and_names_the_re
                              deadline=0.0, cut=cut)  # fmt: skip
     assert [c.source for c in cands] == ["single"] and best is cands[0]
     assert cut == ["heft", "m-etf", "splits/2", "splits/3"]
+
+
+def test_graphs_too_large_for_any_model_give_their_budget_to_the_heuristics() -> None:
+    """On 128 devices no CP-SAT or LNS model of a 200-node graph fits MAX_MODEL_TERMS: nothing is planned
+    for CP-SAT, and the heuristics may use HEURISTICS_ONLY_SHARE of the limit, more than the usual share."""
+    wide = make_problem(random_graph(3, 200), Cluster.preset("16x8-v100-ib"), time_limit_s=10.0)
+    inst = instance(wide)
+    cfg = CpSatSettings()
+    budget = Budget.of(wide, inst, cfg)
+    assert budget.heuristics_only and budget.ilp_seconds == 0.0
+    usual = cfg.warm_share * (NOMINAL_SHARE * 10.0 - instance_seconds(inst.n) - final_seconds(inst))
+    assert usual < budget.warm_seconds <= HEURISTICS_ONLY_SHARE * 10.0
+    narrow = make_problem(random_graph(3, 200), star(4), time_limit_s=10.0)
+    assert not Budget.of(narrow, instance(narrow), cfg).heuristics_only

@@ -96,9 +96,15 @@ class _MailboxComm:
         self.play, self.device, self.microbatch, self.record = play, device, microbatch, record
 
     def send(self, value: torch.Tensor, to: str, tag: int, grad: bool) -> None:
+        transfer = self.play.program.transfer(tag)
+        if grad and not value.requires_grad:
+            raise RuntimeFault(
+                f"{self.device}: {transfer.value!r} was expected to require grad (its gradient comes back from {to}) "
+                "but does not; was the model changed after partitioning?"
+            )
         self.play.mailbox[(tag, self.microbatch, False)] = value.detach()
-        if grad and value.requires_grad:
-            self.record.messages.append((True, self.play.program.transfer(tag), value))
+        if grad:
+            self.record.messages.append((True, transfer, value))
 
     def recv(self, src: str, tag: int, shape: tuple[int, ...], dtype: torch.dtype, grad: bool) -> int:
         return tag

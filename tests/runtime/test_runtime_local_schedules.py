@@ -20,6 +20,7 @@ from runtime import (
     LocalExecutor,
     MismatchError,
     PartitionedProgram,
+    RuntimeFault,
     ScheduleError,
     contiguous_plan,
     partition,
@@ -137,3 +138,15 @@ def test_a_bad_schedule_is_refused_before_anything_runs():
     executor = LocalExecutor(parts, loss_fn=zoo_loss(zm), schedule=inference)
     with pytest.raises(MismatchError, match="the gpipe schedule runs forwards only"):
         executor.step(zm.example_inputs, zm.targets)
+
+
+def test_a_sent_value_that_no_longer_requires_grad_is_named():
+    """Freezing a stage's parameters after partitioning: its output, whose gradient the next stage
+    sends back, no longer requires grad."""
+    x, y = torch.randn(8, 8), torch.randn(8, 8)
+    program = graphc.trace(mlp(8, 2), (x,), name="mlp", granularity="op")
+    parts = partition(program, contiguous_plan(program.graph, ["cpu0", "cpu1"]))
+    for p in parts.programs["cpu0"].parameters.values():
+        p.requires_grad_(False)
+    with pytest.raises(RuntimeFault, match=r"cpu0: '\w+' was expected to require grad \(its gradient comes back from cpu1\)"):
+        LocalExecutor(parts, loss_fn=F.mse_loss).step(x, y)

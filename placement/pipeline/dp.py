@@ -76,7 +76,9 @@ from placement.pipeline.instance import (
 )
 
 MAX_TABLE_CELLS = 30_000_000  # ideals x (blocks or nodes that may cross): the per-ideal tables
-MAX_WORK = 5e9  # pairs of ideals x (boundary nodes + states x options), pairs estimated as N^2/2
+# Pairs of ideals (estimated as N^2/2) x (bitset words + boundary nodes + states x options); 1.8e8 of
+# them took 2-4 s (the 1,071-node bert_l-6 training graph), so the limit is about a minute.
+MAX_WORK = 3e9
 
 
 @dataclass
@@ -212,6 +214,8 @@ def _run(
         js = tab.subsets(i)
         if limit != math.inf:
             js = js[tab.least_load(i, js, options) <= limit]
+            if js.size == 0:  # every stage ending at I costs more than the limit: D[I, .] stays inf
+                continue
         pairs += len(js)
         stage = cost(i, js)
         prev_all = value[js]
@@ -378,11 +382,12 @@ def _check_cells(inst: ThroughputInstance, blocks: Blocks, ideals: list[int]) ->
 
 def _check_work(tab: _Tables, options: list[tuple[int, int]]) -> None:
     """Refuse (as too many ideals) a lattice whose pairs would take too long: at most ``N^2 / 2`` pairs,
-    each costing its ideal's boundary (the communication correction) and the states times options."""
+    each costing the subset test (one per word of the bitsets), its ideal's boundary (the communication
+    correction) and the states times options."""
     n_ideals = tab.size
     states = math.prod(c.count + 1 for c in tab.inst.classes)
     boundary = float(((tab.span_in > 0) & (tab.span_in < tab.span_size)).sum()) / n_ideals
-    work = n_ideals * n_ideals / 2 * (boundary + states * len(options))
+    work = n_ideals * n_ideals / 2 * (tab.words.shape[1] + boundary + states * len(options))
     if work > MAX_WORK:
         raise TooManyIdeals(
             n_ideals, n_ideals - 1,

@@ -552,19 +552,18 @@ class _Simulation:
         self.outputs: list[int] = []
         if not self.has_bwd:
             return
-        in_grad = [0.0] * n
-        for u, v, e in zip(self.e_src, self.e_dst, self.e_data):
-            if self.needs_grad[u]:
-                in_grad[v] += e.bytes
-        for v, nd in enumerate(data):
-            if nd.memory_bytes is not None or not self.needs_grad[v]:
-                continue
-            # The output's gradient is made here by local consumers or the loss; one from another
-            # device is a received tensor, counted as such.
-            made_here = nd.is_output or bool(self.local_succ[v])
-            self.grad_tmp[v] = max(nd.output_bytes if made_here else 0.0, in_grad[v]) / m
-            if nd.is_output:
-                self.outputs.append(v)
+        needs_grad = np.asarray(self.needs_grad, dtype=bool)
+        src = np.asarray(self.e_src, dtype=np.int64)
+        e_bytes = np.fromiter(map(attrgetter("bytes"), self.e_data), dtype=float, count=len(src))
+        in_grad = np.bincount(np.asarray(self.e_dst, dtype=np.int64), weights=e_bytes * needs_grad[src], minlength=n)
+        output = np.fromiter(map(attrgetter("output_bytes"), data), dtype=float, count=n)
+        is_output = np.fromiter(map(attrgetter("is_output"), data), dtype=bool, count=n)
+        # The output's gradient is made here by local consumers or the loss; one from another device
+        # is a received tensor, counted as such.
+        made_here = is_output | np.fromiter(map(bool, self.local_succ), dtype=bool, count=n)
+        counted = needs_grad & np.fromiter((nd.memory_bytes is None for nd in data), dtype=bool, count=n)
+        self.grad_tmp = (np.maximum(np.where(made_here, output, 0.0), in_grad) / m * counted).tolist()
+        self.outputs = np.flatnonzero(is_output & counted).tolist()
 
     def _priorities(self, priority: str) -> None:
         """Integer key per node for forward (``fkey``) and backward (``bkey``) tasks of the ready queues."""

@@ -233,8 +233,10 @@ class DistributedExecutor:
         roots: dict[int, list[torch.Tensor]] = {}
         losses: dict[int, torch.Tensor] = {}
         outputs: dict[int, Any] = {}
+        ran: list[str] = []  # the work this rank ran, in order
         with tracker if tracker is not None else contextlib.nullcontext():
             for work in self.work:
+                ran.append(str(work))
                 k = work.microbatch
                 if work.kind == ALLREDUCE:
                     self.monitor.doing("all-reduce of the stage's gradients")
@@ -268,7 +270,7 @@ class DistributedExecutor:
         peaks = tracker.peaks() if tracker is not None else {}
         if self.torch_device.type == "cuda" and measure_memory:
             peaks = {self.device: torch.cuda.max_memory_allocated(self.torch_device)}
-        order = {self.device: [str(w) for w in self.work]}
+        order = {self.device: ran}
         if not self.is_output_rank:
             return StepResult(None, None, step_ms, peaks, order)
         gathered = self._gather_output_stage({k: (losses[k], outputs[k]) for k in losses})

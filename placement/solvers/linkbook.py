@@ -20,6 +20,10 @@ backward time): a transfer is followed, on the reverse route, by its gradient, a
 arrived once both are done. Each direction of a link is then busy exactly as long as the simulator
 keeps it busy, forward and backward passes together.
 
+A device without a copy engine (category ``cpu``, as the simulator has it) moves its tensors itself:
+it is one more resource of every transfer to or from it, and its tasks hold it too (:meth:`LinkBook.run`),
+so its transfers and tasks never overlap.
+
 Bookings only move forward in time (a link is free from the end of its last booking): a transfer
 requested earlier than one booked before it waits behind it, as in Baechi's channels.
 """
@@ -40,12 +44,36 @@ class LinkBook:
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         count = 1 + max((r for row in inst.resources for route in row for r in route), default=-1)
+        # A device without a copy engine (category cpu) is one more resource of its transfers.
+        self.engine = [-1] * inst.num_devices
+        for d, device in enumerate(inst.devices):
+            if device.category == "cpu":
+                self.engine[d], count = count, count + 1
+        self.routes = [
+            [(*route, *(r for r in dict.fromkeys((self.engine[a], self.engine[b])) if r >= 0)) for b, route in enumerate(row)]
+            for a, row in enumerate(inst.resources)
+        ]
         self.free = [0.0] * count
         self.arrival: dict[tuple[int, int], float] = {}  # (producer, device) -> when its output is there
         self.sent: dict[tuple[int, int], float] = {}  # (producer, device) -> bytes sent there so far
         self._grad = inst.needs_grad.tolist() if inst.has_bwd else [False] * inst.n
         self._nbytes = inst.nbytes.tolist()
         self._lat, self._inv_bw, self._measured = inst.lat.tolist(), inst.inv_bw.tolist(), inst.measured
+
+    def engine_free(self, d: int) -> float:
+        """When device ``d``, if it has no copy engine, is next free of transfers (0 otherwise)."""
+        r = self.engine[d]
+        return self.free[r] if r >= 0 else 0.0
+
+    def run(self, d: int, start: float, end: float) -> float:
+        """A task on device ``d`` from ``start`` to ``end``: on a device without a copy engine it waits
+        for the transfers booked there and keeps later ones waiting until it ends. Returns its start."""
+        r = self.engine[d]
+        if r < 0:
+            return start
+        begin = max(start, self.free[r])
+        self.free[r] = begin + (end - start)
+        return begin
 
     def ready(self, v: int, d: int, dev: np.ndarray, finish: np.ndarray) -> float:
         """When all of ``v``'s inputs can be on device ``d`` (its producers placed), booking nothing."""
@@ -82,9 +110,9 @@ class LinkBook:
                         rest = need if sent < 0 else need - sent
                         there = self._lat[a][d] + rest * self._inv_bw[a][d]
                         back = self._lat[d][a] + rest * self._inv_bw[d][a]
-                    end = self._hold(inst.resources[a][d], float(finish[u]), there, probe)
+                    end = self._hold(self.routes[a][d], float(finish[u]), there, probe)
                     if self._grad[u]:
-                        end = self._hold(inst.resources[d][a], end, back, probe)
+                        end = self._hold(self.routes[d][a], end, back, probe)
                     t = max(arrived, end)
                     if probe is None:
                         self.arrival[key], self.sent[key] = t, need

@@ -242,9 +242,11 @@ class Schedule:
     def place(self, v: int, d: int, start: float) -> None:
         """Put ``v`` on ``d`` from ``start`` (not before its inputs can be there) for its work time,
         booking the transfers of its inputs; the device order is by start time."""
-        ready = self.links.book(v, d, self.dev, self.finish)
+        links = self.links
+        ready = links.book(v, d, self.dev, self.finish)
         if ready > start:
             start = ready
+        start = links.run(d, start, start + float(self.work[v, d]))
         self.ledger.commit(v, d, self.dev)
         self.dev[v] = d
         self.start[v] = start
@@ -252,6 +254,9 @@ class Schedule:
         self.finish[v] = end
         if end > self.free[d]:
             self.free[d] = end
+        for x, r in enumerate(links.engine):  # transfers keep a device without a copy engine busy
+            if r >= 0 and links.free[r] > self.free[x]:
+                self.free[x] = links.free[r]
         seq, keys = self.seq[d], self._seq_start[d]
         if keys and keys[-1] > start:  # inserted into a gap
             j = bisect.bisect_right(keys, start)

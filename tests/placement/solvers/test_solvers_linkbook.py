@@ -8,7 +8,7 @@ import pytest
 from test_solvers_common import MB, branches, graph, mesh, random_graph, star
 
 from graphc.ir.graph import Graph
-from placement import Cluster
+from placement import Cluster, simulate
 from placement.constraints import Constraints
 from placement.problem import make_problem
 from placement.solvers import HEURISTICS, SOLVERS, solve
@@ -83,6 +83,21 @@ def test_a_gradient_holds_the_reverse_route_in_training() -> None:
     sched.place(inst.index["a"], 0, 0.0)
     # a takes 1 + 2 ms (training-folded), its tensor 10 ms to d1, the gradient 10 ms back.
     assert sched.ready_on(inst.index["c"], 1) == 23.0
+
+
+def test_a_cpu_moves_its_tensors_itself() -> None:
+    # d0 is a CPU (no copy engine): a's tensor for c waits until z, running there, ends; c then waits
+    # for the transfer. The simulator gives the same step.
+    g = graph({"a": (1, 0), "z": (5, 0), "c": (1, 0)}, [("a", "c", 10 * MB)])
+    cluster = star(2, kinds=("cpu",))
+    sched, index = schedule_of(g, cluster, [("a", "d1", 0.0), ("z", "d0", 0.0)])
+    assert sched.finish[index["z"]] == 20.0  # four times slower on the CPU
+    assert sched.ready_on(index["c"], 0) == 30.0  # the transfer: 20 -> 30, not 1 -> 11
+    sched.place(index["c"], 0, 0.0)
+    assert (sched.start[index["c"]], sched.makespan()) == (30.0, 34.0)
+    order = {"d0": ["z", "c"], "d1": ["a"]}
+    assignment = {"a": "d1", "z": "d0", "c": "d0"}
+    assert simulate(g, cluster, assignment, mode="inference", order=order).step_ms == 34.0
 
 
 @pytest.mark.parametrize("name", HEURISTICS)

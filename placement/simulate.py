@@ -815,7 +815,8 @@ class _Simulation:
         task_start = array("d", [-1.0]) * T
         t_start = array("d", [-1.0]) * (2 * MG if has_bwd else MG)
         t_end = array("d", [-1.0]) * len(t_start)
-        free_at = [0.0] * (1 + max((max(r, default=0) for r in route_res), default=0))
+        # Every link resource, and every copy-engine-less device's own (a device without transfers too).
+        free_at = [0.0] * (1 + max(max((max(r, default=0) for r in route_res), default=0), max(cpu_res or [0])))
         # (time, code): code < T task ends, code < WAKE task code - T ready, else device code - WAKE free
         events: list[tuple[float, int]] = []
         heappush, heappop = heapq.heappush, heapq.heappop

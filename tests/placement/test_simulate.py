@@ -489,3 +489,13 @@ def test_pipedream_single_device_step_is_the_profiles_sum(name: str) -> None:
     assert r.num_transfers == 0
     forward_only = sum(n.measured_ms["V100"] for n in g.nodes() if n.name not in inputs)
     assert simulate(g, c, dict.fromkeys(g.node_names(), "gpu3"), mode="inference").step_ms == pytest.approx(forward_only)
+
+
+def test_a_cpu_device_without_transfers_runs_its_tasks() -> None:
+    """Three CPU devices (no copy engine); the third holds a node that neither sends nor receives: its
+    device's own resource exists although no route uses it, and its task runs (forward and backward)."""
+    devices = [Device(f"c{i}", "X", "cpu", "h", {"float32": 1e12}, 1e11, 1e12) for i in range(3)]
+    cluster = Cluster("cpus", devices, [Link(d.name, "sw", "pcie", 1e9, 0.0) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    g = graph({"a": (1, 1), "b": (1, 1), "c": (3, 3)}, [("a", "b")])
+    result = simulate(g, cluster, {"a": "c0", "b": "c1", "c": "c2"})
+    assert result.step_ms == pytest.approx(6.0)

@@ -40,9 +40,11 @@ Cost: linear in nodes and edges, one cost-model pass per device class, ``D^2`` r
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -162,33 +164,40 @@ def lower(
     moments). Raises :class:`ConfigurationError` for a bad mode or factor and :class:`PlacementError`
     when the graph has a cycle."""
     if mode not in MODES:
-        raise ConfigurationError(
-            f"lower: mode must be one of {', '.join(MODES)}, got {mode!r}"
-        )
+        raise ConfigurationError(f"lower: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if (
         isinstance(optimizer_state_factor, bool)
         or not isinstance(optimizer_state_factor, (int, float))
         or not optimizer_state_factor >= 0
     ):
-        raise ConfigurationError(
-            f"lower: optimizer_state_factor must be a number >= 0, got {optimizer_state_factor!r}"
-        )
+        raise ConfigurationError(f"lower: optimizer_state_factor must be a number >= 0, got {optimizer_state_factor!r}")
+    with gc_paused():
+        return _lower(graph, cluster, cost_model, mode, float(optimizer_state_factor))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a build that allocates many small containers and no
+    cycles: the collector would rescan the graph's objects again and again for nothing (it halves the
+    time to lower 100,000 nodes)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, optimizer_state_factor: float) -> Lowered:
     training = mode == "training"
     nxg = graph.to_networkx()
     explicit = any(d.is_backward for _, d in nxg.nodes(data="data"))
     has_bwd = training and not explicit
     keep_all = training or not explicit
-    kept = [
-        (name, d) for name, d in nxg.nodes(data="data") if keep_all or not d.is_backward
-    ]
-    dropped = (
-        []
-        if keep_all
-        else [name for name, d in nxg.nodes(data="data") if d.is_backward]
-    )
-    names, data, src, dst, edge_data = _ordered(
-        graph, [name for name, _ in kept], [d for _, d in kept], bool(dropped)
-    )
+    kept = [(name, d) for name, d in nxg.nodes(data="data") if keep_all or not d.is_backward]
+    dropped = [] if keep_all else [name for name, d in nxg.nodes(data="data") if d.is_backward]
+    names, data, src, dst, edge_data = _ordered(graph, [name for name, _ in kept], [d for _, d in kept], bool(dropped))
     n, E = len(names), len(src)
     index = {name: i for i, name in enumerate(names)}
     inputs = graph_inputs(graph)
@@ -196,26 +205,23 @@ def lower(
 
     devices = list(cluster.devices)
     device_class, classes = _device_classes(devices)
-    class_fwd, class_bwd, kinds_ok = _class_times(
-        cost_model, data, [devices[c[0]] for c in classes], has_bwd, is_input
-    )
+    class_fwd, class_bwd, kinds_ok = _class_times(cost_model, data, [devices[c[0]] for c in classes], has_bwd, is_input)
 
     src_np = np.asarray(src, dtype=np.int64)
     dst_np = np.asarray(dst, dtype=np.int64)
-    nbytes = np.fromiter(
-        map(operator.attrgetter("bytes"), edge_data), dtype=float, count=E
-    )
+    nbytes = np.fromiter(map(operator.attrgetter("bytes"), edge_data), dtype=float, count=E)
     preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     for e, (u, v) in enumerate(zip(src, dst)):
         preds[v].append((u, e))
         succs[u].append((v, e))
+    # send_bytes of each producer's out-edges: their largest, unless some edge names an output index.
     out_bytes = np.zeros(n)
-    for u, outs in enumerate(succs):
-        if outs:
-            out_bytes[u] = send_bytes([edge_data[e] for _, e in outs])
+    np.maximum.at(out_bytes, src_np, nbytes)
+    for u in {src[e] for e, ed in enumerate(edge_data) if ed.output_index is not None}:
+        out_bytes[u] = send_bytes([edge_data[e] for _, e in succs[u]])
 
-    static, held = _memory(data, training, has_bwd, float(optimizer_state_factor))
+    static, held = _memory(data, training, has_bwd, optimizer_state_factor)
     latency_s, bandwidth, resources = _routes(cluster, devices)
     lat = 1e3 * latency_s
     inv_bw = 1e3 / bandwidth  # 0 on the diagonal, where the bandwidth is inf
@@ -225,7 +231,7 @@ def lower(
         cluster=cluster,
         cost_model=cost_model,
         mode=mode,
-        optimizer_state_factor=float(optimizer_state_factor),
+        optimizer_state_factor=optimizer_state_factor,
         explicit_backward=explicit,
         has_bwd=has_bwd,
         names=names,
@@ -247,9 +253,7 @@ def lower(
         succs=succs,
         static=_frozen(static),
         held=_frozen(held),
-        param_bytes=_frozen(
-            np.fromiter((d.param_bytes for d in data), dtype=float, count=n)
-        ),
+        param_bytes=_frozen(np.fromiter((d.param_bytes for d in data), dtype=float, count=n)),
         send_bytes=_frozen(out_bytes),
         latency_s=_frozen(latency_s),
         bandwidth=_frozen(bandwidth),
@@ -271,12 +275,9 @@ def _ordered(graph: Graph, names: list[str], data: list[NodeData], some_left_out
     edges = list(graph.to_networkx().edges(data="data"))
     if some_left_out:
         edges = [e for e in edges if e[0] in pos and e[1] in pos]
-    if edges:
-        us, vs, edge_data = (list(x) for x in zip(*edges))
-        src = list(map(pos.__getitem__, us))
-        dst = list(map(pos.__getitem__, vs))
-    else:
-        src, dst, edge_data = [], [], []
+    src = [pos[e[0]] for e in edges]  # comprehensions: zip(*edges) is ten times slower on 100k edges
+    dst = [pos[e[1]] for e in edges]
+    edge_data = [e[2] for e in edges]
     if any(map(operator.ge, src, dst)):  # insertion order is not topological
         topo = topological_indices(len(names), src, dst)
         if topo is None:
@@ -331,9 +332,7 @@ def _class_times(
     return fwd, bwd, kinds_ok
 
 
-def _memory(
-    data: list[NodeData], training: bool, has_bwd: bool, factor: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _memory(data: list[NodeData], training: bool, has_bwd: bool, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """``static`` and ``held`` bytes of every node (module docstring)."""
     mult = (2.0 + factor) if training else 1.0
     n = len(data)
@@ -348,9 +347,7 @@ def _memory(
     return static, held
 
 
-def _routes(
-    cluster: Cluster, devices: list[Device]
-) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:
+def _routes(cluster: Cluster, devices: list[Device]) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:
     """Latency (s), bottleneck bandwidth (bytes/s) and link resources of every route."""
     D = len(devices)
     latency = np.zeros((D, D))
@@ -366,9 +363,7 @@ def _routes(
     return latency, bandwidth, resources
 
 
-def topological_indices(
-    n: int, src: Sequence[int], dst: Sequence[int]
-) -> list[int] | None:
+def topological_indices(n: int, src: Sequence[int], dst: Sequence[int]) -> list[int] | None:
     """Nodes ``0 .. n-1`` (edges ``src[e] -> dst[e]``) in the simulator's order: among the ready nodes,
     the smallest index first (Kahn's algorithm with a heap). None when the edges make a cycle."""
     succ: list[list[int]] = [[] for _ in range(n)]
@@ -402,4 +397,4 @@ def send_bytes(edges: Sequence[EdgeData]) -> float:
     return max(whole, sum(per_index.values()))
 
 
-__all__ = ["MODES", "Lowered", "lower", "send_bytes", "topological_indices"]
+__all__ = ["MODES", "Lowered", "gc_paused", "lower", "send_bytes", "topological_indices"]

@@ -43,7 +43,7 @@ from placement.bounds.series import series_bound, timed_graph
 from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError
-from placement.lowering import Lowered, lower
+from placement.lowering import Lowered, gc_paused, lower
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,11 @@ def lowered_bound(lowered: Lowered, microbatches: int = 1) -> Bound:
     """:func:`lower_bound` of a problem already lowered (:mod:`placement.lowering`)."""
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
         raise ConfigurationError(f"lower_bound: microbatches must be an integer >= 1, got {microbatches!r}")
-    lw, m = lowered, microbatches
+    with gc_paused():
+        return _bound(lowered, microbatches)
+
+
+def _bound(lw: Lowered, m: int) -> Bound:
     n = lw.n
     # Per class, per node: forward and backward of one microbatch (inf where the node may not run).
     fwd_class = np.where(lw.kinds_ok, lw.class_fwd / m, np.inf)

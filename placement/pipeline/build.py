@@ -38,7 +38,10 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from placement.lowering import Lowered
+import numpy as np
+
+from placement.constraints import Resolved
+from placement.lowering import Lowered, gc_paused
 from placement.pipeline.instance import DeviceClass, Partition, ThroughputInstance
 from placement.plan import Stage
 from placement.problem import Problem
@@ -53,13 +56,16 @@ def device_classes(problem: Problem, replication: bool) -> list[DeviceClass]:
     """The classes of interchangeable devices (module docstring), in cluster order."""
     lw, resolved = problem.lowered(), problem.resolved
     paper = is_paper_model(problem)
-    allows: list[set[str]] = [set() for _ in lw.devices]
+    D = lw.num_devices
+    forbids: list[set[str]] = [set() for _ in lw.devices]  # the groups kept off each device
     for rep in resolved.groups:
-        for d in resolved.allowed[rep]:
-            allows[d].add(rep)
+        allowed = resolved.allowed[rep]
+        if len(allowed) < D:
+            for d in set(range(D)).difference(allowed):
+                forbids[d].add(rep)
     keyed: dict[tuple, list[int]] = {}
-    for d in range(lw.num_devices):
-        key = (int(lw.device_class[d]), resolved.capacity[d], frozenset(allows[d]))
+    for d in range(D):
+        key = (int(lw.device_class[d]), resolved.capacity[d], frozenset(forbids[d]))
         keyed.setdefault(key, []).append(d)
     names_used: dict[str, int] = {}
     classes = []
@@ -108,30 +114,34 @@ def instance_from_problem(problem: Problem, *, replication: bool | None = None) 
     paper = is_paper_model(problem)
     replicate = (not paper) if replication is None else replication
     classes = device_classes(problem, replicate)
+    with gc_paused():
+        return _instance(lw, resolved, classes, replicate)
+
+
+def _instance(lw: Lowered, resolved: Resolved, classes: list[DeviceClass], replicate: bool) -> ThroughputInstance:
     # The lowering's nodes (topological order), then the nodes that do not run (backward in inference).
     names = [*lw.names, *lw.dropped]
-    index = {name: i for i, name in enumerate(names)}
-    n, kept = len(names), lw.n
+    index = dict(lw.index)
+    index.update((name, lw.n + i) for i, name in enumerate(lw.dropped))
+    n, D = len(names), lw.num_devices
 
-    work = (lw.class_fwd + lw.class_bwd).tolist()  # per node, per speed class; inputs 0
-    load = [[0.0] * len(classes) for _ in names]
-    for t, cls in enumerate(classes):
-        rep = lw.cluster.device_index(cls.devices[0])
-        c = int(lw.device_class[rep])
-        for v in range(n):
-            if rep not in resolved.allowed[names[v]]:
-                load[v][t] = math.inf
-            elif v < kept:
-                load[v][t] = work[v][c]
+    reps = [lw.cluster.device_index(c.devices[0]) for c in classes]
+    work = (lw.class_fwd + lw.class_bwd)[:, lw.device_class[reps]]  # (kept, classes); inputs 0
+    load = np.vstack([work, np.zeros((len(lw.dropped), len(classes)))])
+    for v, name in enumerate(names):
+        allowed = resolved.allowed[name]
+        if len(allowed) < D:
+            load[v, [rep not in allowed for rep in reps]] = math.inf
 
     memory = (lw.static + lw.held).tolist() + [0.0] * len(lw.dropped)
 
     latency, bandwidth = _representative_route(lw)
+    any_measured = any(ed.transfer_ms for ed in lw.edge_data)
     comm = [0.0] * n
     for u, outs in enumerate(lw.succs):
         if not outs:
             continue
-        measured = [ms for _, e in outs for ms in lw.edge_data[e].transfer_ms.values()]
+        measured = [ms for _, e in outs for ms in lw.edge_data[e].transfer_ms.values()] if any_measured else None
         if measured:
             c = max(measured)
         elif bandwidth == math.inf:
@@ -143,7 +153,7 @@ def instance_from_problem(problem: Problem, *, replication: bool | None = None) 
     colocate = [[index[m] for m in members] for members in resolved.groups.values() if len(members) > 1]
     return ThroughputInstance(
         names=names,
-        load=load,
+        load=load.tolist(),
         memory=memory,
         edges=list(zip(lw.src.tolist(), lw.dst.tolist())),
         comm=comm,

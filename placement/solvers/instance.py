@@ -32,7 +32,7 @@ import numpy as np
 
 from graphc.ir.graph import EdgeData
 from placement.cluster import Device
-from placement.lowering import Lowered
+from placement.lowering import Lowered, gc_paused
 from placement.problem import Problem
 
 GiB = 2**30
@@ -190,6 +190,11 @@ def instance(problem: Problem) -> Instance:
 def build(problem: Problem) -> Instance:
     """Build the arrays of ``problem`` (see :class:`Instance`) from its lowering and its constraints."""
     lw = problem.lowered()
+    with gc_paused():
+        return _build(problem, lw)
+
+
+def _build(problem: Problem, lw: Lowered) -> Instance:
     resolved = problem.resolved
     names, index, devices = lw.names, lw.index, lw.devices
     n, D = lw.n, lw.num_devices
@@ -206,8 +211,11 @@ def build(problem: Problem) -> Instance:
 
     # -- constraints ---------------------------------------------------------------------------
     allowed = np.zeros((n, D), dtype=bool)
+    rows_of: dict[tuple[int, ...], list[int]] = {}  # nodes by their allowed devices, set in one go each
     for i, name in enumerate(names):
-        allowed[i, resolved.allowed[name]] = True
+        rows_of.setdefault(tuple(resolved.allowed[name]), []).append(i)
+    for devs, rows in rows_of.items():
+        allowed[np.ix_(rows, devs)] = True
     rep_id: dict[str, int] = {}
     group = np.zeros(n, dtype=np.int64)
     members: list[list[int]] = []

@@ -28,10 +28,7 @@ def cluster(kinds: list[str]) -> Cluster:
         )
         for i, k in enumerate(kinds)
     ]
-    links = [
-        Link(d.name, "sw", "pcie", 1e9 * (i + 1), latency_s=1e-5 * (i + 1))
-        for i, d in enumerate(devices)
-    ]
+    links = [Link(d.name, "sw", "pcie", 1e9 * (i + 1), latency_s=1e-5 * (i + 1)) for i, d in enumerate(devices)]
     return Cluster("c", devices, links, [Switch("sw", "pcie_switch", "h")])
 
 
@@ -70,9 +67,7 @@ def unordered() -> Graph:
     return g
 
 
-def lowered(
-    graph: Graph, kinds: list[str], mode: str = "training", factor: float = 2.0
-) -> Lowered:
+def lowered(graph: Graph, kinds: list[str], mode: str = "training", factor: float = 2.0) -> Lowered:
     c = cluster(kinds)
     return lower(graph, c, CostModel(c), mode, factor)
 
@@ -121,9 +116,7 @@ def test_send_bytes_per_producer() -> None:
     g.add_edge("q", "s", EdgeData(bytes=7))
     lw = lowered(g, ["X"])
     assert lw.send_bytes.tolist() == [35, 7, 0, 0]  # largest per output index, summed
-    assert (
-        send_bytes([EdgeData(bytes=50), EdgeData(bytes=20, output_index=0)]) == 50
-    )  # a whole output covers it
+    assert send_bytes([EdgeData(bytes=50), EdgeData(bytes=20, output_index=0)]) == 50  # a whole output covers it
 
 
 def test_explicit_backward_nodes() -> None:
@@ -138,10 +131,7 @@ def test_explicit_backward_nodes() -> None:
     training = lowered(g, ["X"])
     assert training.names == ["f0", "f1", "b1", "b0"] and training.dropped == []
     assert not training.has_bwd and training.explicit_backward
-    assert (
-        training.class_fwd[:, 0].tolist() == [1, 2, 5, 6]
-        and not training.class_bwd.any()
-    )
+    assert training.class_fwd[:, 0].tolist() == [1, 2, 5, 6] and not training.class_bwd.any()
     assert training.held.tolist() == [4, 8, 0, 0]  # outputs: no backward is derived
     inference = lowered(g, ["X"], mode="inference")
     assert inference.names == ["f0", "f1"] and inference.dropped == ["b1", "b0"]
@@ -164,10 +154,7 @@ def test_device_classes_and_routes() -> None:
                 assert (lw.lat[a, b], lw.inv_bw[a, b], lw.resources[a][b]) == (0, 0, ())
             else:
                 r = c.route(f"d{a}", f"d{b}")
-                assert (
-                    lw.lat[a, b] == 1e3 * r.latency_s
-                    and lw.inv_bw[a, b] == 1e3 / r.bandwidth
-                )
+                assert lw.lat[a, b] == 1e3 * r.latency_s and lw.inv_bw[a, b] == 1e3 / r.bandwidth
                 assert lw.resources[a][b] == r.resources
     with pytest.raises(ValueError, match="read-only"):
         lw.static[0] = 1.0
@@ -206,9 +193,7 @@ def test_one_problem_is_lowered_once_for_every_consumer(
 
     monkeypatch.setattr(Lowered, "__init__", counting_init)
     monkeypatch.setattr(CostModel, "node_times", counting_node_times)
-    problem = make_problem(
-        unordered(), cluster(["X", "Y", "X"]), objective="throughput"
-    )
+    problem = make_problem(unordered(), cluster(["X", "Y", "X"]), objective="throughput")
     inst = instance(problem)
     pipe = instance_from_problem(problem)
     bound = problem.bound()
@@ -223,9 +208,7 @@ def test_one_problem_is_lowered_once_for_every_consumer(
     assert inst.static is lw.static and inst.fwd is lw.fwd and inst.names == lw.names
     assert inst.extra == [] and inst.has_bwd
     assert pipe.names == lw.names and pipe.memory == (lw.static + lw.held).tolist()
-    assert (
-        pipe.load == (lw.class_fwd + lw.class_bwd).tolist()
-    )  # the pipeline classes are the speed classes here
+    assert pipe.load == (lw.class_fwd + lw.class_bwd).tolist()  # the pipeline classes are the speed classes here
     assert pipe.edges == list(zip(lw.src.tolist(), lw.dst.tolist()))
     # The critical path on kind X: forward x, b, c (2 + 3), then backward c, b (30 + 20).
     assert bound.critical_path_ms == 55

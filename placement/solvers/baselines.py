@@ -2,7 +2,7 @@
 
 * ``single``: every node on the one device where the whole step is fastest among those it fits on
   (nodes pinned or restricted elsewhere go to their first allowed device that fits). Every heuristic
-  returns this placement where its own schedule is no shorter (:func:`no_slower_than_one_device`).
+  returns this placement where its own schedule is no shorter (:func:`heuristic_plan`).
 * ``round-robin``: nodes in topological order dealt to the devices in turn (a colocation group goes
   where its first member goes), skipping a device the node may not use or does not fit on.
 * ``expert``: the human-expert splits published with the dnn-partitioning inputs (Tarnawski et al.,
@@ -28,6 +28,7 @@ from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance, instance
 from placement.solvers.listsched import Schedule, check_complete, memory_retries, to_plan
+from placement.solvers.steptime import step_ms
 
 
 def single_device(problem: Problem) -> Plan:
@@ -68,15 +69,21 @@ def single_schedule(inst: Instance, name: str = "graph") -> Schedule:
     return sched
 
 
-def no_slower_than_one_device(inst: Instance, sched: Schedule) -> Schedule:
-    """``sched``, or :func:`single_schedule` where that schedule is no longer (a heuristic's split that
-    only adds transfers, or hands a slow device work, is not taken); ``sched`` when the graph fits on
-    no single device."""
+def heuristic_plan(problem: Problem, inst: Instance, sched: Schedule, solver: str) -> Plan:
+    """The plan of a heuristic's list schedule ``sched``, or of :func:`single_schedule` where that
+    one's step is no longer (a split that only adds transfers, or hands a slow device work, is not
+    taken; the schedule is kept when the graph fits on no single device). Steps are
+    :func:`~placement.solvers.steptime.step_ms`; the plan records its own as ``settings["schedule_ms"]``
+    and keeps the schedule's order per device (:func:`to_plan`)."""
+    step = step_ms(sched)
     try:
         one = single_schedule(inst)
     except InfeasibleError:
-        return sched
-    return one if one.makespan() <= sched.makespan() else sched
+        one = None
+    one_step = step_ms(one) if one is not None else np.inf
+    if one is not None and one_step <= step:
+        sched, step = one, one_step
+    return to_plan(problem, inst, sched.dev, solver=solver, seq=sched.seq, settings={"schedule_ms": round(step, 6)})
 
 
 def round_robin(problem: Problem) -> Plan:

@@ -20,7 +20,7 @@ import numpy as np
 
 from placement.plan import Plan
 from placement.problem import Problem
-from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.baselines import heuristic_plan
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import (
     Schedule,
@@ -28,7 +28,6 @@ from placement.solvers.listsched import (
     downward_rank,
     mean_work,
     memory_retries,
-    to_plan,
     upward_rank,
 )
 
@@ -89,5 +88,4 @@ def _cpop(inst: Instance, priority: np.ndarray, on_path: np.ndarray, cp_dev: int
 def cpop(problem: Problem) -> Plan:
     """Place with CPOP (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
-    sched = no_slower_than_one_device(inst, cpop_schedule(inst))
-    return to_plan(problem, inst, sched.dev, solver="critical-path", seq=sched.seq, settings=sched.settings())
+    return heuristic_plan(problem, inst, cpop_schedule(inst), "critical-path")

@@ -17,7 +17,8 @@ the device of the rest), and a pinned node only sees its devices. A task's input
 simulator sends them (:class:`~placement.solvers.linkbook.LinkBook`): once per producer and device,
 waiting for the links other transfers hold. Without that rule, on the zoo GNMT on four PCIe GPUs,
 m-ETF cut 8.3 GB of edges and its schedule said 235 ms for a step the simulator ran in 369 ms; with it,
-1.5 GB, 283 ms scheduled and 293 ms simulated (Baechi's m-ETF: 1.6 GB, 286 ms).
+1.5 GB, 283 ms scheduled (296 ms timed pass by pass, :mod:`placement.solvers.steptime`) and 293 ms
+simulated (Baechi's m-ETF: 1.6 GB, 286 ms).
 
 Implementation: each device keeps the ready tasks in two heaps, those whose inputs could already be
 there when the device is free (keyed by priority) and those that arrive later (keyed by arrival), so a
@@ -34,9 +35,9 @@ import numpy as np
 
 from placement.plan import Plan
 from placement.problem import Problem
-from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.baselines import heuristic_plan
 from placement.solvers.instance import Instance, instance
-from placement.solvers.listsched import Schedule, mean_work, memory_retries, to_plan, upward_rank
+from placement.solvers.listsched import Schedule, mean_work, memory_retries, upward_rank
 
 
 def etf_schedule(
@@ -155,5 +156,4 @@ def m_etf(problem: Problem) -> Plan:
     """Place with m-ETF (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
     priority = static_priority(inst)
-    sched = no_slower_than_one_device(inst, memory_retries(lambda h: etf_schedule(inst, priority, headroom=h)))
-    return to_plan(problem, inst, sched.dev, solver="m-etf", seq=sched.seq, settings=sched.settings())
+    return heuristic_plan(problem, inst, memory_retries(lambda h: etf_schedule(inst, priority, headroom=h)), "m-etf")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from placement.plan import Plan
 from placement.problem import Problem
-from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.baselines import heuristic_plan
 from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import (
     Schedule,
@@ -24,7 +24,6 @@ from placement.solvers.listsched import (
     mean_work,
     memory_retries,
     order_by,
-    to_plan,
     upward_rank,
 )
 
@@ -49,5 +48,4 @@ def _heft(inst: Instance, order: list[int], headroom: float) -> Schedule:
 def heft(problem: Problem) -> Plan:
     """Place with HEFT (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
-    sched = no_slower_than_one_device(inst, heft_schedule(inst))
-    return to_plan(problem, inst, sched.dev, solver="heft", seq=sched.seq, settings=sched.settings())
+    return heuristic_plan(problem, inst, heft_schedule(inst), "heft")

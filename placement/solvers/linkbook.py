@@ -41,7 +41,9 @@ class LinkBook:
     """When each link resource is next free and each producer's output reaches each device (module
     docstring)."""
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Instance, gradients: bool = True) -> None:
+        """``gradients``: in training, book each transfer's gradient after it (the folded model); False
+        books forward transfers only."""
         self.inst = inst
         count = 1 + max((r for row in inst.resources for route in row for r in route), default=-1)
         # A device without a copy engine (category cpu) is one more resource of its transfers.
@@ -56,7 +58,7 @@ class LinkBook:
         self.free = [0.0] * count
         self.arrival: dict[tuple[int, int], float] = {}  # (producer, device) -> when its output is there
         self.sent: dict[tuple[int, int], float] = {}  # (producer, device) -> bytes sent there so far
-        self._grad = inst.needs_grad.tolist() if inst.has_bwd else [False] * inst.n
+        self._grad = inst.needs_grad.tolist() if inst.has_bwd and gradients else [False] * inst.n
         self._nbytes = inst.nbytes.tolist()
         self._lat, self._inv_bw, self._measured = inst.lat.tolist(), inst.inv_bw.tolist(), inst.measured
 
@@ -74,6 +76,11 @@ class LinkBook:
         begin = max(start, self.free[r])
         self.free[r] = begin + (end - start)
         return begin
+
+    def send(self, a: int, b: int, ready: float, duration: float) -> float:
+        """Book one transfer from device ``a`` to ``b`` of ``duration`` ms, requested at ``ready``;
+        return its end."""
+        return self._hold(self.routes[a][b], ready, duration, None)
 
     def ready(self, v: int, d: int, dev: np.ndarray, finish: np.ndarray) -> float:
         """When all of ``v``'s inputs can be on device ``d`` (its producers placed), booking nothing."""

@@ -17,8 +17,9 @@ and finish times. They share:
   one: Baechi, Jeon et al., SoCC 2020, colocates each backward op with its forward op in the same way).
   Transfers are booked as the simulator makes them (:class:`~placement.solvers.linkbook.LinkBook`):
   once per producer and receiving device, waiting for the links that other transfers hold, so that a
-  heuristic's own schedule predicts the simulated step (its makespan is what a plan records as
-  ``settings["schedule_ms"]``; ``benchmarks/list_schedulers.py`` compares the two).
+  heuristic's own schedule predicts the simulated step (timed pass by pass by
+  :func:`~placement.solvers.steptime.step_ms`, it is what a plan records as ``settings["schedule_ms"]``;
+  ``benchmarks/list_schedulers.py`` compares the two).
 * :class:`Timeline`: a device's busy intervals, for insertion-based policies (HEFT's).
 * Priorities: upward rank (bottom level with communication), downward rank, static level.
 * :func:`to_plan`: the assignment and per-device order turned into a checked, simulated Plan.
@@ -207,10 +208,13 @@ class Timeline:
 class Schedule:
     """A partial list schedule of an instance (module docstring).
 
-    ``work`` is the (n, D) node time used (forward + backward by default).
+    ``work`` is the (n, D) node time used (forward + backward by default); ``gradients`` books each
+    transfer's gradient with it (:class:`~placement.solvers.linkbook.LinkBook`).
     """
 
-    def __init__(self, inst: Instance, work: np.ndarray | None = None, headroom: float = 1.0) -> None:
+    def __init__(
+        self, inst: Instance, work: np.ndarray | None = None, headroom: float = 1.0, gradients: bool = True
+    ) -> None:
         self.inst = inst
         n, D = inst.n, inst.num_devices
         self.work = inst.work if work is None else work
@@ -221,7 +225,7 @@ class Schedule:
         self.seq: list[list[int]] = [[] for _ in range(D)]
         self._seq_start: list[list[float]] = [[] for _ in range(D)]
         self.ledger = MemoryLedger(inst, headroom)
-        self.links = LinkBook(inst)
+        self.links = LinkBook(inst, gradients)
         self.placed = 0
 
     def ready_row(self, v: int) -> np.ndarray:
@@ -295,10 +299,6 @@ class Schedule:
 
     def makespan(self) -> float:
         return float(self.finish.max(initial=0.0))
-
-    def settings(self) -> dict[str, float]:
-        """What a plan records of the schedule: ``schedule_ms``, the step it predicts."""
-        return {"schedule_ms": round(self.makespan(), 6)}
 
 
 HEADROOMS = (1.0, 4.0, 16.0, 64.0)

@@ -54,10 +54,10 @@ from ortools.linear_solver import pywraplp
 from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.problem import Problem
-from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.baselines import heuristic_plan
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import Instance, instance
-from placement.solvers.listsched import Schedule, memory_retries, to_plan
+from placement.solvers.listsched import Schedule, memory_retries
 
 #: GLOP settings for the favourite-child LP (module docstring, point 3).
 GLOP_PARAMETERS = "use_dual_simplex: true solve_dual_problem: ALWAYS_DO"
@@ -164,5 +164,4 @@ def sct_schedule(inst: Instance) -> Schedule:
 def m_sct(problem: Problem) -> Plan:
     """Place with m-SCT (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
-    sched = no_slower_than_one_device(inst, sct_schedule(inst))
-    return to_plan(problem, inst, sched.dev, solver="m-sct", seq=sched.seq, settings=sched.settings())
+    return heuristic_plan(problem, inst, sct_schedule(inst), "m-sct")

@@ -41,18 +41,17 @@ from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.problem import Problem
-from placement.solvers.baselines import no_slower_than_one_device
+from placement.solvers.baselines import heuristic_plan
 from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.instance import Instance, instance
-from placement.solvers.listsched import Schedule, Timeline, memory_retries, to_plan
+from placement.solvers.listsched import Schedule, Timeline, memory_retries
 
 
 def m_topo(problem: Problem) -> Plan:
     """Place with m-TOPO (one device where that schedule is no longer) and record the schedule's order per device."""
     inst = instance(problem)
     packed = topo_schedule(inst)
-    sched = no_slower_than_one_device(inst, etf_schedule(inst, static_priority(inst), fixed=packed.dev))
-    return to_plan(problem, inst, sched.dev, solver="m-topo", seq=sched.seq, settings=sched.settings())
+    return heuristic_plan(problem, inst, etf_schedule(inst, static_priority(inst), fixed=packed.dev), "m-topo")
 
 
 def fastest_first(inst: Instance) -> list[int]:

@@ -14,6 +14,7 @@ from placement.problem import make_problem
 from placement.solvers import HEURISTICS, SOLVERS, solve
 from placement.solvers.instance import instance
 from placement.solvers.listsched import Schedule
+from placement.solvers.steptime import step_ms
 
 
 def two_producers() -> Graph:
@@ -110,18 +111,32 @@ def test_a_slow_cpu_is_not_chosen_where_it_finishes_later(name: str) -> None:
 
 @pytest.mark.parametrize("name", HEURISTICS)
 def test_the_schedule_predicts_the_simulated_step(name: str) -> None:
-    """On small random graphs, whose transfers take as long as their tasks, the list schedule's own
-    step is within 15% of the simulated step (on the graphs of ``graphc compare``, 10%:
-    ``benchmarks/list_schedulers.py``), and no heuristic is slower than one device. What the schedule
-    leaves out: the simulator sends a tensor as soon as its producer ends, first come first served on
-    each link, where the schedule books it when it places the consumer, after the transfers booked
-    before; and in training the simulator runs a device's backward tasks after all its forwards,
-    where the schedule folds each node's backward into its forward."""
+    """On small random graphs, whose transfers take as long as their tasks, the step a heuristic's
+    schedule predicts (:func:`~placement.solvers.steptime.step_ms`) is at most 10% below the simulated
+    step, and no heuristic is slower than one device. What the schedule leaves out: the simulator
+    sends a tensor as soon as its producer ends, first come first served on each link, where the
+    schedule books it when it places the consumer, after the transfers booked before."""
     for seed in range(6):
         for cluster in (star(3), mesh(3), star(3, kinds=("cpu",))):
             for mode in ("inference", "training"):
                 problem = make_problem(random_graph(seed, 25), cluster, mode=mode)
                 plan = SOLVERS[name](problem)
                 single = SOLVERS["single"](problem).predicted_step_ms
-                assert plan.predicted_step_ms <= 1.15 * plan.settings["schedule_ms"], (seed, cluster.name, mode)
+                assert plan.settings["schedule_ms"] >= 0.9 * plan.predicted_step_ms, (seed, cluster.name, mode)
                 assert plan.predicted_step_ms <= single * (1 + 1e-9), (seed, cluster.name, mode)
+
+
+def test_the_training_step_is_timed_pass_by_pass() -> None:
+    # b on d0 feeds c on d1 and d on d0; a on d1 feeds d. 1 MB tensors: 1 ms a transfer.
+    g = graph({"a": (4, 3), "b": (4, 3), "c": (4, 1), "d": (3, 2)}, [("a", "d"), ("b", "c"), ("b", "d")])
+    inst = instance(make_problem(g, mesh(2)))
+    sched = Schedule(inst)
+    for node, d in (("a", 1), ("b", 0), ("c", 1), ("d", 0)):
+        sched.append(inst.index[node], d)
+    # Folded, a's gradient (d0 -> d1, 8-9) holds the link b's tensor needs: c runs 11-16.
+    assert sched.makespan() == 16.0
+    # Pass by pass: forwards a, b 0-4, both tensors 4-5, d 5-8 on d0, c 5-9 on d1; backwards d 8-10,
+    # c 9-10, both gradients 10-11, then a and b 11-14.
+    assert step_ms(sched) == 14.0
+    assignment = {"a": "d1", "b": "d0", "c": "d1", "d": "d0"}
+    assert simulate(g, mesh(2), assignment, order={"d0": ["b", "d"], "d1": ["a", "c"]}).step_ms == 14.0

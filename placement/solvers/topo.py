@@ -13,8 +13,9 @@ made: a node starts on its device at the first idle gap after its inputs are the
 bookings of :class:`~placement.solvers.linkbook.LinkBook` (the simulator's model: a transfer per
 producer and receiving device, transfers sharing a link wait). Booked in topological order, that
 time errs long (up to 1.7 times the simulated step on small random graphs); the packing kept is
-timed again by m-ETF's list schedule of its fixed devices, which the plan records. Baechi uses m-TOPO as the fast baseline its m-ETF and
-m-SCT improve on.
+scheduled again by m-ETF on its fixed devices, and that schedule is the plan's order and its recorded
+step (:func:`~placement.solvers.baselines.heuristic_plan`). Baechi uses m-TOPO as the fast baseline its
+m-ETF and m-SCT improve on.
 
 :func:`balanced_split` is a variant for ``auto``'s warm start: it packs onto the ``k`` fastest devices
 only, ``total / k`` of the footprint each (a colocation group counted whole where its first member

@@ -123,7 +123,7 @@ def etf_schedule(
             # tasks once on every device, and give up on the first that fits nowhere.
             stuck = [v for v in ready_at if dev[v] < 0]
             for v in stuck:
-                options = sched.candidates(v)
+                options = sched.candidates(v) if fixed is None else [int(fixed[v])]
                 if not options:
                     raise ledger.infeasible(v, dev)
                 for d in options:

@@ -24,7 +24,7 @@ from graphc.ir.jsonfile import check_header, read_json, write_json
 from graphc.ir.profiled import ProfiledTimes
 from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel
-from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError
+from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError, ScheduleError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
 from placement.schedules import SCHEDULES, make_schedule
 from placement.simulate import simulate
@@ -32,6 +32,7 @@ from placement.simulate import simulate
 if TYPE_CHECKING:
     from rich.console import Group
 
+    from placement.schedules import Schedule
     from placement.timeline import SimResult
 
 SCHEMA = "graphc.plan"
@@ -167,7 +168,10 @@ class Plan:
         the plan's) replace its mode, microbatches or schedule (a :class:`~placement.schedules.Schedule`
         or a schedule name, generated for the mode and microbatches), or set the simulator's
         optimizer state or kind check. An ``order`` or ``replicas`` given simulates without a schedule:
-        the plan's order and stages, or those given, on the simulator's ready queues (``priority``).
+        the plan's order and stages, or those given, on the simulator's ready queues (``priority``). So
+        does a plan whose default schedule cannot be made (:class:`ScheduleError`: a pipeline whose data
+        flows back to an earlier stage, stages of a graph with explicit backward nodes), which no
+        executor runs; a schedule named by the plan or the caller is made or refused.
         """
         if cluster is None:
             graph, cluster = self._made_from()
@@ -176,16 +180,27 @@ class Plan:
             graph, cluster = self._graph(), Cluster.resolve(cluster)
         settings: dict[str, Any] = {"mode": self.mode, "microbatches": self.microbatches}
         settings.update({k: v for k, v in options.items() if v is not None})
-        if "order" in settings or "replicas" in settings:
-            settings.setdefault("order", self.order or None)
-            settings.setdefault("replicas", stage_replicas(self.stages))
-        else:
-            schedule = settings.get("schedule", self.schedule_name())
+        if "order" not in settings and "replicas" not in settings:
+            schedule = settings.pop("schedule", self.schedule)
             if isinstance(schedule, str):
-                runs = replace(self, mode=settings["mode"], microbatches=settings["microbatches"])
-                settings["schedule"] = make_schedule(runs, schedule, graph)
-            settings["replicas"] = stage_replicas(self.stages)
+                schedule = self._schedule_for(graph, schedule, settings["mode"], settings["microbatches"])
+            if schedule is not None:
+                return simulate(graph, cluster, self.assignment, cost_model, schedule=schedule,
+                                replicas=stage_replicas(self.stages), **settings)  # fmt: skip
+        settings.setdefault("order", self.order or None)
+        settings.setdefault("replicas", stage_replicas(self.stages))
         return simulate(graph, cluster, self.assignment, cost_model, **settings)
+
+    def _schedule_for(self, graph: Graph, name: str, mode: str, microbatches: int) -> Schedule | None:
+        """The schedule ``name`` (``""``: :meth:`schedule_name`) of this plan run in ``mode`` on
+        ``microbatches``; None when the default schedule cannot be made (see :meth:`simulate`)."""
+        runs = replace(self, mode=mode, microbatches=microbatches)
+        try:
+            return make_schedule(runs, name or self.schedule_name(), graph)
+        except ScheduleError:
+            if name:
+                raise
+            return None
 
     def summary(self) -> Group:
         """Tables per device and per link and the headline figures (a rich renderable: print it)."""

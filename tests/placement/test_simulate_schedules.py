@@ -253,3 +253,14 @@ def test_node_order_schedules_of_random_placements_run_in_their_order(seed: int,
         listed[d] = [(type(a).__name__[0], a.node, a.microbatch) for a in actions if isinstance(a, (Forward, Backward))]
     positive = {(e.kind[0].upper(), e.name, e.microbatch) for e in result.timeline if e.duration_ms > 0}
     assert ran == {d: [t for t in tasks if t in positive] for d, tasks in listed.items()}
+
+
+def test_a_plan_no_schedule_runs_simulates_on_the_ready_queues() -> None:
+    # Stage 0 holds b, stage 1 holds a: data flows back to an earlier stage, so no pipeline schedule
+    # is made; by default the plan simulates as before (ready queues), a named schedule is refused.
+    g = chain(("a", 1, 1, 0, 0), ("b", 1, 1, 0, 0), edge_bytes=MB)
+    plan = pipeline_plan(g, [["b"], ["x", "a"]], 1, "", star())
+    assert plan.simulate().step_ms == simulate(g, star(), plan.assignment).step_ms == 1 + 1 + 1 + 1 + 1 + 1
+    plan.schedule = "gpipe"
+    with pytest.raises(PlacementError, match="feeds 'b' of the earlier stage 0"):
+        plan.simulate()

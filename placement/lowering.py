@@ -269,7 +269,9 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _ordered(graph: Graph, names: list[str], data: list[NodeData], some_left_out: bool):
+def _ordered(
+    graph: Graph, names: list[str], data: list[NodeData], some_left_out: bool
+) -> tuple[list[str], list[NodeData], list[int], list[int], list[EdgeData]]:
     """The kept nodes in topological order (module docstring) and the edges between them, renumbered."""
     pos = {name: i for i, name in enumerate(names)}
     edges = list(graph.to_networkx().edges(data="data"))
@@ -281,7 +283,7 @@ def _ordered(graph: Graph, names: list[str], data: list[NodeData], some_left_out
     if any(map(operator.ge, src, dst)):  # insertion order is not topological
         topo = topological_indices(len(names), src, dst)
         if topo is None:
-            raise PlacementError(f"graph {graph.name!r} has a cycle; cannot place it")
+            raise PlacementError(f"graph {graph.name!r} has a cycle; placing and simulating a step need a DAG")
         rank = [0] * len(names)
         for r, i in enumerate(topo):
             rank[i] = r
@@ -312,7 +314,7 @@ def _class_times(
     reps: list[Device],
     has_bwd: bool,
     is_input: np.ndarray,
-):
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-batch forward and backward ms of every node on each class's first device (inputs 0), and
     whether the node's ``allowed_kinds`` admit the class."""
     n, C = len(data), len(reps)

@@ -325,7 +325,7 @@ def _search(
             charged += budget.lns_units(inst, stats)
             if stats.get("too_large"):
                 lns_ok, skipped = False, f"its models are too large (~{stats['too_large']} terms)"
-            elif stats["steps"] < steps:
+            elif stats["steps"] < steps or stats.get("stopped_by_wall_clock"):
                 cut.append("lns")
             if current.better_than(best):
                 best = current

@@ -92,7 +92,9 @@ def lns(
     improvements, and what the caller charges them: CP-SAT's deterministic seconds over all steps,
     coarsenings of the whole graph, and the terms of the models built
     (:func:`placement.solvers.workload.model_terms`). A step whose model would pass ``max_terms`` is
-    not built: the search stops there and ``stats["too_large"]`` holds its size."""
+    not built: the search stops there and ``stats["too_large"]`` holds its size.
+    ``stats["stopped_by_wall_clock"]``: a solve was cut by the ``deadline`` rather than its
+    deterministic limit (the search may then differ between runs)."""
     rng = random.Random(seed)
     stats: dict[str, float] = {"steps": 0, "improvements": 0, "deterministic_s": 0.0, "coarsenings": 1, "terms": 0}
     base = coarsen(inst, base_size, respect=incumbent.dev)
@@ -120,6 +122,8 @@ def lns(
         result = model.solve(step_seconds, seed=rng.randrange(2**31), workers=workers, wall_limit=left, presolve=False)
         stats["steps"] += 1
         stats["deterministic_s"] += result.deterministic_s
+        if result.stopped_by_wall_clock:
+            stats["stopped_by_wall_clock"] = True
         if result.status not in ("OPTIMAL", "FEASIBLE"):
             continue
         cand = evaluator(co.expand(result.dev), co.expand_seq(result.seq), incumbent.source + "+lns")

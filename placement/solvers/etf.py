@@ -117,7 +117,8 @@ def etf_schedule(
         for d in dirty:
             heads[d] = head(d)
         dirty = range(D)
-        best = min((h for h in heads if h is not None), key=lambda h: h[:6], default=None)
+        # rank[d] differs between devices, so comparing whole keys never reaches the heap at their end
+        best = min((h for h in heads if h is not None), default=None)
         if best is None:
             # Every offer was withdrawn (memory ran out or a group went elsewhere): retry the ready
             # tasks once on every device, and give up on the first that fits nowhere.

@@ -11,6 +11,12 @@ four GPUs of ``pcie-4gpu`` is the case of graphc issue 14: Baechi's m-ETF 286.1 
 Zoo models are traced once (meta device, module granularity, ``--batch-size``) and cached as JSON
 under ``--cache``.
 
+Last run (``--benchmarks --no-cpu``, 255 rows, 2 shared CPU cores): no row flagged; the simulated
+step is at most 7.6% above the recorded one (GNMT on ``dgx1-v100``, m-ETF: 67.9 against 73.1 ms) and
+at most 12.5% below it (``bert24_training`` on ``dgx1-v100``, m-TOPO). GNMT on the four GPUs of
+``pcie-4gpu``, recorded / simulated (ms): m-ETF 296.2 / 293.3, m-SCT 303.7 / 293.2, HEFT 361.8 /
+334.9, CPOP 365.8 / 349.6, m-TOPO 457.0 / 457.0 (one device, as ``single``).
+
     python benchmarks/list_schedulers.py [--models gnmt] [--benchmarks] [--clusters pcie-4gpu] [--no-cpu]
 """
 

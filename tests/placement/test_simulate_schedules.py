@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from test_simulate import check_invariants, random_graph, two_hosts
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
-from placement import Cluster, Device, Link, PlacementError, Plan, Switch, simulate
+from placement import Cluster, ConfigurationError, Device, Link, PlacementError, Plan, Switch, simulate
+from placement.errors import ArgumentTypeError
 from placement.plan import Stage
-from placement.schedules import Backward, Forward, Schedule, make_schedule
+from placement.schedules import Backward, Forward, Recv, Schedule, make_schedule
 
 MB = 1e6  # bytes; 1 ms on the 1 GB/s links of the test clusters
 
@@ -127,6 +128,12 @@ def test_a_schedule_must_run_exactly_the_placements_tasks() -> None:
         simulate(g, star(), place, schedule=Schedule("s", "latency", 1, {"d0": [fwd[0], fwd[2], fwd[1], *bwd]}))
     with pytest.raises(PlacementError, match="for 1 microbatch\\(es\\), the simulation for 2"):
         simulate(g, star(), place, microbatches=2, schedule=Schedule("s", "latency", 1, {"d0": fwd + bwd}))
+    with pytest.raises(PlacementError, match="R\\(a<-d1\\)0 receives a tensor that this placement does not send there"):
+        simulate(g, star(), place, schedule=Schedule("s", "latency", 1, {"d0": [Recv("d0", "d1", "a", 0), *fwd, *bwd]}))
+    with pytest.raises(ConfigurationError, match="pass no order"):
+        simulate(g, star(), place, order={"d0": ["x", "a", "b"]}, schedule=Schedule("s", "latency", 1, {"d0": fwd + bwd}))
+    with pytest.raises(ArgumentTypeError, match="schedule must be a placement.schedules.Schedule, got str"):
+        simulate(g, star(), place, schedule="gpipe")
     # The graph input's backward, which no schedule lists, is simulated after its microbatch's.
     r = simulate(g, star(), place, schedule=Schedule("s", "latency", 1, {"d0": fwd + bwd}))
     assert r.step_ms == 4

@@ -9,7 +9,12 @@ import math
 from pathlib import Path
 
 import pytest
-from op_training_graphs import ForwardGraph, synthetic_forward, training_file
+from op_training_graphs import (
+    ForwardGraph,
+    forward_of_graph,
+    synthetic_forward,
+    training_file,
+)
 
 from graphc.ir.importers import load_benchmark, load_dnn_partitioning
 from placement.pipeline import (
@@ -157,3 +162,19 @@ def test_the_fallback_never_returns_a_worse_split_than_the_prefix_dp(method: str
     if method == "dp":
         assert "more than 5 ideals" in part.stats["fallback"]
         assert part.max_load >= contiguous_dp(inst).max_load * (1 - 1e-12)  # the exact DP's optimum
+
+
+@pytest.mark.slow
+def test_dp_matches_cp_sat_on_a_traced_zoo_network(tmp_path: Path) -> None:
+    # GPT-2 (small config, 4 layers) traced at op granularity, written as a training file.
+    from graphc import trace
+    from graphc.frontend.zoo import build
+
+    zm = build("gpt2", size="small", n_layer=4)
+    graph = trace(zm.model, zm.example_inputs, granularity="op").graph
+    inst = training_instance(training_file(forward_of_graph(graph, flops_per_ms=1e7), accelerators=4), tmp_path)
+    assert sum(inst.backward) > len(graph.node_names()) // 2
+    dp = contiguous_dp(inst)
+    ilp = noncontiguous_ilp(inst, contiguous=True, hint=dp, time_limit_s=120)
+    assert dp.optimal and ilp.optimal, ilp.stats
+    assert dp.max_load - 1e-12 <= ilp.max_load <= dp.max_load + ilp.stats["resolution_ms"]

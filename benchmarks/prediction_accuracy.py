@@ -36,7 +36,7 @@ foresee.
 Every plan runs, and is simulated with, one :class:`placement.schedules.Schedule` (a case's
 ``schedule``: ``node-order`` for a latency plan, ``gpipe`` or ``1f1b`` for a pipeline).
 
-    python benchmarks/prediction_accuracy.py [--models gpt2,gnmt] [--rounds 3] [--steps 5] [--quick]
+    python benchmarks/prediction_accuracy.py [--models gpt2,gnmt] [--rounds 3] [--steps 5] [--quick] [--recalibrate]
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ class LinkBook:
         for d, device in enumerate(inst.devices):
             if device.category == "cpu":
                 self.engine[d], count = count, count + 1
+        self.engines = [(d, r) for d, r in enumerate(self.engine) if r >= 0]  # (device, its resource)
         self.routes = [
             [(*route, *(r for r in dict.fromkeys((self.engine[a], self.engine[b])) if r >= 0)) for b, route in enumerate(row)]
             for a, row in enumerate(inst.resources)

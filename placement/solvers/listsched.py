@@ -258,8 +258,8 @@ class Schedule:
         self.finish[v] = end
         if end > self.free[d]:
             self.free[d] = end
-        for x, r in enumerate(links.engine):  # transfers keep a device without a copy engine busy
-            if r >= 0 and links.free[r] > self.free[x]:
+        for x, r in links.engines:  # transfers keep a device without a copy engine busy
+            if links.free[r] > self.free[x]:
                 self.free[x] = links.free[r]
         seq, keys = self.seq[d], self._seq_start[d]
         if keys and keys[-1] > start:  # inserted into a gap

@@ -171,7 +171,7 @@ class DistributedExecutor:
         namespace = f"graphc/executor{next(_executors)}/"
         self.monitor = FaultMonitor(self.rank, program.devices, store_from_env(timeout_s), timeout_s, namespace)
         finish_reports_on_sigterm()
-        self._pending_sends: list[_Pending] = []
+        self._pending_sends: dict[tuple[int, int, bool], _Pending] = {}  # (transfer tag, microbatch, gradient)
 
     # -- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -259,10 +259,12 @@ class DistributedExecutor:
                         outputs[k] = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
                 else:
                     self.monitor.doing(f"backward of microbatch {k}")
-                    comms.pop(k).post_gradient_receives()
+                    comm = comms.pop(k)
+                    comm.post_gradient_receives()
                     tensors = roots.pop(k)
                     if tensors:
                         torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
+                    self._release_answered(comm)
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
             self.monitor.done()
@@ -345,7 +347,7 @@ class DistributedExecutor:
         op = f"send of {_what(transfer, grad)} (microbatch {microbatch}) to {peer}"
         tag = self._tag(transfer, microbatch, grad)
         work = self._guarded(peer, op, lambda: dist.isend(tensor, self._rank_of[peer], group=self.group, tag=tag))
-        self._pending_sends.append(_Pending(work, tensor, transfer, peer, op))
+        self._pending_sends[(transfer.tag, microbatch, grad)] = _Pending(work, tensor, transfer, peer, op)
 
     def _irecv(self, transfer: Transfer, microbatch: int, grad: bool) -> _Pending:
         peer = self.program.runner(transfer.dst if grad else transfer.src, microbatch)
@@ -367,9 +369,17 @@ class DistributedExecutor:
             raise self.monitor.failure(self._rank_of[peer], op, exc) from exc
 
     def _finish_sends(self) -> None:
-        pending, self._pending_sends = self._pending_sends, []
-        for send in pending:
+        pending, self._pending_sends = self._pending_sends, {}
+        for send in pending.values():
             self._wait(send)
+
+    def _release_answered(self, comm: DistributedComm) -> None:
+        """After a microbatch's backward: finish the sends of the values whose gradients came back (their
+        consumers received them, so the waits return at once) and let go of their tensors, which would
+        otherwise stay alive until the step ends. Other sends finish before the optimizer step (gloo's
+        sends report completion only when waited for)."""
+        for transfer in comm.sent_with_gradient:
+            self._wait(self._pending_sends.pop((transfer.tag, comm.microbatch, False)))
 
     def _static_bytes(self) -> int:
         tensors = [*self.part.parameters.values(), *self.part.buffers.values()]
@@ -396,7 +406,7 @@ class DistributedComm:
         self.microbatch = microbatch
         self.tokens: list[torch.Tensor] = []
         self._anchor: torch.Tensor | None = None
-        self._sent_with_gradient: list[Transfer] = []
+        self.sent_with_gradient: list[Transfer] = []
         self._gradient_receives: dict[int, _Pending] = {}
 
     def anchor(self) -> torch.Tensor:
@@ -414,7 +424,7 @@ class DistributedComm:
                     f"from {to}) but does not; was the model changed after partitioning?"
                 )
             self.tokens.append(_SendGrad.apply(value, self.anchor(), self, transfer))
-            self._sent_with_gradient.append(transfer)
+            self.sent_with_gradient.append(transfer)
         else:
             self.executor._isend(value, transfer, self.microbatch, False)
 
@@ -436,7 +446,7 @@ class DistributedComm:
     def post_gradient_receives(self) -> None:
         """Post the receives of the gradients of every value sent, before the backward starts (in the
         order they will come), so that a consumer's gradient flows as soon as it is sent."""
-        for transfer in reversed(self._sent_with_gradient):
+        for transfer in reversed(self.sent_with_gradient):
             self._gradient_receives[transfer.tag] = self.executor._irecv(transfer, self.microbatch, True)
 
     def recv_grad(self, transfer: Transfer) -> torch.Tensor:

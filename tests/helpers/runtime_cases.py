@@ -6,11 +6,13 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch import nn
 
 import graphc
 from graphc import zoo
 from graphc.zoo import zoo_loss
 from placement.schedules import AllReduce, Backward, Forward, OptimizerStep, Schedule
+from runtime import PartitionedProgram, contiguous_plan, partition
 from runtime.testing import EagerRun, eager_run
 
 RTOL = 1e-4  # float32: sums of gradients in another order, magnified by batch norm over tiny batches
@@ -56,3 +58,20 @@ def expected_order(schedule: Schedule) -> dict[str, list[str]]:
                 codes.append("OPT")
         order[device] = codes
     return order
+
+
+def deep_mlp_pipeline(width: int = 128, batch: int = 2048, microbatches: int = 8) -> tuple[PartitionedProgram, torch.Tensor, torch.Tensor]:
+    """Eight tanh layers in four stages of two (cpu0..cpu3), traced on one microbatch, with an input
+    and a target batch: a pipeline whose activations (256 samples of width 128 per microbatch and layer)
+    outweigh its parameters, to compare the memory schedules keep."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, width), torch.randn(batch, width)
+
+    def mlp() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(width, width), nn.Tanh())])
+
+    full = graphc.trace(mlp(), (x,), name="mlp", granularity="op")
+    micro = graphc.trace(mlp(), (x[: batch // microbatches],), name="mlp", granularity="op")
+    plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2", "cpu3"], microbatches=microbatches)
+    return partition(micro.graph_module, plan, full.graph), x, y

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from runtime_cases import RTOL, adam, build, eager, expected_order, traced
+import torch.nn.functional as F
+from runtime_cases import RTOL, adam, build, deep_mlp_pipeline, eager, expected_order, traced
 
 import graphc
 from graphc import zoo
@@ -175,3 +176,24 @@ def test_pipelined_steps_give_the_full_batch_gradients_in_the_schedules_order(na
     assert got["losses"][0] == pytest.approx(reference.losses[0], rel=1e-5)
     assert got["outputs"].shape == reference.outputs.shape
     assert relative_difference(got["grads"], reference.grads) < (RTOL, "")
+
+
+def peaks_under(schedules: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """On every rank: this rank's peak memory in one step of the deep MLP pipeline under each schedule."""
+    init_from_env()
+    peaks = {}
+    for schedule in schedules:
+        program, x, y = deep_mlp_pipeline()
+        executor = DistributedExecutor(program, loss_fn=F.mse_loss, schedule=schedule, timeout_s=30)
+        peaks[schedule] = executor.step(x, y, measure_memory=True).peak_memory_bytes
+        executor.close()
+    return peaks
+
+
+def test_1f1b_peaks_below_gpipe_on_four_ranks():
+    """The first stage keeps four microbatches' activations under 1F1B, eight under GPipe."""
+    outcomes = spawn(peaks_under, 4, (("gpipe", "1f1b"),), timeout_s=120)
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
+    peaks = {s: {d: b for o in outcomes for d, b in o.result[s].items()} for s in ("gpipe", "1f1b")}
+    assert peaks["1f1b"]["cpu0"] < 0.75 * peaks["gpipe"]["cpu0"]
+    assert all(peaks["1f1b"][d] < peaks["gpipe"][d] for d in peaks["gpipe"])

@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from runtime_cases import expected_order
+from runtime_cases import deep_mlp_pipeline, expected_order
 from torch import nn
 
 import graphc
@@ -107,15 +107,10 @@ def mlp(width: int, layers: int) -> nn.Sequential:
 
 def test_1f1b_peaks_below_gpipe_on_a_four_stage_pipeline_of_eight_microbatches():
     """GPipe keeps every microbatch's activations until the backwards start; 1F1B at most four on the
-    first stage. Activations outweigh the parameters here (256 samples of width 128 per microbatch)."""
-    width, batch, m = 128, 2048, 8
-    x, y = torch.randn(batch, width), torch.randn(batch, width)
-    full = graphc.trace(mlp(width, 8), (x,), name="mlp", granularity="op")
-    micro = graphc.trace(mlp(width, 8), (x[: batch // m],), name="mlp", granularity="op")
-    plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2", "cpu3"], microbatches=m)
+    first stage."""
     peaks, losses = {}, {}
     for schedule in ("gpipe", "1f1b"):
-        parts = partition(micro.graph_module, plan, full.graph)
+        parts, x, y = deep_mlp_pipeline()
         result = LocalExecutor(parts, loss_fn=F.mse_loss, schedule=schedule).step(x, y, measure_memory=True)
         peaks[schedule], losses[schedule] = result.peak_memory_bytes, result.loss
     assert losses["1f1b"] == pytest.approx(losses["gpipe"], rel=1e-6)

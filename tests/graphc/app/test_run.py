@@ -39,6 +39,9 @@ def test_one_host_runs_torchrun_standalone_with_a_rank_per_device(plan_file):
     assert f"--shutdown-timeout={SHUTDOWN_S}" in command  # not torchrun's 30 s once graphc run stops it
     worker = command[command.index("graphc.app.run") + 1 :]
     assert worker[:3] == ["gpt2", "--plan", plan_file] and "dropout=0.0" in worker
+    assert "--schedule" not in worker  # the ranks run the plan's default schedule
+    chosen = torchrun_command(parse("gpt2", "--plan", plan_file, "--schedule", "1f1b"), 2)
+    assert chosen[chosen.index("--schedule") + 1] == "1f1b"
 
 
 def test_several_hosts_meet_at_host_0(plan_file):

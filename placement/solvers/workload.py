@@ -37,15 +37,15 @@ HEURISTICS_ONLY_SHARE = 0.7
 # Nominal seconds of each warm-start heuristic: a + b * nodes x devices + c * nodes^2. The list
 # schedulers try every device for every node and book every link a transfer crosses, hence the weight
 # of nodes x devices; m-SCT's favourite-child LP is quadratic in the nodes. Fitted (CPU seconds, with
-# a third of margin) on random layered DAGs of 300-3,000 nodes on 8 and 128 devices, after the list
+# a third of margin) on random layered DAGs of 300-10,000 nodes on 8 and 128 devices, after the list
 # schedulers began booking link contention (b207e26) and m-TOPO tried every device count (7a307e7).
 _HEURISTIC_FIT: dict[str, tuple[float, float, float]] = {
     "single": (1e-3, 2e-8, 0.0),
     "m-topo": (5e-3, 3.5e-5, 0.0),
     "heft": (5e-3, 1e-5, 0.0),
     "critical-path": (5e-3, 1e-5, 0.0),
-    "m-etf": (5e-3, 2.5e-5, 0.0),
-    "m-sct": (5e-3, 2.4e-5, 2.5e-7),
+    "m-etf": (5e-3, 3.5e-5, 0.0),
+    "m-sct": (5e-3, 2.4e-5, 5e-7),
 }
 
 #: Building a CP-SAT model: nominal seconds per term (measured on the latency model).

@@ -43,7 +43,7 @@ from runtime.comm import active
 from runtime.errors import RuntimeFault
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, BACKWARD, FORWARD, Work
+from runtime.schedule import ALLREDUCE, BACKWARD, FORWARD, OPTIMIZER, Work
 from runtime.step import LossFn, microbatch_loss, to_device, unflatten_outputs
 
 Key = tuple[int, int, bool]  # (transfer tag, microbatch, is gradient)
@@ -203,7 +203,7 @@ class Play:
                 yield from self._backward(device, work.microbatch)
             elif work.kind == ALLREDUCE:
                 yield _Pause(FIRST, allreduce=self.program.stage_device(device))
-            elif device in self.optimizers:  # the optimizer step
+            elif work.kind == OPTIMIZER and device in self.optimizers:
                 self.optimizers[device].step()
 
     def _forward(self, device: str, k: int) -> Iterator[_Pause]:

@@ -110,6 +110,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     (within the ``--timeout`` plus a few seconds of the failure).
     """
     plan = Plan.load(args.plan)
+    if plan.mode != "training":
+        raise ConfigurationError(
+            f"graphc run trains, and {Path(args.plan).name} is a plan for {plan.mode} (its schedule runs forwards "
+            "only): make it for training (mode='training', the default of graphc plan)"
+        )
     args.granularity = plan_granularity(args.granularity, plan)
     args.batch_size = plan_batch_size(args.batch_size, plan)
     devices = len(plan.devices_used())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -53,6 +54,13 @@ def test_several_hosts_meet_at_host_0(plan_file):
         torchrun_command(parse("gpt2", "--plan", plan_file, "--nnodes", "2"), 1)
     with pytest.raises(GraphcError, match="every device gets a rank"):
         cmd_run(parse("gpt2", "--plan", plan_file, "--nnodes", "3"))
+
+
+def test_a_plan_for_inference_is_refused_before_any_rank_starts(plan_file, tmp_path):
+    inference = dataclasses.replace(Plan.load(plan_file), mode="inference")
+    inference.save(tmp_path / "inference.json")
+    with pytest.raises(GraphcError, match="graphc run trains, and inference.json is a plan for inference"):
+        cmd_run(parse("gpt2", "--plan", str(tmp_path / "inference.json")))
 
 
 def test_a_plan_for_other_shapes_is_refused_before_any_rank_starts(plan_file):

@@ -21,7 +21,7 @@ import graphc
 from graphc import zoo
 from graphc.frontend.zoo import ZooLoss
 from graphc.zoo import zoo_loss
-from placement.schedules import make_schedule
+from placement.schedules import Schedule, make_schedule
 from runtime import (
     DistributedExecutor,
     PartitionedProgram,
@@ -46,7 +46,7 @@ class Case:
     loss_fn: ZooLoss
     steps: int = 1
     optimizer: bool = False
-    schedule: str | None = None  # the plan's default
+    schedule: Schedule | str | None = None  # None: the plan's default
 
 
 def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
@@ -89,7 +89,8 @@ def run(world_size: int, cases: list[Case]) -> list[dict[str, Any]]:
             grads.update(o.result[i]["grads"])
             params.update(o.result[i]["params"])
             order.update(o.result[i]["order"])
-        expected = expected_order(make_schedule(case.program.plan, case.schedule))
+        schedule = case.schedule if isinstance(case.schedule, Schedule) else make_schedule(case.program.plan, case.schedule)
+        expected = expected_order(schedule)
         merged.append(
             {"losses": out["losses"], "outputs": out["outputs"], "grads": grads, "params": params, "order": order, "expected": expected}
         )
@@ -139,6 +140,8 @@ def three_ranks() -> dict[str, Any]:
         program = partition(micro.graph_module, plan, full.graph)
         for schedule in SCHEDULES:
             cases[f"{name} {schedule}"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=schedule)
+        given = make_schedule(plan, "1f1b")  # a Schedule object, as the simulator gets it
+        cases[f"{name} given"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=given)
     return dict(zip(cases, run(3, list(cases.values()))))
 
 
@@ -166,7 +169,7 @@ def test_parameters_match_eager_after_optimizer_steps(name, two_ranks):
     assert relative_difference(got["params"], reference.params) < (RTOL, ""), f"seed {SEED}"
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", [*SCHEDULES, "given"])
 @pytest.mark.parametrize("name", PIPELINED)
 def test_pipelined_steps_give_the_full_batch_gradients_in_the_schedules_order(name, schedule, three_ranks):
     got = three_ranks[f"{name} {schedule}"]

@@ -1,4 +1,5 @@
-"""placement: clusters, the cost model, the simulator of placed graphs, and lower bounds.
+"""placement: clusters, the cost model, the lowering of a problem to arrays, the simulator of placed graphs,
+and lower bounds.
 
 Nothing in this package imports torch: a plan can be made, simulated and bounded from a cost graph alone.
 """
@@ -18,6 +19,7 @@ from placement.errors import (
     ProfileFormatError,
     ScheduleError,
 )
+from placement.lowering import Lowered, lower
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.simulate import simulate
@@ -39,6 +41,7 @@ __all__ = [
     "Device",
     "Host",
     "Link",
+    "Lowered",
     "MismatchError",
     "PlacementError",
     "Plan",
@@ -52,6 +55,7 @@ __all__ = [
     "TimelineEvent",
     "cluster_presets",
     "graph_inputs",
+    "lower",
     "lower_bound",
     "simulate",
 ]

@@ -28,14 +28,19 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   of ``u``'s out-edges (what one send of its output to another device carries at most).
 * **Routes** between every ordered pair of devices: ``lat`` (ms), ``inv_bw`` (ms per byte), their raw
   ``latency_s`` and ``bandwidth``, and the link ``resources`` a transfer holds (zero, inf and ``()`` on
-  the diagonal).
+  the diagonal); built on first use, as are ``preds``/``succs`` and the per-device ``fwd``/``bwd``: the
+  simulator, which lowers the graph itself when given no lowering, reads only the routes it uses.
+
+Public API (``placement.lower``, ``placement.Lowered``): :func:`placement.simulate` takes a lowering
+(``lowered=``) so that many simulations of one problem lower it once; without one it lowers itself.
 
 A lowering is built once per problem: :meth:`placement.problem.Problem.lowered` builds it on first use
 and keeps it. The problem owns its graph: a graph is a mutable networkx wrapper with no version to key
 a cache on honestly, so one edited after its problem was made needs a new problem (or a fresh
 :func:`lower`). :func:`lower` itself never caches.
 
-Cost: linear in nodes and edges, one cost-model pass per device class, ``D^2`` route lookups.
+Cost: linear in nodes and edges, one cost-model pass per device class; ``D^2`` route lookups when the
+routes are first read.
 """
 
 from __future__ import annotations
@@ -77,11 +82,14 @@ class Lowered:
         kinds_ok: (n, C) the node's ``allowed_kinds`` admit the class.
         src, dst: (E,) edge endpoints (node ids) in the graph's edge order; ``edge_data`` their EdgeData.
         nbytes: (E,) edge bytes.
-        preds, succs: per node, (other node, edge id) pairs in edge order.
         static, held, param_bytes, send_bytes: (n,) bytes (module docstring).
-        latency_s, bandwidth: (D, D) raw route figures; ``lat``, ``inv_bw`` the same in ms and ms/byte.
-        resources: ``resources[a][b]``, the link resources of the route from ``a`` to ``b``.
         modules: per node, the module it belongs to ("" if none).
+
+    Built on first use (the simulator, which lowers for every call made without a lowering, needs none
+    of them): ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
+    in edge order; the routes: ``latency_s``, ``bandwidth`` ((D, D) raw figures), ``lat``, ``inv_bw``
+    (the same in ms and ms/byte) and ``resources`` (``resources[a][b]``, the link resources of the route
+    from ``a`` to ``b``).
     """
 
     graph: Graph
@@ -106,17 +114,10 @@ class Lowered:
     dst: np.ndarray
     edge_data: list[EdgeData]
     nbytes: np.ndarray
-    preds: list[list[tuple[int, int]]]
-    succs: list[list[tuple[int, int]]]
     static: np.ndarray
     held: np.ndarray
     param_bytes: np.ndarray
     send_bytes: np.ndarray
-    latency_s: np.ndarray
-    bandwidth: np.ndarray
-    lat: np.ndarray
-    inv_bw: np.ndarray
-    resources: list[list[tuple[int, ...]]]
     modules: list[str]
 
     @property
@@ -149,6 +150,55 @@ class Lowered:
     def bwd(self) -> np.ndarray:
         """(n, D) whole-batch backward ms of each node on each device (built on first use)."""
         return _frozen(self.class_bwd[:, self.device_class])
+
+    @cached_property
+    def preds(self) -> list[list[tuple[int, int]]]:
+        """Per node, its (predecessor, edge id) pairs in edge order (built on first use)."""
+        return self._adjacency[0]
+
+    @cached_property
+    def succs(self) -> list[list[tuple[int, int]]]:
+        """Per node, its (successor, edge id) pairs in edge order (built on first use)."""
+        return self._adjacency[1]
+
+    @cached_property
+    def _adjacency(self) -> tuple[list[list[tuple[int, int]]], list[list[tuple[int, int]]]]:
+        preds: list[list[tuple[int, int]]] = [[] for _ in range(self.n)]
+        succs: list[list[tuple[int, int]]] = [[] for _ in range(self.n)]
+        for e, (u, v) in enumerate(zip(self.src.tolist(), self.dst.tolist())):
+            preds[v].append((u, e))
+            succs[u].append((v, e))
+        return preds, succs
+
+    @cached_property
+    def latency_s(self) -> np.ndarray:
+        """(D, D) route latency, s (0 on the diagonal; the routes are built on first use)."""
+        return self._routes[0]
+
+    @cached_property
+    def bandwidth(self) -> np.ndarray:
+        """(D, D) route bottleneck bandwidth, bytes/s (inf on the diagonal)."""
+        return self._routes[1]
+
+    @cached_property
+    def resources(self) -> list[list[tuple[int, ...]]]:
+        """``resources[a][b]``: the link resources of the route from ``a`` to ``b`` (``()`` on the diagonal)."""
+        return self._routes[2]
+
+    @cached_property
+    def lat(self) -> np.ndarray:
+        """(D, D) route latency, ms."""
+        return _frozen(1e3 * self.latency_s)
+
+    @cached_property
+    def inv_bw(self) -> np.ndarray:
+        """(D, D) ms per byte of each route (0 on the diagonal, where the bandwidth is inf)."""
+        return _frozen(1e3 / self.bandwidth)
+
+    @cached_property
+    def _routes(self) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:
+        latency_s, bandwidth, resources = _routes(self.cluster, self.devices)
+        return _frozen(latency_s), _frozen(bandwidth), resources
 
 
 def lower(
@@ -210,21 +260,19 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
     src_np = np.asarray(src, dtype=np.int64)
     dst_np = np.asarray(dst, dtype=np.int64)
     nbytes = np.fromiter(map(operator.attrgetter("bytes"), edge_data), dtype=float, count=E)
-    preds: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    succs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for e, (u, v) in enumerate(zip(src, dst)):
-        preds[v].append((u, e))
-        succs[u].append((v, e))
     # send_bytes of each producer's out-edges: their largest, unless some edge names an output index.
     out_bytes = np.zeros(n)
     np.maximum.at(out_bytes, src_np, nbytes)
-    for u in {src[e] for e, ed in enumerate(edge_data) if ed.output_index is not None}:
-        out_bytes[u] = send_bytes([edge_data[e] for _, e in succs[u]])
+    indexed = {src[e] for e, ed in enumerate(edge_data) if ed.output_index is not None}
+    if indexed:
+        out_edges: dict[int, list[EdgeData]] = {u: [] for u in indexed}
+        for u, ed in zip(src, edge_data):
+            if u in out_edges:
+                out_edges[u].append(ed)
+        for u, eds in out_edges.items():
+            out_bytes[u] = send_bytes(eds)
 
     static, held = _memory(data, training, has_bwd, optimizer_state_factor)
-    latency_s, bandwidth, resources = _routes(cluster, devices)
-    lat = 1e3 * latency_s
-    inv_bw = 1e3 / bandwidth  # 0 on the diagonal, where the bandwidth is inf
 
     return Lowered(
         graph=graph,
@@ -249,17 +297,10 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
         dst=_frozen(dst_np),
         edge_data=edge_data,
         nbytes=_frozen(nbytes),
-        preds=preds,
-        succs=succs,
         static=_frozen(static),
         held=_frozen(held),
         param_bytes=_frozen(np.fromiter((d.param_bytes for d in data), dtype=float, count=n)),
         send_bytes=_frozen(out_bytes),
-        latency_s=_frozen(latency_s),
-        bandwidth=_frozen(bandwidth),
-        lat=_frozen(lat),
-        inv_bw=_frozen(inv_bw),
-        resources=resources,
         modules=[d.module for d in data],
     )
 

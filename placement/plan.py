@@ -26,6 +26,7 @@ from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError, ScheduleError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
+from placement.lowering import MODES
 from placement.schedules import SCHEDULES, make_schedule
 from placement.simulate import simulate
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 SCHEMA = "graphc.plan"
 SCHEMA_VERSION = 1
 OBJECTIVES = ("latency", "throughput")
-MODES = ("training", "inference")
 
 
 PlanMismatchError = MismatchError  # the old name of the one class for a plan made for another model

@@ -29,8 +29,8 @@ from placement.constraints import (
 )
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError
-from placement.lowering import Lowered, lower
-from placement.plan import MODES, OBJECTIVES, Plan, Stage, stage_replicas
+from placement.lowering import MODES, Lowered, lower
+from placement.plan import OBJECTIVES, Plan, Stage, stage_replicas
 from placement.simulate import simulate
 
 

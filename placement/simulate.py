@@ -120,11 +120,9 @@ device (``O((tasks + transfers) log)``). Memory is computed after the loop from 
 # ruff: noqa: PLR1730
 from __future__ import annotations
 
-import gc
 import heapq
 import itertools
 import math
-import operator
 from array import array
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
@@ -134,16 +132,15 @@ import numpy as np
 
 from graphc.ir.graph import Graph
 from placement.cluster import Cluster, ClusterLike
-from placement.cost_model import CostModel, graph_inputs
+from placement.cost_model import CostModel
 from placement.errors import ArgumentTypeError, ConfigurationError, PlacementError
-from placement.lowering import send_bytes, topological_indices
+from placement.lowering import MODES, Lowered, gc_paused, lower, send_bytes
 from placement.schedules import Backward, Compute, Recv, Schedule
 from placement.timeline import AllReduce, RawTimeline, SimResult
 
 if TYPE_CHECKING:  # placement.plan imports this module (Plan.simulate)
     from placement.plan import Plan
 
-MODES = ("training", "inference")
 PRIORITIES = ("topological", "critical_path")
 
 
@@ -161,6 +158,7 @@ def simulate(
     check_allowed_kinds: bool = True,
     replicas: Mapping[str, Sequence[str]] | None = None,
     schedule: Schedule | None = None,
+    lowered: Lowered | None = None,
 ) -> SimResult:
     """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name),
     or of a :class:`~placement.plan.Plan`: ``simulate(plan)``.
@@ -184,13 +182,18 @@ def simulate(
     (:func:`placement.plan.stage_replicas` makes it from a plan's stages). Raises :class:`PlacementError`
     for an unassigned node, an unknown node or device, bad ``replicas``, a bad ``order``, a schedule that
     does not run exactly the placement's tasks, or an order or schedule that deadlocks.
+
+    ``lowered``: the :class:`~placement.lowering.Lowered` arrays of this graph, cluster, cost model, mode
+    and optimizer state (:meth:`placement.problem.Problem.lowered`), for callers that simulate one
+    problem many times (the solvers, the microbatch choice); without it every call lowers the graph
+    itself (:func:`placement.lowering.lower`). A lowering of anything else is refused.
     """
     if not isinstance(graph, Graph):  # a Plan, which simulates itself by the dict form below
         if assignment is not None:
             raise ArgumentTypeError("simulate(plan): a plan brings its own assignment; pass none")
         return graph.simulate(cluster, cost_model, mode=mode, microbatches=microbatches, order=order, replicas=replicas,
                               priority=priority, optimizer_state_factor=optimizer_state_factor,
-                              check_allowed_kinds=check_allowed_kinds, schedule=schedule)  # fmt: skip
+                              check_allowed_kinds=check_allowed_kinds, schedule=schedule, lowered=lowered)  # fmt: skip
     if cluster is None or assignment is None:
         raise ArgumentTypeError("simulate(graph, cluster, assignment): a graph needs a cluster and an assignment")
     if schedule is not None:
@@ -208,41 +211,56 @@ def simulate(
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
         raise ConfigurationError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
     cluster = Cluster.resolve(cluster)
-    cm = cost_model or CostModel(cluster)
     # The loop allocates many short-lived tuples and no cycles; the collector would rescan the graph's
     # objects again and again for nothing.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        sim = _Simulation(graph, cluster, assignment, cm, mode, microbatches, check_allowed_kinds, replicas or {})
-        sim.prepare(order, priority, optimizer_state_factor, schedule)
+    with gc_paused():
+        lw = _lowering(lowered, graph, cluster, cost_model, mode, optimizer_state_factor)
+        sim = _Simulation(lw, assignment, microbatches, check_allowed_kinds, replicas or {})
+        sim.prepare(order, priority, schedule)
         return sim.run()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+
+
+def _lowering(
+    lowered: Lowered | None, graph: Graph, cluster: Cluster, cost_model: CostModel | None, mode: str, factor: float
+) -> Lowered:
+    """``lowered`` after checking that it is this simulation's, or the graph lowered now."""
+    if lowered is None:
+        return lower(graph, cluster, cost_model or CostModel(cluster), mode, factor)
+    if not isinstance(lowered, Lowered):
+        raise ArgumentTypeError(f"simulate: lowered must be a placement.lowering.Lowered, got {type(lowered).__name__}")
+    checks = (
+        ("graph", lowered.graph is graph),
+        ("cluster", lowered.cluster is cluster),
+        ("cost model", cost_model is None or lowered.cost_model is cost_model),
+        ("mode", lowered.mode == mode),
+        ("optimizer_state_factor", lowered.optimizer_state_factor == factor),
+    )
+    differs = [what for what, same in checks if not same]
+    if differs:
+        raise ConfigurationError(
+            f"simulate: lowered= was made with another {', '.join(differs)} than this simulation's: pass the "
+            "lowering of this graph, cluster, cost model and mode (Problem.lowered()), or none"
+        )
+    return lowered
 
 
 class _Simulation:
-    """Integer-indexed arrays built from the graph, the event loop over them, and the result."""
+    """Integer-indexed arrays read from the lowering, the event loop over them, and the result."""
 
-    def __init__(self, graph: Graph, cluster: Cluster, assignment, cm: CostModel, mode: str, m: int, check_kinds: bool, replicas):
-        self.graph, self.cluster, self.cm, self.m, self.mode = graph, cluster, cm, m, mode
+    def __init__(self, lw: Lowered, assignment, m: int, check_kinds: bool, replicas):
+        self.lw, self.graph, self.cluster, self.cm = lw, lw.graph, lw.cluster, lw.cost_model
+        self.m, self.mode, self.training = m, lw.mode, lw.training
         self.assignment, self.check_kinds, self.replicas = assignment, check_kinds, replicas
-        self.training = mode == "training"
-        self.devices = cluster.devices
+        self.devices = lw.devices
 
-    def prepare(self, order, priority: str, opt_factor: float, schedule: Schedule | None) -> None:
-        nxg = self.graph.to_networkx()
-        nodes = nxg.nodes
-        explicit = any(d.is_backward for _, d in nodes(data="data"))
-        self.has_bwd = self.training and not explicit
-        keep_all = self.training or not explicit
-        kept = [(n, d) for n, d in nodes(data="data") if keep_all or not d.is_backward]
-        self._index(nxg, [n for n, _ in kept], [d for _, d in kept])
+    def prepare(self, order, priority: str, schedule: Schedule | None) -> None:
+        lw = self.lw
+        self.has_bwd = lw.has_bwd
+        self.n, self.names, self.index, self.data = lw.n, lw.names, lw.index, lw.data
         self.T = (2 if self.has_bwd else 1) * self.m * self.n
         self._assign()
         self._replicate()
-        self._costs(opt_factor)
+        self._costs()
         self._groups()
         self._copy_engines()
         self._memory_terms()
@@ -255,37 +273,6 @@ class _Simulation:
             self._positions(self._order_sequences(order or {}))
 
     # -- preparation ----------------------------------------------------------------------------
-    def _index(self, nxg, names: list[str], data: list) -> None:
-        """Nodes as 0..n-1 in a deterministic topological order (ties: insertion order); edges as ints."""
-        pos = {name: i for i, name in enumerate(names)}
-        edges = list(nxg.edges(data="data"))
-        if len(names) < nxg.number_of_nodes():  # some nodes left out: keep the edges between kept ones
-            edges = [e for e in edges if e[0] in pos and e[1] in pos]
-        if edges:
-            us, vs, edata = (list(x) for x in zip(*edges))
-            src = list(map(pos.__getitem__, us))
-            dst = list(map(pos.__getitem__, vs))
-        else:
-            src, dst, edata = [], [], []
-        forward = not any(map(operator.ge, src, dst))
-        n = len(names)
-        if not forward:  # insertion order is not topological: Kahn's algorithm, smallest index first
-            topo = topological_indices(n, src, dst)
-            if topo is None:
-                raise PlacementError(f"graph {self.graph.name!r} has a cycle; cannot simulate")
-            rank = [0] * n
-            for r, i in enumerate(topo):
-                rank[i] = r
-            names = [names[i] for i in topo]
-            data = [data[i] for i in topo]
-            src = [rank[i] for i in src]
-            dst = [rank[j] for j in dst]
-        self.n = n
-        self.names = names
-        self.index = {name: i for i, name in enumerate(names)}
-        self.data = data
-        self.e_src, self.e_dst, self.e_data = src, dst, edata
-
     def _assign(self) -> None:
         cluster, assignment = self.cluster, self.assignment
         dev_index = {d.name: i for i, d in enumerate(cluster.devices)}
@@ -305,17 +292,17 @@ class _Simulation:
             for name in assignment:
                 if name not in self.graph:
                     raise PlacementError(f"assignment names {name!r}, which graph {self.graph.name!r} lacks")
-        if self.check_kinds:
-            for i, nd in enumerate(self.data):
-                kinds = nd.allowed_kinds
-                if kinds is not None:
-                    dv = self.devices[dev[i]]
-                    if dv.kind not in kinds and dv.category not in kinds:
-                        raise PlacementError(
-                            f"node {nd.name!r} may run on {kinds} but is assigned to {dv.name!r} "
-                            f"(kind {dv.kind!r}, category {dv.category!r})"
-                        )
         self.dev = dev
+        self.dev_np = np.asarray(dev, dtype=np.int64)
+        self.dev_class = self.lw.device_class[self.dev_np]
+        if self.check_kinds:
+            wrong = np.flatnonzero(~self.lw.kinds_ok[np.arange(self.n), self.dev_class])
+            if len(wrong):
+                nd, dv = self.data[wrong[0]], self.devices[dev[wrong[0]]]
+                raise PlacementError(
+                    f"node {nd.name!r} may run on {nd.allowed_kinds} but is assigned to {dv.name!r} "
+                    f"(kind {dv.kind!r}, category {dv.category!r})"
+                )
 
     def _replicate(self) -> None:
         """Check ``replicas``; the device of every (microbatch, node) and the replicated stages.
@@ -368,32 +355,22 @@ class _Simulation:
             by_phase = [[pm[d] for d in dev] for pm in self.phase_map]
             self.kdev = [by_phase[k % P] for k in range(m)]
 
-    def _costs(self, opt_factor: float) -> None:
-        m, n, devices, dev, data = self.m, self.n, self.devices, self.dev, self.data
-        inputs = graph_inputs(self.graph)
-        fwd, bwd = self.cm.node_times(data, [devices[d] for d in dev], self.has_bwd, microbatches=m)
-        needs_grad = [True] * n
-        if inputs:
-            for i, nd in enumerate(data):
-                if nd.name in inputs:
-                    needs_grad[i] = False
-                    fwd[i] = bwd[i] = 0.0
-        self.fwd, self.bwd, self.needs_grad = fwd, bwd, needs_grad
-        static = [0.0] * len(devices)
-        act = [0.0] * n
-        out = [0.0] * n
-        mult = (2.0 + opt_factor) if self.training else 1.0
-        has_bwd = self.has_bwd
-        for i, nd in enumerate(data):
-            d = dev[i]
-            if nd.memory_bytes is not None:
-                static[d] += nd.memory_bytes
-                continue
-            static[d] += mult * nd.param_bytes + nd.buffer_bytes
-            if has_bwd:
-                act[i] = nd.activation_bytes / m
-            else:
-                out[i] = nd.output_bytes / m
+    def _costs(self) -> None:
+        """Task times of one microbatch on each node's device, per-device static memory, and the
+        activations (training) or outputs (inference) per microbatch: the lowering's figures."""
+        lw, m, n, dev = self.lw, self.m, self.n, self.dev
+        rows = np.arange(n)
+        fwd = lw.class_fwd[rows, self.dev_class].tolist()
+        bwd = lw.class_bwd[rows, self.dev_class].tolist()
+        if m != 1:
+            split, data, devices = self.cm.microbatch_ms, self.data, self.devices
+            fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
+            bwd = [split(t, nd, devices[d], m) for t, nd, d in zip(bwd, data, dev)]
+        self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
+        static = np.bincount(self.dev_np, weights=lw.static, minlength=len(self.devices)).tolist()
+        held = (lw.held / m).tolist() if m != 1 else lw.held.tolist()
+        zeros = [0.0] * n
+        act, out = (held, zeros) if self.has_bwd else (zeros, held)
         for stage in self.stages:  # every replica holds the stage's parameters and state
             for d in stage[1:]:
                 static[d] = static[stage[0]]
@@ -401,10 +378,10 @@ class _Simulation:
         # Gradients a replicated stage all-reduces: its parameters (training only).
         self.stage_param_bytes = [0.0] * len(self.stages)
         if self.training and self.stages:
-            for i, nd in enumerate(data):
+            for i, pb in enumerate(lw.param_bytes.tolist()):
                 s = self.stage_of[dev[i]]
                 if s >= 0:
-                    self.stage_param_bytes[s] += nd.param_bytes
+                    self.stage_param_bytes[s] += pb
 
     def _groups(self) -> None:
         """Local successor/predecessor lists, transfer groups (producer, receiving device), their routes.
@@ -414,14 +391,12 @@ class _Simulation:
         n, m, dev = self.n, self.m, self.dev
         devices, cluster = self.devices, self.cluster
         ndev = len(devices)
-        e_src, e_dst, e_data = self.e_src, self.e_dst, self.e_data
+        e_data = self.lw.edge_data
         local_succ: list[list[int]] = [[] for _ in range(n)]
         local_pred: list[list[int]] = [[] for _ in range(n)]
         groups_of: list[list[int]] = [[] for _ in range(n)]  # groups a node sends
         in_groups: list[list[int]] = [[] for _ in range(n)]  # groups a node consumes
-        src = np.asarray(e_src, dtype=np.int64)
-        dst = np.asarray(e_dst, dtype=np.int64)
-        dev_np = np.asarray(dev, dtype=np.int64)
+        src, dst, dev_np = self.lw.src, self.lw.dst, self.dev_np
         self.indeg = np.bincount(dst, minlength=n).tolist()
         d_src, d_dst = dev_np[src], dev_np[dst]
         cross = d_src != d_dst
@@ -450,8 +425,7 @@ class _Simulation:
         if any(map(attrgetter("transfer_ms"), e_data)):
             measured_groups = [g for g, i in zip(gid.tolist(), cross_edges.tolist()) if e_data[i].transfer_ms]
         G = len(g_src)
-        e_bytes = np.fromiter(map(attrgetter("bytes"), e_data), dtype=float, count=len(e_data))
-        g_bytes = e_bytes[cross_edges[first]]
+        g_bytes = self.lw.nbytes[cross_edges[first]]
         for g, edges in g_more.items():
             g_bytes[g] = send_bytes(edges)
         # Routes of the device pairs in use, per phase (replicas): forward sends go src -> dst, gradients
@@ -553,9 +527,8 @@ class _Simulation:
         if not self.has_bwd:
             return
         needs_grad = np.asarray(self.needs_grad, dtype=bool)
-        src = np.asarray(self.e_src, dtype=np.int64)
-        e_bytes = np.fromiter(map(attrgetter("bytes"), self.e_data), dtype=float, count=len(src))
-        in_grad = np.bincount(np.asarray(self.e_dst, dtype=np.int64), weights=e_bytes * needs_grad[src], minlength=n)
+        src = self.lw.src
+        in_grad = np.bincount(self.lw.dst, weights=self.lw.nbytes * needs_grad[src], minlength=n)
         output = np.fromiter(map(attrgetter("output_bytes"), data), dtype=float, count=n)
         is_output = np.fromiter(map(attrgetter("is_output"), data), dtype=bool, count=n)
         # The output's gradient is made here by local consumers or the loss; one from another device
@@ -724,7 +697,7 @@ class _Simulation:
         n, fwd, bwd, needs_grad = self.n, self.fwd, self.bwd, self.needs_grad
         succ: list[list[int]] = [[] for _ in range(n)]
         pred: list[list[int]] = [[] for _ in range(n)]
-        for u, v in zip(self.e_src, self.e_dst):
+        for u, v in zip(self.lw.src.tolist(), self.lw.dst.tolist()):
             succ[u].append(v)
             pred[v].append(u)
         bl_b = [0.0] * n  # longest backward path starting at B(v)

@@ -22,6 +22,7 @@ from placement import (
     PlacementError,
     Switch,
     graph_inputs,
+    lower,
     lower_bound,
     simulate,
 )
@@ -451,6 +452,37 @@ def test_invariants_on_random_graphs(seed: int, n: int, m: int, mode: str, prior
     place = {name: rng.choice(c.device_names) for name in g.node_names()}
     result = simulate(g, c, place, mode=mode, microbatches=m, priority=priority)
     check_invariants(g, c, result, mode, m)
+
+
+@pytest.mark.parametrize("mode", ["training", "inference"])
+@pytest.mark.parametrize("m", [1, 3])
+def test_a_lowering_given_simulates_as_the_one_made_per_call(mode: str, m: int) -> None:
+    """simulate(lowered=) reads the problem's arrays instead of lowering again: the same timeline and
+    peaks, on the two-host GPUs and on the local CPU workers (transfers serialised with compute)."""
+    for seed, c in itertools.product(range(6), [two_hosts(), Cluster.resolve("local")]):
+        rng = random.Random(seed)
+        g = random_graph(rng, 12)
+        cm = CostModel(c)
+        lw = lower(g, c, cm, mode)
+        place = {name: rng.choice(c.device_names) for name in g.node_names()}
+        for priority in ("topological", "critical_path"):
+            mine = simulate(g, c, place, cm, mode=mode, microbatches=m, priority=priority)
+            shared = simulate(g, c, place, cm, mode=mode, microbatches=m, priority=priority, lowered=lw)
+            assert shared.timeline == mine.timeline
+            assert (shared.step_ms, shared.peak_memory_bytes) == (mine.step_ms, mine.peak_memory_bytes)
+
+
+def test_a_lowering_of_something_else_is_refused() -> None:
+    rng = random.Random(0)
+    g, c = random_graph(rng, 5), two_hosts()
+    cm = CostModel(c)
+    place = dict.fromkeys(g.node_names(), c.device_names[0])
+    with pytest.raises(ConfigurationError, match="another mode"):
+        simulate(g, c, place, cm, mode="inference", lowered=lower(g, c, cm, "training"))
+    with pytest.raises(ConfigurationError, match="another graph"):
+        simulate(g, c, place, cm, lowered=lower(random_graph(rng, 5), c, cm))
+    with pytest.raises(ConfigurationError, match="another cost model"):
+        simulate(g, c, place, CostModel(c), lowered=lower(g, c, cm))
 
 
 def test_a_large_random_graph_on_sixteen_hosts() -> None:

@@ -20,7 +20,7 @@ backward is the mirror image of the forward and inherits its freedom from deadlo
 
 A step runs this rank's work of a :class:`placement.schedules.Schedule` (``node-order``, ``gpipe``,
 ``1f1b`` or one given), in its order: the forwards and backwards of microbatches, the all-reduce, the
-optimizer step (:func:`runtime.schedule.lower`, checked on every rank before the first step). Messages
+optimizer step (:func:`runtime.schedule.device_work`, checked on every rank before the first step). Messages
 carry tags (transfer, microbatch, direction), so gloo matches them whatever the order; with NCCL the
 schedule is also checked to keep every pair's messages in order.
 
@@ -62,7 +62,7 @@ from runtime.errors import MismatchError, RuntimeFault
 from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, FORWARD, OPTIMIZER, lower, resolve
+from runtime.schedule import ALLREDUCE, FORWARD, OPTIMIZER, device_work, resolve
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -114,7 +114,7 @@ class DistributedExecutor:
         optimizer: builds the optimizer from this rank's parameters; None leaves gradients in ``.grad``.
         schedule: a :class:`placement.schedules.Schedule` of the plan, or its name (``"node-order"``,
             ``"gpipe"``, ``"1f1b"``; None: ``make_schedule``'s default for the plan); checked here, on
-            every rank (:func:`runtime.schedule.lower`).
+            every rank (:func:`runtime.schedule.device_work`).
         timeout_s: how long a wait for another rank may last before it is declared dead or hung.
         device: this rank's torch device (default ``cuda:LOCAL_RANK`` under NCCL, else the CPU).
 
@@ -163,9 +163,9 @@ class DistributedExecutor:
         self.part = program.programs[self.device]
         self.part.module.to(self.torch_device)
         self.schedule = resolve(program, schedule)
-        lowered = lower(self.schedule, program, in_order=self.backend == "nccl")
-        self.training = lowered.training
-        self.work = lowered.work[self.device]
+        assigned = device_work(self.schedule, program, in_order=self.backend == "nccl")
+        self.training = assigned.training
+        self.work = assigned.work[self.device]
         self.program = program.only(self.device)
         self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
         namespace = f"graphc/executor{next(_executors)}/"

@@ -47,7 +47,7 @@ from runtime.errors import MismatchError
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram
 from runtime.play import DeviceInterpreter, Play
-from runtime.schedule import Lowered, lower, resolve
+from runtime.schedule import DeviceWork, device_work, resolve
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -95,7 +95,7 @@ class LocalExecutor:
             own optimizer of its own parameters (as each rank of the distributed executor does),
             stepped at the schedule's optimizer step.
         schedule: what :meth:`step` runs: a :class:`placement.schedules.Schedule` of the plan, or its
-            name (``"node-order"``, ``"gpipe"``, ``"1f1b"``), checked here (:func:`runtime.schedule.lower`);
+            name (``"node-order"``, ``"gpipe"``, ``"1f1b"``), checked here (:func:`runtime.schedule.device_work`);
             None: ``make_schedule``'s default for the plan, made and checked at the first step (a program
             only called differentiably needs none).
         devices: plan device -> torch device, where the default mapping does not suit.
@@ -122,19 +122,19 @@ class LocalExecutor:
             if optimizer is not None and part.parameters
         }
         self._schedule = schedule
-        self._lowered: Lowered | None = None
+        self._assigned: DeviceWork | None = None
         if schedule is not None:
-            self._lower()
+            self._assign()
 
     @property
     def schedule(self) -> Schedule:
         """The schedule :meth:`step` runs."""
-        return self._lower().schedule
+        return self._assign().schedule
 
-    def _lower(self) -> Lowered:
-        if self._lowered is None:
-            self._lowered = lower(resolve(self.program, self._schedule), self.program)
-        return self._lowered
+    def _assign(self) -> DeviceWork:
+        if self._assigned is None:
+            self._assigned = device_work(resolve(self.program, self._schedule), self.program)
+        return self._assigned
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter once, by its name in the traced model, on the device that owns it (a replicated
@@ -177,10 +177,10 @@ class LocalExecutor:
         """
         if self.loss_fn is None:
             raise MismatchError("LocalExecutor.step needs a loss_fn; pass loss_fn= (or call forward())")
-        lowered = self._lower()
-        if not lowered.training:
+        assigned = self._assign()
+        if not assigned.training:
             raise MismatchError(
-                f"the {lowered.schedule.name} schedule runs forwards only (it was made for an inference plan): step() "
+                f"the {assigned.schedule.name} schedule runs forwards only (it was made for an inference plan): step() "
                 "trains; call forward(), or pass a training schedule"
             )
         inputs = as_tuple(inputs)
@@ -192,7 +192,7 @@ class LocalExecutor:
         self._reset_cuda_peaks()
         start = time.perf_counter()
         play = Play(
-            self.program, self.devices, lowered.work, self._split(inputs), split_batch(targets, m), self.loss_fn, self.optimizers, tracker
+            self.program, self.devices, assigned.work, self._split(inputs), split_batch(targets, m), self.loss_fn, self.optimizers, tracker
         )
         with tracker if tracker is not None else contextlib.nullcontext():
             play.run()

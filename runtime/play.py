@@ -1,6 +1,6 @@
 """Playing a schedule in one process: the local executor's training step.
 
-Every device's work (:func:`runtime.schedule.lower`) runs as a coroutine, a generator that pauses
+Every device's work (:func:`runtime.schedule.device_work`) runs as a coroutine, a generator that pauses
 where a device of its own would wait: for a message that has not been sent yet, or at the all-reduce
 until every replica of its stage is there. Messages go through a mailbox keyed like the distributed
 executor's tags (transfer, microbatch, direction). The driver resumes, of the devices that can go on,

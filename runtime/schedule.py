@@ -3,7 +3,7 @@
 The executors run a :class:`placement.schedules.Schedule`, the object the simulator times (made by
 :func:`placement.schedules.make_schedule`); :func:`resolve` turns an executor's ``schedule=`` (a
 Schedule, a schedule's name, or None for the plan's default) into one. The runtime adds no schedule of
-its own: :func:`lower` turns a schedule into each device's list of :class:`Work`, the units the
+its own: :func:`device_work` turns a schedule into each device's list of :class:`Work`, the units the
 executors run, in the schedule's order:
 
 * ``F k`` / ``B k``: the forward / backward of the device's program on microbatch ``k``. A pipeline
@@ -17,7 +17,7 @@ executors run, in the schedule's order:
 
 The schedule's :class:`~placement.schedules.Send` and :class:`~placement.schedules.Recv` are not run
 as such: the device programs carry the partition's real messages (one per fx value that crosses a
-cut, where a schedule names one per cost node), and :func:`lower` checks by playing those messages in
+cut, where a schedule names one per cost node), and :func:`device_work` checks by playing those messages in
 the schedule's order of work that the schedule runs them to the end.
 
 That check needs no simulator: it expands each device's work into the communication events of its
@@ -67,7 +67,7 @@ class Work:
 
 
 @dataclass
-class Lowered:
+class DeviceWork:
     """A schedule as the executors run it.
 
     Attributes:
@@ -97,7 +97,7 @@ def resolve(program: PartitionedProgram, schedule: Schedule | str | None) -> Sch
     return make_schedule(program.plan, schedule)
 
 
-def lower(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = False) -> Lowered:
+def device_work(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = False) -> DeviceWork:
     """Each device's :class:`Work` for ``schedule``, checked to run ``program`` (module docstring).
 
     ``in_order``: also require that every pair of devices receives its messages in the order they are
@@ -114,21 +114,21 @@ def lower(schedule: Schedule, program: PartitionedProgram, *, in_order: bool = F
             f"{program.microbatches}: it was made for another plan; make it from the plan that was partitioned"
         )
     stages: dict[str, int] = {}
-    work = {d: _device_work(schedule, program, d, stages) for d in program.devices}
-    lowered = Lowered(schedule, work)
+    work = {d: _one_device(schedule, program, d, stages) for d in program.devices}
+    assigned = DeviceWork(schedule, work)
     for device in program.devices:
-        _check_work(lowered, program, device)
+        _check_work(assigned, program, device)
     events = {d: [e for w in work[d] for e in _expand(program, d, w)] for d in program.devices}
     _play(events, program)
     if in_order:
         _check_order(events, program)
-    return lowered
+    return assigned
 
 
 # -- from actions to work ------------------------------------------------------------------------
 
 
-def _device_work(schedule: Schedule, program: PartitionedProgram, device: str, stages: dict[str, int]) -> list[Work]:
+def _one_device(schedule: Schedule, program: PartitionedProgram, device: str, stages: dict[str, int]) -> list[Work]:
     """``device``'s actions as work: node-level compute collapsed per microbatch and checked against the
     device program, stage-level compute checked to name one stage per partition stage."""
     stage_device = program.stage_device(device)
@@ -222,10 +222,10 @@ def _check_nodes(program: PartitionedProgram, device: str, stage_device: str, un
 # -- the work of each device ---------------------------------------------------------------------
 
 
-def _check_work(lowered: Lowered, program: PartitionedProgram, device: str) -> None:
-    work = lowered.work[device]
+def _check_work(assigned: DeviceWork, program: PartitionedProgram, device: str) -> None:
+    work = assigned.work[device]
     expected = program.microbatches_of(device)
-    kinds = (FORWARD, BACKWARD) if lowered.training else (FORWARD,)
+    kinds = (FORWARD, BACKWARD) if assigned.training else (FORWARD,)
     for kind in kinds:
         seen = sorted(w.microbatch for w in work if w.kind == kind)
         if seen != expected:
@@ -242,7 +242,7 @@ def _check_work(lowered: Lowered, program: PartitionedProgram, device: str) -> N
         elif w.kind == BACKWARD and w.microbatch not in done:
             raise ScheduleError(f"{device} runs B{w.microbatch} before F{w.microbatch}")
     listed = " ".join(map(str, work))
-    if not lowered.training:
+    if not assigned.training:
         extra = [str(w) for w in work if w.kind != FORWARD]
         if extra:
             raise ScheduleError(f"{device} has {extra} in a forward-only schedule ({listed})")

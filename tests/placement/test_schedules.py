@@ -60,7 +60,7 @@ def codes(schedule: Schedule) -> dict[str, str]:
 
 
 def compute_codes(schedule: Schedule) -> dict[str, str]:
-    """Each device's forwards, backwards and all-reduces: what the executors run (runtime.schedule.lower)."""
+    """Each device's forwards, backwards and all-reduces: what the executors run (runtime.schedule.device_work)."""
     return {
         d: " ".join(a.code() for a in acts if isinstance(a, (Compute, AllReduce)))
         for d, acts in schedule.actions.items()
@@ -182,17 +182,17 @@ SHAPES = {
 @pytest.mark.parametrize("microbatches", [4, 8])
 @pytest.mark.parametrize("name", ["gpipe", "1f1b"])
 def test_the_executors_run_the_compute_order_of_these_schedules(shape, microbatches, name):
-    """The executors run these schedules: runtime.schedule.lower accepts them for the partitioned
+    """The executors run these schedules: runtime.schedule.device_work accepts them for the partitioned
     program (its real messages, in order) and keeps, on each device, the same forwards, backwards and
     all-reduces in the same order."""
     import runtime
-    from runtime.schedule import lower
+    from runtime.schedule import device_work
 
     full, micro = traced_mlp(microbatches)
     p = runtime.contiguous_plan(full, SHAPES[shape], microbatches=microbatches)
     ours = make_schedule(p, name)
-    lowered = lower(ours, runtime.partition(micro, p, full), in_order=True)
-    assert compute_codes(ours) == {d: " ".join(str(w) for w in work if w.kind != "OPT") for d, work in lowered.work.items()}
+    assigned = device_work(ours, runtime.partition(micro, p, full), in_order=True)
+    assert compute_codes(ours) == {d: " ".join(str(w) for w in work if w.kind != "OPT") for d, work in assigned.work.items()}
 
 
 # -- latency plans --------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from runtime import (
 )
 from runtime.errors import ProgramMismatch
 from runtime.launch import spawn
-from runtime.schedule import lower, resolve
+from runtime.schedule import device_work, resolve
 from runtime.testing import eager_run, relative_difference
 
 RTOL = 1e-4
@@ -109,7 +109,7 @@ def test_replicas_get_their_own_copy_of_the_stage_and_every_other_microbatch():
 
 
 def work(schedule: Schedule, parts: PartitionedProgram) -> list[str]:
-    return [f"{d} | {' '.join(map(str, w))}" for d, w in lower(schedule, parts, in_order=True).work.items()]
+    return [f"{d} | {' '.join(map(str, w))}" for d, w in device_work(schedule, parts, in_order=True).work.items()]
 
 
 def test_schedules_give_each_replica_its_microbatches_then_the_all_reduce():
@@ -143,23 +143,23 @@ def test_a_schedule_must_all_reduce_after_the_last_backward_and_keep_each_microb
     replicas = ("cpu0", "cpu1")
     without = Schedule("mine", "throughput", M, {**good, "cpu1": stage_actions("cpu1", 0, "F1 F3 B1 B3")})
     with pytest.raises(ScheduleError, match="cpu1 replicates the stage of cpu0: it must run one AR .*, after its last backward"):
-        lower(without, parts)
+        device_work(without, parts)
     early = stage_actions("cpu1", 0, "F1 F3 B1", replicas)
     early[-1:-1] = [Backward("cpu1", 3, stage=0)]
     with pytest.raises(ScheduleError, match=r"after its last backward; it runs F1 F3 B1 AR B3 OPT"):
-        lower(Schedule("mine", "throughput", M, {**good, "cpu1": early}), parts)
+        device_work(Schedule("mine", "throughput", M, {**good, "cpu1": early}), parts)
     swapped = Schedule("mine", "throughput", M, {**good, "cpu0": stage_actions("cpu0", 0, "F1 F2 B1 B2", replicas)})
     with pytest.raises(
         ScheduleError,
         match=r"cpu0 runs F for microbatches \[1, 2\]; it must run its microbatches as replica of cpu0, \[0, 2\], once",
     ):
-        lower(swapped, parts)
+        device_work(swapped, parts)
     stray = Schedule("mine", "throughput", M, {**good, "cpu2": stage_actions("cpu2", 1, "F0 F1 F2 F3 B0 B1 B2 B3", ("cpu2",))})
     with pytest.raises(ScheduleError, match=r"cpu2 all-reduces over \['cpu2'\], but in the program it all-reduces nothing"):
-        lower(stray, parts)
+        device_work(stray, parts)
     other = Schedule("mine", "throughput", M, {**good, "cpu1": stage_actions("cpu1", 0, "F1 F3 B1 B3", ("cpu1", "cpu2"))})
     with pytest.raises(ScheduleError, match=r"cpu1 all-reduces over \['cpu1', 'cpu2'\], but in the program it all-reduces its stage's replicas"):
-        lower(other, parts)
+        device_work(other, parts)
 
 
 def test_a_replica_stuck_in_the_pipeline_leaves_the_other_waiting_in_the_all_reduce():
@@ -168,7 +168,7 @@ def test_a_replica_stuck_in_the_pipeline_leaves_the_other_waiting_in_the_all_red
     schedule.actions["cpu2"] = stage_actions("cpu2", 1, "F0 F2 B0 B2 F1 F3 B1 B3")
     schedule.actions["cpu1"] = stage_actions("cpu1", 0, "F3 B3 F1 B1", ("cpu0", "cpu1"))
     with pytest.raises(ScheduleError) as error:
-        lower(schedule, parts)
+        device_work(schedule, parts)
     message = str(error.value)
     assert "cpu0 at AR waits for the all-reduce with the other replicas of cpu0 (cpu0, cpu1)" in message
     assert "cpu1 at B3 waits for the gradient of 'tanh' (transfer 0, microbatch 3) from cpu2" in message

@@ -1,4 +1,4 @@
-"""runtime.schedule: a placement schedule lowered to each device's work, checked against the partition."""
+"""runtime.schedule: a placement schedule assigned to each device's work, checked against the partition."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import graphc
 from graphc import zoo
 from placement.schedules import Backward, Forward, Recv, Schedule, Send, make_schedule
 from runtime import ScheduleError, contiguous_plan, partition, plan_from_assignment
-from runtime.schedule import lower, resolve
+from runtime.schedule import device_work, resolve
 
 
 @functools.cache
@@ -31,18 +31,18 @@ def program(kind: str, microbatches: int = 4):
     return partition(micro.graph_module, plan, full.graph)
 
 
-def codes(lowered) -> dict[str, str]:
-    return {d: " ".join(map(str, work)) for d, work in lowered.work.items()}
+def codes(assigned) -> dict[str, str]:
+    return {d: " ".join(map(str, work)) for d, work in assigned.work.items()}
 
 
-def test_pipeline_schedules_lower_to_their_stage_orders():
+def test_pipeline_schedules_give_each_device_its_stage_order():
     parts = program("chain")
-    assert codes(lower(resolve(parts, "1f1b"), parts, in_order=True)) == {
+    assert codes(device_work(resolve(parts, "1f1b"), parts, in_order=True)) == {
         "cpu0": "F0 F1 F2 B0 F3 B1 B2 B3 OPT",
         "cpu1": "F0 F1 B0 F2 B1 F3 B2 B3 OPT",
         "cpu2": "F0 B0 F1 B1 F2 B2 F3 B3 OPT",
     }
-    gpipe = lower(resolve(parts, None), parts, in_order=True)  # the default of a plan with stages
+    gpipe = device_work(resolve(parts, None), parts, in_order=True)  # the default of a plan with stages
     assert gpipe.schedule.name == "gpipe" and gpipe.training
     assert set(codes(gpipe).values()) == {"F0 F1 F2 F3 B0 B1 B2 B3 OPT"}
 
@@ -53,31 +53,31 @@ def test_node_order_collapses_each_devices_nodes_per_microbatch():
     assert schedule.name == "node-order"
     forwards = [a.node for a in schedule.actions["cpu1"] if isinstance(a, Forward) and a.microbatch == 2]
     assert forwards == parts.node_order["cpu1"]  # the device program's nodes, in its order
-    assert set(codes(lower(schedule, parts, in_order=True)).values()) == {"F0 F1 F2 F3 B0 B1 B2 B3 OPT"}
+    assert set(codes(device_work(schedule, parts, in_order=True)).values()) == {"F0 F1 F2 F3 B0 B1 B2 B3 OPT"}
 
 
-def test_a_schedule_of_a_forward_only_plan_lowers_to_forwards():
+def test_a_schedule_of_a_forward_only_plan_gives_forwards():
     full = program("chain")
     inference = dataclasses.replace(full.plan, mode="inference")
-    lowered = lower(make_schedule(inference, "1f1b"), full)
-    assert not lowered.training
-    assert set(codes(lowered).values()) == {"F0 F1 F2 F3"}
+    assigned = device_work(make_schedule(inference, "1f1b"), full)
+    assert not assigned.training
+    assert set(codes(assigned).values()) == {"F0 F1 F2 F3"}
 
 
 def test_a_schedule_of_another_plan_is_refused():
     chain, zigzag = program("chain"), program("zigzag")
     with pytest.raises(ScheduleError, match=r"runs on devices \['cpu0', 'cpu1'\], the program on \['cpu0', 'cpu1', 'cpu2'\]"):
-        lower(resolve(zigzag, None), chain)
+        device_work(resolve(zigzag, None), chain)
     with pytest.raises(ScheduleError, match="has 2 microbatch\\(es\\), the program 4: it was made for another plan"):
-        lower(make_schedule(program("chain", 2).plan, "gpipe"), chain)
+        device_work(make_schedule(program("chain", 2).plan, "gpipe"), chain)
     # the same devices and microbatches, other nodes on them
     other = plan_from_assignment(zigzag.plan.graph, {n: f"cpu{(i // 5) % 2}" for i, n in enumerate(zigzag.plan.graph.topological_order())}, microbatches=4)
     with pytest.raises(ScheduleError, match=r"cpu0: F0 of the schedule runs .* as its node \d+, where cpu0's program runs"):
-        lower(make_schedule(other), zigzag)
+        device_work(make_schedule(other), zigzag)
     gpipe = resolve(chain, "gpipe").actions
     merged = [dataclasses.replace(a, stage=0) if isinstance(a, Forward | Backward) else a for a in gpipe["cpu1"]]
     with pytest.raises(ScheduleError, match="runs stage 0 on cpu1, but the program runs cpu1 as a stage of its own, not with cpu0"):
-        lower(Schedule("mine", "throughput", 4, {**gpipe, "cpu1": merged}), chain)
+        device_work(Schedule("mine", "throughput", 4, {**gpipe, "cpu1": merged}), chain)
 
 
 def test_every_microbatch_runs_forward_then_backward_once_on_every_device():
@@ -85,10 +85,10 @@ def test_every_microbatch_runs_forward_then_backward_once_on_every_device():
     schedule = resolve(parts, "gpipe")
     missing = Schedule("mine", "throughput", 4, {**schedule.actions, "cpu1": [a for a in schedule.actions["cpu1"] if a.code() != "F0"]})
     with pytest.raises(ScheduleError, match=r"cpu1 runs F for microbatches \[1, 2, 3\]; it must run each of 0..3 once"):
-        lower(missing, parts)
+        device_work(missing, parts)
     early = [Backward("cpu0", 0, stage=0)] + [a for a in schedule.actions["cpu0"] if a.code() != "B0"]
     with pytest.raises(ScheduleError, match="cpu0 runs B0 before F0"):
-        lower(Schedule("mine", "throughput", 4, {**schedule.actions, "cpu0": early}), parts)
+        device_work(Schedule("mine", "throughput", 4, {**schedule.actions, "cpu0": early}), parts)
 
 
 def test_node_level_work_must_follow_the_device_program_one_microbatch_at_a_time():
@@ -99,11 +99,11 @@ def test_node_level_work_must_follow_the_device_program_one_microbatch_at_a_time
     swapped = list(acts)
     swapped[forwards[0]], swapped[forwards[1]] = acts[forwards[1]], acts[forwards[0]]
     with pytest.raises(ScheduleError, match=r"cpu0: F0 of the schedule runs 'arange' as its node 0, where cpu0's program runs 'tokens'"):
-        lower(Schedule("mine", "latency", 2, {**schedule.actions, "cpu0": swapped}), parts)
+        device_work(Schedule("mine", "latency", 2, {**schedule.actions, "cpu0": swapped}), parts)
     second = next(i for i in forwards if acts[i].microbatch == 1)
     interleaved = [*acts[: forwards[0] + 1], acts[second], *[a for a in acts[forwards[0] + 1 :] if a is not acts[second]]]
     with pytest.raises(ScheduleError, match="F0 of the schedule runs nothing as its node 1.* for one microbatch at a time"):
-        lower(Schedule("mine", "latency", 2, {**schedule.actions, "cpu0": interleaved}), parts)
+        device_work(Schedule("mine", "latency", 2, {**schedule.actions, "cpu0": interleaved}), parts)
 
 
 def test_messages_received_out_of_order_are_refused_only_without_tags():
@@ -113,9 +113,9 @@ def test_messages_received_out_of_order_are_refused_only_without_tags():
     compute = {(type(a), a.microbatch): a for a in schedule.actions["cpu1"] if isinstance(a, Forward | Backward)}
     order = [(kind, k) for kind in (Forward, Backward) for k in (1, 0, 2, 3)]
     schedule.actions["cpu1"] = [compute[key] for key in order] + schedule.actions["cpu1"][-1:]
-    lower(schedule, parts)
+    device_work(schedule, parts)
     with pytest.raises(ScheduleError, match="cpu0 -> cpu1: message .* would mix them up"):
-        lower(schedule, parts, in_order=True)
+        device_work(schedule, parts, in_order=True)
 
 
 def test_a_device_in_a_cycle_of_waits_deadlocks():
@@ -135,7 +135,7 @@ def test_a_device_in_a_cycle_of_waits_deadlocks():
     rest = [a for a in cpu0 if not isinstance(a, Forward | Send | Recv)]
     schedule.actions["cpu0"] = by_microbatch[1] + by_microbatch[0] + rest
     with pytest.raises(ScheduleError, match=r"the schedule deadlocks: cpu0 at F1 waits for .* from cpu1; cpu1 at F0 waits for"):
-        lower(schedule, parts)
+        device_work(schedule, parts)
 
 
 def test_a_program_partitioned_without_a_plan_needs_a_schedule_object():

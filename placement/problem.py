@@ -2,18 +2,22 @@
 
 A solver is a function ``Problem -> Plan``. It decides the assignment (and optionally the order per
 device, the stages and the microbatch count); :func:`finish_plan` then checks it against the resolved
-constraints, simulates it, checks memory, computes the lower bound and records everything in the
-:class:`~placement.plan.Plan`, so that all solvers report the same quantities the same way.
+constraints, fixes the schedule the executors will run, simulates that schedule, checks memory,
+computes the lower bound and records everything in the :class:`~placement.plan.Plan`, so that all
+solvers report the same quantities the same way, and a plan's prediction is what
+:meth:`Plan.simulate <placement.plan.Plan.simulate>` gives.
 :func:`deterministic_solver` is the CP-SAT solver that the latency and the pipeline models share.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 from ortools.sat.python import cp_model
 
 from graphc.ir.deprecation import renamed_keywords
@@ -28,10 +32,12 @@ from placement.constraints import (
     resolve,
 )
 from placement.cost_model import CostModel
-from placement.errors import ConfigurationError, PlacementError
+from placement.errors import ConfigurationError, PlacementError, ScheduleError
 from placement.lowering import MODES, Lowered, lower
 from placement.plan import OBJECTIVES, Plan, Stage, stage_replicas
+from placement.schedules import make_schedule
 from placement.simulate import simulate
+from placement.timeline import SimResult
 
 
 @dataclass
@@ -149,30 +155,81 @@ def finish_plan(
     gap: float | None = None,
     bound_ms: float | None = None,
 ) -> Plan:
-    """Check, simulate and bound an assignment; return the Plan every solver reports.
+    """Check, schedule, simulate and bound an assignment; return the Plan every solver reports.
+
+    The plan's ``predicted_step_ms`` and ``peak_memory_bytes`` are the simulation of the schedule its
+    devices run (:func:`placement.schedules.make_schedule`), exactly what :meth:`Plan.simulate` gives:
+
+    * without stages, ``node-order``. A solver's ``order`` is kept. Without one, the order is fixed
+      here: each device's forwards in the order the simulator's ready queues started them (microbatch
+      0), kept when its schedule simulates no slower than the topological order (and fits when that
+      does), else the topological order; either is recorded in ``Plan.order``;
+    * with stages, ``gpipe`` or ``1f1b``, whichever simulates faster among those that fit (the
+      smaller overflow when neither fits; gpipe on a tie), recorded in ``Plan.schedule``;
+    * when no such schedule can be made (:class:`ScheduleError`: stages feeding earlier ones, stages
+      of a graph with explicit backward nodes, an ``order`` against the dependencies), the simulator's
+      ready queues run the plan's order and stages, as :meth:`Plan.simulate` then does: no executor
+      runs such a plan.
 
     ``bound_ms``: a bound the solver proved itself (CP-SAT's), used when stronger than the generic one.
     ``gap``: the solver's proven gap; when None it is derived from the bound.
     Raises :class:`InfeasibleError` when a device's simulated peak memory exceeds its capacity.
     """
     check_assignment(problem, assignment)
-    result = simulate(
-        problem.graph,
-        problem.cluster,
-        assignment,
-        problem.cost_model,
-        mode=problem.mode,
-        microbatches=microbatches,
-        order=order,
-        replicas=stage_replicas(list(stages)),
-    )
+    plan = _draft(problem, assignment, order, stages, microbatches)
+    result = _predict(problem, plan)
     check_memory(result.peak_memory_bytes, problem.cluster, problem.resolved)
     bound = max(problem.bound(microbatches).step_ms, bound_ms or 0.0)
     if gap is None and result.step_ms > 0:
         gap = max(0.0, (result.step_ms - bound) / result.step_ms)
+    plan.graph_fingerprint = problem.graph.fingerprint()
+    plan.predicted_step_ms = result.step_ms
+    plan.peak_memory_bytes = dict(result.peak_memory_bytes)
+    plan.lower_bound_ms = bound
+    plan.gap = gap
+    plan.solver = solver
+    plan.settings = {"time_limit": problem.time_limit, "seed": problem.seed, **(settings or {})}
+    plan.solve_seconds = time.perf_counter() - problem.started
+    return plan
+
+
+@dataclass
+class Prediction:
+    """What :func:`finish_plan` would record of an assignment: the simulation of the schedule its
+    devices run, that schedule's node order per device and its name (``""``: the plan's default)."""
+
+    result: SimResult
+    order: dict[str, list[str]]
+    schedule: str
+
+
+def predict(
+    problem: Problem,
+    assignment: Mapping[str, str],
+    *,
+    order: Mapping[str, Sequence[str]] | None = None,
+    stages: Sequence[Stage] = (),
+    microbatches: int = 1,
+) -> Prediction:
+    """The schedule :func:`finish_plan` fixes for this assignment and its simulation, without the
+    checks and the bound: for a solver that compares candidates (the microbatch count) by the figure
+    the plan will report."""
+    plan = _draft(problem, assignment, order, stages, microbatches)
+    result = _predict(problem, plan)
+    return Prediction(result, plan.order, plan.schedule)
+
+
+def _draft(
+    problem: Problem,
+    assignment: Mapping[str, str],
+    order: Mapping[str, Sequence[str]] | None,
+    stages: Sequence[Stage],
+    microbatches: int,
+) -> Plan:
+    """A plan of the assignment with nothing predicted yet (no fingerprint either: a schedule needs none)."""
     return Plan(
         graph_name=problem.graph.name,
-        graph_fingerprint=problem.graph.fingerprint(),
+        graph_fingerprint="",
         cluster_name=problem.cluster.name,
         objective=problem.objective,
         mode=problem.mode,
@@ -180,20 +237,102 @@ def finish_plan(
         order={d: list(ns) for d, ns in (order or {}).items()},
         stages=list(stages),
         microbatches=microbatches,
-        predicted_step_ms=result.step_ms,
-        peak_memory_bytes=dict(result.peak_memory_bytes),
-        lower_bound_ms=bound,
-        gap=gap,
-        solver=solver,
-        solve_seconds=time.perf_counter() - problem.started,
-        settings={"time_limit": problem.time_limit, "seed": problem.seed, **(settings or {})},
         graph=problem.graph,
         cluster=problem.cluster,
         cost_model=problem.cost_model,
     )
 
 
-__all__ = ["InfeasibleError", "Problem", "check_assignment", "finish_plan", "make_problem"]
+Simulate = Callable[..., SimResult]
+
+
+def _predict(problem: Problem, plan: Plan) -> SimResult:
+    """Fix ``plan``'s schedule (its ``order`` or ``schedule``) and return its simulation (:func:`finish_plan`)."""
+    lw = problem.lowered()
+    sim = partial(simulate, problem.graph, problem.cluster, plan.assignment, problem.cost_model, mode=problem.mode,
+                  microbatches=plan.microbatches, replicas=stage_replicas(plan.stages), lowered=lw)  # fmt: skip
+    capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))
+
+    def overflow(result: SimResult) -> float:
+        return sum(max(0.0, peak - capacity[d]) for d, peak in result.peak_memory_bytes.items())
+
+    if plan.stages:
+        return _pipeline_schedule(plan, lw, sim, overflow)
+    return _node_order(plan, lw, sim, overflow)
+
+
+def _node_order(plan: Plan, lw: Lowered, sim: Simulate, overflow: Callable[[SimResult], float]) -> SimResult:
+    """The node-order schedule's simulation; a plan without an order gets the better of the ready
+    queues' and the topological one (:func:`finish_plan`)."""
+    if plan.order:
+        candidates = [plan.order]
+    else:
+        ready = _ready_queue_order(lw, plan.assignment, sim())
+        topological = _topological_order(lw, plan.assignment)
+        candidates = [ready] if ready == topological else [ready, topological]
+    best: tuple[tuple[bool, float], dict[str, list[str]], SimResult] | None = None
+    for order in candidates:
+        plan.order = order
+        schedule = _made(plan, "node-order", lw)
+        if schedule is None:  # a solver's order against the dependencies: the ready queues report it
+            return sim(order=plan.order or None)
+        result = sim(schedule=schedule)
+        key = (overflow(result) > 0, result.step_ms)
+        if best is None or key < best[0]:
+            best = (key, order, result)
+    assert best is not None
+    plan.order = best[1]
+    return best[2]
+
+
+def _pipeline_schedule(plan: Plan, lw: Lowered, sim: Simulate, overflow: Callable[[SimResult], float]) -> SimResult:
+    """The better of the gpipe and 1f1b schedules' simulations (:func:`finish_plan`)."""
+    names = ("gpipe", "1f1b") if lw.has_bwd else ("gpipe",)  # forward-only, 1f1b is gpipe
+    best: tuple[tuple[bool, float, float, int], str, SimResult] | None = None
+    for rank, name in enumerate(names):
+        schedule = _made(plan, name, lw)
+        if schedule is None:  # no pipeline schedule of these stages exists: the ready queues
+            plan.schedule = ""
+            return sim(order=plan.order or None)
+        result = sim(schedule=schedule)
+        over = overflow(result)
+        key = (over > 0, over, result.step_ms, rank)
+        if best is None or key < best[0]:
+            best = (key, name, result)
+    assert best is not None
+    plan.schedule = best[1]
+    return best[2]
+
+
+def _made(plan: Plan, name: str, lw: Lowered):
+    """``make_schedule(plan, name)``, or None when the plan has no such schedule."""
+    try:
+        return make_schedule(plan, name, lw.graph)
+    except ScheduleError:
+        return None
+
+
+def _ready_queue_order(lw: Lowered, assignment: Mapping[str, str], result: SimResult) -> dict[str, list[str]]:
+    """Each device's nodes in the order the simulation started their forwards in microbatch 0 (ties:
+    topological order, which a zero-time node and its successor on one device may need)."""
+    assert result.raw is not None
+    start = np.frombuffer(result.raw.task_start)[: lw.n] if len(result.raw.task_start) else np.zeros(0)
+    order: dict[str, list[str]] = {}
+    for v in np.lexsort((np.arange(lw.n), start)).tolist():
+        name = lw.names[v]
+        order.setdefault(assignment[name], []).append(name)
+    return order
+
+
+def _topological_order(lw: Lowered, assignment: Mapping[str, str]) -> dict[str, list[str]]:
+    """Each device's nodes in the lowering's topological order, devices in the order of first use."""
+    order: dict[str, list[str]] = {}
+    for name in lw.names:
+        order.setdefault(assignment[name], []).append(name)
+    return order
+
+
+__all__ = ["InfeasibleError", "Prediction", "Problem", "check_assignment", "finish_plan", "make_problem", "predict"]
 
 
 def deterministic_solver(

@@ -7,6 +7,9 @@ and per-op overheads are paid :math:`m` times, and the peak memory of a stage ch
 every microbatch in flight are kept until their backward). So :func:`choose_microbatches` does not
 trust the formula: it simulates the step (:func:`placement.simulate`) for each candidate :math:`m` and
 keeps the fastest one whose simulated peak memory fits every device (the smallest :math:`m` on a tie).
+Given the plan's stages, each candidate is simulated as the plan will be: its better pipeline schedule
+(:func:`placement.problem.predict`, what :func:`~placement.problem.finish_plan` records); without them,
+on the simulator's ready queues.
 Candidates are the divisors of the graph's batch size (``meta["batch_size"]``) up to a limit, or powers
 of two when the batch size is unknown.
 """
@@ -17,7 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from placement.problem import Problem
+from placement.plan import Stage
+from placement.problem import Problem, predict
 from placement.simulate import simulate
 
 
@@ -56,10 +60,14 @@ def choose_microbatches(
     candidates: Sequence[int] | None = None,
     deadline: float | None = None,
     replicas: Mapping[str, Sequence[str]] | None = None,
+    stages: Sequence[Stage] | None = None,
 ) -> MicrobatchChoice:
     """Simulate each candidate and keep the fastest that fits (module docstring).
 
-    ``replicas``: the replicated stages (:func:`placement.plan.stage_replicas`), simulated as such.
+    ``stages``: the plan's pipeline stages; each candidate is then the simulation of the schedule the
+    plan will run (:func:`placement.problem.predict`), its replicated stages included. Without them,
+    ``replicas`` (:func:`placement.plan.stage_replicas`) gives the replicated stages of a simulation on
+    the ready queues. The simulations share the problem's lowering.
 
     When none fits, the one with the least total overflow is returned (the plan's memory check then
     reports it). Every candidate is simulated unless the wall clock passes ``deadline`` (a
@@ -75,10 +83,11 @@ def choose_microbatches(
         if choice.step_ms and deadline is not None and time.perf_counter() > deadline:
             choice.stopped_by_wall_clock = True
             break
-        result = simulate(
-            problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode, microbatches=m,
-            replicas=replicas,
-        )  # fmt: skip
+        if stages is not None:
+            result = predict(problem, assignment, stages=stages, microbatches=m).result
+        else:
+            result = simulate(problem.graph, problem.cluster, assignment, problem.cost_model, mode=problem.mode,
+                              microbatches=m, replicas=replicas, lowered=problem.lowered())  # fmt: skip
         over = sum(max(0.0, peak - capacity[d]) for d, peak in result.peak_memory_bytes.items())
         choice.step_ms[m] = result.step_ms
         choice.fits[m] = over <= 0

@@ -222,7 +222,7 @@ def solve_throughput(
         candidates: dict[str, float] = {}
         fits = False  # known to fit: the microbatch choice simulated this plan already
         if m is None:
-            choice = choose_microbatches(problem, assignment, deadline=problem.deadline, replicas=stage_replicas(stages))
+            choice = choose_microbatches(problem, assignment, deadline=problem.deadline, stages=stages)
             m = choice.microbatches
             candidates = {str(k): v for k, v in choice.step_ms.items()}
             fits = choice.fits[m]

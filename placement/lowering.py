@@ -239,14 +239,30 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def running_nodes(graph: Graph, mode: str = "training") -> list[str]:
+    """The nodes one step of ``mode`` runs, in the simulator's topological order: the ``names`` of the
+    graph's :class:`Lowered` (module docstring), for what needs no cluster (the schedules)."""
+    if mode not in MODES:
+        raise ConfigurationError(f"running_nodes: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _, kept, dropped = _kept(graph, mode == "training")
+    return _ordered(graph, [name for name, _ in kept], [d for _, d in kept], bool(dropped))[0]
+
+
+def _kept(graph: Graph, training: bool) -> tuple[bool, list[tuple[str, NodeData]], list[str]]:
+    """Whether the graph holds explicit backward nodes, the nodes kept (with their data) and those
+    dropped (explicit backward nodes in inference), in graph order."""
+    nodes = graph.to_networkx().nodes(data="data")
+    explicit = any(d.is_backward for _, d in nodes)
+    keep_all = training or not explicit
+    kept = [(name, d) for name, d in nodes if keep_all or not d.is_backward]
+    dropped = [] if keep_all else [name for name, d in nodes if d.is_backward]
+    return explicit, kept, dropped
+
+
 def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, optimizer_state_factor: float) -> Lowered:
     training = mode == "training"
-    nxg = graph.to_networkx()
-    explicit = any(d.is_backward for _, d in nxg.nodes(data="data"))
+    explicit, kept, dropped = _kept(graph, training)
     has_bwd = training and not explicit
-    keep_all = training or not explicit
-    kept = [(name, d) for name, d in nxg.nodes(data="data") if keep_all or not d.is_backward]
-    dropped = [] if keep_all else [name for name, d in nxg.nodes(data="data") if d.is_backward]
     names, data, src, dst, edge_data = _ordered(graph, [name for name, _ in kept], [d for _, d in kept], bool(dropped))
     n, E = len(names), len(src)
     index = {name: i for i, name in enumerate(names)}
@@ -440,4 +456,4 @@ def send_bytes(edges: Sequence[EdgeData]) -> float:
     return max(whole, sum(per_index.values()))
 
 
-__all__ = ["MODES", "Lowered", "gc_paused", "lower", "send_bytes", "topological_indices"]
+__all__ = ["MODES", "Lowered", "gc_paused", "lower", "running_nodes", "send_bytes", "topological_indices"]

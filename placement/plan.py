@@ -26,7 +26,7 @@ from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, MismatchError, PlacementError, PlanFormatError, ScheduleError
 from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
-from placement.lowering import MODES
+from placement.lowering import MODES, Lowered
 from placement.schedules import SCHEDULES, make_schedule
 from placement.simulate import simulate
 
@@ -183,7 +183,7 @@ class Plan:
         if "order" not in settings and "replicas" not in settings:
             schedule = settings.pop("schedule", self.schedule)
             if isinstance(schedule, str):
-                schedule = self._schedule_for(graph, schedule, settings["mode"], settings["microbatches"])
+                schedule = self._schedule_for(graph, schedule, settings["mode"], settings["microbatches"], settings.get("lowered"))
             if schedule is not None:
                 return simulate(graph, cluster, self.assignment, cost_model, schedule=schedule,
                                 replicas=stage_replicas(self.stages), **settings)  # fmt: skip
@@ -191,12 +191,15 @@ class Plan:
         settings.setdefault("replicas", stage_replicas(self.stages))
         return simulate(graph, cluster, self.assignment, cost_model, **settings)
 
-    def _schedule_for(self, graph: Graph, name: str, mode: str, microbatches: int) -> Schedule | None:
+    def _schedule_for(
+        self, graph: Graph, name: str, mode: str, microbatches: int, lowered: Lowered | None = None
+    ) -> Schedule | None:
         """The schedule ``name`` (``""``: :meth:`schedule_name`) of this plan run in ``mode`` on
-        ``microbatches``; None when the default schedule cannot be made (see :meth:`simulate`)."""
+        ``microbatches`` (reading ``lowered`` when given); None when the default schedule cannot be made
+        (see :meth:`simulate`)."""
         runs = replace(self, mode=mode, microbatches=microbatches)
         try:
-            return make_schedule(runs, name or self.schedule_name(), graph)
+            return make_schedule(runs, name or self.schedule_name(), graph, lowered=lowered)
         except ScheduleError:
             if name:
                 raise

@@ -307,7 +307,7 @@ def _pipeline_schedule(plan: Plan, lw: Lowered, sim: Simulate, overflow: Callabl
 def _made(plan: Plan, name: str, lw: Lowered):
     """``make_schedule(plan, name)``, or None when the plan has no such schedule."""
     try:
-        return make_schedule(plan, name, lw.graph)
+        return make_schedule(plan, name, lw.graph, lowered=lw)
     except ScheduleError:
         return None
 

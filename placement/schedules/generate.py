@@ -8,8 +8,8 @@ receive no gradient. Inference plans (``mode="inference"``) run forwards only: n
 no all-reduce, no optimizer step.
 
 ``node-order`` (any plan without replicated stages; the schedule of latency plans). Each device runs
-its nodes in ``Plan.order[device]`` when the plan gives one, else in the graph's topological order
-(:meth:`graphc.ir.graph.Graph.topological_order`) restricted to the device; for each microbatch in turn,
+its nodes in ``Plan.order[device]`` when the plan gives one, else in the simulator's topological order
+(:func:`placement.lowering.running_nodes`, the lowering's node order) restricted to the device; for each microbatch in turn,
 then, in training, their backwards in the reverse order for each microbatch in turn (the simulator's
 ``order``). The output of a node goes out right after its forward (:class:`Send` to each consumer
 device, in the order devices first appear) and is received right before its first consumer on the
@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from placement.cost_model import graph_inputs
 from placement.errors import ScheduleError
+from placement.lowering import Lowered, running_nodes
 from placement.schedules.actions import (
     Action,
     AllReduce,
@@ -69,18 +70,34 @@ Place = TypeVar("Place", bound=Hashable)
 StageOrder = Callable[[int, int, int, bool], list[tuple[bool, int]]]
 
 
-def make_schedule(plan: Plan, name: str | None = None, graph: Graph | None = None) -> Schedule:
+def make_schedule(
+    plan: Plan, name: str | None = None, graph: Graph | None = None, *, lowered: Lowered | None = None
+) -> Schedule:
     """The schedule ``name`` of ``plan``, validated (:func:`validate`): ``"node-order"``, ``"gpipe"`` or
     ``"1f1b"`` (see the module docstring); by default ``gpipe`` for a plan with stages, else
-    ``node-order``. ``graph`` defaults to the graph the plan carries."""
+    ``node-order``. ``graph`` defaults to the graph the plan carries.
+
+    ``lowered``: the lowering of this graph in the plan's mode (:meth:`placement.problem.Problem.lowered`),
+    whose nodes and graph inputs the schedule then reads; without it they are derived here the same way
+    (:func:`placement.lowering.running_nodes`, :func:`placement.cost_model.graph_inputs`)."""
     graph = graph if graph is not None else plan.graph
     if graph is None:
         raise ScheduleError("the plan does not carry its graph (built by hand?): pass graph= to make_schedule")
+    if lowered is not None and (lowered.graph is not graph or lowered.mode != plan.mode):
+        raise ScheduleError(
+            f"make_schedule: lowered= is the lowering of another graph or mode than the plan's {plan.mode} step of "
+            f"{graph.name!r}: pass this graph's lowering, or none"
+        )
+    if lowered is not None:
+        nodes = lowered.names
+        inputs = {v for v, is_input in zip(lowered.names, lowered.is_input.tolist()) if is_input}
+    else:
+        nodes, inputs = running_nodes(graph, plan.mode), graph_inputs(graph)
     name = name or ("gpipe" if plan.stages else "node-order")
     if name == "node-order":
-        schedule = _node_order(plan, graph)
+        schedule = _node_order(plan, graph, nodes, inputs)
     elif name in STAGE_ORDERS:
-        schedule = _pipeline(plan, graph, name)
+        schedule = _pipeline(plan, graph, name, nodes, inputs)
     else:
         raise ScheduleError(f"unknown schedule {name!r}; schedules: {', '.join(SCHEDULES)}")
     validate(schedule)
@@ -88,11 +105,6 @@ def make_schedule(plan: Plan, name: str | None = None, graph: Graph | None = Non
 
 
 # -- shared -----------------------------------------------------------------------------------
-
-
-def _kept_nodes(graph: Graph, training: bool) -> list[str]:
-    """The nodes that run, in topological order: all in training, the forward nodes in inference."""
-    return [n for n in graph.topological_order() if training or not graph.node(n).is_backward]
 
 
 def _consumer_places(
@@ -112,12 +124,12 @@ def _consumer_places(
 # -- node order -------------------------------------------------------------------------------
 
 
-def _node_order(plan: Plan, graph: Graph) -> Schedule:
-    """The ``node-order`` schedule (module docstring)."""
+def _node_order(plan: Plan, graph: Graph, nodes: list[str], inputs: set[str]) -> Schedule:
+    """The ``node-order`` schedule (module docstring) of the running ``nodes`` (topological order);
+    ``inputs``: the graph inputs."""
     if any(len(st.devices) > 1 for st in plan.stages):
         raise ScheduleError("node-order does not run replicated stages: use the gpipe or 1f1b schedule")
     training = plan.mode == "training"
-    nodes = _kept_nodes(graph, training)
     unassigned = [n for n in nodes if n not in plan.assignment]
     if unassigned:
         raise ScheduleError(f"the plan gives no device to node(s) {unassigned[:5]} of graph {graph.name!r}")
@@ -129,7 +141,6 @@ def _node_order(plan: Plan, graph: Graph) -> Schedule:
     firsts = {d: _first_consumers(graph, d, orders[d], device_of, topo) for d in devices}
     explicit = any(graph.node(n).is_backward for n in nodes)
     derive_backward = training and not explicit
-    inputs = graph_inputs(graph)
 
     def forward(d: str, k: int) -> list[Action]:
         acts: list[Action] = []
@@ -224,8 +235,9 @@ STAGE_ORDERS: dict[str, StageOrder] = {"gpipe": _gpipe_order, "1f1b": _one_f_one
 SCHEDULES = ("node-order", *STAGE_ORDERS)
 
 
-def _pipeline(plan: Plan, graph: Graph, name: str) -> Schedule:
-    """The ``gpipe`` or ``1f1b`` schedule of a plan with stages (module docstring)."""
+def _pipeline(plan: Plan, graph: Graph, name: str, nodes: list[str], inputs: set[str]) -> Schedule:
+    """The ``gpipe`` or ``1f1b`` schedule of a plan with stages (module docstring) of the running
+    ``nodes`` (topological order); ``inputs``: the graph inputs."""
     training = plan.mode == "training"
     if not plan.stages:
         raise ScheduleError(f"{name} needs a plan with pipeline stages; this plan has none: use node-order")
@@ -235,7 +247,6 @@ def _pipeline(plan: Plan, graph: Graph, name: str) -> Schedule:
             "backward nodes: use node-order"
         )
     stages = sorted(plan.stages, key=attrgetter("index"))
-    nodes = _kept_nodes(graph, training)
     stage_of = _stage_positions(stages, nodes, graph)
     outgoing = _consumer_places(graph, nodes, stage_of, int)
     incoming: list[list[str]] = [[] for _ in stages]
@@ -243,7 +254,6 @@ def _pipeline(plan: Plan, graph: Graph, name: str) -> Schedule:
         for t in targets:
             incoming[t].append(u)
     outgoing_of = [[u for u in outgoing if stage_of[u] == s] for s in range(len(stages))]
-    inputs = graph_inputs(graph)
     m = plan.microbatches
 
     def runner(s: int, k: int) -> str:

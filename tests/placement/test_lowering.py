@@ -8,7 +8,7 @@ import pytest
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import ConfigurationError, CostModel, PlacementError
 from placement.cluster import Cluster, Device, Link, Switch
-from placement.lowering import Lowered, lower, send_bytes, topological_indices
+from placement.lowering import Lowered, lower, running_nodes, send_bytes, topological_indices
 from placement.pipeline.build import instance_from_problem
 from placement.problem import make_problem
 from placement.solvers.instance import instance
@@ -136,6 +136,22 @@ def test_explicit_backward_nodes() -> None:
     inference = lowered(g, ["X"], mode="inference")
     assert inference.names == ["f0", "f1"] and inference.dropped == ["b1", "b0"]
     assert list(zip(inference.src.tolist(), inference.dst.tolist())) == [(0, 1)]
+
+
+def test_running_nodes_are_the_lowerings_names() -> None:
+    """What the schedules run without a cluster: the lowering's nodes, in its order, in either mode."""
+    explicit = Graph("explicit")
+    for name, backward in (("f0", False), ("b0", True), ("f1", False)):
+        explicit.add_node(NodeData(name, "op", is_backward=backward))
+    explicit.add_edge("f1", "b0", EdgeData())
+    explicit.add_edge("f0", "f1", EdgeData())
+    for g in (unordered(), explicit):
+        for mode in ("training", "inference"):
+            assert running_nodes(g, mode) == lowered(g, ["X"], mode).names
+    assert running_nodes(explicit, "inference") == ["f0", "f1"]
+    assert running_nodes(unordered()) == ["x", "b", "a", "c"]  # among the ready, first inserted first
+    with pytest.raises(ConfigurationError, match="mode must be one of"):
+        running_nodes(unordered(), "train")
 
 
 def test_device_classes_and_routes() -> None:

@@ -259,6 +259,27 @@ def test_a_graph_with_explicit_backward_nodes_runs_each_node_once_as_given():
     }
 
 
+def test_a_lowering_gives_the_same_schedules_and_one_of_another_step_is_refused():
+    """make_schedule(lowered=) reads the lowering's nodes and inputs: the same schedules as without; a
+    device's default order is the lowering's topological order (b before a: inserted first)."""
+    from placement import Cluster, CostModel, lower
+
+    g = Graph("g")
+    for n in "xbac":
+        g.add_node(NodeData(n, "input" if n == "x" else "op"))
+    for u, v in ("xa", "xb", "ac", "bc"):
+        g.add_edge(u, v)
+    c = Cluster.resolve("pcie-4gpu")
+    assignment = {"x": "gpu0", "b": "gpu0", "a": "gpu0", "c": "gpu1"}
+    for mode in ("training", "inference"):
+        p = plan(g, assignment, mode=mode)
+        mine = make_schedule(p)
+        assert codes(make_schedule(p, lowered=lower(g, c, CostModel(c), mode))) == codes(mine)
+        assert [a.node for a in mine.actions["gpu0"] if isinstance(a, Forward)] == ["x", "b", "a"]
+    with pytest.raises(ScheduleError, match="another graph or mode"):
+        make_schedule(plan(g, assignment), lowered=lower(g, c, CostModel(c), "inference"))
+
+
 # -- validation -----------------------------------------------------------------------------------
 def test_a_receive_whose_send_was_removed_is_refused_naming_both_devices():
     schedule = make_schedule(pipeline(GPUS[:2], 2), "gpipe")

@@ -23,7 +23,22 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   ``(2 + optimizer_state_factor) x param_bytes + buffer_bytes`` in training (parameters, gradients,
   optimizer state) and ``param_bytes + buffer_bytes`` in inference; ``held`` = what the node keeps
   alive during the step: its ``activation_bytes`` when ``has_bwd``, else its ``output_bytes`` (0 for a
-  node with ``memory_bytes``, whose figure is its whole footprint).
+  node with ``memory_bytes``, whose figure is its whole footprint). What else the simulator counts
+  for a node when ``has_bwd`` (0 otherwise, and for inputs and nodes with ``memory_bytes``):
+  ``backward_temp``, its backward's temporary, at most ``max(output_bytes, bytes of its in-edges from
+  non-inputs)``, and ``loss_bytes``, three output-sized tensors of a graph output (``is_output``: the
+  output returned, the loss's kept tensor and its gradient).
+* **Memory bounds.** ``static + held`` is what a lower bound may count (:mod:`placement.bounds`) and
+  what the solvers' instances count per node (:mod:`placement.solvers.instance`): an estimate that
+  leaves out the backward temporaries and the loss tensors, which :func:`placement.problem.finish_plan`
+  checks by simulation. The simulated peak of a device (:mod:`placement.simulate`, "Memory") is at most
+  the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
+  them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
+  tensor) and in training, when the producer takes a gradient, on the producer's device too (the
+  received gradient) (:meth:`Lowered.memory_upper_bound`): for any schedule and microbatch count
+  without replicated stages, since each microbatch holds ``1/m`` of a tensor, a device runs one
+  backward at a time, and a group's send is no larger than the sum of its edges. The largest
+  temporary is not a per-node sum: adding every node's would double the estimate of a chain.
 * **Edges**: ``src``, ``dst``, ``nbytes``, ``edge_data``; ``send_bytes[u]`` = :func:`send_bytes` of all
   of ``u``'s out-edges (what one send of its output to another device carries at most).
 * **Routes** between every ordered pair of devices: ``lat`` (ms), ``inv_bw`` (ms per byte), their raw
@@ -82,7 +97,7 @@ class Lowered:
         kinds_ok: (n, C) the node's ``allowed_kinds`` admit the class.
         src, dst: (E,) edge endpoints (node ids) in the graph's edge order; ``edge_data`` their EdgeData.
         nbytes: (E,) edge bytes.
-        static, held, param_bytes, send_bytes: (n,) bytes (module docstring).
+        static, held, backward_temp, loss_bytes, param_bytes, send_bytes: (n,) bytes (module docstring).
         modules: per node, the module it belongs to ("" if none).
 
     Built on first use (the simulator, which lowers for every call made without a lowering, needs none
@@ -116,6 +131,8 @@ class Lowered:
     nbytes: np.ndarray
     static: np.ndarray
     held: np.ndarray
+    backward_temp: np.ndarray
+    loss_bytes: np.ndarray
     param_bytes: np.ndarray
     send_bytes: np.ndarray
     modules: list[str]
@@ -150,6 +167,23 @@ class Lowered:
     def bwd(self) -> np.ndarray:
         """(n, D) whole-batch backward ms of each node on each device (built on first use)."""
         return _frozen(self.class_bwd[:, self.device_class])
+
+    def memory_upper_bound(self, dev: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(D,) an upper bound of each device's simulated peak memory when node ``v`` is placed on device
+        ``dev[v]``, for any schedule and microbatch count without replicated stages (module docstring,
+        "Memory bounds")."""
+        dev = np.asarray(dev, dtype=np.int64)
+        D = self.num_devices
+        bound = np.bincount(dev, weights=self.static + self.held + self.loss_bytes, minlength=D)
+        largest_temp = np.zeros(D)
+        np.maximum.at(largest_temp, dev, self.backward_temp)
+        bound += largest_temp
+        cut = dev[self.src] != dev[self.dst]
+        bound += np.bincount(dev[self.dst[cut]], weights=self.nbytes[cut], minlength=D)
+        if self.has_bwd:
+            grad = cut & self.needs_grad[self.src]
+            bound += np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
+        return bound
 
     @cached_property
     def preds(self) -> list[list[tuple[int, int]]]:
@@ -289,6 +323,7 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
             out_bytes[u] = send_bytes(eds)
 
     static, held = _memory(data, training, has_bwd, optimizer_state_factor)
+    backward_temp, loss_bytes = _backward_memory(data, has_bwd, is_input, src_np, dst_np, nbytes)
 
     return Lowered(
         graph=graph,
@@ -315,6 +350,8 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
         nbytes=_frozen(nbytes),
         static=_frozen(static),
         held=_frozen(held),
+        backward_temp=_frozen(backward_temp),
+        loss_bytes=_frozen(loss_bytes),
         param_bytes=_frozen(np.fromiter((d.param_bytes for d in data), dtype=float, count=n)),
         send_bytes=_frozen(out_bytes),
         modules=[d.module for d in data],
@@ -404,6 +441,21 @@ def _memory(data: list[NodeData], training: bool, has_bwd: bool, factor: float) 
             static[i] = mult * nd.param_bytes + nd.buffer_bytes
             held[i] = nd.activation_bytes if has_bwd else nd.output_bytes
     return static, held
+
+
+def _backward_memory(
+    data: list[NodeData], has_bwd: bool, is_input: np.ndarray, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``backward_temp`` and ``loss_bytes`` of every node (module docstring): the simulator's backward
+    temporary at its largest, and three output-sized tensors for a graph output."""
+    n = len(data)
+    if not has_bwd:
+        return np.zeros(n), np.zeros(n)
+    output = np.fromiter((d.output_bytes for d in data), dtype=float, count=n)
+    is_output = np.fromiter((d.is_output for d in data), dtype=bool, count=n)
+    counted = ~is_input & np.fromiter((d.memory_bytes is None for d in data), dtype=bool, count=n)
+    in_grad = np.bincount(dst, weights=nbytes * ~is_input[src], minlength=n)
+    return np.maximum(output, in_grad) * counted, 3.0 * output * (is_output & counted)
 
 
 def _routes(cluster: Cluster, devices: list[Device]) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:

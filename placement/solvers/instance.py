@@ -21,7 +21,9 @@ up to the differences listed here:
   ``held`` = what the node keeps alive during the step (its activation in training, its output in
   inference), ``send_bytes`` = what its output occupies on a device that receives it (and, in
   training, what the gradient sent back occupies on the node's device). :class:`MemoryLedger`-style
-  accounting that adds all of them is an upper bound on the simulated peak (every item alive at once).
+  accounting that adds all of them estimates the simulated peak; it leaves out a device's largest
+  backward temporary and a graph output's loss tensors (:meth:`placement.lowering.Lowered.memory_upper_bound`
+  adds them), which :func:`placement.problem.finish_plan` checks by simulation.
 """
 
 from __future__ import annotations

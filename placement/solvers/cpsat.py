@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -170,6 +170,7 @@ def warm_start(
             continue
         seq = None if name in ("single", "m-topo") else sched.seq
         cand = evaluator(sched.dev, seq, name)
+        cand.schedule_seq = seq
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
     tried: set[bytes] = set()
@@ -222,6 +223,7 @@ def improve(
     D = inst.num_devices
     hard = problem.deadline - final_seconds(inst)
     cut_by_clock: list[str] = []
+    cands: list[Candidate] = []
     if incumbent is None:
         skipped: list[str] = []
         incumbent, cands = warm_start(
@@ -268,9 +270,52 @@ def improve(
     record["proven_optimal"] = proven()
     record["stopped_by_wall_clock"] = sorted(set(cut_by_clock))
     record["simulations"] = evaluator.calls
-    record["found_by"] = best.source
-    plan = to_plan(problem, inst, best.dev, solver=solver, settings=record, seq=best.seq, bound_ms=bound_ms or None)
+    # Every heuristic's plan as it would finish it, the best split, and the search's best.
+    splits = [c for c in cands if c.source.startswith(("split/", "layers/"))]
+    heuristics = [replace(c, seq=c.schedule_seq) for c in cands if c.source in WARM_START]
+    finalists = [best, *heuristics, *([min(splits, key=lambda c: c.step_ms)] if splits else [])]
+    plan = _final_plan(problem, inst, finalists, solver, record, bound_ms or None)
     return plan, record
+
+
+def _final_plan(
+    problem: Problem,
+    inst: Instance,
+    finalists: list[Candidate],
+    solver: str,
+    record: dict[str, Any],
+    bound_ms: float | None,
+) -> Plan:
+    """The finished plan (:func:`~placement.problem.finish_plan`, through ``to_plan``) of each distinct
+    finalist (the search's best, each warm-start heuristic's plan with its own order, one device
+    included, the best split), the one predicted fastest (the first on a tie). The search judges
+    candidates by the simulator's ready queues, while a finished plan runs the schedule its devices
+    execute, which may be faster or slower: comparing the finished plans keeps ``auto`` no slower than
+    the heuristics it ran and than one device by what the plans predict. A finalist
+    whose finished schedule overflows memory is passed over; when every one does, the first's
+    infeasibility is raised."""
+    plans: list[tuple[float, Candidate, Plan]] = []
+    seen: set[tuple[bytes, str]] = set()
+    first_error: InfeasibleError | None = None
+    for cand in finalists:
+        key = (cand.dev.tobytes(), repr(cand.seq))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            plan = to_plan(problem, inst, cand.dev, solver=solver, settings=record, seq=cand.seq, bound_ms=bound_ms)
+        except InfeasibleError as exc:
+            first_error = first_error or exc
+            continue
+        plans.append((plan.predicted_step_ms, cand, plan))
+    if not plans:
+        assert first_error is not None
+        raise first_error
+    _, chosen, plan = min(plans, key=lambda p: p[0])
+    for settings in (record, plan.settings):
+        settings["finalists"] = {c.source: s for s, c, _ in plans}
+        settings["found_by"] = chosen.source
+    return plan
 
 
 def _search(
@@ -369,9 +414,10 @@ class Budget:
             estimated cost fits ``warm_share`` of the work (taken in that order), run cheapest first.
         splits: the device counts whose balanced and layer splits are simulated too: as many of
             :func:`~placement.solvers.topo.split_counts` as fit what the heuristics left, spread
-            evenly from the fewest devices to all. When neither a heuristic nor a split fits, the
-            fewest devices' splits are the one multi-device candidate (two simulations and a pass
-            over the nodes: cheaper than any heuristic on a large graph).
+            evenly from the fewest devices to all (all of them when only one fits). When neither a
+            heuristic nor a split fits, the splits onto every device are the one multi-device
+            candidate (two simulations and a pass over the nodes: cheaper than any heuristic on a
+            large graph, and the loosest in memory).
         warm_seconds: nominal seconds of the warm start so planned.
         ilp_seconds: CP-SAT's nominal seconds, its coarsening and model building included (its
             deterministic limit is a fraction of what is left for the solve).
@@ -453,9 +499,10 @@ class Budget:
         counts = split_counts(inst)
         per_split = 2 * sim + split_seconds(inst)
         fit = min(len(counts), max(0, int((cap - warm) / per_split)))
-        splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[:fit]
+        # Spread from the fewest devices to all; one count alone is all of them, the loosest in memory.
+        splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[len(counts) - fit :]
         if len(names) == 1 and not splits:  # always a candidate that may use several devices
-            splits = counts[:1]
+            splits = counts[-1:]
         warm += len(splits) * per_split
         avail = max(0.0, total - warm)
         ilp = 0.0 if heuristics_only else cfg.ilp_share * avail

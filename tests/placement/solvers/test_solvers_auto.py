@@ -16,7 +16,7 @@ from placement.plan import Plan
 from placement.problem import make_problem
 from placement.solvers import cpsat as cpsat_module
 from placement.solvers import lns as lns_module
-from placement.solvers import solve
+from placement.solvers import HEURISTICS, solve
 from placement.solvers.auto import single_device_pipeline
 from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings, warm_start
 from placement.solvers.ilp import LatencyModel
@@ -64,14 +64,14 @@ def test_auto_gives_the_same_plan_beside_cpu_burners() -> None:
 
 
 def test_budget_is_planned_from_the_size_not_the_clock() -> None:
-    """A tiny time limit runs one device and the splits onto the fewest devices only; a generous one
+    """A tiny time limit runs one device and the splits onto every device only; a generous one
     every heuristic and every split; one in between the heuristics that fit in order; the same inputs
     plan the same work."""
     problem = make_problem(random_graph(3, 30), star(4), time_limit_s=0.2)
     inst = instance(problem)
     cfg = CpSatSettings()
     tight = Budget.of(problem, inst, cfg)
-    assert tight.heuristics == ["single"] and tight.splits == split_counts(inst)[:1]
+    assert tight.heuristics == ["single"] and tight.splits == split_counts(inst)[-1:]
     assert tight.ilp_seconds == 0.0 and tight.search_evals == 0
     roomy = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=30.0), inst, cfg)
     assert sorted(roomy.heuristics) == sorted(WARM_START) and roomy.splits == split_counts(inst)
@@ -102,7 +102,7 @@ def test_model_terms_estimate_the_built_model(seed: int, n: int, devices: int, f
 
 def test_models_past_the_limit_are_never_built(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a limit below every model's size, auto builds none (CP-SAT and LNS are skipped, saying why)
-    and still returns the best heuristic's plan, polished."""
+    and still returns a plan no slower than any heuristic's."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model past MAX_MODEL_TERMS was built")
@@ -114,8 +114,8 @@ def test_models_past_the_limit_are_never_built(monkeypatch: pytest.MonkeyPatch) 
     plan = solve(g, c, solver="auto", time_limit_s=4.0)
     assert "too large" in plan.settings["ilp"]["skipped"]
     assert "too large" in plan.settings["search"]["lns_skipped"]
-    best_heuristic = min(plan.settings["warm_start"].values())
-    assert plan.predicted_step_ms <= best_heuristic
+    best_heuristic = min(solve(g, c, solver=name).predicted_step_ms for name in HEURISTICS)
+    assert plan.predicted_step_ms <= best_heuristic + 1e-9
 
 
 # -- never slower than one device ----------------------------------------------------------------------

@@ -134,20 +134,25 @@ def _node_order(plan: Plan, graph: Graph, nodes: list[str], inputs: set[str]) ->
     if unassigned:
         raise ScheduleError(f"the plan gives no device to node(s) {unassigned[:5]} of graph {graph.name!r}")
     device_of = {n: plan.assignment[n] for n in nodes}
-    devices = list(dict.fromkeys(device_of.values()))
-    orders = {d: _device_order(plan, graph, d, [n for n in nodes if device_of[n] == d], set(nodes)) for d in devices}
-    consumers = _consumer_places(graph, nodes, device_of, devices.index)
+    on_device: dict[str, list[str]] = {}
+    for n in nodes:
+        on_device.setdefault(device_of[n], []).append(n)
+    devices = list(on_device)
+    running = set(nodes)
+    orders = {d: _device_order(plan, graph, d, on_device[d], running) for d in devices}
+    rank = {d: i for i, d in enumerate(devices)}
+    consumers = _consumer_places(graph, nodes, device_of, rank.__getitem__)
     topo = {n: i for i, n in enumerate(nodes)}
     firsts = {d: _first_consumers(graph, d, orders[d], device_of, topo) for d in devices}
-    explicit = any(graph.node(n).is_backward for n in nodes)
-    derive_backward = training and not explicit
+    is_backward = {n: graph.node(n).is_backward for n in nodes}
+    derive_backward = training and not any(is_backward.values())
 
     def forward(d: str, k: int) -> list[Action]:
         acts: list[Action] = []
         for v in orders[d]:
-            acts += [Recv(d, device_of[u], u, k, graph.node(u).is_backward) for u in firsts[d][v]]
-            acts.append((Backward if graph.node(v).is_backward else Forward)(d, k, node=v))
-            acts += [Send(d, p, v, k, graph.node(v).is_backward) for p in consumers.get(v, [])]
+            acts += [Recv(d, device_of[u], u, k, is_backward[u]) for u in firsts[d][v]]
+            acts.append((Backward if is_backward[v] else Forward)(d, k, node=v))
+            acts += [Send(d, p, v, k, is_backward[v]) for p in consumers.get(v, [])]
         return acts
 
     def backward(d: str, k: int) -> list[Action]:

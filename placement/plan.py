@@ -76,14 +76,18 @@ class Plan:
         objective: ``"latency"`` (one step as fast as possible) or ``"throughput"`` (pipelined).
         mode: ``"training"`` (forward and backward) or ``"inference"`` (forward only).
         assignment: node name -> device name, for every node of the graph.
-        order: device name -> the node names it runs, in execution order (forward pass).
+        order: device name -> the node names it runs, in execution order (forward pass); the solvers'
+            latency plans always record it (:func:`placement.problem.finish_plan`), a plan without one
+            runs the topological order.
         stages: the pipeline stages of a throughput plan (empty for a latency plan).
         microbatches: how many microbatches one step is split into (1: no pipelining).
         schedule: the name of the schedule its devices run (:func:`placement.schedules.make_schedule`:
             ``"node-order"``, ``"gpipe"``, ``"1f1b"``); ``""`` for the default, ``gpipe`` for a plan
-            with stages, else ``node-order`` (:meth:`schedule_name`).
-        predicted_step_ms: the simulated time of one step (all microbatches).
-        peak_memory_bytes: device name -> simulated peak memory.
+            with stages, else ``node-order`` (:meth:`schedule_name`). The solvers' staged plans record
+            the faster of gpipe and 1f1b that fits (:func:`placement.problem.finish_plan`).
+        predicted_step_ms: the simulated time of one step (all microbatches) of its schedule: what
+            :meth:`simulate` gives.
+        peak_memory_bytes: device name -> simulated peak memory (of the same simulation).
         lower_bound_ms: a proven lower bound on the step time for this graph and cluster.
         gap: the solver's proven relative optimality gap (``(found - bound) / found``), None if unknown.
         solver: the solver's name (``"m-etf"``, ``"cp-sat"``, ``"auto"``, ...).

@@ -221,7 +221,7 @@ def improve(
     budget = Budget.of(problem, inst, cfg)
     record: dict[str, Any] = {"cp_sat": asdict(cfg), "budget": asdict(budget)}
     D = inst.num_devices
-    hard = problem.deadline - final_seconds(inst)
+    hard = problem.deadline - budget.final_seconds
     cut_by_clock: list[str] = []
     cands: list[Candidate] = []
     if incumbent is None:
@@ -429,6 +429,7 @@ class Budget:
             :data:`~placement.solvers.workload.MAX_MODEL_TERMS`): the heuristics may plan
             :data:`~placement.solvers.workload.HEURISTICS_ONLY_SHARE` of the time limit, the polish
             gets what the planned work leaves.
+        final_seconds: kept for finishing the finalists' plans (:func:`_final_plan`).
     """
 
     heuristics: list[str]
@@ -439,6 +440,7 @@ class Budget:
     sim_seconds: float
     microbatches: int
     heuristics_only: bool = False
+    final_seconds: float = 0.0
 
     @property
     def search_evals(self) -> int:
@@ -481,12 +483,13 @@ class Budget:
     def of(cls, problem: Problem, inst: Instance, cfg: CpSatSettings) -> Budget:
         mb = max(1, problem.microbatches or 1)
         sim = simulation_seconds(inst, mb, inst.n // 10)  # a cut edge per ten nodes, until a plan is known
-        total = max(0.0, NOMINAL_SHARE * problem.time_limit - instance_seconds(inst.n) - final_seconds(inst))
+        reserve = final_seconds(inst, 2)  # the search's best and one heuristic's plan, known before choosing
+        total = max(0.0, NOMINAL_SHARE * problem.time_limit - instance_seconds(inst.n) - reserve)
         # A heuristic costs its own run and two simulations (with its order and the simulator's).
         cost = {name: heuristic_seconds(name, inst) + 2 * sim for name in WARM_START}
         heuristics_only = inst.num_devices > 1 and not _models_fit(inst, cfg)
         if heuristics_only:  # no CP-SAT nor LNS to come: the heuristics are the search
-            cap = max(0.0, HEURISTICS_ONLY_SHARE * problem.time_limit - instance_seconds(inst.n) - final_seconds(inst))
+            cap = max(0.0, HEURISTICS_ONLY_SHARE * problem.time_limit - instance_seconds(inst.n) - reserve)
         else:
             cap = cfg.warm_share * total
         names = ["single"]
@@ -504,11 +507,12 @@ class Budget:
         if len(names) == 1 and not splits:  # always a candidate that may use several devices
             splits = counts[-1:]
         warm += len(splits) * per_split
-        avail = max(0.0, total - warm)
+        final = final_seconds(inst, len(names) + 2)  # every heuristic's plan, the best split, the search's best
+        avail = max(0.0, total - warm - (final - reserve))
         ilp = 0.0 if heuristics_only else cfg.ilp_share * avail
         return cls(
             heuristics=names, splits=splits, warm_seconds=warm, ilp_seconds=ilp, search_seconds=avail - ilp,
-            sim_seconds=sim, microbatches=mb, heuristics_only=heuristics_only,
+            sim_seconds=sim, microbatches=mb, heuristics_only=heuristics_only, final_seconds=final,
         )  # fmt: skip
 
 

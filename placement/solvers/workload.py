@@ -89,10 +89,11 @@ def quotient_seconds(inst: Instance) -> float:
     return 1e-3 + 1e-5 * (inst.n + inst.num_edges)
 
 
-def final_seconds(inst: Instance) -> float:
-    """Nominal seconds kept for the final plan (three simulations and the lower bound) and for a
-    simulation under way when the clock runs out."""
-    return 0.2 + 1.2 * inst.n / 10_000
+def final_seconds(inst: Instance, finalists: int) -> float:
+    """Nominal seconds of finishing ``finalists`` plans (each a choice of order and up to three
+    simulations of :func:`~placement.problem.finish_plan`, about five in all) and of the lower bound,
+    with a simulation under way when the clock runs out."""
+    return 0.2 + (5 * finalists + 1) * (3e-4 + 1e-5 * inst.n) + 2e-5 * inst.n
 
 
 def window_terms(inst: Instance, window: int, base: int) -> int:

@@ -14,9 +14,9 @@ from test_solvers_common import branches, graph, random_graph, star
 from placement import Cluster, simulate
 from placement.plan import Plan
 from placement.problem import make_problem
+from placement.solvers import HEURISTICS, solve
 from placement.solvers import cpsat as cpsat_module
 from placement.solvers import lns as lns_module
-from placement.solvers import HEURISTICS, solve
 from placement.solvers.auto import single_device_pipeline
 from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings, warm_start
 from placement.solvers.ilp import LatencyModel
@@ -80,7 +80,7 @@ def test_budget_is_planned_from_the_size_not_the_clock() -> None:
     # Room for one device, m-ETF and a little more, not HEFT after it: m-ETF but not HEFT.
     sim = roomy.sim_seconds
     room = heuristic_seconds("single", inst) + heuristic_seconds("m-etf", inst) + 6 * sim
-    limit = (room / cfg.warm_share + instance_seconds(inst.n) + final_seconds(inst)) / NOMINAL_SHARE
+    limit = (room / cfg.warm_share + instance_seconds(inst.n) + final_seconds(inst, 2)) / NOMINAL_SHARE
     middle = Budget.of(make_problem(random_graph(3, 30), star(4), time_limit_s=limit), inst, cfg)
     assert middle.heuristics[0] == "single" and "m-etf" in middle.heuristics and "heft" not in middle.heuristics
     assert Budget.of(problem, inst, cfg) == tight
@@ -184,7 +184,7 @@ def test_graphs_too_large_for_any_model_give_their_budget_to_the_heuristics() ->
     cfg = CpSatSettings()
     budget = Budget.of(wide, inst, cfg)
     assert budget.heuristics_only and budget.ilp_seconds == 0.0
-    usual = cfg.warm_share * (NOMINAL_SHARE * 10.0 - instance_seconds(inst.n) - final_seconds(inst))
+    usual = cfg.warm_share * (NOMINAL_SHARE * 10.0 - instance_seconds(inst.n) - final_seconds(inst, 2))
     assert usual < budget.warm_seconds <= HEURISTICS_ONLY_SHARE * 10.0
     narrow = make_problem(random_graph(3, 200), star(4), time_limit_s=10.0)
     assert not Budget.of(narrow, instance(narrow), cfg).heuristics_only

@@ -66,13 +66,21 @@ def heuristic_rows(graph, cluster: Cluster, cap_s: float) -> list[dict[str, Any]
 
 
 def auto_row(graph, cluster: Cluster, time_limit_s: float) -> dict[str, Any]:
-    plan, wall, cpu = _timed(lambda: solve(graph, cluster, solver="auto", time_limit_s=time_limit_s))
+    """auto's plan, timed, and what it ran; ``error`` when it found none."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        plan = solve(graph, cluster, solver="auto", time_limit_s=time_limit_s)
+    except InfeasibleError as exc:
+        return {"error": str(exc)[:200], "wall_s": round(time.perf_counter() - wall, 2),
+                "cpu_s": round(time.process_time() - cpu, 2)}  # fmt: skip
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     s = plan.settings
     return {
         "step_ms": plan.predicted_step_ms,
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "found_by": s.get("found_by"),
+        "finalists": s.get("finalists"),
         "warm_start": s.get("budget", {}).get("heuristics"),
         "cp_sat": s.get("ilp", {}).get("skipped") or s.get("ilp", {}).get("status", "not run"),
         "lns": s.get("search", {}).get("lns_skipped") or f"{s.get('search', {}).get('lns_steps', 0)} steps",
@@ -99,14 +107,17 @@ def main() -> None:
     for size in args.sizes:
         graph = random_layered_dag(size, seed=0)
         heuristics = heuristic_rows(graph, cluster, args.heuristic_cap)
+        for h in heuristics:
+            measured = f"{h['wall_s']} s wall, {h['cpu_s']} s cpu" if "wall_s" in h else h.get("skipped") or h.get("error")
+            console.print(f"  {size} nodes, {h['solver']}: estimate {h['estimate_s']} s; {measured}")
         auto = auto_row(graph, cluster, args.time_limit)
         load = os.getloadavg()[0]
         solved = [h for h in heuristics if "step_ms" in h]
         best = min(solved, key=lambda h: h["step_ms"], default=None)
         results.append({"nodes": size, "auto": auto, "heuristics": heuristics, "load_average": round(load, 2)})
-        for h in heuristics:
-            measured = f"{h['wall_s']} s wall, {h['cpu_s']} s cpu" if "wall_s" in h else h.get("skipped") or h.get("error")
-            console.print(f"  {size} nodes, {h['solver']}: estimate {h['estimate_s']} s; {measured}")
+        if "error" in auto:
+            console.print(f"  {size} nodes, auto found no plan in {auto['wall_s']} s: {auto['error']}")
+            continue
         console.print(f"  {size} nodes, auto ran {', '.join(auto['warm_start'] or [])}; cp-sat: {auto['cp_sat']}; "
                       f"lns: {auto['lns']}; found by {auto['found_by']}")  # fmt: skip
         table.add_row(

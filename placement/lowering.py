@@ -97,11 +97,11 @@ class Lowered:
         kinds_ok: (n, C) the node's ``allowed_kinds`` admit the class.
         src, dst: (E,) edge endpoints (node ids) in the graph's edge order; ``edge_data`` their EdgeData.
         nbytes: (E,) edge bytes.
-        static, held, backward_temp, loss_bytes, param_bytes, send_bytes: (n,) bytes (module docstring).
+        static, held, param_bytes, send_bytes: (n,) bytes (module docstring).
         modules: per node, the module it belongs to ("" if none).
 
     Built on first use (the simulator, which lowers for every call made without a lowering, needs none
-    of them): ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
+    of them): ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
     in edge order; the routes: ``latency_s``, ``bandwidth`` ((D, D) raw figures), ``lat``, ``inv_bw``
     (the same in ms and ms/byte) and ``resources`` (``resources[a][b]``, the link resources of the route
     from ``a`` to ``b``).
@@ -131,8 +131,6 @@ class Lowered:
     nbytes: np.ndarray
     static: np.ndarray
     held: np.ndarray
-    backward_temp: np.ndarray
-    loss_bytes: np.ndarray
     param_bytes: np.ndarray
     send_bytes: np.ndarray
     modules: list[str]
@@ -184,6 +182,21 @@ class Lowered:
             grad = cut & self.needs_grad[self.src]
             bound += np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
+
+    @cached_property
+    def backward_temp(self) -> np.ndarray:
+        """(n,) bytes of a node's backward temporary at its largest (module docstring, "Memory")."""
+        return self._backward_memory[0]
+
+    @cached_property
+    def loss_bytes(self) -> np.ndarray:
+        """(n,) bytes of a graph output's three loss tensors (module docstring, "Memory")."""
+        return self._backward_memory[1]
+
+    @cached_property
+    def _backward_memory(self) -> tuple[np.ndarray, np.ndarray]:
+        temp, loss = _backward_memory(self.data, self.has_bwd, self.is_input, self.src, self.dst, self.nbytes)
+        return _frozen(temp), _frozen(loss)
 
     @cached_property
     def preds(self) -> list[list[tuple[int, int]]]:
@@ -323,7 +336,6 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
             out_bytes[u] = send_bytes(eds)
 
     static, held = _memory(data, training, has_bwd, optimizer_state_factor)
-    backward_temp, loss_bytes = _backward_memory(data, has_bwd, is_input, src_np, dst_np, nbytes)
 
     return Lowered(
         graph=graph,
@@ -350,8 +362,6 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
         nbytes=_frozen(nbytes),
         static=_frozen(static),
         held=_frozen(held),
-        backward_temp=_frozen(backward_temp),
-        loss_bytes=_frozen(loss_bytes),
         param_bytes=_frozen(np.fromiter((d.param_bytes for d in data), dtype=float, count=n)),
         send_bytes=_frozen(out_bytes),
         modules=[d.module for d in data],

@@ -35,7 +35,7 @@ from placement.cost_model import CostModel
 from placement.errors import ConfigurationError, PlacementError, ScheduleError
 from placement.lowering import MODES, Lowered, lower
 from placement.plan import OBJECTIVES, Plan, Stage, stage_replicas
-from placement.schedules import make_schedule
+from placement.schedules import Schedule, make_schedule
 from placement.simulate import simulate
 from placement.timeline import SimResult
 
@@ -304,7 +304,7 @@ def _pipeline_schedule(plan: Plan, lw: Lowered, sim: Simulate, overflow: Callabl
     return best[2]
 
 
-def _made(plan: Plan, name: str, lw: Lowered):
+def _made(plan: Plan, name: str, lw: Lowered) -> Schedule | None:
     """``make_schedule(plan, name)``, or None when the plan has no such schedule."""
     try:
         return make_schedule(plan, name, lw.graph, lowered=lw)

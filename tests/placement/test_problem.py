@@ -101,6 +101,24 @@ def test_stages_get_the_better_pipeline_schedule_and_1f1b_when_gpipe_does_not_fi
     assert_predicted_is_simulated(tight)
 
 
+def test_replicated_stages_and_stages_no_schedule_runs() -> None:
+    """A replicated stage runs its pipeline schedule round robin; stages whose data flows back to an
+    earlier stage have no pipeline schedule and keep the ready queues, as Plan.simulate does."""
+    g, c = chain(), two_hosts()
+    d = c.device_names
+    assignment = {"c0": d[0], "c1": d[0], "c2": d[2], "c3": d[2]}
+    replicated = [Stage(0, ["c0", "c1"], [d[0], d[1]]), Stage(1, ["c2", "c3"], [d[2], d[3]])]
+    plan = finish_plan(make_problem(g, c, microbatches=4), assignment, solver="by-hand", stages=replicated, microbatches=4)
+    assert plan.schedule in ("gpipe", "1f1b")
+    assert_predicted_is_simulated(plan)
+    backwards = [Stage(0, ["c2", "c3"], [d[2]]), Stage(1, ["c0", "c1"], [d[0]])]
+    plan = finish_plan(make_problem(g, c, microbatches=2), assignment, solver="by-hand", stages=backwards, microbatches=2)
+    assert plan.schedule == ""
+    assert_predicted_is_simulated(plan)
+    ready = simulate(g, c, assignment, mode="training", microbatches=2)
+    assert (plan.predicted_step_ms, plan.peak_memory_bytes) == (ready.step_ms, ready.peak_memory_bytes)
+
+
 def test_the_order_recorded_is_the_ready_queues_when_no_slower_than_the_topological_one() -> None:
     for seed in range(8):
         g, c = random_graph(seed, 10), two_hosts()

@@ -40,9 +40,9 @@ Compute. A device runs one task at a time. Among its ready tasks it starts the o
 ``priority="topological"`` (default) orders forwards by microbatch then topological position and
 backwards by microbatch then reverse topological position; ``"critical_path"`` orders by the longest
 remaining path of compute (no communication) instead. Following GPipe, a device starts no backward until
-all its forwards (of every microbatch) are done. These ready queues are the solvers' quick evaluation; a plan's recorded prediction is the simulation of
-the schedule its devices run (:func:`placement.problem.finish_plan`).
-``order`` fixes the sequence on some devices instead: ``order[device]`` lists that device's nodes; it
+all its forwards (of every microbatch) are done. These ready queues are the solvers' quick evaluation;
+a plan's recorded prediction is the simulation of the schedule its devices run
+(:func:`placement.problem.finish_plan`). ``order`` fixes the sequence on some devices instead: ``order[device]`` lists that device's nodes; it
 runs them in that order for each microbatch in turn (each replica its microbatches), then (training)
 their backwards in reverse order for each microbatch. A device with a fixed sequence starts a task only
 when it is the next of its sequence and ready; a sequence that contradicts the dependencies is

@@ -11,6 +11,7 @@ import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Constraints, Device, Link, Plan, Switch, simulate
+from placement.pipeline.microbatches import choose_microbatches
 from placement.plan import Stage
 from placement.problem import finish_plan, make_problem
 from placement.solvers import BASELINES, HEURISTICS, solve
@@ -117,6 +118,18 @@ def test_replicated_stages_and_stages_no_schedule_runs() -> None:
     assert_predicted_is_simulated(plan)
     ready = simulate(g, c, assignment, mode="training", microbatches=2)
     assert (plan.predicted_step_ms, plan.peak_memory_bytes) == (ready.step_ms, ready.peak_memory_bytes)
+
+
+def test_the_microbatch_choice_compares_what_the_plans_will_predict() -> None:
+    g, c = chain(), two_hosts()
+    d = c.device_names
+    assignment = {f"c{i}": d[i] for i in range(4)}
+    stages = [Stage(i, [f"c{i}"], [d[i]]) for i in range(4)]
+    problem = make_problem(g, c, objective="throughput")
+    choice = choose_microbatches(problem, assignment, candidates=[1, 2, 4, 8], stages=stages)
+    for m, step in choice.step_ms.items():
+        assert step == finish_plan(problem, assignment, solver="by-hand", stages=stages, microbatches=m).predicted_step_ms
+    assert choice.microbatches == min(choice.step_ms, key=lambda m: (choice.step_ms[m], m))
 
 
 def test_the_order_recorded_is_the_ready_queues_when_no_slower_than_the_topological_one() -> None:

@@ -159,7 +159,7 @@ def warm_start(
             return True
         return False
 
-    for name in names or list(WARM_START):
+    for name in list(WARM_START) if names is None else names:
         if late(name):
             continue
         try:
@@ -226,10 +226,19 @@ def improve(
     cands: list[Candidate] = []
     if incumbent is None:
         skipped: list[str] = []
-        incumbent, cands = warm_start(
-            problem, inst, evaluator, budget.heuristics, splits=budget.splits,
-            deadline=min(hard, time.perf_counter() + WALL_SLACK * budget.warm_seconds + 1.0), cut=skipped,
-        )  # fmt: skip
+        try:
+            incumbent, cands = warm_start(
+                problem, inst, evaluator, budget.heuristics, splits=budget.splits,
+                deadline=min(hard, time.perf_counter() + WALL_SLACK * budget.warm_seconds + 1.0), cut=skipped,
+            )  # fmt: skip
+        except InfeasibleError:
+            # Nothing planned fits in memory: the splits not tried yet, onto the most devices first (the
+            # loosest), before giving up. Decided by the result, not the clock: still reproducible.
+            rest = [k for k in reversed(split_counts(inst)) if k not in budget.splits]
+            if not rest:
+                raise
+            incumbent, cands = warm_start(problem, inst, evaluator, [], splits=rest)
+            record["warm_start_fallback"] = f"nothing planned fitted in memory; {len(rest)} more split counts tried"
         record["warm_start"] = {c.source: c.step_ms for c in cands}
         if skipped or time.perf_counter() >= hard:
             cut_by_clock.append("warm start")

@@ -31,6 +31,7 @@ from placement.pipeline.instance import (
     is_contiguous,
     max_load,
     part_load,
+    pipeline_edges,
 )
 from placement.pipeline.microbatches import (
     MicrobatchChoice,
@@ -63,6 +64,7 @@ __all__ = [
     "max_load",
     "noncontiguous_ilp",
     "part_load",
+    "pipeline_edges",
     "replicate",
     "solve_throughput",
     "stages_of",

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import time
 
-from placement.pipeline.ideals import is_pipeline_contiguous, structure_blocks
+from placement.pipeline.ideals import structure_blocks
 from placement.pipeline.instance import (
     Partition,
     ThroughputInstance,
+    is_contiguous,
     make_part,
     max_load,
     part_memory,
@@ -56,7 +57,7 @@ def equal_split(inst: ThroughputInstance) -> Partition:
         method="equal-split",
         optimal=False,
         bound=0.0,
-        contiguous=is_pipeline_contiguous(inst, parts),
+        contiguous=is_contiguous(inst, parts),
         seconds=time.perf_counter() - started,
         stats={"fits": fits, "class": inst.classes[main].name},
     )

@@ -3,9 +3,9 @@
 Units (colocation groups) are split into at most as many parts as there are devices, each set partition
 once (restricted growth strings); every part then gets a device class and a replica count within the
 class counts. Each candidate is checked for memory, allowed classes and, when asked, contiguity (an
-acyclic quotient graph over the pipeline edges, :func:`~placement.pipeline.ideals.is_pipeline_contiguous`),
+acyclic quotient graph over the pipeline edges, :func:`~placement.pipeline.ideals.is_contiguous`),
 and scored with the objective of :mod:`placement.pipeline.instance` summed directly. Only the definition
-of contiguity (:func:`~placement.pipeline.ideals.pipeline_edges`) is shared with the DP and the ILP, no
+of contiguity (:func:`~placement.pipeline.instance.pipeline_edges`) is shared with the DP and the ILP, no
 algorithm, so agreement between the three is evidence for each.
 
 The number of candidates grows like ``devices ** units``: meant for about 10 units and 2-4 devices.
@@ -20,13 +20,14 @@ from collections.abc import Iterator
 
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
-from placement.pipeline.ideals import is_pipeline_contiguous, pipeline_edges
 from placement.pipeline.instance import (
     Part,
     Partition,
     ThroughputInstance,
     colocation_units,
+    is_contiguous,
     part_load,
+    pipeline_edges,
 )
 
 
@@ -74,7 +75,7 @@ def brute_force(
     for labels in _set_partitions(len(reps), inst.num_devices):
         k = max(labels) + 1 if labels else 0
         parts_nodes = [tuple(sorted(v for i, r in enumerate(reps) if labels[i] == b for v in members[r])) for b in range(k)]
-        if contiguous and not is_pipeline_contiguous(inst, parts_nodes, edges):
+        if contiguous and not is_contiguous(inst, parts_nodes, edges):
             continue
         for choice in itertools.product(options, repeat=k):
             used = [0] * len(counts)
@@ -106,7 +107,7 @@ def brute_force(
         method="exhaustive",
         optimal=True,
         bound=best_value,
-        contiguous=is_pipeline_contiguous(inst, best_parts),
+        contiguous=is_contiguous(inst, best_parts),
         seconds=time.perf_counter() - started,
         stats={"candidates": candidates, "units": len(reps)},
     )

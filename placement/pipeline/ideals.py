@@ -6,8 +6,8 @@ class). Operator-level training graphs also have *backward-only* units: colocati
 forward node (a colour class of backward nodes only, or an uncoloured backward node). Such a unit has no
 forward edge, so the forward structure leaves it free: every one of them doubles the number of ideals
 (32 of them in the NeurIPS 2020 ``bert_L-12_training`` operator graph), and no pipeline order says where
-its gradient work runs. :func:`pipeline_edges` therefore adds, for every edge between two backward nodes
-that touches a backward-only unit, the *mirrored* edge: a backward edge ``a -> b`` carries a gradient
+its gradient work runs. :func:`~placement.pipeline.instance.pipeline_edges` therefore adds, for every
+edge between two backward nodes that touches a backward-only unit, the *mirrored* edge: a backward edge ``a -> b`` carries a gradient
 from ``a`` to ``b`` (towards the inputs), so in pipeline order ``b``'s unit comes no later than ``a``'s,
 as the forward nodes of two layers ``b -> a`` would. This is how the NeurIPS 2020 authors' DP treats
 such units (an artificial forward node mirroring the backward one); it is a constraint a pipelined
@@ -16,8 +16,8 @@ Backward edges between units that have forward nodes, and edges from forward to 
 activations, read in the backward pass whichever stage holds them), add nothing. A backward-only unit
 with no edge to another backward node stays free and still doubles the ideals, as in the authors' DP;
 none of the published operator files has one. Graphs without backward-only units (every inference
-graph, the layer-level training files) get exactly the forward structure. :func:`is_pipeline_contiguous`
-checks a split against these edges; the DP, the contiguous CP-SAT model and exhaustive search all use
+graph, the layer-level training files) get exactly the forward structure.
+:func:`~placement.pipeline.instance.is_contiguous` checks a split against these edges; the DP, the contiguous CP-SAT model and exhaustive search all use
 them, so their optima are of the same problem.
 
 **Blocks.** Nodes of one colocation group form a *unit*; units joined by the pipeline edges form the
@@ -51,7 +51,11 @@ from dataclasses import dataclass
 import networkx as nx
 
 from placement.errors import TooManyIdeals
-from placement.pipeline.instance import Part, ThroughputInstance, colocation_units
+from placement.pipeline.instance import (
+    ThroughputInstance,
+    colocation_units,
+    pipeline_edges,
+)
 
 
 @dataclass
@@ -85,45 +89,9 @@ class Blocks:
         return sorted(out)
 
 
-def pipeline_edges(inst: ThroughputInstance) -> list[tuple[int, int]]:
-    """The node pairs ``(u, w)`` contiguity is defined on: ``u``'s part comes no later than ``w``'s.
-
-    The forward structure edges, then, for every edge ``a -> b`` between backward nodes that touches a
-    backward-only unit, the mirrored pair ``(b, a)`` (module docstring)."""
-    unit = colocation_units(inst)
-    has_forward = {unit[v] for v in range(inst.n) if not inst.backward[v]}
-    edges = inst.structure_edges()
-    for a, b in inst.edges:
-        both_backward = inst.backward[a] and inst.backward[b] and unit[a] != unit[b]
-        if both_backward and (unit[a] not in has_forward or unit[b] not in has_forward):
-            edges.append((b, a))
-    return edges
-
-
-def is_pipeline_contiguous(
-    inst: ThroughputInstance,
-    parts: Sequence[Part] | Sequence[Sequence[int]],
-    edges: Sequence[tuple[int, int]] | None = None,
-) -> bool:
-    """Whether the quotient graph of the split over :func:`pipeline_edges` (``edges``, when the caller
-    has them already) is acyclic.
-
-    Stricter than :func:`~placement.pipeline.instance.is_contiguous` only on graphs with backward-only
-    units (module docstring)."""
-    where: dict[int, int] = {}
-    for i, p in enumerate(parts):
-        for v in p.nodes if isinstance(p, Part) else p:
-            where[v] = i
-    quotient = nx.DiGraph()
-    quotient.add_nodes_from(range(len(parts)))
-    quotient.add_edges_from(
-        (where[u], where[w]) for u, w in (pipeline_edges(inst) if edges is None else edges) if u in where and w in where and where[u] != where[w]
-    )
-    return nx.is_directed_acyclic_graph(quotient)
-
-
 def structure_blocks(inst: ThroughputInstance, edges: Sequence[tuple[int, int]] | None = None) -> Blocks:
-    """Merge colocation units, then units strongly connected by :func:`pipeline_edges` (or ``edges``:
+    """Merge colocation units, then units strongly connected by
+    :func:`~placement.pipeline.instance.pipeline_edges` (or ``edges``:
     ``inst.structure_edges()`` gives the forward-only lattice, to count what the mirrored edges save),
     into blocks in topological order."""
     unit = colocation_units(inst)

@@ -23,7 +23,7 @@ Constraints:
   non-increasing in device order (non-contiguous) or their pipeline positions increasing (contiguous);
 * contiguity, only when asked (:meth:`_Model.contiguity`): a position :math:`o_d \in [0, D)` per device,
   all different, and :math:`q_a \in [0, D)` per unit with :math:`x_{a,d} \Rightarrow q_a = o_d` and
-  :math:`q_a \le q_b` for every pipeline edge between units (:func:`~placement.pipeline.ideals.pipeline_edges`:
+  :math:`q_a \le q_b` for every pipeline edge between units (:func:`~placement.pipeline.instance.pipeline_edges`:
   the forward structure, plus mirrored gradient edges of backward-only units): the quotient graph follows
   the order of positions, so it is acyclic, which is exactly the contiguity the DP optimises over.
 
@@ -55,14 +55,15 @@ from ortools.sat.python import cp_model
 from graphc.ir.deprecation import renamed_keywords
 from placement.constraints import InfeasibleError
 from placement.errors import PlacementError
-from placement.pipeline.ideals import is_pipeline_contiguous, pipeline_edges
 from placement.pipeline.instance import (
     Partition,
     ThroughputInstance,
     colocation_units,
     format_bytes,
+    is_contiguous,
     make_part,
     max_load,
+    pipeline_edges,
 )
 from placement.problem import deterministic_solver
 
@@ -308,7 +309,7 @@ def noncontiguous_ilp(
         method="ilp-contiguous" if contiguous else "ilp",
         optimal=optimal,
         bound=min(bound, value),
-        contiguous=is_pipeline_contiguous(inst, split),
+        contiguous=is_contiguous(inst, split),
         seconds=time.perf_counter() - started,
         stats={
             "status": name,

@@ -35,10 +35,12 @@ slowest stage in a pipeline (the inverse of throughput), subject to: every part 
 memory (:math:`\sum_{v\in S} m_v \le M_t`), every node allowed on its class, colocation groups in one
 part, and at most :math:`n_t` devices of class :math:`t` used.
 
-**Contiguity.** Only forward nodes and the edges between them form the *structure* of the graph
-(backward nodes, :attr:`ThroughputInstance.backward`, are placed through their colocation group; in the
-NeurIPS 2020 training files the backward edges mirror the forward ones). A split is *contiguous* when its
-quotient graph over the structure edges is acyclic: the parts can be ordered so that each prefix union
+**Contiguity.** Forward nodes and the edges between them form the *structure* of the graph (backward
+nodes, :attr:`ThroughputInstance.backward`, are placed through their colocation group). Operator-level
+training graphs also have backward-only units (a colour class of backward nodes only, an uncoloured
+backward node) that no forward edge orders; :func:`pipeline_edges` adds, for them, the mirror of the
+gradient edges (:mod:`placement.pipeline.ideals` says why). A split is *contiguous* when its quotient
+graph over the pipeline edges is acyclic: the parts can be ordered so that each prefix union
 is an *ideal* (a set closed under predecessors), i.e. the parts are the differences
 :math:`I_1 \setminus I_0, I_2 \setminus I_1, \dots` of a chain of ideals :math:`\emptyset = I_0
 \subseteq I_1 \subseteq \dots = V`, which is what a pipeline needs and what the dynamic program over
@@ -301,17 +303,36 @@ def colocation_units(inst: ThroughputInstance) -> list[int]:
     return [find(v) for v in range(inst.n)]
 
 
-def is_contiguous(inst: ThroughputInstance, parts: Sequence[Part] | Sequence[Sequence[int]]) -> bool:
-    """Whether the quotient graph of the split over the structure edges is acyclic (module docstring)."""
+def pipeline_edges(inst: ThroughputInstance) -> list[tuple[int, int]]:
+    """The node pairs ``(u, w)`` contiguity is defined on: ``u``'s part comes no later than ``w``'s.
+
+    The forward structure edges, then, for every edge ``a -> b`` between backward nodes that touches a
+    backward-only unit, the mirrored pair ``(b, a)`` (module docstring)."""
+    unit = colocation_units(inst)
+    has_forward = {unit[v] for v in range(inst.n) if not inst.backward[v]}
+    edges = inst.structure_edges()
+    for a, b in inst.edges:
+        both_backward = inst.backward[a] and inst.backward[b] and unit[a] != unit[b]
+        if both_backward and (unit[a] not in has_forward or unit[b] not in has_forward):
+            edges.append((b, a))
+    return edges
+
+
+def is_contiguous(
+    inst: ThroughputInstance,
+    parts: Sequence[Part] | Sequence[Sequence[int]],
+    edges: Sequence[tuple[int, int]] | None = None,
+) -> bool:
+    """Whether the quotient graph of the split over :func:`pipeline_edges` (``edges``, when the caller
+    has them already) is acyclic (module docstring)."""
     where: dict[int, int] = {}
     for i, p in enumerate(parts):
-        for v in (p.nodes if isinstance(p, Part) else p):
+        for v in p.nodes if isinstance(p, Part) else p:
             where[v] = i
     quotient = nx.DiGraph()
     quotient.add_nodes_from(range(len(parts)))
-    for u, w in inst.structure_edges():
-        if u in where and w in where and where[u] != where[w]:
-            quotient.add_edge(where[u], where[w])
+    pairs = pipeline_edges(inst) if edges is None else edges
+    quotient.add_edges_from((where[u], where[w]) for u, w in pairs if u in where and w in where and where[u] != where[w])
     return nx.is_directed_acyclic_graph(quotient)
 
 

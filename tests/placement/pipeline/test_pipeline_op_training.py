@@ -29,9 +29,9 @@ from placement.pipeline import (
     is_contiguous,
     load_lower_bound,
     noncontiguous_ilp,
+    pipeline_edges,
     structure_blocks,
 )
-from placement.pipeline.ideals import is_pipeline_contiguous, pipeline_edges
 from placement.pipeline.instance import colocation_units, subinstance
 from placement.presets import accelerators_with_cpu
 from placement.problem import Problem, make_problem
@@ -92,9 +92,9 @@ def test_pipeline_contiguity_orders_the_loss_after_the_forward(tmp_path: Path) -
     second = set(range(inst.n)) - first - loss
     # The forward-only structure accepts the loss's backward in the first stage; a pipeline cannot run
     # the loss's gradient before b's forward in the second stage.
-    assert is_contiguous(inst, [sorted(first | loss), sorted(second)])
-    assert not is_pipeline_contiguous(inst, [sorted(first | loss), sorted(second)])
-    assert is_pipeline_contiguous(inst, [sorted(first), sorted(second | loss)])
+    assert is_contiguous(inst, [sorted(first | loss), sorted(second)], inst.structure_edges())
+    assert not is_contiguous(inst, [sorted(first | loss), sorted(second)])
+    assert is_contiguous(inst, [sorted(first), sorted(second | loss)])
 
 
 def test_layer_level_training_files_keep_the_forward_structure() -> None:
@@ -119,10 +119,10 @@ def test_dp_matches_exhaustive_search_and_cp_sat(seed: int, tmp_path: Path) -> N
     exact = brute_force(inst, contiguous=True)
     assert dp.optimal and dp.max_load == pytest.approx(exact.max_load, rel=1e-12)
     check_partition(inst, dp.parts, contiguous=True)
-    assert is_pipeline_contiguous(inst, dp.parts)
+    assert is_contiguous(inst, dp.parts)
     # CP-SAT works on costs rounded to integers: optimal up to its resolution (ilp.py docstring).
     ilp = noncontiguous_ilp(inst, contiguous=True, time_limit_s=30)
-    assert ilp.optimal and is_pipeline_contiguous(inst, ilp.parts)
+    assert ilp.optimal and is_contiguous(inst, ilp.parts)
     assert exact.max_load - 1e-12 <= ilp.max_load <= exact.max_load + ilp.stats["resolution_ms"]
 
 
@@ -146,7 +146,7 @@ def test_dp_is_exact_on_a_2000_node_training_graph(tmp_path: Path) -> None:
     assert dp.method == "dp-ideals" and dp.optimal
     assert dp.stats["ideals"] < 5_000  # forward-only, its 30 backward-only units would multiply it by 2**30
     check_partition(inst, dp.parts, contiguous=True)
-    assert is_pipeline_contiguous(inst, dp.parts)
+    assert is_contiguous(inst, dp.parts)
     assert load_lower_bound(inst) <= dp.max_load <= prefix.max_load
 
 

@@ -28,7 +28,7 @@ may only flow from a stage to a later one. Stage ``s`` of ``S`` runs, on ``m`` m
   ``w = min(S - 1 - s, m)`` warm-up forwards, then ``F(w+i) B(i)`` for ``i < m - w``, then the
   remaining backwards; at most ``S - s`` microbatches hold activations at once. Forward-only, it is GPipe.
 
-These are the compute orders of :mod:`runtime.schedule` for the same pipeline. A stage replicated on
+The executors run these schedules as given (:func:`runtime.schedule.device_work`). A stage replicated on
 ``r`` devices runs microbatch ``k`` on ``devices[k % r]`` (the simulator's round robin), so each replica
 runs the stage's order restricted to its microbatches, then, in training, an :class:`AllReduce` of the
 stage's gradients over the replicas. Around ``F k`` of a stage are the receives of its inputs for ``k``

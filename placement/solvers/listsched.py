@@ -8,8 +8,10 @@ and finish times. They share:
   own device its static footprint and what it holds (a colocation group charges its whole footprint,
   and all its members could receive, when its first member is placed); an edge whose ends are on two
   devices charges the receiver the producer's ``send_bytes`` once, and in training charges the
-  producer's device the same again for the gradient sent back. The total is an upper bound on the simulated peak (everything alive at once), so
-  a placement the ledger accepts never fails the simulator's memory check.
+  producer's device the same again for the gradient sent back. The total (everything alive at once)
+  leaves out the backward temporaries and the loss that the simulator also counts
+  (:meth:`~placement.lowering.Lowered.memory_upper_bound` adds them), so it is an estimate: the plan's
+  simulation (:func:`~placement.problem.finish_plan`) is the memory check.
 * :class:`Schedule`: device of each node, estimated start and finish, the order on each device, and the
   data-ready time of a node on every device. Times use the *training-folded* model: a node takes
   forward + backward time and an edge across devices costs its forward transfer plus the gradient sent

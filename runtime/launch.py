@@ -1,19 +1,35 @@
-"""Starting ranks on one machine in-process: :func:`spawn`.
+"""Starting ranks on one machine from Python: :func:`spawn`.
 
-:func:`spawn` runs a function on ``n`` local ranks with ``torch.multiprocessing`` and the environment
-torchrun would give them (the rendezvous store lives in the calling process, as torchrun's agent holds
-it), and returns what every rank returned or raised. As torchrun does, once a rank fails the others get
-a grace period and are then killed. Tests, benchmarks and notebooks use it; ``graphc run``
-(:mod:`graphc.app.run`) starts ranks through torchrun instead.
+:func:`spawn` runs a function on ``n`` local ranks, each a fresh Python process (``python -m
+runtime.rank``) with the environment torchrun would give it (the rendezvous store lives in the calling
+process, as torchrun's agent holds it), and returns what every rank returned or raised. Tests,
+benchmarks and notebooks use it; ``graphc run`` (:mod:`graphc.app.run`) starts ranks through torchrun.
+torchrun itself is not used here because it tears every rank down the moment one fails, while the
+survivors of a fault must get a grace period to report what they saw, and because it does not hand
+back each rank's exit status.
+
+Nothing crosses between the processes as pickled objects (graphc never unpickles): the function goes by
+its importable name (``module:qualname``), and the arguments and results are *plain values*: None,
+bools, numbers, strings, tensors, and lists, tuples and dicts of them, written with ``torch.save`` and
+read with ``torch.load(weights_only=True)``, which refuses anything else. A rank therefore builds what
+it runs (a model, its partition) from a description: a zoo name, a plan as JSON. An exception comes back
+as its class name, message, attributes and traceback text; graphc's own errors
+(:mod:`graphc.ir.errors`) are rebuilt as their class, any other as
+:class:`~graphc.ir.errors.RunFailed` carrying the text.
+
+Ranks end with the process that started them (Linux ``PR_SET_PDEATHSIG``, see :mod:`runtime.rank`).
+As torchrun does, once a rank fails the others get a grace period and are then killed.
 """
 
 from __future__ import annotations
 
 import datetime
-import io
+import importlib
+import importlib.util
+import json
 import os
-import pickle
-import queue as queue_module
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -24,7 +40,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from graphc.ir import errors as graphc_errors
+from graphc.ir.errors import ConfigurationError, GraphcError, RunFailed
+
+PARENT_ENV = "GRAPHC_SPAWN_PARENT"
+"""The process id of the process that called :func:`spawn`, in every rank's environment."""
+
+_SCRIPT_PREFIX = "file:"
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
 
 
 @dataclass
@@ -33,15 +57,18 @@ class RankOutcome:
 
     Attributes:
         rank: the rank.
-        result: what the function returned (None if it raised or was killed); tensors, numbers, strings
-            and lists, tuples and dicts of them.
-        error: the exception it raised (its traceback text when it could not be pickled), or None.
-        exitcode: the process's exit status; None when :func:`spawn` killed it after the grace period.
+        result: what the function returned (None if it raised or was killed): a plain value.
+        error: the exception it raised, rebuilt in this process (graphc's own classes as themselves, any
+            other as :class:`~graphc.ir.errors.RunFailed`), or None.
+        traceback: the rank's traceback text of ``error``; empty when it raised nothing.
+        exitcode: the process's exit status (``-signal`` when a signal ended it); None when :func:`spawn`
+            killed it after the grace period or the timeout.
     """
 
     rank: int
     result: Any = None
     error: BaseException | None = None
+    traceback: str = ""
     exitcode: int | None = None
 
     @property
@@ -50,7 +77,7 @@ class RankOutcome:
 
 
 def spawn(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     world_size: int,
     args: tuple = (),
     *,
@@ -60,96 +87,206 @@ def spawn(
 ) -> list[RankOutcome]:
     """Run ``fn(*args)`` on ranks ``0 .. world_size - 1`` of this machine; return every rank's outcome.
 
-    ``fn`` must be importable (a module-level function); it calls
-    :func:`runtime.distributed.init_from_env` itself, exactly as under torchrun. ``args`` are pickled by
-    value (a :class:`~runtime.partition.PartitionedProgram` travels whole, so ranks need not trace the
-    model again; tensors are copies, never shared). Each rank runs with ``threads`` intra-op threads.
-    A rank still running ``timeout_s`` after the start, or ``grace_s`` after another rank failed, is
-    killed.
+    ``fn`` is a module-level function, or its name ``"module:qualname"``; it calls
+    :func:`runtime.distributed.init_from_env` itself, exactly as under torchrun. ``args`` must be plain
+    values (module docstring): describe a model or a partition (a zoo name and its options, a plan's
+    ``to_dict()``) and build it in ``fn``. Each rank runs with ``threads`` intra-op threads. A rank still
+    running ``timeout_s`` after the start, or ``grace_s`` after another rank failed, is killed.
+
+    Raises :class:`~graphc.ir.errors.ConfigurationError` for a function that cannot be imported by name
+    (a lambda, a nested function) or arguments that are not plain values, before any rank starts.
     """
+    name = function_name(fn)
+    check_plain(args, "args")
     with tempfile.TemporaryDirectory(prefix="graphc-spawn-") as scratch:
-        # The payload goes through a file: multiprocessing writes a process's arguments into a pipe before
-        # it lets go of the pipe's other end, so a large payload to a rank that dies while starting up
-        # would block this process for ever.
-        payload = Path(scratch) / "payload.pickle"
-        payload.write_bytes(pickle.dumps((fn, args)))
-        return _run_ranks(str(payload), world_size, timeout_s, grace_s, threads)
+        torch.save({"function": name, "args": list(args), "threads": threads}, Path(scratch) / "call.pt")
+        return _run_ranks(Path(scratch), world_size, timeout_s, grace_s)
 
 
-def _run_ranks(payload: str, world_size: int, timeout_s: float, grace_s: float, threads: int) -> list[RankOutcome]:
-    """:func:`spawn` with the pickled function and arguments in the file ``payload``."""
+# -- functions by name -----------------------------------------------------------------------------
+
+
+def function_name(fn: Callable[..., Any] | str) -> str:
+    """``fn``'s importable name ``"module:qualname"`` (``"file:/path/script.py:qualname"`` for a function
+    of the script being run); refuses, saying how to fix it, a function another process cannot import."""
+    if isinstance(fn, str):
+        name = fn
+    else:
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+        if module is None or qualname is None:
+            raise ConfigurationError(f"spawn: {fn!r} has no importable name; pass a function defined at the top level of a module")
+        if "<lambda>" in qualname or "<locals>" in qualname:
+            raise ConfigurationError(
+                f"spawn: {module}.{qualname} is a lambda or a nested function, which another process cannot import by name; "
+                "define it at the top level of a module and pass what it closes over in args"
+            )
+        if module == "__main__":
+            script = getattr(sys.modules["__main__"], "__file__", None)
+            if script is None:
+                raise ConfigurationError(
+                    f"spawn: {qualname} is defined in an interactive session, which another process cannot import; "
+                    "define it in a module (a .py file) and import it from there"
+                )
+            module = _SCRIPT_PREFIX + str(Path(script).resolve())
+        name = f"{module}:{qualname}"
+    found = resolve_function(name)
+    if not isinstance(fn, str) and found is not fn:
+        raise ConfigurationError(f"spawn: the name {name!r} finds {found!r}, not {fn!r}; pass a function defined at the top level of a module")
+    return name
+
+
+def resolve_function(name: str) -> Callable[..., Any]:
+    """The function named ``"module:qualname"`` (or ``"file:/path/script.py:qualname"``), imported."""
+    module_name, sep, qualname = name.rpartition(":")
+    if not sep or not module_name or not qualname:
+        raise ConfigurationError(f"spawn: {name!r} is not a function name of the form 'module:qualname'")
+    try:
+        found: Any = _import_script(module_name.removeprefix(_SCRIPT_PREFIX)) if module_name.startswith(_SCRIPT_PREFIX) else importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"spawn: cannot import {name!r} ({exc}); pass a function defined at the top level of a module") from exc
+    if not callable(found):
+        raise ConfigurationError(f"spawn: {name!r} is {type(found).__name__}, not a function")
+    return found
+
+
+def _import_script(path: str) -> Any:
+    """The script ``path`` imported as a module that is not ``__main__`` (its ``if __name__ ==
+    "__main__"`` block does not run), once per process."""
+    module_name = "__graphc_script__"
+    if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == path:
+        return sys.modules[module_name]
+    if getattr(sys.modules.get("__main__"), "__file__", None) and str(Path(sys.modules["__main__"].__file__).resolve()) == path:
+        return sys.modules["__main__"]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no Python script at {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- plain values ----------------------------------------------------------------------------------
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Refuse ``value`` unless it is a plain value (module docstring), naming where the first other
+    thing sits and how to fix it."""
+    if isinstance(value, _PLAIN_SCALARS) or type(value) is torch.Tensor or isinstance(value, torch.nn.Parameter):
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            check_plain(key, f"{where} key {key!r}")
+            check_plain(item, f"{where}[{key!r}]")
+        return
+    raise ConfigurationError(
+        f"spawn: {where} is a {type(value).__module__}.{type(value).__qualname__}; ranks take and return only None, bools, "
+        "numbers, strings, tensors and lists, tuples and dicts of them: pass a description (a zoo name, a plan's to_dict()) "
+        "and build the object on the rank"
+    )
+
+
+def save_plain(value: Any, path: Path) -> None:
+    """Write the plain value ``value`` to ``path`` (tensors by value, detached)."""
+    check_plain(value, "the result")
+    torch.save(value, path)
+
+
+def load_plain(path: Path) -> Any:
+    """The plain value in ``path``: read with ``weights_only=True``, which builds nothing but tensors and
+    plain containers."""
+    return torch.load(path, weights_only=True)
+
+
+# -- errors by name --------------------------------------------------------------------------------
+
+
+def error_doc(error: BaseException) -> dict[str, Any]:
+    """``error`` as JSON: its class, message, JSON-able attributes and traceback text."""
+    attributes = {}
+    for key, value in vars(error).items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        attributes[key] = value
+    return {
+        "type": f"{type(error).__module__}.{type(error).__qualname__}",
+        "class": type(error).__name__,
+        "message": str(error),
+        "attributes": attributes,
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+def error_from_doc(doc: dict[str, Any]) -> BaseException:
+    """The error :func:`error_doc` wrote: a class of :mod:`graphc.ir.errors` as itself (its attributes
+    restored), anything else as :class:`~graphc.ir.errors.RunFailed` whose message says the type and
+    gives the message and the rank's traceback."""
+    cls = getattr(graphc_errors, doc["class"], None)
+    if isinstance(cls, type) and issubclass(cls, GraphcError) and doc["type"] == f"{cls.__module__}.{cls.__qualname__}":
+        error = cls.__new__(cls)
+        Exception.__init__(error, doc["message"])
+        vars(error).update(doc["attributes"])
+        return error
+    return RunFailed(f"{doc['type']}: {doc['message']}\n\n{doc['traceback']}", type_name=doc["type"], detail=doc["message"])
+
+
+# -- the ranks -------------------------------------------------------------------------------------
+
+
+def _run_ranks(scratch: Path, world_size: int, timeout_s: float, grace_s: float) -> list[RankOutcome]:
+    """:func:`spawn` with the call written to ``scratch/call.pt``; each rank writes its result or error there."""
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout_s))
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    processes = [
-        ctx.Process(target=_rank_main, args=(payload, rank, world_size, store.port, threads, results), daemon=True)
-        for rank in range(world_size)
-    ]
-    for p in processes:
-        p.start()
-    outcomes = {rank: RankOutcome(rank) for rank in range(world_size)}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(p.is_alive() for p in processes):
-        try:
-            rank, result, error = results.get(timeout=0.05)
-        except queue_module.Empty:
-            failed = any(p.exitcode not in (None, 0) for p in processes)
-        else:
-            outcomes[rank].result, outcomes[rank].error = _load(result), error
-            failed = error is not None
-        if failed:
-            deadline = min(deadline, time.monotonic() + grace_s)
-    while True:  # results that arrived as the last processes exited
-        try:
-            rank, result, error = results.get(timeout=0.2)
-        except queue_module.Empty:
-            break
-        outcomes[rank].result, outcomes[rank].error = _load(result), error
-    for rank, p in enumerate(processes):
-        if p.is_alive():
-            p.kill()
-            p.join()
-            outcomes[rank].exitcode = None
-        else:
-            p.join()
-            outcomes[rank].exitcode = p.exitcode
-            if p.exitcode != 0 and outcomes[rank].error is None:
-                outcomes[rank].error = RuntimeError(f"rank {rank} exited with status {p.exitcode} before reporting (see its stderr)")
-    return [outcomes[r] for r in range(world_size)]
-
-
-def _rank_main(payload: str, rank: int, world_size: int, port: int, threads: int, results: Any) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
+    base = dict(
+        os.environ,
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        MASTER_PORT=str(store.port),
         TORCHELASTIC_USE_AGENT_STORE="True",
+        PYTHONPATH=os.pathsep.join(str(Path(p).resolve()) for p in sys.path),  # what this process imports from
+        **{PARENT_ENV: str(os.getpid())},
     )
-    torch.set_num_threads(threads)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "runtime.rank", str(scratch)], env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        )
+        for rank in range(world_size)
+    ]
     try:
-        fn, args = pickle.loads(Path(payload).read_bytes())
-        result = fn(*args)
-    except BaseException as exc:  # reported to the caller, whatever it is
-        results.put((rank, None, _picklable(exc)))
-        raise SystemExit(1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+            if any(p.returncode not in (None, 0) for p in processes):
+                deadline = min(deadline, time.monotonic() + grace_s)
+            time.sleep(0.05)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    buffer = io.BytesIO()
-    torch.save(result, buffer)  # by value: shared-memory tensors would die with this process
-    results.put((rank, buffer.getvalue(), None))
+        killed = [p.poll() is None for p in processes]
+        for p, kill in zip(processes, killed):
+            if kill:
+                p.kill()
+        for p in processes:
+            p.wait()
+    return [_outcome(scratch, rank, None if kill else p.returncode) for rank, (p, kill) in enumerate(zip(processes, killed))]
 
 
-def _load(data: bytes | None) -> Any:
-    return None if data is None else torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError("".join(traceback.format_exception(exc)))
+def _outcome(scratch: Path, rank: int, exitcode: int | None) -> RankOutcome:
+    """What rank ``rank`` left in ``scratch`` and how it ended."""
+    outcome = RankOutcome(rank, exitcode=exitcode)
+    error, result = scratch / f"error-{rank}.json", scratch / f"result-{rank}.pt"
+    if error.exists():
+        doc = json.loads(error.read_text())
+        outcome.error, outcome.traceback = error_from_doc(doc), doc["traceback"]
+    elif result.exists():
+        outcome.result = load_plain(result)
+    elif exitcode is None:
+        outcome.error = RunFailed(f"rank {rank} was killed by spawn: still running after the timeout or another rank's failure")
+    else:
+        outcome.error = RunFailed(f"rank {rank} exited with status {exitcode} before reporting (see its stderr)")
+    return outcome

@@ -67,10 +67,11 @@ class _Scale(nn.Module):
         return x * self.weight
 
 
-def chain_step_ms(program: PartitionedProgram, numel: int, steps: int) -> float:
-    """On every rank: the median step time of training ``program`` (a chain, see :func:`_chain`)."""
+def chain_step_ms(devices: int, numel: int, steps: int) -> float:
+    """On every rank: the median step time of training the chain of :func:`_chain` on ``devices``
+    devices (every rank builds the same chain)."""
     init_from_env()
-    executor = DistributedExecutor(program, loss_fn=lambda out: out.sum())
+    executor = DistributedExecutor(_chain(devices, numel), loss_fn=lambda out: out.sum())
     times = [executor.step(torch.ones(1, numel)).step_ms for _ in range(steps + 2)]
     executor.close()
     return statistics.median(times[2:])
@@ -89,13 +90,12 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
 
 def _extra_ms_per_message(numel: int, steps: int) -> float:
     """How much longer a step of the chain takes on two ranks than on one, per message."""
-    one = spawn(chain_step_ms, 1, (_chain(1, numel), numel, steps), timeout_s=120)
-    two_devices = _chain(2, numel)
-    two = spawn(chain_step_ms, 2, (two_devices, numel, steps), timeout_s=120)
+    one = spawn(chain_step_ms, 1, (1, numel, steps), timeout_s=120)
+    two = spawn(chain_step_ms, 2, (2, numel, steps), timeout_s=120)
     failed = [str(o.error) for o in [*one, *two] if not o.ok]
     if failed:
         raise RuntimeFault(f"measuring the link between two ranks failed: {failed}")
-    messages = 2 * len(two_devices.transfers)  # forward and backward
+    messages = 2 * len(_chain(2, numel).transfers)  # forward and backward
     return (max(o.result for o in two) - one[0].result) / messages
 
 

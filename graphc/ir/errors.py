@@ -140,9 +140,18 @@ class RankFailure(RuntimeFault):
         self.op = op
         self.activity = activity
 
-    def __reduce__(self) -> tuple:
-        return (type(self), (str(self), self.rank, self.device, self.op, self.activity))
-
 
 class RunFailed(RuntimeFault):
-    """A rank of ``graphc run`` failed; the message names the rank, its device and what it was doing."""
+    """A rank of ``graphc run`` or of ``runtime.launch.spawn`` failed; the message names the rank and
+    what it was doing, or gives the error it raised.
+
+    Attributes:
+        type_name: the qualified class name of the error the rank raised (an error that is not graphc's
+            own, which ``spawn`` hands back as this class); else empty.
+        detail: that error's message; else empty.
+    """
+
+    def __init__(self, message: str, type_name: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.detail = detail

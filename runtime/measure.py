@@ -2,10 +2,10 @@
 
 Memory. CUDA devices report the caching allocator's peak (``torch.cuda.max_memory_allocated``). The
 CPU has no such counter, so :class:`MemoryTracker` counts it: a ``TorchDispatchMode`` that sees every op
-of the step (forward, the autograd engine's backward, the optimizer) and follows the storage of every
-tensor they make until its last tensor is freed. A device's figure is its static bytes (parameters,
-buffers, optimizer state, counted before the step) plus the peak of the live bytes made during the
-step: the same quantities the simulator adds up, so the two can be compared. Interception slows every
+of the step (forward, the autograd engine's backward, the optimizer) and follows every storage they
+allocate until it is freed (views and in-place updates allocate nothing). A device's figure is its
+static bytes (parameters, buffers, optimizer state, counted before the step) plus the peak of the live
+bytes made during the step: the same quantities the simulator adds up, so the two can be compared. Interception slows every
 op down, so memory is measured in a step of its own, never in a timed one.
 """
 
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import torch
 from rich.table import Table
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from graphc.frontend.interpreter import tensors_in
 from placement.plan import Plan
 from runtime.step import StepResult
 
@@ -35,9 +35,13 @@ class MemoryTracker(TorchDispatchMode):
         label_of: the label of a tensor made before the step (a parameter's owner), or None.
         default: the label of tensors made where nothing else tells (a single-device process).
 
-    A new tensor is labelled :attr:`current` when set (the device whose program is running), else
-    with the label of the first of the op's inputs that has one (so backward ops follow the forward
-    tensors they read), else ``default``.
+    Memory is counted by storage: an op's output whose storage is new (none of the op's inputs has it)
+    is an allocation, counted from then until the storage is freed (a weak reference to it; tensors,
+    views and autograd's saved tensors all keep it alive). An output that shares an input's storage
+    (a view, an in-place update such as ``p.add_(1)`` or Adam's ``lerp_``) allocates nothing; one that
+    resizes a storage made during the step counts its new size. A new storage is labelled
+    :attr:`current` when set (the device whose program is running), else with the label of the first of
+    the op's inputs that has one (so backward ops follow the forward tensors they read), else ``default``.
     """
 
     def __init__(
@@ -51,7 +55,7 @@ class MemoryTracker(TorchDispatchMode):
         self.label_of = label_of or (lambda t: None)
         self.default = default
         self.current: str | None = None
-        self._live: dict[tuple[str, int], list[Any]] = {}  # storage -> [bytes, label, tensors alive]
+        self._live: dict[int, _Allocation] = {}  # id of a storage made during the step -> its allocation
         self._bytes: dict[str, int] = defaultdict(int)
         self._peak: dict[str, int] = defaultdict(int)
 
@@ -61,48 +65,57 @@ class MemoryTracker(TorchDispatchMode):
         return {label: self.static.get(label, 0) + self._peak.get(label, 0) for label in labels}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        label = self.current or self._input_label(args) or self.default
-        if label is None:
-            return out
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._track(t, label)
+        kwargs = kwargs or {}
+        given = [t.untyped_storage() for t in _tensors((args, kwargs))]  # held: ids stay theirs during the op
+        out = func(*args, **kwargs)
+        given_ids = {id(s) for s in given}
+        label: str | None = None
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            allocation = self._live.get(id(storage))
+            if allocation is not None:
+                self._resize(allocation, storage.nbytes())
+            elif id(storage) not in given_ids and storage.nbytes() > 0:
+                label = label or self.current or self._input_label(args) or self.default
+                if label is not None:
+                    self._allocate(storage, label)
         return out
 
-    def _key(self, t: torch.Tensor) -> tuple[str, int]:
-        return (str(t.device), t.untyped_storage().data_ptr())
-
     def _input_label(self, args: tuple) -> str | None:
-        for t in tree_leaves(args):
-            if isinstance(t, torch.Tensor):
-                entry = self._live.get(self._key(t))
-                label = entry[1] if entry is not None else self.label_of(t)
-                if label is not None:
-                    return label
+        for t in _tensors(args):
+            allocation = self._live.get(id(t.untyped_storage()))
+            label = allocation.label if allocation is not None else self.label_of(t)
+            if label is not None:
+                return label
         return None
 
-    def _track(self, t: torch.Tensor, label: str) -> None:
-        key = self._key(t)
-        if key[1] == 0:
-            return
-        entry = self._live.get(key)
-        if entry is None:
-            nbytes = t.untyped_storage().nbytes()
-            entry = self._live[key] = [nbytes, label, 0]
-            self._bytes[label] += nbytes
-            self._peak[label] = max(self._peak[label], self._bytes[label])
-        entry[2] += 1
-        weakref.finalize(t, self._release, key)
+    def _allocate(self, storage: torch.UntypedStorage, label: str) -> None:
+        allocation = self._live[id(storage)] = _Allocation(0, label)
+        self._resize(allocation, storage.nbytes())
+        weakref.finalize(storage, self._release, id(storage))
 
-    def _release(self, key: tuple[str, int]) -> None:
-        entry = self._live.get(key)
-        if entry is None:
-            return
-        entry[2] -= 1
-        if entry[2] == 0:
-            self._bytes[entry[1]] -= entry[0]
-            del self._live[key]
+    def _resize(self, allocation: _Allocation, nbytes: int) -> None:
+        self._bytes[allocation.label] += nbytes - allocation.nbytes
+        allocation.nbytes = nbytes
+        self._peak[allocation.label] = max(self._peak[allocation.label], self._bytes[allocation.label])
+
+    def _release(self, key: int) -> None:
+        allocation = self._live.pop(key, None)
+        if allocation is not None:
+            self._bytes[allocation.label] -= allocation.nbytes
+
+
+@dataclass
+class _Allocation:
+    """A storage made during the step: its bytes and the device label it counts on."""
+
+    nbytes: int
+    label: str
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors with real storage (not on the meta device) in ``tree``."""
+    return [t for t in tensors_in(tree) if t.device.type != "meta"]
 
 
 # -- a measured run next to its prediction --------------------------------------------------------------

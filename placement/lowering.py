@@ -21,7 +21,9 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   class's kind or category.
 * **Memory** (bytes per node, whole batch): ``static`` = ``memory_bytes`` when the node gives one, else
   ``(2 + optimizer_state_factor) x param_bytes + buffer_bytes`` in training (parameters, gradients,
-  optimizer state) and ``param_bytes + buffer_bytes`` in inference; ``held`` = what the node keeps
+  optimizer state; the gradients, ``grad_bytes``, are made by the node's backward, which the simulator
+  counts from the node's first backward when ``has_bwd``) and ``param_bytes + buffer_bytes`` in
+  inference; ``held`` = what the node keeps
   alive during the step: its ``activation_bytes`` when ``has_bwd``, else its ``output_bytes`` (0 for a
   node with ``memory_bytes``, whose figure is its whole footprint). What else the simulator counts
   for a node when ``has_bwd`` (0 otherwise, and for inputs and nodes with ``memory_bytes``):
@@ -101,7 +103,7 @@ class Lowered:
         modules: per node, the module it belongs to ("" if none).
 
     Built on first use (the simulator, which lowers for every call made without a lowering, needs none
-    of them): ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
+    of them): ``grad_bytes``, ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
     in edge order; the routes: ``latency_s``, ``bandwidth`` ((D, D) raw figures), ``lat``, ``inv_bw``
     (the same in ms and ms/byte) and ``resources`` (``resources[a][b]``, the link resources of the route
     from ``a`` to ``b``).
@@ -182,6 +184,16 @@ class Lowered:
             grad = cut & self.needs_grad[self.src]
             bound += np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
+
+    @cached_property
+    def grad_bytes(self) -> np.ndarray:
+        """(n,) bytes of the parameter gradients a node's backward makes, the part of ``static`` the
+        simulator allocates at the node's first backward instead of before the step (module docstring,
+        "Memory"); 0 unless the step derives backwards (built on first use)."""
+        if not self.has_bwd:
+            return _frozen(np.zeros(self.n))
+        own = np.fromiter((d.memory_bytes is None for d in self.data), dtype=bool, count=self.n)
+        return _frozen(self.param_bytes * own)
 
     @cached_property
     def backward_temp(self) -> np.ndarray:

@@ -80,10 +80,13 @@ The step ends when the last all-reduce does. Per replica this is the load model 
 
 Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
 before the step plus the live tensors made during it). Static = parameters + buffers, in training also
-gradients (as large as the parameters, counted for the whole step) and optimizer state
-(``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or ``NodeData.memory_bytes`` for a
-node that gives one (its whole footprint, nothing else is counted for it). Then, in training:
+optimizer state (``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or
+``NodeData.memory_bytes`` for a node that gives one (its whole footprint, nothing else is counted for
+it). Then, in training:
 
+* a node's parameter gradients (as large as its parameters) from the start of its first backward on a
+  device to the end of the step (the executors set every ``.grad`` to None before a step; a replica
+  makes its own); for a graph with explicit backward nodes, static for the whole step;
 * ``activation_bytes`` of ``v`` (what its backward keeps) from the end of ``F(v,k)`` until the end of
   ``B(v,k)``;
 * backward temporaries: while ``B(v,k)`` runs, the larger of the gradient of ``v``'s output, when it is
@@ -105,8 +108,7 @@ nothing consumes it), a received tensor from its arrival until every consumer on
 With a schedule, a received tensor's buffer is held from its :class:`~placement.schedules.Recv` (the end
 of the device's compute before it, 0 when there is none) when that comes before the arrival. Peak = the
 highest total; at one instant, memory freed is subtracted before memory allocated is added. Not modelled:
-the optimizer step's temporaries, gradients made only at a node's first backward (all are static here),
-the allocator's caching and fragmentation.
+the optimizer step's temporaries, the allocator's caching and fragmentation.
 
 Ties. All events of one instant (task completions, inputs arriving, devices freed of transfers) are
 processed before any idle device picks its next task, so a device chooses among everything ready at
@@ -125,7 +127,7 @@ import heapq
 import itertools
 import math
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -368,7 +370,8 @@ class _Simulation:
             fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
             bwd = [split(t, nd, devices[d], m) for t, nd, d in zip(bwd, data, dev)]
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
-        static = np.bincount(self.dev_np, weights=lw.static, minlength=len(self.devices)).tolist()
+        before_step = lw.static - lw.grad_bytes  # gradients are made by the backward (_peak_memory)
+        static = np.bincount(self.dev_np, weights=before_step, minlength=len(self.devices)).tolist()
         held = (lw.held / m).tolist() if m != 1 else lw.held.tolist()
         zeros = [0.0] * n
         act, out = (held, zeros) if self.has_bwd else (zeros, held)
@@ -1079,6 +1082,7 @@ class _Simulation:
             b_end = b_start + np.tile(np.asarray(self.bwd), m)
             interval(node_dev, f_end, b_end, np.tile(np.asarray(self.act), m))
             interval(node_dev, b_start, b_end, np.tile(np.asarray(self.grad_tmp), m))
+            self._gradients(interval, node_dev, b_start)
             if self.outputs:  # each microbatch's output to the step's end; the loss (module docstring)
                 out = np.asarray(self.outputs, dtype=np.int64)
                 tasks = (np.arange(m)[:, None] * n + out).reshape(-1)
@@ -1121,6 +1125,21 @@ class _Simulation:
                 d = int(devs[s])
                 peak[d] = self.static[d] + max(0.0, top)
         return peak
+
+    def _gradients(self, interval: Callable[..., None], node_dev: np.ndarray, b_start: np.ndarray) -> None:
+        """A node's parameter gradients on each device that runs its backward, from the first of its
+        backwards there to the step's end (the executors set every ``.grad`` to None before a step)."""
+        grad = self.lw.grad_bytes
+        nodes = np.flatnonzero(grad)
+        if not len(nodes):
+            return
+        n, m, D = self.n, self.m, len(self.devices)
+        tasks = (np.arange(m)[:, None] * n + nodes).reshape(-1)
+        key = node_dev[tasks].astype(np.int64) * n + np.tile(nodes, m)
+        first = np.full(D * n, np.inf)
+        np.minimum.at(first, key, b_start[tasks])
+        made = np.flatnonzero(np.isfinite(first))
+        interval(made // n, first[made], np.full(len(made), np.inf), grad[made % n])
 
     def _receive_times(self, start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
         """When each transfer's tensor starts to take memory on the receiving device: its arrival, or

@@ -175,13 +175,32 @@ def test_same_device_transfer_is_free() -> None:
 def test_training_memory_peaks_when_the_forward_ends() -> None:
     g = graph({"a": (1, 1, 10), "b": (1, 1, 20, 0, 5), "c": (1, 1, 30)}, [("a", "b"), ("b", "c")])
     r = simulate(g, star(), dict.fromkeys("abc", "d0"))
-    # static: params 5 + gradients 5 + Adam 2 x 5; activations 10 + 20 + 30 alive from F(c) to B(c)
-    assert r.static_memory_bytes["d0"] == 20
-    assert r.peak_memory_bytes["d0"] == 20 + 60
+    # static: params 5 + Adam 2 x 5; activations 10 + 20 + 30 alive from F(c) to B(c); b's gradients (5)
+    # come at B(b), once c's activation (30) is freed
+    assert r.static_memory_bytes["d0"] == 15
+    assert r.peak_memory_bytes["d0"] == 15 + 60
     sgd = simulate(g, star(), dict.fromkeys("abc", "d0"), optimizer_state_factor=0.0)
-    assert sgd.peak_memory_bytes["d0"] == 10 + 60
-    assert simulate(g, star(), dict.fromkeys("abc", "d0"), microbatches=2).peak_memory_bytes["d0"] == 20 + 60
+    assert sgd.peak_memory_bytes["d0"] == 5 + 60
+    assert simulate(g, star(), dict.fromkeys("abc", "d0"), microbatches=2).peak_memory_bytes["d0"] == 15 + 60
     assert r.over_capacity == []
+
+
+def test_gradients_are_made_by_the_first_backward_and_kept_to_the_end() -> None:
+    # SGD: the parameters of a (40) and c (50) before the step; c's gradients (50) from B(c) on, while
+    # every activation is alive (60); a's gradients (40) from B(a) on, beside a's activation and c's
+    g = graph({"a": (1, 1, 10, 0, 40), "b": (1, 1, 20), "c": (1, 1, 30, 0, 50)}, [("a", "b"), ("b", "c")])
+    r = simulate(g, star(), dict.fromkeys("abc", "d0"), optimizer_state_factor=0.0)
+    assert r.static_memory_bytes["d0"] == 90
+    assert r.peak_memory_bytes["d0"] == 90 + 60 + 50
+    # two microbatches (both forwards first, then microbatch 0's backwards): each node's gradients once,
+    # from its first backward; B(a, 0) starts with a's half activation, microbatch 1's (30) and both
+    two = simulate(g, star(), dict.fromkeys("abc", "d0"), optimizer_state_factor=0.0, microbatches=2)
+    assert two.peak_memory_bytes["d0"] == 90 + 5 + 30 + 50 + 40
+    # a's gradients large (100): the peak is B(a), a's activation (50), c's gradients (5) and a's, above the
+    # forward's end (100) or B(c) (105)
+    late = graph({"a": (1, 1, 50, 0, 100), "b": (1, 1, 20), "c": (1, 1, 30, 0, 5)}, [("a", "b"), ("b", "c")])
+    late_peak = simulate(late, star(), dict.fromkeys("abc", "d0"), optimizer_state_factor=0.0).peak_memory_bytes["d0"]
+    assert late_peak == 105 + 50 + 5 + 100
 
 
 def test_inference_memory_frees_an_output_after_its_last_consumer() -> None:
@@ -434,6 +453,13 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
             hold(e.device, e.end_ms, max(u.end_ms for u in users if u.device == e.device), e.bytes)
         elif e.kind == "send_grad":
             hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, e.bytes)
+    first_backward: dict[tuple[str, str], float] = {}  # a node's gradients, from its first backward on
+    for e in result.timeline:
+        if e.kind == "backward" and g.node(e.name).memory_bytes is None:
+            key = (e.device, e.name)
+            first_backward[key] = min(first_backward.get(key, float("inf")), e.start_ms)
+    for (device, name), start in first_backward.items():
+        hold(device, start, float("inf"), g.node(name).param_bytes)
     for device, static in result.static_memory_bytes.items():
         level = peak = 0.0
         for _, _, delta in sorted(x for x in changes if x[0] == device):

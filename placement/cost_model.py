@@ -30,9 +30,12 @@ the data loader): :func:`graph_inputs` names both, and the simulator and the bou
 sees a node without its graph).
 
 A microbatch (a slice ``1/m`` of the batch) of a pass that takes ``t`` on the whole batch takes
-``max(t / m, min(t, floor))`` where ``floor`` is the device's per-op overhead times the ops the node
-stands for (:meth:`CostModel.microbatch_ms`): the work divides, the launch overhead is paid by every
-microbatch.
+(:meth:`CostModel.microbatch_ms`), when the time came from a profiled table that fitted the node's fixed
+part (:func:`graphc.ir.profiled.with_fixed_costs`: the node profiled at two batch sizes), ``fixed + (t -
+fixed) / m``: the work that grows with the batch divides, the fixed part (dispatch, what a small slice
+runs less efficiently) is paid by every microbatch. Otherwise (roofline, measured times, a table without
+fixed parts) ``max(t / m, min(t, floor))`` with ``floor`` the device's per-op overhead times the ops the
+node stands for: the work divides, but never below the launch overhead, which every microbatch pays.
 
 A transfer between two devices takes ``EdgeData.transfer_ms`` when the edge carries a time for the pair
 (see :meth:`CostModel.measured_transfer_ms` for the labels matched), else ``route latency + bytes /
@@ -134,7 +137,7 @@ class CostModel:
         if microbatches != 1:
             split = self.microbatch_ms
             fwd = [split(t, nd, dev, microbatches) for t, nd, dev in zip(fwd, nodes, devices)]
-            bwd = [split(t, nd, dev, microbatches) for t, nd, dev in zip(bwd, nodes, devices)]
+            bwd = [split(t, nd, dev, microbatches, True) for t, nd, dev in zip(bwd, nodes, devices)]
         return fwd, bwd
 
     @staticmethod
@@ -144,21 +147,39 @@ class CostModel:
         per op the node stands for (its ``fx_nodes``; one when it names none)."""
         return 1e3 * device.op_overhead_s * max(1, len(node.fx_nodes))
 
-    @classmethod
-    def microbatch_ms(cls, full_ms: float, node: NodeData, device: Device, microbatches: int) -> float:
-        """Time of one of ``microbatches`` slices of a pass that takes ``full_ms`` on the whole batch, ms.
-
-        ``max(full_ms / m, min(full_ms, floor))`` with ``floor`` = :meth:`task_floor_ms`: the work
-        divides, but a pass never gets faster than its launch overhead (a GPU kernel launch, a CPU op
-        dispatch), which is paid again by every microbatch. This is the roofline's floor
-        (``max(compute, memory, op_overhead)``) carried to a split batch, and what gives the choice of
-        the microbatch count (:mod:`placement.pipeline.microbatches`) an optimum below the largest
-        candidate. A pass that takes 0 (an input, a node with no backward) stays 0.
+    def microbatch_ms(
+        self, full_ms: float, node: NodeData, device: Device, microbatches: int, backward: bool = False
+    ) -> float:
+        """Time of one of ``microbatches`` slices of a pass (the backward when ``backward``) that takes
+        ``full_ms`` on the whole batch, ms (module docstring): ``fixed + (full_ms - fixed) / m`` with the
+        profiled table's fixed part (:meth:`profiled_fixed_ms`) where there is one, else ``max(full_ms /
+        m, min(full_ms, floor))`` with ``floor`` = :meth:`task_floor_ms` (the roofline's floor carried to
+        a split batch). Either way every microbatch pays a fixed cost again, which gives the choice of the
+        microbatch count (:mod:`placement.pipeline.microbatches`) an optimum below the largest candidate.
+        A pass that takes 0 (an input, a node with no backward) stays 0.
         """
-        floor = cls.task_floor_ms(node, device)
+        if microbatches == 1 or full_ms == 0:
+            return full_ms
+        fixed = self.profiled_fixed_ms(full_ms, node, device, backward)
+        if fixed is not None:
+            return fixed + (full_ms - fixed) / microbatches
+        floor = self.task_floor_ms(node, device)
         share = full_ms / microbatches
         least = full_ms if full_ms < floor else floor
         return share if share > least else least
+
+    def profiled_fixed_ms(self, full_ms: float, node: NodeData, device: Device, backward: bool = False) -> float | None:
+        """The part of a pass taking ``full_ms`` on the whole batch that every microbatch pays, ms, as the
+        profiled table fitted it (:meth:`ProfiledTimes.lookup_fixed`, at most ``full_ms``); None when the
+        node's time does not come from the table or the table fitted no fixed part for it."""
+        lookup_fixed = getattr(self.profiled, "lookup_fixed", None)
+        if lookup_fixed is None or self._resolve(node, device, backward)[1] != SOURCE_PROFILED:
+            return None
+        fixed = lookup_fixed(node, device)
+        if fixed is None:
+            return None
+        part = fixed[1] if backward else fixed[0]
+        return part if part < full_ms else full_ms
 
     def _full_batch_times(
         self, nodes: Sequence[NodeData], devices: Sequence[Device], backward: bool

@@ -352,7 +352,7 @@ def _cost_model_to_dict(cost_model: CostModel, graph: Graph | None) -> dict[str,
     table = cost_model.profiled
     if isinstance(table, ProfiledTimes):
         keys = {n.profile_key() for n in graph.nodes()} if graph is not None else None
-        used = ProfiledTimes({k: v for k, v in table.times.items() if keys is None or k[0] in keys})
+        used = table if keys is None else table.restricted(keys)
         doc["profiled"] = used.to_dict()
     return doc
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
+from graphc.ir.profiled import with_fixed_costs
 from placement import (
     Cluster,
     ConfigurationError,
@@ -121,6 +122,43 @@ def test_profile_cache_validation_names_the_field(entry: dict, field: str, tmp_p
         ProfiledTimes.load(path)
 
 
+def test_a_version_1_profile_still_loads_and_a_table_with_fixed_parts_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    entry = {"key": "k", "device_kind": "cpu", "fwd_ms": 1.5, "bwd_ms": 2.5}
+    path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 1, "entries": [entry]}))
+    old = ProfiledTimes.load(path)
+    assert old.times == {("k", "cpu"): (1.5, 2.5)} and old.fixed == {}
+    old.add_fixed_key("k", "cpu", 0.5, 1.0)
+    old.save(tmp_path / "new.json")
+    assert json.loads((tmp_path / "new.json").read_text())["version"] == 2
+    again = ProfiledTimes.load(tmp_path / "new.json")
+    assert again.times == old.times and again.fixed == {("k", "cpu"): (0.5, 1.0)}
+    half = {**entry, "fwd_fixed_ms": 0.5}
+    path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 2, "entries": [half]}))
+    with pytest.raises(ProfileFormatError, match="go together"):
+        ProfiledTimes.load(path)
+
+
+def test_fixed_parts_are_fitted_through_two_batch_sizes_and_kept_within_the_time() -> None:
+    full, small = Graph("g"), Graph("g")
+    for name in ("a", "b", "c"):
+        full.add_node(NodeData(name, "op", output_shapes=[[8, 4]]))
+        small.add_node(NodeData(name, "op", output_shapes=[[2, 4]]))
+    full.add_node(NodeData("only_full", "op", output_shapes=[[8, 5]]))
+    at_8, at_2 = ProfiledTimes(), ProfiledTimes()
+    at_8.add(full.node("a"), "cpu", 9.0, 17.0)  # 1 + 1 per sample, 1 + 2 per sample
+    at_2.add(small.node("a"), "cpu", 3.0, 5.0)
+    at_8.add(full.node("b"), "cpu", 4.0, 4.0)
+    at_2.add(small.node("b"), "cpu", 0.5, 5.0)  # noise: below a quarter (fixed < 0), above the full batch
+    at_8.add(full.node("c"), "cpu", 4.0, 4.0)  # not profiled at the small batch
+    at_8.add(full.node("only_full"), "cpu", 1.0, 1.0)
+    fitted = with_fixed_costs(at_8, full, at_2, small, 0.25, "cpu")
+    assert fitted.times == at_8.times
+    assert fitted.fixed == {(full.node("a").profile_key(), "cpu"): (1.0, 1.0), (full.node("b").profile_key(), "cpu"): (0.0, 4.0)}
+    with pytest.raises(ConfigurationError):
+        with_fixed_costs(at_8, full, at_2, small, 1.0, "cpu")
+
+
 # -- analytic -------------------------------------------------------------------------------------
 def test_roofline_compute_bound_memory_bound_and_floor() -> None:
     cm = CostModel(cluster(GPU), compute_efficiency=0.5, memory_efficiency=0.5)
@@ -216,15 +254,36 @@ def test_a_microbatch_never_runs_faster_than_its_launch_overhead() -> None:
     # 1 ms per op, the node stands for 3 ops: it takes at least 3 ms, however little data it gets.
     dev = Device("g", "X", "gpu", "h", {"float32": 1e12}, 1e11, 1e12, op_overhead_s=1e-3)
     node = NodeData("n", "op", fx_nodes=["x", "y", "z"])
+    cm = CostModel(Cluster("one", [dev]))
     assert CostModel.task_floor_ms(node, dev) == pytest.approx(3.0)
     assert CostModel.task_floor_ms(NodeData("one", "op"), dev) == pytest.approx(1.0)
-    split = [CostModel.microbatch_ms(12.0, node, dev, m) for m in (1, 2, 4, 8)]
+    split = [cm.microbatch_ms(12.0, node, dev, m) for m in (1, 2, 4, 8)]
     assert split == pytest.approx([12.0, 6.0, 3.0, 3.0])
-    assert CostModel.microbatch_ms(2.0, node, dev, 4) == pytest.approx(2.0)  # below the floor: unsplit
-    assert CostModel.microbatch_ms(0.0, node, dev, 4) == 0.0  # no pass, no overhead
-    cluster = Cluster("one", [dev])
+    assert cm.microbatch_ms(2.0, node, dev, 4) == pytest.approx(2.0)  # below the floor: unsplit
+    assert cm.microbatch_ms(0.0, node, dev, 4) == 0.0  # no pass, no overhead
     measured = NodeData("m", "op", measured_ms={"X": 12.0}, measured_bwd_ms={"X": 0.5}, fx_nodes=["x", "y", "z"])
-    assert CostModel(cluster).node_times([measured], [dev], microbatches=4) == ([3.0], [0.5])
+    assert cm.node_times([measured], [dev], microbatches=4) == ([3.0], [0.5])
+
+
+def test_a_microbatch_of_a_profiled_node_pays_its_fitted_fixed_part() -> None:
+    dev = Device("c", "cpu-x", "cpu", "h", {"float32": 1e10}, 1e10, 1e10, op_overhead_s=1e-6)
+    node = NodeData("n", "op", fx_nodes=["x"])
+    table = ProfiledTimes()
+    table.add(node, "cpu-x", 10.0, 20.0)
+    table.add_fixed_key(node.profile_key(), "cpu-x", 2.0, 4.0)
+    unfitted = NodeData("u", "op", fx_nodes=["y"], output_shapes=[[3]])
+    table.add(unfitted, "cpu-x", 10.0, 20.0)
+    cm = CostModel(Cluster("one", [dev]), profiled=table)
+    assert cm.node_times([node], [dev], microbatches=4) == ([2 + 8 / 4], [4 + 16 / 4])
+    assert cm.node_times([node], [dev], microbatches=1) == ([10.0], [20.0])
+    # no fixed part fitted: divided down to the per-op floor (1 us)
+    assert cm.node_times([unfitted], [dev], microbatches=2) == ([5.0], [10.0])
+    assert cm.microbatch_ms(0.0015, unfitted, dev, 2) == pytest.approx(0.001)
+    # a measured time wins over the table, and so does the floor over the table's fixed part
+    measured = NodeData("n", "op", fx_nodes=["x"], measured_ms={"cpu-x": 10.0})
+    assert cm.microbatch_ms(10.0, measured, dev, 2) == 5.0
+    scaled = CostModel(Cluster("one", [dev]), profiled=table.scaled(0.5))
+    assert scaled.node_times([node], [dev], microbatches=2) == ([1 + 4 / 2], [2 + 8 / 2])
 
 
 def test_scaled_profiled_times_multiply_every_entry():

@@ -5,7 +5,10 @@ assumptions (:func:`placement.presets.local`); a prediction made with them can b
 Calibrating replaces them with measurements of this machine:
 
 1. every cost node of the traced program profiled on one CPU thread, as a ``local`` worker runs it
-   (:func:`graphc.frontend.profile.profile_program`);
+   (:func:`graphc.frontend.profile.profile_program`), at the full batch and, traced again, at a quarter
+   of it (:data:`PROFILE_SPLIT`: the example inputs split as the runtime splits microbatches,
+   :func:`runtime.step.split_batch`; a half, or nothing, when the batch does not split so), which fits
+   each node's fixed cost per microbatch (:func:`graphc.ir.profiled.with_fixed_costs`);
 2. one factor that scales that table so that the whole graph on one worker simulates to the measured
    eager training step (:func:`placement.calibration.calibration_factor`: ops timed in isolation miss
    what runs between them: the loss, the framework);
@@ -23,6 +26,12 @@ Measuring takes seconds to minutes, so both results are cached on disk as JSON i
 
 A later call with the same key loads the file and says so; ``refresh=True`` measures again (and
 rewrites both files). A file that cannot be read, or was written for another key, is measured again.
+
+Other load. Measurements taken while other processes run are worth little on a small machine (eager
+steps several times too slow, a link several times too slow), so each measurement records the cores
+other processes used meanwhile (:class:`graphc.app.measure_plans.OtherLoad`, from ``/proc/stat``); above
+:data:`BUSY_CORES` the result is used for this call but not cached, and one console line says so and
+how to measure again.
 The ``graphc calibrate`` command, ``graphc plan -c local --calibrate``, ``graphc.compile(...,
 calibrate=True)`` and ``graphc demo`` all call :func:`calibrate`.
 """
@@ -46,19 +55,25 @@ import torch
 import torch.utils._pytree as pytree
 from rich.console import Console
 
+from graphc.app.measure_plans import OtherLoad
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
-from graphc.ir.errors import FormatError
+from graphc.ir.errors import FormatError, MismatchError
 from graphc.ir.jsonfile import check_header, read_json, write_json
-from graphc.ir.profiled import ProfiledTimes
+from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
 from placement.calibration import calibration_factor
 from placement.cluster import Cluster
 from placement.cost_model import CostModel
 from runtime.link import LinkSpeed, local_cluster, measure_link
+from runtime.step import split_batch
 
 CALIBRATION_SCHEMA = "graphc.calibration"
 LINK_SCHEMA = "graphc.link"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: The batch is also profiled split in this many microbatches (else in 2) to fit the fixed costs.
+PROFILE_SPLIT = 4
+#: Cores other processes may use, on average, while a measurement is taken and still be cached.
+BUSY_CORES = 0.3
 #: Runs per node when profiling, and timed eager steps (after two warm-up steps).
 PROFILE_REPEATS = 3
 EAGER_STEPS = 5
@@ -99,6 +114,7 @@ class Calibration:
         measured_at: when the profile was measured (ISO 8601, UTC).
         path: the cache file it was written to or read from.
         loaded: True when read from the cache rather than measured by this call.
+        cached: False when measured under other load and so not written to the cache (module docstring).
         workers: the CPU workers of :attr:`cluster`.
         cluster: the ``local`` preset with ``workers`` workers joined by :attr:`link`, to plan on.
         cost_model: :attr:`cluster` with the :attr:`scaled` table, to plan with.
@@ -114,6 +130,7 @@ class Calibration:
     path: Path
     loaded: bool
     workers: int = 2
+    cached: bool = True
     cluster: Cluster = field(init=False, repr=False)
     cost_model: CostModel = field(init=False, repr=False)
 
@@ -129,6 +146,8 @@ class Calibration:
     def describe(self) -> list[str]:
         """What was measured, one line each (what ``graphc calibrate`` prints)."""
         how = f"loaded from {self.path} (measured {self.measured_at})" if self.loaded else f"measured, cached in {self.path}"
+        if not self.cached:
+            how = "measured under other load, not cached"
         return [
             f"calibration {how}",
             f"eager step {self.eager_ms:.1f} ms on one thread: profiled times x {self.factor:.3f}, so that one worker predicts it",
@@ -171,6 +190,7 @@ def calibration_key(
         "torch": torch.__version__,
         "threads": threads,
         "machine": asdict(machine),
+        "profile_split": PROFILE_SPLIT,
     }
 
 
@@ -225,10 +245,13 @@ def measured_link(
         except (FormatError, KeyError, TypeError, ValueError):
             pass  # not cached, or unreadable: measured again below
     _say(console, "measuring the link between two ranks ...")
+    load = OtherLoad()
+    load.start()
     link = measure_link()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": LINK_SCHEMA, "version": CACHE_VERSION, "machine": asdict(machine), "measured_at": _now(), **asdict(link)}
-    write_json(path, doc)
+    if _quiet(load.stop(), "the link", "--recalibrate (graphc calibrate --refresh)", console):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"schema": LINK_SCHEMA, "version": CACHE_VERSION, "machine": asdict(machine), "measured_at": _now(), **asdict(link)}
+        write_json(path, doc)
     return link
 
 
@@ -262,18 +285,51 @@ def calibrate(
     found = None if refresh else _load(path, key, link, machine, workers)
     if found is None:
         _say(console, f"profiling {program.graph.name}'s ops on this CPU and timing its eager step ...")
-        profiled = profile_program(program, program.flat_inputs(example_inputs, kwargs), settings)
+        load = OtherLoad()
+        load.start()
+        profiled = _profile(model, example_inputs, kwargs, program, settings)
         untouched, inputs, kw = copy.deepcopy((model, example_inputs, kwargs))
         eager_ms = eager_step_ms(untouched, inputs, loss=loss, example_kwargs=kw, threads=settings.threads)
         factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
         found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": key, "measured_at": found.measured_at,
-               "eager_ms": eager_ms, "factor": factor, "profiled": profiled.to_dict()}  # fmt: skip
-        write_json(path, doc)
+        if _quiet(load.stop(), "the calibration", "--recalibrate (graphc calibrate --refresh)", console):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": key, "measured_at": found.measured_at,
+                   "eager_ms": eager_ms, "factor": factor, "profiled": profiled.to_dict()}  # fmt: skip
+            write_json(path, doc)
+        else:
+            found.cached = False
     for line in found.describe():
         _say(console, line)
     return found
+
+
+def _profile(
+    model: torch.nn.Module | Callable, example_inputs: tuple, kwargs: dict[str, Any], program: TracedProgram, settings: ProfileSettings
+) -> ProfiledTimes:
+    """``program``'s nodes profiled at the full batch, with the fixed cost per microbatch fitted from the
+    model traced again and profiled at 1/:data:`PROFILE_SPLIT` of the batch (1/2 when the batch does not
+    split so; no fixed costs when it does not split at all: the cost model then uses its per-op floor)."""
+    profiled = profile_program(program, program.flat_inputs(example_inputs, kwargs), settings)
+    for parts in (PROFILE_SPLIT, 2):
+        try:
+            small_inputs, small_kwargs = split_batch((example_inputs, kwargs), parts)[0]
+        except MismatchError:
+            continue
+        small = trace(model, small_inputs, granularity=program.granularity, example_kwargs=small_kwargs, name=program.graph.name)
+        measured = profile_program(small, small.flat_inputs(small_inputs, small_kwargs), settings)
+        return with_fixed_costs(profiled, program.graph, measured, small.graph, 1 / parts, settings.device_kind)
+    return profiled
+
+
+def _quiet(other_cores: float | None, what: str, rerun: str, console: Console | None) -> bool:
+    """Whether a measurement during which other processes used ``other_cores`` may be cached; when not,
+    one console line says so and how to measure again."""
+    if other_cores is None or other_cores <= BUSY_CORES:
+        return True
+    _say(console, f"not caching {what}: other processes used {other_cores:.1f} cores while it was measured "
+                  f"(more than {BUSY_CORES}); measure again on a quieter machine with {rerun}")  # fmt: skip
+    return False
 
 
 def _load(path: Path, key: dict[str, Any], link: LinkSpeed, machine: Machine, workers: int) -> Calibration | None:

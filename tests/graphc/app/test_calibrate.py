@@ -36,12 +36,16 @@ class FakeMeasurements:
     every node 1 ms forward and 2 ms backward, an eager step of :data:`EAGER_MS`, the link :data:`LINK`."""
 
     calls: dict[str, int] = field(default_factory=lambda: {"profile": 0, "eager": 0, "link": 0})
+    batches: list[int] = field(default_factory=list)
 
     def profile_program(self, program, inputs, settings):
+        """Every node ``1 + batch / 6`` ms forward and twice that backward: 1 ms fixed per microbatch."""
         self.calls["profile"] += 1
+        batch = inputs[0].shape[0]
+        self.batches.append(batch)
         table = ProfiledTimes()
         for node in program.graph.nodes():
-            table.add(node, settings.device_kind, 1.0, 2.0)
+            table.add(node, settings.device_kind, 1.0 + batch / 6, 2.0 + batch / 3)
         return table
 
     def eager_step_ms(self, model, inputs, **options):
@@ -74,7 +78,7 @@ def test_calibrate_scales_the_profile_to_the_eager_step_and_plans_on_the_measure
     model = _model()
     console = Console(record=True, width=200, file=io.StringIO())
     found = graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path, console=console)
-    assert not found.loaded and measured.calls == {"profile": 1, "eager": 1, "link": 1}
+    assert not found.loaded and found.cached and measured.calls == {"profile": 2, "eager": 1, "link": 1}
     assert found.eager_ms == EAGER_MS and found.link == LINK and found.machine == Machine.this()
     program = graphc.trace(model, (torch.randn(6, 8),))
     assert found.key["graph"] == program.graph.fingerprint()
@@ -95,16 +99,16 @@ def test_a_second_call_loads_the_cache_and_another_batch_shape_or_refresh_measur
     first = graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path)
     console = Console(record=True, width=200, file=io.StringIO())
     again = graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path, console=console)
-    assert again.loaded and measured.calls == {"profile": 1, "eager": 1, "link": 1}  # nothing measured again
+    assert again.loaded and measured.calls == {"profile": 2, "eager": 1, "link": 1}  # nothing measured again
     assert again.path == first.path and again.factor == first.factor and again.profiled.times == first.profiled.times
     assert f"calibration loaded from {first.path}" in _printed(console)
 
     other = graphc.calibrate(model, (torch.randn(3, 8),), cache_dir=tmp_path)
     assert not other.loaded and other.path != first.path
-    assert measured.calls == {"profile": 2, "eager": 2, "link": 1}  # the link is keyed by the machine alone
+    assert measured.calls == {"profile": 3, "eager": 2, "link": 1}  # the link is keyed by the machine alone; 3 does not split
 
     refreshed = graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path, refresh=True)
-    assert not refreshed.loaded and measured.calls == {"profile": 3, "eager": 3, "link": 2}
+    assert not refreshed.loaded and measured.calls == {"profile": 5, "eager": 3, "link": 2}
 
 
 def test_an_unreadable_or_foreign_cache_file_is_measured_again(measured, tmp_path):
@@ -116,7 +120,7 @@ def test_an_unreadable_or_foreign_cache_file_is_measured_again(measured, tmp_pat
     doc["key"]["torch"] = "0.0.1"  # written by another torch
     first.path.write_text(json.dumps(doc))
     assert not graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path).loaded
-    assert measured.calls["profile"] == 3
+    assert measured.calls["profile"] == 6
     assert graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path).loaded
 
 
@@ -139,11 +143,11 @@ def test_compile_with_calibrate_plans_with_the_calibration_and_reuses_the_cache(
     plan = compiled.plan
     assert plan.predicted_step_ms == pytest.approx(EAGER_MS)  # one device, calibrated: the eager step
     assert {link.bandwidth for link in plan.cluster.links} == {LINK.bandwidth}
-    assert measured.calls == {"profile": 1, "eager": 1, "link": 1}
+    assert measured.calls == {"profile": 2, "eager": 1, "link": 1}
 
     again = graphc.compile(loss_fn, cluster="local", solver="single", calibrate=True, progress=False)
     again(model, x, y)
-    assert measured.calls == {"profile": 1, "eager": 1, "link": 1}  # a new compile loads the cache
+    assert measured.calls == {"profile": 2, "eager": 1, "link": 1}  # a new compile loads the cache
     assert again.plan.predicted_step_ms == pytest.approx(EAGER_MS)
 
 
@@ -162,3 +166,33 @@ def test_compile_on_local_without_calibrate_warns_once_that_the_figures_are_unca
 def test_compile_refuses_calibrate_on_another_cluster():
     with pytest.raises(ConfigurationError, match="calibrate=True measures this machine's CPU workers"):
         graphc.compile(_model(), cluster="pcie-4gpu", calibrate=True)
+
+
+def test_the_fixed_cost_per_microbatch_is_fitted_from_a_quarter_of_the_batch_or_a_half(measured, tmp_path):
+    model = _model()
+    found = graphc.calibrate(model, (torch.randn(8, 8),), cache_dir=tmp_path)
+    assert measured.batches == [8, 2]  # the full batch, then a quarter of it
+    program = graphc.trace(model, (torch.randn(8, 8),))
+    node = next(n for n in program.graph.nodes() if n.op != "input")
+    assert found.profiled.lookup_fixed(node, found.cluster.devices[0]) == pytest.approx((1.0, 2.0))
+    loaded = graphc.calibrate(model, (torch.randn(8, 8),), cache_dir=tmp_path)
+    assert loaded.loaded and loaded.profiled.fixed == found.profiled.fixed
+    graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path)
+    assert measured.batches[2:] == [6, 3]  # 6 does not split in 4
+    unsplit = graphc.calibrate(model, (torch.randn(1, 8),), cache_dir=tmp_path)
+    assert measured.batches[4:] == [1] and not unsplit.profiled.fixed
+
+
+def test_a_calibration_measured_under_other_load_is_used_but_not_cached(measured, quiet_machine, tmp_path):
+    quiet_machine.other_cores = 0.5
+    console = Console(record=True, width=300, file=io.StringIO())
+    busy = graphc.calibrate(_model(), (torch.randn(6, 8),), cache_dir=tmp_path, console=console)
+    assert not busy.cached and not busy.path.exists() and busy.eager_ms == EAGER_MS
+    assert not list(tmp_path.iterdir())  # neither the calibration nor the link
+    text = _printed(console)
+    assert "not caching the calibration: other processes used 0.5 cores" in text and "--recalibrate" in text
+    assert "not caching the link: other processes used 0.5 cores" in text
+    quiet_machine.other_cores = 0.2
+    again = graphc.calibrate(_model(), (torch.randn(6, 8),), cache_dir=tmp_path)
+    assert again.cached and not again.loaded and again.path.exists() and measured.calls["link"] == 2
+    assert graphc.calibrate(_model(), (torch.randn(6, 8),), cache_dir=tmp_path).loaded

@@ -64,7 +64,8 @@ at the end as without a schedule (the optimizer step takes no time).
 Microbatches. ``microbatches=m`` splits the batch: every transfer's bytes (and a measured transfer
 time), every activation and every received tensor are divided by ``m``, and the ``m`` microbatches flow
 through the devices, so a pipeline across devices overlaps them. A task's time is divided by ``m`` down
-to its launch overhead, which every microbatch pays again (:meth:`CostModel.microbatch_ms`). Latency and
+to its launch overhead, or, where the profile fitted a fixed part, but for that part; either is paid again
+by every microbatch (:meth:`CostModel.microbatch_ms`). Latency and
 static memory are not divided.
 
 Replicated stages. ``replicas[d]`` lists the devices of a data-parallel stage whose nodes are assigned
@@ -368,7 +369,7 @@ class _Simulation:
         if m != 1:
             split, data, devices = self.cm.microbatch_ms, self.data, self.devices
             fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
-            bwd = [split(t, nd, devices[d], m) for t, nd, d in zip(bwd, data, dev)]
+            bwd = [split(t, nd, devices[d], m, True) for t, nd, d in zip(bwd, data, dev)]
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
         before_step = lw.static - lw.grad_bytes  # gradients are made by the backward (_peak_memory)
         static = np.bincount(self.dev_np, weights=before_step, minlength=len(self.devices)).tolist()

@@ -58,7 +58,7 @@ from typing import Any
 import networkx as nx
 import torch
 from torch import fx, nn
-from torch.utils._pytree import TreeSpec, tree_flatten, treespec_dumps, treespec_loads
+from torch.utils._pytree import TreeSpec, tree_flatten
 
 from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.tracing import TracedProgram
@@ -121,10 +121,10 @@ class DeviceProgram:
         """The module's communication ops, in run order."""
         return [n for n in self.module.graph.nodes if n.op == "call_function" and n.target in comm.COMM_OPS]
 
-    def __reduce__(self) -> tuple:
-        """Pickle by value (to ship a partition to other processes): the graph as node records, the state
-        as a plain module. ``fx.GraphModule``'s own pickling re-traces the code, which would run the
-        communication ops; ``node.meta`` is not kept."""
+    def _records(self) -> tuple:
+        """The program as :func:`_rebuild_device_program`'s arguments: the graph as node records, the
+        state as a plain module (``fx.GraphModule``'s own copying re-traces the code, which would run the
+        communication ops); ``node.meta`` is not kept."""
         root = nn.Module()
         for name, child in self.module.named_children():
             root.add_module(name, child)
@@ -135,19 +135,19 @@ class DeviceProgram:
         path_of = {id(t): name for name, t in self.module.named_parameters(remove_duplicate=False)}
         path_of.update({id(t): name for name, t in self.module.named_buffers(remove_duplicate=False)})
         records = [
-            (n.op, n.name, _target_ref(n.target), *fx.node.map_arg((n.args, n.kwargs), lambda a: _NodeRef(a.name)))
+            (n.op, n.name, n.target, *fx.node.map_arg((n.args, n.kwargs), lambda a: _NodeRef(a.name)))
             for n in self.module.graph.nodes
         ]
         state = (
             {name: path_of[id(p)] for name, p in self.parameters.items()},
             {name: path_of[id(b)] for name, b in self.buffers.items()},
         )
-        return (_rebuild_device_program, (self.device, root, records, self.inputs, type(self.module).__name__, state))
+        return (self.device, root, records, self.inputs, type(self.module).__name__, state)
 
     def replica(self, device: str) -> DeviceProgram:
         """The same program for ``device``, with its own copy of the parameters and buffers (a replica of
         a data-parallel stage)."""
-        _, (_, root, records, inputs, _, state) = self.__reduce__()
+        _, root, records, inputs, _, state = self._records()
         return _rebuild_device_program(device, copy.deepcopy(root), records, inputs, _class_name(device), state)
 
 
@@ -177,7 +177,7 @@ class PartitionedProgram:
         replicas: stage device -> every device of its data-parallel stage, the stage device first; only
             replicated stages are listed (see the module docstring).
         plan: the plan it was partitioned from, carrying the cost graph (without its cluster and cost
-            model, so that it travels to ranks); the executors make its schedules. None when partitioned
+            model); the executors make its schedules. None when partitioned
             without a plan (:func:`split_by_device`).
     """
 
@@ -223,12 +223,6 @@ class PartitionedProgram:
         """The same program holding only ``device``'s part (what one rank needs once its schedule is
         validated): the other devices' parameters are not kept alive by it."""
         return dataclasses.replace(self, programs={device: self.programs[device]})
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "out_spec": treespec_dumps(self.out_spec)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, out_spec=treespec_loads(state["out_spec"]))
 
     def bytes_moved(self) -> int:
         """Bytes of activations sent per microbatch (gradients of ``grad`` transfers come back on top)."""
@@ -752,22 +746,12 @@ class _NodeRef:
     name: str
 
 
-def _target_ref(target: Any) -> Any:
-    """ATen ops do not pickle: keep them by name."""
-    if isinstance(target, torch._ops.OpOverload):
-        return ("aten-op", target._schema.name, target._overloadname)
-    return target
-
-
 def _rebuild_device_program(
     device: str, root: nn.Module, records: list[tuple], inputs: list[str], class_name: str, state: tuple[dict, dict]
 ) -> DeviceProgram:
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     for op, name, target, args, kwargs in records:
-        if isinstance(target, tuple) and target[:1] == ("aten-op",):
-            namespace, _, op_name = target[1].partition("::")
-            target = getattr(getattr(getattr(torch.ops, namespace), op_name), target[2] or "default")
         args, kwargs = fx.node.map_aggregate((args, kwargs), lambda a: env[a.name] if isinstance(a, _NodeRef) else a)
         env[name] = graph.create_node(op, target, args, kwargs, name=name)
     module = fx.GraphModule(root, graph, class_name=class_name)

@@ -41,7 +41,12 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from graphc.app.argtypes import non_negative_int, port_number, positive_int, positive_number
+from graphc.app.argtypes import (
+    non_negative_int,
+    port_number,
+    positive_int,
+    positive_number,
+)
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.ir.errors import ConfigurationError, GraphcError, MismatchError
@@ -53,8 +58,8 @@ from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
 from runtime.faults import REPORTS_ENV, FaultReport
 from runtime.measure import measure
-from runtime.partition import PartitionedProgram, partition
-from runtime.step import split_batch
+from runtime.partition import PartitionedProgram
+from runtime.rebuild import partition_model
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 # torchrun's --shutdown-timeout: once graphc run stops it, ranks get SIGTERM, then SIGKILL this much later.
@@ -313,12 +318,7 @@ def _build(args: argparse.Namespace, device: str = "cpu") -> zoo.ZooModel:
 def _partition(args: argparse.Namespace, plan: Plan) -> tuple[zoo.ZooModel, PartitionedProgram]:
     """Build and trace the model as the plan expects, and partition it (on one microbatch when pipelined)."""
     zm = _build(args)
-    program = trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model)
-    m = plan.microbatches
-    if m == 1:
-        return zm, partition(program, plan)
-    micro = trace(zm.model, split_batch(zm.example_inputs, m)[0], granularity=args.granularity, name=args.model)
-    return zm, partition(micro.graph_module, plan, program.graph)
+    return zm, partition_model(zm.model, zm.example_inputs, plan, granularity=args.granularity, name=args.model)
 
 
 def worker_main(argv: list[str] | None = None) -> int:

@@ -1,36 +1,46 @@
 """runtime.DistributedExecutor: one gloo rank per device gives eager PyTorch's numbers.
 
 Ranks start once per world size (:func:`runtime.launch.spawn`, in a module fixture) and run every case in
-turn; the parent traces and partitions, and the partitions travel to the ranks by value. Placements
-are random (a fresh seed per run, printed on failure; ``GRAPHC_TEST_SEED`` replays one).
+turn; the parent makes the plans, and each rank builds, traces and partitions the model by the plan
+itself (:func:`runtime.rebuild.partition_model`). Placements are random (a fresh seed per run, printed
+on failure; ``GRAPHC_TEST_SEED`` replays one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import torch
 import torch.nn.functional as F
-from runtime_cases import RTOL, adam, build, deep_mlp_pipeline, eager, expected_order, traced
+from runtime_cases import (
+    RTOL,
+    adam,
+    build,
+    deep_mlp_pipeline,
+    eager,
+    expected_order,
+    traced,
+)
 
 import graphc
 from graphc import zoo
-from graphc.frontend.zoo import ZooLoss
 from graphc.zoo import zoo_loss
+from placement.plan import Plan
 from placement.schedules import Schedule, make_schedule
 from runtime import (
     DistributedExecutor,
     PartitionedProgram,
     contiguous_plan,
     init_from_env,
-    partition,
     plan_from_assignment,
 )
 from runtime.launch import spawn
+from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
 
 pytestmark = pytest.mark.distributed
@@ -38,32 +48,54 @@ pytestmark = pytest.mark.distributed
 
 @dataclass
 class Case:
-    """One program to train on every rank."""
+    """One program to train on every rank, described in plain values so that each rank builds it.
 
-    program: PartitionedProgram
-    inputs: tuple
-    targets: torch.Tensor
-    loss_fn: ZooLoss
+    Attributes:
+        model: the zoo network (:func:`runtime_cases.build`).
+        batch: its batch size.
+        plan: the plan (``Plan.to_dict()``); pipelined plans are partitioned on one microbatch.
+        steps: training steps.
+        optimizer: Adam steps, else gradients only.
+        schedule: a schedule's name, ``"given"`` for the 1F1B :class:`Schedule` object made from the plan
+            (as the simulator gets it), or None for the plan's default.
+    """
+
+    model: str
+    batch: int
+    plan: dict[str, Any]
     steps: int = 1
     optimizer: bool = False
-    schedule: Schedule | str | None = None  # None: the plan's default
+    schedule: str | None = None
+
+    def executor_schedule(self, plan: Plan) -> Schedule | str | None:
+        return make_schedule(plan, "1f1b") if self.schedule == "given" else self.schedule
 
 
-def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
-    """What a rank runs: every case, returning this rank's losses, outputs, gradients and parameters."""
+def run_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a rank runs: every case (:class:`Case` as a dict), returning this rank's losses, outputs,
+    gradients, parameters and order of work, and whether it holds the output. Cases with the same
+    model and plan share the partition, built once on this rank."""
     init_from_env()
+    programs: dict[tuple, tuple[zoo.ZooModel, PartitionedProgram]] = {}
     results = []
-    for case in cases:
+    for case in (Case(**doc) for doc in cases):
+        plan = Plan.from_dict(case.plan)
+        key = (case.model, case.batch, json.dumps(case.plan, sort_keys=True))
+        if key not in programs:
+            zm = build(case.model, case.batch)
+            programs[key] = zm, partition_model(zm.model, zm.example_inputs, plan, granularity="op", name=case.model)
+        zm, program = programs[key]
         executor = DistributedExecutor(
-            case.program,
-            loss_fn=case.loss_fn,
+            program,
+            loss_fn=zoo_loss(zm),
             optimizer=adam if case.optimizer else None,
-            schedule=case.schedule,
+            schedule=case.executor_schedule(plan),
             timeout_s=30,
         )
-        steps = [executor.step(case.inputs, case.targets) for _ in range(case.steps)]
+        steps = [executor.step(zm.example_inputs, zm.targets) for _ in range(case.steps)]
         results.append(
             {
+                "output": executor.device == program.output_device,
                 "losses": [s.loss for s in steps],
                 "outputs": steps[-1].outputs,
                 "grads": {n: p.grad for n, p in executor.named_parameters()},
@@ -78,33 +110,35 @@ def run_cases(cases: list[Case]) -> list[dict[str, Any]]:
 def run(world_size: int, cases: list[Case]) -> list[dict[str, Any]]:
     """Run the cases on ``world_size`` ranks; per case, the loss and outputs of the output rank and the
     gradients, parameters and order of work of all ranks merged, and the order the case's schedule gives."""
-    outcomes = spawn(run_cases, world_size, (cases,), timeout_s=120)
+    outcomes = spawn(run_cases, world_size, ([dataclasses.asdict(c) for c in cases],), timeout_s=300)
     for o in outcomes:
         assert o.ok, f"rank {o.rank} failed: {o.error}"
     merged = []
     for i, case in enumerate(cases):
-        out = outcomes[case.program.devices.index(case.program.output_device)].result[i]
+        (out,) = [o.result[i] for o in outcomes if o.result[i]["output"]]
         grads, params, order = {}, {}, {}
         for o in outcomes:
             grads.update(o.result[i]["grads"])
             params.update(o.result[i]["params"])
             order.update(o.result[i]["order"])
-        schedule = case.schedule if isinstance(case.schedule, Schedule) else make_schedule(case.program.plan, case.schedule)
-        expected = expected_order(schedule)
+        plan = Plan.from_dict(case.plan)
+        schedule = case.executor_schedule(plan)
+        expected = expected_order(schedule if isinstance(schedule, Schedule) else make_schedule(plan, schedule))
         merged.append(
             {"losses": out["losses"], "outputs": out["outputs"], "grads": grads, "params": params, "order": order, "expected": expected}
         )
     return merged
 
 
-def random_case(name: str, devices: list[str], rng: random.Random) -> Case:
+def random_case(name: str, devices: list[str], rng: random.Random, **options: Any) -> Case:
+    """The zoo model ``name`` with every node on a random one of ``devices`` (each used at least once)."""
     zm, program = traced(name)
     names = program.graph.node_names()
     choice = [rng.choice(devices) for _ in names]
     choice[: len(devices)] = devices  # every rank has a device
     rng.shuffle(choice)
     plan = plan_from_assignment(program.graph, dict(zip(names, choice)))
-    return Case(partition(program, plan), zm.example_inputs, zm.targets, zoo_loss(zm))
+    return Case(name, zm.batch_size, plan.to_dict(), **options)
 
 
 SEED = int(os.environ.get("GRAPHC_TEST_SEED", random.randrange(2**31)))  # failures print it; set it to replay
@@ -117,12 +151,7 @@ def two_ranks() -> dict[str, Any]:
     rng = random.Random(SEED)
     cases = {name: random_case(name, ["cpu0", "cpu1"], rng) for name in zoo.NAMES}
     for name in ("gpt2", "resnet50"):
-        zm = build(name)  # a model of its own: the optimizer updates it
-        program = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
-        devices = [rng.choice(["cpu0", "cpu1"]) for _ in program.graph.node_names()]
-        devices[:2] = ["cpu0", "cpu1"]
-        plan = plan_from_assignment(program.graph, dict(zip(program.graph.node_names(), devices)))
-        cases[f"{name} x3"] = Case(partition(program, plan), zm.example_inputs, zm.targets, zoo_loss(zm), 3, True)
+        cases[f"{name} x3"] = random_case(name, ["cpu0", "cpu1"], rng, steps=3, optimizer=True)
     return dict(zip(cases, run(2, list(cases.values()))))
 
 
@@ -135,13 +164,9 @@ def three_ranks() -> dict[str, Any]:
     for name in PIPELINED:
         zm = build(name, BATCH)
         full = graphc.trace(zm.model, zm.example_inputs, name=name, granularity="op")
-        micro = graphc.trace(zm.model, tuple(x[: BATCH // M] for x in zm.example_inputs), name=name, granularity="op")
-        plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=M)
-        program = partition(micro.graph_module, plan, full.graph)
-        for schedule in SCHEDULES:
-            cases[f"{name} {schedule}"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=schedule)
-        given = make_schedule(plan, "1f1b")  # a Schedule object, as the simulator gets it
-        cases[f"{name} given"] = Case(program, zm.example_inputs, zm.targets, zoo_loss(zm), schedule=given)
+        plan = contiguous_plan(full.graph, ["cpu0", "cpu1", "cpu2"], microbatches=M).to_dict()
+        for schedule in [*SCHEDULES, "given"]:
+            cases[f"{name} {schedule}"] = Case(name, BATCH, plan, schedule=schedule)
     return dict(zip(cases, run(3, list(cases.values()))))
 
 

@@ -24,6 +24,7 @@ from graphc.zoo import zoo_loss
 from runtime import (
     DistributedExecutor,
     RankFailure,
+    RunFailed,
     contiguous_plan,
     init_from_env,
     partition,
@@ -58,12 +59,16 @@ class HangingLoss:
 
 class Observed(Exception):
     """What a surviving rank saw (as JSON); raised so that the rank fails, as it would under torchrun,
-    and :func:`spawn` kills the hung rank after the grace period."""
+    and :func:`spawn` kills the hung rank after the grace period. It comes back as a
+    :class:`~graphc.ir.errors.RunFailed` (not graphc's own class) whose ``detail`` is the JSON."""
 
 
-def faulty_step(program, inputs, targets, loss_fn, fault: str, culprit: int) -> None:
-    """One step in which rank ``culprit`` is killed as its forward starts, or hangs in the loss."""
+def faulty_step(fault: str, culprit: int) -> None:
+    """One step of :func:`chain` in which rank ``culprit`` is killed as its forward starts, or hangs in
+    the loss."""
     init_from_env()
+    zm, _, program = chain()
+    inputs, targets, loss_fn = zm.example_inputs, zm.targets, zoo_loss(zm)
     if fault == "hang" and program.devices[culprit] == program.output_device:
         loss_fn = HangingLoss(loss_fn)
     executor = DistributedExecutor(program, loss_fn=loss_fn, timeout_s=TIMEOUT_S)
@@ -79,14 +84,13 @@ def faulty_step(program, inputs, targets, loss_fn, fault: str, culprit: int) -> 
 
 @pytest.mark.parametrize(("fault", "culprit"), [("kill", 1), ("hang", 2)])
 def test_the_other_ranks_fail_within_the_timeout_naming_the_rank(fault, culprit):
-    zm, _, program = chain()
     started = time.monotonic()
-    outcomes = spawn(faulty_step, 3, (program, zm.example_inputs, zm.targets, zoo_loss(zm), fault, culprit), timeout_s=60, grace_s=2)
+    outcomes = spawn(faulty_step, 3, (fault, culprit), timeout_s=60, grace_s=2)
     elapsed = time.monotonic() - started
     survivors = [o for o in outcomes if o.rank != culprit]
     for o in survivors:
-        assert isinstance(o.error, Observed), f"rank {o.rank}: {o.error!r}"
-        failure = json.loads(str(o.error))
+        assert isinstance(o.error, RunFailed) and o.error.type_name == f"{__name__}.Observed", f"rank {o.rank}: {o.error!r}"
+        failure = json.loads(o.error.detail)
         assert failure["rank"] == culprit and failure["device"] == f"cpu{culprit}"
         assert f"rank {culprit} (cpu{culprit})" in failure["message"]
         assert failure["op"].startswith(("receive of", "send of")) and failure["op"] in failure["message"]

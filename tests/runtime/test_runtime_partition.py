@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import pickle
 from collections import Counter
 
 import pytest
@@ -26,6 +25,7 @@ from runtime import (
 )
 from runtime.errors import ProgramMismatch
 from runtime.partition import split_by_device
+from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
 
 DEVICES = ["cpu0", "cpu1", "cpu2"]
@@ -122,14 +122,19 @@ def test_a_callback_policy_splits_any_program():
     torch.testing.assert_close(out, program(*zm.example_inputs))
 
 
-def test_partitions_travel_by_value():
+def test_a_model_rebuilt_from_its_plan_partitions_the_same_way():
+    """Every rank builds its partition from the zoo name and the plan (runtime.rebuild.partition_model):
+    two builds must agree on the schedule, the transfers and the numbers, pipelined or not."""
     zm, program = traced("gpt2")
     names = program.graph.node_names()
-    parts = partition(program, plan_from_assignment(program.graph, {n: DEVICES[i % 3] for i, n in enumerate(names)}))
-    copy = pickle.loads(pickle.dumps(parts))
-    assert copy.schedule == parts.schedule and copy.transfers == parts.transfers
-    assert all(p is not q for p, q in zip(LocalExecutor(copy).parameters(), LocalExecutor(parts).parameters()))
-    torch.testing.assert_close(LocalExecutor(copy).forward(zm.example_inputs), LocalExecutor(parts).forward(zm.example_inputs))
+    spread = plan_from_assignment(program.graph, {n: DEVICES[i % 3] for i, n in enumerate(names)})
+    for plan in (spread, contiguous_plan(program.graph, DEVICES, microbatches=2)):
+        first, second = (build("gpt2") for _ in range(2))
+        parts = [partition_model(b.model, b.example_inputs, plan, granularity="op", name="gpt2") for b in (first, second)]
+        assert parts[0].schedule == parts[1].schedule and parts[0].transfers == parts[1].transfers
+        assert parts[0].microbatches == plan.microbatches
+        outputs = [LocalExecutor(p).forward(zm.example_inputs) for p in parts]
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
 # -- refusals, before anything runs ----------------------------------------------------------------

@@ -22,7 +22,6 @@ from torch import nn
 
 import graphc
 from graphc import zoo
-from graphc.frontend.zoo import ZooLoss
 from graphc.zoo import zoo_loss
 from placement.schedules import (
     AllReduce,
@@ -217,24 +216,27 @@ def test_local_replicas_train_like_eager_and_stay_equal():
 # -- distributed executor on three gloo ranks ----------------------------------------------------------------
 
 
-def run_cases(
-    cases: list[tuple[PartitionedProgram, str, ZooLoss, bool]], inputs: tuple, targets: torch.Tensor
-) -> list[dict[str, Any]]:
-    """What a rank runs: each case (program, schedule, loss, train with SGD for 3 steps or take 1 step)."""
+def run_cases(cases: list[tuple[str, str, bool]]) -> list[dict[str, Any]]:
+    """What a rank runs: each case ``(stages label, schedule, optimize)`` on GPT-2 partitioned by
+    :data:`STAGES` (one partition per label, built on this rank), one step, or three SGD steps when
+    ``optimize``."""
     init_from_env()
+    zm = gpt2()
+    programs: dict[str, PartitionedProgram] = {}
     results = []
-    for program, schedule, loss_fn, optimize in cases:
+    for label, schedule, optimize in cases:
+        program = programs.setdefault(label, gpt2_program(STAGES[label]))
         executor = DistributedExecutor(
-            program, loss_fn=loss_fn, optimizer=sgd if optimize else None, schedule=schedule, timeout_s=60
+            program, loss_fn=zoo_loss(zm), optimizer=sgd if optimize else None, schedule=schedule, timeout_s=60
         )
-        steps = [executor.step(inputs, targets) for _ in range(3 if optimize else 1)]
+        steps = [executor.step(zm.example_inputs, zm.targets) for _ in range(3 if optimize else 1)]
         results.append(
             {
                 "losses": [s.loss for s in steps],
                 "outputs": steps[-1].outputs,
                 "grads": {n: p.grad for n, p in executor.named_parameters()},
                 "params": {n: p.detach() for n, p in executor.named_parameters()},
-                "inference": executor.forward(inputs) if not optimize else None,
+                "inference": executor.forward(zm.example_inputs) if not optimize else None,
             }
         )
         executor.close()
@@ -245,14 +247,12 @@ def run_cases(
 def three_ranks() -> dict[str, list[dict[str, Any]]]:
     """GPT-2 with its first or its last stage on two ranks and the other on one: one step under GPipe and
     1F1B, and three SGD steps under 1F1B; every rank's results, by case."""
-    zm = gpt2()
-    cases: dict[str, tuple] = {}
-    for label, stages in STAGES.items():
-        program = gpt2_program(stages)
+    cases: dict[str, tuple[str, str, bool]] = {}
+    for label in STAGES:
         for schedule in ("gpipe", "1f1b"):
-            cases[f"{label} {schedule}"] = (program, schedule, zoo_loss(zm), False)
-        cases[f"{label} sgd"] = (program, "1f1b", zoo_loss(zm), True)
-    outcomes = spawn(run_cases, 3, (list(cases.values()), zm.example_inputs, zm.targets), timeout_s=240)
+            cases[f"{label} {schedule}"] = (label, schedule, False)
+        cases[f"{label} sgd"] = (label, "1f1b", True)
+    outcomes = spawn(run_cases, 3, (list(cases.values()),), timeout_s=240)
     for o in outcomes:
         assert o.ok, f"rank {o.rank} failed: {o.error}"
     return {label: [o.result[i] for o in outcomes] for i, label in enumerate(cases)}
@@ -296,11 +296,11 @@ def test_replicas_end_optimizer_steps_with_eager_parameters(label, three_ranks):
     assert set().union(*(r["params"] for r in ranks)) == set(reference.params)
 
 
-def killed_in_the_all_reduce(program: PartitionedProgram, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    """One step in which rank 1 (cpu1, the second replica of cpu0's stage) dies as its all-reduce starts;
-    what the other ranks saw."""
+def killed_in_the_all_reduce(inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """One step of :func:`mlp_program` in which rank 1 (cpu1, the second replica of cpu0's stage) dies as
+    its all-reduce starts; what the other ranks saw."""
     init_from_env()
-    executor = DistributedExecutor(program, loss_fn=F.cross_entropy, timeout_s=5)
+    executor = DistributedExecutor(mlp_program(), loss_fn=F.cross_entropy, timeout_s=5)
     if executor.rank == 1:
         executor._allreduce_gradients = lambda: os.kill(os.getpid(), signal.SIGKILL)
     start = time.monotonic()
@@ -314,7 +314,7 @@ def killed_in_the_all_reduce(program: PartitionedProgram, inputs: torch.Tensor, 
 @pytest.mark.distributed
 def test_a_replica_that_dies_in_the_all_reduce_is_named_by_the_other():
     outcomes = spawn(
-        killed_in_the_all_reduce, 3, (mlp_program(), torch.randn(BATCH, 8), torch.randint(0, 4, (BATCH,))), timeout_s=60
+        killed_in_the_all_reduce, 3, (torch.randn(BATCH, 8), torch.randint(0, 4, (BATCH,))), timeout_s=60
     )
     assert outcomes[1].exitcode == -signal.SIGKILL
     seen = outcomes[0].result

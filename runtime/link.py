@@ -14,6 +14,14 @@ costs the runtime:
   counts what a step pays per byte and a ping-pong of one reused buffer does not see: the kernel's
   copies on both ends and a fresh receive buffer per message (page faults on first touch).
 
+Both ranks also record their CPU time (every thread of the process) per step, so the same runs give
+what a message costs the CPUs at its two ends (:attr:`LinkSpeed.endpoint_cpu_s`,
+:attr:`LinkSpeed.endpoint_cpu_per_byte_s`): the CPU time of the two ranks beyond the one rank's, per
+message, is the sender's and the receiver's part together; the chain sends as much each way, so it
+cannot tell them apart, and each end is charged half. On a CPU worker that time is taken from its
+compute, and it exceeds the wait the link's latency and bandwidth describe (copies, allocation, gloo's
+threads).
+
 1 MiB is the size of most activations the benchmark models send. With 4 MiB messages every op of the
 chain allocates, sends and frees 4 MiB at once, and on this machine glibc's heap then grows step after
 step (fragmentation) and the cost per byte triples within ten steps; that extreme is left out of the
@@ -26,6 +34,7 @@ transfers as the runtime meets them.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -47,13 +56,21 @@ ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class LinkSpeed:
-    """A measured link: one-way ``latency_s + bytes / bandwidth`` seconds."""
+    """A measured link: one-way ``latency_s + bytes / bandwidth`` seconds; and the CPU time one message
+    costs each of its two ends, ``endpoint_cpu_s + bytes * endpoint_cpu_per_byte_s`` (0 where not
+    measured; module docstring)."""
 
     latency_s: float
     bandwidth: float
+    endpoint_cpu_s: float = 0.0
+    endpoint_cpu_per_byte_s: float = 0.0
 
     def seconds(self, nbytes: float) -> float:
         return self.latency_s + nbytes / self.bandwidth
+
+    def endpoint_cpu_seconds(self, nbytes: float) -> float:
+        """CPU seconds a message of ``nbytes`` costs its sender, and as much its receiver."""
+        return self.endpoint_cpu_s + nbytes * self.endpoint_cpu_per_byte_s
 
 
 class _Scale(nn.Module):
@@ -67,14 +84,18 @@ class _Scale(nn.Module):
         return x * self.weight
 
 
-def chain_step_ms(devices: int, numel: int, steps: int) -> float:
-    """On every rank: the median step time of training the chain of :func:`_chain` on ``devices``
-    devices (every rank builds the same chain)."""
+def chain_step_ms(devices: int, numel: int, steps: int) -> list[float]:
+    """On every rank: the median step time and the median CPU time of this process per step (ms) of
+    training the chain of :func:`_chain` on ``devices`` devices (every rank builds the same chain)."""
     init_from_env()
     executor = DistributedExecutor(_chain(devices, numel), loss_fn=lambda out: out.sum())
-    times = [executor.step(torch.ones(1, numel)).step_ms for _ in range(steps + 2)]
+    times, cpu = [], []
+    for _ in range(steps + 2):
+        start = time.process_time()
+        times.append(executor.step(torch.ones(1, numel)).step_ms)
+        cpu.append(1e3 * (time.process_time() - start))
     executor.close()
-    return statistics.median(times[2:])
+    return [statistics.median(times[2:]), statistics.median(cpu[2:])]
 
 
 def _chain(devices: int, numel: int) -> PartitionedProgram:
@@ -88,25 +109,31 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
     return partition(program, plan_from_assignment(graph, device))
 
 
-def _extra_ms_per_message(numel: int, steps: int) -> float:
-    """How much longer a step of the chain takes on two ranks than on one, per message."""
+def _extra_ms_per_message(numel: int, steps: int) -> tuple[float, float]:
+    """How much longer a step of the chain takes on two ranks than on one, per message, and how much
+    more CPU time it costs each end of a message (half the two ranks' extra CPU time per message)."""
     one = spawn(chain_step_ms, 1, (1, numel, steps), timeout_s=120)
     two = spawn(chain_step_ms, 2, (2, numel, steps), timeout_s=120)
     failed = [str(o.error) for o in [*one, *two] if not o.ok]
     if failed:
         raise RuntimeFault(f"measuring the link between two ranks failed: {failed}")
     messages = 2 * len(_chain(2, numel).transfers)  # forward and backward
-    return (max(o.result for o in two) - one[0].result) / messages
+    wall = (max(o.result[0] for o in two) - one[0].result[0]) / messages
+    cpu = (sum(o.result[1] for o in two) - one[0].result[1]) / messages / 2
+    return wall, cpu
 
 
 def measure_link(steps: int = 10) -> LinkSpeed:
     """The link between two gloo ranks of this machine as the runtime meets it (module docstring)."""
-    latency_s = max(_extra_ms_per_message(TINY_NUMEL, steps) / 1e3, 1e-6)
+    tiny_ms, tiny_cpu_ms = _extra_ms_per_message(TINY_NUMEL, steps)
+    latency_s, cpu_s = max(tiny_ms / 1e3, 1e-6), max(tiny_cpu_ms / 1e3, 0.0)
     for _ in range(ATTEMPTS):  # other work on the machine can make one measurement meaningless
-        large_s = _extra_ms_per_message(LARGE_BYTES // 4, steps) / 1e3
+        large_ms, large_cpu_ms = _extra_ms_per_message(LARGE_BYTES // 4, steps)
+        large_s = large_ms / 1e3
         per_byte_s = (large_s - latency_s) / (LARGE_BYTES - 4 * TINY_NUMEL)
         if per_byte_s > 0:
-            return LinkSpeed(latency_s, 1 / per_byte_s)
+            cpu_per_byte_s = max((large_cpu_ms / 1e3 - cpu_s) / (LARGE_BYTES - 4 * TINY_NUMEL), 0.0)
+            return LinkSpeed(latency_s, 1 / per_byte_s, cpu_s, cpu_per_byte_s)
     raise RuntimeFault(
         f"measuring the link between two ranks: a {LARGE_BYTES >> 20} MiB message cost no more than a tiny one "
         f"({1e3 * large_s:.3f} against {1e3 * latency_s:.3f} ms) in {ATTEMPTS} attempts; the machine was probably busy, "

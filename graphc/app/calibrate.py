@@ -151,7 +151,8 @@ class Calibration:
         return [
             f"calibration {how}",
             f"eager step {self.eager_ms:.1f} ms on one thread: profiled times x {self.factor:.3f}, so that one worker predicts it",
-            f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s",
+            f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s; "
+            f"each end's CPU {1e6 * self.link.endpoint_cpu_s:.0f} us + {1e12 * self.link.endpoint_cpu_per_byte_s:.2f} us/MB per message",
         ]
 
 
@@ -241,7 +242,8 @@ def measured_link(
             doc = read_json(path, FormatError, "link measurement")
             check_header(doc, LINK_SCHEMA, CACHE_VERSION, str(path), FormatError)
             if doc.get("machine") == asdict(machine):
-                return LinkSpeed(float(doc["latency_s"]), float(doc["bandwidth"]))
+                return LinkSpeed(float(doc["latency_s"]), float(doc["bandwidth"]),
+                                 float(doc["endpoint_cpu_s"]), float(doc["endpoint_cpu_per_byte_s"]))  # fmt: skip
         except (FormatError, KeyError, TypeError, ValueError):
             pass  # not cached, or unreadable: measured again below
     _say(console, "measuring the link between two ranks ...")

@@ -26,7 +26,7 @@ from graphc.ir.profiled import ProfiledTimes
 from placement import simulate
 from runtime.link import LinkSpeed
 
-LINK = LinkSpeed(latency_s=2e-4, bandwidth=1.5e9)
+LINK = LinkSpeed(latency_s=2e-4, bandwidth=1.5e9, endpoint_cpu_s=3e-4, endpoint_cpu_per_byte_s=1e-10)
 EAGER_MS = 10.0
 
 
@@ -91,6 +91,7 @@ def test_calibrate_scales_the_profile_to_the_eager_step_and_plans_on_the_measure
     assert doc["key"]["inputs"] == [[[6, 8], "torch.float32"]] and doc["key"]["torch"] == torch.__version__
     text = _printed(console)
     assert f"measured, cached in {found.path}" in text and "link between two ranks: 200 us per message, 1.50 GB/s" in text
+    assert "each end's CPU 300 us + 100.00 us/MB per message" in text
     assert f"profiled times x {found.factor:.3f}" in text
 
 
@@ -101,6 +102,7 @@ def test_a_second_call_loads_the_cache_and_another_batch_shape_or_refresh_measur
     again = graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path, console=console)
     assert again.loaded and measured.calls == {"profile": 2, "eager": 1, "link": 1}  # nothing measured again
     assert again.path == first.path and again.factor == first.factor and again.profiled.times == first.profiled.times
+    assert again.link == LINK  # the link's cache keeps what a message costs each end's CPU
     assert f"calibration loaded from {first.path}" in _printed(console)
 
     other = graphc.calibrate(model, (torch.randn(3, 8),), cache_dir=tmp_path)

@@ -39,7 +39,11 @@ node stands for: the work divides, but never below the launch overhead, which ev
 
 A transfer between two devices takes ``EdgeData.transfer_ms`` when the edge carries a time for the pair
 (see :meth:`CostModel.measured_transfer_ms` for the labels matched), else ``route latency + bytes /
-bottleneck bandwidth`` on the cluster's route. On one device it is free.
+bottleneck bandwidth`` on the cluster's route. On one device it is free. A transfer to or from a CPU
+(which moves its tensors itself, and is busy meanwhile: :mod:`placement.simulate`) lasts at least the CPU
+time a message costs each end, ``endpoint_cpu_s + bytes * endpoint_cpu_per_byte_s``
+(:meth:`CostModel.endpoint_cpu_ms`; measured by :func:`runtime.link.measure_link` for the calibrated
+``local`` cluster, 0 otherwise).
 
 All times are milliseconds, as in :mod:`graphc.ir.graph`.
 """
@@ -49,7 +53,7 @@ All times are milliseconds, as in :mod:`graphc.ir.graph`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from graphc.ir.profiled import ProfiledTimes as ProfiledTimes
@@ -92,6 +96,8 @@ class CostModel:
         memory_efficiency: fraction of peak memory bandwidth the roofline assumes.
         default_dtype: dtype of a node that states none (imported profiles).
         use_measured: False ignores ``measured_ms`` (sources 1 and 3), to compare the roofline with them.
+        endpoint_cpu_s, endpoint_cpu_per_byte_s: the CPU time one message costs each of its ends when it
+            is a CPU, per message and per byte (module docstring).
     """
 
     def __init__(
@@ -103,9 +109,15 @@ class CostModel:
         memory_efficiency: float = 0.8,
         default_dtype: str = "float32",
         use_measured: bool = True,
+        endpoint_cpu_s: float = 0.0,
+        endpoint_cpu_per_byte_s: float = 0.0,
     ) -> None:
         if not (0 < compute_efficiency <= 1 and 0 < memory_efficiency <= 1):
             raise ConfigurationError("CostModel: efficiencies must be in (0, 1]")
+        if not (endpoint_cpu_s >= 0 and endpoint_cpu_per_byte_s >= 0):
+            raise ConfigurationError("CostModel: endpoint_cpu_s and endpoint_cpu_per_byte_s must be >= 0")
+        self.endpoint_cpu_s = float(endpoint_cpu_s)
+        self.endpoint_cpu_per_byte_s = float(endpoint_cpu_per_byte_s)
         self.cluster = Cluster.resolve(cluster)
         self.profiled = profiled
         self.compute_efficiency = compute_efficiency
@@ -292,7 +304,14 @@ class CostModel:
             if ms is not None:
                 return ms
         route = self.cluster.route(s.name, d.name)
-        return 1e3 * (route.latency_s + nbytes / route.bandwidth)
+        wire = 1e3 * (route.latency_s + nbytes / route.bandwidth)
+        if s.category == "cpu" or d.category == "cpu":
+            return max(wire, self.endpoint_cpu_ms(nbytes))
+        return wire
+
+    def endpoint_cpu_ms(self, nbytes: Any) -> Any:
+        """The CPU time a message of ``nbytes`` (a number or a numpy array) costs each of its ends, ms."""
+        return 1e3 * (self.endpoint_cpu_s + nbytes * self.endpoint_cpu_per_byte_s)
 
     def edge_ms(self, edge: EdgeData, src: Device | str, dst: Device | str) -> float:
         """Time of one edge's tensor from ``src`` to ``dst``, ms."""

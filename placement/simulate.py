@@ -31,7 +31,9 @@ twice as long as one, and transfers on disjoint links overlap.
 Devices without a copy engine. A device of category ``cpu`` (the ``local`` cluster's CPU worker
 processes, the CPUs of the presets) moves its tensors itself: its compute is one more resource of every
 transfer that starts or ends there (and of its stage's all-reduce), booked with the links. A transfer
-to or from it waits for the task it is running and holds it from the request until the transfer ends;
+to or from it waits for the task it is running and holds it from the request until the transfer ends
+(such a transfer lasts at least the CPU time a message costs each end, :meth:`CostModel.endpoint_cpu_ms`:
+on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire);
 a task there starts only once the device is free of transfers, and books it until the task ends. So its
 transfers and tasks are serialised, and ``busy_ms`` still counts only its tasks. A GPU's (or another
 accelerator's) transfers overlap its compute.
@@ -451,6 +453,9 @@ class _Simulation:
         latency = np.asarray([1e3 * r.latency_s for r in routes])
         per_byte = np.asarray([1e3 / r.bandwidth for r in routes])
         nbytes = g_bytes / m
+        # The CPU time a message costs an end without a copy engine, where it exceeds the wire's time.
+        endpoint_cpu = self.cm.endpoint_cpu_ms(nbytes)
+        cpu_ends = np.asarray([self.cluster.device(r.src).category == "cpu" or self.cluster.device(r.dst).category == "cpu" for r in routes], dtype=bool)
         measured_ms = self.cm.measured_transfer_ms
         measured: dict[int, list[float | None]] = {}  # the same on every phase: replicas are alike
         for g in dict.fromkeys(measured_groups):
@@ -463,8 +468,9 @@ class _Simulation:
         f_route, b_route, f_dur, b_dur = [], [], [], []
         for p in range(len(self.phase_map)):
             fr, br = route_of[2 * p * G : (2 * p + 1) * G], route_of[(2 * p + 1) * G : (2 * p + 2) * G]
-            fd = (latency[fr] + nbytes * per_byte[fr]).tolist()
-            bd = (latency[br] + nbytes * per_byte[br]).tolist()
+            fd_np, bd_np = latency[fr] + nbytes * per_byte[fr], latency[br] + nbytes * per_byte[br]
+            fd = np.where(cpu_ends[fr], np.maximum(fd_np, endpoint_cpu), fd_np).tolist()
+            bd = np.where(cpu_ends[br], np.maximum(bd_np, endpoint_cpu), bd_np).tolist()
             for g, (mf, mb) in measured.items():
                 if mf is not None:
                     fd[g] = mf

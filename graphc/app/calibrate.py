@@ -136,7 +136,8 @@ class Calibration:
 
     def __post_init__(self) -> None:
         self.cluster = local_cluster(self.workers, self.link)
-        self.cost_model = CostModel(self.cluster, profiled=self.scaled)
+        self.cost_model = CostModel(self.cluster, profiled=self.scaled, endpoint_cpu_s=self.link.endpoint_cpu_s,
+                                    endpoint_cpu_per_byte_s=self.link.endpoint_cpu_per_byte_s)  # fmt: skip
 
     @property
     def scaled(self) -> ProfiledTimes:

@@ -11,8 +11,9 @@ leaves in ``node.meta["graphc_cost"]``:
   gradients autograd needs (a gradient w.r.t. the input image is never needed, so the first
   convolution's backward only computes the weight gradient);
 * bytes read (tensor inputs and parameters) and written (outputs);
-* the tensors the node's backward saves (``saved_tensors_hooks``): a saved input is charged to the node
-  that produced it (its output is kept alive for backward), a saved tensor created inside the op is
+* the tensors the node's backward saves (``saved_tensors_hooks``), by storage (a saved view keeps its
+  whole storage alive; a storage saved twice counts once): a saved input is charged to the node that
+  produced it (its output is kept alive for backward), a saved tensor created inside the op is
   charged to the node itself, a saved parameter to nobody (parameters are always alive);
 * parameters and buffers the node reads.
 
@@ -77,6 +78,7 @@ class _Annotator(NodeInterpreter):
         self.producer_of_storage: dict[int, str] = {}
         self.leaves: list[torch.Tensor] = []
         self.origin: dict[int, str | None] = {}  # storage of a leaf copy -> fx node it stands for
+        self.kept: dict[str, dict[int, float]] = {}  # fx node -> its output storages a backward saves -> bytes
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
@@ -148,7 +150,8 @@ class _Annotator(NodeInterpreter):
         return out
 
     def _charge_saved_tensors(self, saved: list[torch.Tensor], outputs: list[torch.Tensor], record: FxNodeCost) -> None:
-        """Charge every distinct saved tensor to the node whose output it is (see the module docstring)."""
+        """Charge every distinct saved storage, whole (a saved view keeps all of it alive), to the node
+        whose output it is (see the module docstring)."""
         output_storages = {_storage_key(o) for o in outputs}
         state_storages = {_storage_key(p) for p in self.state.values()}
         seen: set[int] = set()
@@ -157,12 +160,20 @@ class _Annotator(NodeInterpreter):
             if key in seen or key in state_storages:
                 continue
             seen.add(key)
+            nbytes = float(t.untyped_storage().nbytes())
             if key in output_storages:
-                record.output_saved_bytes += _nbytes(t)
+                self._keep_output_alive(record, key, nbytes)
             elif key in self.origin and self.origin[key] in self.costs:
-                _keep_output_alive(self.costs[self.origin[key]], _nbytes(t))
+                self._keep_output_alive(self.costs[self.origin[key]], key, nbytes)
             elif key not in self.origin:
-                record.internal_saved_bytes += _nbytes(t)
+                record.internal_saved_bytes += nbytes
+
+    def _keep_output_alive(self, producer: FxNodeCost, key: int, nbytes: float) -> None:
+        """A backward saves the storage ``key`` of ``producer``'s output: it stays alive until then. Each
+        storage counts once however many backwards save it (or views of it), at most the output's bytes."""
+        kept = self.kept.setdefault(producer.name, {})
+        kept[key] = nbytes
+        producer.output_saved_bytes = min(producer.output_bytes, sum(kept.values()))
 
 
 def measure_fx_nodes(gm: fx.GraphModule, inputs: tuple) -> tuple[dict[str, FxNodeCost], dict[str, Any]]:
@@ -188,11 +199,6 @@ def _output_record(name: str, value: Any) -> FxNodeCost:
         output_dtypes=[str(t.dtype).removeprefix("torch.") for t in outputs],
         output_bytes=sum(_nbytes(t) for t in outputs),
     )
-
-
-def _keep_output_alive(producer: FxNodeCost, nbytes: float) -> None:
-    """A consumer's backward saves (part of) ``producer``'s output: it stays alive until then."""
-    producer.output_saved_bytes = min(producer.output_bytes, max(producer.output_saved_bytes, nbytes))
 
 
 GroupKey = Callable[[fx.Node], str]

@@ -77,6 +77,50 @@ def test_activation_bytes_charge_saved_outputs_to_their_producer():
     assert graph.edge(graph_input, "0").bytes == 7 * 4 * 4
 
 
+class _SplitHeads(nn.Module):
+    """One projection split into three views, as attention's q, k, v: two of them saved by a product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.proj(x).chunk(3, dim=-1)
+        return a * b + c.exp()
+
+
+def _eager_saved_bytes(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves in an eager forward, parameters left out."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage()._cdata not in params:
+            saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    return sum(saved.values())
+
+
+def test_a_saved_view_keeps_its_whole_storage_charged_once():
+    x = torch.randn(7, 4)
+    graph = trace(_SplitHeads(), x, granularity="op").graph
+    # mul saves the views a and b of the projection's output: its whole storage (7 x 12 floats), once;
+    # exp saves its own output (7 x 4)
+    assert _only(graph, "aten.linear").activation_bytes == 7 * 12 * 4
+    assert _only(graph, "aten.exp").activation_bytes == 7 * 4 * 4
+    assert sum(n.activation_bytes for n in graph.nodes()) == _eager_saved_bytes(_SplitHeads(), x)
+
+
+def test_activation_bytes_add_up_to_what_autograd_saves_in_a_transformer_block():
+    block = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    x = torch.randn(3, 5, 16)
+    graph = trace(block, x, granularity="module").graph
+    assert sum(n.activation_bytes for n in graph.nodes()) == _eager_saved_bytes(block, x)
+
+
 class _Cell(nn.Module):
     def __init__(self) -> None:
         super().__init__()

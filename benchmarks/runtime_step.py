@@ -69,6 +69,7 @@ from runtime import (
 )
 from runtime.launch import spawn
 from runtime.link import local_cluster, measure_link
+from runtime.rebuild import partition_model
 from runtime.step import split_batch
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -108,10 +109,12 @@ def eager_steps(name: str, steps: int, warmup: int, microbatches: int = 1) -> li
     return times[warmup:]
 
 
-def run_plan(program: PartitionedProgram, name: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Train with the plan on this rank: per-step wall times, then one step measuring memory."""
+def run_plan(plan: dict[str, Any], name: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Train with the plan (``Plan.to_dict()``) on this rank, which partitions the model by it: per-step
+    wall times, then one step measuring memory."""
     init_from_env()
     zm = zoo.build(name, **CONFIGS[name])
+    program = partition_model(zm.model, zm.example_inputs, Plan.from_dict(plan), granularity="op", name=name)
     executor = DistributedExecutor(program, loss_fn=zoo.zoo_loss(zm), optimizer=sgd, timeout_s=300)
     times = [executor.step(zm.example_inputs, zm.targets).step_ms for _ in range(warmup + steps)]
     peak = executor.step(zm.example_inputs, zm.targets, measure_memory=True).peak_memory_bytes
@@ -211,7 +214,7 @@ def main() -> None:
                 if run.profiled_per_microbatch is not None:
                     samples[name, "eager microbatched"] += on_ranks(eager_steps, 1, (name, args.steps, args.warmup, MICROBATCHES))[0]
                 for label, _, parts in run.plans:
-                    ranks = on_ranks(run_plan, len(parts.devices), (parts, name, args.steps, args.warmup))
+                    ranks = on_ranks(run_plan, len(parts.devices), (parts.plan.to_dict(), name, args.steps, args.warmup))
                     samples[name, label] += [max(step) for step in zip(*(r["times"] for r in ranks))]
                     peaks[name, label] = {d: v for r in ranks for d, v in r["peak"].items()}
     busy_after = busy_cpu_seconds()

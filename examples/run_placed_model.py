@@ -9,8 +9,9 @@
 3. ``runtime.LocalExecutor`` trains it in this process (one logical device per plan device) and we
    check loss and gradients against eager PyTorch;
 4. ``runtime.DistributedExecutor`` trains it on one process per device over torch.distributed (gloo),
-   started here with ``runtime.launch.spawn`` (``graphc run`` starts the same through torchrun), and
-   prints the measured step and memory next to the plan's prediction.
+   started here with ``runtime.launch.spawn`` (``graphc run`` starts the same through torchrun); each
+   rank gets the plan as JSON and partitions the model itself, and the output prints the measured
+   step and memory next to the plan's prediction.
 
     python examples/run_placed_model.py [--model inception_v3] [--devices 2] [--steps 5]
 """
@@ -25,9 +26,11 @@ from rich.console import Console
 import graphc
 import runtime
 from graphc import zoo
+from placement.plan import Plan
 from placement.solvers import solve
 from runtime.launch import spawn
 from runtime.measure import Measurement, measure
+from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
 
 BATCH = 8
@@ -37,10 +40,13 @@ def adam(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-def train_on_this_rank(parts: runtime.PartitionedProgram, plan, name: str, steps: int) -> Measurement:
-    """What every rank runs: the same partition, its own device's part."""
+def train_on_this_rank(plan_doc: dict, name: str, steps: int) -> dict:
+    """What every rank runs: it builds the model and partitions it by the plan (sent as JSON) itself,
+    then trains its own device's part; the measurement as a dict."""
     runtime.init_from_env()
     zm = zoo.build(name, batch_size=BATCH, size="small", dropout=0.0)
+    plan = Plan.from_dict(plan_doc)
+    parts = partition_model(zm.model, zm.example_inputs, plan, granularity="op", name=name)
     executor = runtime.DistributedExecutor(parts, loss_fn=zoo.zoo_loss(zm), optimizer=adam)
     result = measure(executor, zm.example_inputs, zm.targets, steps=steps, plan=plan)
     executor.close()
@@ -76,7 +82,7 @@ def main() -> None:
     console.print(f"loss {step.loss:.6f} (eager {eager.losses[0]:.6f}); largest relative gradient difference {worst:.1e} ({where})")
 
     console.rule(f"4. train on {len(parts.devices)} processes over torch.distributed (gloo)")
-    outcomes = spawn(train_on_this_rank, len(parts.devices), (parts, plan, args.model, args.steps))
+    outcomes = spawn(train_on_this_rank, len(parts.devices), (plan.to_dict(), args.model, args.steps))
     for o in outcomes:
         if not o.ok:
             raise SystemExit(f"rank {o.rank} failed: {o.error}")

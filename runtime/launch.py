@@ -10,8 +10,9 @@ back each rank's exit status.
 
 Nothing crosses between the processes as pickled objects (graphc never unpickles): the function goes by
 its importable name (``module:qualname``), and the arguments and results are *plain values*: None,
-bools, numbers, strings, tensors, and lists, tuples and dicts of them, written with ``torch.save`` and
-read with ``torch.load(weights_only=True)``, which refuses anything else. A rank therefore builds what
+bools, numbers, strings, tensors, and lists, tuples and dicts of them (numpy's scalars become Python
+numbers, as in JSON), written with ``torch.save`` and read with ``torch.load(weights_only=True)``, which
+refuses anything else. A rank therefore builds what
 it runs (a model, its partition) from a description: a zoo name, a plan as JSON. An exception comes back
 as its class name, message, attributes and traceback text; graphc's own errors
 (:mod:`graphc.ir.errors`) are rebuilt as their class, any other as
@@ -97,9 +98,9 @@ def spawn(
     (a lambda, a nested function) or arguments that are not plain values, before any rank starts.
     """
     name = function_name(fn)
-    check_plain(args, "args")
+    args = plain(tuple(args), "args")
     with tempfile.TemporaryDirectory(prefix="graphc-spawn-") as scratch:
-        torch.save({"function": name, "args": list(args), "threads": threads}, Path(scratch) / "call.pt")
+        save_plain({"function": name, "args": list(args), "threads": threads}, Path(scratch) / "call.pt", "the call")
         return _run_ranks(Path(scratch), world_size, timeout_s, grace_s)
 
 
@@ -171,20 +172,21 @@ def _import_script(path: str) -> Any:
 # -- plain values ----------------------------------------------------------------------------------
 
 
-def check_plain(value: Any, where: str) -> None:
-    """Refuse ``value`` unless it is a plain value (module docstring), naming where the first other
-    thing sits and how to fix it."""
-    if isinstance(value, _PLAIN_SCALARS) or type(value) is torch.Tensor or isinstance(value, torch.nn.Parameter):
-        return
+def plain(value: Any, where: str) -> Any:
+    """``value`` as a plain value (module docstring): subclasses of bool, int, float and str (numpy's
+    scalars, enums) become the base type, as JSON would write them; refuses anything else, naming where
+    it sits and how to fix it."""
+    if value is None or type(value) in (bool, int, float, str) or type(value) in (torch.Tensor, torch.nn.Parameter):
+        return value
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy's scalars
+        return plain(value.item(), where)
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            return base(value)
     if type(value) in (list, tuple):
-        for i, item in enumerate(value):
-            check_plain(item, f"{where}[{i}]")
-        return
+        return type(value)(plain(item, f"{where}[{i}]") for i, item in enumerate(value))
     if type(value) is dict:
-        for key, item in value.items():
-            check_plain(key, f"{where} key {key!r}")
-            check_plain(item, f"{where}[{key!r}]")
-        return
+        return {plain(key, f"{where} key {key!r}"): plain(item, f"{where}[{key!r}]") for key, item in value.items()}
     raise ConfigurationError(
         f"spawn: {where} is a {type(value).__module__}.{type(value).__qualname__}; ranks take and return only None, bools, "
         "numbers, strings, tensors and lists, tuples and dicts of them: pass a description (a zoo name, a plan's to_dict()) "
@@ -192,10 +194,9 @@ def check_plain(value: Any, where: str) -> None:
     )
 
 
-def save_plain(value: Any, path: Path) -> None:
-    """Write the plain value ``value`` to ``path`` (tensors by value, detached)."""
-    check_plain(value, "the result")
-    torch.save(value, path)
+def save_plain(value: Any, path: Path, where: str) -> None:
+    """Write ``value`` (:func:`plain`; ``where`` names it in an error) to ``path``."""
+    torch.save(plain(value, where), path)
 
 
 def load_plain(path: Path) -> Any:

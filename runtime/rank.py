@@ -22,7 +22,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from runtime.launch import PARENT_ENV, error_doc, load_plain, resolve_function, save_plain
+from runtime.launch import (
+    PARENT_ENV,
+    error_doc,
+    load_plain,
+    resolve_function,
+    save_plain,
+)
 
 _PR_SET_PDEATHSIG = 1
 _WATCH_INTERVAL_S = 0.5
@@ -53,8 +59,8 @@ def main(scratch: Path) -> int:
         call = load_plain(scratch / "call.pt")
         torch.set_num_threads(call["threads"])
         result = resolve_function(call["function"])(*call["args"])
-        save_plain(result, scratch / f"result-{rank}.pt")
-    except BaseException as exc:  # reported to the caller, whatever it is
+        save_plain(result, scratch / f"result-{rank}.pt", "the result")
+    except BaseException as exc:  # noqa: BLE001 -- reported to the caller, whatever it is
         (scratch / f"error-{rank}.json").write_text(json.dumps(error_doc(exc)))
         return 1
     finally:

@@ -2,8 +2,8 @@
 well the simulator predicts this machine: :func:`measure_plans`, :func:`predict` and the summaries.
 
 Measuring. Each plan runs on one process per device it uses (:func:`runtime.launch.spawn`, gloo, one
-thread each, as ``graphc run`` starts them), with :class:`runtime.DistributedExecutor` and the plan's
-schedule, forward and backward of the zoo network's loss without an optimizer (what the calibration
+thread each, as ``graphc run`` starts them; every rank builds the network and partitions it by the
+plan itself), with :class:`runtime.DistributedExecutor` and the plan's schedule, forward and backward of the zoo network's loss without an optimizer (what the calibration
 times: :func:`graphc.app.calibrate.eager_step_ms`). The plans are measured in interleaved rounds: every
 round runs every plan for a few steps after a warm-up, the plans that use the same number of ranks
 together in one spawn (executors built one after another on the same ranks), so that the load of a
@@ -20,9 +20,9 @@ across ranks most (see ``benchmarks/runtime_step.py``). :class:`OtherLoad` recor
 other processes of the machine used, on average, while the plans were measured (``/proc/stat`` minus
 this process and its joined children).
 
-Predicting. :func:`predict` simulates a plan on the calibrated ``local`` cluster running the same
-:class:`placement.schedules.Schedule` object the executors run (:attr:`PlanCase.actions`), with no
-optimizer state.
+Predicting. :func:`predict` simulates a plan on the calibrated ``local`` cluster running the
+:class:`placement.schedules.Schedule` the executors run (:attr:`PlanCase.actions`: the ranks make the
+same schedule from the same plan and name), with no optimizer state.
 
 Summaries. :func:`error_summary` (median and worst absolute relative error) and :func:`kendall_tau`
 (rank agreement of predicted and measured times; tau-b, which handles ties).
@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from graphc.app.run import plan_granularity
 from graphc.frontend import zoo
 from graphc.ir.errors import ConfigurationError, GraphcError, RuntimeFault
 from graphc.ir.graph import Graph
@@ -51,6 +52,8 @@ from placement.plan import Plan
 from placement.schedules import SCHEDULES, Schedule, make_schedule
 from runtime import DistributedExecutor, PartitionedProgram, init_from_env
 from runtime.launch import spawn
+from runtime.rebuild import partition_model
+
 
 @dataclass
 class PlanCase:
@@ -59,7 +62,9 @@ class PlanCase:
     Attributes:
         label: how tables name it (unique within a model).
         plan: the plan, made for the full-batch cost graph.
-        program: the traced program partitioned by ``plan`` (traced on one microbatch when pipelined).
+        program: the traced program partitioned by ``plan`` (traced on one microbatch when pipelined);
+            each rank partitions the network by the plan again itself (nothing is sent to ranks but
+            names and JSON), so this one gives the devices and the plan the ranks get.
         schedule: the name of the schedule the executors run and the simulator times (one of
             :data:`placement.schedules.SCHEDULES`); None: the plan's default (``gpipe`` for a plan with
             stages, else ``node-order``).
@@ -171,19 +176,22 @@ def own_cpu_seconds() -> float:
 
 
 def rank_run_plans(
-    cases: list[tuple[str, PartitionedProgram, Schedule]], model: str, config: dict[str, Any], steps: int, warmup: int, memory: bool
+    cases: list[tuple[str, dict[str, Any], str | None]], model: str, config: dict[str, Any], steps: int, warmup: int, memory: bool
 ) -> dict[str, dict[str, Any]]:
-    """On one rank (started by :func:`runtime.launch.spawn`): each ``(label, program, schedule)`` in turn,
-    ``warmup`` then ``steps`` timed steps of the zoo network ``model`` built with ``config``; with
-    ``memory``, one more step measuring this rank's peak bytes. Returns label -> ``{"device", "times",
-    "cpu", "peak"}``: the rank's device, its wall and CPU time (every thread of the process) of each timed
-    step in ms, its peak bytes by device."""
+    """On one rank (started by :func:`runtime.launch.spawn`): each ``(label, plan, schedule)`` in turn (the
+    plan as ``Plan.to_dict()``, the schedule's name or None), ``warmup`` then ``steps`` timed steps of the
+    zoo network ``model`` built with ``config`` and partitioned by the plan on this rank; with ``memory``,
+    one more step measuring this rank's peak bytes. Returns label -> ``{"device", "times", "cpu",
+    "peak"}``: the rank's device, its wall and CPU time (every thread of the process) of each timed step in
+    ms, its peak bytes by device."""
     init_from_env()
     zm = zoo.build(model, **config)
     loss_fn = zoo.zoo_loss(zm)
     found: dict[str, dict[str, Any]] = {}
-    for label, program, schedule in cases:
-        executor = DistributedExecutor(program, loss_fn=loss_fn, schedule=schedule, timeout_s=300)
+    for label, plan_doc, schedule in cases:
+        plan = Plan.from_dict(plan_doc)
+        program = partition_model(zm.model, zm.example_inputs, plan, granularity=plan_granularity(None, plan), name=plan.graph_name)
+        executor = DistributedExecutor(program, loss_fn=loss_fn, schedule=make_schedule(plan, schedule), timeout_s=300)
         times, cpu = [], []
         try:
             for _ in range(warmup + steps):
@@ -221,7 +229,7 @@ def measure_plans(
     previous = torch.get_num_threads()
     for round_ in range(rounds):
         for ranks, group in sorted(by_ranks.items()):
-            args = ([(c.label, c.program, c.actions) for c in group], model, config, steps, warmup, memory and round_ == 0)
+            args = ([(c.label, c.program.plan.to_dict(), c.schedule) for c in group], model, config, steps, warmup, memory and round_ == 0)
             outcomes = spawn(rank_run_plans, ranks, args, threads=1, timeout_s=timeout_s)
             failed = [o for o in outcomes if not o.ok]
             if failed:

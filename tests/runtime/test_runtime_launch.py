@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -86,6 +87,17 @@ def test_functions_that_cannot_be_imported_by_name_are_refused_before_any_rank_s
         spawn("no_such_module:f", 1)
     assert function_name(summed) == f"{__name__}:summed"
     assert function_name("runtime.launch:spawn") == "runtime.launch:spawn"
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def test_numpy_scalars_travel_as_python_numbers_as_in_json():
+    (outcome,) = spawn(echo, 1, ({"f": np.float64(1.5), "i": np.int64(3), "b": np.bool_(True), "t": (np.float32(0.5),)},), timeout_s=120)
+    assert outcome.ok, outcome.traceback
+    assert outcome.result == {"f": 1.5, "i": 3, "b": True, "t": (0.5,)}
+    assert [type(v) for v in (outcome.result["f"], outcome.result["i"], outcome.result["b"])] == [float, int, bool]
 
 
 def test_arguments_that_are_not_plain_values_are_refused_naming_where():

@@ -243,7 +243,7 @@ def _drawer(device: torch.device, seed: int) -> Callable[..., torch.Tensor]:
 @dataclass(frozen=True)
 class ZooLoss:
     """``loss_fn(outputs, targets)``: a zoo network's training loss (:meth:`ZooModel.loss`)
-    against given targets. Small and picklable, so it travels to other ranks without the model."""
+    against given targets, without the model: what an executor's ``loss_fn`` needs."""
 
     name: str
     config: dict[str, Any]

@@ -35,7 +35,10 @@ _WATCH_INTERVAL_S = 0.5
 
 
 def die_with_parent(parent: int) -> None:
-    """End this process when ``parent`` (the process that started it) ends."""
+    """End this process when ``parent`` (the process that started it) ends. The kernel watches the
+    thread that started the rank, which is the one waiting in :func:`runtime.launch.spawn` until the
+    rank ends; a parent that died while this process was starting up (before the signal was armed)
+    is caught by its id."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:

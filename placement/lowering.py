@@ -38,7 +38,8 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
   tensor) and in training, when the producer takes a gradient, on the producer's device too (the
   received gradient) (:meth:`Lowered.memory_upper_bound`): for any schedule and microbatch count
-  without replicated stages, since each microbatch holds ``1/m`` of a tensor, a device runs one
+  without replicated stages and without shared parameters on cut edges (``EdgeData.param_bytes``,
+  which every microbatch receives whole), since each microbatch holds ``1/m`` of a tensor, a device runs one
   backward at a time, and a group's send is no larger than the sum of its edges. The largest
   temporary is not a per-node sum: adding every node's would double the estimate of a chain.
 * **Edges**: ``src``, ``dst``, ``nbytes``, ``edge_data``; ``send_bytes[u]`` = :func:`send_bytes` of all
@@ -103,7 +104,8 @@ class Lowered:
         modules: per node, the module it belongs to ("" if none).
 
     Built on first use (the simulator, which lowers for every call made without a lowering, needs none
-    of them): ``grad_bytes``, ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
+    of them): ``grad_bytes``, ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring);
+    ``shared_bytes`` ((E,) bytes); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
     in edge order; the routes: ``latency_s``, ``bandwidth`` ((D, D) raw figures), ``lat``, ``inv_bw``
     (the same in ms and ms/byte) and ``resources`` (``resources[a][b]``, the link resources of the route
     from ``a`` to ``b``).
@@ -184,6 +186,12 @@ class Lowered:
             grad = cut & self.needs_grad[self.src]
             bound += np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
+
+    @cached_property
+    def shared_bytes(self) -> np.ndarray:
+        """(E,) the bytes of each edge that are a shared parameter (``EdgeData.param_bytes``, at most the
+        edge's bytes): sent whole by every microbatch (built on first use)."""
+        return _frozen(np.minimum(self.nbytes, [e.param_bytes for e in self.edge_data]))
 
     @cached_property
     def grad_bytes(self) -> np.ndarray:

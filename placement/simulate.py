@@ -64,9 +64,10 @@ device reaches the Recv (see Memory). The all-reduce of a replicated stage and t
 at the end as without a schedule (the optimizer step takes no time).
 
 Microbatches. ``microbatches=m`` splits the batch: every transfer's bytes (and a measured transfer
-time), every activation and every received tensor are divided by ``m``, and the ``m`` microbatches flow
-through the devices, so a pipeline across devices overlaps them. A task's time is divided by ``m`` down
-to its launch overhead, or, where the profile fitted a fixed part, but for that part; either is paid again
+time), every activation and every received tensor are divided by ``m`` (but for a shared parameter on
+an edge, ``EdgeData.param_bytes``, which every microbatch sends and receives whole), and the ``m``
+microbatches flow through the devices, so a pipeline across devices overlaps them. A task's time is
+divided by ``m`` down to its launch overhead, or, where the profile fitted a fixed part, but for that part; either is paid again
 by every microbatch (:meth:`CostModel.microbatch_ms`). Latency and
 static memory are not divided.
 
@@ -453,6 +454,10 @@ class _Simulation:
         latency = np.asarray([1e3 * r.latency_s for r in routes])
         per_byte = np.asarray([1e3 / r.bandwidth for r in routes])
         nbytes = g_bytes / m
+        if m != 1 and self.lw.shared_bytes.any():  # a shared parameter goes whole
+            whole = np.zeros(G)
+            np.maximum.at(whole, gid, self.lw.shared_bytes[cross_edges])
+            nbytes = nbytes + np.minimum(g_bytes, whole) * (1 - 1 / m)
         # The CPU time a message costs an end without a copy engine, where it exceeds the wire's time.
         endpoint_cpu = self.cm.endpoint_cpu_ms(nbytes)
         cpu_ends = np.asarray([self.cluster.device(r.src).category == "cpu" or self.cluster.device(r.dst).category == "cpu" for r in routes], dtype=bool)
@@ -539,14 +544,16 @@ class _Simulation:
             return
         needs_grad = np.asarray(self.needs_grad, dtype=bool)
         src = self.lw.src
-        in_grad = np.bincount(self.lw.dst, weights=self.lw.nbytes * needs_grad[src], minlength=n)
-        output = np.fromiter(map(attrgetter("output_bytes"), data), dtype=float, count=n)
+        shared = self.lw.shared_bytes  # not split by microbatches (module docstring)
+        per_microbatch = (self.lw.nbytes - shared) / m + shared
+        in_grad = np.bincount(self.lw.dst, weights=per_microbatch * needs_grad[src], minlength=n)
+        output = np.fromiter(map(attrgetter("output_bytes"), data), dtype=float, count=n) / m
         is_output = np.fromiter(map(attrgetter("is_output"), data), dtype=bool, count=n)
         # The output's gradient is made here by local consumers or the loss; one from another device
         # is a received tensor, counted as such.
         made_here = is_output | np.fromiter(map(bool, self.local_succ), dtype=bool, count=n)
         counted = needs_grad & np.fromiter((nd.memory_bytes is None for nd in data), dtype=bool, count=n)
-        self.grad_tmp = (np.maximum(np.where(made_here, output, 0.0), in_grad) / m * counted).tolist()
+        self.grad_tmp = (np.maximum(np.where(made_here, output, 0.0), in_grad) * counted).tolist()
         self.outputs = np.flatnonzero(is_output & counted).tolist()
 
     def _priorities(self, priority: str) -> None:

@@ -276,8 +276,10 @@ def _add_edges(
     group_of: dict[str, str],
     owner_of_param: dict[str, str],
 ) -> None:
-    """One edge per pair of groups a tensor crosses; a shared parameter flows from its owner."""
+    """One edge per pair of groups a tensor crosses; a shared parameter flows from its owner (its bytes
+    also in the edge's ``param_bytes``)."""
     crossing: dict[tuple[str, str], float] = {}
+    params: dict[tuple[str, str], float] = {}
     for fx_name, group in group_of.items():
         record = costs.get(fx_name)
         if record is None:
@@ -290,8 +292,9 @@ def _add_edges(
             owner = owner_of_param.get(param)
             if owner is not None and owner != group:
                 crossing[owner, group] = crossing.get((owner, group), 0.0) + nbytes
+                params[owner, group] = params.get((owner, group), 0.0) + nbytes
     for (src, dst), nbytes in crossing.items():
-        graph.add_edge(src, dst, EdgeData(bytes=nbytes))
+        graph.add_edge(src, dst, EdgeData(bytes=nbytes, param_bytes=params.get((src, dst), 0.0)))
     for node in gm.graph.nodes:
         if node.op == "output":
             for arg in node.all_input_nodes:

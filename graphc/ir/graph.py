@@ -112,11 +112,15 @@ class EdgeData:
         transfer_ms: measured time to move it between devices as given by a profile (dnn-partitioning's
             ``cost``), per device-pair label; empty when the cost model derives it from ``bytes``.
         output_index: which output of the producer flows on the edge (None: all of them).
+        param_bytes: the part of ``bytes`` that is a parameter the consumer uses and the producer owns
+            (a parameter shared by several nodes flows from its first user): every microbatch sends it
+            whole, where the rest is split with the batch.
     """
 
     bytes: float = 0.0
     transfer_ms: dict[str, float] = field(default_factory=dict)
     output_index: int | None = None
+    param_bytes: float = 0.0
 
 
 _NODE_FIELDS = {f.name: f for f in fields(NodeData)}

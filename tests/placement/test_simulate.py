@@ -203,6 +203,20 @@ def test_gradients_are_made_by_the_first_backward_and_kept_to_the_end() -> None:
     assert late_peak == 105 + 50 + 5 + 100
 
 
+def test_a_shared_parameter_is_received_whole_by_every_microbatch() -> None:
+    # a on d0 owns a parameter b on d1 uses: the edge carries 40 bytes of activation and the parameter's
+    # 100. Two microbatches: each receives 20 + 100 and keeps it until its B(b) ends (b saves both), so
+    # d1 holds 240 once both forwards ran; d0 receives 20 + 100 of gradient per microbatch.
+    g = graph({"a": (1, 1, 0, 40, 100), "b": (1, 1)}, [])
+    g.add_edge("a", "b", EdgeData(bytes=140.0, param_bytes=100.0))
+    r = simulate(g, star(), {"a": "d0", "b": "d1"}, microbatches=2, optimizer_state_factor=0.0)
+    assert r.transferred_bytes == 2 * 2 * 120  # forward and gradient, per microbatch
+    # d1 at B(b, 0)'s start: both received tensors and the gradient of the first (120) as its temporary
+    assert r.peak_memory_bytes["d1"] == 240 + 120
+    split = graph({"a": (1, 1, 0, 40, 100), "b": (1, 1)}, [("a", "b", 140.0)])  # no parameter: all split
+    assert simulate(split, star(), {"a": "d0", "b": "d1"}, microbatches=2, optimizer_state_factor=0.0).peak_memory_bytes["d1"] == 140 + 70
+
+
 def test_inference_memory_frees_an_output_after_its_last_consumer() -> None:
     # a's output (100) lives until both b and c ran; peak right after b: 100 + 10.
     g = graph({"a": (1, 0, 0, 100), "b": (1, 0, 0, 10), "c": (1, 0, 0, 10), "d": (1, 0, 0, 1)},

@@ -121,6 +121,27 @@ def test_activation_bytes_add_up_to_what_autograd_saves_in_a_transformer_block()
     assert sum(n.activation_bytes for n in graph.nodes()) == _eager_saved_bytes(block, x)
 
 
+class _Tied(nn.Module):
+    """Two linear layers sharing one weight (as GPT-2's embedding and head, GNMT's unrolled cell)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_shared_parameter_flows_from_its_first_user_as_the_edges_param_bytes():
+    graph = trace(_Tied(), torch.randn(3, 4), granularity="module").graph
+    assert graph.node("a").param_bytes == (16 + 4) * 4  # the weight and a's bias
+    assert graph.node("b").param_bytes == 4 * 4  # its own bias only
+    shared = graph.edge("a", "b")
+    assert shared.bytes == shared.param_bytes == 16 * 4
+    assert all(e.param_bytes == 0 for s, d, e in graph.edges() if (s, d) != ("a", "b"))
+
+
 class _Cell(nn.Module):
     def __init__(self) -> None:
         super().__init__()

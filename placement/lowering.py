@@ -25,10 +25,12 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   counts from the node's first backward when ``has_bwd``) and ``param_bytes + buffer_bytes`` in
   inference; ``held`` = what the node keeps
   alive during the step: its ``activation_bytes`` when ``has_bwd``, else its ``output_bytes`` (0 for a
-  node with ``memory_bytes``, whose figure is its whole footprint). What else the simulator counts
+  node with ``memory_bytes``, whose figure is its whole footprint, and for a graph input, which the
+  step is given). What else the simulator counts
   for a node when ``has_bwd`` (0 otherwise, and for inputs and nodes with ``memory_bytes``):
-  ``backward_temp``, its backward's temporary, at most ``max(output_bytes, bytes of its in-edges from
-  non-inputs)``, and ``loss_bytes``, three output-sized tensors of a graph output (``is_output``: the
+  ``backward_temp``, its backward's temporary, at most ``output_bytes + bytes of its in-edges from
+  non-inputs`` (the gradient it is given and those it makes, alive together), and ``loss_bytes``,
+  three output-sized tensors of a graph output (``is_output``: the
   output returned, the loss's kept tensor and its gradient).
 * **Memory bounds.** ``static + held`` is what a lower bound may count (:mod:`placement.bounds`) and
   what the solvers' instances count per node (:mod:`placement.solvers.instance`): an estimate that
@@ -36,8 +38,8 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   checks by simulation. The simulated peak of a device (:mod:`placement.simulate`, "Memory") is at most
   the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
-  tensor) and in training, when the producer takes a gradient, on the producer's device too (the
-  received gradient) (:meth:`Lowered.memory_upper_bound`): for any schedule and microbatch count
+  tensor) and in training, when the producer takes a gradient, twice on the producer's device (the
+  received gradient and the sent tensor, kept until its backward) (:meth:`Lowered.memory_upper_bound`): for any schedule and microbatch count
   without replicated stages and without shared parameters on cut edges (``EdgeData.param_bytes``,
   which every microbatch receives whole), since each microbatch holds ``1/m`` of a tensor, a device runs one
   backward at a time, and a group's send is no larger than the sum of its edges. The largest
@@ -182,9 +184,9 @@ class Lowered:
         bound += largest_temp
         cut = dev[self.src] != dev[self.dst]
         bound += np.bincount(dev[self.dst[cut]], weights=self.nbytes[cut], minlength=D)
-        if self.has_bwd:
+        if self.has_bwd:  # the gradient received, and the sent tensor kept until then
             grad = cut & self.needs_grad[self.src]
-            bound += np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
+            bound += 2 * np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
 
     @cached_property
@@ -356,6 +358,7 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
             out_bytes[u] = send_bytes(eds)
 
     static, held = _memory(data, training, has_bwd, optimizer_state_factor)
+    held[is_input] = 0.0  # the step is given its inputs: they exist before it, as parameters do
 
     return Lowered(
         graph=graph,
@@ -485,7 +488,7 @@ def _backward_memory(
     is_output = np.fromiter((d.is_output for d in data), dtype=bool, count=n)
     counted = ~is_input & np.fromiter((d.memory_bytes is None for d in data), dtype=bool, count=n)
     in_grad = np.bincount(dst, weights=nbytes * ~is_input[src], minlength=n)
-    return np.maximum(output, in_grad) * counted, 3.0 * output * (is_output & counted)
+    return (output + in_grad) * counted, 3.0 * output * (is_output & counted)
 
 
 def _routes(cluster: Cluster, devices: list[Device]) -> tuple[np.ndarray, np.ndarray, list[list[tuple[int, ...]]]]:

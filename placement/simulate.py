@@ -83,7 +83,8 @@ The step ends when the last all-reduce does. Per replica this is the load model 
 :mod:`placement.pipeline.instance`: ``(compute) / r + 2 (r - 1) / r x bytes / bandwidth``.
 
 Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
-before the step plus the live tensors made during it). Static = parameters + buffers, in training also
+before the step plus the live tensors made during it; the step's inputs exist before it, so a graph
+input holds nothing). Static = parameters + buffers, in training also
 optimizer state (``optimizer_state_factor`` x parameters; 2 = Adam's two moments), or
 ``NodeData.memory_bytes`` for a node that gives one (its whole footprint, nothing else is counted for
 it). Then, in training:
@@ -92,11 +93,12 @@ it). Then, in training:
   device to the end of the step (the executors set every ``.grad`` to None before a step; a replica
   makes its own); for a graph with explicit backward nodes, static for the whole step;
 * ``activation_bytes`` of ``v`` (what its backward keeps) from the end of ``F(v,k)`` until the end of
-  ``B(v,k)``;
-* backward temporaries: while ``B(v,k)`` runs, the larger of the gradient of ``v``'s output, when it is
-  made on the device (``output_bytes``; by a consumer there or by the loss; a gradient from another
-  device is a received tensor) and the gradients of its inputs (the bytes of its in-edges from nodes
-  that take a gradient);
+  ``B(v,k)``, or, when ``v``'s output is sent to another device and is larger, the sent tensor (the
+  executors keep it until its gradient is back; the activation may be that same tensor);
+* backward temporaries: while ``B(v,k)`` runs, the gradient of ``v``'s output, when it is made on the
+  device (``output_bytes``; by a consumer there or by the loss; a gradient from another device is a
+  received tensor), plus the gradients of its inputs (the bytes of its in-edges from nodes that take
+  a gradient): the backward reads the one while it makes the others;
 * the graph's outputs (``NodeData.is_output``): each microbatch's output (``output_bytes``) from the end
   of its forward to the end of the step (the step returns it); the loss, taken to keep a tensor as large
   as the output (cross-entropy keeps the log-probabilities), from then until the output's backward
@@ -553,7 +555,7 @@ class _Simulation:
         # is a received tensor, counted as such.
         made_here = is_output | np.fromiter(map(bool, self.local_succ), dtype=bool, count=n)
         counted = needs_grad & np.fromiter((nd.memory_bytes is None for nd in data), dtype=bool, count=n)
-        self.grad_tmp = (np.maximum(np.where(made_here, output, 0.0), in_grad) * counted).tolist()
+        self.grad_tmp = ((np.where(made_here, output, 0.0) + in_grad) * counted).tolist()
         self.outputs = np.flatnonzero(is_output & counted).tolist()
 
     def _priorities(self, priority: str) -> None:
@@ -1094,7 +1096,7 @@ class _Simulation:
         if self.has_bwd:
             b_start = start[MN:]
             b_end = b_start + np.tile(np.asarray(self.bwd), m)
-            interval(node_dev, f_end, b_end, np.tile(np.asarray(self.act), m))
+            interval(node_dev, f_end, b_end, np.tile(self._kept_for_backward(), m))
             interval(node_dev, b_start, b_end, np.tile(np.asarray(self.grad_tmp), m))
             self._gradients(interval, node_dev, b_start)
             if self.outputs:  # each microbatch's output to the step's end; the loss (module docstring)
@@ -1139,6 +1141,17 @@ class _Simulation:
                 d = int(devs[s])
                 peak[d] = self.static[d] + max(0.0, top)
         return peak
+
+    def _kept_for_backward(self) -> np.ndarray:
+        """(n,) per microbatch, what a node keeps from its forward's end to its backward's end: its
+        activation, or its output when that is sent to another device and larger (the executors keep a
+        sent tensor until its gradient is back; the activation may be that same tensor)."""
+        kept = np.asarray(self.act)
+        if len(self.g_src):
+            sent = np.zeros(self.n)
+            np.maximum.at(sent, np.asarray(self.g_src, dtype=np.int64), np.asarray(self.g_bytes))
+            kept = np.maximum(kept, sent * np.asarray(self.needs_grad, dtype=bool))
+        return kept
 
     def _gradients(self, interval: Callable[..., None], node_dev: np.ndarray, b_start: np.ndarray) -> None:
         """A node's parameter gradients on each device that runs its backward, from the first of its

@@ -102,7 +102,7 @@ def test_memory_in_training_and_inference() -> None:
     assert training.param_bytes.tolist() == [0, 0, 10, 100]
     inference = lowered(unordered(), ["X"], mode="inference")
     assert inference.static.tolist() == [0, 500, 10, 107]
-    assert inference.held.tolist() == [64, 0, 6, 13]  # outputs
+    assert inference.held.tolist() == [0, 0, 6, 13]  # outputs; the step is given its input
     assert inference.class_bwd.tolist() == [[0]] * 4
 
 

@@ -230,7 +230,7 @@ def test_memory_of_received_activations_and_gradients() -> None:
     r = simulate(g, star(), {"a": "d0", "b": "d1"})
     # b's activation, the received input of b and, while B(b) runs, the gradient of that input
     assert r.peak_memory_bytes["d1"] == 20 + MB + MB
-    assert r.peak_memory_bytes["d0"] == 10 + MB  # a's activation and the gradient sent back
+    assert r.peak_memory_bytes["d0"] == MB + MB  # a's output, kept until its gradient is back, and that gradient
 
 
 def test_memory_bytes_is_the_node_footprint() -> None:
@@ -451,10 +451,14 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
         if e.kind == "backward" and e.name not in inputs:  # the output's and the inputs' gradients
             in_grads = sum(g.edge(p, e.name).bytes for p in g.predecessors(e.name) if p not in inputs)
             local = [s for s in g.successors(e.name) if at[("forward", s, e.microbatch)].device == e.device]
-            hold(e.device, e.start_ms, e.end_ms, max(nd.output_bytes if local else 0.0, in_grads) / m)
+            hold(e.device, e.start_ms, e.end_ms, ((nd.output_bytes if local else 0.0) + in_grads) / m)
+        if e.kind == "forward" and e.name in inputs:
+            continue  # the step is given its inputs
         if e.kind == "forward":
-            if mode == "training":
-                hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, nd.activation_bytes / m)
+            if mode == "training":  # its activation, or its output while sent and larger
+                sends = [x.bytes for x in result.timeline if x.kind == "send" and x.name == e.name and x.microbatch == e.microbatch]
+                kept = max([nd.activation_bytes / m, *sends])
+                hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, kept)
             else:
                 local = [at[("forward", s, e.microbatch)] for s in g.successors(e.name)]
                 local = [x.end_ms for x in local if x.device == e.device]

@@ -39,7 +39,9 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
   tensor) and in training, when the producer takes a gradient, twice on the producer's device (the
-  received gradient and the sent tensor, kept until its backward) (:meth:`Lowered.memory_upper_bound`): for any schedule and microbatch count
+  received gradient and the sent tensor, kept until its backward), and each microbatch's loss and its
+  gradient (two scalars, ``LOSS_SCALAR_BYTES``, per graph output) (:meth:`Lowered.memory_upper_bound`):
+  for any schedule and microbatch count
   without replicated stages and without shared parameters on cut edges (``EdgeData.param_bytes``,
   which every microbatch receives whole), since each microbatch holds ``1/m`` of a tensor, a device runs one
   backward at a time, and a group's send is no larger than the sum of its edges. The largest
@@ -172,13 +174,14 @@ class Lowered:
         """(n, D) whole-batch backward ms of each node on each device (built on first use)."""
         return _frozen(self.class_bwd[:, self.device_class])
 
-    def memory_upper_bound(self, dev: Sequence[int] | np.ndarray) -> np.ndarray:
+    def memory_upper_bound(self, dev: Sequence[int] | np.ndarray, microbatches: int = 1) -> np.ndarray:
         """(D,) an upper bound of each device's simulated peak memory when node ``v`` is placed on device
-        ``dev[v]``, for any schedule and microbatch count without replicated stages (module docstring,
-        "Memory bounds")."""
+        ``dev[v]``, for any schedule and up to ``microbatches`` microbatches without replicated stages
+        (module docstring, "Memory bounds")."""
         dev = np.asarray(dev, dtype=np.int64)
         D = self.num_devices
-        bound = np.bincount(dev, weights=self.static + self.held + self.loss_bytes, minlength=D)
+        scalars = 2 * LOSS_SCALAR_BYTES * microbatches * (self.loss_bytes > 0)  # each microbatch's loss
+        bound = np.bincount(dev, weights=self.static + self.held + self.loss_bytes + scalars, minlength=D)
         largest_temp = np.zeros(D)
         np.maximum.at(largest_temp, dev, self.backward_temp)
         bound += largest_temp
@@ -389,6 +392,9 @@ def _lower(graph: Graph, cluster: Cluster, cost_model: CostModel, mode: str, opt
         send_bytes=_frozen(out_bytes),
         modules=[d.module for d in data],
     )
+
+
+LOSS_SCALAR_BYTES = 4.0  # a microbatch's loss, and its gradient (float32 scalars)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -104,7 +104,9 @@ it). Then, in training:
   as the output (cross-entropy keeps the log-probabilities), from then until the output's backward
   ends; and the loss's backward, which runs as the output's backward starts, the gradient of that kept
   tensor over the output's backward (the gradient of the output itself is that backward's temporary).
-  So the output's device holds four output-sized tensors there, as measured for cross-entropy;
+  So the output's device holds four output-sized tensors there, as measured for cross-entropy. The
+  loss itself, a float32 scalar, stays to the end of the step, and its gradient from the output's
+  backward on (``LOSS_SCALAR_BYTES`` each, per microbatch);
 * a received activation from its arrival until every consumer on the device finished its backward; a
   received gradient from its arrival until the producer's backward ends.
 
@@ -143,7 +145,7 @@ from graphc.ir.graph import Graph
 from placement.cluster import Cluster, ClusterLike
 from placement.cost_model import CostModel
 from placement.errors import ArgumentTypeError, ConfigurationError, PlacementError
-from placement.lowering import MODES, Lowered, gc_paused, lower, send_bytes
+from placement.lowering import LOSS_SCALAR_BYTES, MODES, Lowered, gc_paused, lower, send_bytes
 from placement.schedules import Backward, Compute, Recv, Schedule
 from placement.timeline import AllReduce, RawTimeline, SimResult
 
@@ -1106,6 +1108,9 @@ class _Simulation:
                 interval(node_dev[tasks], f_end[tasks], np.full(len(tasks), np.inf), size)
                 interval(node_dev[tasks], f_end[tasks], b_end[tasks], size)
                 interval(node_dev[tasks], b_start[tasks], b_end[tasks], size)
+                scalar = np.full(len(tasks), LOSS_SCALAR_BYTES)
+                interval(node_dev[tasks], f_end[tasks], np.full(len(tasks), np.inf), scalar)
+                interval(node_dev[tasks], b_start[tasks], np.full(len(tasks), np.inf), scalar)
             interval(g_dst, arrival[: m * G], np.frombuffer(self.g_free), g_bytes)
             # Gradients: held at the producer from arrival until its backward ends.
             g_src_node = np.tile(g_src_node0, m) + np.repeat(np.arange(m) * n, G)

@@ -42,7 +42,7 @@ def test_the_simulated_peak_never_exceeds_the_bound(mode: str, m: int, cluster: 
         dev = [rng.randrange(len(c.devices)) for _ in lw.names]
         assignment = {name: c.device_names[d] for name, d in zip(lw.names, dev)}
         assignment.update({name: c.device_names[0] for name in lw.dropped})
-        bound = dict(zip(c.device_names, lw.memory_upper_bound(dev).tolist()))
+        bound = dict(zip(c.device_names, lw.memory_upper_bound(dev, m).tolist()))
         results = [simulate(g, c, assignment, cm, mode=mode, microbatches=m, priority=p, lowered=lw)
                    for p in ("topological", "critical_path")]  # fmt: skip
         results.append(finish_plan(make_problem(g, c, mode=mode), assignment, solver="by-hand", microbatches=m).simulate())
@@ -64,4 +64,5 @@ def test_the_bound_is_reached_by_one_node_that_holds_everything() -> None:
     dev = [c.device_index("gpu0"), c.device_index("gpu1")]
     peak = simulate(g, c, {"x": "gpu0", "y": "gpu1"}, lowered=lw).peak_memory_bytes["gpu1"]
     assert lw.backward_temp.tolist() == [0.0, 2e6] and lw.loss_bytes.tolist() == [0.0, 3 * 2e6]
-    assert peak == lw.memory_upper_bound(dev)[dev[1]] == 5e6 + 2e6 + 3 * 2e6 + 1e6
+    # and the loss and its gradient, two float32 scalars
+    assert peak == lw.memory_upper_bound(dev)[dev[1]] == 5e6 + 2e6 + 3 * 2e6 + 1e6 + 8

@@ -80,7 +80,9 @@ def graph_inputs(graph: Graph) -> set[str]:
     return names
 
 class TimeSource(Protocol):
-    """Anything that may know a node's profiled times on a device."""
+    """Anything that may know a node's profiled times on a device. One that also has a
+    ``lookup_fixed(node, device)`` method (as :class:`ProfiledTimes` does) gives the fixed part of those
+    times per microbatch (:meth:`CostModel.microbatch_ms`)."""
 
     def lookup(self, node: NodeData, device: Device) -> tuple[float, float] | None:
         """``(forward_ms, backward_ms)`` of ``node`` on ``device``, or None when unknown."""

@@ -39,7 +39,8 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
   tensor) and in training, when the producer takes a gradient, twice on the producer's device (the
-  received gradient and the sent tensor, kept until its backward), and each microbatch's loss and its
+  received gradient and the sent tensor, kept until its backward) and once more on the consumer's
+  (the gradient it sends back, kept to the step's end), and each microbatch's loss and its
   gradient (two scalars, ``LOSS_SCALAR_BYTES``, per graph output) (:meth:`Lowered.memory_upper_bound`):
   for any schedule and microbatch count
   without replicated stages and without shared parameters on cut edges (``EdgeData.param_bytes``,
@@ -187,9 +188,10 @@ class Lowered:
         bound += largest_temp
         cut = dev[self.src] != dev[self.dst]
         bound += np.bincount(dev[self.dst[cut]], weights=self.nbytes[cut], minlength=D)
-        if self.has_bwd:  # the gradient received, and the sent tensor kept until then
+        if self.has_bwd:  # the gradient received, the sent tensor kept until then, the gradient sent
             grad = cut & self.needs_grad[self.src]
             bound += 2 * np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
+            bound += np.bincount(dev[self.dst[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
 
     @cached_property

@@ -108,7 +108,10 @@ it). Then, in training:
   loss itself, a float32 scalar, stays to the end of the step, and its gradient from the output's
   backward on (``LOSS_SCALAR_BYTES`` each, per microbatch);
 * a received activation from its arrival until every consumer on the device finished its backward; a
-  received gradient from its arrival until the producer's backward ends.
+  received gradient from its arrival until the producer's backward ends; a gradient sent back, on the
+  consumers' device, from then (their backwards done) to the end of the step, as
+  :class:`runtime.DistributedExecutor` holds its gradient sends (the local executor lets go of one
+  when its producer takes it).
 
 In inference (and for graphs with explicit backward nodes): ``output_bytes`` of ``v`` from the end of
 ``F(v,k)`` until its consumers on the device finished and its sends completed (kept to the end when
@@ -458,10 +461,11 @@ class _Simulation:
         latency = np.asarray([1e3 * r.latency_s for r in routes])
         per_byte = np.asarray([1e3 / r.bandwidth for r in routes])
         nbytes = g_bytes / m
-        if m != 1 and self.lw.shared_bytes.any():  # a shared parameter goes whole
-            whole = np.zeros(G)
-            np.maximum.at(whole, gid, self.lw.shared_bytes[cross_edges])
-            nbytes = nbytes + np.minimum(g_bytes, whole) * (1 - 1 / m)
+        shared = np.zeros(G)  # the part of a send that is a shared parameter: whole in every microbatch
+        if self.lw.shared_bytes.any():
+            np.maximum.at(shared, gid, self.lw.shared_bytes[cross_edges])
+            shared = np.minimum(g_bytes, shared)
+            nbytes = nbytes + shared * (1 - 1 / m)
         # The CPU time a message costs an end without a copy engine, where it exceeds the wire's time.
         endpoint_cpu = self.cm.endpoint_cpu_ms(nbytes)
         cpu_ends = np.asarray([self.cluster.device(r.src).category == "cpu" or self.cluster.device(r.dst).category == "cpu" for r in routes], dtype=bool)
@@ -492,6 +496,7 @@ class _Simulation:
         self.local_succ, self.local_pred, self.groups_of, self.in_groups = local_succ, local_pred, groups_of, in_groups
         self.g_src, self.g_dst, self.g_cons = g_src, g_dst, g_cons
         self.g_bytes = nbytes.tolist()
+        self.g_shared = shared
         self.f_dur, self.b_dur = f_dur, b_dur  # per phase, per group
         self.f_route, self.b_route = f_route, b_route
         self.routes = routes
@@ -1116,6 +1121,10 @@ class _Simulation:
             g_src_node = np.tile(g_src_node0, m) + np.repeat(np.arange(m) * n, G)
             sent = t_end[m * G :] >= 0
             interval(g_src_dev[sent], arrival[m * G :][sent], b_end[g_src_node[sent]], g_bytes[sent])
+            # ... and at the sender from when it is made to the step's end (the distributed executor
+            # finishes its gradient sends, and lets go of their buffers, only before the optimizer step).
+            made = np.frombuffer(self.g_free)[sent]
+            interval(g_dst[sent], made, np.full(len(made), np.inf), g_bytes[sent])
         else:
             free = np.maximum(np.asarray(self.local_done), np.asarray(self.sent_at))
             consumers = np.asarray([len(self.local_succ[v]) + len(self.groups_of[v]) for v in range(n)])
@@ -1150,11 +1159,12 @@ class _Simulation:
     def _kept_for_backward(self) -> np.ndarray:
         """(n,) per microbatch, what a node keeps from its forward's end to its backward's end: its
         activation, or its output when that is sent to another device and larger (the executors keep a
-        sent tensor until its gradient is back; the activation may be that same tensor)."""
+        sent tensor until its gradient is back; the activation may be that same tensor; a shared
+        parameter sent is the parameter itself)."""
         kept = np.asarray(self.act)
         if len(self.g_src):
-            sent = np.zeros(self.n)
-            np.maximum.at(sent, np.asarray(self.g_src, dtype=np.int64), np.asarray(self.g_bytes))
+            sent = np.zeros(self.n)  # a shared parameter is sent from its own storage: nothing new
+            np.maximum.at(sent, np.asarray(self.g_src, dtype=np.int64), np.asarray(self.g_bytes) - self.g_shared)
             kept = np.maximum(kept, sent * np.asarray(self.needs_grad, dtype=bool))
         return kept
 

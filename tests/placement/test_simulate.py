@@ -471,6 +471,9 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
             hold(e.device, e.end_ms, max(u.end_ms for u in users if u.device == e.device), e.bytes)
         elif e.kind == "send_grad":
             hold(e.device, e.end_ms, at[("backward", e.name, e.microbatch)].end_ms, e.bytes)
+            # the sender keeps it to the end, from when its consumers there finished their backward
+            users = [at[("backward", s, e.microbatch)] for s in g.successors(e.name)]
+            hold(e.src_device, max(u.end_ms for u in users if u.device == e.src_device), float("inf"), e.bytes)
     first_backward: dict[tuple[str, str], float] = {}  # a node's gradients, from its first backward on
     for e in result.timeline:
         if e.kind == "backward" and g.node(e.name).memory_bytes is None:

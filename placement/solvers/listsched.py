@@ -7,8 +7,9 @@ and finish times. They share:
 * :class:`MemoryLedger`: bytes reserved on each device by the nodes placed so far. A node charges its
   own device its static footprint and what it holds (a colocation group charges its whole footprint,
   and all its members could receive, when its first member is placed); an edge whose ends are on two
-  devices charges the receiver the producer's ``send_bytes`` once, and in training charges the
-  producer's device the same again for the gradient sent back. The total (everything alive at once)
+  devices charges the receiver the producer's ``send_bytes`` once, and in training twice on each
+  side (the receiver keeps the gradient it sends back, the producer the tensor it sent and the
+  gradient it receives). The total (everything alive at once)
   leaves out the backward temporaries and the loss that the simulator also counts
   (:meth:`~placement.lowering.Lowered.memory_upper_bound` adds them), so it is an estimate: the plan's
   simulation (:func:`~placement.problem.finish_plan`) is the memory check.
@@ -73,7 +74,7 @@ class MemoryLedger:
         )
         self.group_dev = np.full(len(inst.members), -1, dtype=np.int64)
         self.received: set[tuple[int, int]] = set()
-        factor = 2.0 if inst.has_bwd else 1.0
+        factor = 4.0 if inst.has_bwd else 1.0
         total = float(need.sum() + factor * inst.send_bytes.sum() * max(1, inst.num_devices - 1))
         self.unbounded = total <= float(inst.capacity.min(initial=np.inf))
         # Later charges to a device already filled: the gradients of what it sends (training).
@@ -94,10 +95,11 @@ class MemoryLedger:
             if a != d and a >= 0 and (u, d) not in self.received:
                 b = inst.send_bytes[u]
                 if b:
+                    back = 2 if inst.has_bwd and inst.needs_grad[u] else 1  # and the gradient sent / kept
                     if not prepaid:
-                        out.append((d, b))
-                    if inst.has_bwd and inst.needs_grad[u]:
-                        out.append((int(a), b))
+                        out.append((d, back * b))
+                    if back == 2:
+                        out.append((int(a), back * b))
         return out
 
     def fits(self, v: int, d: int, dev: np.ndarray) -> bool:

@@ -41,8 +41,11 @@ crosses :math:`J` iff :math:`\sigma(u) \cap J \neq \emptyset`), computed exactly
 nodes take seconds. The exact DP first runs the DP over prefixes (below) and skips every pair whose
 compute alone, on any class with the most replicas, exceeds that split's max-load: no optimal chain
 uses it. A lattice whose tables (:data:`MAX_TABLE_CELLS`) or estimated work (:data:`MAX_WORK`) are too
-large is refused as :class:`~placement.pipeline.ideals.TooManyIdeals` before the loop, and a deadline
-stops the loop (:class:`DPTimeout`), so a caller can fall back to the prefix lattice.
+large is refused as :class:`~placement.pipeline.ideals.TooManyIdeals` before the loop, and the loop stops
+(:class:`DPTimeout`) once the pairs it has examined, each counted at the estimated work of a pair
+(:func:`_pair_work`), pass a caller's ``max_work``, so a caller can fall back to the prefix lattice. Counted
+work, not the clock, makes the outcome the same on a quiet and on a loaded machine; a wall-clock
+``deadline`` remains as a safety net (its message says the deadline was passed, for the caller to report).
 
 When no split fits in memory, the same recurrence with :math:`\max_S (\mathrm{mem}(S) - M_t)` as the
 stage cost finds the least overflow any contiguous split must have, and :class:`InfeasibleError` names it.
@@ -79,6 +82,12 @@ MAX_TABLE_CELLS = 30_000_000  # ideals x (blocks or nodes that may cross): the p
 # Pairs of ideals (estimated as N^2/2) x (bitset words + boundary nodes + states x options); 1.8e8 of
 # them took 2-4 s (the 1,071-node bert_l-6 training graph), so the limit is about a minute.
 MAX_WORK = 3e9
+#: Work of the exact DP per nominal second (the units of :data:`MAX_WORK`, counted on the pairs examined):
+#: 2.2-2.4e8 per CPU second measured on GNMT's 7,874 ideals (pcie-4gpu, dgx1-v100) on this project's
+#: 2-core machine; smaller lattices run slower per pair but take milliseconds.
+WORK_PER_SECOND = 2e8
+#: What :class:`DPTimeout`'s message says when the wall-clock ``deadline``, not the counted work, stopped the DP.
+PASSED_DEADLINE = "passed its deadline"
 
 
 @dataclass
@@ -188,12 +197,19 @@ def _options(inst: ThroughputInstance, replication: bool) -> list[tuple[int, int
 
 
 def _run(
-    tab: _Tables, cost: _StageCost, options: list[tuple[int, int]], deadline: float | None, limit: float = math.inf
+    tab: _Tables,
+    cost: _StageCost,
+    options: list[tuple[int, int]],
+    deadline: float | None,
+    limit: float = math.inf,
+    max_work: float = math.inf,
 ):
-    """The recurrence of the module docstring; returns the value table and the argmin table.
+    """The recurrence of the module docstring; returns the value and argmin tables, the strides of the
+    states, the pairs solved and the work counted.
 
     Pairs whose stage costs more than ``limit`` on every option however it is replicated (compute alone,
     :meth:`_Tables.least_load`) or fits no class are skipped before their communication is computed.
+    Every pair examined counts :func:`_pair_work`; past ``max_work`` of them, :class:`DPTimeout`.
     """
     counts = [c.count for c in tab.inst.classes]
     strides = [1] * len(counts)
@@ -208,10 +224,17 @@ def _run(
     arg_j = np.full((n_ideals, states), -1, dtype=np.int64)
     arg_o = np.full((n_ideals, states), -1, dtype=np.int16)
     pairs = 0
+    per_pair = _pair_work(tab, options)
+    work = 0.0
     for i in range(1, n_ideals):
         if deadline is not None and (i & 63) == 0 and time.perf_counter() > deadline:
-            raise DPTimeout(f"the DP over {n_ideals} ideals passed its deadline at ideal {i}")
+            raise DPTimeout(f"the DP over {n_ideals} ideals {PASSED_DEADLINE} at ideal {i}")
         js = tab.subsets(i)
+        work += len(js) * per_pair
+        if work > max_work:
+            raise DPTimeout(
+                f"the DP over {n_ideals} ideals spent its work budget ({max_work:.1e} steps) at ideal {i}"
+            )
         if limit != math.inf:
             js = js[tab.least_load(i, js, options) <= limit]
             if js.size == 0:  # every stage ending at I costs more than the limit: D[I, .] stays inf
@@ -234,7 +257,7 @@ def _run(
                 best[where] = got[better]
                 arg_j[i, where] = js[pick[better]]
                 arg_o[i, where] = o
-    return value, arg_j, arg_o, strides, pairs
+    return value, arg_j, arg_o, strides, pairs, work
 
 
 def _chain(tab: _Tables, arg_j, arg_o, strides, options) -> list[tuple[int, int, int]]:
@@ -300,6 +323,7 @@ def contiguous_dp(
     max_ideals: int = 50_000,
     chunks: int = 256,
     replication: bool | None = None,
+    max_work: float = math.inf,
     deadline: float | None = None,
 ) -> Partition:
     """The best contiguous split of ``inst`` (module docstring), as a :class:`Partition` in pipeline order.
@@ -309,7 +333,9 @@ def contiguous_dp(
             past ``max_ideals``); False: over the prefixes of one topological order cut into at most
             ``chunks`` groups (an upper bound, fast on any graph).
         replication: allow replicated stages (default: ``inst.replication``).
-        deadline: ``time.perf_counter()`` value after which :class:`DPTimeout` is raised.
+        max_work: the work (pairs examined, counted as :data:`MAX_WORK` is) after which :class:`DPTimeout`
+            is raised: deterministic, unlike ``deadline``.
+        deadline: ``time.perf_counter()`` value after which :class:`DPTimeout` is raised (a safety net).
 
     Raises:
         InfeasibleError: no contiguous split fits in memory; says which device overflows by how much.
@@ -332,7 +358,7 @@ def contiguous_dp(
     tab = _tables(inst, blocks, ideals, exhaustive)
     if exhaustive:
         _check_work(tab, options)
-    value, arg_j, arg_o, strides, pairs = _run(tab, _load_cost(tab, options), options, deadline, limit)
+    value, arg_j, arg_o, strides, pairs, work = _run(tab, _load_cost(tab, options), options, deadline, limit, max_work)
     full = sum(c.count * st for c, st in zip(inst.classes, strides))
     if not np.isfinite(value[-1, full]):
         raise _infeasible(tab, deadline)
@@ -349,6 +375,7 @@ def contiguous_dp(
         stats={
             "ideals": len(ideals),
             "pairs": pairs,
+            "work": work,
             "blocks": len(blocks),
             "comm_nodes": int(tab.comm_cost.size),
             "dp_value": float(value[-1, full]),
@@ -385,15 +412,20 @@ def _check_work(tab: _Tables, options: list[tuple[int, int]]) -> None:
     each costing the subset test (one per word of the bitsets), its ideal's boundary (the communication
     correction) and the states times options."""
     n_ideals = tab.size
-    states = math.prod(c.count + 1 for c in tab.inst.classes)
-    boundary = float(((tab.span_in > 0) & (tab.span_in < tab.span_size)).sum()) / n_ideals
-    work = n_ideals * n_ideals / 2 * (tab.words.shape[1] + boundary + states * len(options))
+    work = n_ideals * n_ideals / 2 * _pair_work(tab, options)
     if work > MAX_WORK:
         raise TooManyIdeals(
             n_ideals, n_ideals - 1,
             f"{n_ideals} ideals of {len(tab.blocks)} blocks: about {work:.1e} steps of DP, more than the exact "
             f"DP takes on ({MAX_WORK:.1e})",
         )  # fmt: skip
+
+
+def _pair_work(tab: _Tables, options: list[tuple[int, int]]) -> float:
+    """The estimated work of one pair of ideals: bitset words, boundary nodes per ideal, states x options."""
+    states = math.prod(c.count + 1 for c in tab.inst.classes)
+    boundary = float(((tab.span_in > 0) & (tab.span_in < tab.span_size)).sum()) / tab.size
+    return tab.words.shape[1] + boundary + states * len(options)
 
 
 def _infeasible(tab: _Tables, deadline: float | None) -> InfeasibleError:
@@ -407,7 +439,7 @@ def _infeasible(tab: _Tables, deadline: float | None) -> InfeasibleError:
         else ""
     )
     options = _options(inst, False)
-    value, arg_j, arg_o, strides, _ = _run(tab, _overflow_cost(tab, options), options, deadline)
+    value, arg_j, arg_o, strides, _, _ = _run(tab, _overflow_cost(tab, options), options, deadline)
     full = sum(c.count * st for c, st in zip(inst.classes, strides))
     if not np.isfinite(value[-1, full]) or value[-1, full] <= 0:
         return InfeasibleError("no contiguous split satisfies the constraints (allowed device kinds and colocation)")

@@ -32,8 +32,12 @@ Steps, each a module of its own:
 deterministic time (:mod:`~placement.pipeline.ilp`), never a share of the time left on the clock, so a
 seed reproduces the plan on a busy machine as on a quiet one. The first split gets
 :data:`FIRST_ATTEMPT_BUDGET` of the time limit, every memory retry :data:`RETRY_BUDGET`; a solve whose
-share is under :data:`MIN_ILP_SECONDS` is skipped. The clock is only a safety net: it bounds the DP
-(half the time limit) and every solve (the time left).
+share is under :data:`MIN_ILP_SECONDS` is skipped. The exact DP gets :data:`DP_SHARE` of the time limit
+as counted work (:data:`~placement.pipeline.dp.WORK_PER_SECOND` per second: pairs of ideals examined).
+The clock is only a safety net, at :data:`WALL_SLACK` times a stage's nominal seconds (a CP-SAT solve
+at least until the time limit): when it cuts the DP, a solve, the microbatch choice or the memory
+retries short, ``settings["stopped_by_wall_clock"]`` names the stage, and the plan may then differ
+between runs.
 
 The plan's ``settings`` record the max-load of the split (``max_load_ms``: the time per step of the
 slowest stage with its transfers, the objective here), a lower bound on it over all splits
@@ -60,7 +64,7 @@ from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline.baselines import equal_split
 from placement.pipeline.bound import load_lower_bound
 from placement.pipeline.build import instance_from_problem, stages_of
-from placement.pipeline.dp import DPTimeout, contiguous_dp
+from placement.pipeline.dp import PASSED_DEADLINE, WORK_PER_SECOND, DPTimeout, contiguous_dp
 from placement.pipeline.ideals import TooManyIdeals
 from placement.pipeline.ilp import noncontiguous_ilp
 from placement.pipeline.instance import (
@@ -86,35 +90,51 @@ RETRY_BUDGET = 0.1
 # the non-contiguous model after the DP ("auto"), the non-contiguous model of method "ilp" ("ilp").
 ILP_SHARES = {"dp": 0.4, "auto": 0.5, "ilp": 0.8}
 MIN_ILP_SECONDS = 0.5
+#: The fraction of the time limit the exact DP's counted work stands for.
+DP_SHARE = 0.5
+#: The wall-clock safety net of a stage: this many times its nominal seconds (CP-SAT's deterministic time
+#: runs at 0.25-1.5 per wall second on a quiet machine, and a loaded one is slower still).
+WALL_SLACK = 6.0
 
 
-def _ilp_budget(problem: Problem, seconds: float) -> dict[str, float]:
-    """Keyword arguments of :func:`noncontiguous_ilp` for a solve of ``seconds`` nominal seconds: those
-    seconds (deterministic), the seed, and the time left as the wall-clock safety net."""
-    return {"time_limit_s": seconds, "wall_limit_s": max(0.05, min(2.0 * seconds, problem.time_left())), "seed": problem.seed}
+def _ilp(
+    problem: Problem, inst: ThroughputInstance, seconds: float, stops: list[str], **options: object
+) -> Partition:
+    """:func:`noncontiguous_ilp` for ``seconds`` nominal seconds (deterministic time, the problem's seed),
+    stopped by the wall clock only after ``WALL_SLACK`` times those seconds and not before the time limit;
+    such a stop is appended to ``stops``."""
+    wall = max(WALL_SLACK * seconds, problem.time_left())
+    part = noncontiguous_ilp(inst, time_limit_s=seconds, wall_limit_s=wall, seed=problem.seed, **options)  # type: ignore[arg-type]
+    if part.stats.get("stopped_by_wall_clock"):
+        stops.append("pipeline cp-sat")
+    return part
 
 
-def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int, budget: float) -> Partition:
-    """The exact DP; past its limits, the prefix DP improved (and often proven optimal) by the contiguous
-    CP-SAT model started from it, for ``ILP_SHARES["dp"]`` of ``budget`` seconds. When the prefix DP finds
-    no split fitting in memory (prefixes of one order are fewer splits), the contiguous CP-SAT model
-    alone."""
+def _dp(problem: Problem, inst: ThroughputInstance, max_ideals: int, budget: float, stops: list[str]) -> Partition:
+    """The exact DP, for the work of ``DP_SHARE`` of the time limit; past its limits, the prefix DP
+    improved (and often proven optimal) by the contiguous CP-SAT model started from it, for
+    ``ILP_SHARES["dp"]`` of ``budget`` seconds. When the prefix DP finds no split fitting in memory
+    (prefixes of one order are fewer splits), the contiguous CP-SAT model alone."""
+    seconds = DP_SHARE * problem.time_limit
     try:
-        return contiguous_dp(inst, max_ideals=max_ideals, deadline=problem.started + 0.5 * problem.time_limit)
+        return contiguous_dp(inst, max_ideals=max_ideals, max_work=WORK_PER_SECOND * seconds,
+                             deadline=time.perf_counter() + WALL_SLACK * seconds)  # fmt: skip
     except (TooManyIdeals, DPTimeout) as why:
         reason = str(why)
+        if PASSED_DEADLINE in reason:
+            stops.append("pipeline dp")
     small = _ilp_size(inst) <= ILP_MAX_VARIABLES
     try:
         part = contiguous_dp(inst, exhaustive=False, chunks=PREFIX_CHUNKS)
     except InfeasibleError:
         if not small:
             raise
-        part = noncontiguous_ilp(inst, contiguous=True, **_ilp_budget(problem, max(MIN_ILP_SECONDS, ILP_SHARES["dp"] * budget)))
+        part = _ilp(problem, inst, max(MIN_ILP_SECONDS, ILP_SHARES["dp"] * budget), stops, contiguous=True)
     else:
         seconds = ILP_SHARES["dp"] * budget
         if small and seconds >= MIN_ILP_SECONDS and all(p.replicas == 1 for p in part.parts):
             try:
-                ilp = noncontiguous_ilp(inst, contiguous=True, hint=part, **_ilp_budget(problem, seconds))
+                ilp = _ilp(problem, inst, seconds, stops, contiguous=True, hint=part)
                 if inst.replication:  # the ILP has no replicas: it proves nothing about replicated splits
                     part = _best(inst, part, replicate(inst, ilp))
                 else:
@@ -146,12 +166,18 @@ def _proven(best: Partition, ilp: Partition) -> Partition:
 
 
 def choose_partition(
-    problem: Problem, inst: ThroughputInstance, method: str = "auto", max_ideals: int = 50_000, budget: float | None = None
+    problem: Problem,
+    inst: ThroughputInstance,
+    method: str = "auto",
+    max_ideals: int = 50_000,
+    budget: float | None = None,
+    stops: list[str] | None = None,
 ) -> tuple[Partition, float]:
     """The split of step 2 of the module docstring and a lower bound on the max-load of any split.
 
     ``budget``: the nominal seconds its CP-SAT solves may spend (default: ``FIRST_ATTEMPT_BUDGET`` of the
-    problem's time limit)."""
+    problem's time limit). ``stops``: where the stages the wall clock cut short are appended."""
+    stops = [] if stops is None else stops
     if budget is None:
         budget = FIRST_ATTEMPT_BUDGET * problem.time_limit
     if method not in METHODS:
@@ -164,18 +190,18 @@ def choose_partition(
             start: Partition | None = contiguous_dp(inst, exhaustive=False, chunks=PREFIX_CHUNKS, replication=False)
         except InfeasibleError:
             start = None
-        ilp = noncontiguous_ilp(inst, hint=start, **_ilp_budget(problem, max(MIN_ILP_SECONDS, ILP_SHARES["ilp"] * budget)))
+        ilp = _ilp(problem, inst, max(MIN_ILP_SECONDS, ILP_SHARES["ilp"] * budget), stops, hint=start)
         best = ilp if start is None else _best(inst, ilp, start)
         if not inst.replication:
             return best, max(bound, ilp.bound)
         return replicate(inst, best), bound
-    part = _dp(problem, inst, max_ideals, budget)
+    part = _dp(problem, inst, max_ideals, budget, stops)
     replicated = any(p.replicas > 1 for p in part.parts)
     seconds = ILP_SHARES["auto"] * budget
     if method == "auto" and not replicated and _ilp_size(inst) <= ILP_MAX_VARIABLES and seconds >= MIN_ILP_SECONDS:
         # The ILP has no replicas: worth running only when the DP's best split did not use them.
         try:
-            ilp = noncontiguous_ilp(inst, hint=part, **_ilp_budget(problem, seconds))
+            ilp = _ilp(problem, inst, seconds, stops, hint=part)
         except InfeasibleError:
             raise
         except PlacementError as why:  # no split within the time: keep the DP's
@@ -213,20 +239,27 @@ def solve_throughput(
     started = time.perf_counter()
     inst = instance_from_problem(problem, replication=replication)
     bound = math.inf
+    stops: list[str] = []
+    wall = started + WALL_SLACK * problem.time_limit  # the safety net of the microbatch choice and the retries
     for attempt in range(MEMORY_RETRIES + 1):
         budget = (FIRST_ATTEMPT_BUDGET if attempt == 0 else RETRY_BUDGET) * problem.time_limit
-        part, attempt_bound = choose_partition(problem, inst, method, max_ideals, budget)
+        part, attempt_bound = choose_partition(problem, inst, method, max_ideals, budget, stops)
         bound = min(bound, attempt_bound)  # a tightened instance's bound is not one of the problem's
         assignment, stages = stages_of(inst, part)
         m = microbatches or problem.microbatches
         candidates: dict[str, float] = {}
         fits = False  # known to fit: the microbatch choice simulated this plan already
         if m is None:
-            choice = choose_microbatches(problem, assignment, deadline=problem.deadline, stages=stages)
+            choice = choose_microbatches(problem, assignment, deadline=wall, stages=stages)
             m = choice.microbatches
             candidates = {str(k): v for k, v in choice.step_ms.items()}
             fits = choice.fits[m]
-        if fits or attempt == MEMORY_RETRIES or problem.time_left() <= 0:
+            if choice.stopped_by_wall_clock:
+                stops.append("pipeline microbatches")
+        if fits or attempt == MEMORY_RETRIES:
+            break
+        if time.perf_counter() > wall:
+            stops.append("pipeline memory retries")
             break
         tightened = _tightened(problem, inst, part, assignment, stages, m)
         if tightened is None:
@@ -248,6 +281,7 @@ def solve_throughput(
         "partition_stats": {k: v for k, v in part.stats.items() if _json_ok(v)},
         "memory_retries": attempt,
         "pipeline_seconds": time.perf_counter() - started,
+        "stopped_by_wall_clock": sorted(set(stops)),
     }
     return finish_plan(problem, assignment, solver=f"pipeline-{part.method}", settings=settings, stages=stages, microbatches=m)
 

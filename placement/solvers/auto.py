@@ -60,20 +60,8 @@ def _throughput(problem: Problem, **pipeline_options: object) -> Plan:
         "single_device_ms": single.predicted_step_ms if single is not None else None,
         "chosen": "single" if chosen is single else "pipeline",
     }
-    chosen.settings["stopped_by_wall_clock"] = _pipeline_clock_stops(pipeline)
+    chosen.settings["stopped_by_wall_clock"] = list(pipeline.settings["stopped_by_wall_clock"])
     return chosen
-
-
-def _pipeline_clock_stops(plan: Plan) -> list[str]:
-    """The pipeline solver's stages that its wall-clock safety nets cut short, from what its plan records:
-    the exact DP past its deadline (its fallback says so), a CP-SAT solve stopped by the clock."""
-    stats = plan.settings.get("partition_stats", {})
-    stops = []
-    if "passed its deadline" in str(stats.get("fallback", "")):
-        stops.append("pipeline dp")
-    if stats.get("stopped_by_wall_clock"):
-        stops.append("pipeline cp-sat")
-    return stops
 
 
 def single_device_pipeline(problem: Problem) -> Plan | None:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from placement.constraints import InfeasibleError
-from placement.errors import PlacementError
+from placement.errors import DPTimeout, PlacementError
 from placement.pipeline import (
     DeviceClass,
     Part,
@@ -190,6 +190,21 @@ def test_too_many_ideals_and_the_prefix_fallback() -> None:
     assert not prefix.optimal and prefix.max_load >= exact.max_load
     check_partition(inst, prefix.parts, contiguous=True)
     assert exact.max_load == 26  # 78 / 3
+
+
+def test_the_exact_dp_stops_at_its_counted_work_not_the_clock() -> None:
+    inst = diamond_with_tail()
+    exact = contiguous_dp(inst)
+    work = exact.stats["work"]
+    assert work > 0
+    again = contiguous_dp(inst, max_work=work)  # just enough: the same split
+    assert [p.nodes for p in again.parts] == [p.nodes for p in exact.parts] and again.stats["work"] == work
+    with pytest.raises(DPTimeout, match="work budget"):
+        contiguous_dp(inst, max_work=work * (1 - 1e-9))
+    with pytest.raises(DPTimeout, match="passed its deadline"):  # the wall clock: a safety net only
+        contiguous_dp(ThroughputInstance(
+            names=[f"n{i}" for i in range(8)], load=[[1.0]] * 8, memory=[0] * 8, edges=[], comm=[0] * 8,
+            classes=[accel(2)]), deadline=0.0)  # fmt: skip
 
 
 def test_replication_in_the_dp_matches_brute_force() -> None:

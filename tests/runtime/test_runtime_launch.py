@@ -20,8 +20,6 @@ from graphc.ir.errors import ConfigurationError, RankFailure, RunFailed
 from runtime import init_from_env
 from runtime.launch import function_name, spawn
 
-pytestmark = pytest.mark.distributed
-
 
 def summed(scale: float, tensor: torch.Tensor) -> dict:
     """Every rank's ``(rank + 1) * scale * tensor``, all-reduced: a plain value with tensors and tuples."""
@@ -32,6 +30,7 @@ def summed(scale: float, tensor: torch.Tensor) -> dict:
     return {"rank": rank, "sum": out, "pair": (rank, str(rank)), "threads": torch.get_num_threads()}
 
 
+@pytest.mark.distributed
 def test_ranks_run_a_function_by_name_and_return_plain_values():
     x = torch.arange(4, dtype=torch.float32)
     outcomes = spawn(summed, 2, (0.5, x), threads=2, timeout_s=120)
@@ -50,6 +49,7 @@ def fails(kind: str) -> None:
     raise KeyError("no such thing")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", ["graphc", "other"])
 def test_errors_come_back_by_class_and_the_others_are_killed_after_the_grace_period(kind):
     started = time.monotonic()
@@ -70,6 +70,7 @@ def returns_a_module() -> torch.nn.Module:
     return torch.nn.Linear(1, 1)
 
 
+@pytest.mark.distributed
 def test_a_result_that_is_not_a_plain_value_is_an_error():
     (outcome,) = spawn(returns_a_module, 1, timeout_s=120)
     assert isinstance(outcome.error, ConfigurationError) and "torch.nn.modules.linear.Linear" in str(outcome.error)
@@ -93,6 +94,7 @@ def echo(value: object) -> object:
     return value
 
 
+@pytest.mark.distributed
 def test_numpy_scalars_travel_as_python_numbers_as_in_json():
     (outcome,) = spawn(echo, 1, ({"f": np.float64(1.5), "i": np.int64(3), "b": np.bool_(True), "t": (np.float32(0.5),)},), timeout_s=120)
     assert outcome.ok, outcome.traceback
@@ -120,6 +122,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
+@pytest.mark.distributed
 def test_ranks_end_when_the_process_that_spawned_them_is_killed(tmp_path):
     script = textwrap.dedent(
         f"""

@@ -60,7 +60,8 @@ class RankOutcome:
         rank: the rank.
         result: what the function returned (None if it raised or was killed): a plain value.
         error: the exception it raised, rebuilt in this process (graphc's own classes as themselves, any
-            other as :class:`~graphc.ir.errors.RunFailed`), or None.
+            other as :class:`~graphc.ir.errors.RunFailed`); a :class:`~graphc.ir.errors.RunFailed` saying
+            so when it was killed or exited without reporting; None when it returned.
         traceback: the rank's traceback text of ``error``; empty when it raised nothing.
         exitcode: the process's exit status (``-signal`` when a signal ended it); None when :func:`spawn`
             killed it after the grace period or the timeout.

@@ -298,9 +298,9 @@ def _final_plan(
     """The finished plan (:func:`~placement.problem.finish_plan`, through ``to_plan``) of each distinct
     finalist (the search's best, each warm-start heuristic's plan with its own order, one device
     included, the best split), the one predicted fastest (the first on a tie). The search judges
-    candidates by the simulator's ready queues, while a finished plan runs the schedule its devices
-    execute, which may be faster or slower: comparing the finished plans keeps ``auto`` no slower than
-    the heuristics it ran and than one device by what the plans predict. A finalist
+    candidates by the figure their plans will predict (:class:`~placement.solvers.search.Evaluator`),
+    so this mostly confirms its choice; comparing the finished plans keeps ``auto`` no slower than the
+    heuristics it ran and than one device by what the plans predict. A finalist
     whose finished schedule overflows memory is passed over; when every one does, the first's
     infeasibility is raised."""
     plans: list[tuple[float, Candidate, Plan]] = []

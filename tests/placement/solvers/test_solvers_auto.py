@@ -21,7 +21,8 @@ from placement.solvers.auto import single_device_pipeline
 from placement.solvers.cpsat import WARM_START, Budget, CpSatSettings, warm_start
 from placement.solvers.ilp import LatencyModel
 from placement.solvers.instance import instance
-from placement.solvers.search import Evaluator
+from placement.solvers.listsched import to_plan
+from placement.solvers.search import Evaluator, polish
 from placement.solvers.topo import split_counts
 from placement.solvers.workload import (
     HEURISTICS_ONLY_SHARE,
@@ -124,6 +125,24 @@ def _heavy_edges_chain() -> tuple:
     """Four 5 ms nodes passing 1 GB tensors (1 s on a link): every split is far slower than one device."""
     g = graph({f"n{i}": (5, 5, 1e6) for i in range(4)}, [(f"n{i}", f"n{i + 1}", GB) for i in range(3)])
     return g, star(2)
+
+
+@pytest.mark.parametrize("microbatches", [1, 2])
+@pytest.mark.parametrize("mode", ["training", "inference"])
+def test_the_search_judges_a_candidate_by_the_step_its_finished_plan_predicts(mode: str, microbatches: int) -> None:
+    problem = make_problem(random_graph(4, 24), star(3), mode=mode, microbatches=microbatches)
+    inst = instance(problem)
+    evaluator = Evaluator(problem, inst)
+    rng = np.random.default_rng(0)
+    heft = WARM_START["heft"](inst)
+    candidates = [(heft.dev, heft.seq)] + [(rng.integers(0, inst.num_devices, inst.n), None) for _ in range(6)]
+    for dev, seq in candidates:
+        cand = evaluator(dev, seq, "x")
+        assert np.isfinite(cand.step_ms)
+        assert to_plan(problem, inst, dev, solver="x", seq=seq).predicted_step_ms == cand.step_ms
+    polished, _, _ = polish(evaluator, evaluator(candidates[1][0], None, "random"), deadline=float("inf"), seed=1)
+    assert polished.source == "random+polish"  # a random placement is improved, and judged as its plan:
+    assert to_plan(problem, inst, polished.dev, solver="x").predicted_step_ms == polished.step_ms
 
 
 def test_auto_keeps_one_device_when_every_split_is_worse() -> None:

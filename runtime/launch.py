@@ -174,9 +174,9 @@ def _import_script(path: str) -> Any:
 
 
 def plain(value: Any, where: str) -> Any:
-    """``value`` as a plain value (module docstring): subclasses of bool, int, float and str (numpy's
-    scalars, enums) become the base type, as JSON would write them; refuses anything else, naming where
-    it sits and how to fix it."""
+    """``value`` as a plain value (module docstring): numpy's scalars and subclasses of bool, int, float,
+    str, list, tuple and dict (``torch.Size``, named tuples, ``OrderedDict``) become the base type, as
+    JSON would write them; refuses anything else, naming where it sits and how to fix it."""
     if value is None or type(value) in (bool, int, float, str) or type(value) in (torch.Tensor, torch.nn.Parameter):
         return value
     if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy's scalars
@@ -184,9 +184,10 @@ def plain(value: Any, where: str) -> Any:
     for base in (bool, int, float, str):
         if isinstance(value, base):
             return base(value)
-    if type(value) in (list, tuple):
-        return type(value)(plain(item, f"{where}[{i}]") for i, item in enumerate(value))
-    if type(value) is dict:
+    if isinstance(value, list | tuple):
+        items = [plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
         return {plain(key, f"{where} key {key!r}"): plain(item, f"{where}[{key!r}]") for key, item in value.items()}
     raise ConfigurationError(
         f"spawn: {where} is a {type(value).__module__}.{type(value).__qualname__}; ranks take and return only None, bools, "

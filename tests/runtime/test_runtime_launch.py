@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +96,12 @@ def echo(value: object) -> object:
 
 
 @pytest.mark.distributed
-def test_numpy_scalars_travel_as_python_numbers_as_in_json():
-    (outcome,) = spawn(echo, 1, ({"f": np.float64(1.5), "i": np.int64(3), "b": np.bool_(True), "t": (np.float32(0.5),)},), timeout_s=120)
+def test_numpy_scalars_and_subclasses_travel_as_their_plain_types_as_in_json():
+    given = {"f": np.float64(1.5), "i": np.int64(3), "b": np.bool_(True), "t": (np.float32(0.5),), "size": torch.Size([2, 3])}
+    (outcome,) = spawn(echo, 1, (OrderedDict(given),), timeout_s=120)
     assert outcome.ok, outcome.traceback
-    assert outcome.result == {"f": 1.5, "i": 3, "b": True, "t": (0.5,)}
-    assert [type(v) for v in (outcome.result["f"], outcome.result["i"], outcome.result["b"])] == [float, int, bool]
+    assert outcome.result == {"f": 1.5, "i": 3, "b": True, "t": (0.5,), "size": (2, 3)} and type(outcome.result) is dict
+    assert [type(outcome.result[k]) for k in ("f", "i", "b", "size")] == [float, int, bool, tuple]
 
 
 def test_arguments_that_are_not_plain_values_are_refused_naming_where():

@@ -2,9 +2,11 @@
 
 * **Latency**: :func:`placement.solvers.cpsat.improve` with settings scaled to the devices: the
   warm-start heuristics (one device first), CP-SAT on the graph or a coarsening of it, then rounds of
-  simulator-judged polish and large-neighbourhood search. Only a shorter simulated step replaces the
-  incumbent, so the plan is never worse than any heuristic the budget ran, one device included. The
-  search stops early when the plan meets a lower bound (proven optimal).
+  polish and large-neighbourhood search, every candidate judged by the step its finished plan will
+  predict (:class:`~placement.solvers.search.Evaluator`). Only a shorter predicted step replaces the
+  incumbent, and the finished finalists are compared again, so the plan is never worse than any
+  heuristic the budget ran, one device included. The search stops early when the plan meets a lower
+  bound (proven optimal).
 * **Throughput**: the pipeline solver, :func:`placement.pipeline.solve_throughput` (its options passed
   on), and the whole graph on one device as a one-stage plan (:func:`single_device_pipeline`, its
   microbatches chosen by simulation as the pipeline's are); the shorter simulated step wins, the
@@ -22,7 +24,7 @@ is not built, its share going to the search, and graphs too large for any model 
 heuristics and the polish. The plan spends about :data:`~placement.solvers.workload.NOMINAL_SHARE` of
 the time limit; the wall clock is only a safety net for a machine much slower than the estimates, and
 when it cuts a stage short the plan's ``settings["stopped_by_wall_clock"]`` names the stage (the
-result may then differ between runs).
+result may then differ between runs); throughput plans pass on the pipeline solver's list.
 """
 
 from __future__ import annotations

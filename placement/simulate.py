@@ -98,7 +98,10 @@ it). Then, in training:
 * backward temporaries: while ``B(v,k)`` runs, the gradient of ``v``'s output, when it is made on the
   device (``output_bytes``; by a consumer there or by the loss; a gradient from another device is a
   received tensor), plus the gradients of its inputs (the bytes of its in-edges from nodes that take
-  a gradient): the backward reads the one while it makes the others;
+  a gradient): the backward reads the one while it makes the others; for a graph output, the larger
+  of the two (the loss's backward below frees its tensors before the output's makes its inputs'
+  gradients, so its four output-sized tensors and the output's two plus its inputs' gradients are
+  never alive together);
 * the graph's outputs (``NodeData.is_output``): each microbatch's output (``output_bytes``) from the end
   of its forward to the end of the step (the step returns it); the loss, taken to keep a tensor as large
   as the output (cross-entropy keeps the log-probabilities), from then until the output's backward
@@ -562,7 +565,10 @@ class _Simulation:
         # is a received tensor, counted as such.
         made_here = is_output | np.fromiter(map(bool, self.local_succ), dtype=bool, count=n)
         counted = needs_grad & np.fromiter((nd.memory_bytes is None for nd in data), dtype=bool, count=n)
-        self.grad_tmp = ((np.where(made_here, output, 0.0) + in_grad) * counted).tolist()
+        given = np.where(made_here, output, 0.0)
+        # A graph output's loss backward has freed its own tensors when the output's backward makes the
+        # input gradients: there the larger of the two moments (module docstring).
+        self.grad_tmp = (np.where(is_output, np.maximum(given, in_grad), given + in_grad) * counted).tolist()
         self.outputs = np.flatnonzero(is_output & counted).tolist()
 
     def _priorities(self, priority: str) -> None:

@@ -451,7 +451,8 @@ def assert_memory_matches_the_timeline(g: Graph, result, mode: str, m: int) -> N
         if e.kind == "backward" and e.name not in inputs:  # the output's and the inputs' gradients
             in_grads = sum(g.edge(p, e.name).bytes for p in g.predecessors(e.name) if p not in inputs)
             local = [s for s in g.successors(e.name) if at[("forward", s, e.microbatch)].device == e.device]
-            hold(e.device, e.start_ms, e.end_ms, ((nd.output_bytes if local else 0.0) + in_grads) / m)
+            given = nd.output_bytes if local or nd.is_output else 0.0
+            hold(e.device, e.start_ms, e.end_ms, (max(given, in_grads) if nd.is_output else given + in_grads) / m)
         if e.kind == "forward" and e.name in inputs:
             continue  # the step is given its inputs
         if e.kind == "forward":

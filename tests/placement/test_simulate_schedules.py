@@ -197,16 +197,16 @@ def test_training_memory_counts_backward_gradients_outputs_and_the_loss() -> Non
     # Timeline: F(a)0 [0,1] F(b)0 [1,2] F(a)1 [2,3] F(b)1 [3,4] B(b)0 [4,5] B(a)0 [5,6] B(b)1 [6,7]
     # B(a)1 [7,8]. Held: activations from F's end to B's end; b's output from F(b)'s end to the end of
     # the step, the loss's tensor (as large) until B(b) ends, and over B(b) the loss's gradient of it
-    # and the gradient of b's output (1000) with its input's gradient (100); during B(a) a's output
-    # gradient (100; x gets none). At t = 4: activations 60 + outputs 2000 + the loss's tensors 2000
-    # + B(b)0's three gradients 2100 + the two microbatches' losses and microbatch 0's loss gradient
-    # (4 bytes each) = 6172, the peak.
+    # and, b being the graph's output, the larger of its output's gradient (1000) and its input's (100);
+    # during B(a) a's output gradient (100; x gets none). At t = 4: activations 60 + outputs 2000 + the
+    # loss's tensors 2000 + B(b)0's gradient 1000 + the two microbatches' losses and microbatch 0's loss
+    # gradient (4 bytes each) = 6072, the peak.
     g = chain(("a", 2, 2, 20, 200), ("b", 2, 2, 40, 2000), edge_bytes=200)
     g.node("a").param_bytes = 5.0
     g.node("b").is_output = True
     r = simulate(g, star(1), dict.fromkeys("xab", "d0"), microbatches=2)
     assert r.static_memory_bytes["d0"] == 15  # a's gradients come at B(a)0, after the peak
-    assert r.peak_memory_bytes["d0"] == 15 + 6172
+    assert r.peak_memory_bytes["d0"] == 15 + 6072
     g.node("b").is_output = False  # no output, no loss: the peak is at t = 4 with B(b)0's gradient 100
     # (at t = 5: activations 40, a's gradients 5 and its output's gradient 100)
     assert simulate(g, star(1), dict.fromkeys("xab", "d0"), microbatches=2).peak_memory_bytes["d0"] == 15 + 60 + 100

@@ -19,6 +19,7 @@ from placement.pipeline import (
     noncontiguous_ilp,
     solve_throughput,
 )
+from placement.pipeline.solve import WALL_SLACK
 from placement.plan import Plan
 from placement.presets import accelerators_with_cpu
 from placement.problem import make_problem
@@ -172,10 +173,11 @@ def test_the_ilp_split_depends_on_the_seed_not_on_the_clock() -> None:
     # while other processes keep every core busy: a search cut by the clock would get less done.
     graph = load_benchmark("pipedream/inception_v3.txt")
     inst = instance_from_problem(make_problem(graph, Cluster.preset("pcie-4gpu"), objective="throughput", seed=0))
-    quiet = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3)
+    wall = WALL_SLACK * 2.0  # the pipeline solver's safety net for a 2 s solve
+    quiet = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3, wall_limit_s=wall)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        busy = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3)
+        busy = noncontiguous_ilp(inst, time_limit_s=2.0, seed=3, wall_limit_s=wall)
     finally:
         for p in burners:
             p.kill()

@@ -16,7 +16,7 @@ Steps, each a module of its own:
    * ``"ilp"``: the non-contiguous CP-SAT model (:mod:`~placement.pipeline.ilp`), started from the
      prefix DP's split;
    * ``"equal-split"``: the naive baseline (:mod:`~placement.pipeline.baselines`);
-   * ``"auto"`` (default): ``"dp"`` within half the time budget, then, when the model is small enough
+   * ``"auto"`` (default): ``"dp"`` within the work of half the time budget, then, when the model is small enough
      (at most :data:`ILP_MAX_VARIABLES` unit-device pairs), the non-contiguous ILP started from the DP's
      split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split replicates a stage (the
      ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's

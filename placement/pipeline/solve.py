@@ -16,10 +16,10 @@ Steps, each a module of its own:
    * ``"ilp"``: the non-contiguous CP-SAT model (:mod:`~placement.pipeline.ilp`), started from the
      prefix DP's split;
    * ``"equal-split"``: the naive baseline (:mod:`~placement.pipeline.baselines`);
-   * ``"auto"`` (default): ``"dp"`` within the work of half the time budget, then, when the model is small enough
-     (at most :data:`ILP_MAX_VARIABLES` unit-device pairs), the non-contiguous ILP started from the DP's
-     split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split replicates a stage (the
-     ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's
+   * ``"auto"`` (default): ``"dp"`` within the work of half the time budget, then, when the model is
+     small enough (at most :data:`ILP_MAX_VARIABLES` unit-device pairs), the non-contiguous ILP started
+     from the DP's split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split
+     replicates a stage (the ILP has no replicas); the split of smaller max-load wins (the contiguous one on a tie), the ILP's
      after its idle devices are given to its parts as replicas when the instance allows it
      (:mod:`~placement.pipeline.replication`). Every step keeps the better of its split and the split
      found before it, so ``"auto"`` never returns a split worse than a cheaper method already found;
@@ -64,7 +64,12 @@ from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline.baselines import equal_split
 from placement.pipeline.bound import load_lower_bound
 from placement.pipeline.build import instance_from_problem, stages_of
-from placement.pipeline.dp import PASSED_DEADLINE, WORK_PER_SECOND, DPTimeout, contiguous_dp
+from placement.pipeline.dp import (
+    PASSED_DEADLINE,
+    WORK_PER_SECOND,
+    DPTimeout,
+    contiguous_dp,
+)
 from placement.pipeline.ideals import TooManyIdeals
 from placement.pipeline.ilp import noncontiguous_ilp
 from placement.pipeline.instance import (

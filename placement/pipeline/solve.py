@@ -21,8 +21,9 @@ Steps, each a module of its own:
      from the DP's split for :data:`ILP_SHARES` ``["auto"]`` of the budget, unless the DP's split
      replicates a stage (the ILP has no replicas); the split of smaller max-load wins (the contiguous
      one on a tie), the ILP's after its idle devices are given to its parts as replicas when the
-     instance allows it (:mod:`~placement.pipeline.replication`). Every step keeps the better of its split and the split
-     found before it, so ``"auto"`` never returns a split worse than a cheaper method already found;
+     instance allows it (:mod:`~placement.pipeline.replication`). Every step keeps the better of its
+     split and the split found before it, so ``"auto"`` never returns a split worse than a cheaper
+     method already found;
 3. the parts get concrete devices, in pipeline order, as :class:`~placement.plan.Stage` records;
 4. the microbatch count is the problem's, the caller's, or the fastest simulated one that fits
    (:mod:`~placement.pipeline.microbatches`);

@@ -104,7 +104,8 @@ class SimResult:
             transfers, which hold it too, are not counted.
         peak_memory_bytes: highest memory in use per device (static + activations, backward
             temporaries, outputs and loss, received tensors: :mod:`placement.simulate`, "Memory").
-        static_memory_bytes: parameters, gradients, optimizer state and buffers per device.
+        static_memory_bytes: what a device holds before the step starts: parameters, optimizer state and
+            buffers (in training the gradients come later, made by the backward).
         memory_capacity_bytes: each device's memory capacity, for comparison.
         over_capacity: devices whose peak exceeds their capacity.
         link_bytes: bytes carried per link (both directions), links that carried any.

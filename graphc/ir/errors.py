@@ -91,7 +91,8 @@ class InfeasibleError(PlacementError):
 
 
 class DPTimeout(PlacementError):
-    """The pipeline's dynamic program passed its deadline (the pipeline solver then falls back)."""
+    """The pipeline's dynamic program used up its work budget or passed its deadline (the pipeline solver
+    then falls back)."""
 
 
 class TooManyIdeals(PlacementError):

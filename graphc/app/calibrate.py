@@ -58,7 +58,7 @@ from rich.console import Console
 from graphc.app.measure_plans import OtherLoad
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
-from graphc.ir.errors import FormatError, MismatchError
+from graphc.ir.errors import FormatError, MismatchError, TraceError
 from graphc.ir.jsonfile import check_header, read_json, write_json
 from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
 from placement.calibration import calibration_factor
@@ -312,14 +312,15 @@ def _profile(
 ) -> ProfiledTimes:
     """``program``'s nodes profiled at the full batch, with the fixed cost per microbatch fitted from the
     model traced again and profiled at 1/:data:`PROFILE_SPLIT` of the batch (1/2 when the batch does not
-    split so; no fixed costs when it does not split at all: the cost model then uses its per-op floor)."""
+    split so, or when the model cannot run on so small a batch, as batch norm over one value per channel;
+    no fixed costs when neither works: the cost model then uses its per-op floor)."""
     profiled = profile_program(program, program.flat_inputs(example_inputs, kwargs), settings)
     for parts in (PROFILE_SPLIT, 2):
         try:
             small_inputs, small_kwargs = split_batch((example_inputs, kwargs), parts)[0]
-        except MismatchError:
+            small = trace(model, small_inputs, granularity=program.granularity, example_kwargs=small_kwargs, name=program.graph.name)
+        except (MismatchError, TraceError):
             continue
-        small = trace(model, small_inputs, granularity=program.granularity, example_kwargs=small_kwargs, name=program.graph.name)
         measured = profile_program(small, small.flat_inputs(small_inputs, small_kwargs), settings)
         return with_fixed_costs(profiled, program.graph, measured, small.graph, 1 / parts, settings.device_kind)
     return profiled

@@ -185,6 +185,13 @@ def test_the_fixed_cost_per_microbatch_is_fitted_from_a_quarter_of_the_batch_or_
     assert measured.batches[4:] == [1] and not unsplit.profiled.fixed
 
 
+def test_a_model_that_cannot_run_on_a_quarter_of_the_batch_is_fitted_from_a_half(measured, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))  # batch norm needs 2 samples
+    found = graphc.calibrate(model, (torch.randn(4, 8),), cache_dir=tmp_path)
+    assert measured.batches == [4, 2] and found.profiled.fixed
+
+
 def test_a_calibration_measured_under_other_load_is_used_but_not_cached(measured, quiet_machine, tmp_path):
     quiet_machine.other_cores = 0.5
     console = Console(record=True, width=300, file=io.StringIO())

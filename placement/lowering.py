@@ -86,8 +86,29 @@ from placement.errors import ConfigurationError, PlacementError
 MODES = ("training", "inference")
 
 
+class IndexedSizes:
+    """The sizes of an integer-indexed problem, read from its ``names``, ``devices`` and ``src`` (edge
+    sources): shared by :class:`Lowered` and the solvers' :class:`~placement.solvers.instance.Instance`."""
+
+    names: Sequence[str]
+    devices: Sequence[Device]
+    src: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.src)
+
+
 @dataclass(frozen=True, eq=False)
-class Lowered:
+class Lowered(IndexedSizes):
     """Graph + cluster + cost model of one problem as arrays (module docstring). Arrays are read-only:
     every consumer shares them.
 
@@ -147,18 +168,6 @@ class Lowered:
     @property
     def training(self) -> bool:
         return self.mode == "training"
-
-    @property
-    def n(self) -> int:
-        return len(self.names)
-
-    @property
-    def num_devices(self) -> int:
-        return len(self.devices)
-
-    @property
-    def num_edges(self) -> int:
-        return len(self.src)
 
     @property
     def needs_grad(self) -> np.ndarray:

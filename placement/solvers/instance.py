@@ -34,14 +34,14 @@ import numpy as np
 
 from graphc.ir.graph import EdgeData
 from placement.cluster import Device
-from placement.lowering import Lowered, gc_paused
+from placement.lowering import IndexedSizes, Lowered, gc_paused
 from placement.problem import Problem
 
 GiB = 2**30
 
 
 @dataclass
-class Instance:
+class Instance(IndexedSizes):
     """Integer-indexed arrays of one placement problem (module docstring).
 
     Attributes:
@@ -94,18 +94,6 @@ class Instance:
     resources: list[list[tuple[int, ...]]] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
     lowered: Lowered | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.names)
-
-    @property
-    def num_devices(self) -> int:
-        return len(self.devices)
-
-    @property
-    def num_edges(self) -> int:
-        return len(self.src)
 
     @property
     def work(self) -> np.ndarray:

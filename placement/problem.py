@@ -12,7 +12,7 @@ solvers report the same quantities the same way, and a plan's prediction is what
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -317,17 +317,18 @@ def _ready_queue_order(lw: Lowered, assignment: Mapping[str, str], result: SimRe
     topological order, which a zero-time node and its successor on one device may need)."""
     assert result.raw is not None
     start = np.frombuffer(result.raw.task_start)[: lw.n] if len(result.raw.task_start) else np.zeros(0)
-    order: dict[str, list[str]] = {}
-    for v in np.lexsort((np.arange(lw.n), start)).tolist():
-        name = lw.names[v]
-        order.setdefault(assignment[name], []).append(name)
-    return order
+    return _by_device((lw.names[v] for v in np.lexsort((np.arange(lw.n), start)).tolist()), assignment)
 
 
 def _topological_order(lw: Lowered, assignment: Mapping[str, str]) -> dict[str, list[str]]:
     """Each device's nodes in the lowering's topological order, devices in the order of first use."""
+    return _by_device(lw.names, assignment)
+
+
+def _by_device(names: Iterable[str], assignment: Mapping[str, str]) -> dict[str, list[str]]:
+    """``names`` split by their device, each device's in the given order (devices by first use)."""
     order: dict[str, list[str]] = {}
-    for name in lw.names:
+    for name in names:
         order.setdefault(assignment[name], []).append(name)
     return order
 

@@ -29,6 +29,7 @@ from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
 from placement.lowering import MODES, Lowered
 from placement.schedules import SCHEDULES, make_schedule
 from placement.simulate import simulate
+from placement.sync import AllReduceSync, Sync, sync_from_dict, sync_to_dict
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -85,6 +86,9 @@ class Plan:
             ``"node-order"``, ``"gpipe"``, ``"1f1b"``); ``""`` for the default, ``gpipe`` for a plan
             with stages, else ``node-order`` (:meth:`schedule_name`). The solvers' staged plans record
             the faster of gpipe and 1f1b that fits (:func:`placement.problem.finish_plan`).
+        sync: how the replicas of replicated stages combine their gradients (:mod:`placement.sync`):
+            bucketed all-reduce (the default, ring, 25 MiB buckets) or parameter servers. Only a plan
+            with replicated stages, or with parameter servers, uses it.
         predicted_step_ms: the simulated time of one step (all microbatches) of its schedule: what
             :meth:`simulate` gives.
         peak_memory_bytes: device name -> simulated peak memory (of the same simulation).
@@ -107,6 +111,7 @@ class Plan:
     stages: list[Stage] = field(default_factory=list)
     microbatches: int = 1
     schedule: str = ""
+    sync: Sync = field(default_factory=AllReduceSync)
     predicted_step_ms: float = 0.0
     peak_memory_bytes: dict[str, float] = field(default_factory=dict)
     lower_bound_ms: float = 0.0
@@ -254,7 +259,11 @@ class Plan:
         for name in self.__dataclass_fields__:
             if name not in embedded:
                 value = getattr(self, name)
-                doc[name] = [asdict(st) for st in value] if name == "stages" else value
+                if name == "stages":
+                    value = [asdict(st) for st in value]
+                elif name == "sync":
+                    value = sync_to_dict(value)
+                doc[name] = value
         if self.graph is not None:
             doc["graph"] = self.graph.to_dict()
         if self.cluster is not None:
@@ -328,6 +337,8 @@ class Plan:
         _require(not unknown, source, unknown[0] if unknown else "", "unknown field")
         fields = {k: v for k, v in doc.items() if k not in ("schema", "version", "graph", "cluster", "cost_model")}
         fields["stages"] = stages
+        if "sync" in doc:
+            fields["sync"] = sync_from_dict(doc["sync"], source)
         plan = cls(**fields)
         if "graph" in doc:
             plan.graph = Graph.from_dict(doc["graph"], f"{source}: graph")

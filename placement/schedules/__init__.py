@@ -13,7 +13,8 @@ actions; each action names its device:
   microbatch, to / from a ``peer`` device; a send and a receive match on (source, destination, tensor,
   microbatch, gradient);
 * :class:`AllReduce`, a :class:`Collective` over a ``group`` of devices (the replicas of a stage summing
-  its parameter gradients);
+  its parameter gradients, in buckets: :mod:`placement.sync`), and, for parameter servers,
+  :class:`Reduce` (gradients onto a server) and :class:`Broadcast` (its weights back);
 * :class:`OptimizerStep`.
 
 Deadlock check (:mod:`placement.schedules.validate`). Each device runs its list in order. Sends are
@@ -34,11 +35,14 @@ from placement.schedules.actions import (
     Action,
     AllReduce,
     Backward,
+    Broadcast,
+    BucketCollective,
     Collective,
     Compute,
     Forward,
     OptimizerStep,
     Recv,
+    Reduce,
     Send,
     Transfer,
 )
@@ -50,11 +54,14 @@ __all__ = [
     "Action",
     "AllReduce",
     "Backward",
+    "Broadcast",
+    "BucketCollective",
     "Collective",
     "Compute",
     "Forward",
     "OptimizerStep",
     "Recv",
+    "Reduce",
     "SCHEDULES",
     "Schedule",
     "ScheduleError",

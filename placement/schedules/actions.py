@@ -11,7 +11,11 @@ action                    meaning                                               
 :class:`Send`             send the named tensor (the output of node ``tensor``, or its        ``S(a->gpu1)3``,
                           gradient when ``gradient``) of a microbatch to ``peer``             ``S(a'->gpu0)3``
 :class:`Recv`             receive it from ``peer``                                            ``R(a<-gpu0)3``
-:class:`AllReduce`        sum a replicated stage's parameter gradients over ``group``         ``AR``
+:class:`AllReduce`        sum a replicated stage's parameter gradients (of one bucket) over   ``AR``, ``AR2``
+                          ``group``
+:class:`Reduce`           sum gradients (of one bucket) over ``group`` onto its ``root``      ``RD2``
+                          (a parameter server)
+:class:`Broadcast`        send the ``root``'s fresh weights (of one bucket) to ``group``      ``BC2``
 :class:`OptimizerStep`    update the device's parameters from their gradients                 ``OPT``
 ========================  ==================================================================  ==============
 
@@ -133,11 +137,52 @@ class Collective(Action):
 
 
 @dataclass(frozen=True)
-class AllReduce(Collective):
-    """Sum ``name`` (a replicated stage's parameter gradients) over the group's devices."""
+class BucketCollective(Collective):
+    """A collective over the parameters of one bucket (:func:`placement.sync.gradient_buckets`):
+    ``nodes`` names the nodes whose parameters it carries (empty: every parameter of the device's
+    stage), ``bucket`` its index (printed in the code when the stage has several)."""
+
+    nodes: tuple[str, ...] = ()
+    bucket: int | None = None
+
+    def _suffix(self) -> str:
+        return "" if self.bucket is None else str(self.bucket)
+
+
+@dataclass(frozen=True)
+class AllReduce(BucketCollective):
+    """Sum ``name`` (a replicated stage's parameter gradients, or one bucket of them) over the group's
+    devices. ``algorithm`` is ``"ring"`` or ``"hierarchical"`` (:mod:`placement.sync`); a hierarchical
+    one reduces inside each of ``islands`` (groups of the members, leader first), all-reduces among the
+    leaders and broadcasts back."""
+
+    algorithm: str = "ring"
+    islands: tuple[tuple[str, ...], ...] = ()
 
     def code(self) -> str:
-        return "AR"
+        return "AR" + self._suffix()
+
+
+@dataclass(frozen=True)
+class Reduce(BucketCollective):
+    """Sum ``name`` (one bucket's gradients) over the group onto ``root`` (a parameter server, which
+    contributes nothing of its own)."""
+
+    root: str = ""
+
+    def code(self) -> str:
+        return "RD" + self._suffix()
+
+
+@dataclass(frozen=True)
+class Broadcast(BucketCollective):
+    """Copy ``root``'s ``name`` (one bucket's updated weights, from a parameter server) to every device
+    of the group."""
+
+    root: str = ""
+
+    def code(self) -> str:
+        return "BC" + self._suffix()
 
 
 @dataclass(frozen=True)

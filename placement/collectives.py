@@ -1,0 +1,132 @@
+"""The time of a collective on a cluster's real routes: ring and hierarchical all-reduce, reduce onto a
+root, broadcast from a root.
+
+A collective is a sequence of **phases** run one after another; a phase is a set of **flows** (a device
+sending bytes to another over its route, :meth:`placement.cluster.Cluster.route`) that run together.
+A flow from a device to itself is free and left out.
+
+Flows that share a link (:func:`flows_ms`). Each direction of a full-duplex link, and each half-duplex
+link, is a resource ``x`` of bandwidth ``b_x`` (:attr:`placement.cluster.Route.resources`, as the
+simulator's transfers). Flows ``f`` of ``B_f`` bytes over routes ``R_f`` running together share each
+resource's bandwidth, so the busiest resource finishes last:
+
+    t(flows) = max_f latency(R_f) + max_x ( sum_{f : x in R_f} B_f ) / b_x
+
+**Ring all-reduce** (:func:`ring_allreduce`) of ``P`` bytes over ``r`` devices ``d_0 .. d_{r-1}`` in
+ring order (reduce-scatter, then all-gather): ``2 (r - 1)`` rounds; in each, every ``d_i`` sends a
+chunk of ``P / r`` bytes to ``d_{(i + 1) mod r}``:
+
+    t = 2 (r - 1) x t(one round's r flows of P / r bytes)
+      = 2 (r - 1) x max latency + 2 (r - 1) / r x P / (slowest ring edge's bandwidth)
+
+the second line (the textbook figure) when no two ring edges share a resource. One phase: it holds
+every ring edge's links for ``t``, each edge carrying ``2 (r - 1) / r x P`` bytes in all.
+
+**Reduce** onto ``root`` (:func:`reduce`, a parameter server): every member but the root sends its
+``P`` bytes to the root, all at once (one phase); **broadcast** from ``root`` (:func:`broadcast`): the
+root sends ``P`` bytes to every member. The root's own links carry every member's bytes, so the time
+grows with the members behind one link: ``t = max latency + max_x (members crossing x) x P / b_x``.
+
+**Hierarchical all-reduce** (:func:`hierarchical_allreduce`) over islands ``I_1 .. I_L``
+(:func:`placement.sync.islands`: hosts, or PCIe switches; the leader ``l_j`` is the first of each):
+three phases, islands in parallel within a phase (their flows are one phase, sharing links):
+
+1. reduce inside every island onto its leader (each member sends ``P`` to its leader);
+2. ring all-reduce of ``P`` among the leaders ``l_1 .. l_L``;
+3. broadcast inside every island from its leader.
+
+So the links between islands carry ``2 (L - 1) / L x P`` per leader instead of the flat ring's
+``2 (r - 1) / r x P``. On 2 hosts x 2 devices, links of bandwidth ``B`` inside a host and ``b``
+between hosts, no latency: the ring takes ``1.5 P / b`` (when ``b < B``), the hierarchy
+``P / B + P / b + P / B``, less as soon as ``B > 4 b``.
+
+Each phase holds the link resources of its flows for its duration. Torch-free; the simulator
+(:mod:`placement.simulate`) books the phases on its links and devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from placement.cluster import Cluster
+
+
+@dataclass(frozen=True)
+class Flow:
+    """``nbytes`` sent from device ``src`` to device ``dst`` during a phase (all its rounds)."""
+
+    src: str
+    dst: str
+    nbytes: float
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Flows that run together, and how long they take (module docstring)."""
+
+    flows: tuple[Flow, ...]
+    duration_ms: float
+
+
+def flows_ms(cluster: Cluster, flows: Sequence[Flow]) -> float:
+    """Milliseconds for ``flows`` to run together: the largest route latency plus the busiest link
+    resource's bytes over its bandwidth (module docstring); 0 for no flow."""
+    load: dict[int, float] = {}
+    latency = 0.0
+    for f in flows:
+        route = cluster.route(f.src, f.dst)
+        latency = max(latency, route.latency_s)
+        for x in route.resources:
+            load[x] = load.get(x, 0.0) + f.nbytes
+    if not load:
+        return 0.0
+    links = cluster.links
+    return 1e3 * (latency + max(b / links[x // 2].bandwidth for x, b in load.items()))
+
+
+def duration_ms(phases: Sequence[Phase]) -> float:
+    """The time of a collective: its phases one after another."""
+    return sum(p.duration_ms for p in phases)
+
+
+def ring_allreduce(cluster: Cluster, devices: Sequence[str], nbytes: float) -> list[Phase]:
+    """The one phase of a ring all-reduce of ``nbytes`` over ``devices`` in ring order (module docstring);
+    none for fewer than two devices or no bytes."""
+    r = len(devices)
+    if r < 2 or nbytes <= 0:
+        return []
+    edges = list(zip(devices, [*devices[1:], devices[0]]))
+    rounds = 2 * (r - 1)
+    one_round = flows_ms(cluster, [Flow(a, b, nbytes / r) for a, b in edges])
+    return [Phase(tuple(Flow(a, b, rounds * nbytes / r) for a, b in edges), rounds * one_round)]
+
+
+def reduce(cluster: Cluster, members: Sequence[str], root: str, nbytes: float) -> list[Phase]:
+    """The one phase of a reduce of ``nbytes`` from every member onto ``root`` (module docstring)."""
+    return _phase(cluster, [Flow(m, root, nbytes) for m in members if m != root])
+
+
+def broadcast(cluster: Cluster, root: str, members: Sequence[str], nbytes: float) -> list[Phase]:
+    """The one phase of a broadcast of ``nbytes`` from ``root`` to every member (module docstring)."""
+    return _phase(cluster, [Flow(root, m, nbytes) for m in members if m != root])
+
+
+def hierarchical_allreduce(cluster: Cluster, islands: Sequence[Sequence[str]], nbytes: float) -> list[Phase]:
+    """The phases of a hierarchical all-reduce of ``nbytes`` over ``islands`` (leader first in each):
+    reduce onto the leaders, ring among them, broadcast back (module docstring); a phase with nothing
+    to do (islands of one device, one island) is left out."""
+    if nbytes <= 0:
+        return []
+    inward = [Flow(m, island[0], nbytes) for island in islands for m in island[1:]]
+    outward = [Flow(f.dst, f.src, nbytes) for f in inward]
+    leaders = [island[0] for island in islands]
+    return [*_phase(cluster, inward), *ring_allreduce(cluster, leaders, nbytes), *_phase(cluster, outward)]
+
+
+def _phase(cluster: Cluster, flows: list[Flow]) -> list[Phase]:
+    """One phase of ``flows`` run together, or none when there is nothing to send."""
+    flows = [f for f in flows if f.src != f.dst and f.nbytes > 0]
+    return [Phase(tuple(flows), flows_ms(cluster, flows))] if flows else []

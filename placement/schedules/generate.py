@@ -30,11 +30,34 @@ may only flow from a stage to a later one. Stage ``s`` of ``S`` runs, on ``m`` m
 
 The executors run these schedules as given (:func:`runtime.schedule.device_work`). A stage replicated on
 ``r`` devices runs microbatch ``k`` on ``devices[k % r]`` (the simulator's round robin), so each replica
-runs the stage's order restricted to its microbatches, then, in training, an :class:`AllReduce` of the
-stage's gradients over the replicas. Around ``F k`` of a stage are the receives of its inputs for ``k``
-(from the replica of the producing stage that ran ``k``) and the sends of its outputs; around ``B k`` the
-receives of its outputs' gradients and the sends of its inputs' gradients. In training every device
-ends with an :class:`OptimizerStep`.
+runs the stage's order restricted to its microbatches, then, in training, synchronises (below). Around
+``F k`` of a stage are the receives of its inputs for ``k`` (from the replica of the producing stage
+that ran ``k``) and the sends of its outputs; around ``B k`` the receives of its outputs' gradients and
+the sends of its inputs' gradients. In training every device ends with an :class:`OptimizerStep`, but
+for the replicas whose weights come from a parameter server.
+
+Synchronisation (``plan.sync``, :mod:`placement.sync`). A replicated stage's gradients are cut into
+buckets (:func:`placement.sync.gradient_buckets` over the stage's nodes in the order their backwards
+run: the reverse of the lowering's topological order); a stage without parameters has none and does not
+synchronise. The synchronisation actions follow the replica's last :class:`Backward` (and the sends of
+its gradients): they are *issued* when that backward has made the bucket's gradients, as DDP's hooks do,
+so the executors and the simulator may run them while that backward still computes the later buckets;
+the list order is the order they are issued in. Each is named ``"stage {i} bucket {b}"`` and carries
+the bucket's ``nodes`` and its index ``bucket`` (None when the stage has one bucket, so that its code is
+``AR``, as :class:`placement.schedules.actions.BucketCollective` prints it):
+
+* :class:`AllReduceSync`: every replica runs one :class:`AllReduce` per bucket, in bucket order, over the
+  stage's devices with the sync's ``algorithm``; a hierarchical one carries its ``islands``
+  (:func:`placement.sync.islands` on the plan's cluster, required), then its optimizer step;
+* :class:`ParameterServerSync` (synchronous, ``staleness`` 0; asynchronous servers are refused): the
+  buckets of each stage are sharded over the servers (:func:`placement.sharding.assign_shards`, balanced
+  by bytes over the servers' links from the replicas; the plan's cluster is required). Each replica runs
+  a :class:`Reduce` of every bucket onto its server, then a :class:`Broadcast` of every bucket from it,
+  and no optimizer step (its weights come from the server). The group of a bucket is the stage's
+  replicas then its server. A server runs the reduces of its buckets (the stages from the last, whose
+  backwards end first; each stage's buckets in order), its optimizer step, then its broadcasts in the same
+  order. A server must be a device of the cluster that runs no node; a server holding no bucket gets no
+  list of actions.
 
 Interleaved 1F1B (several virtual stages per device) is not generated: a :class:`placement.Plan` gives
 each stage its own devices, so there is no plan to interleave; a device in two stages is refused.
@@ -53,13 +76,17 @@ from placement.schedules.actions import (
     Action,
     AllReduce,
     Backward,
+    Broadcast,
     Forward,
     OptimizerStep,
     Recv,
+    Reduce,
     Send,
 )
 from placement.schedules.schedule import Schedule
 from placement.schedules.validate import validate
+from placement.sharding import assign_shards
+from placement.sync import AllReduceSync, Bucket, ParameterServerSync, gradient_buckets, islands
 
 if TYPE_CHECKING:
     from graphc import Graph
@@ -286,14 +313,113 @@ def _pipeline(plan: Plan, graph: Graph, name: str, nodes: list[str], inputs: set
         for is_backward, k in STAGE_ORDERS[name](s, len(stages), m, training):
             actions[runner(s, k)] += backward(s, k) if is_backward else forward(s, k)
     if training:
-        for st in stages:
-            if len(st.devices) > 1:
-                group = tuple(st.devices)
-                for d in group:
-                    actions[d].append(AllReduce(d, group, f"stage {st.index} gradients"))
-        for d in actions:
-            actions[d].append(OptimizerStep(d))
+        _synchronise(plan, graph, stages, nodes, actions)
     return Schedule(name, plan.objective, m, actions)
+
+
+# -- synchronisation of replicated stages -------------------------------------------------------
+
+
+def _synchronise(
+    plan: Plan, graph: Graph, stages: list[Stage], nodes: list[str], actions: dict[str, list[Action]]
+) -> None:
+    """Append to ``actions`` (each device's list, its compute done) the synchronisation of the replicated
+    stages under ``plan.sync`` and the optimizer steps (module docstring); ``nodes``: the running nodes in
+    topological order."""
+    replicated = [st for st in stages if len(st.devices) > 1]
+    buckets = {st.index: _stage_buckets(graph, st, nodes, plan.sync.bucket_bytes) for st in replicated}
+    if isinstance(plan.sync, ParameterServerSync) and replicated:
+        served = _parameter_servers(plan, replicated, buckets, actions)
+    else:
+        served = set()
+        for st in replicated:
+            _all_reduce(plan, st, buckets[st.index], actions)
+    for d, acts in actions.items():
+        if d not in served:
+            acts.append(OptimizerStep(d))
+
+
+def _stage_buckets(graph: Graph, stage: Stage, nodes: list[str], bucket_bytes: float | None) -> list[Bucket]:
+    """The gradient buckets of ``stage``, its nodes in the order their backwards run (reverse topological)."""
+    members = set(stage.nodes)
+    return gradient_buckets(graph, [n for n in reversed(nodes) if n in members], bucket_bytes)
+
+
+def _all_reduce(plan: Plan, stage: Stage, buckets: list[Bucket], actions: dict[str, list[Action]]) -> None:
+    """Each replica of ``stage`` all-reduces its buckets in order, with ``plan.sync``'s algorithm."""
+    sync = plan.sync
+    assert isinstance(sync, AllReduceSync)
+    group = tuple(stage.devices)
+    parts: tuple[tuple[str, ...], ...] = ()
+    if sync.algorithm == "hierarchical":
+        if plan.cluster is None:
+            raise ScheduleError(
+                f"stage {stage.index}'s hierarchical all-reduce needs the plan's cluster to find the islands of "
+                f"{list(group)}: set plan.cluster, or use algorithm='ring'"
+            )
+        parts = tuple(islands(plan.cluster, group))
+    for d in group:
+        actions[d] += [
+            AllReduce(d, group, _bucket_name(stage, b), b.nodes, _index(b, buckets), sync.algorithm, parts)
+            for b in buckets
+        ]
+
+
+def _bucket_name(stage: Stage, bucket: Bucket) -> str:
+    return f"stage {stage.index} bucket {bucket.index}"
+
+
+def _index(bucket: Bucket, buckets: list[Bucket]) -> int | None:
+    """The ``bucket`` field of its actions: its index, None when it is its stage's only bucket."""
+    return bucket.index if len(buckets) > 1 else None
+
+
+def _parameter_servers(
+    plan: Plan, replicated: list[Stage], buckets: dict[int, list[Bucket]], actions: dict[str, list[Action]]
+) -> set[str]:
+    """The parameter-server synchronisation (module docstring) of the ``replicated`` stages, appended to
+    ``actions`` and to new lists for the servers that hold a bucket; returns the devices that take no
+    optimizer step of their own: the replicas whose weights come from a server, and the servers, whose
+    lists already hold theirs."""
+    sync = plan.sync
+    assert isinstance(sync, ParameterServerSync)
+    if sync.staleness > 0:
+        raise ScheduleError(
+            f"parameter servers with staleness {sync.staleness}: asynchronous parameter servers are not generated "
+            "yet; use staleness=0 (synchronous)"
+        )
+    if plan.cluster is None:
+        raise ScheduleError("parameter servers need the plan's cluster to shard the parameters: set plan.cluster")
+    busy = set(actions) | set(plan.assignment.values())
+    for server in sync.servers:
+        if server not in plan.cluster:
+            raise ScheduleError(
+                f"parameter server {server!r} is not a device of cluster {plan.cluster.name!r}; devices: "
+                f"{', '.join(plan.cluster.device_names)}"
+            )
+        if server in busy:
+            raise ScheduleError(
+                f"parameter server {server!r} runs nodes of the plan: a server only holds parameters; pick a device "
+                "that runs no node"
+            )
+    reduces: dict[str, list[Action]] = {}
+    broadcasts: dict[str, list[Action]] = {}
+    for st in reversed(replicated):  # the last stage's backwards end first
+        owner = assign_shards(buckets[st.index], sync.servers, plan.cluster, st.devices)
+        for b in buckets[st.index]:
+            server = owner[b.index]
+            group = (*st.devices, server)
+            name, index = _bucket_name(st, b), _index(b, buckets[st.index])
+            for d in group:
+                reduces.setdefault(d, []).append(Reduce(d, group, name, b.nodes, index, root=server))
+                broadcasts.setdefault(d, []).append(Broadcast(d, group, name, b.nodes, index, root=server))
+    for server in sync.servers:
+        if server in reduces:
+            actions[server] = [*reduces[server], OptimizerStep(server), *broadcasts[server]]
+    for st in replicated:
+        for d in st.devices:
+            actions[d] += [*reduces.get(d, []), *broadcasts.get(d, [])]
+    return set(reduces)
 
 
 def _stage_positions(stages: list[Stage], nodes: list[str], graph: Graph) -> dict[str, int]:

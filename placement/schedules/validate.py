@@ -4,7 +4,9 @@ cannot deadlock.
 :func:`validate` runs three checks in turn and raises :class:`ScheduleError` at the first that fails:
 
 1. **Structure.** Every action's ``device`` is the device whose list holds it; no device lists one action
-   twice; every collective's group holds its device and only devices of the schedule.
+   twice; every collective's group holds its device and only devices of the schedule; the ``root`` of a
+   :class:`Reduce` or :class:`Broadcast` (a parameter server) is in its group and computes nothing (no
+   forward or backward in its list).
 2. **Matching.** Every :class:`Send` has exactly one :class:`Recv` with the same key (source,
    destination, tensor, microbatch, direction) and vice versa (the structure check makes "exactly one"
    the same as "one": a second copy would be the same action twice on one device).
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 import networkx as nx
 
 from placement.errors import ScheduleError
-from placement.schedules.actions import Action, Collective, Recv, Send, Transfer
+from placement.schedules.actions import Action, Broadcast, Collective, Compute, Recv, Reduce, Send, Transfer
 from placement.schedules.schedule import Schedule
 
 SHOWN = 5  # problems listed in one error message
@@ -68,6 +70,23 @@ def _check_structure(schedule: Schedule) -> None:
                     f"{where}: its group {list(action.group)} must hold {device} and only devices of the "
                     f"schedule ({', '.join(schedule.actions)})"
                 )
+        if isinstance(action, (Reduce, Broadcast)):
+            _check_root(schedule, where, action)
+
+
+def _check_root(schedule: Schedule, where: str, action: Reduce | Broadcast) -> None:
+    """The root of a reduce or broadcast is a member of its group that computes nothing (a server)."""
+    if action.root not in action.group:
+        raise ScheduleError(
+            f"{where}: its root {action.root!r} is not in its group {list(action.group)}: the root (the parameter "
+            "server) must be a member of the group"
+        )
+    compute = next((a for a in schedule.actions[action.root] if isinstance(a, Compute)), None)
+    if compute is not None:
+        raise ScheduleError(
+            f"{where}: its root {action.root} is a parameter server but also computes ({compute.code()}): a server "
+            "only holds parameters; pick a device that runs no node as the server"
+        )
 
 
 def _check_matching(schedule: Schedule) -> None:

@@ -27,11 +27,12 @@ from placement.schedules import (
 )
 
 
-def graph(nodes: str, edges: list[str]) -> Graph:
-    """Nodes named by single letters (``x`` is the graph input); edges as two-letter strings."""
+def graph(nodes: str, edges: list[str], params: dict[str, float] | None = None) -> Graph:
+    """Nodes named by single letters (``x`` is the graph input); edges as two-letter strings; ``params``:
+    node -> its parameter bytes (default none)."""
     g = Graph("g")
     for n in nodes:
-        g.add_node(NodeData(n, "input" if n == "x" else "op"))
+        g.add_node(NodeData(n, "input" if n == "x" else "op", param_bytes=(params or {}).get(n, 0.0)))
     for u, v in edges:
         g.add_edge(u, v)
     return g
@@ -45,11 +46,11 @@ def plan(g: Graph, assignment: dict[str, str], *, stages: list[Stage] = (), micr
     )  # fmt: skip
 
 
-def pipeline(groups: list[list[str]], microbatches: int, mode: str = "training") -> Plan:
+def pipeline(groups: list[list[str]], microbatches: int, mode: str = "training", params: float = 0.0) -> Plan:
     """A chain ``x -> a -> b -> ...``, node ``i`` of the chain alone in stage ``i`` (``x`` with ``a``),
-    stage ``i`` on the devices ``groups[i]``."""
+    stage ``i`` on the devices ``groups[i]``; each node of the chain holds ``params`` parameter bytes."""
     names = "abcdefgh"[: len(groups)]
-    g = graph("x" + names, ["x" + names[0]] + [u + v for u, v in zip(names, names[1:])])
+    g = graph("x" + names, ["x" + names[0]] + [u + v for u, v in zip(names, names[1:])], dict.fromkeys(names, params))
     stages = [Stage(i, (["x"] if i == 0 else []) + [n], devs) for i, (n, devs) in enumerate(zip(names, groups))]
     assignment = {n: st.devices[0] for st in stages for n in st.nodes}
     return plan(g, assignment, stages=stages, microbatches=microbatches, mode=mode)
@@ -121,7 +122,7 @@ def test_one_f_one_b_bounds_the_microbatches_in_flight_and_gpipe_keeps_all(stage
 
 
 def test_a_replicated_stage_runs_microbatches_round_robin_then_all_reduces():
-    schedule = make_schedule(pipeline([["gpu0", "gpu1"], ["gpu2"]], 4), "1f1b")
+    schedule = make_schedule(pipeline([["gpu0", "gpu1"], ["gpu2"]], 4, params=8.0), "1f1b")
     # the stage's 1F1B order F0 F1 B0 F2 B1 F3 B2 B3, restricted to each replica's microbatches
     assert compute_codes(schedule) == {
         "gpu0": "F0 B0 F2 B2 AR",
@@ -129,7 +130,7 @@ def test_a_replicated_stage_runs_microbatches_round_robin_then_all_reduces():
         "gpu2": "F0 B0 F1 B1 F2 B2 F3 B3",
     }
     assert schedule.actions["gpu0"][-2:] == [
-        AllReduce("gpu0", ("gpu0", "gpu1"), "stage 0 gradients"),
+        AllReduce("gpu0", ("gpu0", "gpu1"), "stage 0 bucket 0", ("a",)),
         OptimizerStep("gpu0"),
     ]
     receives = [a for a in schedule.actions["gpu2"] if isinstance(a, Recv) and not a.gradient]
@@ -311,7 +312,7 @@ def test_a_cyclic_wait_is_refused_naming_the_devices_their_actions_and_the_cycle
 
 
 def test_a_collective_that_a_member_never_reaches_is_refused():
-    schedule = make_schedule(pipeline([["gpu0", "gpu1"], ["gpu2"]], 2), "gpipe")
+    schedule = make_schedule(pipeline([["gpu0", "gpu1"], ["gpu2"]], 2, params=8.0), "gpipe")
     schedule.actions["gpu1"] = [a for a in schedule.actions["gpu1"] if not isinstance(a, AllReduce)]
     with pytest.raises(ScheduleError, match=r"gpu0 at step \d+, AR: waits for gpu1 \(finished without reaching it\)"):
         validate(schedule)

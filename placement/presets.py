@@ -19,7 +19,25 @@ Interconnect figures used below (bandwidth is per direction; decimal GB/s):
   1.5 µs for a NIC's PCIe attachment and 1 µs for each fabric hop. They stand for the order of
   magnitude, not for a measurement.
 
-Devices come from :data:`placement.specs.DEVICE_SPECS` (datasheet compute, memory bandwidth, capacity).
+Devices come from :data:`placement.specs.DEVICE_SPECS` (datasheet compute, memory bandwidth, capacity),
+but for the Tesla M40 of the Big Sur wirings (:data:`TESLA_M40`).
+
+Big Sur. Facebook's Open Compute GPU server of 2015 (the talk's "PCIe topologies matter"): eight GPUs of
+up to 300 W (Tesla M40 at launch) behind PCIe 3.0 switches, a two-socket Intel Xeon (Haswell) head, and a
+PCIe topology that is changed by re-cabling (the announcement: "the flexibility to configure between
+multiple PCI-e topologies"). That much is from Facebook's announcement and its OCP contribution as we
+know them; nothing was downloaded, and the specification's switch counts and cable options are not
+reproduced here. The three 8-GPU PCIe presets are the wirings we take such a server to allow, with every
+hop PCIe 3.0 x16:
+
+* ``pcie-8gpu-switch-tree``: both 4-GPU switches under a root switch on one socket; peer traffic never
+  reaches a CPU;
+* ``pcie-8gpu-one-socket``: the two 4-GPU switches on two root ports of the same socket; traffic between
+  the halves is forwarded by that socket's root complex;
+* ``pcie-8gpu-two-sockets``: four GPUs per socket; traffic between the halves crosses the QPI.
+
+:data:`BIG_SUR_WIRINGS` maps the talk's wirings A, D and E (its slide does not describe them) onto these;
+that mapping is our reading, argued there.
 """
 
 from __future__ import annotations
@@ -36,7 +54,7 @@ from typing import Any
 
 from placement.cluster import Cluster, Device, Host, Link, Switch, provide_presets
 from placement.errors import ConfigurationError
-from placement.specs import CPU_OP_OVERHEAD_S, GB, DeviceSpec, GiB, spec
+from placement.specs import CPU_OP_OVERHEAD_S, GB, TFLOPS, DeviceSpec, GiB, spec
 
 NVLINK2 = 25 * GB
 NVLINK4_PER_GPU = 18 * 25 * GB
@@ -49,6 +67,29 @@ IB_NDR = 50 * GB
 CPU_MEMORY_LINK = 68 * GB  # a socket's DDR4 channels, for a CPU device reaching its own socket
 LINK_LATENCY_S = 1e-6
 NIC_LATENCY_S = 1.5e-6
+
+#: Big Sur's GPU: Tesla M40 (Maxwell GM200), 3072 CUDA cores at up to 1.114 GHz = 7 TFLOP/s fp32, fp16 at
+#: the fp32 rate (Maxwell has no faster half-precision path), 1/32 rate fp64, 288 GB/s GDDR5, 12 GB.
+TESLA_M40 = DeviceSpec(
+    kind="M40",
+    category="gpu",
+    peak_flops={"float64": 0.21 * TFLOPS, "float32": 7 * TFLOPS, "float16": 7 * TFLOPS},
+    memory_bandwidth=288 * GB,
+    memory_bytes=12 * GiB,
+    source="NVIDIA Tesla M40 datasheet (12 GB GDDR5; a 24 GB part came later)",
+)
+
+#: The talk's Big Sur wirings (GTC 2016 slide "PCIe topologies matter": A, D, E) as graphc presets. The
+#: slide gives only letters and speed-ups, so this is our reading: we order the wirings by the row of the
+#: network built to stress the links ("vggstress": D 7% faster than A, A 3% faster than E), where the
+#: links matter most and noise least, and give D the wiring whose peer traffic never leaves the PCIe
+#: switches, E the one whose traffic crosses the inter-socket link, A the one in between (the root
+#: complex of one socket).
+BIG_SUR_WIRINGS: dict[str, str] = {
+    "A": "pcie-8gpu-one-socket",
+    "D": "pcie-8gpu-switch-tree",
+    "E": "pcie-8gpu-two-sockets",
+}
 
 
 @dataclass
@@ -90,6 +131,11 @@ class _Builder:
         return Cluster(name, self.devices, self.links, self.switches, self.hosts, description)
 
 
+def _gpu_spec(kind: str) -> DeviceSpec:
+    """The figures of GPU ``kind``: :data:`TESLA_M40` for ``"M40"``, else :func:`placement.specs.spec`."""
+    return TESLA_M40 if kind == TESLA_M40.kind else spec(kind)
+
+
 # -- single hosts ---------------------------------------------------------------------------------
 def pcie_8gpu_switch_tree(kind: str = "V100-PCIe") -> Cluster:
     """8 GPUs under one PCIe switch tree of one socket (``pcie-8gpu-switch-tree``).
@@ -98,7 +144,7 @@ def pcie_8gpu_switch_tree(kind: str = "V100-PCIe") -> Cluster:
     effective per direction on every hop). Peer copies never leave the tree; GPUs under one leaf cross
     two hops, GPUs under different leaves four (both bottlenecked at 12 GB/s). Socket 1 holds no GPU and
     is joined by QPI (9 GB/s effective for device traffic). Default GPUs: V100 PCIe (14 TFLOP/s fp32,
-    112 TFLOP/s fp16 tensor, 900 GB/s, 32 GB; Tesla V100 datasheet).
+    112 TFLOP/s fp16 tensor, 900 GB/s, 32 GB; Tesla V100 datasheet); ``kind="M40"`` for Big Sur's.
     """
     b = _Builder()
     h = b.host("host0", "8 GPUs under one PCIe switch tree")
@@ -110,7 +156,7 @@ def pcie_8gpu_switch_tree(kind: str = "V100-PCIe") -> Cluster:
         leaf = b.switch(f"pcie{leaf_i + 1}", "pcie_switch", h)
         b.link(root, leaf, "pcie", PCIE3_X16)
         for j in range(4):
-            gpu = b.device(f"gpu{4 * leaf_i + j}", spec(kind), h)
+            gpu = b.device(f"gpu{4 * leaf_i + j}", _gpu_spec(kind), h)
             b.link(leaf, gpu, "pcie", PCIE3_X16)
     return b.build("pcie-8gpu-switch-tree", f"8 x {kind} under one PCIe 3.0 switch tree")
 
@@ -121,7 +167,7 @@ def pcie_8gpu_two_sockets(kind: str = "V100-PCIe") -> Cluster:
     Each socket has two PCIe switches with two GPUs each (PCIe 3.0 x16, 12 GB/s effective). GPUs 0-3
     hang off socket 0, GPUs 4-7 off socket 1; traffic between the halves crosses the QPI link, 9 GB/s
     effective for peer traffic (see the module notes), so gpu0 -> gpu4 is slower than gpu0 -> gpu1.
-    Default GPUs: V100 PCIe (Tesla V100 datasheet).
+    Default GPUs: V100 PCIe (Tesla V100 datasheet); ``kind="M40"`` for Big Sur's (:data:`TESLA_M40`).
     """
     b = _Builder()
     h = b.host("host0", "8 GPUs split across two sockets")
@@ -131,9 +177,33 @@ def pcie_8gpu_two_sockets(kind: str = "V100-PCIe") -> Cluster:
         sw = b.switch(f"pcie{sw_i}", "pcie_switch", h)
         b.link(sockets[sw_i // 2], sw, "pcie", PCIE3_X16)
         for j in range(2):
-            gpu = b.device(f"gpu{2 * sw_i + j}", spec(kind), h)
+            gpu = b.device(f"gpu{2 * sw_i + j}", _gpu_spec(kind), h)
             b.link(sw, gpu, "pcie", PCIE3_X16)
     return b.build("pcie-8gpu-two-sockets", f"8 x {kind}, four per CPU socket, PCIe 3.0 and QPI")
+
+
+def pcie_8gpu_one_socket(kind: str = "V100-PCIe") -> Cluster:
+    """8 GPUs on two PCIe switches of four, each switch on its own root port of socket 0 (``pcie-8gpu-one-socket``).
+
+    GPUs 0-3 hang off switch ``pcie0``, GPUs 4-7 off ``pcie1``; each switch has an x16 cable to a root
+    port of socket 0, so traffic between the halves goes switch -> socket 0's root complex -> switch
+    (PCIe 3.0 x16, 12 GB/s effective on every hop). Socket 1 holds no GPU and is joined by QPI (9 GB/s
+    effective). A Haswell socket forwards peer traffic between its root ports; that it does so at the
+    links' rate is an assumption (the rate is platform-dependent and we have no measurement), so in this
+    model the wiring differs from :func:`pcie_8gpu_switch_tree` only in where the halves meet, not in
+    bandwidth. Default GPUs: V100 PCIe; ``kind="M40"`` for Big Sur's (:data:`TESLA_M40`).
+    """
+    gpu = _gpu_spec(kind)
+    b = _Builder()
+    h = b.host("host0", "8 GPUs on two PCIe switches of one socket")
+    sockets = [b.switch(f"socket{i}", "cpu_socket", h) for i in range(2)]
+    b.link(sockets[0], sockets[1], "qpi", QPI_P2P)
+    for sw_i in range(2):
+        sw = b.switch(f"pcie{sw_i}", "pcie_switch", h)
+        b.link(sockets[0], sw, "pcie", PCIE3_X16)
+        for j in range(4):
+            b.link(sw, b.device(f"gpu{4 * sw_i + j}", gpu, h), "pcie", PCIE3_X16)
+    return b.build("pcie-8gpu-one-socket", f"8 x {kind} on two PCIe 3.0 switches of one CPU socket")
 
 
 def pcie_4gpu(kind: str = "K40") -> Cluster:
@@ -366,6 +436,7 @@ def _cpu_clock_and_width() -> tuple[float, int]:
 _PRESETS: dict[str, tuple[Callable[..., Cluster], dict[str, Any]]] = {
     "pcie-8gpu-switch-tree": (pcie_8gpu_switch_tree, {}),
     "pcie-8gpu-two-sockets": (pcie_8gpu_two_sockets, {}),
+    "pcie-8gpu-one-socket": (pcie_8gpu_one_socket, {}),
     "pcie-4gpu": (pcie_4gpu, {}),
     "dgx1-v100": (dgx1_v100, {}),
     "dgx-h100": (dgx_h100, {}),

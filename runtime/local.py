@@ -11,8 +11,10 @@ distributed executor and the simulator run: every device does its work of the sc
 schedule's order (forward and backward of each microbatch, the all-reduce of a replicated stage, the
 optimizer step), the devices taking turns in one process and exchanging tensors and gradients through
 a mailbox (:mod:`runtime.play`). A replicated stage (:mod:`runtime.partition`) runs microbatch ``k``
-on its replica ``k mod r``, each replica with its own copy of the parameters, and its all-reduce sums
-the replicas' gradients, so the copies stay equal.
+on its replica ``k mod r``, each replica with its own copy of the parameters, and its all-reduces
+(one per bucket) sum the replicas' gradients, so the copies stay equal. With parameter servers
+(:mod:`runtime.servers`) each server is one more device of the step, holding its copy of its buckets'
+parameters and its own optimizer; the replicas reduce their gradients onto it and copy its weights back.
 
 A differentiable call (:meth:`LocalExecutor.__call__`) and :meth:`LocalExecutor.forward` run no
 schedule: the device programs run interleaved in the partition's global order
@@ -48,6 +50,7 @@ from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram
 from runtime.play import DeviceInterpreter, Play
 from runtime.schedule import DeviceWork, device_work, resolve
+from runtime.servers import server_copies, worker_parameters
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -93,7 +96,8 @@ class LocalExecutor:
         optimizer: builds the optimizer from the parameters, e.g. ``lambda ps: torch.optim.SGD(ps, lr=0.1)``;
             None: :meth:`step` computes gradients and leaves them in ``.grad``. Each device gets its
             own optimizer of its own parameters (as each rank of the distributed executor does),
-            stepped at the schedule's optimizer step.
+            stepped at the schedule's optimizer step; a parameter server gets one over its copies, and
+            its workers' skip the parameters it holds. Made with the schedule's work (see ``schedule``).
         schedule: what :meth:`step` runs: a :class:`placement.schedules.Schedule` of the plan, or its
             name (``"node-order"``, ``"gpipe"``, ``"1f1b"``), checked here (:func:`runtime.schedule.device_work`);
             None: ``make_schedule``'s default for the plan, made and checked at the first step (a program
@@ -116,11 +120,9 @@ class LocalExecutor:
         for device, part in program.programs.items():
             part.module.to(self.devices[device])
         self._every_copy = [p for part in program.programs.values() for p in part.parameters.values()]
-        self.optimizers = {
-            d: optimizer(list(part.parameters.values()))
-            for d, part in program.programs.items()
-            if optimizer is not None and part.parameters
-        }
+        self._optimizer = optimizer
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.servers: dict[str, dict[str, nn.Parameter]] = {}  # parameter server -> its copies
         self._schedule = schedule
         self._assigned: DeviceWork | None = None
         if schedule is not None:
@@ -132,8 +134,21 @@ class LocalExecutor:
         return self._assign().schedule
 
     def _assign(self) -> DeviceWork:
+        """The schedule's work, checked, and the optimizers of the devices and servers, made once."""
         if self._assigned is None:
-            self._assigned = device_work(resolve(self.program, self._schedule), self.program)
+            assigned = device_work(resolve(self.program, self._schedule), self.program)
+            for server in self.program.servers:
+                self.servers[server] = server_copies(self.program, server, assigned.work[server])
+                self._every_copy += self.servers[server].values()
+            if self._optimizer is not None:
+                for d, part in self.program.programs.items():
+                    own = worker_parameters(part.parameters, assigned.work[d])
+                    if own:
+                        self.optimizers[d] = self._optimizer(own)
+                for server, copies in self.servers.items():
+                    if copies:
+                        self.optimizers[server] = self._optimizer(list(copies.values()))
+            self._assigned = assigned
         return self._assigned
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -192,7 +207,15 @@ class LocalExecutor:
         self._reset_cuda_peaks()
         start = time.perf_counter()
         play = Play(
-            self.program, self.devices, assigned.work, self._split(inputs), split_batch(targets, m), self.loss_fn, self.optimizers, tracker
+            self.program,
+            self.devices,
+            assigned.work,
+            self._split(inputs),
+            split_batch(targets, m),
+            self.loss_fn,
+            self.optimizers,
+            tracker,
+            self.servers,
         )
         with tracker if tracker is not None else contextlib.nullcontext():
             play.run()

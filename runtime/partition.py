@@ -64,6 +64,7 @@ from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import Graph
 from placement.plan import Plan
+from placement.sync import ParameterServerSync
 from runtime import comm
 from runtime.errors import MismatchError
 from runtime.values import InputSpec, ValueInfo, input_specs, propagate
@@ -176,9 +177,15 @@ class PartitionedProgram:
         microbatches: how many microbatches a step is split into.
         replicas: stage device -> every device of its data-parallel stage, the stage device first; only
             replicated stages are listed (see the module docstring).
-        plan: the plan it was partitioned from, carrying the cost graph (without its cluster and cost
-            model); the executors make its schedules. None when partitioned
+        plan: the plan it was partitioned from, carrying the cost graph (without its cost model, and
+            without its cluster unless its synchronisation needs it: a hierarchical all-reduce's islands,
+            the parameter servers' shards); the executors make its schedules. None when partitioned
             without a plan (:func:`split_by_device`).
+        aliases: another name of a parameter (a tied weight is reachable by several) -> the name it goes by
+            in :attr:`DeviceProgram.parameters` (a cost graph may name it by either).
+        servers: the plan's parameter servers (:class:`placement.sync.ParameterServerSync`): devices that
+            run no program but hold parameters of replicated stages; each is a rank of its own
+            (:attr:`ranks`).
     """
 
     name: str
@@ -195,9 +202,17 @@ class PartitionedProgram:
     microbatches: int = 1
     replicas: dict[str, list[str]] = field(default_factory=dict)
     plan: Plan | None = None
+    servers: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def transfer(self, tag: int) -> Transfer:
         return self.transfers[tag]
+
+    @property
+    def ranks(self) -> list[str]:
+        """The devices of a distributed run, rank ``r`` running ``ranks[r]``: :attr:`devices` and the
+        :attr:`servers`, in natural order of names (as ``graphc run`` numbers a plan's devices)."""
+        return sorted([*self.devices, *self.servers], key=device_sort_key)
 
     @property
     def stage_devices(self) -> list[str]:
@@ -221,8 +236,8 @@ class PartitionedProgram:
 
     def only(self, device: str) -> PartitionedProgram:
         """The same program holding only ``device``'s part (what one rank needs once its schedule is
-        validated): the other devices' parameters are not kept alive by it."""
-        return dataclasses.replace(self, programs={device: self.programs[device]})
+        validated): the other devices' parameters are not kept alive by it (a server keeps none)."""
+        return dataclasses.replace(self, programs={d: p for d, p in self.programs.items() if d == device})
 
     def bytes_moved(self) -> int:
         """Bytes of activations sent per microbatch (gradients of ``grad`` transfers come back on top)."""
@@ -312,8 +327,22 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
         name=graph.name,
         microbatches=plan.microbatches,
     )
-    parts.plan = dataclasses.replace(plan, graph=graph, cluster=None, cost_model=None)
+    needs_cluster = isinstance(plan.sync, ParameterServerSync) or plan.sync.algorithm == "hierarchical"
+    parts.plan = dataclasses.replace(plan, graph=graph, cluster=plan.cluster if needs_cluster else None, cost_model=None)
+    if isinstance(plan.sync, ParameterServerSync) and replicas:
+        parts.servers = _servers(plan.sync, set(plan.devices_used()))
     return replicate_stages(parts, replicas)
+
+
+def _servers(sync: ParameterServerSync, busy: set[str]) -> list[str]:
+    """The parameter servers of ``sync``, checked to run no node (``busy``: the devices that do)."""
+    computing = sorted(busy.intersection(sync.servers))
+    if computing:
+        raise MismatchError(
+            f"parameter server(s) {computing} also run nodes of the plan: a server only holds parameters; re-plan "
+            "with servers that run no node"
+        )
+    return list(sync.servers)
 
 
 def stage_replicas(plan: Plan) -> dict[str, list[str]]:
@@ -738,6 +767,11 @@ class _Splitter:
             node_order=node_order,
             cost_nodes=dict(self.cost_of),
             microbatches=self.microbatches,
+            aliases={
+                alias: param_names[id(p)]
+                for alias, p in self.gm.named_parameters(remove_duplicate=False)
+                if param_names[id(p)] != alias
+            },
         )
 
 

@@ -23,9 +23,13 @@ back-propagates the roots gathered so far (keeping the graph), sends the leaf gr
 complete, and pauses. A device of a pipeline (data flowing one way) makes one backward call per
 microbatch.
 
-All-reduce: once every replica of the stage is at it, every replica's parameter gradients become their
-sum over the replicas, in replica order (the distributed executor's ``all_reduce``). Optimizer step:
-the device's own optimizer updates the device's parameters.
+Collectives (:mod:`runtime.schedule`): a device at one pauses until every device of its group is at the
+same one, then it runs at once. All-reduce (ring or hierarchical, the same sum): every replica's
+gradient of each parameter of the bucket becomes their sum over the replicas, in replica order (the
+distributed executor's ``all_reduce``). Parameter servers (:mod:`runtime.servers`), which run here as
+devices with work but no program: a reduce sets the server's copy's gradients to the replicas' sum, the
+server's optimizer step updates its copy, a broadcast copies it into every replica. Optimizer step: the
+device's own optimizer updates the device's parameters (a worker's skips those a server holds).
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ from runtime.comm import active
 from runtime.errors import RuntimeFault
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, BACKWARD, FORWARD, OPTIMIZER, Work
+from runtime.schedule import ALLREDUCE, BACKWARD, COLLECTIVES, FORWARD, OPTIMIZER, REDUCE, Work
+from runtime.servers import zero_filled
 from runtime.step import LossFn, microbatch_loss, to_device, unflatten_outputs
 
 Key = tuple[int, int, bool]  # (transfer tag, microbatch, is gradient)
-FIRST = (-1,)  # the priority of a device just released from an all-reduce
+FIRST = (-1,)  # the priority of a device just released from a collective
 
 
 class DeviceInterpreter(fx.Interpreter):
@@ -73,11 +78,11 @@ class DeviceInterpreter(fx.Interpreter):
 @dataclass
 class _Pause:
     """Where a device's coroutine stopped: before a step of the given priority, waiting for a message
-    (``message``) or at the all-reduce of its stage (``allreduce``: the stage device)."""
+    (``message``) or at a collective (``collective``: its work)."""
 
     priority: tuple
     message: Key | None = None
-    allreduce: str | None = None
+    collective: Work | None = None
 
 
 @dataclass
@@ -128,8 +133,10 @@ class Play:
         feeds: per microbatch, input name -> tensor.
         targets: per microbatch, the targets (None without).
         loss_fn: the loss, computed on the output device.
-        optimizers: device -> the optimizer of its parameters (devices without one take no step).
+        optimizers: device -> the optimizer of its parameters (devices without one take no step); a
+            parameter server's is over its copies.
         tracker: the memory tracker to tell which device runs, when memory is measured.
+        servers: parameter server -> name -> its copy of the parameters it holds (:mod:`runtime.servers`).
 
     After :meth:`run`: :attr:`losses` and :attr:`outputs` by microbatch, :attr:`order` the work each
     device ran.
@@ -145,8 +152,10 @@ class Play:
         loss_fn: LossFn,
         optimizers: Mapping[str, torch.optim.Optimizer],
         tracker: MemoryTracker | None = None,
+        servers: Mapping[str, Mapping[str, torch.nn.Parameter]] | None = None,
     ) -> None:
         self.program, self.devices, self.work = program, devices, work
+        self.servers = servers or {}
         self.feeds, self.targets, self.loss_fn, self.optimizers = feeds, targets, loss_fn, optimizers
         self.tracker = tracker
         self.position = {step: i for i, step in enumerate(program.schedule)}
@@ -161,10 +170,10 @@ class Play:
         """Play every device's work to its end."""
         running: dict[str, Iterator[_Pause]] = {d: self._device(d) for d in self.work}
         paused: dict[str, _Pause] = {d: _Pause(FIRST) for d in running}
-        rank = {d: i for i, d in enumerate(self.program.devices)}
+        rank = {d: i for i, d in enumerate(self.program.ranks)}
         while running:
-            self._release_allreduces(paused)
-            ready = [d for d, p in paused.items() if p.allreduce is None and (p.message is None or p.message in self.mailbox)]
+            self._release_collectives(paused)
+            ready = [d for d, p in paused.items() if p.collective is None and (p.message is None or p.message in self.mailbox)]
             if not ready:
                 raise RuntimeFault(f"the local step cannot go on: {_stuck(paused)}; was the schedule checked?")
             device = min(ready, key=lambda d: (paused[d].priority, rank[d]))
@@ -179,12 +188,16 @@ class Play:
         if self.mailbox:
             raise RuntimeFault(f"the local step ended with {len(self.mailbox)} message(s) never received, e.g. {next(iter(self.mailbox))}")
 
-    def _release_allreduces(self, paused: dict[str, _Pause]) -> None:
-        """Run every all-reduce whose replicas are all at it, and let them go on."""
-        for stage, replicas in self.program.replicas.items():
-            if all(d in paused and paused[d].allreduce == stage for d in replicas):
-                self._sum_gradients(replicas)
-                for d in replicas:
+    def _release_collectives(self, paused: dict[str, _Pause]) -> None:
+        """Run every collective whose group is all at it, and let its devices go on."""
+        for device in list(paused):
+            work = paused[device].collective
+            if work is None or work.action is None:
+                continue
+            key, group = work.action.key, work.action.group
+            if all(d in paused and paused[d].collective is not None and paused[d].collective.action.key == key for d in group):
+                self._collective(work)
+                for d in group:
                     paused[d] = _Pause(FIRST)
 
     def take(self, key: Key, device: str) -> torch.Tensor:
@@ -201,8 +214,8 @@ class Play:
                 yield from self._forward(device, work.microbatch)
             elif work.kind == BACKWARD:
                 yield from self._backward(device, work.microbatch)
-            elif work.kind == ALLREDUCE:
-                yield _Pause(FIRST, allreduce=self.program.stage_device(device))
+            elif work.kind in COLLECTIVES:
+                yield _Pause(FIRST, collective=work)
             elif work.kind == OPTIMIZER and device in self.optimizers:
                 self.optimizers[device].step()
 
@@ -259,10 +272,29 @@ class Play:
             leaf.grad = None
         leaves.clear()
 
-    def _sum_gradients(self, replicas: list[str]) -> None:
-        """Every replica's gradient of each parameter becomes the replicas' sum (a parameter without a
-        gradient has none on every replica: they run the same program)."""
-        for name in self.program.programs[replicas[0]].parameters:
+    def _collective(self, work: Work) -> None:
+        """Run one collective of the schedule, its group all at it (module docstring)."""
+        action = work.action
+        assert action is not None
+        if work.kind == ALLREDUCE:
+            self._sum_gradients(list(action.group), work.params)
+            return
+        root = action.root  # type: ignore[attr-defined]  # a Reduce or a Broadcast
+        replicas = [d for d in action.group if d != root]
+        held = self.servers[root]
+        with torch.no_grad():
+            for name in work.params:
+                copies = [self.program.programs[r].parameters[name] for r in replicas]
+                if work.kind == REDUCE:
+                    held[name].grad = sum(g.to(held[name].device) for g in zero_filled(copies))
+                else:
+                    for p in copies:
+                        p.copy_(held[name])
+
+    def _sum_gradients(self, replicas: list[str], names: tuple[str, ...]) -> None:
+        """Every replica's gradient of each parameter ``names`` becomes the replicas' sum (a parameter
+        without a gradient has none on every replica: they run the same program)."""
+        for name in names:
             copies = [self.program.programs[r].parameters[name] for r in replicas]
             if copies[0].grad is None:
                 continue
@@ -284,7 +316,7 @@ def _backpropagate(roots: list[torch.Tensor], gradients: list[torch.Tensor], kee
 
 def _stuck(paused: Mapping[str, _Pause]) -> str:
     def why(p: _Pause) -> str:
-        return f"at the all-reduce of {p.allreduce}" if p.allreduce else f"waits for message {p.message}"
+        return f"at {p.collective}" if p.collective else f"waits for message {p.message}"
 
     return "; ".join(f"{d} {why(p)}" for d, p in paused.items())
 

@@ -11,9 +11,18 @@ executors run, in the schedule's order:
   forwards of the nodes of one device and one microbatch are one, and must list the device program's
   nodes together and in its order (its backwards in the reverse order, graph inputs left out): the
   executors run a device's program for one microbatch at a time;
-* ``AR``: the :class:`~placement.schedules.AllReduce` that sums a replicated stage's gradients over
-  its replicas, exactly the replicas of the partition;
+* ``AR``: an :class:`~placement.schedules.AllReduce` that sums a replicated stage's gradients (all of
+  them, or one bucket's: :mod:`runtime.buckets`) over its replicas, exactly the replicas of the partition;
+* ``RD`` / ``BC``: a :class:`~placement.schedules.Reduce` of one bucket's gradients onto a parameter
+  server (the ``root``, one of the program's :attr:`~runtime.partition.PartitionedProgram.servers`), and
+  the :class:`~placement.schedules.Broadcast` of its fresh weights, over the stage's replicas and the
+  server;
 * ``OPT``: the :class:`~placement.schedules.OptimizerStep`.
+
+A server runs no program: its work is its reduces, its optimizer step and its broadcasts, in that
+order. The gradient collectives (all-reduces and reduces) come after the device's last backward, and
+together carry each parameter of its stage once; each reduce has its broadcast; the optimizer step
+comes after the all-reduces (a replica whose weights all come from servers may have none).
 
 The schedule's :class:`~placement.schedules.Send` and :class:`~placement.schedules.Recv` are not run
 as such: the device programs carry the partition's real messages (one per fx value that crosses a
@@ -25,44 +34,62 @@ program (sends never block, a wait blocks until the matching send was posted; an
 until every replica of the stage reaches it) and plays them until every device is done. It refuses a
 schedule that deadlocks (naming each stuck device, its work and what it waits for), a send without a
 receive, and, for backends whose messages carry no tags (NCCL), a pair of devices whose messages
-would be received in another order than sent. Before that it refuses, saying what is wrong, a schedule
+would be received in another order than sent. A collective blocks until every device of its group is at
+it, so the check also refuses members that run a group's collectives in different orders. Before that it refuses, saying what is wrong, a schedule
 made for another plan: other devices, another number of microbatches, other nodes or another node
 order on a device, stages split otherwise, a microbatch missing, run twice or run by the wrong replica,
-an all-reduce over other devices or before the last backward.
+a collective over other devices or before the last backward, a bucket that names parameters the device
+does not hold, a parameter in no bucket or in two.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from placement.schedules import (
     AllReduce,
     Backward,
+    Broadcast,
+    BucketCollective,
     Compute,
     OptimizerStep,
+    Reduce,
     Schedule,
     Transfer,
     make_schedule,
 )
 from runtime import comm
+from runtime.buckets import bucket_parameters, check_cover
 from runtime.errors import ScheduleError
 from runtime.partition import PartitionedProgram, device_sort_key
 
 FORWARD = "F"
 BACKWARD = "B"
 ALLREDUCE = "AR"
+REDUCE = "RD"
+BROADCAST = "BC"
 OPTIMIZER = "OPT"
+COLLECTIVES = (ALLREDUCE, REDUCE, BROADCAST)
+GRADIENT_COLLECTIVES = (ALLREDUCE, REDUCE)  # the collectives that carry gradients (issued by the backward)
 SHOWN = 5  # nodes quoted in one error message
 
 
 @dataclass(frozen=True)
 class Work:
-    """One unit of a device's work: ``F``/``B`` of microbatch ``microbatch``, ``AR`` or ``OPT``."""
+    """One unit of a device's work: ``F``/``B`` of microbatch ``microbatch``, a collective (``AR``,
+    ``RD``, ``BC``: ``action``, carrying the parameters ``params``) or ``OPT``. Prints as ``F0``, ``B0``,
+    ``OPT`` or the collective's code (``AR``, ``AR1``, ``RD0``, ``BC0``)."""
 
     kind: str
     microbatch: int | None = None
+    action: BucketCollective | None = None
+    params: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        if self.action is not None:
+            return self.action.code()
         return self.kind if self.microbatch is None else f"{self.kind}{self.microbatch}"
 
 
@@ -72,7 +99,8 @@ class DeviceWork:
 
     Attributes:
         schedule: the placement schedule.
-        work: device -> its work in the schedule's order.
+        work: device -> its work in the schedule's order (every rank of the program: its devices and its
+            parameter servers, a server holding nothing with no work).
     """
 
     schedule: Schedule
@@ -103,10 +131,11 @@ def device_work(schedule: Schedule, program: PartitionedProgram, *, in_order: bo
     ``in_order``: also require that every pair of devices receives its messages in the order they are
     sent (for NCCL, whose point-to-point messages are matched by order, not by tag).
     """
-    if set(schedule.actions) != set(program.devices):
+    if not set(program.devices) <= set(schedule.actions) <= set(program.ranks):
+        servers = f" and parameter servers {program.servers}" if program.servers else ""
         raise ScheduleError(
             f"the {schedule.name} schedule runs on devices {sorted(schedule.actions, key=device_sort_key)}, the program "
-            f"on {program.devices}: it was made for another plan; make it from the plan that was partitioned"
+            f"on {program.devices}{servers}: it was made for another plan; make it from the plan that was partitioned"
         )
     if schedule.microbatches != program.microbatches:
         raise ScheduleError(
@@ -115,10 +144,11 @@ def device_work(schedule: Schedule, program: PartitionedProgram, *, in_order: bo
         )
     stages: dict[str, int] = {}
     work = {d: _one_device(schedule, program, d, stages) for d in program.devices}
+    work.update({s: _server_work(schedule, program, s) for s in program.servers})
     assigned = DeviceWork(schedule, work)
     for device in program.devices:
         _check_work(assigned, program, device)
-    events = {d: [e for w in work[d] for e in _expand(program, d, w)] for d in program.devices}
+    events = {d: [e for w in work[d] for e in _expand(program, d, w)] for d in program.ranks}
     _play(events, program)
     if in_order:
         _check_order(events, program)
@@ -152,9 +182,8 @@ def _one_device(schedule: Schedule, program: PartitionedProgram, device: str, st
                 blocks.append([action.node])
             continue
         blocks.append([])
-        if isinstance(action, AllReduce):
-            _check_group(program, device, action)
-            work.append(Work(ALLREDUCE))
+        if isinstance(action, BucketCollective):
+            work.append(_collective(program, device, action))
         elif isinstance(action, OptimizerStep):
             work.append(Work(OPTIMIZER))
         else:
@@ -183,14 +212,73 @@ def _check_stage(schedule: Schedule, program: PartitionedProgram, device: str, s
         )
 
 
-def _check_group(program: PartitionedProgram, device: str, action: AllReduce) -> None:
-    replicas = program.replicas.get(program.stage_device(device), [])
-    if sorted(action.group) != sorted(replicas):
-        expected = f"its stage's replicas {replicas}" if replicas else "nothing: its stage is not replicated"
+def _collective(program: PartitionedProgram, device: str, action: BucketCollective) -> Work:
+    """The work of a worker's collective, its group checked: an all-reduce over the stage's replicas, a
+    reduce or broadcast over them and a parameter server, its root."""
+    stage = program.stage_device(device)
+    replicas = program.replicas.get(stage, [])
+    if isinstance(action, AllReduce):
+        if sorted(action.group) != sorted(replicas):
+            expected = f"its stage's replicas {replicas}" if replicas else "nothing: its stage is not replicated"
+            raise ScheduleError(
+                f"{device} all-reduces over {list(action.group)}, but in the program it all-reduces {expected}: the "
+                "schedule was made for another plan; make it from the plan that was partitioned"
+            )
+        if action.algorithm == "hierarchical":
+            _check_islands(device, action)
+        return Work(ALLREDUCE, action=action, params=bucket_parameters(program, stage, action))
+    kind = REDUCE if isinstance(action, Reduce) else BROADCAST
+    expected_group = sorted([*(replicas or [stage]), action.root])
+    if action.root not in program.servers or sorted(action.group) != expected_group:
         raise ScheduleError(
-            f"{device} all-reduces over {list(action.group)}, but in the program it all-reduces {expected}: the "
+            f"{device} runs {action.code()} ({action.name}) over {list(action.group)} with root {action.root!r}, but in "
+            f"the program its stage's replicas are {replicas or [stage]} and the parameter servers {program.servers}: the "
             "schedule was made for another plan; make it from the plan that was partitioned"
         )
+    return Work(kind, action=action, params=bucket_parameters(program, stage, action))
+
+
+def _check_islands(device: str, action: AllReduce) -> None:
+    """A hierarchical all-reduce's islands split its group: each member in exactly one island."""
+    members = [d for island in action.islands for d in island]
+    if not action.islands or any(not island for island in action.islands) or sorted(members) != sorted(action.group):
+        raise ScheduleError(
+            f"{device}: the hierarchical {action.code()} ({action.name}) has islands {[list(i) for i in action.islands]}, "
+            f"which do not split its group {list(action.group)} (each member in one island, leader first): make the "
+            "schedule with placement.sync.islands"
+        )
+
+
+def _server_work(schedule: Schedule, program: PartitionedProgram, server: str) -> list[Work]:
+    """A parameter server's work, checked: reduces onto it, one optimizer step, broadcasts from it, in
+    that order, a broadcast for each reduce (none at all when it holds no bucket)."""
+    work: list[Work] = []
+    for action in schedule.actions.get(server, []):
+        if isinstance(action, OptimizerStep):
+            work.append(Work(OPTIMIZER))
+            continue
+        if not isinstance(action, Reduce | Broadcast) or action.root != server:
+            raise ScheduleError(
+                f"parameter server {server} runs {action.code()} ({type(action).__name__}); a server runs only the "
+                "reduces onto it, its optimizer step and the broadcasts from it"
+            )
+        stage = program.stage_device(next(d for d in action.group if d != server))
+        kind = REDUCE if isinstance(action, Reduce) else BROADCAST
+        work.append(Work(kind, action=action, params=bucket_parameters(program, stage, action)))
+    kinds = [w.kind for w in work]
+    listed = " ".join(map(str, work))
+    in_order = kinds == sorted(kinds, key=[REDUCE, OPTIMIZER, BROADCAST].index)
+    if work and (kinds.count(OPTIMIZER) != 1 or not in_order or _buckets(work, REDUCE) != _buckets(work, BROADCAST)):
+        raise ScheduleError(
+            f"parameter server {server} must run its reduces, one {OPTIMIZER}, then a broadcast of each bucket it "
+            f"reduced; it runs {listed}"
+        )
+    return work
+
+
+def _buckets(work: list[Work], kind: str) -> list[tuple[tuple[str, ...], str]]:
+    """The (group, name) of each collective of ``kind`` in ``work``, in order."""
+    return [(w.action.group, w.action.name) for w in work if w.kind == kind and w.action is not None]
 
 
 def _check_nodes(program: PartitionedProgram, device: str, stage_device: str, unit: Work, nodes: list[str]) -> None:
@@ -247,16 +335,33 @@ def _check_work(assigned: DeviceWork, program: PartitionedProgram, device: str) 
         if extra:
             raise ScheduleError(f"{device} has {extra} in a forward-only schedule ({listed})")
         return
-    if [w.kind for w in work].count(OPTIMIZER) != 1 or work[-1].kind != OPTIMIZER:
-        raise ScheduleError(f"{device} must end with one {OPTIMIZER} (the optimizer step); it runs {listed}")
-    replicated = program.stage_device(device) in program.replicas
-    reduces = [i for i, w in enumerate(work) if w.kind == ALLREDUCE]
-    last_backward = max(i for i, w in enumerate(work) if w.kind == BACKWARD)
-    if replicated and (len(reduces) != 1 or reduces[0] < last_backward):
+    kinds = [w.kind for w in work]
+    last_backward = max(i for i, kind in enumerate(kinds) if kind == BACKWARD)
+    gradients = [i for i, kind in enumerate(kinds) if kind in GRADIENT_COLLECTIVES]
+    served = REDUCE in kinds  # a parameter server's worker: its weights come back in broadcasts
+    if kinds.count(OPTIMIZER) > 1 or (OPTIMIZER not in kinds and not served):
+        raise ScheduleError(f"{device} must run one {OPTIMIZER} (the optimizer step), at the end; it runs {listed}")
+    if OPTIMIZER in kinds and any(k != BROADCAST for k in kinds[kinds.index(OPTIMIZER) + 1 :]):
+        raise ScheduleError(f"{device} must end with its {OPTIMIZER} (the optimizer step), or its broadcasts; it runs {listed}")
+    stage = program.stage_device(device)
+    replicated = stage in program.replicas and bool(program.programs[stage].parameters)  # with something to sum
+    late = OPTIMIZER in kinds and any(i > kinds.index(OPTIMIZER) for i in gradients)
+    collectives = [i for i, kind in enumerate(kinds) if kind in COLLECTIVES]
+    if (replicated and not gradients) or any(i < last_backward for i in collectives) or late:
         raise ScheduleError(
-            f"{device} replicates the stage of {program.stage_device(device)}: it must run one {ALLREDUCE} (the "
-            f"all-reduce of the stage's gradients), after its last backward; it runs {listed}"
+            f"{device} replicates the stage of {stage}: it must run one {ALLREDUCE} (the "
+            f"all-reduce of the stage's gradients, or one per bucket) or a parameter server's {REDUCE} per bucket, "
+            f"all before its {OPTIMIZER}, after its last backward; it runs {listed}"
+            if replicated
+            else f"{device} runs collectives before its last backward or after its {OPTIMIZER}; it runs {listed}"
         )
+    reduced, broadcast = _buckets(work, REDUCE), _buckets(work, BROADCAST)
+    if reduced != broadcast or (reduced and kinds.index(BROADCAST) < max(i for i, k in enumerate(kinds) if k == REDUCE)):
+        raise ScheduleError(
+            f"{device} must receive the weights of each bucket it reduces onto a parameter server, after its reduces "
+            f"(a {BROADCAST} of each {REDUCE}, in the same order); it runs {listed}"
+        )
+    check_cover(program, device, [(w.action, w.params) for w in work if w.kind in GRADIENT_COLLECTIVES and w.action])
 
 
 # -- playing the program's messages --------------------------------------------------------------
@@ -265,10 +370,11 @@ def _check_work(assigned: DeviceWork, program: PartitionedProgram, device: str) 
 @dataclass(frozen=True)
 class _Event:
     """One communication step of a device: ``send`` and ``post`` never block, ``wait`` does, and
-    ``allreduce`` waits for every replica of the stage (``peer``: the stage device; no key)."""
+    ``collective`` waits for every device of its group (``key``: the collective's key; ``peer``: the
+    device's stage device)."""
 
     kind: str
-    key: tuple[int, int, bool] | None  # (transfer tag, microbatch, is gradient)
+    key: Any  # (transfer tag, microbatch, is gradient); a collective's (kind, group, name)
     work: Work
     peer: str
 
@@ -280,8 +386,8 @@ def _expand(program: PartitionedProgram, device: str, work: Work) -> list[_Event
     the gradients of the values the device sent are posted first, then the gradient steps run in the
     reverse of the forward order: a received value's gradient is sent back, a sent value's is waited for.
     """
-    if work.kind == ALLREDUCE:
-        return [_Event("allreduce", None, work, program.stage_device(device))]
+    if work.action is not None:
+        return [_Event("collective", work.action.key, work, program.stage_device(device))]
     if work.kind == OPTIMIZER:
         return []
     k = work.microbatch
@@ -317,17 +423,17 @@ def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
     received: set[tuple[int, int, bool]] = set()
     progress = True
 
-    def at_allreduce(device: str) -> bool:
-        return position[device] < len(events[device]) and events[device][position[device]].kind == "allreduce"
+    def at(device: str, event: _Event) -> bool:
+        return position[device] < len(events[device]) and events[device][position[device]].key == event.key
 
     while progress:
         progress = False
         for device, seq in events.items():
             while position[device] < len(seq):
                 event = seq[position[device]]
-                if event.kind == "allreduce":
-                    group = program.replicas[event.peer]
-                    if not all(at_allreduce(d) for d in group):
+                if event.kind == "collective":
+                    group = event.work.action.group
+                    if not all(at(d, event) for d in group):
                         break
                     for d in group:
                         position[d] += 1
@@ -354,8 +460,13 @@ def _play(events: dict[str, list[_Event]], program: PartitionedProgram) -> None:
 
 
 def _describe(program: PartitionedProgram, event: _Event) -> str:
-    if event.key is None:
-        return f"the all-reduce with the other replicas of {event.peer} ({', '.join(program.replicas[event.peer])})"
+    action = event.work.action
+    if action is not None:
+        bucket = "" if action.bucket is None else f" of {action.name}"
+        if isinstance(action, AllReduce):
+            return f"the all-reduce{bucket} with the other replicas of {event.peer} ({', '.join(action.group)})"
+        what = "reduce onto" if isinstance(action, Reduce) else "broadcast from"
+        return f"the {what} server {action.root}{bucket} with {', '.join(action.group)}"
     tag, k, grad = event.key
     t = program.transfer(tag)
     what = f"the gradient of {t.value!r}" if grad else repr(t.value)

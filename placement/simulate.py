@@ -141,6 +141,7 @@ import heapq
 import itertools
 import math
 from array import array
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING
@@ -148,12 +149,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from graphc.ir.graph import Graph
+from placement import collectives
 from placement.cluster import Cluster, ClusterLike
+from placement.collectives import Flow, Phase
 from placement.cost_model import CostModel
 from placement.errors import ArgumentTypeError, ConfigurationError, PlacementError
-from placement.lowering import LOSS_SCALAR_BYTES, MODES, Lowered, gc_paused, lower, send_bytes
-from placement.schedules import Backward, Compute, Recv, Schedule
-from placement.timeline import AllReduce, RawTimeline, SimResult
+from placement.lowering import (
+    LOSS_SCALAR_BYTES,
+    MODES,
+    Lowered,
+    gc_paused,
+    lower,
+    send_bytes,
+)
+from placement.schedules import AllReduce, Backward, Compute, Recv, Schedule
+from placement.sharding import assign_shards
+from placement.sync import (
+    AllReduceSync,
+    Bucket,
+    ParameterServerSync,
+    Sync,
+    gradient_buckets,
+    islands,
+)
+from placement.timeline import UPDATE, Collective, RawTimeline, SimResult
 
 if TYPE_CHECKING:  # placement.plan imports this module (Plan.simulate)
     from placement.plan import Plan
@@ -176,6 +195,7 @@ def simulate(
     replicas: Mapping[str, Sequence[str]] | None = None,
     schedule: Schedule | None = None,
     lowered: Lowered | None = None,
+    sync: Sync | None = None,
 ) -> SimResult:
     """Simulate one step of ``graph`` placed on ``cluster`` by ``assignment`` (node name -> device name),
     or of a :class:`~placement.plan.Plan`: ``simulate(plan)``.
@@ -210,7 +230,8 @@ def simulate(
             raise ArgumentTypeError("simulate(plan): a plan brings its own assignment; pass none")
         return graph.simulate(cluster, cost_model, mode=mode, microbatches=microbatches, order=order, replicas=replicas,
                               priority=priority, optimizer_state_factor=optimizer_state_factor,
-                              check_allowed_kinds=check_allowed_kinds, schedule=schedule, lowered=lowered)  # fmt: skip
+                              check_allowed_kinds=check_allowed_kinds, schedule=schedule, lowered=lowered,
+                              sync=sync)  # fmt: skip
     if cluster is None or assignment is None:
         raise ArgumentTypeError("simulate(graph, cluster, assignment): a graph needs a cluster and an assignment")
     if schedule is not None:
@@ -227,12 +248,18 @@ def simulate(
         raise ConfigurationError(f"simulate: priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
         raise ConfigurationError(f"simulate: microbatches must be an integer >= 1, got {microbatches!r}")
+    if sync is None:
+        sync = AllReduceSync()
+    elif not isinstance(sync, (AllReduceSync, ParameterServerSync)):
+        raise ArgumentTypeError(
+            f"simulate: sync must be a placement.sync.AllReduceSync or ParameterServerSync, got {type(sync).__name__}"
+        )
     cluster = Cluster.resolve(cluster)
     # The loop allocates many short-lived tuples and no cycles; the collector would rescan the graph's
     # objects again and again for nothing.
     with gc_paused():
         lw = _lowering(lowered, graph, cluster, cost_model, mode, optimizer_state_factor)
-        sim = _Simulation(lw, assignment, microbatches, check_allowed_kinds, replicas or {})
+        sim = _Simulation(lw, assignment, microbatches, check_allowed_kinds, replicas or {}, sync)
         sim.prepare(order, priority, schedule)
         return sim.run()
 
@@ -264,10 +291,10 @@ def _lowering(
 class _Simulation:
     """Integer-indexed arrays read from the lowering, the event loop over them, and the result."""
 
-    def __init__(self, lw: Lowered, assignment, m: int, check_kinds: bool, replicas):
+    def __init__(self, lw: Lowered, assignment, m: int, check_kinds: bool, replicas, sync: Sync):
         self.lw, self.graph, self.cluster, self.cm = lw, lw.graph, lw.cluster, lw.cost_model
         self.m, self.mode, self.training = m, lw.mode, lw.training
-        self.assignment, self.check_kinds, self.replicas = assignment, check_kinds, replicas
+        self.assignment, self.check_kinds, self.replicas, self.sync = assignment, check_kinds, replicas, sync
         self.devices = lw.devices
 
     def prepare(self, order, priority: str, schedule: Schedule | None) -> None:
@@ -278,8 +305,10 @@ class _Simulation:
         self._assign()
         self._replicate()
         self._costs()
+        self._sync_steps(schedule)
         self._groups()
         self._copy_engines()
+        self._sync_resources()
         self._memory_terms()
         self._priorities(priority)
         self.recv_posts = []
@@ -393,13 +422,158 @@ class _Simulation:
             for d in stage[1:]:
                 static[d] = static[stage[0]]
         self.static, self.act, self.out = static, act, out
-        # Gradients a replicated stage all-reduces: its parameters (training only).
-        self.stage_param_bytes = [0.0] * len(self.stages)
-        if self.training and self.stages:
-            for i, pb in enumerate(lw.param_bytes.tolist()):
-                s = self.stage_of[dev[i]]
-                if s >= 0:
-                    self.stage_param_bytes[s] += pb
+
+    def _sync_steps(self, schedule: Schedule | None) -> None:
+        """The buckets of every replicated stage (training) and the steps that synchronise each (module
+        docstring, "Synchronisation"); also the server and bucket-buffer memory ("Memory").
+
+        Bucket ``j`` (numbered over all stages, a stage's in bucket order) runs the steps
+        ``step_lo[j] .. step_hi[j] - 1`` one after another: a step is a phase of flows between devices
+        (``step_flows``) or a server's optimizer update (``step_server``), ``step_ms`` long. It waits for
+        the end of step ``bucket_gate[j]`` (the stage's stream; -1 for none). It is requested when the
+        last backward of its nodes ends (``bucket_of[v]``, ``bucket_left[j]`` backwards to go), or, for
+        ``stage_bucket[s] = j``, when the stage's last task ends."""
+        n, stages, names = self.n, self.stages, [d.name for d in self.devices]
+        self.bucket_stage: list[int] = []
+        self.bucket_bytes: list[float] = []
+        self.bucket_gate: list[int] = []
+        self.bucket_left: list[int] = []
+        self.bucket_of = [-1] * n
+        self.stage_bucket = [-1] * len(stages)
+        self.step_lo: list[int] = []
+        self.step_hi: list[int] = []
+        self.step_ms: list[float] = []
+        self.step_flows: list[tuple[Flow, ...]] = []
+        self.step_server: list[int] = []
+        self.records: list[tuple[str, str, int, int, int, str]] = []  # kind, algorithm, bucket, lo, hi, root
+        self.flow_pairs: list[tuple[int, int]] = []
+        if not (self.training and stages):
+            return
+        sync = self.sync
+        ps = isinstance(sync, ParameterServerSync)
+        if ps:
+            self._check_servers(sync)
+        index = self.cluster.device_index
+        factor = self.lw.optimizer_state_factor
+        backward_order: list[list[str]] = [[] for _ in stages]
+        for v in range(n - 1, -1, -1):
+            s = self.stage_of[self.dev[v]]
+            if s >= 0:
+                backward_order[s].append(self.names[v])
+        given = _scheduled_allreduces(schedule) if schedule is not None and not ps else {}
+        for s, stage in enumerate(stages):
+            members = [names[d] for d in stage]
+            algorithm = sync.algorithm if isinstance(sync, AllReduceSync) else ""
+            groups: list[tuple[str, ...]] = []
+            bucket_bytes = sync.bucket_bytes if self.has_bwd else None
+            buckets = []
+            if members[0] in given:  # the schedule's buckets, algorithm and islands
+                actions = given[members[0]]
+                algorithm, groups = actions[0].algorithm, list(actions[0].islands)
+                if all(a.nodes for a in actions):
+                    sizes = (sum(self.graph.node(v).param_bytes for v in a.nodes) for a in actions)
+                    buckets = [Bucket(b, a.nodes, size) for b, (a, size) in enumerate(zip(actions, sizes))]
+                else:  # one all-reduce of every gradient of the stage
+                    bucket_bytes = None
+            if not buckets:
+                buckets = gradient_buckets(self.graph, backward_order[s], bucket_bytes)
+            if algorithm == "hierarchical" and not groups:
+                groups = islands(self.cluster, members)
+            owner = assign_shards(buckets, sync.servers, self.cluster, members) if ps and buckets else {}
+            whole = bucket_bytes is None
+            previous = -1
+            for bucket in buckets:
+                j = len(self.bucket_stage)
+                self.bucket_stage.append(s)
+                self.bucket_bytes.append(bucket.nbytes)
+                self.bucket_gate.append(previous)
+                self.bucket_left.append(self.m * len(bucket.nodes))
+                if whole:
+                    self.stage_bucket[s] = j
+                else:
+                    for name in bucket.nodes:
+                        v = self.index.get(name, -1)
+                        if v < 0 or self.stage_of[self.dev[v]] != s:
+                            raise PlacementError(
+                                f"the schedule's all-reduce of bucket {bucket.index} on {members[0]} names node "
+                                f"{name!r}, which that stage does not run"
+                            )
+                        self.bucket_of[v] = j
+                self.step_lo.append(len(self.step_ms))
+                if ps:
+                    server = owner[bucket.index]
+                    self._add_steps("reduce", "", j, collectives.reduce(self.cluster, members, server, bucket.nbytes), server)
+                    previous = len(self.step_ms) - 1  # the next bucket's reduce follows this one's
+                    self.step_ms.append(1e3 * (3 + factor) * bucket.nbytes / self.cluster.device(server).memory_bandwidth)
+                    self.step_flows.append(())
+                    self.step_server.append(index(server))
+                    self.records.append(("update", "", j, len(self.step_ms) - 1, len(self.step_ms), server))
+                    self._add_steps("broadcast", "", j, collectives.broadcast(self.cluster, server, members, bucket.nbytes), server)
+                    self.static[index(server)] += (2 + factor) * bucket.nbytes
+                else:
+                    phases = (
+                        collectives.hierarchical_allreduce(self.cluster, groups, bucket.nbytes)
+                        if algorithm == "hierarchical"
+                        else collectives.ring_allreduce(self.cluster, members, bucket.nbytes)
+                    )
+                    self._add_steps("allreduce", algorithm, j, phases, "")
+                    previous = len(self.step_ms) - 1
+                self.step_hi.append(len(self.step_ms))
+            if ps and buckets:  # the servers hold the optimizer state of the stage's parameters
+                state = factor * sum(b.nbytes for b in buckets)
+                for d in stage:
+                    self.static[d] -= state
+
+    def _add_steps(self, kind: str, algorithm: str, j: int, phases: list[Phase], root: str) -> None:
+        """Append the phases of one collective of bucket ``j`` as steps, and its timeline record."""
+        lo = len(self.step_ms)
+        index = self.cluster.device_index
+        for phase in phases:
+            self.step_ms.append(phase.duration_ms)
+            self.step_flows.append(phase.flows)
+            self.step_server.append(-1)
+            self.flow_pairs += [(index(f.src), index(f.dst)) for f in phase.flows]
+        if phases:
+            self.records.append((kind, algorithm, j, lo, len(self.step_ms), root))
+
+    def _check_servers(self, sync: ParameterServerSync) -> None:
+        """Parameter servers must be devices of the cluster that run no node (synchronous only)."""
+        if sync.staleness:
+            raise ConfigurationError(
+                f"simulate: parameter servers with staleness={sync.staleness}: the simulator prices synchronous "
+                "training only; pass staleness=0"
+            )
+        used = set(self.dev) | {d for stage in self.stages for d in stage}
+        for server in sync.servers:
+            if server not in self.cluster:
+                raise PlacementError(f"parameter server {server!r}: cluster {self.cluster.name!r} has no such device")
+            if self.cluster.device_index(server) in used:
+                raise PlacementError(
+                    f"parameter server {server!r} runs nodes of the placement (or is a replica): a server must be a "
+                    "device that runs no node"
+                )
+
+    def _sync_resources(self) -> None:
+        """The resources each synchronisation step books: the link resources of its flows' routes (with
+        the copy-engine-less devices at their ends), or the server's own for an update (a CPU server's
+        copy-engine resource: its updates and its transfers do not overlap)."""
+        res: list[tuple[int, ...]] = []
+        routes = iter(self.flow_routes)
+        route_res = self.route_resources
+        top = max((x for r in route_res for x in r), default=-1)
+        if self.cpu_res is not None:
+            top = max(top, *self.cpu_res)
+        own: dict[int, int] = {}
+        for flows, server in zip(self.step_flows, self.step_server):
+            if server >= 0:
+                if self.cpu_res is not None and self.cpu_res[server] >= 0:
+                    res.append((self.cpu_res[server],))
+                else:
+                    res.append((own.setdefault(server, top + 1 + len(own)),))
+            else:
+                res.append(tuple(dict.fromkeys(x for _ in flows for x in route_res[next(routes)])))
+        self.step_res = res
+        self.step_routes = list(self.flow_routes)
 
     def _groups(self) -> None:
         """Local successor/predecessor lists, transfer groups (producer, receiving device), their routes.
@@ -447,7 +621,7 @@ class _Simulation:
         for g, edges in g_more.items():
             g_bytes[g] = send_bytes(edges)
         # Routes of the device pairs in use, per phase (replicas): forward sends go src -> dst, gradients
-        # dst -> src; then the rings of the replicated stages' all-reduces.
+        # dst -> src; then the flows of the replicated stages' collectives.
         g_src_np = np.asarray(g_src, dtype=np.int64)
         dst_np = np.asarray(g_dst, dtype=np.int64)
         codes = []
@@ -456,8 +630,7 @@ class _Simulation:
             src_dev = pm_np[dev_np[g_src_np]] if G else np.zeros(0, np.int64)
             dst_dev = pm_np[dst_np]
             codes += [src_dev * ndev + dst_dev, dst_dev * ndev + src_dev]
-        rings = [list(zip(stage, stage[1:] + stage[:1])) for stage in self.stages]
-        codes.append(np.asarray([a * ndev + b for ring in rings for a, b in ring], dtype=np.int64))
+        codes.append(np.asarray([a * ndev + b for a, b in self.flow_pairs], dtype=np.int64))
         pairs, route_of = np.unique(np.concatenate(codes), return_inverse=True)
         route_of = route_of.reshape(-1)
         routes = [cluster.route(devices[p // ndev].name, devices[p % ndev].name) for p in pairs.tolist()]
@@ -504,31 +677,12 @@ class _Simulation:
         self.f_route, self.b_route = f_route, b_route
         self.routes = routes
         self.route_resources = _merge_resources([r.resources for r in routes])
-        self._allreduces(rings, route_of[2 * len(self.phase_map) * G :].tolist())
-
-    def _allreduces(self, rings: list[list[tuple[int, int]]], ring_routes: list[int]) -> None:
-        """Duration, link resources and routes of each replicated stage's gradient all-reduce.
-
-        A ring all-reduce of ``P`` bytes over ``r`` replicas (reduce-scatter then all-gather) sends
-        ``2 (r - 1)`` chunks of ``P / r`` bytes along every edge of the ring, one chunk per round: it
-        takes ``2 (r - 1) x`` the latency plus ``2 (r - 1) / r x P`` bytes over the slowest edge of the
-        ring, and holds the links of every edge for that time."""
-        self.ar_dur, self.ar_res, self.ar_routes = [], [], []
-        it = iter(ring_routes)
-        for s, ring in enumerate(rings):
-            r = len(ring)
-            routes = [next(it) for _ in ring]
-            slow = min(routes, key=lambda x: self.routes[x].bandwidth)
-            lat = max(self.routes[x].latency_s for x in routes)
-            nbytes = 2 * (r - 1) / r * self.stage_param_bytes[s]
-            self.ar_dur.append(1e3 * (2 * (r - 1) * lat + nbytes / self.routes[slow].bandwidth) if nbytes else 0.0)
-            self.ar_res.append(tuple(dict.fromkeys(x for q in routes for x in self.route_resources[q])))
-            self.ar_routes.append(routes)
+        self.flow_routes = route_of[2 * len(self.phase_map) * G :].tolist()
 
     def _copy_engines(self) -> None:
         """Devices without a copy engine (category ``cpu``) take part in their transfers: each gets a
-        resource of its own, added to every route that starts or ends there and to its stage's ring, and
-        held by its tasks too, so its transfers and tasks never overlap. ``cpu_res[d]`` is that resource
+        resource of its own, added to every route that starts or ends there (so to the collectives whose
+        flows take those routes), and held by its tasks too, so its transfers and tasks never overlap. ``cpu_res[d]`` is that resource
         (-1 for a device with a copy engine); None when no device lacks one."""
         cpu = [d.category == "cpu" for d in self.devices]
         self.cpu_res: list[int] | None = None
@@ -541,8 +695,6 @@ class _Simulation:
         for q, route in enumerate(self.routes):
             ends = (cpu_res[index(route.src)], cpu_res[index(route.dst)])
             self.route_resources[q] += tuple(r for r in dict.fromkeys(ends) if r >= 0)
-        for s, stage in enumerate(self.stages):
-            self.ar_res[s] += tuple(cpu_res[d] for d in stage if cpu_res[d] >= 0)
         self.cpu_res = cpu_res
 
     def _memory_terms(self) -> None:
@@ -810,9 +962,16 @@ class _Simulation:
         for d, left in enumerate(fwd_left):
             if stage_of[d] >= 0:
                 stage_left[stage_of[d]] += left * (2 if has_bwd else 1)
-        ar_start = [-1.0] * len(self.stages)
-        ar_end = [-1.0] * len(self.stages)
-        ar_dur, ar_res, reduce = self.ar_dur, self.ar_res, self.training
+        # Synchronisation: backwards each bucket still waits for, the next bucket of each stage to book.
+        bucket_left, bucket_of, stage_bucket = list(self.bucket_left), self.bucket_of, self.stage_bucket
+        bucket_stage, bucket_gate, step_lo, step_hi = self.bucket_stage, self.bucket_gate, self.step_lo, self.step_hi
+        step_ms, step_res = self.step_ms, self.step_res
+        J = len(bucket_stage)
+        requested = [False] * J
+        bucket_req = [-1.0] * J
+        next_bucket = [bucket_stage.index(s) if s in bucket_stage else J for s in range(len(self.stages))]
+        step_start = [-1.0] * len(step_ms)
+        step_end = [-1.0] * len(step_ms)
         cursor = [0] * ndev
         busy = [False] * ndev
         busy_until = [0.0] * ndev  # end of the task a busy device runs
@@ -822,7 +981,8 @@ class _Simulation:
         t_start = array("d", [-1.0]) * (2 * MG if has_bwd else MG)
         t_end = array("d", [-1.0]) * len(t_start)
         # Every link resource, and every copy-engine-less device's own (a device without transfers too).
-        free_at = [0.0] * (1 + max(max((max(r, default=0) for r in route_res), default=0), max(cpu_res or [0])))
+        top = max(max((max(r, default=0) for r in route_res), default=0), max(cpu_res or [0]))
+        free_at = [0.0] * (1 + max(top, *(x for r in step_res for x in r)) if step_res else 1 + top)
         # (time, code): code < T task ends, code < WAKE task code - T ready, else device code - WAKE free
         events: list[tuple[float, int]] = []
         heappush, heappop = heapq.heappush, heapq.heappop
@@ -860,20 +1020,39 @@ class _Simulation:
         pending: list[int] = []
         marked = [False] * ndev
 
-        def stage_task_done(d: int, now: float) -> None:
-            # The last task of a replicated stage starts its gradient all-reduce (training), after the
-            # sends that task made.
+        def stage_task_done(d: int, j: int, now: float) -> None:
+            # A task of a replicated stage ended (after the sends it made): the stage's last task, or
+            # the last backward of a bucket's nodes (``j``), requests the bucket's synchronisation.
             s = stage_of[d]
             stage_left[s] -= 1
-            if stage_left[s] == 0 and reduce:
-                st = now
-                for r in ar_res[s]:
-                    if free_at[r] > st:
-                        st = free_at[r]
-                en = st + ar_dur[s]
-                for r in ar_res[s]:
-                    free_at[r] = en
-                ar_start[s], ar_end[s] = st, en
+            if stage_left[s] == 0 and stage_bucket[s] >= 0:
+                request(stage_bucket[s], now)
+            if j >= 0:
+                bucket_left[j] -= 1
+                if bucket_left[j] == 0:
+                    request(j, now)
+
+        def request(j: int, now: float) -> None:
+            # Book the stage's requested buckets in bucket order (one stream per stage), each step on
+            # its resources first come first served, after the step before it.
+            requested[j] = True
+            s = bucket_stage[j]
+            while next_bucket[s] < J and bucket_stage[next_bucket[s]] == s and requested[next_bucket[s]]:
+                b = next_bucket[s]
+                next_bucket[s] += 1
+                bucket_req[b] = now
+                t = now
+                if bucket_gate[b] >= 0 and step_end[bucket_gate[b]] > t:
+                    t = step_end[bucket_gate[b]]
+                for x in range(step_lo[b], step_hi[b]):
+                    for r in step_res[x]:
+                        if free_at[r] > t:
+                            t = free_at[r]
+                    step_start[x] = t
+                    t += step_ms[x]
+                    for r in step_res[x]:
+                        free_at[r] = t
+                    step_end[x] = t
 
         def ready_fwd(v: int, k: int, now: float) -> None:
             d = kdev[k][v]
@@ -973,7 +1152,7 @@ class _Simulation:
                 if not has_bwd:
                     sent_at[base + v] = last
                 if stage_of[d] >= 0:
-                    stage_task_done(d, now)
+                    stage_task_done(d, -1, now)
                 if not marked[d]:
                     marked[d] = True
                     pending.append(d)
@@ -1023,7 +1202,7 @@ class _Simulation:
                                 else:
                                     heappush(events, (t, T + MN + i))
                 if stage_of[d] >= 0:
-                    stage_task_done(d, now)
+                    stage_task_done(d, bucket_of[v], now)
                 if not marked[d]:
                     marked[d] = True
                     pending.append(d)
@@ -1068,10 +1247,10 @@ class _Simulation:
         if done != T:
             self._deadlock(done, T, cursor)
         self.task_start, self.t_start, self.t_end, self.g_free = task_start, t_start, t_end, g_free
-        self.ar_start, self.ar_end = ar_start, ar_end
+        self.step_start, self.step_end, self.bucket_req = step_start, step_end, bucket_req
         if not has_bwd:
             self.local_done, self.sent_at = local_done, sent_at
-        return self._result(max(now, *ar_end) if ar_end else now)
+        return self._result(max(now, *step_end) if step_end else now)
 
     def _deadlock(self, done: int, total: int, cursor: list[int]) -> None:
         stuck = [
@@ -1137,6 +1316,12 @@ class _Simulation:
             free[np.tile(consumers, m) == 0] = np.inf  # graph outputs stay to the end
             interval(node_dev, f_end, free, np.tile(np.asarray(self.out), m))
             interval(g_dst, arrival[: m * G], np.frombuffer(self.g_free), g_bytes)
+        if self.bucket_stage:  # each replica's flat copy of a bucket, from its request to the step's end
+            stages = [self.stages[s] for s in self.bucket_stage]
+            where = np.asarray([d for stage in stages for d in stage], dtype=np.int64)
+            counts = [len(stage) for stage in stages]
+            interval(where, np.repeat(self.bucket_req, counts), np.full(len(where), np.inf),
+                     np.repeat(self.bucket_bytes, counts))  # fmt: skip
         devs = np.concatenate(parts_dev).astype(np.int16 if len(self.devices) < 2**15 else np.int64)
         times = np.concatenate(parts_time)
         delta = np.concatenate(parts_delta)
@@ -1236,17 +1421,8 @@ class _Simulation:
             route_busy += np.bincount(b_route[grads], weights=b_dur[grads], minlength=len(routes))
             count += int(grads.sum())
         sent = float(route_bytes.sum())
-        allreduces = []
-        for s, stage in enumerate(self.stages):  # ring all-reduces: links only, not counted as transfers
-            if self.ar_start[s] < 0 or self.ar_dur[s] == 0:
-                continue
-            r = len(stage)
-            nbytes = 2 * (r - 1) / r * self.stage_param_bytes[s]
-            for q in self.ar_routes[s]:
-                route_bytes[q] += nbytes
-                route_busy[q] += self.ar_dur[s]
-            links = [routes[q].links for q in self.ar_routes[s]]
-            allreduces.append(AllReduce([names[d] for d in stage], nbytes, self.ar_start[s], self.ar_end[s], links))
+        collectives = self._collectives()
+        self._synchronisation_traffic(route_bytes, route_busy)
         link_bytes: dict[str, float] = {}
         link_busy: dict[str, float] = {}
         for r, route in enumerate(routes):
@@ -1273,7 +1449,7 @@ class _Simulation:
             route_links=[r.links for r in routes],
             transfer_start=self.t_start,
             transfer_end=self.t_end,
-            allreduces=allreduces,
+            collectives=collectives,
         )
         return SimResult(
             step_ms=step,
@@ -1290,6 +1466,51 @@ class _Simulation:
             num_transfers=count,
             raw=raw,
         )
+
+
+    def _synchronisation_traffic(self, route_bytes: np.ndarray, route_busy: np.ndarray) -> None:
+        """Add each synchronisation step's flows to the traffic of their routes (links only: no transfer)."""
+        routes = iter(self.step_routes)
+        for x, flows in enumerate(self.step_flows):
+            for f in flows:
+                q = next(routes)
+                route_bytes[q] += f.nbytes
+                route_busy[q] += self.step_ms[x]
+
+    def _collectives(self) -> list[Collective]:
+        """The timeline's records of the synchronisation steps (:class:`placement.timeline.Collective`)."""
+        names = [d.name for d in self.devices]
+        per_stage = Counter(self.bucket_stage)
+        first = {s: self.bucket_stage.index(s) for s in per_stage}
+        out = []
+        for kind, algorithm, j, lo, hi, root in self.records:
+            s = self.bucket_stage[j]
+            devices = [names[d] for d in self.stages[s]] + ([root] if root else [])
+            sent = dict.fromkeys(devices, 0.0)
+            links: dict[str, list[str]] = {d: [] for d in devices}
+            for flows in self.step_flows[lo:hi]:
+                for f in flows:
+                    sent[f.src] += f.nbytes
+                    links[f.src] += self.cluster.route(f.src, f.dst).links
+            if kind == UPDATE:
+                sent[root] = self.bucket_bytes[j]
+            out.append(
+                Collective(kind, algorithm, j - first[s], per_stage[s], devices, root, self.bucket_bytes[j],
+                           self.step_start[lo], self.step_end[hi - 1], list(sent.values()),
+                           [tuple(dict.fromkeys(links[d])) for d in devices])
+            )
+        return out
+
+
+def _scheduled_allreduces(schedule: Schedule) -> dict[str, list[AllReduce]]:
+    """The :class:`~placement.schedules.AllReduce` actions of each replicated stage in ``schedule``, as its
+    first replica (the stage's device) lists them, in bucket order: stage device -> actions."""
+    found: dict[str, list[AllReduce]] = {}
+    for device, actions in schedule.actions.items():
+        mine = [a for a in actions if isinstance(a, AllReduce) and a.group and a.group[0] == device]
+        if mine:
+            found[device] = sorted(mine, key=lambda a: -1 if a.bucket is None else a.bucket)
+    return found
 
 
 def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -11,7 +11,10 @@ FORWARD = "forward"
 BACKWARD = "backward"
 SEND = "send"  # an activation (forward output) moving to a consumer's device
 SEND_GRAD = "send_grad"  # a gradient moving back to the producer's device
-ALLREDUCE = "allreduce"  # a replicated stage's replicas summing their parameter gradients
+ALLREDUCE = "allreduce"  # a replicated stage's replicas summing their parameter gradients (one bucket)
+REDUCE = "reduce"  # the replicas sending one bucket's gradients to its parameter server, which sums them
+UPDATE = "update"  # a parameter server's optimizer step over one bucket
+BROADCAST = "broadcast"  # the parameter server sending one bucket's fresh weights back to the replicas
 
 
 @dataclass(frozen=True)
@@ -20,17 +23,20 @@ class TimelineEvent:
 
     Attributes:
         kind: ``forward``, ``backward`` (a node's pass on its device), ``send`` (a node's output moving
-            to another device), ``send_grad`` (the gradient of that output moving back) or ``allreduce``
-            (a replicated stage's gradient all-reduce after its last backward; one event per replica).
-        name: the node computed, or the node whose output (or its gradient) moves; for an all-reduce,
-            the stage's devices joined by ``+``.
-        microbatch: 0-based microbatch index (-1 for an all-reduce: it sums every microbatch's).
-        device: the device computing, or the device receiving a transfer, or a replica all-reducing.
+            to another device), ``send_grad`` (the gradient of that output moving back), or the
+            synchronisation of a replicated stage's gradients, one event per device taking part:
+            ``allreduce`` (of one bucket), ``reduce`` (onto its parameter server), ``update`` (the
+            server's optimizer step), ``broadcast`` (the fresh weights back).
+        name: the node computed, or the node whose output (or its gradient) moves; for the
+            synchronisation, the stage's devices joined by ``+``, then `` bucket b`` when the stage has
+            several buckets, then `` @ server`` under parameter servers.
+        microbatch: 0-based microbatch index (-1 for the synchronisation: it sums every microbatch's).
+        device: the device computing, or the device receiving a transfer, or a device synchronising.
         start_ms, end_ms: interval of the task; a transfer's starts once every link of its route is free.
         src_device: the sending device (transfers only).
-        bytes: bytes moved (transfers only; already divided by the number of microbatches; for an
-            all-reduce, what each replica sends).
-        links: names of the links crossed (transfers; for an all-reduce, those to the ring's next device).
+        bytes: bytes moved (transfers: already divided by the number of microbatches; synchronisation:
+            what the device sends over the whole collective; an update: the bucket's bytes).
+        links: names of the links crossed (transfers; synchronisation: those of the device's flows).
     """
 
     kind: str
@@ -49,15 +55,42 @@ class TimelineEvent:
 
 
 @dataclass(frozen=True)
-class AllReduce:
-    """The gradient all-reduce of one replicated stage: its devices (ring order), the bytes each sends
-    to the next, its interval, and per device the links to the next device of the ring."""
+class Collective:
+    """One step of the synchronisation of a replicated stage's gradients, for one bucket
+    (:mod:`placement.simulate`, "Synchronisation").
 
+    Attributes:
+        kind: ``allreduce``, ``reduce`` or ``broadcast`` (a collective over links), or ``update`` (a
+            parameter server's optimizer step over the bucket: no links).
+        algorithm: ``ring`` or ``hierarchical`` for an all-reduce, else ``""``.
+        bucket: the bucket's index in its stage (:class:`placement.sync.Bucket`); ``buckets``: how many
+            the stage has.
+        devices: the devices taking part (the stage's replicas, in ring order; then the root, if any).
+        root: the parameter server of a reduce, update or broadcast; ``""`` for an all-reduce.
+        bytes: the bucket's bytes (each replica's gradients).
+        start_ms, end_ms: from the first of its phases' start to the last one's end.
+        sent: per device of ``devices``, the bytes it sends over the whole collective.
+        links: per device of ``devices``, the links its flows cross (in phase order).
+    """
+
+    kind: str
+    algorithm: str
+    bucket: int
+    buckets: int
     devices: list[str]
+    root: str
     bytes: float
     start_ms: float
     end_ms: float
+    sent: list[float]
     links: list[tuple[str, ...]]
+
+    @property
+    def label(self) -> str:
+        """The name its timeline events carry (:attr:`TimelineEvent.name`)."""
+        replicas = [d for d in self.devices if d != self.root]
+        bucket = f" bucket {self.bucket}" if self.buckets > 1 else ""
+        return "+".join(replicas) + bucket + (f" @ {self.root}" if self.root else "")
 
 
 @dataclass
@@ -89,7 +122,7 @@ class RawTimeline:
     route_links: list[tuple[str, ...]]
     transfer_start: Sequence[float]
     transfer_end: Sequence[float]
-    allreduces: list[AllReduce] = field(default_factory=list)
+    collectives: list[Collective] = field(default_factory=list)
 
 
 @dataclass
@@ -113,8 +146,9 @@ class SimResult:
         transferred_bytes: bytes sent between devices (each transfer counted once, however many links).
         num_transfers: transfers between devices (sends and gradient sends, all microbatches).
 
-    The all-reduces of replicated stages count in ``link_bytes`` and ``link_busy_ms`` but not in
-    ``transferred_bytes`` nor ``num_transfers``; :attr:`timeline` shows them.
+    The synchronisation of replicated stages (all-reduces, or reduces and broadcasts to parameter
+    servers) counts in ``link_bytes`` and ``link_busy_ms`` but not in ``transferred_bytes`` nor
+    ``num_transfers``; :attr:`timeline` shows it.
     """
 
     step_ms: float
@@ -170,10 +204,9 @@ class SimResult:
             else:
                 events.append(TimelineEvent(SEND_GRAD, r.node_names[u], k, a, start, r.transfer_end[x], b,
                                             r.group_bytes[i], r.route_links[r.group_bwd_route[p][i]]))
-        for ar in r.allreduces:
-            label = "+".join(ar.devices)
-            for d, links in zip(ar.devices, ar.links):
-                events.append(TimelineEvent(ALLREDUCE, label, -1, d, ar.start_ms, ar.end_ms, "", ar.bytes, links))
+        for c in r.collectives:
+            for d, sent, links in zip(c.devices, c.sent, c.links):
+                events.append(TimelineEvent(c.kind, c.label, -1, d, c.start_ms, c.end_ms, "", sent, links))
         events.sort(key=lambda e: (e.start_ms, e.end_ms))
         return events
 

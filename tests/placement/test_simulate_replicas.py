@@ -60,9 +60,10 @@ def test_replicated_stage_exact_timeline() -> None:
     assert r.step_ms == 11
     assert r.busy_ms == {"d0": 4, "d1": 4, "d2": 4}
     # Parameters and Adam's two moments on each replica before the step; each makes its own gradients
-    # (3 MB) as B(b) starts, beside the received activation (1 MB) and the gradient of b's input (1 MB).
+    # (3 MB) as B(b) starts, beside the received activation (1 MB) and the gradient of b's input (1 MB)
+    # it then sends back and keeps; at 7 the all-reduce's flat copy of the bucket (3 MB) joins them.
     assert r.static_memory_bytes == {"d0": 0, "d1": 9 * MB, "d2": 9 * MB}
-    assert r.peak_memory_bytes["d1"] == r.peak_memory_bytes["d2"] == (9 + 3 + 1 + 1) * MB
+    assert r.peak_memory_bytes["d1"] == r.peak_memory_bytes["d2"] == (9 + 3 + 1 + 3) * MB
     # Two sends and two gradients of 1 MB; the all-reduce adds 3 MB on each ring link, not a transfer.
     assert (r.num_transfers, r.transferred_bytes) == (4, 4 * MB)
     assert r.link_bytes["d1--sw"] == 1 * MB + 1 * MB + 2 * 3 * MB

@@ -10,8 +10,9 @@ from placement.schedules.actions import Action
 
 LEGEND = (
     "F3/B3: forward/backward of microbatch 3 (F(n)3: of node n); S(t->d)3/R(t<-d)3: send tensor t to / "
-    "receive it from device d, microbatch 3 (t': the gradient of t); AR: all-reduce of a replicated "
-    "stage's gradients; OPT: optimizer step"
+    "receive it from device d, microbatch 3 (t': the gradient of t); AR2: all-reduce of bucket 2 of a "
+    "replicated stage's gradients (AR: of its only bucket); RD2/BC2: reduce of bucket 2 onto its parameter "
+    "server / broadcast of its weights from the server; OPT: optimizer step"
 )
 WRAP_COLUMN = 14  # a device column is cut no narrower than this; more devices wrap into blocks
 ELLIPSIS = "…"

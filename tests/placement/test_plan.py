@@ -4,6 +4,7 @@ a plan made for another graph."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from graphc.ir.jsonfile import write_json
 from placement.cluster import Cluster
 from placement.plan import Plan, PlanFormatError, PlanMismatchError, Stage
 from placement.solvers import SOLVERS, solve
+from placement.sync import AllReduceSync, ParameterServerSync
 
 
 def _chain(shape: int = 4) -> Graph:
@@ -54,6 +56,20 @@ def test_plan_round_trips_through_json(tmp_path):
     assert loaded.devices_used() == ["gpu0", "gpu1"]
     assert loaded.nodes_on("gpu0") == ["a", "b"]
     assert loaded.ratio_to_bound() == pytest.approx(3.5 / 3.0)
+
+
+@pytest.mark.parametrize(
+    "sync", [AllReduceSync("hierarchical", 4e6), AllReduceSync("ring", None), ParameterServerSync(("cpu0", "cpu1"), 0, 1e6)]
+)
+def test_a_plans_sync_round_trips_through_json(tmp_path, sync):
+    plan = replace(_plan(_chain()), sync=sync, stages=[Stage(0, ["a", "b", "c"], ["gpu0", "gpu1"])])
+    plan.save(tmp_path / "plan.json")
+    assert json.loads((tmp_path / "plan.json").read_text())["sync"]["kind"] == sync.KIND
+    loaded = Plan.load(tmp_path / "plan.json")
+    assert loaded.sync == sync and loaded == plan
+    doc = plan.to_dict()
+    del doc["sync"]
+    assert Plan.from_dict(doc).sync == AllReduceSync()  # a plan written before sync existed: DDP's default
 
 
 @pytest.mark.parametrize(

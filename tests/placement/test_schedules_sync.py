@@ -199,3 +199,12 @@ def test_a_server_that_skips_a_reduce_deadlocks_the_replicas():
     schedule.actions["cpu0"] = [a for a in schedule.actions["cpu0"] if a.code() != "RD1"]
     with pytest.raises(ScheduleError, match=r"gpu0 at step 3, RD1: waits for cpu0"):
         validate(schedule)
+
+
+def test_the_table_shows_bucket_codes_and_the_legend_explains_them():
+    schedule = make_schedule(data_parallel(["gpu0", "gpu1"], ParameterServerSync(("cpu0",), 0, 4 * MB)), "gpipe")
+    table = schedule.table()
+    assert table.splitlines()[1].split() == ["step", "gpu0", "gpu1", "cpu0"]
+    assert table.splitlines()[2].split() == ["0", "F0", "F1", "RD0"]
+    assert "RD2/BC2: reduce of bucket 2 onto its parameter server" in " ".join(table.splitlines())
+    assert "AR2: all-reduce of bucket 2" in " ".join(table.splitlines())

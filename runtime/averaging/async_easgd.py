@@ -1,0 +1,151 @@
+"""Asynchronous EASGD, the workers' side: every ``tau`` local steps a worker exchanges with the center's
+shards on the parameter-server ranks (:mod:`runtime.averaging.center`), without waiting for the other
+workers (the paper's Algorithm 1, with the center sharded as in the talk's set-up).
+
+At an exchange, with ``x~_old`` the center shards the worker fetched and ``x_i`` its parameters now:
+
+    worker:                  x_i <- x_i - alpha (x_i - x~_old)
+    server, on the arrival:  x~  <- x~  + alpha (x_i - x~)          (x~ as the server holds it then)
+
+Prefetch ``p`` (0 <= p < tau): the worker posts the fetch of the center ``p`` local steps before the
+exchange (after local step ``k tau - p``), so it travels while the worker computes; at the exchange the
+worker waits for it (already there unless the servers are slow), pushes its parameters and applies its
+step. ``x~_old`` is then ``p`` local steps older than the center at the push: the talk's ``tau = 10``,
+``prefetch = 5`` fetch half a period ahead. ``p = 0`` fetches at the exchange itself.
+
+Defaults: ``tau = 10``, ``alpha = 0.9 / N`` (the paper's ``beta = N alpha = 0.9``), ``p = 0``.
+Per exchange a worker sends one header and its parameters and receives the center, per server: ``2 P``
+bytes of parameters in all (plus 16 bytes of headers per server), against a ring all-reduce's
+``2 (N - 1) / N P`` each way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from graphc.ir.errors import ConfigurationError
+from runtime.averaging.center import CENTER_TAG, DONE, FETCH, HEADER_BYTES, INIT_TAG, PEEK, PEEK_TAG, PUSH, PUSH_TAG, AsyncLayout, send_header
+from runtime.averaging.easgd import DEFAULT_BETA, DEFAULT_TAU
+from runtime.averaging.strategy import Strategy, check_period
+
+
+class AsyncEASGD(Strategy):
+    """A worker of asynchronous EASGD (module docstring).
+
+    Args:
+        model, optimizer: the worker's model and its local optimizer (Nesterov SGD makes it async EAMSGD).
+        layout: the ranks' roles; this rank must be one of ``layout.workers``.
+        tau: local steps between exchanges (default 10).
+        alpha: the moving rate (default ``0.9 / N``).
+        prefetch: how many local steps before the exchange the center is fetched (0 <= p < tau; default 0).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        layout: AsyncLayout,
+        *,
+        tau: int = DEFAULT_TAU,
+        alpha: float | None = None,
+        prefetch: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, check_period("tau", tau), group=None)
+        self.layout = layout
+        self.rank = dist.get_rank()
+        if self.rank not in layout.workers:
+            raise ConfigurationError(f"AsyncEASGD on rank {self.rank}, which is not a worker of {layout}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch < self.period:
+            raise ConfigurationError(f"prefetch={prefetch!r}: expected an integer 0 <= prefetch < tau = {self.period}")
+        self.alpha = DEFAULT_BETA / len(layout.workers) if alpha is None else float(alpha)
+        if not 0 < self.alpha <= 1:
+            raise ConfigurationError(f"alpha={self.alpha!r}: expected 0 < alpha <= 1 (the paper's 0.9 / N by default)")
+        self.prefetch = prefetch
+        self.shards = layout.shards(sum(p.numel() for p in self.parameters))
+        self._fetch: list[tuple[Any, torch.Tensor]] | None = None
+        self._start()
+
+    @property
+    def workers(self) -> int:
+        return len(self.layout.workers)
+
+    def _start(self) -> None:
+        """The first worker sends its parameters to the other workers and each server its shard."""
+        first = self.layout.workers[0]
+        flat = self.flat()
+        if self.rank != first:
+            dist.recv(flat, first, tag=INIT_TAG)
+            self.set_flat(flat)
+            return
+        works = [dist.isend(flat, worker, tag=INIT_TAG) for worker in self.layout.workers[1:]]
+        works += [dist.isend(flat[shard].clone(), server, tag=INIT_TAG) for server, shard in zip(self.layout.servers, self.shards)]
+        for work in works:
+            work.wait()
+
+    def _request(self, kind: int, tag: int) -> list[tuple[Any, torch.Tensor]]:
+        """Post the receives of every server's center shard, then the headers asking for them."""
+        dtype = self.parameters[0].dtype
+        posted = []
+        for server, shard in zip(self.layout.servers, self.shards):
+            buffer = torch.empty(shard.stop - shard.start, dtype=dtype)
+            posted.append((dist.irecv(buffer, server, tag=tag), buffer))
+        for server in self.layout.servers:
+            send_header(kind, server).wait()
+        return posted
+
+    def after_local_step(self) -> None:
+        if self.prefetch and (self.steps + self.prefetch) % self.period == 0:
+            self._fetch = self._request(FETCH, CENTER_TAG)
+            self.traffic.sent += HEADER_BYTES * len(self.layout.servers)
+
+    def exchange(self) -> None:
+        if self._fetch is None:
+            self._fetch = self._request(FETCH, CENTER_TAG)
+            self.traffic.sent += HEADER_BYTES * len(self.layout.servers)
+        old_center = self._wait(self._fetch)
+        self._fetch = None
+        self.traffic.received += old_center.numel() * old_center.element_size()
+        worker = self.flat()
+        works = []
+        for server, shard in zip(self.layout.servers, self.shards):
+            works.append(send_header(PUSH, server))
+            works.append(dist.isend(worker[shard].contiguous(), server, tag=PUSH_TAG))
+        for work in works:
+            work.wait()
+        self.traffic.sent += HEADER_BYTES * len(self.layout.servers) + worker.numel() * worker.element_size()
+        self.set_flat(worker - self.alpha * (worker - old_center))
+
+    @staticmethod
+    def _wait(posted: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
+        for work, _ in posted:
+            work.wait()
+        return torch.cat([buffer for _, buffer in posted])
+
+    def peek_center(self) -> torch.Tensor:
+        """The whole center as the servers hold it now (for evaluation; not counted as traffic)."""
+        return self._wait(self._request(PEEK, PEEK_TAG))
+
+    def finish(self) -> None:
+        """Drop a fetch still in flight and tell every server this worker is done."""
+        if self._fetch is not None:
+            self._wait(self._fetch)
+            self._fetch = None
+        for server in self.layout.servers:
+            send_header(DONE, server).wait()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._fetch is not None:
+            raise ConfigurationError(
+                f"AsyncEASGD on rank {self.rank}: a prefetch of the center is in flight at step {self.steps}; "
+                "checkpoint after finish() or at a step where none is (between an exchange and the next prefetch)"
+            )
+        return super().state_dict()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "prefetch": self.prefetch}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.alpha, self.prefetch = float(state["alpha"]), int(state["prefetch"])

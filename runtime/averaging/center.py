@@ -1,0 +1,151 @@
+"""Asynchronous EASGD's center variable, sharded over parameter-server ranks: the layout, the messages,
+and the server's loop (:class:`CenterServer`). The workers' side is :mod:`runtime.averaging.async_easgd`.
+
+Layout (:class:`AsyncLayout`): some ranks are workers, the others servers (CPU ranks, as the talk's 64
+CPU servers). The flat parameter vector of ``P`` elements is cut into ``S`` contiguous shards, one per
+server, of ``floor(P (s + 1) / S) - floor(P s / S)`` elements.
+
+Messages (point to point over ``torch.distributed``, the default group). A worker sends a header (one
+int64, tag :data:`HEADER_TAG`) and the server, which receives headers from any source
+(``dist.recv(src=None)``), acts on it:
+
+* ``FETCH``: the server sends its center shard ``x~`` back (tag :data:`CENTER_TAG`); the worker posted
+  the receive before sending the header, so the server's send never waits;
+* ``PUSH``: the worker's shard ``x_i`` follows (tag :data:`PUSH_TAG`); the server applies the elastic
+  step on arrival, with its center as it is then:   x~ <- x~ + alpha (x_i - x~);
+* ``PEEK``: the center shard for evaluation (tag :data:`PEEK_TAG`), not counted as training traffic;
+* ``DONE``: the worker has finished; the server returns once every worker has.
+
+At start the first worker sends each server its initial shard (tag :data:`INIT_TAG`), so the center
+starts equal to the workers. Messages between two ranks with one tag arrive in order, so a worker's
+FETCH is answered before its next PUSH is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from graphc.ir.errors import ConfigurationError, MismatchError
+from runtime.averaging.strategy import Traffic
+
+HEADER_TAG, PUSH_TAG, CENTER_TAG, PEEK_TAG, INIT_TAG = 11, 12, 13, 14, 15
+FETCH, PUSH, PEEK, DONE = 0, 1, 2, 3
+HEADER_BYTES = 8  # one int64
+
+
+@dataclass(frozen=True)
+class AsyncLayout:
+    """Which ranks are workers and which hold the center's shards (module docstring).
+
+    Attributes:
+        workers: the worker ranks; the first one's parameters start the run.
+        servers: the server ranks, in shard order.
+    """
+
+    workers: tuple[int, ...]
+    servers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.workers or not self.servers:
+            raise ConfigurationError(f"async EASGD layout: workers {list(self.workers)} and servers {list(self.servers)}: need at least one of each")
+        if set(self.workers) & set(self.servers) or len({*self.workers, *self.servers}) != len(self.workers) + len(self.servers):
+            raise ConfigurationError(
+                f"async EASGD layout: workers {list(self.workers)} and servers {list(self.servers)} must be distinct ranks"
+            )
+
+    @classmethod
+    def servers_last(cls, world_size: int, servers: int) -> AsyncLayout:
+        """Ranks ``0 .. W - S - 1`` work, the last ``servers`` ranks serve."""
+        if not 0 < servers < world_size:
+            raise ConfigurationError(f"servers={servers!r} of {world_size} ranks: expected 1 .. {world_size - 1} (at least one worker)")
+        return cls(tuple(range(world_size - servers)), tuple(range(world_size - servers, world_size)))
+
+    def shard(self, numel: int, server: int) -> slice:
+        """The elements of a flat vector of ``numel`` that server rank ``server`` holds."""
+        s, count = self.servers.index(server), len(self.servers)
+        return slice(numel * s // count, numel * (s + 1) // count)
+
+    def shards(self, numel: int) -> list[slice]:
+        """Every server's shard, in server order."""
+        return [self.shard(numel, server) for server in self.servers]
+
+
+def send_header(kind: int, server: int) -> Any:
+    """Post a header of ``kind`` to ``server`` (an ``isend``; wait on what it returns)."""
+    return dist.isend(torch.tensor([kind], dtype=torch.int64), server, tag=HEADER_TAG)
+
+
+class CenterServer:
+    """One shard of the center on a server rank (module docstring): ``serve()`` until every worker is done.
+
+    Args:
+        layout: the ranks' roles; this rank must be one of ``layout.servers``.
+        numel: the elements of the workers' flat parameter vector.
+        alpha: the moving rate (default ``0.9 / N``, N the number of workers, as the workers').
+        dtype: the parameters' dtype.
+    """
+
+    def __init__(self, layout: AsyncLayout, numel: int, *, alpha: float | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.layout = layout
+        self.rank = dist.get_rank()
+        if self.rank not in layout.servers:
+            raise ConfigurationError(f"CenterServer on rank {self.rank}, which is not a server of {layout}")
+        self.alpha = 0.9 / len(layout.workers) if alpha is None else float(alpha)
+        self.shard = layout.shard(numel, self.rank)
+        self.numel = numel
+        self.center = torch.empty(self.shard.stop - self.shard.start, dtype=dtype)
+        dist.recv(self.center, layout.workers[0], tag=INIT_TAG)
+        self.arrivals = {worker: 0 for worker in layout.workers}
+        self.traffic = Traffic()
+
+    def serve(self) -> torch.Tensor:
+        """Answer the workers until every one has sent DONE; the final center shard."""
+        header = torch.empty(1, dtype=torch.int64)
+        done: set[int] = set()
+        pushed = torch.empty_like(self.center)
+        while len(done) < len(self.layout.workers):
+            worker = dist.recv(header, src=None, tag=HEADER_TAG)
+            self.traffic.received += HEADER_BYTES
+            kind = int(header.item())
+            if kind in (FETCH, PEEK):
+                dist.send(self.center.clone(), worker, tag=CENTER_TAG if kind == FETCH else PEEK_TAG)
+                self.traffic.sent += self.center.numel() * self.center.element_size() if kind == FETCH else 0
+            elif kind == PUSH:
+                dist.recv(pushed, worker, tag=PUSH_TAG)
+                self.traffic.received += pushed.numel() * pushed.element_size()
+                self.center += self.alpha * (pushed - self.center)
+                self.arrivals[worker] += 1
+                self.traffic.exchanges += 1
+            elif kind == DONE:
+                done.add(worker)
+            else:
+                raise MismatchError(f"server rank {self.rank}: header {kind} from rank {worker} is no message of async EASGD")
+        return self.center
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shard, its place and the counts (tensors and plain values)."""
+        return {
+            "kind": type(self).__name__,
+            "center": self.center,
+            "shard": [self.shard.start, self.shard.stop, self.numel],
+            "alpha": self.alpha,
+            "arrivals": {str(w): n for w, n in self.arrivals.items()},
+            "traffic": asdict(self.traffic),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; refuses a shard of another place or size."""
+        if state.get("kind") != type(self).__name__ or list(state["shard"]) != [self.shard.start, self.shard.stop, self.numel]:
+            raise MismatchError(
+                f"server rank {self.rank}: the checkpoint holds shard {state.get('shard')} of a {state.get('kind')!r}, "
+                f"this server holds [{self.shard.start}, {self.shard.stop}) of {self.numel}; resume with the same layout and model"
+            )
+        self.center = state["center"].clone()
+        self.alpha = float(state["alpha"])
+        self.arrivals = {int(w): int(n) for w, n in state["arrivals"].items()}
+        self.traffic = Traffic(**state["traffic"])
+

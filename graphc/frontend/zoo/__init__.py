@@ -1,6 +1,6 @@
 """The benchmark network zoo: the networks that device-placement papers evaluate on, ready to trace.
 
-AlexNet, VGG-16, Inception-v3 and ResNet-50 (image classification), a GNMT-style LSTM translation
+AlexNet, VGG-16, GoogLeNet, Inception-v3 and ResNet-50 (image classification), a GNMT-style LSTM translation
 model with an unrolled decoder, and a GPT-2-style Transformer, each written from its paper with knobs
 for batch size and size. :func:`build` returns a :class:`ZooModel`: the module in train mode, example
 inputs, and a training loss against fixed targets, so that a benchmark can trace, place and train any
@@ -10,6 +10,10 @@ of them the same way::
     zm = build("gpt2", size="small", dropout=0.0)         # a tiny one of the same shape, for tests
     zm = build("gpt2", device="meta", n_layer=48, n_embd=1600, n_head=25)  # GPT-2 XL, no memory
     zm.loss(zm.model(*zm.example_inputs)).backward()
+
+The networks the GTC 2016 talk timed on Big Sur are knobs of these: AlexNet with batch norm is
+``build("alexnet", batch_norm=True)``, its link-stressing VGG ``build("vgg16", hidden_size=8192)``
+(:class:`VGG16` says why), GoogLeNet ``build("googlenet")``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 
 from graphc.frontend.zoo.alexnet import AlexNet
 from graphc.frontend.zoo.gnmt import GNMT
+from graphc.frontend.zoo.googlenet import GoogLeNet
 from graphc.frontend.zoo.gpt2 import GPT2
 from graphc.frontend.zoo.inception import InceptionV3
 from graphc.frontend.zoo.resnet import ResNet50
@@ -114,18 +119,26 @@ def _gpt2_model(config: Config) -> nn.Module:
 _SPECS: dict[str, _Spec] = {
     "alexnet": _Spec(
         sizes={
-            "full": dict(num_classes=1000, image_size=224, width=1.0, dropout=0.5),
-            "small": dict(num_classes=10, image_size=64, width=0.125, dropout=0.5),
+            "full": dict(num_classes=1000, image_size=224, width=1.0, dropout=0.5, batch_norm=False),
+            "small": dict(num_classes=10, image_size=64, width=0.125, dropout=0.5, batch_norm=False),
         },
         make_model=lambda c: AlexNet(**c),
         make_data=_image_data,
     ),
     "vgg16": _Spec(
         sizes={
-            "full": dict(num_classes=1000, image_size=224, width=1.0, batch_norm=False, dropout=0.5),
-            "small": dict(num_classes=10, image_size=32, width=0.0625, batch_norm=False, dropout=0.5),
+            "full": dict(num_classes=1000, image_size=224, width=1.0, batch_norm=False, dropout=0.5, hidden_size=4096),
+            "small": dict(num_classes=10, image_size=32, width=0.0625, batch_norm=False, dropout=0.5, hidden_size=4096),
         },
         make_model=lambda c: VGG16(**c),
+        make_data=_image_data,
+    ),
+    "googlenet": _Spec(
+        sizes={
+            "full": dict(num_classes=1000, image_size=224, width=1.0, dropout=0.4),
+            "small": dict(num_classes=10, image_size=64, width=0.0625, dropout=0.4),
+        },
+        make_model=lambda c: GoogLeNet(**c),
         make_data=_image_data,
     ),
     "inception_v3": _Spec(
@@ -260,6 +273,6 @@ def zoo_loss(zoo_model: ZooModel) -> ZooLoss:
 
 
 __all__ = [
-    "GNMT", "GPT2", "NAMES", "SIZES", "AlexNet", "InceptionV3", "ResNet50", "VGG16", "ZooLoss", "ZooModel", "build",
+    "GNMT", "GPT2", "NAMES", "SIZES", "AlexNet", "GoogLeNet", "InceptionV3", "ResNet50", "VGG16", "ZooLoss", "ZooModel", "build",
     "defaults", "zoo_loss",
 ]  # fmt: skip

@@ -5,6 +5,12 @@ Deep Convolutional Neural Networks").
 Five convolutions of 64/192/384/256/256 channels and three fully connected layers with dropout:
 61.1M parameters at 224x224 and 1000 classes. PipeDream and the device-placement papers use it as a
 network whose parameters sit almost all in the classifier while the compute sits in the convolutions.
+
+``batch_norm=True`` gives AlexNet with batch normalisation, the network the GTC 2016 talk timed on Big
+Sur (batch 1024): batch norm (eps 0.001) after each convolution and after the two hidden fully connected
+layers, as Torch's ``alexnetowtbn`` of the imagenet-multiGPU.torch examples has it (from memory of that
+model; the talk names only "AlexNet with batch norm"). Every convolution and linear keeps its bias, as
+Torch's layers did.
 """
 
 from __future__ import annotations
@@ -13,6 +19,15 @@ import torch
 import torch.nn as nn
 
 from graphc.frontend.zoo.common import ConvBNReLU, conv_out, require_size, scaled
+
+
+BN_EPS = 1e-3  # alexnetowtbn's batch norm epsilon
+
+
+def _hidden_layer(in_features: int, out_features: int, batch_norm: bool) -> list[nn.Module]:
+    """A hidden fully connected layer: linear, batch norm when asked, ReLU."""
+    norm = [nn.BatchNorm1d(out_features, eps=BN_EPS)] if batch_norm else []
+    return [nn.Linear(in_features, out_features), *norm, nn.ReLU(inplace=False)]
 
 
 def feature_size(image_size: int) -> int:
@@ -26,13 +41,19 @@ def feature_size(image_size: int) -> int:
 class AlexNet(nn.Module):
     """AlexNet (one-GPU variant) for ``image_size`` x ``image_size`` RGB images.
 
-    ``width`` scales every convolution's channels and the 4096-wide hidden layers. The classifier's
+    ``width`` scales every convolution's channels and the 4096-wide hidden layers; ``batch_norm`` adds
+    batch normalisation (module docstring). The classifier's
     input size follows the feature map that ``image_size`` produces (6x6 at 224), so small images give
     a small network of the same shape rather than an upsampled one.
     """
 
     def __init__(
-        self, num_classes: int = 1000, image_size: int = 224, width: float = 1.0, dropout: float = 0.5
+        self,
+        num_classes: int = 1000,
+        image_size: int = 224,
+        width: float = 1.0,
+        dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         side = feature_size(image_size)
@@ -40,23 +61,21 @@ class AlexNet(nn.Module):
         c1, c2, c3, c4, c5 = (scaled(c, width) for c in (64, 192, 384, 256, 256))
         hidden = scaled(4096, width)
         self.features = nn.Sequential(
-            ConvBNReLU(3, c1, 11, stride=4, padding=2, batch_norm=False),
+            ConvBNReLU(3, c1, 11, stride=4, padding=2, batch_norm=batch_norm, eps=BN_EPS, bias=True),
             nn.MaxPool2d(3, stride=2),
-            ConvBNReLU(c1, c2, 5, padding=2, batch_norm=False),
+            ConvBNReLU(c1, c2, 5, padding=2, batch_norm=batch_norm, eps=BN_EPS, bias=True),
             nn.MaxPool2d(3, stride=2),
-            ConvBNReLU(c2, c3, 3, padding=1, batch_norm=False),
-            ConvBNReLU(c3, c4, 3, padding=1, batch_norm=False),
-            ConvBNReLU(c4, c5, 3, padding=1, batch_norm=False),
+            ConvBNReLU(c2, c3, 3, padding=1, batch_norm=batch_norm, eps=BN_EPS, bias=True),
+            ConvBNReLU(c3, c4, 3, padding=1, batch_norm=batch_norm, eps=BN_EPS, bias=True),
+            ConvBNReLU(c4, c5, 3, padding=1, batch_norm=batch_norm, eps=BN_EPS, bias=True),
             nn.MaxPool2d(3, stride=2),
         )
         self.flatten = nn.Flatten(1)
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(c5 * side * side, hidden),
-            nn.ReLU(inplace=False),
+            *_hidden_layer(c5 * side * side, hidden, batch_norm),
             nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(inplace=False),
+            *_hidden_layer(hidden, hidden, batch_norm),
             nn.Linear(hidden, num_classes),
         )
 

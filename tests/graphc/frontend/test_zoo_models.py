@@ -255,7 +255,7 @@ def test_meta_build_of_gpt2_xl_allocates_no_parameter_memory() -> None:
 
 
 def test_names() -> None:
-    assert zoo.NAMES == ("alexnet", "vgg16", "inception_v3", "resnet50", "gnmt", "gpt2")
+    assert zoo.NAMES == ("alexnet", "vgg16", "googlenet", "inception_v3", "resnet50", "gnmt", "gpt2")
 
 
 def test_unknown_name_lists_valid_names() -> None:

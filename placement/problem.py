@@ -37,6 +37,7 @@ from placement.lowering import MODES, Lowered, lower
 from placement.plan import OBJECTIVES, Plan, Stage, stage_replicas
 from placement.schedules import Schedule, make_schedule
 from placement.simulate import simulate
+from placement.sync import AllReduceSync, Sync
 from placement.timeline import SimResult
 
 
@@ -154,6 +155,7 @@ def finish_plan(
     microbatches: int = 1,
     gap: float | None = None,
     bound_ms: float | None = None,
+    sync: Sync | None = None,
 ) -> Plan:
     """Check, schedule, simulate and bound an assignment; return the Plan every solver reports.
 
@@ -171,12 +173,14 @@ def finish_plan(
       ready queues run the plan's order and stages, as :meth:`Plan.simulate` then does: no executor
       runs such a plan.
 
+    ``sync``: how the replicas of replicated stages combine their gradients (:mod:`placement.sync`;
+    default :class:`~placement.sync.AllReduceSync`), recorded in ``Plan.sync`` and simulated.
     ``bound_ms``: a bound the solver proved itself (CP-SAT's), used when stronger than the generic one.
     ``gap``: the solver's proven gap; when None it is derived from the bound.
     Raises :class:`InfeasibleError` when a device's simulated peak memory exceeds its capacity.
     """
     check_assignment(problem, assignment)
-    plan = _draft(problem, assignment, order, stages, microbatches)
+    plan = _draft(problem, assignment, order, stages, microbatches, sync)
     result = _predict(problem, plan)
     check_memory(result.peak_memory_bytes, problem.cluster, problem.resolved)
     bound = max(problem.bound(microbatches).step_ms, bound_ms or 0.0)
@@ -210,11 +214,12 @@ def predict(
     order: Mapping[str, Sequence[str]] | None = None,
     stages: Sequence[Stage] = (),
     microbatches: int = 1,
+    sync: Sync | None = None,
 ) -> Prediction:
     """The schedule :func:`finish_plan` fixes for this assignment and its simulation, without the
     checks and the bound: for a solver that compares candidates (the microbatch count) by the figure
-    the plan will report."""
-    plan = _draft(problem, assignment, order, stages, microbatches)
+    the plan will report (``sync``: as :func:`finish_plan`'s)."""
+    plan = _draft(problem, assignment, order, stages, microbatches, sync)
     result = _predict(problem, plan)
     return Prediction(result, plan.order, plan.schedule)
 
@@ -225,6 +230,7 @@ def _draft(
     order: Mapping[str, Sequence[str]] | None,
     stages: Sequence[Stage],
     microbatches: int,
+    sync: Sync | None = None,
 ) -> Plan:
     """A plan of the assignment with nothing predicted yet (no fingerprint either: a schedule needs none)."""
     return Plan(
@@ -237,6 +243,7 @@ def _draft(
         order={d: list(ns) for d, ns in (order or {}).items()},
         stages=list(stages),
         microbatches=microbatches,
+        sync=sync or AllReduceSync(),
         graph=problem.graph,
         cluster=problem.cluster,
         cost_model=problem.cost_model,
@@ -250,7 +257,7 @@ def _predict(problem: Problem, plan: Plan) -> SimResult:
     """Fix ``plan``'s schedule (its ``order`` or ``schedule``) and return its simulation (:func:`finish_plan`)."""
     lw = problem.lowered()
     sim = partial(simulate, problem.graph, problem.cluster, plan.assignment, problem.cost_model, mode=problem.mode,
-                  microbatches=plan.microbatches, replicas=stage_replicas(plan.stages), lowered=lw)  # fmt: skip
+                  microbatches=plan.microbatches, replicas=stage_replicas(plan.stages), lowered=lw, sync=plan.sync)  # fmt: skip
     capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))
 
     def overflow(result: SimResult) -> float:

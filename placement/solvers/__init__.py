@@ -30,7 +30,7 @@ short by the wall-clock safety net says so in ``settings["stopped_by_wall_clock"
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.graph import Graph
@@ -88,6 +88,9 @@ def solve(
     *,
     method: str | None = None,
     replication: bool | None = None,
+    parallel: str | None = None,
+    sync: str | None = None,
+    servers: Sequence[str] | None = None,
 ) -> Plan:
     """Place ``graph`` on ``cluster`` (a :class:`Cluster`, a preset name or a cluster JSON file) with
     ``solver`` (a name of :data:`SOLVERS`).
@@ -103,13 +106,21 @@ def solve(
     ``method`` (``"auto"``, ``"dp"``, ``"ilp"`` or ``"equal-split"``) and ``replication`` (allow
     replicated stages; default yes, except for the NeurIPS 2020 inputs).
 
+    Parallel layouts (``objective="throughput"`` only, :func:`placement.hybrid.solve_parallel`):
+    ``parallel`` is ``"auto"`` (data parallel, pipeline, hybrid and one device, the fastest simulated
+    plan that fits), ``"data"``, ``"pipeline"`` (the default: the pipeline solver and one device) or
+    ``"hybrid"``; ``sync`` how replicas combine gradients (``"auto"``, ``"ring"``, ``"hierarchical"``,
+    ``"parameter-server"``; default: the pipeline solver's ring, or chosen by simulation when
+    ``parallel`` is given); ``servers`` the parameter-server devices (default: the cluster's CPUs).
+
     Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the graph
     cannot fit, and :class:`~placement.errors.ConfigurationError` for an unknown solver name, a latency
     solver asked for throughput, or a pipeline option given with the latency objective.
     """
     if solver not in SOLVERS:
         raise ConfigurationError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
-    pipeline_options = {k: v for k, v in (("method", method), ("replication", replication)) if v is not None}
+    pipeline_options = {k: v for k, v in (("method", method), ("replication", replication), ("parallel", parallel),
+                                          ("sync", sync), ("servers", servers)) if v is not None}  # fmt: skip
     if pipeline_options and objective != "throughput":
         raise ConfigurationError(
             f"{' and '.join(pipeline_options)} only apply to objective='throughput' (a pipeline), "

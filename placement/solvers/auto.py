@@ -10,7 +10,9 @@
 * **Throughput**: the pipeline solver, :func:`placement.pipeline.solve_throughput` (its options passed
   on), and the whole graph on one device as a one-stage plan (:func:`single_device_pipeline`, its
   microbatches chosen by simulation as the pipeline's are); the shorter simulated step wins, the
-  pipeline on a tie.
+  pipeline on a tie. With ``parallel`` other than ``"pipeline"`` (or a ``sync`` asked for), the layouts
+  of :func:`placement.hybrid.solve_parallel` (data parallel, hybrid, pipeline; the one-device plan
+  among them under ``"auto"``) and their synchronisation are chosen by simulation instead.
 
 Sizes: the model covers the whole graph up to ``nodes x devices = full_limit``; beyond, a coarsening.
 The LNS window and base partition shrink with the devices so that one step stays small.
@@ -29,7 +31,10 @@ result may then differ between runs); throughput plans pass on the pipeline solv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from placement.constraints import InfeasibleError
+from placement.hybrid import solve_parallel
 from placement.pipeline import solve_throughput
 from placement.pipeline.microbatches import choose_microbatches
 from placement.plan import Plan, Stage
@@ -39,11 +44,23 @@ from placement.solvers.cpsat import CpSatSettings, improve
 from placement.solvers.instance import instance
 
 
-def auto(problem: Problem, **pipeline_options: object) -> Plan:
+def auto(
+    problem: Problem,
+    *,
+    parallel: str = "pipeline",
+    sync: str | None = None,
+    servers: Sequence[str] | None = None,
+    **pipeline_options: object,
+) -> Plan:
     """Pick and combine solvers by graph size and time budget (module docstring). ``pipeline_options``
-    (``method``, ``replication``) go to :func:`~placement.pipeline.solve_throughput`."""
+    (``method``, ``replication``) go to :func:`~placement.pipeline.solve_throughput`; ``parallel``,
+    ``sync`` and ``servers`` (throughput only) to :func:`~placement.hybrid.solve_parallel`."""
     if problem.objective == "throughput":
-        return _throughput(problem, **pipeline_options)
+        if parallel == "pipeline" and sync is None:
+            return _throughput(problem, **pipeline_options)
+        single = single_device_pipeline(problem) if parallel == "auto" else None
+        extra = [("single", single)] if parallel == "auto" else []
+        return solve_parallel(problem, parallel=parallel, sync=sync or "auto", servers=servers, extra=extra, **pipeline_options)
     D = instance(problem).num_devices
     cfg = CpSatSettings(lns_window=max(12, 48 // max(1, D // 2)), lns_base=max(24, 480 // D))
     plan, _ = improve(problem, cfg, solver="auto")

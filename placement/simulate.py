@@ -30,7 +30,8 @@ twice as long as one, and transfers on disjoint links overlap.
 
 Devices without a copy engine. A device of category ``cpu`` (the ``local`` cluster's CPU worker
 processes, the CPUs of the presets) moves its tensors itself: its compute is one more resource of every
-transfer that starts or ends there (and of its stage's all-reduce), booked with the links. A transfer
+transfer that starts or ends there (and of every synchronisation phase with a flow that does, and of a
+CPU parameter server's updates), booked with the links. A transfer
 to or from it waits for the task it is running and holds it from the request until the transfer ends
 (such a transfer lasts at least the CPU time a message costs each end, :meth:`CostModel.endpoint_cpu_ms`:
 on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire);
@@ -60,8 +61,12 @@ microbatch on its device. The schedule must run every task of the placement exac
 device that holds its node for that microbatch. A :class:`~placement.schedules.Recv` waits for the
 matching transfer: the tasks that read the tensor start once it has arrived (the executors send a tensor
 when it is made and wait for it where it is first used), and the receive buffer is allocated when the
-device reaches the Recv (see Memory). The all-reduce of a replicated stage and the optimizer step come
-at the end as without a schedule (the optimizer step takes no time).
+device reaches the Recv (see Memory). The :class:`~placement.schedules.AllReduce` actions a stage's
+device lists give that stage's buckets (their ``nodes``, in ``bucket`` order; one action without nodes:
+one bucket of the whole stage), ``algorithm`` and ``islands``, priced as in "Synchronisation" (an
+all-reduce is issued as soon as the backward before it has made its bucket's gradients, as DDP's hooks
+do); without them, and for parameter servers, the buckets come from ``sync``. The optimizer step takes
+no time.
 
 Microbatches. ``microbatches=m`` splits the batch: every transfer's bytes (and a measured transfer
 time), every activation and every received tensor are divided by ``m`` (but for a shared parameter on
@@ -75,12 +80,36 @@ Replicated stages. ``replicas[d]`` lists the devices of a data-parallel stage wh
 to ``d`` (``d`` first; interchangeable devices that run no other node). Microbatch ``k`` of the stage
 runs on replica ``k mod r`` (round robin); a tensor of microbatch ``k`` goes from the replica holding
 ``k`` in the producer's stage to the one holding ``k`` in the consumer's, and its gradient back. Every
-replica holds the stage's static memory. In training, when the last task on the stage's devices ends
-(after the sends it makes), the replicas all-reduce the stage's parameter gradients with a ring in the
-listed order: ``2 (r - 1)`` rounds of the slowest ring edge's latency plus ``2 (r - 1) / r`` x parameter
-bytes over its bandwidth, holding the links of every ring edge (booked like a transfer) for that time.
-The step ends when the last all-reduce does. Per replica this is the load model of
+replica holds the stage's static memory; in training the replicas synchronise their gradients
+("Synchronisation"). Per replica, with one bucket and a ring, this is the load model of
 :mod:`placement.pipeline.instance`: ``(compute) / r + 2 (r - 1) / r x bytes / bandwidth``.
+
+Synchronisation (training, replicated stages; ``sync``, :mod:`placement.sync`). A stage's parameter
+gradients travel in buckets: :func:`placement.sync.gradient_buckets` over the stage's nodes in backward
+order (the reverse of the lowering's topological order) with ``sync.bucket_bytes``. Bucket ``b`` is
+requested when every backward of its nodes has ended (every microbatch, so every replica's last), after
+the sends those backwards make; with ``bucket_bytes=None`` (and for a graph with explicit backward
+nodes) the stage's one bucket is requested when the stage's last task ends. A stage's buckets are
+booked in bucket order (one requested before an earlier one waits for it) and, under all-reduce, each
+starts no earlier than the previous one's end (one stream per stage, as DDP's). What a bucket runs (phases priced by :mod:`placement.collectives`, on the cluster's
+routes, flows sharing a link resource sharing its bandwidth):
+
+* :class:`~placement.sync.AllReduceSync`, ``algorithm="ring"``: a ring all-reduce over the replicas in
+  the listed order, ``2 (r - 1)`` rounds of ``P / r`` bytes: ``2 (r - 1) x latency + 2 (r - 1) / r x P /
+  bandwidth`` (slowest ring edge); ``"hierarchical"``: reduce onto each island's leader
+  (:func:`placement.sync.islands`), ring all-reduce among the leaders, broadcast inside each island;
+* :class:`~placement.sync.ParameterServerSync` (``staleness=0`` only): the bucket's server
+  (:func:`placement.sharding.assign_shards`; a device running no node) receives every replica's ``P``
+  bytes (a reduce), applies the optimizer, ``(3 + optimizer_state_factor) x P / memory_bandwidth`` (it
+  reads the summed gradient and the parameters, writes the parameters and streams the optimizer state
+  once), then sends ``P`` bytes to every replica (a broadcast). The next bucket's reduce waits for this
+  one's; a server's updates run one at a time.
+
+A bucket's steps are booked when it is requested, each on its resources first come first served after
+the step before it (the links of its flows' routes, held for the phase; a server's own resource for an
+update): they contend with transfers and other stages' synchronisation. A GPU keeps computing while its
+buckets travel; a device without a copy engine is held by them. The step ends when the last task or
+synchronisation step does.
 
 Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
 before the step plus the live tensors made during it; the step's inputs exist before it, so a graph
@@ -114,7 +143,16 @@ it). Then, in training:
   received gradient from its arrival until the producer's backward ends; a gradient sent back, on the
   consumers' device, from then (their backwards done) to the end of the step, as
   :class:`runtime.DistributedExecutor` holds its gradient sends (the local executor lets go of one
-  when its producer takes it).
+  when its producer takes it);
+* on every replica of a replicated stage, each bucket's flat copy of its gradients (its bytes) from the
+  bucket's request to the end of the step: the executors flatten a bucket into one tensor to all-reduce
+  it (or to reduce it onto its server and receive its weights) and copy it back only before the
+  optimizer step, as DDP's bucket buffers (``gradient_as_bucket_view=False``, its default) copy the
+  gradients.
+
+Under parameter servers a replica's static memory has no optimizer state for its stage's bucketed
+parameters; a server's static memory is, for each bucket it holds, its parameters, a gradient buffer
+(the reduce sums into it) and the optimizer state: ``(2 + optimizer_state_factor) x bytes``.
 
 In inference (and for graphs with explicit backward nodes): ``output_bytes`` of ``v`` from the end of
 ``F(v,k)`` until its consumers on the device finished and its sends completed (kept to the end when
@@ -219,6 +257,12 @@ def simulate(
     (:func:`placement.plan.stage_replicas` makes it from a plan's stages). Raises :class:`PlacementError`
     for an unassigned node, an unknown node or device, bad ``replicas``, a bad ``order``, a schedule that
     does not run exactly the placement's tasks, or an order or schedule that deadlocks.
+
+    ``sync`` (:mod:`placement.sync`; default :class:`~placement.sync.AllReduceSync`: ring, 25 MiB
+    buckets) is how replicated stages combine their gradients in training (module docstring,
+    "Synchronisation"); a plan's is :attr:`Plan.sync <placement.plan.Plan.sync>`. Raises
+    :class:`ConfigurationError` for parameter servers with ``staleness > 0`` and :class:`PlacementError`
+    for a server that is not a device of the cluster running no node.
 
     ``lowered``: the :class:`~placement.lowering.Lowered` arrays of this graph, cluster, cost model, mode
     and optimizer state (:meth:`placement.problem.Problem.lowered`), for callers that simulate one

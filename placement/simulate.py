@@ -477,7 +477,7 @@ class _Simulation:
         the end of step ``bucket_gate[j]`` (the stage's stream; -1 for none). It is requested when the
         last backward of its nodes ends (``bucket_of[v]``, ``bucket_left[j]`` backwards to go), or, for
         ``stage_bucket[s] = j``, when the stage's last task ends."""
-        n, stages, names = self.n, self.stages, [d.name for d in self.devices]
+        n, stages = self.n, self.stages
         self.bucket_stage: list[int] = []
         self.bucket_bytes: list[float] = []
         self.bucket_gate: list[int] = []
@@ -493,7 +493,7 @@ class _Simulation:
         self.flow_pairs: list[tuple[int, int]] = []
         if not (self.training and stages):
             return
-        sync = self.sync
+        sync, names = self.sync, [d.name for d in self.devices]
         ps = isinstance(sync, ParameterServerSync)
         if ps:
             self._check_servers(sync)
@@ -602,6 +602,9 @@ class _Simulation:
         the copy-engine-less devices at their ends), or the server's own for an update (a CPU server's
         copy-engine resource: its updates and its transfers do not overlap)."""
         res: list[tuple[int, ...]] = []
+        self.step_res, self.step_routes = res, list(self.flow_routes)
+        if not self.step_ms:
+            return
         routes = iter(self.flow_routes)
         route_res = self.route_resources
         top = max((x for r in route_res for x in r), default=-1)
@@ -616,8 +619,6 @@ class _Simulation:
                     res.append((own.setdefault(server, top + 1 + len(own)),))
             else:
                 res.append(tuple(dict.fromkeys(x for _ in flows for x in route_res[next(routes)])))
-        self.step_res = res
-        self.step_routes = list(self.flow_routes)
 
     def _groups(self) -> None:
         """Local successor/predecessor lists, transfer groups (producer, receiving device), their routes.

@@ -141,14 +141,20 @@ def two_nodes() -> Graph:
     return g
 
 
+def with_servers(*servers: str):
+    """two_nodes data-parallel on d0 and d1 (one microbatch each), one bucket per node, on ``servers``."""
+    sync = ParameterServerSync(servers, bucket_bytes=1)
+    cluster = star(2, len(servers))
+    return simulate(two_nodes(), cluster, {"a": "d0", "b": "d0"}, microbatches=2, replicas=DATA_PARALLEL, sync=sync)
+
+
 def test_one_parameter_server_exact_timeline_and_memory() -> None:
     # Replicas d0, d1 run F(a) 0-1, F(b) 1-2, B(b) 2-4, B(a) 4-6. Buckets (one node each): 0 = [b] 1 MB,
     # 1 = [a] 2 MB, both on s0. Bucket 0 at 4: reduce 2 x 1 MB into s0's link 4-6, update (3 + 2) x 1 MB
     # at 5 GB/s 6-7, broadcast 2 x 1 MB out of s0's link 7-9. s0 is a CPU (no copy engine): its reduce,
     # update and broadcast hold it, so bucket 1 (ready at 6) reduces 9-13 (4 MB), updates 13-15, and
     # broadcasts 15-19.
-    sync = ParameterServerSync(("s0",), bucket_bytes=1)
-    r = simulate(two_nodes(), star(2, 1), {"a": "d0", "b": "d0"}, microbatches=2, replicas=DATA_PARALLEL, sync=sync)
+    r = with_servers("s0")
     on_s0 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "s0"]
     assert on_s0 == [
         ("reduce", "d0+d1 bucket 0 @ s0", 4, 6),
@@ -172,8 +178,7 @@ def test_two_parameter_servers_share_the_buckets() -> None:
     # assign_shards: bucket 1 (2 MB, largest first) to s0, bucket 0 (1 MB) to s1. Bucket 0 on s1: reduce
     # 4-6, update 6-7, broadcast 7-9. Bucket 1 on s0 after bucket 0's reduce: reduce 6-10, update 10-12,
     # broadcast 12-16 (the replicas' links are free again by then).
-    sync = ParameterServerSync(("s0", "s1"), bucket_bytes=1)
-    r = simulate(two_nodes(), star(2, 2), {"a": "d0", "b": "d0"}, microbatches=2, replicas=DATA_PARALLEL, sync=sync)
+    r = with_servers("s0", "s1")
     servers = [(e.kind, e.device, e.start_ms, e.end_ms) for e in r.timeline if e.device in ("s0", "s1")]
     assert servers == [
         ("reduce", "s1", 4, 6),

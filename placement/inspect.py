@@ -5,10 +5,22 @@ again with the same cost model (:func:`placement.simulate`), so a saved plan fil
 graph and cluster) can be inspected on any machine.
 
 * :func:`summary_table` — per device: ops, FLOPs, parameters, peak memory, busy time, utilisation;
-  per link: bytes moved and busy time; the predicted step time, lower bound, gap, solver and its time.
-* :func:`chrome_trace` — the simulated timeline in the Trace Event format, one track per device and one
-  per link (a transfer shows on every link it crosses); opens in Perfetto or ``chrome://tracing``.
-* :func:`gantt_png` — the same timeline as a PNG (matplotlib; :func:`gantt_figure` gives the figure).
+  per link: bytes moved and busy time; per replicated stage (:func:`sync_table`): its replicas, their
+  microbatches, how they synchronise (all-reduce algorithm and buckets, or the parameter servers and
+  the bytes each holds) and what the synchronisation costs in the simulation; the predicted step time,
+  lower bound, gap, synchronisation, solver and its time.
+* :func:`chrome_trace` — the simulated timeline in the Trace Event format, one track per device, one
+  per replica group (its collectives, one per bucket: all-reduce, or reduce, server update and
+  broadcast) and one per link (a transfer or a collective's flow shows on every link it crosses);
+  opens in Perfetto or ``chrome://tracing``.
+* :func:`gantt_png` — the same timeline as a PNG (matplotlib; :func:`gantt_figure` gives the figure),
+  with the same rows.
+
+The synchronisation figures of a replicated stage are its collectives' simulated intervals
+(:attr:`placement.timeline.RawTimeline.collectives`): ``sync ms`` is the length of their union (time
+during which some bucket of the stage is being synchronised), ``exposed ms`` is how far the last one ends
+after the stage's last backward, ``max(0, end of the last collective - end of the last backward)``: the
+part the backward did not hide.
 * :func:`to_dot` — the graph with nodes coloured by device and cut edges drawn bold red with their bytes.
 
 Both pictures colour a device with :func:`device_colours`, so a device looks the same in each.
@@ -28,12 +40,24 @@ from rich.table import Table
 
 from graphc.ir.graph import Graph
 from placement.cluster import Cluster
-from placement.timeline import ALLREDUCE, BACKWARD, FORWARD, SEND, SEND_GRAD, SimResult
+from placement.sync import AllReduceSync, islands
+from placement.timeline import (
+    ALLREDUCE,
+    BACKWARD,
+    BROADCAST,
+    FORWARD,
+    REDUCE,
+    SEND,
+    SEND_GRAD,
+    UPDATE,
+    Collective,
+    SimResult,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from placement.plan import Plan
+    from placement.plan import Plan, Stage
 
 _PALETTE = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
@@ -41,6 +65,8 @@ _PALETTE = [
 ]  # fmt: skip
 TRANSFER_COLOUR = "#8c8c8c"  # neutral: a transfer occupies links, not a device
 ALLREDUCE_COLOUR = "#4d4d4d"
+SERVER_COLOUR = "#1a1a1a"  # a parameter server's optimizer update: compute, but on no device of the plan
+COLLECTIVE_HATCH = {REDUCE: "\\\\\\\\", BROADCAST: "...."}  # reduce and broadcast: the all-reduce's grey, patterned
 BACKWARD_HATCH = "////"
 _DPI = 110
 _LABEL_PT = 7  # font size of the names inside bars
@@ -53,7 +79,9 @@ def _mib(nbytes: float) -> str:
 
 
 def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) -> Group:
-    """The plan for people: one table per device, one per link, and the headline figures. Units go
+    """The plan for people: one table per device (a replica's row repeats its stage's ops, FLOPs and
+    parameters), one per link, one of the replicated stages (:func:`sync_table`) when there are some,
+    and the headline figures. Units go
     under the column names, so that the device table of usual names and sizes is about 90 columns wide
     and fits a 100-column terminal without wrapping or cutting a figure."""
     devices = Table(title=f"plan for {graph.name!r} on {cluster.name!r} ({plan.objective}, {plan.mode})")
@@ -66,6 +94,9 @@ def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) ->
         row[0] += 1
         row[1] += node.fwd_flops
         row[2] += node.param_bytes
+    for st in _replicated(plan):  # each replica holds and runs what the plan assigns to the stage's first
+        for d in st.devices[1:]:
+            per_device[d] = list(per_device[st.devices[0]])
     util = sim.utilization()
     for device in cluster.devices:
         if device.name not in per_device:
@@ -93,24 +124,130 @@ def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) ->
         ("proven gap", gap),
         ("cut edges", f"{len(cut)} carrying {_mib(sum(e.bytes for _, _, e in cut))} MiB"),
         ("stages", str(len(plan.stages)) if plan.stages else "none (latency plan)"),
+        *([("synchronisation", describe_sync(plan))] if _replicated(plan) else []),
         ("solver", f"{plan.solver} in {plan.solve_seconds:.2f} s"),
     ):
         headline.add_row(what, value)
-    return Group(devices, links, headline) if sim.link_bytes else Group(devices, headline)
+    tables = [devices] + ([links] if sim.link_bytes else [])
+    tables += [sync_table(plan, cluster, sim)] if _replicated(plan) else []
+    return Group(*tables, headline)
+
+
+def _replicated(plan: Plan) -> list[Stage]:
+    return [st for st in plan.stages if len(st.devices) > 1]
+
+
+def describe_sync(plan: Plan) -> str:
+    """How the plan's replicas synchronise, in words: ``ring all-reduce, 25.0 MiB buckets`` or
+    ``parameter servers cpu0, cpu1 (synchronous), 25.0 MiB buckets``."""
+    sync = plan.sync
+    size = "one bucket per stage" if sync.bucket_bytes is None else f"{_mib(sync.bucket_bytes)} MiB buckets"
+    if isinstance(sync, AllReduceSync):
+        return f"{sync.algorithm} all-reduce, {size}"
+    timing = "synchronous" if sync.staleness == 0 else f"staleness {sync.staleness}"
+    return f"parameter servers {', '.join(sync.servers)} ({timing}), {size}"
+
+
+def sync_table(plan: Plan, cluster: Cluster, sim: SimResult) -> Table:
+    """One row per replicated stage: its devices, microbatches per replica, how it synchronises (the
+    algorithm, with a hierarchical all-reduce's islands, or the servers and the MiB each holds), its
+    buckets and their MiB, and the simulated ``sync ms`` and ``exposed ms`` (module docstring)."""
+    table = Table(title=f"replicas and synchronisation ({describe_sync(plan)})")
+    for column in ("stage", "devices", "microbatches\nper replica", "sync", "buckets", "MiB", "sync\nms", "exposed\nms"):
+        table.add_column(column, justify="left" if column in ("devices", "sync") else "right")
+    records = _stage_collectives(plan, sim.raw.collectives)
+    backward_end = _last_backward_end(sim)
+    for st in _replicated(plan):
+        mine = records.get(st.index, [])
+        buckets = {c.bucket: c.bytes for c in mine}
+        row = [str(st.index), ", ".join(st.devices), _share(plan.microbatches, len(st.devices))]
+        if not mine:
+            none = "none (inference)" if sim.mode != "training" else "none (no parameters)"
+            table.add_row(*row, none, "0", "0.0", "-", "-")
+            continue
+        end = max(c.end_ms for c in mine)
+        exposed = max(0.0, end - max(backward_end.get(d, 0.0) for d in st.devices))
+        table.add_row(
+            *row, _sync_means(mine, cluster, st), str(len(buckets)), _mib(sum(buckets.values())),
+            f"{_union_ms(mine):,.3f}", f"{exposed:,.3f}",
+        )  # fmt: skip
+    return table
+
+
+def _share(microbatches: int, replicas: int) -> str:
+    """Microbatches per replica under round robin: ``2``, or ``2-3`` when they do not divide evenly."""
+    low, extra = divmod(microbatches, replicas)
+    return str(low) if extra == 0 else f"{low}-{low + 1}"
+
+
+def _stage_collectives(plan: Plan, collectives: list[Collective]) -> dict[int, list[Collective]]:
+    """The simulated collectives by the index of the stage whose replicas take part."""
+    stage_of = {frozenset(st.devices): st.index for st in plan.stages}
+    out: dict[int, list[Collective]] = defaultdict(list)
+    for c in collectives:
+        index = stage_of.get(frozenset(d for d in c.devices if d != c.root))
+        if index is not None:
+            out[index].append(c)
+    return out
+
+
+def _sync_means(records: list[Collective], cluster: Cluster, stage: Stage) -> str:
+    """``ring all-reduce``, ``hierarchical all-reduce: gpu0+gpu1 | gpu2+gpu3`` or ``servers cpu0 6.0 MiB,
+    cpu1 4.0 MiB`` (the bytes of the buckets each server holds)."""
+    served: dict[str, float] = {}
+    for c in records:
+        if c.kind == REDUCE:
+            served[c.root] = served.get(c.root, 0.0) + c.bytes
+    if served:
+        return "servers " + ", ".join(f"{server} {_mib(nbytes)} MiB" for server, nbytes in served.items())
+    algorithm = records[0].algorithm
+    if algorithm != "hierarchical":
+        return f"{algorithm} all-reduce"
+    return "hierarchical all-reduce: " + " | ".join("+".join(i) for i in islands(cluster, stage.devices))
+
+
+def _union_ms(records: list[Collective]) -> float:
+    """The length of the union of the records' intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted((c.start_ms, c.end_ms) for c in records):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _last_backward_end(sim: SimResult) -> dict[str, float]:
+    """Device -> the end of its last backward in the simulated step."""
+    ends: dict[str, float] = {}
+    for e in sim.timeline:
+        if e.kind == BACKWARD:
+            ends[e.device] = max(ends.get(e.device, 0.0), e.end_ms)
+    return ends
 
 
 def chrome_trace(sim: SimResult) -> dict[str, Any]:
     """The simulated timeline as a Trace Event document: process 1 holds one thread per device, process
-    2 one thread per link; times in microseconds."""
+    2 one thread per link, process 3 one thread per replica group (per group and server under parameter
+    servers) with its collectives, one event per bucket and kind (:func:`collective_code` names it);
+    times in microseconds."""
     devices = list(sim.busy_ms)
     links = sorted({link for e in sim.timeline for link in e.links})
+    groups = list(dict.fromkeys(_group_row(c) for c in sim.raw.collectives))
     tid = {("dev", d): i for i, d in enumerate(devices)} | {("link", lk): i for i, lk in enumerate(links)}
+    tid |= {("group", g): i for i, g in enumerate(groups)}
     events: list[dict[str, Any]] = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "devices"}},
         {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "links"}},
     ]
     events += [{"ph": "M", "pid": 1, "tid": tid["dev", d], "name": "thread_name", "args": {"name": d}} for d in devices]
     events += [{"ph": "M", "pid": 2, "tid": tid["link", lk], "name": "thread_name", "args": {"name": lk}} for lk in links]
+    if groups:
+        events.append({"ph": "M", "pid": 3, "name": "process_name", "args": {"name": "synchronisation"}})
+        events += [{"ph": "M", "pid": 3, "tid": tid["group", g], "name": "thread_name", "args": {"name": g}} for g in groups]
+    for c in sim.raw.collectives:
+        args = {"algorithm": c.algorithm, "bucket": c.bucket, "bytes": c.bytes, "root": c.root, "devices": c.devices}
+        events.append({"ph": "X", "ts": 1e3 * c.start_ms, "dur": 1e3 * (c.end_ms - c.start_ms), "cat": c.kind,
+                       "pid": 3, "tid": tid["group", _group_row(c)], "name": collective_code(c), "args": args})  # fmt: skip
     for e in sim.timeline:
         common = {"ph": "X", "ts": 1e3 * e.start_ms, "dur": 1e3 * e.duration_ms, "cat": e.kind}
         args = {"microbatch": e.microbatch}
@@ -121,6 +258,22 @@ def chrome_trace(sim: SimResult) -> dict[str, Any]:
         for link in e.links:
             events.append({**common, "pid": 2, "tid": tid["link", link], "name": f"{e.kind} {e.name}", "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _group_row(c: Collective) -> str:
+    """The row (trace thread, Gantt row) of a collective: ``sync``, its replicas joined by ``+``, and
+    `` @ server`` under parameter servers (a row per server: the servers work at the same time)."""
+    return "sync " + "+".join(d for d in c.devices if d != c.root) + (f" @ {c.root}" if c.root else "")
+
+
+_CODES = {ALLREDUCE: "AR", REDUCE: "RD", UPDATE: "OPT", BROADCAST: "BC"}
+
+
+def collective_code(c: Collective) -> str:
+    """A collective's short name, as the schedule table writes its action: ``AR``, ``AR2`` (bucket 2 of
+    several), ``RD2@cpu0``, ``OPT2@cpu0`` (the server's update), ``BC2@cpu0``."""
+    bucket = str(c.bucket) if c.buckets > 1 else ""
+    return _CODES.get(c.kind, c.kind) + bucket + (f"@{c.root}" if c.root else "")
 
 
 def device_colours(devices: Sequence[str]) -> dict[str, str]:
@@ -171,13 +324,18 @@ class _Style:
 
 def _style(kind: str, colour: str) -> _Style:
     """A device's forward and backward passes in its colour (backward lighter and hatched); transfers in
-    grey (gradient sends lighter and hatched, like the backward pass they serve), all-reduces dark grey."""
+    grey (gradient sends lighter and hatched, like the backward pass they serve), all-reduces dark grey,
+    reduces and broadcasts dark grey with white stripes or dots, a server's update near black."""
     if kind == FORWARD:
         return _Style(colour, None, colour)
     if kind == BACKWARD:
         return _Style(_lighter(colour), BACKWARD_HATCH, colour)
     if kind == SEND_GRAD:
         return _Style(_lighter(TRANSFER_COLOUR), BACKWARD_HATCH, TRANSFER_COLOUR)
+    if kind == UPDATE:
+        return _Style(SERVER_COLOUR, None, SERVER_COLOUR)
+    if kind in COLLECTIVE_HATCH:
+        return _Style(ALLREDUCE_COLOUR, COLLECTIVE_HATCH[kind], "white")
     return _Style(ALLREDUCE_COLOUR if kind == ALLREDUCE else TRANSFER_COLOUR, None, TRANSFER_COLOUR)
 
 
@@ -192,15 +350,19 @@ def _fit_label(name: str, room: int) -> str | None:
 
 
 def _timeline_bars(sim: SimResult) -> tuple[list[str], dict[tuple[str, str], list[tuple[float, float, str]]]]:
-    """The chart's rows (devices that computed, in cluster order, then links that carried data) and its
-    bars: (start, duration, name) per (row, kind); a transfer shows on every link it crosses."""
+    """The chart's rows (devices that computed, in cluster order, then one per replica group, then links
+    that carried data) and its bars: (start, duration, name) per (row, kind); a transfer or a
+    collective's flow shows on every link it crosses, a collective also once on its group's row."""
     bars: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
     for e in sim.timeline:
         for row in [e.device] if e.kind in (FORWARD, BACKWARD) else e.links:
             bars[row, e.kind].append((e.start_ms, e.duration_ms, e.name))
+    for c in sim.raw.collectives:
+        bars[_group_row(c), c.kind].append((c.start_ms, c.end_ms - c.start_ms, collective_code(c)))
     computing = {row for row, kind in bars if kind in (FORWARD, BACKWARD)}
-    links = sorted({row for row, kind in bars if kind not in (FORWARD, BACKWARD)})
-    return [d for d in sim.busy_ms if d in computing] + links, bars
+    groups = list(dict.fromkeys(_group_row(c) for c in sim.raw.collectives))
+    links = sorted({row for row, _ in bars} - computing - set(groups))
+    return [d for d in sim.busy_ms if d in computing] + groups + links, bars
 
 
 def gantt_figure(sim: SimResult, title: str = "") -> Figure:
@@ -227,7 +389,7 @@ def _gantt_frame(sim: SimResult, rows: list[str], devices: int, title: str) -> t
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    height = max(2.8, 0.42 * len(rows) + 1.6, 0.2 * (devices + 5) + 1.2)  # the legend has devices + up to 5 entries
+    height = max(2.8, 0.42 * len(rows) + 1.6, 0.2 * (devices + 8) + 1.2)  # the legend has devices + up to 8 entries
     fig = Figure(figsize=(14, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)  # a renderer to measure text with (:func:`_char_px`)
     ax = fig.add_subplot()
@@ -255,7 +417,10 @@ def _legend_handles(devices: list[str], colours: dict[str, str], kinds: set[str]
         Patch(facecolor="white", edgecolor="black", label="forward: solid"),
         Patch(facecolor="white", edgecolor="black", hatch=BACKWARD_HATCH, label="backward: light, hatched"),
     ]
-    for kind, label in ((SEND, "activation transfer"), (SEND_GRAD, "gradient transfer"), (ALLREDUCE, "all-reduce")):
+    for kind, label in (
+        (SEND, "activation transfer"), (SEND_GRAD, "gradient transfer"), (ALLREDUCE, "all-reduce"),
+        (REDUCE, "reduce onto a server"), (UPDATE, "server's optimizer update"), (BROADCAST, "server's broadcast"),
+    ):  # fmt: skip
         if kind in kinds:
             s = _style(kind, TRANSFER_COLOUR)
             handles.append(Patch(facecolor=s.fill, hatch=s.hatch, edgecolor=s.stripes, label=label))
@@ -309,10 +474,11 @@ def _merge_narrow(spans: list[tuple[float, float, str]], px_per_ms: float) -> li
 
 
 def gantt_png(sim: SimResult, path: str | Path, title: str = "") -> None:
-    """Draw the timeline as a PNG: one row per device and per link, time in ms across.
+    """Draw the timeline as a PNG: one row per device, per replica group and per link, time in ms across.
 
     Bars are coloured by device (:func:`device_colours`, the Graphviz picture's colours), the backward
-    pass lighter and hatched, transfers grey on the links they cross; names are written inside the bars
+    pass lighter and hatched, transfers grey on the links they cross, a replica group's collectives dark
+    on its row (:func:`collective_code` names them) and on their links; names are written inside the bars
     wide enough for them; the legend says all this; the title gives the predicted (simulated) step
     time. Bars are drawn as one collection per row and kind, so plans of thousands of nodes draw in
     about a second."""

@@ -80,7 +80,7 @@ def _mib(nbytes: float) -> str:
 
 def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) -> Group:
     """The plan for people: one table per device (a replica's row repeats its stage's ops, FLOPs and
-    parameters), one per link, one of the replicated stages (:func:`sync_table`) when there are some,
+    parameters; a parameter server's gives the parameters of its shards), one per link, one of the replicated stages (:func:`sync_table`) when there are some,
     and the headline figures. Units go
     under the column names, so that the device table of usual names and sizes is about 90 columns wide
     and fits a 100-column terminal without wrapping or cutting a figure."""
@@ -97,6 +97,8 @@ def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) ->
     for st in _replicated(plan):  # each replica holds and runs what the plan assigns to the stage's first
         for d in st.devices[1:]:
             per_device[d] = list(per_device[st.devices[0]])
+    for server, nbytes in _served_bytes(sim.raw.collectives).items():  # a server runs nothing, holds its shards
+        per_device[server] = [0, 0.0, nbytes]
     util = sim.utilization()
     for device in cluster.devices:
         if device.name not in per_device:
@@ -194,16 +196,22 @@ def _stage_collectives(plan: Plan, collectives: list[Collective]) -> dict[int, l
 def _sync_means(records: list[Collective], cluster: Cluster, stage: Stage) -> str:
     """``ring all-reduce``, ``hierarchical all-reduce: gpu0+gpu1 | gpu2+gpu3`` or ``servers cpu0 6.0 MiB,
     cpu1 4.0 MiB`` (the bytes of the buckets each server holds)."""
-    served: dict[str, float] = {}
-    for c in records:
-        if c.kind == REDUCE:
-            served[c.root] = served.get(c.root, 0.0) + c.bytes
+    served = _served_bytes(records)
     if served:
         return "servers " + ", ".join(f"{server} {_mib(nbytes)} MiB" for server, nbytes in served.items())
     algorithm = records[0].algorithm
     if algorithm != "hierarchical":
         return f"{algorithm} all-reduce"
     return "hierarchical all-reduce: " + " | ".join("+".join(i) for i in islands(cluster, stage.devices))
+
+
+def _served_bytes(records: list[Collective]) -> dict[str, float]:
+    """Parameter server -> the bytes of the buckets it holds (those reduced onto it), in first-use order."""
+    served: dict[str, float] = {}
+    for c in records:
+        if c.kind == REDUCE:
+            served[c.root] = served.get(c.root, 0.0) + c.bytes
+    return served
 
 
 def _union_ms(records: list[Collective]) -> float:

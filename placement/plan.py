@@ -50,9 +50,10 @@ class Stage:
     """One stage of a pipelined plan: a set of nodes, replicated data-parallel on ``devices``.
 
     The plan assigns the stage's nodes to ``devices[0]``. With ``r`` devices and ``m`` microbatches,
-    microbatch ``k`` runs on ``devices[k % r]`` (round robin), and after the stage's last backward its
-    devices all-reduce the parameter gradients (a ring, in this order); :func:`placement.simulate`
-    models exactly that when given :func:`stage_replicas`.
+    microbatch ``k`` runs on ``devices[k % r]`` (round robin), and its devices combine their parameter
+    gradients as the plan's :attr:`Plan.sync` says: all-reduced (a ring in this order, or hierarchical)
+    in buckets as the backward makes them, or through parameter servers; :func:`placement.simulate`
+    models exactly that when given :func:`stage_replicas` and the sync.
     """
 
     index: int

@@ -81,7 +81,12 @@ def test_the_summary_gives_each_parameter_servers_bytes():
     assert owner == {0: "gpu2", 1: "gpu3"}  # equal links: the larger bucket to the first server
     row = sync_row(plan)
     assert row[3] == "servers gpu2 60.0 MiB, gpu3 40.0 MiB" and row[4:6] == ["2", "100.0"]
-    assert "parameter servers gpu2, gpu3 (synchronous), 50.0 MiB buckets" in summary_text(plan)
+    text = summary_text(plan)
+    assert "parameter servers gpu2, gpu3 (synchronous), 50.0 MiB buckets" in text
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in text.splitlines() if line.startswith("│ gpu")]
+    assert {row[0]: (row[2], row[4]) for row in cells} == {  # ops and parameter MiB: the servers hold their shards
+        "gpu0": ("5", "100.0"), "gpu1": ("5", "100.0"), "gpu2": ("0", "60.0"), "gpu3": ("0", "40.0"),
+    }  # fmt: skip
 
 
 def test_the_summary_names_a_hierarchical_all_reduces_islands_and_odd_shares():

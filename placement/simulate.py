@@ -563,8 +563,9 @@ class _Simulation:
                     self._add_steps("allreduce", algorithm, j, phases, "")
                     previous = len(self.step_ms) - 1
                 self.step_hi.append(len(self.step_ms))
-            if ps and buckets:  # the servers hold the optimizer state of the stage's parameters
-                state = factor * sum(b.nbytes for b in buckets)
+            if ps and buckets:  # the servers hold the optimizer state the replicas counted in their static
+                nodes = [self.data[self.index[v]] for b in buckets for v in b.nodes]
+                state = factor * sum(nd.param_bytes for nd in nodes if nd.memory_bytes is None)
                 for d in stage:
                     self.static[d] -= state
 

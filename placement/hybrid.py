@@ -197,19 +197,20 @@ def worker_devices(cluster: Cluster, servers: set[str] = frozenset()) -> list[st
 
 
 def replica_counts(problem: Problem, workers: Sequence[str]) -> list[int]:
-    """Data-parallel replica counts :math:`R \\ge 2`: powers of two, whole hosts and every worker, at most
-    the batch size and dividing it when it is known; the :data:`MAX_REPLICA_COUNTS` largest."""
+    """Data-parallel replica counts :math:`R \\ge 2`: powers of two, every worker, and whole hosts (a
+    power of two of them, or all), at most the batch size and dividing it when it is known; the
+    :data:`MAX_REPLICA_COUNTS` largest."""
     n = len(workers)
     per_host: dict[str, int] = {}
     for w in workers:
         host = problem.cluster.device(w).host
         per_host[host] = per_host.get(host, 0) + 1
-    counts = {2**k for k in range(1, n.bit_length()) if 2**k <= n} | {n}
-    if len(per_host) > 1:
-        size = next(iter(per_host.values()))
-        counts |= {size * h for h in range(1, len(per_host) + 1)}
+    counts = {2**k for k in range(1, n.bit_length())} | {n}
+    if len(per_host) > 1 and len(set(per_host.values())) == 1:
+        size, hosts = next(iter(per_host.values())), len(per_host)
+        counts |= {size * 2**k for k in range(hosts.bit_length())} | {size * hosts}
     batch = problem.graph.batch_size()
-    counts = {r for r in counts if r >= 2 and (batch is None or batch % r == 0)}
+    counts = {r for r in counts if 2 <= r <= n and (batch is None or batch % r == 0)}
     return sorted(counts)[-MAX_REPLICA_COUNTS:]
 
 

@@ -46,6 +46,7 @@ from graphc.ir.errors import ConfigurationError, GraphcError, MissingFileError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement.cluster import Cluster
+from placement.hybrid import PARALLEL, SYNCS
 from placement.plan import Plan
 from placement.presets import cluster_presets
 from placement.solvers import SOLVERS, solve
@@ -192,6 +193,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Trace (or import) a model, place it, print the plan's summary; save it when ``-o`` says where."""
     console = _console(args)
     cluster = Cluster.resolve(args.cluster)
+    parallel = _parallel_options(args)
     cost_model = None
     if args.calibrate:
         if cluster.name != "local":
@@ -203,8 +205,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
         plan = solve(graph, cluster, objective=args.objective, time_limit_s=args.time_limit, seed=args.seed,
-                     solver=args.solver, cost_model=cost_model)  # fmt: skip
+                     solver=args.solver, cost_model=cost_model, **parallel)  # fmt: skip
     console.print(plan.summary())
+    if "parallel" in plan.settings:
+        console.print(f"parallel layout: {plan.settings['parallel']['reason']}")
     if cluster.name == "local" and not args.calibrate:
         _warn_uncalibrated(args)
     if args.out:
@@ -213,6 +217,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         console.print("not saved: add -o plan.json to keep it (then graphc show plan.json, graphc run --plan plan.json)")
     return 0
+
+
+def _parallel_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--parallel``, ``--sync`` and ``--servers`` as :func:`placement.solve` takes them, checked before
+    any tracing: with ``--objective throughput`` the layout defaults to ``auto`` (data parallel, pipeline
+    or hybrid, the fastest simulated); with ``latency`` they are refused, as are ``--servers`` without
+    ``--sync parameter-server``."""
+    given = [f"--{k}" for k in ("parallel", "sync", "servers") if getattr(args, k) is not None]
+    if given and args.objective != "throughput":
+        raise ConfigurationError(f"{', '.join(given)}: replicas and their sync are planned for --objective throughput, not {args.objective}")
+    if args.servers and args.sync != "parameter-server":
+        raise ConfigurationError(f"--servers {','.join(args.servers)}: servers hold parameters with --sync parameter-server, not --sync {args.sync or 'auto'}")
+    parallel = args.parallel or ("auto" if args.objective == "throughput" else None)
+    given_values = {"parallel": parallel, "sync": args.sync, "servers": args.servers}
+    return {k: v for k, v in given_values.items() if v is not None}
 
 
 def _calibrated(args: argparse.Namespace, console: Console, workers: int = 2) -> tuple[TracedProgram, Calibration]:
@@ -383,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     planned.add_argument("-s", "--solver", type=solver_name, default="auto", help="a solver name (graphc solvers)")
     planned.add_argument("--objective", choices=("latency", "throughput"), default="latency",
                          help="latency: one step as fast as possible; throughput: pipelined (auto only)")  # fmt: skip
+    planned.add_argument("--parallel", choices=PARALLEL,
+                         help="throughput: replicas and pipelines: auto (default; the fastest simulated of data parallel, "
+                              "pipeline and hybrid), data, pipeline (the pipeline solver, PipeDream replicas) or hybrid")  # fmt: skip
+    planned.add_argument("--sync", choices=SYNCS,
+                         help="throughput: how replicas combine gradients: auto (ring or hierarchical all-reduce and "
+                              "bucket size by simulation), ring, hierarchical, parameter-server")  # fmt: skip
+    planned.add_argument("--servers", type=comma_list(str),
+                         help="with --sync parameter-server: the server devices, e.g. cpu0,cpu1 (default: the cluster's CPUs)")  # fmt: skip
     planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take (time_limit_s)")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
     planned.add_argument("--calibrate", action="store_true",

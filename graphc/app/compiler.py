@@ -130,6 +130,9 @@ class CompiledModel:
     call signature may spend searching when the placement of an earlier plan does not apply to it.
     ``calibrate``: measure the ``local`` cluster of CPU workers on this machine before planning each new
     program (module docstring; refused for another cluster).
+    ``parallel`` and ``sync``: the throughput layout (:func:`placement.solve`); only ``"pipeline"`` and
+    no sync, as the call is differentiable (module docstring): any other is refused, saying where
+    data-parallel replicas are planned and trained instead.
     (``time_limit`` and ``reshape_time_limit``, their old names, still work this release, with a
     ``DeprecationWarning``.)
     """
@@ -149,7 +152,16 @@ class CompiledModel:
         seed: int = 0,
         progress: bool | None = None,
         calibrate: bool = False,
+        parallel: str = "pipeline",
+        sync: str | None = None,
     ) -> None:
+        if parallel != "pipeline" or sync is not None:
+            raise ConfigurationError(
+                f"compile(parallel={parallel!r}, sync={sync!r}): the compiled call is differentiable, and the caller's "
+                "backward cannot sum the gradients of data-parallel replicas; compile plans pipelines "
+                "(parallel='pipeline', no sync). Plan replicas with placement.solve(..., parallel=, sync=) or "
+                "`graphc plan --objective throughput --parallel data -o plan.json`, and train with `graphc run --plan plan.json`"
+            )
         self.fn = fn
         self.cluster = Cluster.resolve(cluster)
         self.calibrate = calibrate

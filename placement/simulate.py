@@ -497,8 +497,6 @@ class _Simulation:
         ps = isinstance(sync, ParameterServerSync)
         if ps:
             self._check_servers(sync)
-        index = self.cluster.device_index
-        factor = self.lw.optimizer_state_factor
         backward_order: list[list[str]] = [[] for _ in stages]
         for v in range(n - 1, -1, -1):
             s = self.stage_of[self.dev[v]]
@@ -507,24 +505,8 @@ class _Simulation:
         given = _scheduled_allreduces(schedule) if schedule is not None and not ps else {}
         for s, stage in enumerate(stages):
             members = [names[d] for d in stage]
-            algorithm = sync.algorithm if isinstance(sync, AllReduceSync) else ""
-            groups: list[tuple[str, ...]] = []
-            bucket_bytes = sync.bucket_bytes if self.has_bwd else None
-            buckets = []
-            if members[0] in given:  # the schedule's buckets, algorithm and islands
-                actions = given[members[0]]
-                algorithm, groups = actions[0].algorithm, list(actions[0].islands)
-                if all(a.nodes for a in actions):
-                    sizes = (sum(self.graph.node(v).param_bytes for v in a.nodes) for a in actions)
-                    buckets = [Bucket(b, a.nodes, size) for b, (a, size) in enumerate(zip(actions, sizes))]
-                else:  # one all-reduce of every gradient of the stage
-                    bucket_bytes = None
-            if not buckets:
-                buckets = gradient_buckets(self.graph, backward_order[s], bucket_bytes)
-            if algorithm == "hierarchical" and not groups:
-                groups = islands(self.cluster, members)
+            buckets, algorithm, groups, whole = self._stage_buckets(members, backward_order[s], given.get(members[0]))
             owner = assign_shards(buckets, sync.servers, self.cluster, members) if ps and buckets else {}
-            whole = bucket_bytes is None
             previous = -1
             for bucket in buckets:
                 j = len(self.bucket_stage)
@@ -545,15 +527,8 @@ class _Simulation:
                         self.bucket_of[v] = j
                 self.step_lo.append(len(self.step_ms))
                 if ps:
-                    server = owner[bucket.index]
-                    self._add_steps("reduce", "", j, collectives.reduce(self.cluster, members, server, bucket.nbytes), server)
-                    previous = len(self.step_ms) - 1  # the next bucket's reduce follows this one's
-                    self.step_ms.append(1e3 * (3 + factor) * bucket.nbytes / self.cluster.device(server).memory_bandwidth)
-                    self.step_flows.append(())
-                    self.step_server.append(index(server))
-                    self.records.append(("update", "", j, len(self.step_ms) - 1, len(self.step_ms), server))
-                    self._add_steps("broadcast", "", j, collectives.broadcast(self.cluster, server, members, bucket.nbytes), server)
-                    self.static[index(server)] += (2 + factor) * bucket.nbytes
+                    self._server_steps(j, members, owner[bucket.index], bucket.nbytes)
+                    previous = self.step_lo[j]  # the next bucket's reduce follows this one's
                 else:
                     phases = (
                         collectives.hierarchical_allreduce(self.cluster, groups, bucket.nbytes)
@@ -565,9 +540,45 @@ class _Simulation:
                 self.step_hi.append(len(self.step_ms))
             if ps and buckets:  # the servers hold the optimizer state the replicas counted in their static
                 nodes = [self.data[self.index[v]] for b in buckets for v in b.nodes]
-                state = factor * sum(nd.param_bytes for nd in nodes if nd.memory_bytes is None)
+                state = self.lw.optimizer_state_factor * sum(nd.param_bytes for nd in nodes if nd.memory_bytes is None)
                 for d in stage:
                     self.static[d] -= state
+
+    def _stage_buckets(
+        self, members: list[str], backward_order: list[str], actions: list[AllReduce] | None
+    ) -> tuple[list[Bucket], str, list[tuple[str, ...]], bool]:
+        """A replicated stage's buckets, all-reduce algorithm and islands, and whether its one bucket
+        waits for the stage's last task: from the schedule's ``actions`` when it lists them, else from
+        the sync."""
+        sync = self.sync
+        algorithm = sync.algorithm if isinstance(sync, AllReduceSync) else ""
+        groups: list[tuple[str, ...]] = []
+        bucket_bytes = sync.bucket_bytes if self.has_bwd else None
+        buckets: list[Bucket] = []
+        if actions:
+            algorithm, groups = actions[0].algorithm, list(actions[0].islands)
+            if all(a.nodes for a in actions):
+                sizes = (sum(self.graph.node(v).param_bytes for v in a.nodes) for a in actions)
+                buckets = [Bucket(b, a.nodes, size) for b, (a, size) in enumerate(zip(actions, sizes))]
+            else:  # one all-reduce of every gradient of the stage
+                bucket_bytes = None
+        if not buckets:
+            buckets = gradient_buckets(self.graph, backward_order, bucket_bytes)
+        if algorithm == "hierarchical" and not groups:
+            groups = islands(self.cluster, members)
+        return buckets, algorithm, groups, bucket_bytes is None
+
+    def _server_steps(self, j: int, members: list[str], server: str, nbytes: float) -> None:
+        """Bucket ``j``'s steps under a parameter server: reduce onto ``server``, its update, broadcast
+        back (module docstring); the server holds the bucket's parameters, gradient buffer and state."""
+        factor, s = self.lw.optimizer_state_factor, self.cluster.device_index(server)
+        self._add_steps("reduce", "", j, collectives.reduce(self.cluster, members, server, nbytes), server)
+        self.step_ms.append(1e3 * (3 + factor) * nbytes / self.devices[s].memory_bandwidth)
+        self.step_flows.append(())
+        self.step_server.append(s)
+        self.records.append(("update", "", j, len(self.step_ms) - 1, len(self.step_ms), server))
+        self._add_steps("broadcast", "", j, collectives.broadcast(self.cluster, server, members, nbytes), server)
+        self.static[s] += (2 + factor) * nbytes
 
     def _add_steps(self, kind: str, algorithm: str, j: int, phases: list[Phase], root: str) -> None:
         """Append the phases of one collective of bucket ``j`` as steps, and its timeline record."""

@@ -360,11 +360,12 @@ def _fit_label(name: str, room: int) -> str | None:
 def _timeline_bars(sim: SimResult) -> tuple[list[str], dict[tuple[str, str], list[tuple[float, float, str]]]]:
     """The chart's rows (devices that computed, in cluster order, then one per replica group, then links
     that carried data) and its bars: (start, duration, name) per (row, kind); a transfer or a
-    collective's flow shows on every link it crosses, a collective also once on its group's row."""
+    collective's flow shows on every link it crosses (unnamed), and the collective once on its group's row."""
     bars: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
     for e in sim.timeline:
+        name = "" if e.kind in _CODES else e.name  # a collective is named once, on its group's row
         for row in [e.device] if e.kind in (FORWARD, BACKWARD) else e.links:
-            bars[row, e.kind].append((e.start_ms, e.duration_ms, e.name))
+            bars[row, e.kind].append((e.start_ms, e.duration_ms, name))
     for c in sim.raw.collectives:
         bars[_group_row(c), c.kind].append((c.start_ms, c.end_ms - c.start_ms, collective_code(c)))
     computing = {row for row, kind in bars if kind in (FORWARD, BACKWARD)}

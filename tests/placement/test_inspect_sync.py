@@ -136,5 +136,7 @@ def test_the_gantt_chart_has_a_row_per_replica_group_and_explains_the_collective
     assert rows[:3] == ["gpu0", "gpu1", "sync gpu0+gpu1 @ cpu0"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"reduce onto a server", "server's optimizer update", "server's broadcast"} <= set(labels)
+    written = [t.get_text() for t in ax.texts]
+    assert "RD0@cpu0" in written and not any(" @ cpu0" in t for t in written)  # named on the group's row only
     drawn = {c.get_gid() for c in ax.collections}
     assert {"sync gpu0+gpu1 @ cpu0 reduce", "sync gpu0+gpu1 @ cpu0 update", "sync gpu0+gpu1 @ cpu0 broadcast"} <= drawn

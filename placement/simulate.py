@@ -518,13 +518,7 @@ class _Simulation:
                     self.stage_bucket[s] = j
                 else:
                     for name in bucket.nodes:
-                        v = self.index.get(name, -1)
-                        if v < 0 or self.stage_of[self.dev[v]] != s:
-                            raise PlacementError(
-                                f"the schedule's all-reduce of bucket {bucket.index} on {members[0]} names node "
-                                f"{name!r}, which that stage does not run"
-                            )
-                        self.bucket_of[v] = j
+                        self.bucket_of[self.index[name]] = j
                 self.step_lo.append(len(self.step_ms))
                 if ps:
                     self._server_steps(j, members, owner[bucket.index], bucket.nbytes)
@@ -556,6 +550,13 @@ class _Simulation:
         bucket_bytes = sync.bucket_bytes if self.has_bwd else None
         buckets: list[Bucket] = []
         if actions:
+            primary = self.cluster.device_index(members[0])
+            for a in actions:
+                wrong = [v for v in a.nodes if v not in self.index or self.dev[self.index[v]] != primary]
+                if wrong:
+                    raise PlacementError(
+                        f"{members[0]}: the schedule's {a.code()} names node {wrong[0]!r}, which that stage does not run"
+                    )
             algorithm, groups = actions[0].algorithm, list(actions[0].islands)
             if all(a.nodes for a in actions):
                 sizes = (sum(self.graph.node(v).param_bytes for v in a.nodes) for a in actions)

@@ -10,6 +10,7 @@ from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, Device, Link, PlacementError, Switch, simulate
 from placement.errors import ArgumentTypeError, ConfigurationError
 from placement.plan import Plan, Stage
+from placement.schedules import AllReduce, Schedule
 from placement.sync import AllReduceSync, ParameterServerSync
 
 MB = 1e6  # bytes; 1 ms on the 1 GB/s links of the test clusters
@@ -205,3 +206,26 @@ def test_bad_parameter_servers_are_refused() -> None:
                  sync=ParameterServerSync(("s0",), staleness=1))  # fmt: skip
     with pytest.raises(ArgumentTypeError, match="sync must be"):
         simulate(g, c, {"a": "d0", "b": "d0"}, sync="ring")
+
+
+def test_the_schedules_buckets_are_what_is_priced() -> None:
+    # A schedule whose AllReduce actions carry one bucket [c, a] (4 MB) instead of the sync's two: one
+    # all-reduce from the end of B(a) at 9, 4 MB in 4 ms. A bucket naming a node of no replicated stage
+    # is refused.
+    g, c = chain({"a": 2 * MB, "c": 2 * MB}), star()
+    plan = Plan("chain", g.fingerprint(), "star", "throughput", "training", ON_D0,
+                stages=[Stage(0, ["a", "b", "c"], ["d0", "d1"])], microbatches=2,
+                sync=AllReduceSync(bucket_bytes=MB), graph=g, cluster=c)  # fmt: skip
+    schedule = plan._schedule_for(g, "", "training", 2)
+
+    def with_buckets(nodes: tuple[str, ...]) -> Schedule:
+        actions = {}
+        for device, acts in schedule.actions.items():
+            kept = [a for a in acts if not isinstance(a, AllReduce)]
+            actions[device] = [*kept, AllReduce(device, ("d0", "d1"), "stage 0 gradients", nodes=nodes)]
+        return Schedule(schedule.name, schedule.plan_kind, schedule.microbatches, actions)
+
+    r = plan.simulate(schedule=with_buckets(("c", "a")))
+    assert sync_events(r) == [("allreduce", "d0+d1", "d0", 9, 13), ("allreduce", "d0+d1", "d1", 9, 13)]
+    with pytest.raises(PlacementError, match="AR names node .x., which that stage does not run"):
+        plan.simulate(schedule=with_buckets(("c", "x")))

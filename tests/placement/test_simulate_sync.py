@@ -229,3 +229,21 @@ def test_the_schedules_buckets_are_what_is_priced() -> None:
     assert sync_events(r) == [("allreduce", "d0+d1", "d0", 9, 13), ("allreduce", "d0+d1", "d1", 9, 13)]
     with pytest.raises(PlacementError, match="AR names node .x., which that stage does not run"):
         plan.simulate(schedule=with_buckets(("c", "x")))
+
+
+def test_cpu_replicas_are_held_by_their_allreduces() -> None:
+    # Two CPU replicas (no copy engine): bucket 0's all-reduce (5-7) holds both, so B(b), ready at 5,
+    # runs 7-9 and B(a) 9-11; bucket 1 then 11-13. On GPUs the same step takes 11 (first test).
+    devices = [Device(f"d{i}", "X", "cpu", "h", {"float32": 1e11}, 1e10, 1e12) for i in range(2)]
+    cpus = Cluster("cpus", devices, [Link(d.name, "sw", "shm", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    g = chain({"a": 2 * MB, "c": 2 * MB})
+    r = simulate(g, cpus, ON_D0, microbatches=2, replicas=DATA_PARALLEL, sync=AllReduceSync(bucket_bytes=MB))
+    on_d1 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "d1" and e.kind != "forward"]
+    assert on_d1 == [
+        ("backward", "c", 3, 5),
+        ("allreduce", "d0+d1 bucket 0", 5, 7),
+        ("backward", "b", 7, 9),
+        ("backward", "a", 9, 11),
+        ("allreduce", "d0+d1 bucket 1", 11, 13),
+    ]
+    assert r.step_ms == 13 and r.busy_ms["d1"] == 9

@@ -29,7 +29,7 @@ from placement.inspect import chrome_trace, gantt_png, summary_table, to_dot
 from placement.lowering import MODES, Lowered
 from placement.schedules import SCHEDULES, make_schedule
 from placement.simulate import simulate
-from placement.sync import AllReduceSync, Sync, sync_from_dict, sync_to_dict
+from placement.sync import AllReduceSync, ParameterServerSync, Sync, sync_from_dict, sync_to_dict
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -346,6 +346,9 @@ class Plan:
             plan.graph = Graph.from_dict(doc["graph"], f"{source}: graph")
         if "cluster" in doc:
             plan.cluster = Cluster.from_dict(doc["cluster"], f"{source}: cluster")
+            servers = plan.sync.servers if isinstance(plan.sync, ParameterServerSync) else ()
+            unknown = [s for s in servers if s not in plan.cluster]
+            _require(not unknown, source, "sync.servers", f"{unknown[:1]} is not a device of the embedded cluster")
         if "cost_model" in doc:
             _require(plan.cluster is not None, source, "cost_model", "needs the embedded cluster")
             plan.cost_model = _cost_model_from_dict(doc["cost_model"], plan.cluster, source)

@@ -72,6 +72,16 @@ def test_a_plans_sync_round_trips_through_json(tmp_path, sync):
     assert Plan.from_dict(doc).sync == AllReduceSync()  # a plan written before sync existed: DDP's default
 
 
+def test_parameter_servers_outside_the_embedded_cluster_are_refused(tmp_path):
+    plan = replace(_plan(_chain()), sync=ParameterServerSync(("cpu0", "cpu7")), cluster=Cluster.preset("pcie-4gpu"))
+    plan.save(tmp_path / "plan.json")
+    with pytest.raises(PlanFormatError, match=r"plan.json: sync.servers: \['cpu7'\] is not a device of the embedded cluster"):
+        Plan.load(tmp_path / "plan.json")
+    plan.sync = ParameterServerSync(("cpu0",))
+    plan.save(tmp_path / "plan.json")
+    assert Plan.load(tmp_path / "plan.json").sync == plan.sync
+
+
 @pytest.mark.parametrize(
     "change,field",
     [

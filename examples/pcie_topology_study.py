@@ -16,10 +16,11 @@ over Y is
 .. math:: s_{X/Y} = t_Y / t_X - 1
 
 (positive: X is faster), the talk's table format. The link that causes each difference is the bottleneck
-of each wiring's synchronisation: the links the simulated collectives used, the busiest in proportion to
-its bandwidth, :math:`\\max_\\ell \\; \\text{bytes}_\\ell / (\\text{bandwidth}_\\ell \\cdot \\text{busy}_\\ell)`
-(1 for the link that sets the pace of a collective, less for links that wait on it); a difference is
-put down to the slower wiring's bottleneck when the two bottlenecks' bandwidths differ.
+of each wiring's synchronisation: of the links the simulated step's traffic used (``SimResult.link_bytes``:
+in pure data parallelism, the collectives' alone), the one whose bytes take longest at its bandwidth,
+:math:`\\arg\\max_\\ell \\; \\text{bytes}_\\ell / \\text{bandwidth}_\\ell`, the link a ring or a reduce
+waits on; a difference is put down to the slower wiring's bottleneck when the two bottlenecks'
+bandwidths differ.
 
 It prints the table and writes ``results/bigsur/data_parallel.json`` (every step, compute time,
 bottleneck link and speed-up, per setting). Seconds on two cores: each network is traced once (on the
@@ -94,16 +95,17 @@ class Bottleneck:
     """The link that set the pace of a wiring's synchronisation (module docstring).
 
     Attributes:
-        links: the links at the highest load (bytes over bandwidth x busy time), by name.
+        links: the links whose bytes take longest at their bandwidth, by name (several when they tie).
         kind: their kind (``pcie``, ``qpi``).
         bandwidth: their bandwidth, bytes/s per direction.
-        load: bytes / (bandwidth x busy time), 1.0 when the link was the pace-setter whenever busy.
+        wire_ms: the time their bytes take at that bandwidth (both directions summed, as
+            ``SimResult.link_bytes`` counts them).
     """
 
     links: list[str]
     kind: str
     bandwidth: float
-    load: float
+    wire_ms: float
 
     def describe(self) -> str:
         where = self.links[0] if len(self.links) == 1 else f"{len(self.links)} links"
@@ -140,18 +142,12 @@ def data_parallel_plan(graph: Graph, cluster: Cluster, sync: AllReduceSync) -> P
 
 
 def bottleneck(result: SimResult, cluster: Cluster) -> Bottleneck:
-    """The links the step's traffic loaded most, relative to their bandwidth (module docstring)."""
+    """The links whose traffic in the step takes longest at their bandwidth (module docstring)."""
     links = {link.name: link for link in cluster.links}
-    load = {
-        name: result.link_bytes[name] / (links[name].bandwidth * busy / 1e3)
-        for name, busy in result.link_busy_ms.items()
-        if busy > 0
-    }
-    top = max(load.values())
-    pace = sorted(name for name, value in load.items() if value >= top * (1 - 1e-9))
-    slowest = min(links[name].bandwidth for name in pace)
-    pace = [name for name in pace if links[name].bandwidth == slowest]
-    return Bottleneck(pace, links[pace[0]].kind, slowest, top)
+    wire_ms = {name: 1e3 * nbytes / links[name].bandwidth for name, nbytes in result.link_bytes.items() if nbytes > 0}
+    top = max(wire_ms.values())
+    pace = sorted(name for name, ms in wire_ms.items() if ms >= top * (1 - 1e-9))
+    return Bottleneck(pace, links[pace[0]].kind, links[pace[0]].bandwidth, top)
 
 
 def study_network(graph: Graph, sync: AllReduceSync, gpu: str) -> dict[str, WiringResult]:

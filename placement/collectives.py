@@ -10,7 +10,9 @@ link, is a resource ``x`` of bandwidth ``b_x`` (:attr:`placement.cluster.Route.r
 simulator's transfers). Flows ``f`` of ``B_f`` bytes over routes ``R_f`` running together share each
 resource's bandwidth, so the busiest resource finishes last:
 
-    t(flows) = max_f latency(R_f) + max_x ( sum_{f : x in R_f} B_f ) / b_x
+    t(flows) = h x max_f latency(R_f) + max_x ( sum_{f : x in R_f} B_f ) / b_x
+
+where ``h`` is 1, or, for a pipelined chain (below), the number of hops the first chunk makes.
 
 **Ring all-reduce** (:func:`ring_allreduce`) of ``P`` bytes over ``r`` devices ``d_0 .. d_{r-1}`` in
 ring order (reduce-scatter, then all-gather): ``2 (r - 1)`` rounds; in each, every ``d_i`` sends a
@@ -28,17 +30,21 @@ root sends ``P`` bytes to every member. The root's own links carry every member'
 grows with the members behind one link: ``t = max latency + max_x (members crossing x) x P / b_x``.
 
 **Hierarchical all-reduce** (:func:`hierarchical_allreduce`) over islands ``I_1 .. I_L``
-(:func:`placement.sync.islands`: hosts, or PCIe switches; the leader ``l_j`` is the first of each):
-three phases, islands in parallel within a phase (their flows are one phase, sharing links):
+(:func:`placement.sync.islands`: hosts, or PCIe switches; ``I_j = (l_j, m_1, .., m_{s_j - 1})``, the
+leader ``l_j`` first): three phases, islands in parallel within a phase (their flows are one phase,
+sharing links):
 
-1. reduce inside every island onto its leader (each member sends ``P`` to its leader);
+1. reduce inside every island onto its leader, as NCCL's ring reduce: a pipelined chain
+   ``m_{s-1} -> .. -> m_1 -> l``, each member adding its gradients to the chunks passing through, so
+   every chain edge carries ``P`` at once and the first chunk makes ``s - 1`` hops:
+   ``t = (s_max - 1) x max latency + max_x load_x / b_x`` with ``P`` per chain edge;
 2. ring all-reduce of ``P`` among the leaders ``l_1 .. l_L``;
-3. broadcast inside every island from its leader.
+3. broadcast inside every island from its leader, the same chain the other way.
 
 So the links between islands carry ``2 (L - 1) / L x P`` per leader instead of the flat ring's
-``2 (r - 1) / r x P``. On 2 hosts x 2 devices, links of bandwidth ``B`` inside a host and ``b``
-between hosts, no latency: the ring takes ``1.5 P / b`` (when ``b < B``), the hierarchy
-``P / B + P / b + P / B``, less as soon as ``B > 4 b``.
+``2 (r - 1) / r x P``, and each link inside an island ``P`` each way. On 2 hosts x 2 devices, links of
+bandwidth ``B`` inside a host and ``b`` between hosts, no latency: the ring takes ``1.5 P / b`` (when
+``b < B``), the hierarchy ``P / B + P / b + P / B``, less as soon as ``B > 4 b``.
 
 Each phase holds the link resources of its flows for its duration. Torch-free; the simulator
 (:mod:`placement.simulate`) books the phases on its links and devices.
@@ -71,9 +77,9 @@ class Phase:
     duration_ms: float
 
 
-def flows_ms(cluster: Cluster, flows: Sequence[Flow]) -> float:
-    """Milliseconds for ``flows`` to run together: the largest route latency plus the busiest link
-    resource's bytes over its bandwidth (module docstring); 0 for no flow."""
+def flows_ms(cluster: Cluster, flows: Sequence[Flow], hops: int = 1) -> float:
+    """Milliseconds for ``flows`` to run together: ``hops`` x the largest route latency plus the busiest
+    link resource's bytes over its bandwidth (module docstring); 0 for no flow."""
     load: dict[int, float] = {}
     latency = 0.0
     for f in flows:
@@ -84,7 +90,7 @@ def flows_ms(cluster: Cluster, flows: Sequence[Flow]) -> float:
     if not load:
         return 0.0
     links = cluster.links
-    return 1e3 * (latency + max(b / links[x // 2].bandwidth for x, b in load.items()))
+    return 1e3 * (hops * latency + max(b / links[x // 2].bandwidth for x, b in load.items()))
 
 
 def duration_ms(phases: Sequence[Phase]) -> float:
@@ -116,17 +122,22 @@ def broadcast(cluster: Cluster, root: str, members: Sequence[str], nbytes: float
 
 def hierarchical_allreduce(cluster: Cluster, islands: Sequence[Sequence[str]], nbytes: float) -> list[Phase]:
     """The phases of a hierarchical all-reduce of ``nbytes`` over ``islands`` (leader first in each):
-    reduce onto the leaders, ring among them, broadcast back (module docstring); a phase with nothing
-    to do (islands of one device, one island) is left out."""
+    chain reduce onto the leaders, ring among them, chain broadcast back (module docstring); a phase
+    with nothing to do (islands of one device, one island) is left out."""
     if nbytes <= 0:
         return []
-    inward = [Flow(m, island[0], nbytes) for island in islands for m in island[1:]]
+    inward = [Flow(island[i + 1], island[i], nbytes) for island in islands for i in range(len(island) - 1)]
     outward = [Flow(f.dst, f.src, nbytes) for f in inward]
+    hops = max(len(island) for island in islands) - 1
     leaders = [island[0] for island in islands]
-    return [*_phase(cluster, inward), *ring_allreduce(cluster, leaders, nbytes), *_phase(cluster, outward)]
+    return [
+        *_phase(cluster, inward, hops),
+        *ring_allreduce(cluster, leaders, nbytes),
+        *_phase(cluster, outward, hops),
+    ]
 
 
-def _phase(cluster: Cluster, flows: list[Flow]) -> list[Phase]:
+def _phase(cluster: Cluster, flows: list[Flow], hops: int = 1) -> list[Phase]:
     """One phase of ``flows`` run together, or none when there is nothing to send."""
     flows = [f for f in flows if f.src != f.dst and f.nbytes > 0]
-    return [Phase(tuple(flows), flows_ms(cluster, flows))] if flows else []
+    return [Phase(tuple(flows), flows_ms(cluster, flows, hops))] if flows else []

@@ -117,8 +117,10 @@ def test_hierarchical_pays_its_extra_phases_where_links_are_even() -> None:
     assert hier > ring
 
 
-def test_hierarchical_over_one_island_is_reduce_then_broadcast() -> None:
-    c = star(3)
+def test_hierarchical_over_one_island_is_a_chain_reduce_then_broadcast() -> None:
+    c = star(3, GB, 1e-6)
     phases = hierarchical_allreduce(c, [("d0", "d1", "d2")], 1e6)
-    # d1 and d2 push 1 MB each into d0's link (2 ms), then d0 sends 1 MB to each (2 ms); no ring.
-    assert [p.duration_ms for p in phases] == pytest.approx([2.0, 2.0])
+    # The chain d2 -> d1 -> d0 moves 1 MB over each edge at once (every link direction carries 1 MB:
+    # 1 ms), the first chunk crossing 2 routes of 2 us; the broadcast runs the chain back; no ring.
+    assert [[(f.src, f.dst) for f in p.flows] for p in phases] == [[("d1", "d0"), ("d2", "d1")], [("d0", "d1"), ("d1", "d2")]]
+    assert [p.duration_ms for p in phases] == pytest.approx([1.0 + 4e-3, 1.0 + 4e-3])

@@ -12,7 +12,8 @@ plan per candidate through :func:`~placement.problem.finish_plan` and keeps the 
   (the pipeline solver's default), and the whole graph on one device (``single``; from
   :func:`placement.solvers.auto.single_device_pipeline`, passed in by the caller);
 * **data parallel** (``data xR``): one stage of every node on :math:`R` devices of the most numerous kind
-  (the first :math:`R` in cluster order), :math:`R` over :func:`replica_counts` (powers of two, whole
+  (the first :math:`R` in cluster order, listed in the ring order of the fastest all-reduce,
+  :func:`ring_order`), :math:`R` over :func:`replica_counts` (powers of two, whole
   hosts, all devices), :math:`m = R j` microbatches for :math:`j \in` :data:`DATA_MULTIPLES` (the
   fastest that fits, :func:`~placement.pipeline.choose_microbatches`), so every replica runs :math:`j`;
 * **hybrid** (``hybrid R x pipeline(G)``): the devices split into :math:`R` equal replica groups of
@@ -53,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from placement.cluster import Cluster
+from placement.collectives import duration_ms, ring_allreduce
 from placement.constraints import InfeasibleError, Resolved
 from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline import choose_microbatches, solve_throughput
@@ -121,29 +123,17 @@ def solve_parallel(
         InfeasibleError: no layout fits in memory (each candidate's overflow named).
     """
     if problem.objective != "throughput":
-        raise ConfigurationError(
-            f"parallel layouts are for objective='throughput', not {problem.objective!r}"
-        )
+        raise ConfigurationError(f"parallel layouts are for objective='throughput', not {problem.objective!r}")
     if parallel not in PARALLEL:
-        raise ConfigurationError(
-            f"parallel={parallel!r}: expected one of {', '.join(PARALLEL)}"
-        )
+        raise ConfigurationError(f"parallel={parallel!r}: expected one of {', '.join(PARALLEL)}")
     syncs = sync_options(problem.cluster, sync, servers)
-    server_names = (
-        set(syncs[0].servers) if isinstance(syncs[0], ParameterServerSync) else set()
-    )
+    server_names = set(syncs[0].servers) if isinstance(syncs[0], ParameterServerSync) else set()
     workers = worker_devices(problem.cluster, server_names)
-    candidates = [
-        Candidate(label, plan, "" if plan else "does not fit on one device")
-        for label, plan in extra
-    ]
+    candidates = [Candidate(label, plan, "" if plan else "does not fit on one device") for label, plan in extra]
     if parallel in ("auto", "pipeline"):
         candidates += _pipelines(problem, syncs[0], pipeline_options)
     if parallel in ("auto", "data"):
-        candidates += [
-            _data_parallel(problem, workers[:r], syncs[0])
-            for r in replica_counts(problem, workers)
-        ]
+        candidates += [_data_parallel(problem, workers[:r], syncs[0]) for r in replica_counts(problem, workers)]
     if parallel in ("auto", "hybrid"):
         candidates += _hybrids(problem, workers, syncs[0], pipeline_options)
     if server_names:
@@ -151,22 +141,16 @@ def solve_parallel(
     return _choose(problem, candidates, syncs, parallel)
 
 
-def sync_options(
-    cluster: Cluster, sync: str, servers: Sequence[str] | None = None
-) -> list[Sync]:
+def sync_options(cluster: Cluster, sync: str, servers: Sequence[str] | None = None) -> list[Sync]:
     """The syncs tried, the default first: ``"auto"`` all-reduce by ring then hierarchical, each over
     :data:`BUCKET_CHOICES`; ``"ring"`` or ``"hierarchical"`` alone; ``"parameter-server"`` on
     ``servers`` (default: the cluster's CPU devices) with 25 MiB shards or one per stage."""
     if sync not in SYNCS:
         raise ConfigurationError(f"sync={sync!r}: expected one of {', '.join(SYNCS)}")
     if servers and sync != "parameter-server":
-        raise ConfigurationError(
-            f"servers={list(servers)} are for sync='parameter-server', not sync={sync!r}"
-        )
+        raise ConfigurationError(f"servers={list(servers)} are for sync='parameter-server', not sync={sync!r}")
     if sync == "parameter-server":
-        chosen = tuple(
-            servers or (d.name for d in cluster.devices if d.category == "cpu")
-        )
+        chosen = tuple(servers or (d.name for d in cluster.devices if d.category == "cpu"))
         if not chosen:
             raise ConfigurationError(
                 f"sync='parameter-server' needs server devices, and cluster {cluster.name!r} has no CPU device: "
@@ -177,10 +161,7 @@ def sync_options(
             raise ConfigurationError(
                 f"parameter servers {unknown} are not devices of cluster {cluster.name!r}: {cluster.device_names[:8]}"
             )
-        return [
-            ParameterServerSync(chosen, bucket_bytes=b)
-            for b in (BUCKET_CHOICES[0], None)
-        ]
+        return [ParameterServerSync(chosen, bucket_bytes=b) for b in (BUCKET_CHOICES[0], None)]
     algorithms = ("ring", "hierarchical") if sync == "auto" else (sync,)
     return [AllReduceSync(a, b) for a in algorithms for b in BUCKET_CHOICES]
 
@@ -214,9 +195,7 @@ def replica_counts(problem: Problem, workers: Sequence[str]) -> list[int]:
     return sorted(counts)[-MAX_REPLICA_COUNTS:]
 
 
-def replica_groups(
-    cluster: Cluster, workers: Sequence[str]
-) -> list[tuple[str, list[tuple[str, ...]]]]:
+def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, list[tuple[str, ...]]]]:
     """Ways to split ``workers`` into equal replica groups of 2 to :data:`MAX_GROUP_DEVICES` devices, each
     with the word for one group: per host, per PCIe switch (or host when several), then consecutive runs
     of 2, 4, 8... devices; duplicates removed, at most :data:`MAX_HYBRIDS`."""
@@ -226,9 +205,7 @@ def replica_groups(
     ways: list[tuple[str, list[tuple[str, ...]]]] = []
     if len(hosts) > 1:
         ways.append(("host", [tuple(h) for h in hosts.values()]))
-    ways.append(
-        ("PCIe switch", [g for h in hosts.values() for g in islands(cluster, h)])
-    )
+    ways.append(("PCIe switch", [g for h in hosts.values() for g in islands(cluster, h)]))
     size = 2
     while size <= len(workers) // 2:
         ways.append(
@@ -243,21 +220,14 @@ def replica_groups(
     for word, groups in ways:
         key = tuple(groups)
         sizes = {len(g) for g in groups}
-        if (
-            key in seen
-            or len(sizes) != 1
-            or len(groups) < 2
-            or not 2 <= len(groups[0]) <= MAX_GROUP_DEVICES
-        ):
+        if key in seen or len(sizes) != 1 or len(groups) < 2 or not 2 <= len(groups[0]) <= MAX_GROUP_DEVICES:
             continue
         seen.add(key)
         kept.append((word, groups))
     return kept[:MAX_HYBRIDS]
 
 
-def group_problem(
-    problem: Problem, group: Sequence[str], time_limit: float
-) -> Problem | None:
+def group_problem(problem: Problem, group: Sequence[str], time_limit: float) -> Problem | None:
     """The problem restricted to the devices of ``group``: the sub-cluster of those devices with every
     switch and the links among them (routes between them are the cluster's), the same cost model, each
     node's allowed devices and each device's capacity kept; None when a node may run on none of them."""
@@ -272,10 +242,7 @@ def group_problem(
         cluster.hosts,
     )
     index = {cluster.device_index(d): i for i, d in enumerate(group)}
-    allowed = {
-        n: [index[d] for d in ds if d in index]
-        for n, ds in problem.resolved.allowed.items()
-    }
+    allowed = {n: [index[d] for d in ds if d in index] for n, ds in problem.resolved.allowed.items()}
     if not all(allowed.values()):
         return None
     resolved = Resolved(
@@ -315,44 +282,52 @@ def _finished(
         )
     assignment = {n: st.devices[0] for st in stages for n in st.nodes}
     try:
-        m = choose_microbatches(
-            problem, assignment, candidates=counts, stages=stages
-        ).microbatches
-        plan = finish_plan(
-            problem, assignment, solver=solver, stages=stages, microbatches=m, sync=sync
-        )
+        m = choose_microbatches(problem, assignment, candidates=counts, stages=stages).microbatches
+        plan = finish_plan(problem, assignment, solver=solver, stages=stages, microbatches=m, sync=sync)
     except PlacementError as why:
         return Candidate(label, None, str(why), groups)
     return Candidate(label, plan, "", groups)
 
 
-def _microbatch_counts(
-    problem: Problem, replicas: int, multiples: Sequence[int]
-) -> list[int]:
+def _microbatch_counts(problem: Problem, replicas: int, multiples: Sequence[int]) -> list[int]:
     """``replicas x j`` for ``j`` in ``multiples``, dividing the batch when it is known; the problem's
     fixed count alone when it has one (if ``replicas`` divides it)."""
     if problem.microbatches is not None:
         return [problem.microbatches] if problem.microbatches % replicas == 0 else []
     batch = problem.graph.batch_size()
-    return [
-        replicas * j for j in multiples if batch is None or batch % (replicas * j) == 0
-    ]
+    return [replicas * j for j in multiples if batch is None or batch % (replicas * j) == 0]
 
 
 def _data_parallel(problem: Problem, devices: Sequence[str], sync: Sync) -> Candidate:
-    """Every node in one stage replicated on ``devices``."""
-    stages = [
-        Stage(index=0, nodes=list(problem.graph.node_names()), devices=list(devices))
-    ]
+    """Every node in one stage replicated on ``devices``, in their best ring order (:func:`ring_order`)."""
+    ring = ring_order(problem.cluster, devices, problem.graph.total_param_bytes())
+    stages = [Stage(index=0, nodes=list(problem.graph.node_names()), devices=ring)]
     counts = _microbatch_counts(problem, len(devices), DATA_MULTIPLES)
-    return _finished(
-        problem, f"data x{len(devices)}", stages, counts, sync, "data-parallel"
-    )
+    return _finished(problem, f"data x{len(devices)}", stages, counts, sync, "data-parallel")
 
 
-def _pipelines(
-    problem: Problem, sync: Sync, options: dict[str, object]
-) -> list[Candidate]:
+def ring_order(cluster: Cluster, devices: Sequence[str], nbytes: float) -> list[str]:
+    """``devices`` in the order whose ring all-reduce of ``nbytes`` is fastest
+    (:func:`placement.collectives.ring_allreduce`, links shared between ring edges counted) of two: the
+    given order, and the greedy ring from the first device that always moves to the not yet visited
+    device of the widest route (the lowest latency, then the given order, on a tie). The given order on
+    a tie. On the ``dgx1-v100`` preset the greedy ring (GPUs 0-3-2-1-5-6-7-4) stays on NVLink, where the
+    cluster order crosses PCIe and QPI from GPU 3 to GPU 4 and from 7 back to 0."""
+    order = list(devices)
+    if len(order) < 3:
+        return order
+    rank = {d: i for i, d in enumerate(order)}
+    greedy, left = [order[0]], set(order[1:])
+    while left:
+        here = greedy[-1]
+        nxt = min(left, key=lambda d: (-cluster.route(here, d).bandwidth, cluster.route(here, d).latency_s, rank[d]))
+        greedy.append(nxt)
+        left.remove(nxt)
+    given_ms = duration_ms(ring_allreduce(cluster, order, nbytes))
+    return greedy if duration_ms(ring_allreduce(cluster, greedy, nbytes)) < given_ms * (1 - TIE) else order
+
+
+def _pipelines(problem: Problem, sync: Sync, options: dict[str, object]) -> list[Candidate]:
     """The pipeline solver's plan as asked (PipeDream's replicated stages unless ``replication=False``),
     and, when that one replicates a stage (or fails), the split without replicas."""
     asked = options.get("replication")
@@ -362,9 +337,7 @@ def _pipelines(
     return [first, _pipeline(problem, False, sync, options)]
 
 
-def _pipeline(
-    problem: Problem, replication: object, sync: Sync, options: dict[str, object]
-) -> Candidate:
+def _pipeline(problem: Problem, replication: object, sync: Sync, options: dict[str, object]) -> Candidate:
     rest = {k: v for k, v in options.items() if k != "replication"}
     try:
         plan = solve_throughput(
@@ -373,9 +346,7 @@ def _pipeline(
             **rest,
         )  # type: ignore[arg-type]
     except PlacementError as why:
-        return Candidate(
-            "pipeline" if replication is False else "PipeDream pipeline", None, str(why)
-        )
+        return Candidate("pipeline" if replication is False else "PipeDream pipeline", None, str(why))
     return Candidate(_pipeline_label(plan.stages), _with_sync(problem, plan, sync))
 
 
@@ -401,9 +372,7 @@ def _with_sync(problem: Problem, plan: Plan, sync: Sync) -> Plan:
                        microbatches=plan.microbatches, sync=sync)  # fmt: skip
 
 
-def _hybrids(
-    problem: Problem, workers: Sequence[str], sync: Sync, options: dict[str, object]
-) -> list[Candidate]:
+def _hybrids(problem: Problem, workers: Sequence[str], sync: Sync, options: dict[str, object]) -> list[Candidate]:
     """One candidate per grouping of :func:`replica_groups`: the first group's pipeline copied onto the
     others (module docstring). A grouping whose pipeline is one stage is data parallelism, skipped."""
     ways = replica_groups(problem.cluster, workers)
@@ -411,9 +380,7 @@ def _hybrids(
     for word, groups in ways:
         R, G = len(groups), len(groups[0])
         label = f"hybrid {R} x pipeline({G})"
-        sub = group_problem(
-            problem, groups[0], HYBRID_SHARE * problem.time_limit / len(ways)
-        )
+        sub = group_problem(problem, groups[0], HYBRID_SHARE * problem.time_limit / len(ways))
         if sub is None:
             out.append(
                 Candidate(
@@ -426,13 +393,9 @@ def _hybrids(
         try:
             inner = solve_throughput(sub, **options)  # type: ignore[arg-type]
         except PlacementError as why:
-            out.append(
-                Candidate(label, None, f"no pipeline fits on {G} devices: {why}", word)
-            )
+            out.append(Candidate(label, None, f"no pipeline fits on {G} devices: {why}", word))
             continue
-        if (
-            len(inner.stages) == 1
-        ):  # one stage, replicated or not: data parallelism, a candidate already
+        if len(inner.stages) == 1:  # one stage, replicated or not: data parallelism, a candidate already
             continue
         position = {d: i for i, d in enumerate(groups[0])}
         stages = [
@@ -479,19 +442,13 @@ def _refuse_servers(candidate: Candidate, servers: set[str]) -> Candidate:
 
 
 def _sync_label(sync: Sync) -> str:
-    bucket = (
-        "one bucket"
-        if sync.bucket_bytes is None
-        else f"{sync.bucket_bytes / MiB:g} MiB buckets"
-    )
+    bucket = "one bucket" if sync.bucket_bytes is None else f"{sync.bucket_bytes / MiB:g} MiB buckets"
     if isinstance(sync, ParameterServerSync):
         return f"parameter servers {','.join(sync.servers)}, {bucket}"
     return f"{sync.algorithm}, {bucket}"
 
 
-def _best_sync(
-    problem: Problem, plan: Plan, syncs: Sequence[Sync]
-) -> tuple[Plan, dict[str, float]]:
+def _best_sync(problem: Problem, plan: Plan, syncs: Sequence[Sync]) -> tuple[Plan, dict[str, float]]:
     """``plan`` with the fastest of ``syncs`` that fits (its own first on a tie), and each sync's ms."""
     capacity = dict(zip(problem.cluster.device_names, problem.resolved.capacity))
     times = {_sync_label(plan.sync): plan.predicted_step_ms}
@@ -515,19 +472,12 @@ def _best_sync(
     return _with_sync(problem, plan, best), times
 
 
-def _choose(
-    problem: Problem, candidates: list[Candidate], syncs: Sequence[Sync], parallel: str
-) -> Plan:
+def _choose(problem: Problem, candidates: list[Candidate], syncs: Sequence[Sync], parallel: str) -> Plan:
     """The fastest fitting candidate (the first on a tie), its sync chosen among the finalists'."""
     fitting = [c for c in candidates if c.plan is not None]
     if not fitting:
-        reasons = (
-            "; ".join(f"{c.label}: {c.dropped}" for c in candidates)
-            or "no layout applies to this cluster"
-        )
-        raise InfeasibleError(
-            f"no {parallel} layout of {problem.graph.name!r} fits on {problem.cluster.name}: {reasons}"
-        )
+        reasons = "; ".join(f"{c.label}: {c.dropped}" for c in candidates) or "no layout applies to this cluster"
+        raise InfeasibleError(f"no {parallel} layout of {problem.graph.name!r} fits on {problem.cluster.name}: {reasons}")
     ranked = sorted(fitting, key=lambda c: c.plan.predicted_step_ms)  # type: ignore[union-attr]  # stable: ties keep order
     sync_ms: dict[str, dict[str, float]] = {}
     for c in ranked[:SYNC_FINALISTS]:
@@ -560,9 +510,7 @@ def reason(problem: Problem, chosen: Candidate, fitting: Sequence[Candidate]) ->
     replicated layouts the links their gradients cross."""
     assert chosen.plan is not None
     plan = chosen.plan
-    others = sorted(
-        (c for c in fitting if c is not chosen), key=lambda c: c.plan.predicted_step_ms
-    )  # type: ignore[union-attr]
+    others = sorted((c for c in fitting if c is not chosen), key=lambda c: c.plan.predicted_step_ms)  # type: ignore[union-attr]
     parts = [f"{chosen.label}: {plan.predicted_step_ms:.3g} ms per global batch"]
     if others:
         runner = others[0]
@@ -570,11 +518,7 @@ def reason(problem: Problem, chosen: Candidate, fitting: Sequence[Candidate]) ->
     replicated = [st for st in plan.stages if len(st.devices) > 1]
     if replicated:
         crossing = _crossed_links(problem.cluster, replicated[0].devices)
-        where = (
-            f"the all-reduce crosses {crossing}"
-            if crossing
-            else "the all-reduce stays on direct links"
-        )
+        where = f"the all-reduce crosses {crossing}" if crossing else "the all-reduce stays on direct links"
         if chosen.groups:
             where = f"pipeline traffic stays inside each {chosen.groups}, {where} once per {chosen.groups}"
         parts.append(f"{where}; sync {_sync_label(plan.sync)}")

@@ -7,7 +7,8 @@ import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, ConfigurationError, Device, InfeasibleError, Link, Switch
-from placement.hybrid import replica_counts, replica_groups, worker_devices
+from placement.collectives import duration_ms, ring_allreduce
+from placement.hybrid import replica_counts, replica_groups, ring_order, worker_devices
 from placement.plan import Plan
 from placement.problem import make_problem
 from placement.solvers import solve
@@ -16,9 +17,7 @@ from placement.sync import AllReduceSync, ParameterServerSync
 GB = 1e9
 
 
-def chain(
-    n: int = 4, ms: float = 4.0, params: float = 1e5, act: float = 1e6, batch: int = 16
-) -> Graph:
+def chain(n: int = 4, ms: float = 4.0, params: float = 1e5, act: float = 1e6, batch: int = 16) -> Graph:
     """``n`` nodes in a line, each ``ms`` forward and backward on kind X, ``params`` parameter bytes, an
     output of ``act`` bytes; traced at batch ``batch``."""
     g = Graph("chain")
@@ -43,25 +42,16 @@ def hosts(count: int = 2, per: int = 2, intra: float = 1e11, inter: float = 1e9,
     """``count`` hosts of ``per`` X devices, each on an ``intra`` B/s link to its host's switch; the
     switches on ``inter`` B/s links to one network; ``cpus`` CPU devices on host 0's switch."""
     devices = [
-        Device(f"h{a}d{b}", "X", "gpu", f"h{a}", {"float32": 1e12}, 1e11, memory)
-        for a in range(count)
-        for b in range(per)
+        Device(f"h{a}d{b}", "X", "gpu", f"h{a}", {"float32": 1e12}, 1e11, memory) for a in range(count) for b in range(per)
     ]
-    devices += [
-        Device(f"cpu{i}", "C", "cpu", "h0", {"float32": 1e11}, 1e10, 64e9)
-        for i in range(cpus)
-    ]
+    devices += [Device(f"cpu{i}", "C", "cpu", "h0", {"float32": 1e11}, 1e10, 64e9) for i in range(cpus)]
     links = [Link(d.name, f"sw{d.host[1:]}", "nvlink", intra) for d in devices]
     links += [Link(f"sw{a}", "net", "infiniband", inter) for a in range(count)]
-    switches = [Switch(f"sw{a}", "pcie_switch", f"h{a}") for a in range(count)] + [
-        Switch("net", "network", None)
-    ]
+    switches = [Switch(f"sw{a}", "pcie_switch", f"h{a}") for a in range(count)] + [Switch("net", "network", None)]
     return Cluster("hosts", devices, links, switches)
 
 
-def plan_of(
-    graph: Graph, cluster: Cluster, parallel: str = "auto", **options: object
-) -> Plan:
+def plan_of(graph: Graph, cluster: Cluster, parallel: str = "auto", **options: object) -> Plan:
     return solve(
         graph,
         cluster,
@@ -72,33 +62,23 @@ def plan_of(
     )
 
 
-def test_compute_heavy_model_with_few_parameters_on_fast_links_is_data_parallel() -> (
-    None
-):
+def test_compute_heavy_model_with_few_parameters_on_fast_links_is_data_parallel() -> None:
     plan = plan_of(chain(params=1e5), hosts(inter=1e11))
     candidates = plan.settings["parallel"]["candidates"]
-    assert plan.settings["parallel"]["chosen"].startswith(
-        "data x4"
-    )  # by itself or found by the pipeline solver
+    assert plan.settings["parallel"]["chosen"].startswith("data x4")  # by itself or found by the pipeline solver
     assert [st.devices for st in plan.stages] == [["h0d0", "h0d1", "h1d0", "h1d1"]]
     # Four replicas, each 8 ms of compute per microbatch (4 nodes x 2 x 4 ms on a quarter of the batch)
     # plus an all-reduce of 400 kB, against a 4-stage pipeline's 8 ms per stage and its bubble.
     assert plan.predicted_step_ms == pytest.approx(candidates["data x4"])
-    assert plan.predicted_step_ms < min(
-        candidates["pipeline(4)"], candidates["data x2"], candidates["single"]
-    )
+    assert plan.predicted_step_ms < min(candidates["pipeline(4)"], candidates["data x2"], candidates["single"])
 
 
 def test_huge_parameters_on_slow_links_make_a_pipeline() -> None:
     # 400 MB of gradients over a 0.1 GB/s network: seconds of all-reduce against 32 ms of compute.
     plan = plan_of(chain(params=1e8, act=1e5), hosts(inter=1e8))
     chosen = plan.settings["parallel"]["chosen"]
-    assert chosen.startswith("pipeline(") and all(
-        len(st.devices) == 1 for st in plan.stages
-    )
-    assert (
-        plan.settings["parallel"]["candidates"]["data x4"] > 10 * plan.predicted_step_ms
-    )
+    assert chosen.startswith("pipeline(") and all(len(st.devices) == 1 for st in plan.stages)
+    assert plan.settings["parallel"]["candidates"]["data x4"] > 10 * plan.predicted_step_ms
 
 
 def hybrid_case() -> tuple[Graph, Cluster]:
@@ -109,19 +89,13 @@ def hybrid_case() -> tuple[Graph, Cluster]:
     return chain(params=6e8, act=3e9, ms=40.0), hosts(inter=1e10, memory=8e9)
 
 
-def test_hybrid_keeps_activations_inside_hosts_when_the_model_fits_on_no_device() -> (
-    None
-):
+def test_hybrid_keeps_activations_inside_hosts_when_the_model_fits_on_no_device() -> None:
     plan = plan_of(*hybrid_case())
     parallel = plan.settings["parallel"]
     assert parallel["chosen"].startswith("hybrid 2 x pipeline(2)")
-    assert (
-        "data x4" in parallel["dropped"] and "needs" in parallel["dropped"]["data x4"]
-    )
+    assert "data x4" in parallel["dropped"] and "needs" in parallel["dropped"]["data x4"]
     assert plan.predicted_step_ms < parallel["candidates"]["pipeline(4)"]
-    assert (
-        "inside each host" in parallel["reason"] and "InfiniBand" in parallel["reason"]
-    )
+    assert "inside each host" in parallel["reason"] and "InfiniBand" in parallel["reason"]
 
 
 def test_hybrid_microbatches_stay_inside_their_group() -> None:
@@ -138,15 +112,11 @@ def test_hybrid_microbatches_stay_inside_their_group() -> None:
     ("params", "act", "inter"),
     [(1e5, 1e6, 1e11), (1e8, 1e5, 1e8), (1e7, 1e7, 1e9), (3e8, 3e7, 5e9)],
 )
-def test_auto_is_never_slower_than_data_parallel_or_a_pipeline(
-    params: float, act: float, inter: float
-) -> None:
+def test_auto_is_never_slower_than_data_parallel_or_a_pipeline(params: float, act: float, inter: float) -> None:
     graph, cluster = chain(params=params, act=act), hosts(inter=inter)
     best = plan_of(graph, cluster).predicted_step_ms
     data = plan_of(graph, cluster, parallel="data").predicted_step_ms
-    pipeline = plan_of(
-        graph, cluster, parallel="pipeline", replication=False
-    ).predicted_step_ms
+    pipeline = plan_of(graph, cluster, parallel="pipeline", replication=False).predicted_step_ms
     assert best <= data * (1 + 1e-9) and best <= pipeline * (1 + 1e-9)
 
 
@@ -155,12 +125,8 @@ def test_the_chosen_plan_predicts_what_it_records_and_the_best_sync() -> None:
     parallel = plan.settings["parallel"]
     assert plan.predicted_step_ms == pytest.approx(min(parallel["candidates"].values()))
     assert plan.predicted_step_ms == pytest.approx(plan.simulate().step_ms)
-    if parallel[
-        "sync_ms"
-    ]:  # the chosen layout replicates: its sync is the fastest tried
-        assert plan.predicted_step_ms == pytest.approx(
-            min(parallel["sync_ms"].values())
-        )
+    if parallel["sync_ms"]:  # the chosen layout replicates: its sync is the fastest tried
+        assert plan.predicted_step_ms == pytest.approx(min(parallel["sync_ms"].values()))
     assert parallel["sync"]["kind"] == "allreduce"
 
 
@@ -179,9 +145,7 @@ def test_no_layout_fits_names_the_device_and_the_bytes_over() -> None:
 
 
 def test_parameter_servers_are_the_cluster_cpus_and_the_reason_names_them() -> None:
-    plan = plan_of(
-        chain(params=1e6), hosts(cpus=1), parallel="data", sync="parameter-server"
-    )
+    plan = plan_of(chain(params=1e6), hosts(cpus=1), parallel="data", sync="parameter-server")
     assert isinstance(plan.sync, ParameterServerSync) and plan.sync.servers == ("cpu0",)
     assert "parameter servers cpu0" in plan.settings["parallel"]["reason"]
     assert "cpu0" not in plan.devices_used()
@@ -195,27 +159,19 @@ def test_parameter_servers_need_a_server() -> None:
 
 
 def test_bad_parallel_and_sync_values_are_refused_with_the_choices() -> None:
-    with pytest.raises(
-        ConfigurationError, match="parallel='both'.*auto, data, pipeline, hybrid"
-    ):
+    with pytest.raises(ConfigurationError, match="parallel='both'.*auto, data, pipeline, hybrid"):
         plan_of(chain(), hosts(), parallel="both")
     with pytest.raises(ConfigurationError, match="sync='tree'.*ring, hierarchical"):
         plan_of(chain(), hosts(), sync="tree")
-    with pytest.raises(
-        ConfigurationError, match="only apply to objective='throughput'"
-    ):
+    with pytest.raises(ConfigurationError, match="only apply to objective='throughput'"):
         solve(chain(), hosts(), objective="latency", parallel="data")
 
 
 def test_replica_counts_and_groups_follow_hosts_and_the_batch() -> None:
     cluster = hosts(count=2, per=4)
     workers = worker_devices(cluster)
-    assert replica_counts(
-        make_problem(chain(batch=16), cluster, objective="throughput"), workers
-    ) == [2, 4, 8]
-    assert replica_counts(
-        make_problem(chain(batch=6), cluster, objective="throughput"), workers
-    ) == [2]
+    assert replica_counts(make_problem(chain(batch=16), cluster, objective="throughput"), workers) == [2, 4, 8]
+    assert replica_counts(make_problem(chain(batch=6), cluster, objective="throughput"), workers) == [2]
     ways = replica_groups(cluster, workers)
     assert ways[0] == (
         "host",
@@ -232,3 +188,15 @@ def test_same_inputs_same_plan() -> None:
     b = plan_of(chain(params=1e7), hosts(inter=1e9))
     assert a.settings["parallel"]["candidates"] == b.settings["parallel"]["candidates"]
     assert (a.stages, a.microbatches, a.sync) == (b.stages, b.microbatches, b.sync)
+
+
+def test_data_parallel_rings_follow_nvlink_on_a_dgx1() -> None:
+    dgx1 = Cluster.preset("dgx1-v100")
+    ring = ring_order(dgx1, dgx1.device_names, 1e8)
+    kinds = {lk.name: lk.kind for lk in dgx1.links}
+    edges = list(zip(ring, [*ring[1:], ring[0]]))
+    assert sorted(ring) == dgx1.device_names and ring[0] == "gpu0"
+    assert all([kinds[name] for name in dgx1.route(a, b).links] == ["nvlink"] for a, b in edges)
+    assert duration_ms(ring_allreduce(dgx1, ring, 1e8)) < duration_ms(ring_allreduce(dgx1, dgx1.device_names, 1e8)) / 2
+    plan = solve(chain(), dgx1, objective="throughput", parallel="data", time_limit_s=2.0)
+    assert plan.stages[0].devices == ring_order(dgx1, plan.stages[0].devices, chain().total_param_bytes())

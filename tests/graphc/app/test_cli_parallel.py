@@ -61,9 +61,7 @@ def test_bad_parallel_values_exit_2_with_one_line(argv, message, capsys, no_trac
         ),
     ],
 )
-def test_parallel_options_that_do_not_apply_are_refused_before_tracing(
-    argv, message, capsys, no_tracing
-):
+def test_parallel_options_that_do_not_apply_are_refused_before_tracing(argv, message, capsys, no_tracing):
     assert main(["plan", "alexnet", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
@@ -87,9 +85,7 @@ def test_plan_data_parallel_says_why_and_saves_the_replicas(tmp_path, capsys):
     printed = capsys.readouterr().out
     plan = Plan.load(out)
     assert len(plan.stages) == 1 and len(plan.stages[0].devices) >= 2
-    assert f"parallel layout: {plan.settings['parallel']['chosen']}" in printed.replace(
-        "\n", " "
-    )
+    assert f"parallel layout: {plan.settings['parallel']['chosen']}" in printed.replace("\n", " ")
 
 
 def test_plan_parameter_servers_on_the_cluster_cpu(tmp_path, capsys):

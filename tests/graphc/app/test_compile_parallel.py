@@ -28,7 +28,5 @@ def test_replicas_are_refused_with_where_to_train_them(parallel, sync):
 
 
 def test_pipeline_is_the_default_layout():
-    compiled = graphc.compile(
-        nn.Linear(4, 2), objective="throughput", parallel="pipeline", progress=False
-    )
+    compiled = graphc.compile(nn.Linear(4, 2), objective="throughput", parallel="pipeline", progress=False)
     assert compiled.objective == "throughput"

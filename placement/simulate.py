@@ -1470,8 +1470,9 @@ class _Simulation:
         f_dur = np.asarray(self.f_dur).reshape(P, G)[per_k].reshape(-1)
         b_dur = np.asarray(self.b_dur).reshape(P, G)[per_k].reshape(-1)
         full = np.tile(np.asarray(self.g_bytes), m)
-        route_bytes = np.bincount(f_route, weights=full, minlength=len(routes))
-        route_busy = np.bincount(f_route, weights=f_dur, minlength=len(routes))
+        # float even with no transfer (bincount of nothing counts in integers); synchronisation adds to them
+        route_bytes = np.bincount(f_route, weights=full, minlength=len(routes)).astype(float)
+        route_busy = np.bincount(f_route, weights=f_dur, minlength=len(routes)).astype(float)
         count = m * G
         if self.has_bwd and G:
             grads = np.tile(np.asarray(self.needs_grad)[np.asarray(self.g_src, dtype=np.int64)], m)

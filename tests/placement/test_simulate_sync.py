@@ -131,6 +131,10 @@ def test_hierarchical_allreduce_beats_the_ring_across_a_slow_top_link() -> None:
         steps[algorithm] = r.step_ms
     assert steps["ring"] == pytest.approx(3 + 12)
     assert steps["hierarchical"] == pytest.approx(3 + 0.8 + 8 + 0.8)
+    # No transfer in the step, yet the links' busy time keeps its fractions: h0g1's link carries its
+    # chain reduce (0.8 ms) and broadcast (0.8 ms); the top link the leaders' ring both ways (2 x 8 ms).
+    assert r.link_busy_ms["h0g1--h0sw"] == pytest.approx(1.6)
+    assert r.link_busy_ms["top"] == pytest.approx(16.0)
 
 
 def two_nodes() -> Graph:

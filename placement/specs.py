@@ -86,6 +86,16 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
             source="NVIDIA Tesla K40 datasheet (base clock figures, 12 GB GDDR5)",
         ),
         DeviceSpec(
+            kind="M40",
+            category="gpu",
+            # Maxwell GM200: 3072 cores at up to 1.114 GHz; no fast fp16 path, fp64 at 1/32 rate. The GPU
+            # of Facebook's Big Sur server (the talk's PCIe-topology study).
+            peak_flops={"float64": 0.21 * TFLOPS, "float32": 7 * TFLOPS, "float16": 7 * TFLOPS},
+            memory_bandwidth=288 * GB,
+            memory_bytes=12 * GiB,
+            source="NVIDIA Tesla M40 datasheet (12 GB GDDR5; a 24 GB part came later)",
+        ),
+        DeviceSpec(
             kind="A100",
             category="gpu",
             peak_flops={

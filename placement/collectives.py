@@ -56,8 +56,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from placement.errors import ConfigurationError
+
 if TYPE_CHECKING:
-    from placement.cluster import Cluster
+    from placement.cluster import Cluster, Link
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,26 @@ class Phase:
 def flows_ms(cluster: Cluster, flows: Sequence[Flow], hops: int = 1) -> float:
     """Milliseconds for ``flows`` to run together: ``hops`` x the largest route latency plus the busiest
     link resource's bytes over its bandwidth (module docstring); 0 for no flow."""
+    latency, load = _load(cluster, flows)
+    if not load:
+        return 0.0
+    return 1e3 * hops * latency + _busiest(cluster, load)[1]
+
+
+def busiest_link(cluster: Cluster, flows: Sequence[Flow]) -> tuple[Link, float]:
+    """The link whose resource (a direction of a full-duplex link, or a half-duplex link) has the most
+    bytes over its bandwidth among ``flows`` run together, and those milliseconds: the term that paces
+    :func:`flows_ms` (the first such resource in the flows' order at a tie). Raises
+    :class:`ConfigurationError` when no flow crosses a link."""
+    load = _load(cluster, flows)[1]
+    if not load:
+        raise ConfigurationError("busiest_link: no flow crosses a link (give flows between distinct devices)")
+    x, ms = _busiest(cluster, load)
+    return cluster.links[x // 2], ms
+
+
+def _load(cluster: Cluster, flows: Sequence[Flow]) -> tuple[float, dict[int, float]]:
+    """The largest route latency (s) of ``flows`` and the bytes they put on each link resource."""
     load: dict[int, float] = {}
     latency = 0.0
     for f in flows:
@@ -87,10 +109,15 @@ def flows_ms(cluster: Cluster, flows: Sequence[Flow], hops: int = 1) -> float:
         latency = max(latency, route.latency_s)
         for x in route.resources:
             load[x] = load.get(x, 0.0) + f.nbytes
-    if not load:
-        return 0.0
+    return latency, load
+
+
+def _busiest(cluster: Cluster, load: dict[int, float]) -> tuple[int, float]:
+    """The resource of ``load`` with the most milliseconds of bytes over bandwidth, and those ms."""
     links = cluster.links
-    return 1e3 * (hops * latency + max(b / links[x // 2].bandwidth for x, b in load.items()))
+    ms = {x: 1e3 * b / links[x // 2].bandwidth for x, b in load.items()}
+    x = max(ms, key=ms.__getitem__)
+    return x, ms[x]
 
 
 def duration_ms(phases: Sequence[Phase]) -> float:

@@ -10,12 +10,14 @@ from placement import Cluster, Device, Link, Switch
 from placement.collectives import (
     Flow,
     broadcast,
+    busiest_link,
     duration_ms,
     flows_ms,
     hierarchical_allreduce,
     reduce,
     ring_allreduce,
 )
+from placement.errors import ConfigurationError
 from placement.sync import islands
 
 GB = 1e9
@@ -124,3 +126,18 @@ def test_hierarchical_over_one_island_is_a_chain_reduce_then_broadcast() -> None
     # 1 ms), the first chunk crossing 2 routes of 2 us; the broadcast runs the chain back; no ring.
     assert [[(f.src, f.dst) for f in p.flows] for p in phases] == [[("d1", "d0"), ("d2", "d1")], [("d0", "d1"), ("d1", "d2")]]
     assert [p.duration_ms for p in phases] == pytest.approx([1.0 + 4e-3, 1.0 + 4e-3])
+
+
+def test_busiest_link_names_what_paces_a_phase() -> None:
+    # The leaders' ring of a hierarchical all-reduce is paced by the top link (P/2 per round at 1 GB/s),
+    # its chain reduce by a link inside a host (P at 10 GB/s).
+    c = two_hosts(10 * GB, GB)
+    reduce_phase, ring, _ = hierarchical_allreduce(c, islands(c, ["h0g0", "h0g1", "h1g0", "h1g1"]), 8e6)
+    link, ms = busiest_link(c, ring.flows)
+    # The whole phase's flows carry P each way over the top link: 8 ms, the phase's time.
+    assert (link.name, ms) == ("top", pytest.approx(8.0))
+    link, ms = busiest_link(c, reduce_phase.flows)
+    assert link.name in ("h0g1--h0sw", "h0g0--h0sw") and ms == pytest.approx(0.8)
+    assert flows_ms(c, reduce_phase.flows) == pytest.approx(ms)
+    with pytest.raises(ConfigurationError, match="no flow crosses a link"):
+        busiest_link(c, [Flow("h0g0", "h0g0", 1.0)])

@@ -27,7 +27,8 @@ vice versa.
 
 Generators (:mod:`placement.schedules.generate`): :func:`make_schedule` gives ``node-order`` (latency
 plans: the plan's node order per device, backwards in reverse), ``gpipe`` and ``1f1b`` (plans with
-stages, replicated stages round robin with an all-reduce), each validated.
+stages; replicated stages round robin, then, per bucket of gradients, an all-reduce, or under parameter
+servers a reduce onto the bucket's server and a broadcast of its weights back), each validated.
 """
 
 from placement.errors import ScheduleError

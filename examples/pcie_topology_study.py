@@ -60,6 +60,7 @@ PAIRS = (("E", "A"), ("D", "A"), ("D", "E"))  # the talk's columns: X over Y
 SAME = 5e-4  # speed-ups below 0.05% are reported as no difference
 GB = 1e9
 MiB = 2**20
+GiB = 2**30
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,24 @@ class Bottleneck:
 
 @dataclass
 class WiringResult:
-    """One network on one wiring: the predicted step and what made it."""
+    """One network on one wiring: the predicted step and what made it.
+
+    Attributes:
+        wiring, preset: the talk's letter and graphc's preset.
+        step_ms: the predicted time per step.
+        compute_ms: one GPU's compute in the step (the same on every wiring).
+        exposed_sync_ms: ``step_ms - compute_ms``, the synchronisation the backward did not hide.
+        peak_memory_bytes: one GPU's predicted peak.
+        bottleneck: the link that paced the synchronisation.
+        over_capacity: GPUs whose peak exceeds their memory.
+    """
 
     wiring: str
     preset: str
     step_ms: float
     compute_ms: float
-    sync_bytes_per_gpu: float
+    exposed_sync_ms: float
+    peak_memory_bytes: float
     bottleneck: Bottleneck
     over_capacity: list[str] = field(default_factory=list)
 
@@ -157,8 +169,9 @@ def study_network(graph: Graph, sync: AllReduceSync, gpu: str) -> dict[str, Wiri
         cluster = Cluster.preset(preset, kind=gpu)
         sim = data_parallel_plan(graph, cluster, sync).simulate()
         first = cluster.devices[0].name
+        compute = sim.busy_ms[first]
         results[letter] = WiringResult(
-            letter, preset, sim.step_ms, sim.busy_ms[first], 2 * (REPLICAS - 1) / REPLICAS * graph.total_param_bytes(),
+            letter, preset, sim.step_ms, compute, sim.step_ms - compute, sim.peak_memory_bytes[first],
             bottleneck(sim, cluster), sim.over_capacity,
         )  # fmt: skip
     return results
@@ -209,7 +222,7 @@ def data_parallel_study(syncs: list[AllReduceSync], gpu: str, out: Path, console
         table = Table(title=f"8 x {gpu}, data parallel, {algorithm} all-reduce, {buckets}: predicted (talk)")
         for column in ("network", "GPUs", "batch", "batches timed", *(f"{x} over {y}" for x, y in PAIRS)):
             table.add_column(column, justify="left" if column == "network" else "right")
-        detail = Table(title=f"step per wiring ({algorithm}, {buckets}): time, compute per GPU, bottleneck link")
+        detail = Table(title=f"per wiring ({algorithm}, {buckets}): step = compute + exposed sync, bottleneck, GPU memory")
         detail.add_column("network")
         for letter, preset in sorted(BIG_SUR_WIRINGS.items()):
             detail.add_column(f"{letter}: {preset}", justify="right")
@@ -222,7 +235,8 @@ def data_parallel_study(syncs: list[AllReduceSync], gpu: str, out: Path, console
                 *(f"{percent(speedups[k])} ({percent(net.talk[k])})" for k in speedups),
             )  # fmt: skip
             detail.add_row(net.label, *(
-                f"{r.step_ms:,.1f} ms, {r.compute_ms:,.1f} compute\n{r.bottleneck.describe()}"
+                f"{r.step_ms:,.1f} ms = {r.compute_ms:,.1f} + {r.exposed_sync_ms:,.1f} sync\n"
+                f"{r.bottleneck.describe()}\npeak {r.peak_memory_bytes / GiB:.1f} GiB"
                 + (f"\nover capacity: {len(r.over_capacity)} GPUs" if r.over_capacity else "")
                 for _, r in sorted(results.items())
             ))  # fmt: skip

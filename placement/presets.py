@@ -19,8 +19,7 @@ Interconnect figures used below (bandwidth is per direction; decimal GB/s):
   1.5 µs for a NIC's PCIe attachment and 1 µs for each fabric hop. They stand for the order of
   magnitude, not for a measurement.
 
-Devices come from :data:`placement.specs.DEVICE_SPECS` (datasheet compute, memory bandwidth, capacity),
-but for the Tesla M40 of the Big Sur wirings (:data:`TESLA_M40`).
+Devices come from :data:`placement.specs.DEVICE_SPECS` (datasheet compute, memory bandwidth, capacity).
 
 Big Sur. Facebook's Open Compute GPU server of 2015 (the talk's "PCIe topologies matter"): eight GPUs of
 up to 300 W (Tesla M40 at launch) behind PCIe 3.0 switches, a two-socket Intel Xeon (Haswell) head, and a
@@ -54,7 +53,7 @@ from typing import Any
 
 from placement.cluster import Cluster, Device, Host, Link, Switch, provide_presets
 from placement.errors import ConfigurationError
-from placement.specs import CPU_OP_OVERHEAD_S, GB, TFLOPS, DeviceSpec, GiB, spec
+from placement.specs import CPU_OP_OVERHEAD_S, GB, DeviceSpec, GiB, spec
 
 NVLINK2 = 25 * GB
 NVLINK4_PER_GPU = 18 * 25 * GB
@@ -67,17 +66,6 @@ IB_NDR = 50 * GB
 CPU_MEMORY_LINK = 68 * GB  # a socket's DDR4 channels, for a CPU device reaching its own socket
 LINK_LATENCY_S = 1e-6
 NIC_LATENCY_S = 1.5e-6
-
-#: Big Sur's GPU: Tesla M40 (Maxwell GM200), 3072 CUDA cores at up to 1.114 GHz = 7 TFLOP/s fp32, fp16 at
-#: the fp32 rate (Maxwell has no faster half-precision path), 1/32 rate fp64, 288 GB/s GDDR5, 12 GB.
-TESLA_M40 = DeviceSpec(
-    kind="M40",
-    category="gpu",
-    peak_flops={"float64": 0.21 * TFLOPS, "float32": 7 * TFLOPS, "float16": 7 * TFLOPS},
-    memory_bandwidth=288 * GB,
-    memory_bytes=12 * GiB,
-    source="NVIDIA Tesla M40 datasheet (12 GB GDDR5; a 24 GB part came later)",
-)
 
 #: The talk's Big Sur wirings (GTC 2016 slide "PCIe topologies matter": A, D, E) as graphc presets. The
 #: slide gives only letters and speed-ups, so this is our reading: we order the wirings by the row of the
@@ -131,9 +119,14 @@ class _Builder:
         return Cluster(name, self.devices, self.links, self.switches, self.hosts, description)
 
 
-def _gpu_spec(kind: str) -> DeviceSpec:
-    """The figures of GPU ``kind``: :data:`TESLA_M40` for ``"M40"``, else :func:`placement.specs.spec`."""
-    return TESLA_M40 if kind == TESLA_M40.kind else spec(kind)
+def _gpu_switches(b: _Builder, host: str, gpu: DeviceSpec, uplinks: list[str], per_switch: int, first: int = 0) -> None:
+    """PCIe switch ``pcie{first + i}`` under ``uplinks[i]`` for each uplink, each with ``per_switch`` GPUs
+    (``gpu0``, ``gpu1``, ... across the switches in order); every hop PCIe 3.0 x16."""
+    for i, uplink in enumerate(uplinks):
+        sw = b.switch(f"pcie{first + i}", "pcie_switch", host)
+        b.link(uplink, sw, "pcie", PCIE3_X16)
+        for j in range(per_switch):
+            b.link(sw, b.device(f"gpu{per_switch * i + j}", gpu, host), "pcie", PCIE3_X16)
 
 
 # -- single hosts ---------------------------------------------------------------------------------
@@ -152,12 +145,7 @@ def pcie_8gpu_switch_tree(kind: str = "V100-PCIe") -> Cluster:
     b.link(sockets[0], sockets[1], "qpi", QPI_P2P)
     root = b.switch("pcie0", "pcie_switch", h)
     b.link(sockets[0], root, "pcie", PCIE3_X16)
-    for leaf_i in range(2):
-        leaf = b.switch(f"pcie{leaf_i + 1}", "pcie_switch", h)
-        b.link(root, leaf, "pcie", PCIE3_X16)
-        for j in range(4):
-            gpu = b.device(f"gpu{4 * leaf_i + j}", _gpu_spec(kind), h)
-            b.link(leaf, gpu, "pcie", PCIE3_X16)
+    _gpu_switches(b, h, spec(kind), [root, root], 4, first=1)
     return b.build("pcie-8gpu-switch-tree", f"8 x {kind} under one PCIe 3.0 switch tree")
 
 
@@ -167,18 +155,13 @@ def pcie_8gpu_two_sockets(kind: str = "V100-PCIe") -> Cluster:
     Each socket has two PCIe switches with two GPUs each (PCIe 3.0 x16, 12 GB/s effective). GPUs 0-3
     hang off socket 0, GPUs 4-7 off socket 1; traffic between the halves crosses the QPI link, 9 GB/s
     effective for peer traffic (see the module notes), so gpu0 -> gpu4 is slower than gpu0 -> gpu1.
-    Default GPUs: V100 PCIe (Tesla V100 datasheet); ``kind="M40"`` for Big Sur's (:data:`TESLA_M40`).
+    Default GPUs: V100 PCIe (Tesla V100 datasheet); ``kind="M40"`` for Big Sur's.
     """
     b = _Builder()
     h = b.host("host0", "8 GPUs split across two sockets")
     sockets = [b.switch(f"socket{i}", "cpu_socket", h) for i in range(2)]
     b.link(sockets[0], sockets[1], "qpi", QPI_P2P)
-    for sw_i in range(4):
-        sw = b.switch(f"pcie{sw_i}", "pcie_switch", h)
-        b.link(sockets[sw_i // 2], sw, "pcie", PCIE3_X16)
-        for j in range(2):
-            gpu = b.device(f"gpu{2 * sw_i + j}", _gpu_spec(kind), h)
-            b.link(sw, gpu, "pcie", PCIE3_X16)
+    _gpu_switches(b, h, spec(kind), [sockets[0], sockets[0], sockets[1], sockets[1]], 2)
     return b.build("pcie-8gpu-two-sockets", f"8 x {kind}, four per CPU socket, PCIe 3.0 and QPI")
 
 
@@ -191,18 +174,13 @@ def pcie_8gpu_one_socket(kind: str = "V100-PCIe") -> Cluster:
     effective). A Haswell socket forwards peer traffic between its root ports; that it does so at the
     links' rate is an assumption (the rate is platform-dependent and we have no measurement), so in this
     model the wiring differs from :func:`pcie_8gpu_switch_tree` only in where the halves meet, not in
-    bandwidth. Default GPUs: V100 PCIe; ``kind="M40"`` for Big Sur's (:data:`TESLA_M40`).
+    bandwidth. Default GPUs: V100 PCIe; ``kind="M40"`` for Big Sur's.
     """
-    gpu = _gpu_spec(kind)
     b = _Builder()
     h = b.host("host0", "8 GPUs on two PCIe switches of one socket")
     sockets = [b.switch(f"socket{i}", "cpu_socket", h) for i in range(2)]
     b.link(sockets[0], sockets[1], "qpi", QPI_P2P)
-    for sw_i in range(2):
-        sw = b.switch(f"pcie{sw_i}", "pcie_switch", h)
-        b.link(sockets[0], sw, "pcie", PCIE3_X16)
-        for j in range(4):
-            b.link(sw, b.device(f"gpu{4 * sw_i + j}", gpu, h), "pcie", PCIE3_X16)
+    _gpu_switches(b, h, spec(kind), [sockets[0], sockets[0]], 4)
     return b.build("pcie-8gpu-one-socket", f"8 x {kind} on two PCIe 3.0 switches of one CPU socket")
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from placement import Cluster, cluster_presets
 from placement.cluster import Link
-from placement.presets import BIG_SUR_WIRINGS, PCIE3_X16, QPI_P2P, TESLA_M40
+from placement.presets import BIG_SUR_WIRINGS, PCIE3_X16, QPI_P2P
+from placement.specs import DEVICE_SPECS
 from placement.sync import islands
 
 WIRINGS = ("pcie-8gpu-switch-tree", "pcie-8gpu-one-socket", "pcie-8gpu-two-sockets")
@@ -89,7 +90,7 @@ def test_m40_gpus_carry_the_datasheet_figures(wiring: str) -> None:
     assert len(c) == 8
     gpu = c.device("gpu5")
     assert (gpu.kind, gpu.peak("float32"), gpu.memory_bandwidth, gpu.memory_bytes) == ("M40", 7e12, 288e9, 12 * 2**30)
-    assert TESLA_M40.source
+    assert DEVICE_SPECS["M40"].source
 
 
 def test_talk_wirings_are_three_distinct_registered_presets() -> None:

@@ -48,11 +48,17 @@ bandwidth ``B`` inside a host and ``b`` between hosts, no latency: the ring take
 
 Each phase holds the link resources of its flows for its duration. Torch-free; the simulator
 (:mod:`placement.simulate`) books the phases on its links and devices.
+
+Devices without a copy engine (:func:`endpoint_ms`). A CPU worker moves its messages itself, each
+costing it ``message_ms(bytes)`` of CPU time (the simulator's :meth:`CostModel.endpoint_cpu_ms`, what a
+message costs each of its ends), one after another: a phase lasts at least, on its busiest such
+device, the sum over the messages it sends or receives. A ring's device sends one chunk and receives
+one per round: ``2 x 2 (r - 1) x message_ms(P / r)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,10 +79,12 @@ class Flow:
 
 @dataclass(frozen=True)
 class Phase:
-    """Flows that run together, and how long they take (module docstring)."""
+    """Flows that run together, and how long they take on the links (module docstring); each flow is
+    ``rounds`` messages of ``nbytes / rounds`` (a ring's rounds), else one message."""
 
     flows: tuple[Flow, ...]
     duration_ms: float
+    rounds: int = 1
 
 
 def flows_ms(cluster: Cluster, flows: Sequence[Flow], hops: int = 1) -> float:
@@ -120,6 +128,19 @@ def _busiest(cluster: Cluster, load: dict[int, float]) -> tuple[int, float]:
     return x, ms[x]
 
 
+def endpoint_ms(phase: Phase, devices: Collection[str], message_ms: Callable[[float], float]) -> float:
+    """The most CPU time the phase's messages cost one of ``devices`` (those without a copy engine,
+    which move their messages themselves): the sum of ``message_ms(bytes)`` over the messages it sends
+    or receives (module docstring, "Devices without a copy engine"); 0 when none takes part."""
+    cost: dict[str, float] = {}
+    for f in phase.flows:
+        ms = phase.rounds * message_ms(f.nbytes / phase.rounds)
+        for d in (f.src, f.dst):
+            if d in devices:
+                cost[d] = cost.get(d, 0.0) + ms
+    return max(cost.values(), default=0.0)
+
+
 def duration_ms(phases: Sequence[Phase]) -> float:
     """The time of a collective: its phases one after another."""
     return sum(p.duration_ms for p in phases)
@@ -134,7 +155,7 @@ def ring_allreduce(cluster: Cluster, devices: Sequence[str], nbytes: float) -> l
     edges = list(zip(devices, [*devices[1:], devices[0]]))
     rounds = 2 * (r - 1)
     one_round = flows_ms(cluster, [Flow(a, b, nbytes / r) for a, b in edges])
-    return [Phase(tuple(Flow(a, b, rounds * nbytes / r) for a, b in edges), rounds * one_round)]
+    return [Phase(tuple(Flow(a, b, rounds * nbytes / r) for a, b in edges), rounds * one_round, rounds)]
 
 
 def reduce(cluster: Cluster, members: Sequence[str], root: str, nbytes: float) -> list[Phase]:

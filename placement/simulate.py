@@ -108,7 +108,9 @@ routes, flows sharing a link resource sharing its bandwidth):
 A bucket's steps are booked when it is requested, each on its resources first come first served after
 the step before it (the links of its flows' routes, held for the phase; a server's own resource for an
 update): they contend with transfers and other stages' synchronisation. A GPU keeps computing while its
-buckets travel; a device without a copy engine is held by them. The step ends when the last task or
+buckets travel; a device without a copy engine is held by them, and a phase lasts at least the CPU time
+its messages cost such a device (:func:`placement.collectives.endpoint_ms` with
+:meth:`CostModel.endpoint_cpu_ms`, as a transfer with a CPU end does). The step ends when the last task or
 synchronisation step does.
 
 Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
@@ -585,8 +587,9 @@ class _Simulation:
         """Append the phases of one collective of bucket ``j`` as steps, and its timeline record."""
         lo = len(self.step_ms)
         index = self.cluster.device_index
+        cpus = {d.name for d in self.devices if d.category == "cpu"}
         for phase in phases:
-            self.step_ms.append(phase.duration_ms)
+            self.step_ms.append(max(phase.duration_ms, collectives.endpoint_ms(phase, cpus, self.cm.endpoint_cpu_ms)))
             self.step_flows.append(phase.flows)
             self.step_server.append(-1)
             self.flow_pairs += [(index(f.src), index(f.dst)) for f in phase.flows]

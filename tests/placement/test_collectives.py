@@ -12,6 +12,7 @@ from placement.collectives import (
     broadcast,
     busiest_link,
     duration_ms,
+    endpoint_ms,
     flows_ms,
     hierarchical_allreduce,
     reduce,
@@ -141,3 +142,20 @@ def test_busiest_link_names_what_paces_a_phase() -> None:
     assert flows_ms(c, reduce_phase.flows) == pytest.approx(ms)
     with pytest.raises(ConfigurationError, match="no flow crosses a link"):
         busiest_link(c, [Flow("h0g0", "h0g0", 1.0)])
+
+
+def test_endpoint_ms_counts_every_message_a_cpu_sends_or_receives() -> None:
+    c = star(3)
+    P = 3e6
+
+    def message_ms(nbytes: float) -> float:  # 0.5 ms per message + 1 ms per MB
+        return 0.5 + nbytes / 1e6
+
+    # Ring of 3: 4 rounds; each device sends one 1 MB chunk and receives one per round: 8 x 1.5 ms.
+    (ring,) = ring_allreduce(c, ["d0", "d1", "d2"], P)
+    assert endpoint_ms(ring, {"d1"}, message_ms) == pytest.approx(8 * 1.5)
+    assert endpoint_ms(ring, set(), message_ms) == 0.0
+    # A reduce onto d0: the root receives two 3 MB messages (2 x 3.5 ms), each worker sends one.
+    (into,) = reduce(c, ["d1", "d2"], "d0", P)
+    assert endpoint_ms(into, {"d0", "d1"}, message_ms) == pytest.approx(7.0)
+    assert endpoint_ms(into, {"d1"}, message_ms) == pytest.approx(3.5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
-from placement import Cluster, Device, Link, PlacementError, Switch, simulate
+from placement import Cluster, CostModel, Device, Link, PlacementError, Switch, simulate
 from placement.errors import ArgumentTypeError, ConfigurationError
 from placement.plan import Plan, Stage
 from placement.schedules import AllReduce, Schedule
@@ -251,3 +251,22 @@ def test_cpu_replicas_are_held_by_their_allreduces() -> None:
         ("allreduce", "d0+d1 bucket 1", 11, 13),
     ]
     assert r.step_ms == 13 and r.busy_ms["d1"] == 9
+
+
+def test_a_cpu_ring_lasts_what_its_messages_cost_the_cpus() -> None:
+    # As above, with each message costing each end 0.5 ms + 1 ms per MB of CPU (CostModel.endpoint_cpu_ms):
+    # bucket 0 (2 MB over 2 replicas: 2 rounds of 1 MB chunks, each CPU sending and receiving one per
+    # round) takes 4 x 1.5 = 6 ms instead of the wire's 2: 5-11; B(b) 11-13, B(a) 13-15; bucket 1 15-21.
+    devices = [Device(f"d{i}", "X", "cpu", "h", {"float32": 1e11}, 1e10, 1e12) for i in range(2)]
+    cpus = Cluster("cpus", devices, [Link(d.name, "sw", "shm", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    cost = CostModel(cpus, endpoint_cpu_s=0.5e-3, endpoint_cpu_per_byte_s=1e-9)
+    g = chain({"a": 2 * MB, "c": 2 * MB})
+    r = simulate(g, cpus, ON_D0, cost, microbatches=2, replicas=DATA_PARALLEL, sync=AllReduceSync(bucket_bytes=MB))
+    on_d1 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "d1" and e.kind != "forward"]
+    assert on_d1 == [
+        ("backward", "c", 3, 5),
+        ("allreduce", "d0+d1 bucket 0", 5, 11),
+        ("backward", "b", 11, 13),
+        ("backward", "a", 13, 15),
+        ("allreduce", "d0+d1 bucket 1", 15, 21),
+    ]

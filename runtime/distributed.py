@@ -26,10 +26,16 @@ schedule is also checked to keep every pair's messages in order.
 
 Replicated stages (:mod:`runtime.partition`). Every replica is a rank; microbatch ``k`` of a stage on
 ``r`` replicas runs on replica ``k mod r``, and a transfer of microbatch ``k`` goes between the ranks
-that hold ``k`` (:meth:`~runtime.partition.PartitionedProgram.runner`). The schedule's all-reduce,
-after a replica's last backward, sums the stage's parameter gradients over a process group of its
-replicas (``torch.distributed.new_group``; one flat tensor per dtype), so every replica updates its
-copy of the parameters with the gradients of the whole batch. When the output stage is replicated its
+that hold ``k`` (:meth:`~runtime.partition.PartitionedProgram.runner`). The schedule's all-reduces,
+one per gradient bucket after a replica's last backward, sum the stage's parameter gradients over a
+process group of its replicas (ring, or hierarchical over islands), so every replica updates its copy
+of the parameters with the gradients of the whole batch; they are launched from the last backward as
+soon as each bucket's gradients are final, overlapping the rest of it (:mod:`runtime.collectives`).
+Parameter servers (:mod:`runtime.servers`) are ranks of their own, after the plan's devices in the
+order of names (:attr:`~runtime.partition.PartitionedProgram.ranks`): each holds a copy of its buckets'
+parameters and an optimizer over them; the replicas reduce their buckets' gradients onto it (launched
+from the backward in the same way) and receive its weights in broadcasts, and their own optimizers skip
+those parameters. When the output stage is replicated its
 replicas exchange their microbatches' losses and outputs after the step (not timed), so each returns
 the whole step's loss and outputs.
 
@@ -43,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import itertools
 import os
 import time
@@ -57,12 +62,22 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from placement.schedules import Schedule
+from runtime.collectives import BucketCollectives, Groups
 from runtime.comm import active
 from runtime.errors import MismatchError, RuntimeFault
 from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, FORWARD, OPTIMIZER, device_work, resolve
+from runtime.schedule import (
+    BACKWARD,
+    COLLECTIVES,
+    FORWARD,
+    GRADIENT_COLLECTIVES,
+    OPTIMIZER,
+    device_work,
+    resolve,
+)
+from runtime.servers import server_copies, worker_parameters
 from runtime.step import (
     LossFn,
     OptimizerFactory,
@@ -118,9 +133,10 @@ class DistributedExecutor:
         timeout_s: how long a wait for another rank may last before it is declared dead or hung.
         device: this rank's torch device (default ``cuda:LOCAL_RANK`` under NCCL, else the CPU).
 
-    The default process group must be initialized (:func:`init_from_env`); the executor makes its own
-    group over all ranks and one over the replicas of every replicated stage, with ``timeout_s`` (a
-    collective: construct executors in the same order on every rank).
+    The default process group must be initialized (:func:`init_from_env`), one rank per device of the
+    program and per parameter server; the executor makes its own group over all ranks and one per set of
+    ranks its collectives use (:class:`runtime.collectives.Groups`), with ``timeout_s`` (a collective:
+    construct executors in the same order on every rank).
     """
 
     def __init__(
@@ -140,43 +156,47 @@ class DistributedExecutor:
             )
         self.program, self.loss_fn, self.timeout_s = program, loss_fn, timeout_s
         world = dist.get_world_size()
-        if world != len(program.devices):
+        ranks = program.ranks
+        if world != len(ranks):
+            servers = ", parameter servers included" if program.servers else ""
             raise MismatchError(
-                f"the plan uses {len(program.devices)} devices ({', '.join(program.devices)}), but {world} rank(s) "
-                f"were launched: start torchrun with --nproc-per-node {len(program.devices)} (over all hosts)"
+                f"the plan uses {len(ranks)} devices ({', '.join(ranks)}{servers}), but {world} rank(s) "
+                f"were launched: start torchrun with --nproc-per-node {len(ranks)} (over all hosts)"
             )
         self.backend = dist.get_backend()
         dist.barrier()  # ranks arrive together, so the short timeout below never counts a slow start
         self.group = dist.new_group(list(range(world)), timeout=datetime.timedelta(seconds=timeout_s))
         self.rank = dist.get_rank()
-        self.device = program.devices[self.rank]
-        self._rank_of = {d: r for r, d in enumerate(program.devices)}
+        self.device = ranks[self.rank]
+        self._rank_of = {d: r for r, d in enumerate(ranks)}
         self.stage = program.stage_device(self.device)
-        self.replica_group: Any = None  # the process group of this rank's stage replicas, if replicated
-        for stage in sorted(program.replicas, key=program.devices.index):  # every rank makes every group
-            group = dist.new_group(
-                [self._rank_of[d] for d in program.replicas[stage]], timeout=datetime.timedelta(seconds=timeout_s)
-            )
-            if stage == self.stage:
-                self.replica_group = group
         self.torch_device = torch.device(device) if device is not None else _default_device(self.backend)
-        self.part = program.programs[self.device]
-        self.part.module.to(self.torch_device)
+        self.part = program.programs.get(self.device)  # None on a parameter server
+        if self.part is not None:
+            self.part.module.to(self.torch_device)
         self.schedule = resolve(program, schedule)
         assigned = device_work(self.schedule, program, in_order=self.backend == "nccl")
         self.training = assigned.training
         self.work = assigned.work[self.device]
+        # every rank makes every group, in one order: the stages' replicas', then the collectives'
+        self.groups = Groups(assigned.work, self._rank_of, timeout_s, extra=program.replicas.values())
+        self.replica_group: Any = self.groups[program.replicas[self.stage]] if self.stage in program.replicas else None
+        self.server_copies = {
+            name: nn.Parameter(p.detach().to(self.torch_device), requires_grad=p.requires_grad)
+            for name, p in server_copies(program, self.device, self.work).items()
+        }
         self.program = program.only(self.device)
-        self.optimizer = optimizer(list(self.parameters())) if optimizer is not None else None
+        own = list(self.server_copies.values()) if self.part is None else worker_parameters(self.part.parameters, self.work)
+        self.optimizer = optimizer(own) if optimizer is not None and own else None
         namespace = f"graphc/executor{next(_executors)}/"
-        self.monitor = FaultMonitor(self.rank, program.devices, store_from_env(timeout_s), timeout_s, namespace)
+        self.monitor = FaultMonitor(self.rank, ranks, store_from_env(timeout_s), timeout_s, namespace)
         finish_reports_on_sigterm()
         self._pending_sends: dict[tuple[int, int, bool], _Pending] = {}  # (transfer tag, microbatch, gradient)
 
     # -- parameters ---------------------------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """This rank's parameters, by their name in the traced model."""
-        yield from self.part.parameters.items()
+        """This rank's parameters, by their name in the traced model (a parameter server's: its copies)."""
+        yield from (self.part.parameters if self.part is not None else self.server_copies).items()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for _, p in self.named_parameters():
@@ -191,6 +211,8 @@ class DistributedExecutor:
     def forward(self, inputs: Any = None) -> Any:
         """The model's outputs for ``inputs`` without gradients; returned on the output rank, None elsewhere.
         Every rank calls it (ranks that take no input may pass None)."""
+        if self.part is None:
+            return None  # a parameter server computes nothing
         feeds = self._feeds(inputs)
         outputs = {}
         with torch.no_grad():
@@ -205,10 +227,12 @@ class DistributedExecutor:
 
     def step(self, inputs: Any = None, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
         """One training step on this rank: its work of the schedule, in order (forwards, backwards,
-        all-reduce, optimizer step).
+        collectives, optimizer step; module docstring).
 
         Every rank calls it with the same arguments (ranks without inputs or the loss may pass None).
-        Returns the loss and outputs on the output rank, and on every rank the work it ran. ``measure_memory``
+        Returns the loss and outputs on the output rank, and on every rank the work it ran
+        (:attr:`StepResult.order`: each unit as it ends, a collective as it is launched, so the
+        all-reduces launched during the last backward come before it). ``measure_memory``
         records this device's peak bytes of live tensors (slower; CUDA reads the allocator's statistics).
         """
         if not self.training:
@@ -233,15 +257,22 @@ class DistributedExecutor:
         roots: dict[int, list[torch.Tensor]] = {}
         losses: dict[int, torch.Tensor] = {}
         outputs: dict[int, Any] = {}
-        ran: list[str] = []  # the work this rank ran, in order
+        ran: list[str] = []  # the work this rank ran, in order: as it ends; a collective as it is launched
+        collectives = BucketCollectives(
+            self.device, dict(self.named_parameters()), self.groups, self._guarded, self.monitor.waiting, ran.append
+        )
+        kinds = [w.kind for w in self.work]
+        last_backward = max((i for i, kind in enumerate(kinds) if kind == BACKWARD), default=-1)
+        armed = [w for w in self.work[last_backward + 1 :] if w.kind in GRADIENT_COLLECTIVES]
         with tracker if tracker is not None else contextlib.nullcontext():
-            for work in self.work:
-                ran.append(str(work))
+            for i, work in enumerate(self.work):
                 k = work.microbatch
-                if work.kind == ALLREDUCE:
-                    self.monitor.doing("all-reduce of the stage's gradients")
-                    self._allreduce_gradients()
-                elif work.kind == OPTIMIZER:
+                if work.kind in COLLECTIVES:
+                    self.monitor.doing(f"{work} ({work.action.name})")
+                    collectives.launch(work)
+                    continue
+                collectives.finish()
+                if work.kind == OPTIMIZER:
                     self.monitor.doing("sends and optimizer step")
                     self._finish_sends()
                     if self.optimizer is not None:
@@ -262,9 +293,13 @@ class DistributedExecutor:
                     comm = comms.pop(k)
                     comm.post_gradient_receives()
                     tensors = roots.pop(k)
-                    if tensors:
-                        torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
+                    with collectives.armed(armed if i == last_backward else []):
+                        if tensors:
+                            torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
                     self._release_answered(comm)
+                ran.append(str(work))
+            self.monitor.doing("collectives")
+            collectives.finish()
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
             self.monitor.done()
@@ -292,7 +327,7 @@ class DistributedExecutor:
     # -- the forward of one microbatch --------------------------------------------------------
     def _feeds(self, inputs: Any) -> list[tuple[torch.Tensor, ...]]:
         m = self.program.microbatches
-        if not self.part.inputs:
+        if self.part is None or not self.part.inputs:
             return [()] * m
         if inputs is None:
             raise MismatchError(f"rank {self.rank} ({self.device}) takes input(s) {self.part.inputs}: pass them to step()")
@@ -308,25 +343,6 @@ class DistributedExecutor:
         return unflatten_outputs(self.program, flat) if self.is_output_rank else None
 
     # -- replicated stages --------------------------------------------------------------------
-    def _allreduce_gradients(self) -> None:
-        """Sum this stage's parameter gradients over its replicas, one flat tensor per dtype (a parameter
-        without a gradient has none on every replica: they run the same program)."""
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for p in self.parameters():
-            if p.grad is not None:
-                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-        peer = next(d for d in self.program.replicas[self.stage] if d != self.device)
-        for dtype, grads in by_dtype.items():
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            op = f"all-reduce of the gradients of the stage of {self.stage} ({len(grads)} {dtype} tensor(s))"
-            work = self._guarded(peer, op, functools.partial(dist.all_reduce, flat, group=self.replica_group, async_op=True))
-            with self.monitor.waiting(self._rank_of[peer], op):
-                self._guarded(peer, op, work.wait)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-
     def _gather_output_stage(self, results: dict[int, Any]) -> dict[int, Any]:
         """Microbatch -> result of every replica of the output stage, in microbatch order, on each of them
         (``results`` as is when the output stage is not replicated)."""
@@ -382,7 +398,7 @@ class DistributedExecutor:
             self._wait(self._pending_sends.pop((transfer.tag, comm.microbatch, False)))
 
     def _static_bytes(self) -> int:
-        tensors = [*self.part.parameters.values(), *self.part.buffers.values()]
+        tensors = [*self.parameters(), *(self.part.buffers.values() if self.part is not None else ())]
         if self.optimizer is not None:
             tensors += [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -47,7 +47,15 @@ from runtime.comm import active
 from runtime.errors import RuntimeFault
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
-from runtime.schedule import ALLREDUCE, BACKWARD, COLLECTIVES, FORWARD, OPTIMIZER, REDUCE, Work
+from runtime.schedule import (
+    ALLREDUCE,
+    BACKWARD,
+    COLLECTIVES,
+    FORWARD,
+    OPTIMIZER,
+    REDUCE,
+    Work,
+)
 from runtime.servers import zero_filled
 from runtime.step import LossFn, microbatch_loss, to_device, unflatten_outputs
 

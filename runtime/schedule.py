@@ -45,7 +45,6 @@ does not hold, a parameter in no bucket or in two.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 from placement.schedules import (

@@ -41,6 +41,7 @@ from runtime import (
     init_from_env,
     partition,
 )
+from runtime.collectives import BucketCollectives
 from runtime.errors import ProgramMismatch
 from runtime.launch import spawn
 from runtime.schedule import device_work, resolve
@@ -298,11 +299,11 @@ def test_replicas_end_optimizer_steps_with_eager_parameters(label, three_ranks):
 
 def killed_in_the_all_reduce(inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """One step of :func:`mlp_program` in which rank 1 (cpu1, the second replica of cpu0's stage) dies as
-    its all-reduce starts; what the other ranks saw."""
+    its all-reduce is launched; what the other ranks saw."""
     init_from_env()
     executor = DistributedExecutor(mlp_program(), loss_fn=F.cross_entropy, timeout_s=5)
     if executor.rank == 1:
-        executor._allreduce_gradients = lambda: os.kill(os.getpid(), signal.SIGKILL)
+        BucketCollectives.launch = lambda self, work: os.kill(os.getpid(), signal.SIGKILL)
     start = time.monotonic()
     try:
         executor.step(inputs, targets)
@@ -318,6 +319,6 @@ def test_a_replica_that_dies_in_the_all_reduce_is_named_by_the_other():
     )
     assert outcomes[1].exitcode == -signal.SIGKILL
     seen = outcomes[0].result
-    assert seen["rank"] == 1 and seen["op"].startswith("all-reduce of the gradients of the stage of cpu0"), seen
+    assert seen["rank"] == 1 and seen["op"].startswith("all-reduce of stage 0 bucket 0"), seen
     assert seen["seconds"] < 5
     assert outcomes[2].result == {"finished": True}  # the other stage does not take part

@@ -16,11 +16,13 @@ over Y is
 .. math:: s_{X/Y} = t_Y / t_X - 1
 
 (positive: X is faster), the talk's table format. The link that causes each difference is the bottleneck
-of each wiring's synchronisation: of the links the simulated step's traffic used (``SimResult.link_bytes``:
-in pure data parallelism, the collectives' alone), the one whose bytes take longest at its bandwidth,
-:math:`\\arg\\max_\\ell \\; \\text{bytes}_\\ell / \\text{bandwidth}_\\ell`, the link a ring or a reduce
-waits on; a difference is put down to the slower wiring's bottleneck when the two bottlenecks'
-bandwidths differ.
+of each wiring's synchronisation: the simulator prices an all-reduce as phases of flows on the wiring's
+routes (:mod:`placement.collectives`: the ring's one phase; the hierarchy's reduce inside the islands,
+ring among their leaders and broadcast back); of the phases of the all-reduce of every gradient, the
+longest is paced by its busiest link, the one whose bytes take longest at its bandwidth,
+:math:`\\arg\\max_\\ell \\; \\text{bytes}_\\ell / \\text{bandwidth}_\\ell`
+(:func:`placement.collectives.busiest_link`; the first at a tie, as a ring's equal links are). A difference
+is put down to the slower wiring's bottleneck when the two bottlenecks' bandwidths differ.
 
 It prints the table and writes ``results/bigsur/data_parallel.json`` (every step, compute time,
 bottleneck link and speed-up, per setting). Seconds on two cores: each network is traced once (on the
@@ -48,12 +50,11 @@ from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.importers import load_benchmark
 from graphc.ir.graph import Graph
-from placement import Cluster
+from placement import Cluster, collectives
 from placement.plan import Plan, Stage
 from placement.presets import BIG_SUR_WIRINGS
 from placement.solvers import solve
-from placement.sync import ALGORITHMS, AllReduceSync
-from placement.timeline import SimResult
+from placement.sync import ALGORITHMS, AllReduceSync, islands
 
 REPLICAS = 8
 PAIRS = (("E", "A"), ("D", "A"), ("D", "E"))  # the talk's columns: X over Y
@@ -96,21 +97,21 @@ class Bottleneck:
     """The link that set the pace of a wiring's synchronisation (module docstring).
 
     Attributes:
-        links: the links whose bytes take longest at their bandwidth, by name (several when they tie).
-        kind: their kind (``pcie``, ``qpi``).
-        bandwidth: their bandwidth, bytes/s per direction.
-        wire_ms: the time their bytes take at that bandwidth (both directions summed, as
-            ``SimResult.link_bytes`` counts them).
+        link: its name.
+        kind: its kind (``pcie``, ``qpi``).
+        bandwidth: its bandwidth, bytes/s per direction.
+        wire_ms: the time its bytes take at that bandwidth in the all-reduce's longest phase.
+        phase_ms: that phase's duration (``wire_ms`` plus the phase's latencies).
     """
 
-    links: list[str]
+    link: str
     kind: str
     bandwidth: float
     wire_ms: float
+    phase_ms: float
 
     def describe(self) -> str:
-        where = self.links[0] if len(self.links) == 1 else f"{len(self.links)} links"
-        return f"{self.kind} {self.bandwidth / GB:g} GB/s ({where})"
+        return f"{self.kind} {self.bandwidth / GB:g} GB/s ({self.link})"
 
 
 @dataclass
@@ -153,13 +154,15 @@ def data_parallel_plan(graph: Graph, cluster: Cluster, sync: AllReduceSync) -> P
     )  # fmt: skip
 
 
-def bottleneck(result: SimResult, cluster: Cluster) -> Bottleneck:
-    """The links whose traffic in the step takes longest at their bandwidth (module docstring)."""
-    links = {link.name: link for link in cluster.links}
-    wire_ms = {name: 1e3 * nbytes / links[name].bandwidth for name, nbytes in result.link_bytes.items() if nbytes > 0}
-    top = max(wire_ms.values())
-    pace = sorted(name for name, ms in wire_ms.items() if ms >= top * (1 - 1e-9))
-    return Bottleneck(pace, links[pace[0]].kind, links[pace[0]].bandwidth, top)
+def bottleneck(cluster: Cluster, gpus: list[str], algorithm: str, nbytes: float) -> Bottleneck:
+    """The busiest link of the longest phase of an all-reduce of ``nbytes`` over ``gpus`` (module docstring)."""
+    if algorithm == "hierarchical":
+        phases = collectives.hierarchical_allreduce(cluster, islands(cluster, gpus), nbytes)
+    else:
+        phases = collectives.ring_allreduce(cluster, gpus, nbytes)
+    phase = max(phases, key=lambda p: p.duration_ms)
+    link, wire_ms = collectives.busiest_link(cluster, phase.flows)
+    return Bottleneck(link.name, link.kind, link.bandwidth, wire_ms, phase.duration_ms)
 
 
 def study_network(graph: Graph, sync: AllReduceSync, gpu: str) -> dict[str, WiringResult]:
@@ -167,12 +170,13 @@ def study_network(graph: Graph, sync: AllReduceSync, gpu: str) -> dict[str, Wiri
     results = {}
     for letter, preset in sorted(BIG_SUR_WIRINGS.items()):
         cluster = Cluster.preset(preset, kind=gpu)
-        sim = data_parallel_plan(graph, cluster, sync).simulate()
-        first = cluster.devices[0].name
-        compute = sim.busy_ms[first]
+        plan = data_parallel_plan(graph, cluster, sync)
+        sim = plan.simulate()
+        gpus = plan.stages[0].devices
+        compute = sim.busy_ms[gpus[0]]
         results[letter] = WiringResult(
-            letter, preset, sim.step_ms, compute, sim.step_ms - compute, sim.peak_memory_bytes[first],
-            bottleneck(sim, cluster), sim.over_capacity,
+            letter, preset, sim.step_ms, compute, sim.step_ms - compute, sim.peak_memory_bytes[gpus[0]],
+            bottleneck(cluster, gpus, sync.algorithm, graph.total_param_bytes()), sim.over_capacity,
         )  # fmt: skip
     return results
 

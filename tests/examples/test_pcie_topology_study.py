@@ -71,19 +71,31 @@ def test_wirings_differ_by_the_ring_all_reduce_computed_by_hand(graph, after_bac
     assert study.speedup(after_backward, "E", "A") < 0 < study.speedup(after_backward, "D", "E")
 
 
-def test_the_bottleneck_is_the_qpi_on_e_and_any_pcie_link_on_a_and_d(graph, after_backward) -> None:
-    # Each ring edge carries 2 (r - 1) / r x P bytes each way; every link carries one edge each way.
-    both_ways = 2 * 2 * 7 / 8 * graph.total_param_bytes()
+def test_the_bottleneck_is_the_qpi_on_e_and_a_pcie_link_on_a_and_d(graph, after_backward) -> None:
+    # Each ring edge carries 2 (r - 1) / r x P bytes each way; E's two edges between the halves cross
+    # the QPI, one each way; A's and D's cross only 12 GB/s PCIe links, each carrying one edge each way.
+    ring_bytes = 2 * 7 / 8 * graph.total_param_bytes()
     e = after_backward["E"].bottleneck
-    assert (e.links, e.kind, e.bandwidth) == (["socket0--socket1"], "qpi", QPI_P2P)
-    assert e.wire_ms == pytest.approx(1e3 * both_ways / QPI_P2P, rel=1e-6)
+    assert (e.link, e.kind, e.bandwidth) == ("socket0--socket1", "qpi", QPI_P2P)
+    assert e.wire_ms == pytest.approx(1e3 * ring_bytes / QPI_P2P, rel=1e-9)
+    assert e.phase_ms == pytest.approx(e.wire_ms + 1e3 * 14 * 5 * LINK_LATENCY_S, rel=1e-9)
     for letter in "AD":
         b = after_backward[letter].bottleneck
-        # The 8 GPUs' own links and the two between the halves, all 12 GB/s, carry the same bytes.
-        assert (b.kind, b.bandwidth, len(b.links)) == ("pcie", PCIE3_X16, 10)
-        assert b.wire_ms == pytest.approx(1e3 * both_ways / PCIE3_X16, rel=1e-6)
-    assert "E's qpi 9 GB/s (socket0--socket1)" in study.cause(after_backward, "D", "E")
+        assert (b.kind, b.bandwidth) == ("pcie", PCIE3_X16)
+        assert b.wire_ms == pytest.approx(1e3 * ring_bytes / PCIE3_X16, rel=1e-9)
+    assert study.cause(after_backward, "D", "E") == "E's qpi 9 GB/s (socket0--socket1) against D's pcie 12 GB/s"
     assert study.cause(after_backward, "D", "A").startswith("none")
+
+
+def test_hierarchical_on_two_sockets_is_paced_by_the_leaders_ring_over_the_qpi(graph) -> None:
+    # Islands of two GPUs per switch: the four leaders' ring, 2 (4 - 1) / 4 x P each way between the
+    # sockets, is the longest phase; the chains inside the islands carry P over 12 GB/s.
+    results = study.study_network(graph, AllReduceSync("hierarchical", None), "M40")
+    e = results["E"].bottleneck
+    assert (e.link, e.kind) == ("socket0--socket1", "qpi")
+    assert e.wire_ms == pytest.approx(1e3 * 1.5 * graph.total_param_bytes() / QPI_P2P, rel=1e-9)
+    assert results["A"].bottleneck.kind == "pcie"
+    assert results["E"].step_ms > results["A"].step_ms == results["D"].step_ms
 
 
 def test_buckets_overlap_the_all_reduce_with_the_backward(graph, after_backward) -> None:

@@ -111,6 +111,7 @@ class Bottleneck:
     phase_ms: float
 
     def describe(self) -> str:
+        """``qpi 9 GB/s (socket0--socket1)``."""
         return f"{self.kind} {self.bandwidth / GB:g} GB/s ({self.link})"
 
 
@@ -202,6 +203,7 @@ def cause(results: dict[str, WiringResult], x: str, y: str) -> str:
 
 
 def percent(value: float) -> str:
+    """A speed-up as the talk's table writes it, signed: ``+7.4%``."""
     return f"{100 * value:+.1f}%"
 
 

@@ -51,6 +51,7 @@ from graphc.frontend.tracing import trace
 from graphc.importers import load_benchmark
 from graphc.ir.graph import Graph
 from placement import Cluster, collectives
+from placement.hybrid import ring_order
 from placement.plan import Plan, Stage
 from placement.presets import BIG_SUR_WIRINGS
 from placement.solvers import solve
@@ -146,8 +147,9 @@ def trace_network(net: Network) -> Graph:
 
 
 def data_parallel_plan(graph: Graph, cluster: Cluster, sync: AllReduceSync) -> Plan:
-    """Pure data parallelism: one stage of every node replicated on the cluster's GPUs, a microbatch each."""
-    gpus = [d.name for d in cluster.devices if d.category == "gpu"]
+    """Pure data parallelism: one stage of every node replicated on the cluster's GPUs, a microbatch each,
+    the GPUs in their fastest ring order (:func:`placement.hybrid.ring_order`, as the planner's)."""
+    gpus = ring_order(cluster, [d.name for d in cluster.devices if d.category == "gpu"], graph.total_param_bytes())
     return Plan(
         graph_name=graph.name, graph_fingerprint=graph.fingerprint(), cluster_name=cluster.name,
         objective="throughput", mode="training", assignment=dict.fromkeys(graph.node_names(), gpus[0]),

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from graphc.ir.errors import ConfigurationError, RuntimeFault
 from placement.cluster import Cluster
@@ -106,7 +106,7 @@ class Hosts:
         self.closed = False
 
     # -- making and removing -------------------------------------------------------------------
-    def __enter__(self) -> Hosts:
+    def __enter__(self) -> Self:
         reason = net.why_unavailable()
         if reason:
             raise ConfigurationError(f"Hosts: cannot make network namespaces: {reason}")

@@ -47,7 +47,7 @@ def why_unavailable() -> str | None:
 def run(argv: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run an ``ip``/``tc`` command; a failure (when ``check``) raises a
     :class:`~graphc.ir.errors.RuntimeFault` saying ``what`` was being done and the command's message."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     if check and done.returncode != 0:
         raise RuntimeFault(f"hosts: {what} failed: `{' '.join(argv)}` said {(done.stderr or done.stdout).strip()!r}")
     return done

@@ -329,20 +329,28 @@ def partition(program: TracedProgram | fx.GraphModule, plan: Plan, graph: Graph 
     )
     needs_cluster = isinstance(plan.sync, ParameterServerSync) or plan.sync.algorithm == "hierarchical"
     parts.plan = dataclasses.replace(plan, graph=graph, cluster=plan.cluster if needs_cluster else None, cost_model=None)
-    if isinstance(plan.sync, ParameterServerSync) and replicas:
-        parts.servers = _servers(plan.sync, set(plan.devices_used()))
+    parts.servers = plan_servers(plan)
     return replicate_stages(parts, replicas)
 
 
-def _servers(sync: ParameterServerSync, busy: set[str]) -> list[str]:
-    """The parameter servers of ``sync``, checked to run no node (``busy``: the devices that do)."""
-    computing = sorted(busy.intersection(sync.servers))
+def plan_servers(plan: Plan) -> list[str]:
+    """The parameter servers a run of ``plan`` starts: those of its :class:`ParameterServerSync` when it
+    replicates a stage (else none), checked to run no node."""
+    if not isinstance(plan.sync, ParameterServerSync) or not any(len(st.devices) > 1 for st in plan.stages):
+        return []
+    computing = sorted(set(plan.devices_used()).intersection(plan.sync.servers))
     if computing:
         raise MismatchError(
             f"parameter server(s) {computing} also run nodes of the plan: a server only holds parameters; re-plan "
             "with servers that run no node"
         )
-    return list(sync.servers)
+    return list(plan.sync.servers)
+
+
+def plan_ranks(plan: Plan) -> list[str]:
+    """The devices a distributed run of ``plan`` gives a rank each, in rank order: the devices that run
+    nodes and the parameter servers, in natural order of names (:attr:`PartitionedProgram.ranks`)."""
+    return sorted([*plan.devices_used(), *plan_servers(plan)], key=device_sort_key)
 
 
 def stage_replicas(plan: Plan) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@
 ``graphc run`` (:func:`cmd_run`) builds a ``torchrun`` command line (``python -m torch.distributed.run``)
 that starts one worker per device of the plan, on this host or, with ``--nnodes``/``--node-rank``/
 ``--master-addr``, on each of several hosts (run the same command on every host with its own
-``--node-rank``). Host ``h`` runs ranks ``h * nproc .. (h + 1) * nproc - 1``, and rank ``r`` runs the
+``--node-rank``); a plan with parameter servers (:class:`placement.sync.ParameterServerSync`) gets
+one more rank per server. Host ``h`` runs ranks ``h * nproc .. (h + 1) * nproc - 1``, and rank ``r`` runs the
 plan's ``r``-th device in natural order of names, so name a multi-host plan's devices host by host
 (``h0/gpu0``, ``h0/gpu1``, ..., ``h1/gpu0``, as the cluster presets do). Every worker runs
 :func:`worker_main` (``python -m graphc.app.run``): it builds the zoo model, traces it, checks and
@@ -58,7 +59,7 @@ from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
 from runtime.faults import REPORTS_ENV, FaultReport
 from runtime.measure import measure
-from runtime.partition import PartitionedProgram
+from runtime.partition import PartitionedProgram, plan_ranks
 from runtime.rebuild import partition_model
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
@@ -122,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     args.granularity = plan_granularity(args.granularity, plan)
     args.batch_size = plan_batch_size(args.batch_size, plan)
-    devices = len(plan.devices_used())
+    devices = len(plan_ranks(plan))
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
         raise ConfigurationError(
@@ -338,7 +339,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         args.granularity = plan_granularity(args.granularity, plan)
         args.batch_size = plan_batch_size(args.batch_size, plan)
         zm, parts = _partition(args, plan)
-        device = parts.devices[rank] if rank < len(parts.devices) else ""
+        device = parts.ranks[rank] if rank < len(parts.ranks) else ""
         _train(args, plan, zm, parts)
     except GraphcError as exc:
         return _report(exc, rank, device, 2)
@@ -396,6 +397,8 @@ def _inject_test_fault(executor: DistributedExecutor, spec: str) -> None:
         raise ConfigurationError(f"{TEST_FAULT_ENV}={spec!r}: expected kill:RANK or hang:RANK")
     if int(target) != executor.rank:
         return
+    if executor.part is None:
+        raise ConfigurationError(f"{TEST_FAULT_ENV}={spec!r}: rank {target} is a parameter server, which runs no forward")
 
     def fault(*args: Any) -> None:
         print(f"graphc test fault: rank {executor.rank} {'is killed' if kind == 'kill' else 'hangs'} now", file=sys.stderr, flush=True)

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 import graphc
 from graphc import zoo
-from graphc.app.run import add_run_arguments, cmd_run
+from graphc.app import cli
 from placement import presets
 from placement.plan import Plan
 from placement.sync import ParameterServerSync
 from runtime import contiguous_plan
 from runtime.partition import plan_ranks
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    return parser.parse_args(list(argv))
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +37,8 @@ def test_parameter_servers_get_ranks_of_their_own(server_plan):
 @pytest.mark.slow
 def test_graphc_run_trains_with_parameter_servers(server_plan, tmp_path):
     out = tmp_path / "measured.json"
-    argv = ["gpt2", "--plan", server_plan, "--size", "small", "--knob", "dropout=0.0", "--optimizer", "adam"]
-    assert cmd_run(parse(*argv, "--steps", "2", "--warmup", "1", "--json", str(out))) == 0
+    argv = ["run", "gpt2", "--plan", server_plan, "--size", "small", "--knob", "dropout=0.0", "--optimizer", "adam"]
+    assert cli.main([*argv, "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2
     assert set(measured["peak_memory_bytes"]) == {"cpu0", "cpu1", "cpu2", "cpu3"}

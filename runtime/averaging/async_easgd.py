@@ -17,16 +17,21 @@ Defaults: ``tau = 10``, ``alpha = 0.9 / N`` (the paper's ``beta = N alpha = 0.9`
 Per exchange a worker sends one header and its parameters and receives the center, per server: ``2 P``
 bytes of parameters in all (plus 16 bytes of headers per server), against a ring all-reduce's
 ``2 (N - 1) / N P`` each way.
+
+A server that dies (or hangs past the process group's timeout) while a worker waits for it raises
+:class:`~graphc.ir.errors.RankFailure` naming the server's rank; a worker that dies stops nobody (the
+servers serve the others, :mod:`runtime.averaging.center`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from graphc.ir.errors import ConfigurationError
+from graphc.ir.errors import ConfigurationError, RankFailure
 from runtime.averaging.center import CENTER_TAG, DONE, FETCH, HEADER_BYTES, INIT_TAG, PEEK, PEEK_TAG, PUSH, PUSH_TAG, AsyncLayout, send_header
 from runtime.averaging.easgd import DEFAULT_BETA, DEFAULT_TAU
 from runtime.averaging.strategy import Strategy, check_period
@@ -65,7 +70,7 @@ class AsyncEASGD(Strategy):
             raise ConfigurationError(f"alpha={self.alpha!r}: expected 0 < alpha <= 1 (the paper's 0.9 / N by default)")
         self.prefetch = prefetch
         self.shards = layout.shards(sum(p.numel() for p in self.parameters))
-        self._fetch: list[tuple[Any, torch.Tensor]] | None = None
+        self._fetch: list[tuple[int, Any, torch.Tensor]] | None = None
         self._start()
 
     @property
@@ -85,16 +90,30 @@ class AsyncEASGD(Strategy):
         for work in works:
             work.wait()
 
-    def _request(self, kind: int, tag: int) -> list[tuple[Any, torch.Tensor]]:
+    def _request(self, kind: int, tag: int) -> list[tuple[int, Any, torch.Tensor]]:
         """Post the receives of every server's center shard, then the headers asking for them."""
         dtype = self.parameters[0].dtype
         posted = []
         for server, shard in zip(self.layout.servers, self.shards):
             buffer = torch.empty(shard.stop - shard.start, dtype=dtype)
-            posted.append((dist.irecv(buffer, server, tag=tag), buffer))
+            work = self._guard(server, "asking for the center", dist.irecv, buffer, server, tag=tag)
+            posted.append((server, work, buffer))
         for server in self.layout.servers:
-            send_header(kind, server).wait()
+            self._guard(server, "asking for the center", _send_and_wait, kind, server)
         return posted
+
+    def _guard(self, server: int, op: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``; gloo's error when the server died or hung becomes a RankFailure naming it."""
+        try:
+            return call(*args, **kwargs)
+        except RuntimeError as exc:
+            raise RankFailure(
+                f"async EASGD worker rank {self.rank}: server rank {server} failed while {op} "
+                f"(step {self.steps}): {str(exc).splitlines()[0]}",
+                rank=server,
+                device=f"server rank {server}",
+                op=op,
+            ) from exc
 
     def after_local_step(self) -> None:
         if self.prefetch and (self.steps + self.prefetch) % self.period == 0:
@@ -111,18 +130,18 @@ class AsyncEASGD(Strategy):
         worker = self.flat()
         works = []
         for server, shard in zip(self.layout.servers, self.shards):
-            works.append(send_header(PUSH, server))
-            works.append(dist.isend(worker[shard].contiguous(), server, tag=PUSH_TAG))
-        for work in works:
-            work.wait()
+            op = "pushing the parameters"
+            works.append((server, self._guard(server, op, send_header, PUSH, server)))
+            works.append((server, self._guard(server, op, dist.isend, worker[shard].contiguous(), server, tag=PUSH_TAG)))
+        for server, work in works:
+            self._guard(server, "pushing the parameters", work.wait)
         self.traffic.sent += HEADER_BYTES * len(self.layout.servers) + worker.numel() * worker.element_size()
         self.set_flat(worker - self.alpha * (worker - old_center))
 
-    @staticmethod
-    def _wait(posted: list[tuple[Any, torch.Tensor]]) -> torch.Tensor:
-        for work, _ in posted:
-            work.wait()
-        return torch.cat([buffer for _, buffer in posted])
+    def _wait(self, posted: list[tuple[int, Any, torch.Tensor]]) -> torch.Tensor:
+        for server, work, _ in posted:
+            self._guard(server, "receiving the center", work.wait)
+        return torch.cat([buffer for _, _, buffer in posted])
 
     def peek_center(self) -> torch.Tensor:
         """The whole center as the servers hold it now (for evaluation; not counted as traffic)."""
@@ -134,7 +153,7 @@ class AsyncEASGD(Strategy):
             self._wait(self._fetch)
             self._fetch = None
         for server in self.layout.servers:
-            send_header(DONE, server).wait()
+            self._guard(server, "saying it is done", _send_and_wait, DONE, server)
 
     def state_dict(self) -> dict[str, Any]:
         if self._fetch is not None:
@@ -149,3 +168,8 @@ class AsyncEASGD(Strategy):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.alpha, self.prefetch = float(state["alpha"]), int(state["prefetch"])
+
+
+def _send_and_wait(kind: int, server: int) -> None:
+    """Send a header of ``kind`` to ``server`` and wait until it is sent."""
+    send_header(kind, server).wait()

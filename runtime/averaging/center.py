@@ -6,23 +6,31 @@ CPU servers). The flat parameter vector of ``P`` elements is cut into ``S`` cont
 server, of ``floor(P (s + 1) / S) - floor(P s / S)`` elements.
 
 Messages (point to point over ``torch.distributed``, the default group). A worker sends a header (one
-int64, tag :data:`HEADER_TAG`) and the server, which receives headers from any source
-(``dist.recv(src=None)``), acts on it:
+int64, tag :data:`HEADER_TAG`); the server serves each worker on a thread of its own, which receives
+that worker's headers in the order they were sent and acts on them under one lock:
 
 * ``FETCH``: the server sends its center shard ``x~`` back (tag :data:`CENTER_TAG`); the worker posted
   the receive before sending the header, so the server's send never waits;
 * ``PUSH``: the worker's shard ``x_i`` follows (tag :data:`PUSH_TAG`); the server applies the elastic
   step on arrival, with its center as it is then:   x~ <- x~ + alpha (x_i - x~);
 * ``PEEK``: the center shard for evaluation (tag :data:`PEEK_TAG`), not counted as training traffic;
-* ``DONE``: the worker has finished; the server returns once every worker has.
+* ``DONE``: the worker has finished; the server returns once every worker has finished or is gone.
 
 At start the first worker sends each server its initial shard (tag :data:`INIT_TAG`), so the center
-starts equal to the workers. Messages between two ranks with one tag arrive in order, so a worker's
-FETCH is answered before its next PUSH is applied.
+starts equal to the workers.
+
+Faults. A receive from a given rank fails at once when that rank's process dies (gloo sees its
+connection close), and after the process group's timeout when it hangs; a receive from any source
+(``dist.recv(src=None)``) would notice neither, which is why each worker has its own thread. A worker
+that dies is named in :attr:`CenterServer.lost` (and logged) and the others are served on: the center
+keeps improving. A server that dies is an error on every worker that next waits for it
+(:class:`~graphc.ir.errors.RankFailure` naming the server's rank, :mod:`runtime.averaging.async_easgd`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +43,8 @@ from runtime.averaging.strategy import Traffic
 HEADER_TAG, PUSH_TAG, CENTER_TAG, PEEK_TAG, INIT_TAG = 11, 12, 13, 14, 15
 FETCH, PUSH, PEEK, DONE = 0, 1, 2, 3
 HEADER_BYTES = 8  # one int64
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,12 @@ class CenterServer:
         numel: the elements of the workers' flat parameter vector.
         alpha: the moving rate (default ``0.9 / N``, N the number of workers, as the workers').
         dtype: the parameters' dtype.
+
+    Attributes:
+        center: this server's shard of the center ``x~``.
+        arrivals: worker rank -> the pushes applied from it.
+        lost: worker rank -> what the server was doing when it found the worker gone, and gloo's error.
+        traffic: what the server sent and received.
     """
 
     def __init__(self, layout: AsyncLayout, numel: int, *, alpha: float | None = None, dtype: torch.dtype = torch.float32) -> None:
@@ -101,30 +117,63 @@ class CenterServer:
         dist.recv(self.center, layout.workers[0], tag=INIT_TAG)
         self.arrivals = {worker: 0 for worker in layout.workers}
         self.traffic = Traffic()
+        self.lost: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
 
     def serve(self) -> torch.Tensor:
-        """Answer the workers until every one has sent DONE; the final center shard."""
-        header = torch.empty(1, dtype=torch.int64)
-        done: set[int] = set()
-        pushed = torch.empty_like(self.center)
-        while len(done) < len(self.layout.workers):
-            worker = dist.recv(header, src=None, tag=HEADER_TAG)
-            self.traffic.received += HEADER_BYTES
-            kind = int(header.item())
-            if kind in (FETCH, PEEK):
-                dist.send(self.center.clone(), worker, tag=CENTER_TAG if kind == FETCH else PEEK_TAG)
-                self.traffic.sent += self.center.numel() * self.center.element_size() if kind == FETCH else 0
-            elif kind == PUSH:
-                dist.recv(pushed, worker, tag=PUSH_TAG)
-                self.traffic.received += pushed.numel() * pushed.element_size()
-                self.center += self.alpha * (pushed - self.center)
-                self.arrivals[worker] += 1
-                self.traffic.exchanges += 1
-            elif kind == DONE:
-                done.add(worker)
-            else:
-                raise MismatchError(f"server rank {self.rank}: header {kind} from rank {worker} is no message of async EASGD")
+        """Answer the workers, one thread per worker, until each has sent DONE or is gone; the final
+        center shard. A worker that dies or stays silent past the process group's timeout is named in
+        :attr:`lost` (and logged) while the others are served on."""
+        threads = [threading.Thread(target=self._serve_worker, args=(w,), name=f"center-shard-for-rank-{w}") for w in self.layout.workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self._error is not None:
+            raise self._error
         return self.center
+
+    def _serve_worker(self, worker: int) -> None:
+        """The messages of one worker, in the order it sent them (module docstring)."""
+        header = torch.empty(1, dtype=torch.int64)
+        pushed = torch.empty_like(self.center)
+        doing = "waiting for its next message"
+        try:
+            while True:
+                dist.recv(header, worker, tag=HEADER_TAG)
+                kind = int(header.item())
+                if kind == DONE:
+                    return
+                if kind in (FETCH, PEEK):
+                    doing = "sending it the center"
+                    with self._lock:
+                        snapshot = self.center.clone()
+                    dist.send(snapshot, worker, tag=CENTER_TAG if kind == FETCH else PEEK_TAG)
+                    sent = snapshot.numel() * snapshot.element_size() if kind == FETCH else 0
+                    self._count(received=HEADER_BYTES, sent=sent)
+                elif kind == PUSH:
+                    doing = "receiving its parameters"
+                    dist.recv(pushed, worker, tag=PUSH_TAG)
+                    with self._lock:
+                        self.center += self.alpha * (pushed - self.center)
+                        self.arrivals[worker] += 1
+                    self._count(received=HEADER_BYTES + pushed.numel() * pushed.element_size(), exchanges=1)
+                else:
+                    raise MismatchError(f"server rank {self.rank}: header {kind} from rank {worker} is no message of async EASGD")
+                doing = "waiting for its next message"
+        except RuntimeError as exc:  # gloo: the worker's connection closed, or the wait timed out
+            with self._lock:
+                self.lost[worker] = f"{doing}: {str(exc).splitlines()[0]}"
+            _log.warning("server rank %d: worker rank %d is gone (%s); serving the other workers", self.rank, worker, self.lost[worker])
+        except BaseException as exc:  # noqa: BLE001 -- raised again by serve(), on the main thread
+            self._error = exc
+
+    def _count(self, *, sent: float = 0.0, received: float = 0.0, exchanges: int = 0) -> None:
+        with self._lock:
+            self.traffic.sent += sent
+            self.traffic.received += received
+            self.traffic.exchanges += exchanges
 
     def state_dict(self) -> dict[str, Any]:
         """The shard, its place and the counts (tensors and plain values)."""

@@ -11,20 +11,11 @@ from runtime import init_from_env
 from runtime.averaging import EAMSGD, EASGD, AsyncEASGD, AsyncLayout, CenterServer, DiLoCo, LocalSGD, load_checkpoint, save_checkpoint
 from runtime.launch import spawn
 
+from averaging_cases import held_out_loss, model as _model, train
+
 pytestmark = pytest.mark.distributed
 
 KINDS = ("easgd", "eamsgd", "local", "diloco", "async")
-
-
-def _batch(rank: int, step: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 * rank + step)
-    x = torch.randn(size, 3, generator=g)
-    return x, x @ torch.tensor([[1.0], [-2.0], [0.5]])
-
-
-def _model(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
 
 def _strategy(kind: str, model: torch.nn.Module, layout: AsyncLayout):
@@ -38,22 +29,6 @@ def _strategy(kind: str, model: torch.nn.Module, layout: AsyncLayout):
     if kind == "diloco":
         return DiLoCo(model, sgd, period=4)
     return AsyncEASGD(model, sgd, layout, tau=4, prefetch=2)
-
-
-def _train(strategy, rank: int, steps: int) -> None:
-    for _ in range(steps):
-        strategy.model.zero_grad()
-        x, y = _batch(rank, strategy.steps)
-        torch.nn.functional.mse_loss(strategy.model(x), y).backward()
-        strategy.step()
-
-
-def _held_out_loss(model: torch.nn.Module, flat: torch.Tensor | None = None) -> float:
-    if flat is not None:
-        torch.nn.utils.vector_to_parameters(flat, model.parameters())
-    x, y = _batch(-1, 0, size=256)
-    with torch.no_grad():
-        return torch.nn.functional.mse_loss(model(x), y).item()
 
 
 def _run(kind: str, layout: AsyncLayout, steps: int, seed: int = 0, resume: str | None = None, save: str | None = None) -> dict:
@@ -72,8 +47,8 @@ def _run(kind: str, layout: AsyncLayout, steps: int, seed: int = 0, resume: str 
     strategy = _strategy(kind, model, layout)
     if resume:
         load_checkpoint(strategy, resume, rank)
-    before = _held_out_loss(_model(seed)) if kind != "async" else None
-    _train(strategy, rank, steps)
+    before = held_out_loss(_model(seed)) if kind != "async" else None
+    train(strategy, rank, steps)
     center = strategy.peek_center() if kind == "async" else getattr(strategy, "center", None)
     strategy.finish()
     if save:
@@ -82,7 +57,7 @@ def _run(kind: str, layout: AsyncLayout, steps: int, seed: int = 0, resume: str 
     if center is not None:
         out["center"] = center.tolist()
     evaluated = strategy.flat() if center is None else center
-    out["after"] = _held_out_loss(_model(seed), evaluated)
+    out["after"] = held_out_loss(_model(seed), evaluated)
     return out
 
 
@@ -115,7 +90,7 @@ def test_every_strategy_trains_to_completion_and_the_held_out_loss_falls(world):
     for kind in KINDS:
         workers = [outcomes[r].result[kind] for r in (layout.workers if kind == "async" else range(world))]
         for got in workers:
-            assert got["after"] < 0.1 * _held_out_loss(_model(0)), (kind, got["after"])
+            assert got["after"] < 0.1 * held_out_loss(_model(0)), (kind, got["after"])
             assert got["traffic"] > 0
         if kind in ("local", "diloco"):  # 40 steps = 10 rounds: the workers end equal
             assert all(torch.allclose(torch.tensor(w["worker"]), torch.tensor(workers[0]["worker"])) for w in workers)

@@ -4,7 +4,7 @@
 
     with Hosts(2, bandwidth=12.5e6) as hosts:            # 2 hosts, 100 Mbit/s links each way
         hosts.save_cluster("hosts.json")                  # graphc plan -c hosts.json predicts them
-        hosts.run_all({h: graphc_run_argv(h) for h in hosts})
+        spawn_on_hosts(hosts, train, (plan.to_dict(),))  # torchrun on each host, rendezvous at host 0
 
 To torch.distributed every namespace is a host of its own (its address, its network stack), so
 ``graphc run --nnodes 2 --node-rank i --master-addr <host 0's address>`` run in each crosses a real
@@ -13,12 +13,14 @@ To torch.distributed every namespace is a host of its own (its address, its netw
 
 Modules: :mod:`~runtime.hosts.net` (the ip and tc commands, shaping), :mod:`~runtime.hosts.fixture`
 (:class:`Hosts`: making, running in, and removing hosts), :mod:`~runtime.hosts.topology` (the hosts as a
-placement cluster), :mod:`~runtime.hosts.probe` (TCP reachability and timed transfers).
+placement cluster), :mod:`~runtime.hosts.probe` (TCP reachability and timed transfers),
+:mod:`~runtime.hosts.launch` (a function on ranks across the hosts, through torchrun on each).
 """
 
 from runtime.hosts.fixture import GLOO_IFNAME_ENV, Host, Hosts, remove_stale
+from runtime.hosts.launch import spawn_on_hosts, torchrun_argv
 from runtime.hosts.net import why_unavailable
 from runtime.hosts.probe import reaches, transfer_s
 from runtime.hosts.topology import hosts_cluster
 
-__all__ = ["GLOO_IFNAME_ENV", "Host", "Hosts", "hosts_cluster", "reaches", "remove_stale", "transfer_s", "why_unavailable"]
+__all__ = ["GLOO_IFNAME_ENV", "Host", "Hosts", "hosts_cluster", "reaches", "remove_stale", "spawn_on_hosts", "torchrun_argv", "transfer_s", "why_unavailable"]

@@ -234,6 +234,12 @@ class Hosts:
         state = "up" if up else "down"
         net.run(["ip", "-n", self.switch, "link", "set", f"p{host.index}", state], f"setting the link of {host.name} {state}")
 
+    def traffic(self, host: Host) -> int:
+        """Bytes ``host``'s link has carried so far, both ways (the bridge port's counters)."""
+        shown = json.loads(net.run(["ip", "-j", "-s", "-n", self.switch, "link", "show", f"p{host.index}"], "reading link counters").stdout)
+        stats = shown[0]["stats64"]
+        return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
     def cluster(self, name: str = "") -> Cluster:
         """These hosts as a placement cluster (:func:`runtime.hosts.topology.hosts_cluster`)."""
         if self.bandwidth is None:

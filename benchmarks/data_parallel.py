@@ -2,10 +2,10 @@
 
 For every zoo network (traced at its published size on the meta device, module granularity, as
 ``graphc compare`` does; cached under ``results/zoo_graphs/``) and every cluster, three throughput plans
-are made independently, each the predicted time of one global batch (the simulated step of all
+are made independently (sharing the problem's lowering and lower bounds), each the predicted time of one global batch (the simulated step of all
 microbatches of all replicas):
 
-* **pipeline**: ``solve(..., parallel="pipeline", replication=False)``, the pipeline solver's split
+* **pipeline**: ``solve(..., parallel="pipeline", replication=False)`` (here ``auto`` on the problem), the pipeline solver's split
   without replicated stages;
 * **data**: ``solve(..., parallel="data")``, the fastest number of whole-model replicas and its sync;
 * **planner**: ``solve(..., parallel="auto")``: data parallel, pipeline (with PipeDream's replicated
@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from graphc.app.compare import load_graph
 from graphc.frontend import zoo
 from graphc.ir.errors import GraphcError
 from graphc.ir.graph import Graph
-from placement.solvers import solve
+from placement.problem import make_problem
+from placement.solvers.auto import auto
 
 CLUSTERS = ("dgx1-v100", "pcie-8gpu-switch-tree", "pcie-8gpu-two-sockets", "2x8-v100-ib", "16x8-v100-ib")
 CACHE = Path("results/zoo_graphs")
@@ -61,12 +63,14 @@ def zoo_graph(name: str, batch_size: int) -> Graph:
 
 
 def plan_row(graph: Graph, cluster: str, time_limit_s: float, seed: int) -> dict[str, Any]:
-    """The three plans of one (graph, cluster): each mode's predicted ms and layout, or its error."""
+    """The three plans of one (graph, cluster): each mode's predicted ms and layout, or its error. The
+    modes solve one problem, each from its own start time, so its lowering and bounds are made once."""
     row: dict[str, Any] = {"model": graph.name, "cluster": cluster}
+    problem = make_problem(graph, cluster, objective="throughput", time_limit_s=time_limit_s, seed=seed)
     for mode, options in MODES.items():
         started = time.perf_counter()
         try:
-            plan = solve(graph, cluster, objective="throughput", time_limit_s=time_limit_s, seed=seed, **options)  # type: ignore[arg-type]
+            plan = auto(replace(problem, started=started), **options)  # type: ignore[arg-type]
         except GraphcError as why:
             row[mode] = {"ms": None, "error": str(why).split(". ")[0]}
             continue

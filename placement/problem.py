@@ -48,8 +48,8 @@ class Problem:
     ``started`` is the ``time.perf_counter()`` at which solving began (solve time is measured from it);
     ``deadline`` the perf_counter value by which a solver must return. ``cache`` holds what solvers
     derive from the problem once and share (the :class:`~placement.lowering.Lowered` arrays, the
-    integer-indexed :class:`~placement.solvers.instance.Instance`, the best plan found so far under
-    ``auto``); it is not part of the request. The problem owns its graph: edit a graph and make a new
+    integer-indexed :class:`~placement.solvers.instance.Instance`, the lower bounds per microbatch
+    count, the best plan found so far under ``auto``); it is not part of the request. The problem owns its graph: edit a graph and make a new
     problem, as what was derived from the old graph stays cached here.
     """
 
@@ -63,7 +63,6 @@ class Problem:
     seed: int = 0
     microbatches: int | None = None
     started: float = field(default_factory=time.perf_counter)
-    _bound: Bound | None = None
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -82,12 +81,12 @@ class Problem:
         return cached
 
     def bound(self, microbatches: int = 1) -> Bound:
-        """The lower bound of this graph on this cluster (cached for one microbatch)."""
-        if microbatches != 1:
-            return lowered_bound(self.lowered(), microbatches)
-        if self._bound is None:
-            self._bound = lowered_bound(self.lowered())
-        return self._bound
+        """The lower bound of this graph on this cluster for ``microbatches`` (cached per count in
+        ``cache``, which a copy of the problem with another start time shares)."""
+        bounds = self.cache.setdefault("bounds", {})
+        if microbatches not in bounds:
+            bounds[microbatches] = lowered_bound(self.lowered(), microbatches)
+        return bounds[microbatches]
 
 
 @renamed_keywords(time_limit="time_limit_s")

@@ -27,8 +27,9 @@ plan per candidate through :func:`~placement.problem.finish_plan` and keeps the 
 
 **Synchronisation.** A candidate with replicated stages is first built with the first of the requested
 syncs (:func:`sync_options`; for ``"auto"`` DDP's default, a ring with 25 MiB buckets); the
-:data:`SYNC_FINALISTS` fastest candidates then try every other sync (ring and hierarchical all-reduce,
-buckets of :data:`BUCKET_CHOICES`; parameter servers only when asked) by simulation
+:data:`SYNC_FINALISTS` fastest candidates of each family (pipelines, data parallel, hybrids: so that
+``"auto"`` tries every sync a single mode tries) then try every other sync (ring and hierarchical
+all-reduce, buckets of :data:`BUCKET_CHOICES`; parameter servers only when asked) by simulation
 (:func:`~placement.problem.predict`), and keep the fastest that fits (the first on a tie).
 
 **Memory.** :func:`~placement.problem.finish_plan` refuses a candidate whose simulated peak exceeds a
@@ -129,16 +130,16 @@ def solve_parallel(
     syncs = sync_options(problem.cluster, sync, servers)
     server_names = set(syncs[0].servers) if isinstance(syncs[0], ParameterServerSync) else set()
     workers = worker_devices(problem.cluster, server_names)
-    candidates = [Candidate(label, plan, "" if plan else "does not fit on one device") for label, plan in extra]
+    families = {"given": [Candidate(label, plan, "" if plan else "no one-device plan fits") for label, plan in extra]}
     if parallel in ("auto", "pipeline"):
-        candidates += _pipelines(problem, syncs[0], pipeline_options)
+        families["pipeline"] = _pipelines(problem, syncs[0], pipeline_options)
     if parallel in ("auto", "data"):
-        candidates += [_data_parallel(problem, workers[:r], syncs[0]) for r in replica_counts(problem, workers)]
+        families["data"] = [_data_parallel(problem, workers[:r], syncs[0]) for r in replica_counts(problem, workers)]
     if parallel in ("auto", "hybrid"):
-        candidates += _hybrids(problem, workers, syncs[0], pipeline_options)
+        families["hybrid"] = _hybrids(problem, workers, syncs[0], pipeline_options)
     if server_names:
-        candidates = [_refuse_servers(c, server_names) for c in candidates]
-    return _choose(problem, candidates, syncs, parallel)
+        families = {k: [_refuse_servers(c, server_names) for c in cs] for k, cs in families.items()}
+    return _choose(problem, families, syncs, parallel)
 
 
 def sync_options(cluster: Cluster, sync: str, servers: Sequence[str] | None = None) -> list[Sync]:
@@ -472,18 +473,22 @@ def _best_sync(problem: Problem, plan: Plan, syncs: Sequence[Sync]) -> tuple[Pla
     return _with_sync(problem, plan, best), times
 
 
-def _choose(problem: Problem, candidates: list[Candidate], syncs: Sequence[Sync], parallel: str) -> Plan:
-    """The fastest fitting candidate (the first on a tie), its sync chosen among the finalists'."""
+def _choose(problem: Problem, families: dict[str, list[Candidate]], syncs: Sequence[Sync], parallel: str) -> Plan:
+    """The fastest fitting candidate (the first on a tie) once the :data:`SYNC_FINALISTS` fastest of each
+    family (pipelines, data parallel, hybrids) chose their sync: so ``"auto"`` tries every sync that a
+    single mode would, and is never slower than it."""
+    candidates = [c for cs in families.values() for c in cs]
     fitting = [c for c in candidates if c.plan is not None]
     if not fitting:
         reasons = "; ".join(f"{c.label}: {c.dropped}" for c in candidates) or "no layout applies to this cluster"
         raise InfeasibleError(f"no {parallel} layout of {problem.graph.name!r} fits on {problem.cluster.name}: {reasons}")
-    ranked = sorted(fitting, key=lambda c: c.plan.predicted_step_ms)  # type: ignore[union-attr]  # stable: ties keep order
     sync_ms: dict[str, dict[str, float]] = {}
-    for c in ranked[:SYNC_FINALISTS]:
-        assert c.plan is not None
-        if _replicated(c.plan) and len(syncs) > 1:
-            c.plan, sync_ms[c.label] = _best_sync(problem, c.plan, syncs)
+    for family in families.values():
+        ranked = sorted((c for c in family if c.plan is not None), key=lambda c: c.plan.predicted_step_ms)  # type: ignore[union-attr]
+        for c in ranked[:SYNC_FINALISTS]:  # sorted is stable: ties keep their order
+            assert c.plan is not None
+            if _replicated(c.plan) and len(syncs) > 1:
+                c.plan, sync_ms[c.label] = _best_sync(problem, c.plan, syncs)
     chosen = fitting[0]
     for c in fitting[1:]:
         if c.plan.predicted_step_ms < chosen.plan.predicted_step_ms * (1 - TIE):  # type: ignore[union-attr]

@@ -93,8 +93,8 @@ class _Launched:
 
     work: Work
     flats: list[tuple[torch.Tensor, list[torch.Tensor]]]
+    peer: str
     handles: list[Any] = field(default_factory=list)
-    peer: str = ""
 
 
 class BucketCollectives:
@@ -162,46 +162,52 @@ class BucketCollectives:
         """Start ``work``'s collective on this rank, once (a second call does nothing)."""
         if work in self._launched:
             return
-        action = work.action
-        assert action is not None
         self.record(str(work))
-        members = list(action.group)
-        me = members.index(self.device)
-        peer = members[(me + 1) % len(members)]  # the ring's next member
-        root = getattr(action, "root", "")
+        action = work.action
         params = [self.parameters[n] for n in work.params]
-        if work.kind == ALLREDUCE:
-            grads = [p.grad for p in params if p.grad is not None]
-            launched = _Launched(work, _flats(grads))
-            if action.algorithm == "hierarchical":  # type: ignore[attr-defined]
-                island = next(i for i in action.islands if self.device in i)  # type: ignore[attr-defined]
-                if len(island) > 1:
-                    peer = island[0] if island[0] != self.device else island[1]
-                    launched.handles = self._each(launched, peer, "reduce inside the island", lambda f: dist.reduce(
-                        f, dst=self.groups.rank_of[island[0]], group=self.groups[island], async_op=True))
-            else:
-                launched.handles = self._each(launched, peer, _WHAT[ALLREDUCE], lambda f: dist.all_reduce(
-                    f, group=self.groups[members], async_op=True))
+        if isinstance(action, AllReduce):
+            launched = self._all_reduce(work, action, [p.grad for p in params if p.grad is not None])
         else:
-            server = self.device == root
-            peer = root if not server else peer
-            if work.kind == REDUCE:
-                if server:  # contributes zeros, and keeps the sum as its copies' gradients
-                    for p in params:
-                        p.grad = torch.zeros_like(p)
-                launched = _Launched(work, _flats(zero_filled(params)))
-                op = lambda f: dist.reduce(f, dst=self.groups.rank_of[root], group=self.groups[members], async_op=True)
-            else:
-                launched = _Launched(work, _flats([p.detach() for p in params]) if server else _empty_flats(params))
-                op = lambda f: dist.broadcast(f, src=self.groups.rank_of[root], group=self.groups[members], async_op=True)
-            launched.handles = self._each(launched, peer, _WHAT[work.kind], op)
-        launched.peer = peer
+            launched = self._with_server(work, getattr(action, "root", ""), params)
         self._launched[work] = launched
         self._order.append(launched)
 
-    def _each(self, launched: _Launched, peer: str, what: str, call: Callable[[torch.Tensor], Any]) -> list[Any]:
-        op = _describe(launched.work, what)
-        return [self.guard(peer, op, lambda f=flat: call(f)) for flat, _ in launched.flats]
+    def _all_reduce(self, work: Work, action: AllReduce, grads: list[torch.Tensor]) -> _Launched:
+        """Launch an all-reduce of ``grads``: over the group (ring), or its first step, the reduce onto
+        the island's leader (hierarchical)."""
+        launched = _Launched(work, _flats(grads), peer=_next(action.group, self.device))
+        if action.algorithm != "hierarchical":
+            group = self.groups[action.group]
+            launched.handles = self._each(launched, lambda f: dist.all_reduce(f, group=group, async_op=True))
+            return launched
+        island = next(i for i in action.islands if self.device in i)
+        if len(island) > 1:
+            launched.peer = island[0] if island[0] != self.device else island[1]
+            leader, group = self.groups.rank_of[island[0]], self.groups[island]
+            launched.handles = self._each(launched, lambda f: dist.reduce(f, dst=leader, group=group, async_op=True))
+        return launched
+
+    def _with_server(self, work: Work, root: str, params: list[nn.Parameter]) -> _Launched:
+        """Launch a reduce onto parameter server ``root`` or a broadcast from it (module docstring)."""
+        server = self.device == root
+        assert work.action is not None
+        peer = _next(work.action.group, self.device) if server else root
+        src, group = self.groups.rank_of[root], self.groups[work.action.group]
+        if work.kind == REDUCE:
+            if server:  # contributes zeros, and keeps the sum as its copies' gradients
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            launched = _Launched(work, _flats(zero_filled(params)), peer=peer)
+            launched.handles = self._each(launched, lambda f: dist.reduce(f, dst=src, group=group, async_op=True))
+        else:
+            launched = _Launched(work, _flats([p.detach() for p in params]) if server else _empty_flats(params), peer=peer)
+            launched.handles = self._each(launched, lambda f: dist.broadcast(f, src=src, group=group, async_op=True))
+        return launched
+
+    def _each(self, launched: _Launched, call: Callable[[torch.Tensor], Any]) -> list[Any]:
+        """``call`` on each of the flats of ``launched`` (each launching an asynchronous collective)."""
+        op = _describe(launched.work, _WHAT[launched.work.kind])
+        return [self.guard(launched.peer, op, lambda f=flat: call(f)) for flat, _ in launched.flats]
 
     # -- finishing ----------------------------------------------------------------------------
     def finish(self) -> None:
@@ -211,23 +217,22 @@ class BucketCollectives:
             work = launched.work
             for handle in launched.handles:
                 self._wait(launched.peer, _describe(work, _WHAT[work.kind]), handle.wait)
-            if work.kind == ALLREDUCE and work.action.algorithm == "hierarchical":  # type: ignore[union-attr]
-                self._across_islands(launched)
+            if isinstance(work.action, AllReduce) and work.action.algorithm == "hierarchical":
+                self._across_islands(launched, work.action)
             is_root = self.device == getattr(work.action, "root", "")
             if work.kind == ALLREDUCE or (work.kind == REDUCE and is_root) or (work.kind == BROADCAST and not is_root):
                 _copy_back(launched.flats)  # the sums into the gradients (a server's), the server's weights
         self._launched.clear()
 
-    def _across_islands(self, launched: _Launched) -> None:
+    def _across_islands(self, launched: _Launched, action: AllReduce) -> None:
         """The rest of a hierarchical all-reduce, its island's reduce done: all-reduce among the leaders,
         broadcast inside the island."""
-        action = launched.work.action
-        islands = action.islands  # type: ignore[union-attr]
+        islands = action.islands
         island = next(i for i in islands if self.device in i)
         leaders = tuple(i[0] for i in islands)
         for flat, _ in launched.flats:
             if self.device == island[0] and len(leaders) > 1:
-                peer = leaders[(leaders.index(self.device) + 1) % len(leaders)]
+                peer = _next(leaders, self.device)
                 op = _describe(launched.work, "all-reduce among the islands' leaders")
                 self._wait(peer, op, lambda f=flat: dist.all_reduce(f, group=self.groups[leaders]))
             if len(island) > 1:
@@ -238,6 +243,11 @@ class BucketCollectives:
     def _wait(self, peer: str, op: str, call: Callable[[], Any]) -> None:
         with self.waiting(self.groups.rank_of[peer], op):
             self.guard(peer, op, call)
+
+
+def _next(members: Sequence[str], device: str) -> str:
+    """The member after ``device`` in ``members``, round the ring: the peer blamed when a collective fails."""
+    return members[(members.index(device) + 1) % len(members)]
 
 
 def _describe(work: Work, what: str) -> str:

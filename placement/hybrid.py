@@ -51,7 +51,7 @@ layout -> predicted ms).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from placement.cluster import Cluster
@@ -61,13 +61,7 @@ from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline import choose_microbatches, solve_throughput
 from placement.plan import Plan, Stage
 from placement.problem import Problem, finish_plan, predict
-from placement.sync import (
-    AllReduceSync,
-    ParameterServerSync,
-    Sync,
-    islands,
-    sync_to_dict,
-)
+from placement.sync import AllReduceSync, ParameterServerSync, Sync, islands, sync_to_dict
 
 PARALLEL = ("auto", "data", "pipeline", "hybrid")
 SYNCS = ("auto", "ring", "hierarchical", "parameter-server")
@@ -167,7 +161,7 @@ def sync_options(cluster: Cluster, sync: str, servers: Sequence[str] | None = No
     return [AllReduceSync(a, b) for a in algorithms for b in BUCKET_CHOICES]
 
 
-def worker_devices(cluster: Cluster, servers: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+def worker_devices(cluster: Cluster, servers: Collection[str] = ()) -> list[str]:
     """The devices replicas run on: those of the most numerous kind (the first such kind in cluster order
     on a tie), servers excluded, in cluster order."""
     devices = [d for d in cluster.devices if d.name not in servers]
@@ -209,12 +203,7 @@ def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, 
     ways.append(("PCIe switch", [g for h in hosts.values() for g in islands(cluster, h)]))
     size = 2
     while size <= len(workers) // 2:
-        ways.append(
-            (
-                f"run of {size} devices",
-                [tuple(workers[i : i + size]) for i in range(0, len(workers), size)],
-            )
-        )
+        ways.append((f"run of {size} devices", [tuple(workers[i : i + size]) for i in range(0, len(workers), size)]))
         size *= 2
     seen: set[tuple[tuple[str, ...], ...]] = set()
     kept = []
@@ -265,22 +254,12 @@ def group_problem(problem: Problem, group: Sequence[str], time_limit: float) -> 
 
 
 def _finished(
-    problem: Problem,
-    label: str,
-    stages: list[Stage],
-    counts: Sequence[int],
-    sync: Sync,
-    solver: str,
-    groups: str = "",
+    problem: Problem, label: str, stages: list[Stage], counts: Sequence[int], sync: Sync, solver: str, groups: str = ""
 ) -> Candidate:
     """The candidate of ``stages`` (each stage's nodes assigned to its first device) with the fastest
     microbatch count of ``counts`` that fits; dropped with the reason when it is refused."""
     if not counts:
-        return Candidate(
-            label,
-            None,
-            f"batch {problem.graph.batch_size()} does not split over its replicas",
-        )
+        return Candidate(label, None, f"batch {problem.graph.batch_size()} does not split over its replicas")
     assignment = {n: st.devices[0] for st in stages for n in st.nodes}
     try:
         m = choose_microbatches(problem, assignment, candidates=counts, stages=stages).microbatches
@@ -341,11 +320,7 @@ def _pipelines(problem: Problem, sync: Sync, options: dict[str, object]) -> list
 def _pipeline(problem: Problem, replication: object, sync: Sync, options: dict[str, object]) -> Candidate:
     rest = {k: v for k, v in options.items() if k != "replication"}
     try:
-        plan = solve_throughput(
-            replace(problem, started=time.perf_counter()),
-            replication=replication,
-            **rest,
-        )  # type: ignore[arg-type]
+        plan = solve_throughput(replace(problem, started=time.perf_counter()), replication=replication, **rest)  # type: ignore[arg-type]
     except PlacementError as why:
         return Candidate("pipeline" if replication is False else "PipeDream pipeline", None, str(why))
     return Candidate(_pipeline_label(plan.stages), _with_sync(problem, plan, sync))
@@ -383,13 +358,7 @@ def _hybrids(problem: Problem, workers: Sequence[str], sync: Sync, options: dict
         label = f"hybrid {R} x pipeline({G})"
         sub = group_problem(problem, groups[0], HYBRID_SHARE * problem.time_limit / len(ways))
         if sub is None:
-            out.append(
-                Candidate(
-                    label,
-                    None,
-                    f"the constraints keep some node off every device of {groups[0]}",
-                )
-            )
+            out.append(Candidate(label, None, f"the constraints keep some node off every device of {groups[0]}"))
             continue
         try:
             inner = solve_throughput(sub, **options)  # type: ignore[arg-type]
@@ -400,25 +369,12 @@ def _hybrids(problem: Problem, workers: Sequence[str], sync: Sync, options: dict
             continue
         position = {d: i for i, d in enumerate(groups[0])}
         stages = [
-            Stage(
-                index=st.index,
-                nodes=list(st.nodes),
-                devices=[groups[j][position[d]] for d in st.devices for j in range(R)],
-            )
+            Stage(index=st.index, nodes=list(st.nodes), devices=[groups[j][position[d]] for d in st.devices for j in range(R)])
             for st in inner.stages
         ]
         label = f"hybrid {R} x {_pipeline_label(inner.stages)}"
-        out.append(
-            _finished(
-                problem,
-                label,
-                stages,
-                _microbatch_counts(problem, R, HYBRID_MULTIPLES),
-                sync,
-                "hybrid",
-                word,
-            )
-        )
+        counts = _microbatch_counts(problem, R, HYBRID_MULTIPLES)
+        out.append(_finished(problem, label, stages, counts, sync, "hybrid", word))
     return out
 
 
@@ -427,18 +383,11 @@ def _refuse_servers(candidate: Candidate, servers: set[str]) -> Candidate:
     plan = candidate.plan
     if plan is None:
         return candidate
-    if servers & set(plan.devices_used()):
-        return Candidate(
-            candidate.label,
-            None,
-            f"runs nodes on parameter servers {sorted(servers & set(plan.devices_used()))}",
-        )
+    busy = sorted(servers & set(plan.devices_used()))
+    if busy:
+        return Candidate(candidate.label, None, f"runs nodes on parameter servers {busy}")
     if not _replicated(plan):
-        return Candidate(
-            candidate.label,
-            None,
-            "has no replicas to synchronise through parameter servers",
-        )
+        return Candidate(candidate.label, None, "has no replicas to synchronise through parameter servers")
     return candidate
 
 
@@ -457,13 +406,7 @@ def _best_sync(problem: Problem, plan: Plan, syncs: Sequence[Sync]) -> tuple[Pla
     for sync in syncs:
         if sync == plan.sync:
             continue
-        result = predict(
-            problem,
-            plan.assignment,
-            stages=plan.stages,
-            microbatches=plan.microbatches,
-            sync=sync,
-        ).result
+        result = predict(problem, plan.assignment, stages=plan.stages, microbatches=plan.microbatches, sync=sync).result
         times[_sync_label(sync)] = result.step_ms
         fits = all(peak <= capacity[d] for d, peak in result.peak_memory_bytes.items())
         if fits and result.step_ms < best_ms * (1 - TIE):
@@ -522,10 +465,10 @@ def reason(problem: Problem, chosen: Candidate, fitting: Sequence[Candidate]) ->
         parts.append(f"next {runner.label} {runner.plan.predicted_step_ms:.3g} ms")  # type: ignore[union-attr]
     replicated = [st for st in plan.stages if len(st.devices) > 1]
     if replicated:
-        crossing = _crossed_links(problem.cluster, replicated[0].devices)
-        where = f"the all-reduce crosses {crossing}" if crossing else "the all-reduce stays on direct links"
+        crossing = _crossed_links(problem.cluster, replicated[0].devices) or "no link"
+        where = f"the gradient all-reduce crosses {crossing}"
         if chosen.groups:
-            where = f"pipeline traffic stays inside each {chosen.groups}, {where} once per {chosen.groups}"
+            where = f"pipeline traffic stays inside each {chosen.groups}, only {where} between them"
         parts.append(f"{where}; sync {_sync_label(plan.sync)}")
     return "; ".join(parts)
 
@@ -533,24 +476,15 @@ def reason(problem: Problem, chosen: Candidate, fitting: Sequence[Candidate]) ->
 def _crossed_links(cluster: Cluster, devices: Sequence[str]) -> str:
     """The slowest kind of link on the routes between consecutive ``devices`` (a ring over them)."""
     slowest: tuple[float, str] | None = None
+    links = {lk.name: lk for lk in cluster.links}
     for a, b in zip(devices, [*devices[1:], devices[0]]):
-        if a == b:
-            continue
-        route = cluster.route(a, b)
-        names = {lk.name: lk for lk in cluster.links}
-        for name in route.links:
-            lk = names[name]
+        for name in cluster.route(a, b).links:
+            lk = links[name]
             if slowest is None or lk.bandwidth < slowest[0]:
                 slowest = (lk.bandwidth, lk.kind)
     if slowest is None:
         return ""
-    kinds = {
-        "infiniband": "InfiniBand",
-        "nvlink": "NVLink",
-        "pcie": "PCIe",
-        "qpi": "QPI",
-        "upi": "UPI",
-    }
+    kinds = {"infiniband": "InfiniBand", "nvlink": "NVLink", "pcie": "PCIe", "qpi": "QPI", "upi": "UPI"}
     return f"{kinds.get(slowest[1], slowest[1])} ({slowest[0] / 1e9:.3g} GB/s)"
 
 

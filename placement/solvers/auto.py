@@ -56,7 +56,7 @@ def auto(
     (``method``, ``replication``) go to :func:`~placement.pipeline.solve_throughput`; ``parallel``,
     ``sync`` and ``servers`` (throughput only) to :func:`~placement.hybrid.solve_parallel`."""
     if problem.objective == "throughput":
-        if parallel == "pipeline" and sync is None:
+        if parallel == "pipeline" and sync is None and servers is None:
             return _throughput(problem, **pipeline_options)
         single = single_device_pipeline(problem) if parallel == "auto" else None
         extra = [("single", single)] if parallel == "auto" else []

@@ -163,6 +163,8 @@ def test_bad_parallel_and_sync_values_are_refused_with_the_choices() -> None:
         plan_of(chain(), hosts(), parallel="both")
     with pytest.raises(ConfigurationError, match="sync='tree'.*ring, hierarchical"):
         plan_of(chain(), hosts(), sync="tree")
+    with pytest.raises(ConfigurationError, match=r"servers=\['cpu0'\] are for sync='parameter-server'"):
+        plan_of(chain(), hosts(cpus=1), parallel="pipeline", servers=["cpu0"])
     with pytest.raises(ConfigurationError, match="only apply to objective='throughput'"):
         solve(chain(), hosts(), objective="latency", parallel="data")
 

@@ -32,12 +32,14 @@ from runtime import (
     LocalExecutor,
     PartitionedProgram,
     RankFailure,
+    ScheduleError,
     contiguous_plan,
     init_from_env,
     partition,
 )
 from runtime.collectives import BucketCollectives
 from runtime.launch import spawn
+from runtime.schedule import device_work
 from runtime.testing import eager_run
 
 BATCH = 12
@@ -271,3 +273,81 @@ def test_a_rank_that_dies_in_a_collective_is_named_by_the_others(case, victim, o
         assert seen is not None and seen.get("rank") == victim, (o.rank, seen, o.error)
         assert seen["device"] == f"cpu{victim}" and seen["op"].startswith(op), seen
         assert seen["seconds"] < 5, seen
+
+
+# -- schedules the executors refuse ------------------------------------------------------------------
+
+
+def edited(schedule: Schedule, **actions: list) -> Schedule:
+    return dataclasses.replace(schedule, actions={**schedule.actions, **actions})
+
+
+def test_buckets_must_carry_every_parameter_once():
+    parts, schedule = program("2 replicas, ring")
+    cpu0, cpu1 = schedule.actions["cpu0"], schedule.actions["cpu1"]
+    dropped = [a for a in cpu0 if a.code() != "AR1"]
+    with pytest.raises(ScheduleError, match=r"cpu0: parameter\(s\) \['2.weight', '2.bias'\] of the stage of cpu0 are in none of its buckets"):
+        device_work(edited(schedule, cpu0=dropped, cpu1=[a for a in cpu1 if a.code() != "AR1"]), parts)
+    first = next(a for a in cpu0 if a.code() == "AR0")
+    twice = [dataclasses.replace(a, nodes=a.nodes + first.nodes) if a.code() == "AR1" else a for a in cpu0]
+    with pytest.raises(ScheduleError, match=r"parameter '4.weight' is carried by both AR0 \(stage 0 bucket 0\) and AR1"):
+        device_work(edited(schedule, cpu0=twice), parts)
+    foreign = [dataclasses.replace(a, nodes=("no_such_node",)) if a.code() == "AR0" else a for a in cpu0]
+    with pytest.raises(ScheduleError, match="names node 'no_such_node', which the plan's graph lacks"):
+        device_work(edited(schedule, cpu0=foreign), parts)
+
+
+def test_replicas_must_all_reduce_their_buckets_in_one_order():
+    parts, schedule = program("2 replicas, ring")
+    cpu1 = schedule.actions["cpu1"]
+    swapped = [*cpu1[:2], cpu1[3], cpu1[2], *cpu1[4:]]  # AR1 before AR0
+    with pytest.raises(ScheduleError, match=r"deadlocks: cpu0 at AR0 waits for the all-reduce of stage 0 bucket 0 with the other replicas"):
+        device_work(edited(schedule, cpu1=swapped), parts)
+
+
+def test_a_parameter_servers_work_and_its_workers_are_checked():
+    parts, schedule = program("2 replicas, 1 server")
+    server = schedule.actions["cpu2"]
+    early = [server[3], *server[:3], *server[4:]]  # OPT before the reduces
+    with pytest.raises(ScheduleError, match=r"parameter server cpu2 must run its reduces, one OPT, then a broadcast .*; it runs OPT RD0"):
+        device_work(edited(schedule, cpu2=early), parts)
+    worker = [a for a in schedule.actions["cpu0"] if a.code() != "BC2"]
+    with pytest.raises(ScheduleError, match=r"cpu0 must receive the weights of each bucket it reduces"):
+        device_work(edited(schedule, cpu0=worker), parts)
+    rooted = [dataclasses.replace(a, root="cpu1") if a.code() == "RD0" else a for a in schedule.actions["cpu0"]]
+    with pytest.raises(ScheduleError, match=r"cpu0 runs RD0 \(stage 0 bucket 0\) .* with root 'cpu1', but in the program"):
+        device_work(edited(schedule, cpu0=rooted), parts)
+
+
+class Tied(nn.Module):
+    """An embedding whose weight the output layer reuses: one parameter with two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 6)
+        self.head = nn.Linear(6, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(tokens)))
+
+
+def test_a_tied_parameter_is_found_by_either_name_and_summed_once():
+    tokens = torch.randint(0, 10, (4, 3))
+    full = graphc.trace(Tied(), (tokens,), name="tied", granularity="op")
+    micro = graphc.trace(Tied(), (tokens[:2],), name="tied", granularity="op")
+    plan = contiguous_plan(full.graph, [["cpu0", "cpu1"]], microbatches=2)
+    plan.sync = sync_from_dict(RING)
+    parts = partition(micro.graph_module, plan, full.graph)
+    named = {p for n in full.graph.nodes() for p in n.params}
+    assert named == {"head.weight"} and set(parts.programs["cpu0"].parameters) == {"embed.weight"}  # two names
+    assert parts.aliases == {"head.weight": "embed.weight"}
+    assert [w.params for w in device_work(make_schedule(parts.plan), parts).work["cpu0"] if w.kind == "AR"] == [("embed.weight",)]
+    executor = LocalExecutor(parts, loss_fn=lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten()), optimizer=optimizer("adam"))
+    targets = torch.randint(0, 10, (4, 3))
+    losses = [executor.step(tokens, targets).loss for _ in range(3)]
+    ref = Tied()
+    reference = eager_run(ref, ref.named_parameters(), tokens, targets, lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten()), optimizer("adam"), steps=3)
+    torch.testing.assert_close(losses, reference.losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts.programs["cpu1"].parameters["embed.weight"], reference.params["embed.weight"], rtol=1e-5, atol=1e-6)

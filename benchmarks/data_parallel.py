@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from list_schedulers import graph_for  # the sibling benchmark's cached tracing, as graphc compare traces
 from rich.table import Table
 
-from graphc.app.compare import load_graph
 from graphc.frontend import zoo
 from graphc.ir.errors import GraphcError
 from graphc.ir.graph import Graph
@@ -49,17 +49,6 @@ MODES = {
 }
 #: The planner may not be slower than a mode by more than float noise.
 TOLERANCE = 1e-9
-
-
-def zoo_graph(name: str, batch_size: int) -> Graph:
-    """The zoo network traced as ``graphc compare`` traces it, read from the cache when it is there."""
-    path = CACHE / f"{name}_module_b{batch_size}.json"
-    if path.is_file():
-        return Graph.load(path)
-    graph = load_graph(name, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    graph.save(path)
-    return graph
 
 
 def plan_row(graph: Graph, cluster: str, time_limit_s: float, seed: int) -> dict[str, Any]:
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models.split(","):
         with console.status(f"tracing {name} ..."):
-            graph = zoo_graph(name, args.batch_size)
+            graph = graph_for(name, args.batch_size, CACHE)
         for cluster in args.clusters.split(","):
             with console.status(f"{name} on {cluster} ..."):
                 rows.append(plan_row(graph, cluster, args.time_limit, args.seed))

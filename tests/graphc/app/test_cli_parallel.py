@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-import graphc.app.cli
+from test_cli import no_tracing  # noqa: F401  (the fixture: fail if anything is traced)
+
 from graphc.app.cli import main
 from placement.plan import Plan
 from placement.sync import ParameterServerSync
-
-
-@pytest.fixture
-def no_tracing(monkeypatch, tmp_path):
-    """Fail the test if anything is traced."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("traced a model although the command line was wrong")
-
-    monkeypatch.setattr(graphc.app.cli, "trace", refuse)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.parametrize(

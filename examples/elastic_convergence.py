@@ -28,7 +28,7 @@ Writes ``OUT/convergence.json`` (every curve), ``OUT/convergence.md`` (steps and
 target held-out accuracy, per strategy and N) and ``OUT/convergence.png`` (accuracy against steps and
 against bytes, one column per N). One spawn of ``N + SERVERS`` CPU ranks per N runs every strategy in turn.
 
-    .venv/bin/python examples/elastic_convergence.py --out results/convergence [--workers 2 4 8] [--steps 400]
+    .venv/bin/python examples/elastic_convergence.py --out results/convergence [--workers 2 4 8] [--steps 600]
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/convergence"), help="folder for the JSON, table and plot")
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="numbers of workers N")
-    parser.add_argument("--steps", type=int, default=400, help="local steps per worker (a multiple of 20)")
+    parser.add_argument("--steps", type=int, default=600, help="local steps per worker (a multiple of 20)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95], help="held-out accuracies to reach")
     args = parser.parse_args()
     if args.steps % EVAL_EVERY:

@@ -14,9 +14,9 @@ step. ``x~_old`` is then ``p`` local steps older than the center at the push: th
 ``prefetch = 5`` fetch half a period ahead. ``p = 0`` fetches at the exchange itself.
 
 Defaults: ``tau = 10``, ``alpha = 0.9 / N`` (the paper's ``beta = N alpha = 0.9``), ``p = 0``.
-Per exchange a worker sends one header and its parameters and receives the center, per server: ``2 P``
-bytes of parameters in all (plus 16 bytes of headers per server), against a ring all-reduce's
-``2 (N - 1) / N P`` each way.
+Per exchange a worker sends its parameters (``P`` bytes, cut into the servers' shards) and receives the
+center (``P`` bytes), plus two 8-byte headers (FETCH, PUSH) per server: less than a ring all-reduce's
+``2 (N - 1) / N P`` each way once ``N > 2``, and no worker waits for another.
 
 A server that dies (or hangs past the process group's timeout) while a worker waits for it raises
 :class:`~graphc.ir.errors.RankFailure` naming the server's rank; a worker that dies stops nobody (the

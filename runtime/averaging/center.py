@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from graphc.ir.errors import ConfigurationError, MismatchError
+from runtime.averaging.easgd import DEFAULT_BETA
 from runtime.averaging.strategy import Traffic
 
 HEADER_TAG, PUSH_TAG, CENTER_TAG, PEEK_TAG, INIT_TAG = 11, 12, 13, 14, 15
@@ -110,7 +111,7 @@ class CenterServer:
         self.rank = dist.get_rank()
         if self.rank not in layout.servers:
             raise ConfigurationError(f"CenterServer on rank {self.rank}, which is not a server of {layout}")
-        self.alpha = 0.9 / len(layout.workers) if alpha is None else float(alpha)
+        self.alpha = DEFAULT_BETA / len(layout.workers) if alpha is None else float(alpha)
         self.shard = layout.shard(numel, self.rank)
         self.numel = numel
         self.center = torch.empty(self.shard.stop - self.shard.start, dtype=dtype)

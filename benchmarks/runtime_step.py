@@ -214,7 +214,7 @@ def main() -> None:
                 if run.profiled_per_microbatch is not None:
                     samples[name, "eager microbatched"] += on_ranks(eager_steps, 1, (name, args.steps, args.warmup, MICROBATCHES))[0]
                 for label, _, parts in run.plans:
-                    ranks = on_ranks(run_plan, len(parts.devices), (parts.plan.to_dict(), name, args.steps, args.warmup))
+                    ranks = on_ranks(run_plan, len(parts.ranks), (parts.plan.to_dict(), name, args.steps, args.warmup))
                     samples[name, label] += [max(step) for step in zip(*(r["times"] for r in ranks))]
                     peaks[name, label] = {d: v for r in ranks for d, v in r["peak"].items()}
     busy_after = busy_cpu_seconds()
@@ -252,7 +252,7 @@ def main() -> None:
             measured = statistics.median(samples[name, label])
             peak = peaks[name, label]
             row = dict(
-                model=name, plan=label, ranks=len(parts.devices), measured_ms=measured, predicted_ms=sim.step_ms,
+                model=name, plan=label, ranks=len(parts.ranks), measured_ms=measured, predicted_ms=sim.step_ms,
                 error=sim.step_ms / measured - 1, eager_1t_ms=eager[1], eager_2t_ms=eager[2],
                 speedup_vs_eager_1t=eager[1] / measured, transfers=len(parts.transfers), samples_ms=samples[name, label],
                 peak_memory_bytes=peak, predicted_peak_memory_bytes={d: sim.peak_memory_bytes[d] for d in peak},

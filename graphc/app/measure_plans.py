@@ -87,8 +87,8 @@ class PlanCase:
 
     @property
     def ranks(self) -> int:
-        """How many processes run it: one per device of the partitioned program."""
-        return len(self.program.devices)
+        """How many processes run it: one per device of the partitioned program and per parameter server."""
+        return len(self.program.ranks)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import nn
 import graphc
 from graphc import zoo
 from graphc.zoo import zoo_loss
-from placement.schedules import AllReduce, Backward, Forward, OptimizerStep, Schedule
+from placement.schedules import Backward, Collective, Forward, OptimizerStep, Schedule
 from runtime import PartitionedProgram, contiguous_plan, partition
 from runtime.testing import EagerRun, eager_run
 
@@ -41,8 +41,8 @@ def adam(params):
 
 
 def expected_order(schedule: Schedule) -> dict[str, list[str]]:
-    """Each device's compute, all-reduce and optimizer step as the schedule lists them (``F0``, ``B0``,
-    ``AR``, ``OPT``), a device's consecutive node-level actions of one microbatch counted once: what
+    """Each device's compute, collectives and optimizer step as the schedule lists them (``F0``, ``B0``,
+    ``AR``, ``AR1``, ``RD0``, ``BC0``, ``OPT``), a device's consecutive node-level actions of one microbatch counted once: what
     :attr:`runtime.StepResult.order` must say the device ran."""
     order: dict[str, list[str]] = {}
     for device, actions in schedule.actions.items():
@@ -52,8 +52,8 @@ def expected_order(schedule: Schedule) -> dict[str, list[str]]:
                 code = f"{'B' if isinstance(a, Backward) else 'F'}{a.microbatch}"
                 if a.node is None or not codes or codes[-1] != code:
                     codes.append(code)
-            elif isinstance(a, AllReduce):
-                codes.append("AR")
+            elif isinstance(a, Collective):
+                codes.append(a.code())
             elif isinstance(a, OptimizerStep):
                 codes.append("OPT")
         order[device] = codes

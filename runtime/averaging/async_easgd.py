@@ -18,6 +18,9 @@ Per exchange a worker sends its parameters (``P`` bytes, cut into the servers' s
 center (``P`` bytes), plus two 8-byte headers (FETCH, PUSH) per server: less than a ring all-reduce's
 ``2 (N - 1) / N P`` each way once ``N > 2``, and no worker waits for another.
 
+Messages are CPU tensors over the default process group, which must therefore be gloo (the servers
+are CPU ranks); a worker whose model lives on a GPU exchanges a CPU copy of its parameters.
+
 A server that dies (or hangs past the process group's timeout) while a worker waits for it raises
 :class:`~graphc.ir.errors.RankFailure` naming the server's rank; a worker that dies stops nobody (the
 servers serve the others, :mod:`runtime.averaging.center`).
@@ -80,7 +83,7 @@ class AsyncEASGD(Strategy):
     def _start(self) -> None:
         """The first worker sends its parameters to the other workers and each server its shard."""
         first = self.layout.workers[0]
-        flat = self.flat()
+        flat = self.flat().cpu()
         if self.rank != first:
             dist.recv(flat, first, tag=INIT_TAG)
             self.set_flat(flat)
@@ -127,7 +130,7 @@ class AsyncEASGD(Strategy):
         old_center = self._wait(self._fetch)
         self._fetch = None
         self.traffic.received += old_center.numel() * old_center.element_size()
-        worker = self.flat()
+        worker = self.flat().cpu()
         works = []
         for server, shard in zip(self.layout.servers, self.shards):
             op = "pushing the parameters"

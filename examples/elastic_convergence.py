@@ -145,11 +145,13 @@ def first_reaching(history: list[dict[str, Any]], target: float) -> dict[str, An
 
 
 def table(curves: list[dict[str, Any]], targets: list[float]) -> str:
-    """The markdown table: final accuracy, and steps and bytes sent per worker to reach each target."""
-    head = ["strategy", "N", "final acc."] + [f"{k} to {t:.0%}" for t in targets for k in ("steps", "KB sent")]
+    """The markdown table: bytes sent per step and final accuracy, and the steps and bytes sent (per
+    worker) to the first evaluation at or above each target accuracy."""
+    head = ["strategy", "N", "KB sent per step", "final acc."] + [f"{k} to {t:.0%}" for t in targets for k in ("steps", "KB sent")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in curves:
-        cells = [c["name"], str(c["workers"]), f"{c['history'][-1]['accuracy']:.1%}"]
+        last = c["history"][-1]
+        cells = [c["name"], str(c["workers"]), f"{last['bytes'] / last['step'] / 1e3:.2f}", f"{last['accuracy']:.1%}"]
         for t in targets:
             hit = first_reaching(c["history"], t)
             cells += [str(hit["step"]), f"{hit['bytes'] / 1e3:.0f}"] if hit else ["—", "—"]

@@ -298,8 +298,9 @@ class DistributedExecutor:
                             torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
                     self._release_answered(comm)
                 ran.append(str(work))
-            self.monitor.doing("collectives")
+            self.monitor.doing("collectives and sends")
             collectives.finish()
+            self._finish_sends()  # done at the OPT, but a replica fed by servers runs none
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
             self.monitor.done()

@@ -30,16 +30,16 @@ cut, where a schedule names one per cost node), and :func:`device_work` checks b
 the schedule's order of work that the schedule runs them to the end.
 
 That check needs no simulator: it expands each device's work into the communication events of its
-program (sends never block, a wait blocks until the matching send was posted; an all-reduce blocks
-until every replica of the stage reaches it) and plays them until every device is done. It refuses a
+program (sends never block, a wait blocks until the matching send was posted; a collective blocks
+until every device of its group reaches it) and plays them until every device is done. It refuses a
 schedule that deadlocks (naming each stuck device, its work and what it waits for), a send without a
 receive, and, for backends whose messages carry no tags (NCCL), a pair of devices whose messages
-would be received in another order than sent. A collective blocks until every device of its group is at
-it, so the check also refuses members that run a group's collectives in different orders. Before that it refuses, saying what is wrong, a schedule
-made for another plan: other devices, another number of microbatches, other nodes or another node
-order on a device, stages split otherwise, a microbatch missing, run twice or run by the wrong replica,
-a collective over other devices or before the last backward, a bucket that names parameters the device
-does not hold, a parameter in no bucket or in two.
+would be received in another order than sent. A collective blocks until every device of its group is
+at it, so the check also refuses members that run a group's collectives in different orders. Before
+that it refuses, saying what is wrong, a schedule made for another plan: other devices, another number
+of microbatches, other nodes or another node order on a device, stages split otherwise, a microbatch
+missing, run twice or run by the wrong replica, a collective over other devices or before the last
+backward, a bucket that names parameters the device does not hold, a parameter in no bucket or in two.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ from the replica holding ``k`` in the producing stage to the one holding it in t
 After the stage's last backward the replicas sum their parameter gradients (an all-reduce, an action
 of the schedule: :mod:`runtime.schedule`), so every replica ends the step with the gradients, and after
 the update the parameters, of the unreplicated plan. Batch-norm running statistics are each replica's
-own (a replica sees only its microbatches).
+own (a replica sees only its microbatches). Under parameter servers (:func:`plan_servers`) the
+replicas' gradients go to server devices instead, which run no program but are ranks of their own
+(:attr:`PartitionedProgram.ranks`).
 
 Deadlock freedom. Every device runs its nodes in the order of one global topological order, sends
 never block, and a device waits only for a value whose producer comes earlier in that order; so the

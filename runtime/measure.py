@@ -139,6 +139,8 @@ class Measurement:
         peak_memory_bytes: device -> peak bytes of live tensors in a step.
         predicted_step_ms: the plan's predicted step time, when known.
         predicted_peak_memory_bytes: device -> the plan's predicted peak memory, when known.
+        losses: the loss of every step run, in order (the warmup steps, the timed ones, the one that
+            measured memory), as the output rank computed it: what the run trained.
     """
 
     step_ms: float
@@ -146,6 +148,7 @@ class Measurement:
     peak_memory_bytes: dict[str, int]
     predicted_step_ms: float | None = None
     predicted_peak_memory_bytes: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,19 +182,20 @@ def measure(
     plan: Plan | None = None,
 ) -> Measurement:
     """Time ``steps`` training steps after ``warmup`` ones, then measure memory in one more step; next to
-    ``plan``'s predictions when it has them. On a distributed executor every rank calls it and gets the
+    ``plan``'s predictions when it has them, with every step's loss. On a distributed executor every rank calls it and gets the
     same result (the ranks' figures are gathered)."""
-    for _ in range(warmup):
-        executor.step(inputs, targets)
-    times = [executor.step(inputs, targets).step_ms for _ in range(steps)]
-    peaks = executor.step(inputs, targets, measure_memory=True).peak_memory_bytes
-    gathered = executor.gather((times, peaks))
-    per_step = [max(step) for step in zip(*(t for t, _ in gathered))]
+    results = [executor.step(inputs, targets) for _ in range(warmup + steps)]
+    results.append(executor.step(inputs, targets, measure_memory=True))
+    times = [r.step_ms for r in results[warmup:-1]]
+    losses = [r.loss for r in results] if results[0].loss is not None else None
+    gathered = executor.gather((times, results[-1].peak_memory_bytes, losses))
+    per_step = [max(step) for step in zip(*(t for t, _, _ in gathered))]
     return Measurement(
         step_ms=statistics.median(per_step),
         steps_ms=per_step,
-        peak_memory_bytes={d: b for _, p in gathered for d, b in p.items()},
+        peak_memory_bytes={d: b for _, p, _ in gathered for d, b in p.items()},
         predicted_step_ms=plan.predicted_step_ms if plan is not None and plan.predicted_step_ms > 0 else None,
         predicted_peak_memory_bytes=dict(plan.peak_memory_bytes) if plan is not None else {},
+        losses=next((ls for _, _, ls in gathered if ls is not None), []),
     )
 

@@ -6,10 +6,13 @@ that starts one worker per device of the plan, on this host or, with ``--nnodes`
 ``--node-rank``); a plan with parameter servers (:class:`placement.sync.ParameterServerSync`) gets
 one more rank per server. Host ``h`` runs ranks ``h * nproc .. (h + 1) * nproc - 1``, and rank ``r`` runs the
 plan's ``r``-th device in natural order of names, so name a multi-host plan's devices host by host
-(``h0/gpu0``, ``h0/gpu1``, ..., ``h1/gpu0``, as the cluster presets do). Every worker runs
+(``h0/gpu0``, ``h0/gpu1``, ..., ``h1/gpu0``, as the cluster presets do). On hosts with several network
+interfaces (or in network namespaces) tell gloo which one joins the hosts, e.g. ``GLOO_SOCKET_IFNAME=eth0``
+in every host's environment: gloo otherwise binds the address the host name resolves to. Every worker runs
 :func:`worker_main` (``python -m graphc.app.run``): it builds the zoo model, traces it, checks and
 partitions the plan, trains with a :class:`~runtime.distributed.DistributedExecutor`, and the output
-rank prints the measured step and memory next to the plan's prediction. Ranks build the same partition
+rank prints the measured step and memory next to the plan's prediction (``--json`` also keeps every
+step's loss). Ranks build the same partition
 independently: tracing and partitioning are deterministic. The batch size and granularity default to
 the plan's, and a plan made for other hardware than this machine's is run with a warning that its
 prediction does not apply.

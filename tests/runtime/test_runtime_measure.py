@@ -18,6 +18,7 @@ from placement import Cluster, simulate
 from placement.schedules import make_schedule
 from runtime import LocalExecutor, partition, plan_from_assignment, single_device_plan
 from runtime.measure import MemoryTracker, measure
+from runtime.testing import eager_run
 
 MIB = 2**20
 
@@ -103,6 +104,10 @@ def test_measurement_reports_every_device_next_to_the_prediction():
     for row in ("step (ms, median)", "peak memory cpu0 (MiB)", "peak memory cpu1 (MiB)"):
         assert row in text
     assert f"{predicted.step_ms:.1f}" in text
+    ref = zoo.build("alexnet", batch_size=2, size="small", dropout=0.0)
+    adam = lambda ps: torch.optim.Adam(ps, lr=1e-3)  # noqa: E731
+    eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), adam, steps=5)
+    assert result.losses == pytest.approx(eager.losses, rel=1e-4)  # warmup, 3 timed, the memory step
 
 
 def test_adam_state_counts_as_static_memory():

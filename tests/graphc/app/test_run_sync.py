@@ -41,4 +41,5 @@ def test_graphc_run_trains_with_parameter_servers(server_plan, tmp_path):
     assert cli.main([*argv, "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2
+    assert len(measured["losses"]) == 4 and all(isinstance(loss, float) for loss in measured["losses"])  # 1 + 2 + memory step
     assert set(measured["peak_memory_bytes"]) == {"cpu0", "cpu1", "cpu2", "cpu3"}

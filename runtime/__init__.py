@@ -10,7 +10,11 @@
     result = ex.step(inputs, targets)                       # forward, backward, update
 
 Under torchrun, :class:`DistributedExecutor` runs one device per rank instead: ``graphc run``
-(:mod:`graphc.app.run`) starts it, and :func:`spawn` runs a function on local ranks.
+(:mod:`graphc.app.run`) starts it, and :func:`spawn` runs a function on local ranks. Both run a plan's
+data parallelism as its schedule says (:mod:`placement.sync`): replicated stages all-reduce their
+gradients bucket by bucket (ring or hierarchical), the distributed executor launching each bucket from
+the backward (:mod:`runtime.collectives`), or push them to parameter servers, ranks of their own that
+hold the parameters and their optimizer (:mod:`runtime.servers`).
 :mod:`runtime.testing` holds the helpers that check a placed run against eager PyTorch.
 
 Numbers. A placed step computes what eager PyTorch computes on one device, up to float32 rounding of

@@ -32,14 +32,25 @@ measured time when the edge has one for the device pair; else the route time of 
 measured time of another edge of the same producer (a send carries all edges of one producer to one
 device and takes the largest measured time among them when one has it), whichever is smaller.
 
-Cost: linear in nodes and edges for the structure and the path pieces, ``O(k D^2)`` for the dynamic
-programme; the enumeration of a block's patterns is capped (:data:`PATTERN_BUDGET`) so the whole is
+Classes of device pairs. A block's pass with the fork on ``f`` and the join's home on ``h`` reads of
+``h`` only its speed class, whether its routes share a link, and each block edge's least transfer into
+and out of ``h``; of the pair only ``f == h`` and the transfers of the fork's edges from ``f`` to ``h``
+(forward: the edges out of ``c_i``; backward: those into ``c_{i+1}``). Homes alike in the first are
+given one id, and one pass is built and bounded per distinct (home id, ``f == h``, fork-edge times):
+every pair with that key gets exactly the same span, so the sharing changes no value. On a cluster of
+alike hosts the keys are few (same device, same host, other host, per speed class), so the passes
+built grow with the classes, not with ``D^2``.
+
+Cost: linear in nodes and edges for the structure and the path pieces; ``O(D^2)`` array work per block
+and edge (the route times and the keys) and ``O(k D^2)`` for the dynamic programme; one pass per class
+of pairs; the enumeration of a block's patterns is capped (:data:`PATTERN_BUDGET`) so the whole is
 bounded; blocks past the budget keep their path bound.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -160,7 +171,10 @@ def series_bound(tg: Timed) -> float | None:
 
 
 class _Delays:
-    """Least transfer times of edges between devices (module docstring), computed per edge on demand."""
+    """Least transfer times of edges between devices (module docstring), computed per edge on demand.
+
+    Only the least times into and out of each device are kept per edge (``(D, D)`` matrices would cost
+    ``D^2`` memory per edge); a full matrix is recomputed where a block needs one."""
 
     def __init__(self, tg: Timed) -> None:
         lw = tg.lowered
@@ -174,44 +188,53 @@ class _Delays:
             outs = [set(lw.resources[h][t]) for t in range(D) if t != h]
             self.into.append(bool(ins) and bool(set.intersection(*ins)))
             self.out_of.append(bool(outs) and bool(set.intersection(*outs)))
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        # Measured times are looked up by the ends' kind and category: one lookup per pair of such labels.
+        labels = [(d.kind, d.category) for d in self.devices]
+        self._label_of = np.array([sorted(set(labels)).index(x) for x in labels])
+        self._labelled = [self.devices[labels.index(x)] for x in sorted(set(labels))]
+        self._mins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.patterns: dict[tuple, dict[str, np.ndarray]] = {}  # summarised patterns per component (bounds_forkjoin)
 
     def matrix(self, u: int, v: int) -> np.ndarray:
         """``M[s, t]``: the least time of the edge's data (either direction's gradient too) from s to t."""
-        key = (u, v)
-        m = self._cache.get(key)
-        if m is None:
-            e = self.tg.edges[key]
-            m = self.latency + e.bytes * self.per_byte
-            measured_edges = [self.tg.edges[u, w] for w in self.tg.succs[u] if self.tg.edges[u, w].transfer_ms]
-            if measured_edges:
-                pair = self.cm.measured_transfer_ms
-                D = len(self.devices)
-                for s in range(D):
-                    for t in range(D):
-                        if s == t:
-                            continue
-                        own = pair(e.transfer_ms, self.devices[s], self.devices[t]) if e.transfer_ms else None
-                        if own is not None:
-                            m[s, t] = own
-                            continue
-                        others = [pair(x.transfer_ms, self.devices[s], self.devices[t]) for x in measured_edges]
-                        others = [x for x in others if x is not None]
-                        if others:
-                            m[s, t] = min(m[s, t], min(others))
-            self._cache[key] = m
+        e = self.tg.edges[u, v]
+        m = self.latency + e.bytes * self.per_byte
+        measured_edges = [self.tg.edges[u, w] for w in self.tg.succs[u] if self.tg.edges[u, w].transfer_ms]
+        if not measured_edges:
+            return m
+        others = np.fmin.reduce([self._measured(x.transfer_ms) for x in measured_edges])
+        m = np.fmin(m, others)  # NaN (no label matches) leaves the route time
+        if e.transfer_ms:
+            own = self._measured(e.transfer_ms)
+            m = np.where(np.isnan(own), m, own)
         return m
+
+    def _measured(self, transfer_ms: dict[str, float]) -> np.ndarray:
+        """``(D, D)``: the measured time of each ordered pair of distinct devices, NaN where none applies."""
+        pair = self.cm.measured_transfer_ms
+        table = np.array([[pair(transfer_ms, s, t) for t in self._labelled] for s in self._labelled], dtype=float)
+        out = table[self._label_of[:, None], self._label_of[None, :]]
+        np.fill_diagonal(out, np.nan)
+        return out
+
+    def mins(self, u: int, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per device ``h``: the least time of the edge's data from ``h`` to another device, and into ``h``
+        from another device (inf with one device)."""
+        key = (u, v)
+        got = self._mins.get(key)
+        if got is None:
+            m = self.matrix(u, v).astype(float, copy=True)
+            np.fill_diagonal(m, INF)
+            got = self._mins[key] = (m.min(axis=1), m.min(axis=0))
+        return got
 
     def from_home(self, u: int, v: int, h: int) -> float:
         """Least time of the edge's data from ``h`` to any other device."""
-        row = self.matrix(u, v)[h]
-        return float(np.delete(row, h).min()) if len(row) > 1 else INF
+        return float(self.mins(u, v)[0][h])
 
     def to_home(self, u: int, v: int, h: int) -> float:
         """Least time of the edge's data from any other device to ``h``."""
-        col = self.matrix(u, v)[:, h]
-        return float(np.delete(col, h).min()) if len(col) > 1 else INF
+        return float(self.mins(u, v)[1][h])
 
 
 class _BlockCosts:
@@ -243,12 +266,34 @@ class _BlockCosts:
             if self.training:
                 bwd = np.maximum(bwd, m.T)
         if self.refine:
-            for p in range(D):
-                for q in range(D):
-                    fwd[p, q] = max(fwd[p, q], self._span(self._forward(p, q)))
-                    if self.training:
-                        bwd[p, q] = max(bwd[p, q], self._span(self._backward(p, q)))
+            homes = self._home_classes()
+            tg, dl, a, b = self.tg, self.delays, self.a, self.b
+            out_of_a = [dl.matrix(a, w) for w in tg.succs[a]]
+            fwd = np.maximum(fwd, self._spans(homes, out_of_a, self._forward))
+            if self.training:
+                into_b = [dl.matrix(u, b) for u in tg.preds[b]]
+                bwd = np.maximum(bwd, self._spans(homes, into_b, lambda f, h: self._backward(h, f)).T)
         return fwd + bwd
+
+    def _home_classes(self) -> np.ndarray:
+        """``(D,)`` ids: devices with one id look alike as a home (same times, shared links and least
+        transfers into and out of them for every edge of the block), so every pass homed there reads the same."""
+        dl, tg = self.delays, self.tg
+        columns = [tg.lowered.device_class, np.array(dl.into), np.array(dl.out_of)]
+        for u in [self.a, *self.inner]:
+            for w in tg.succs[u]:
+                columns.extend(dl.mins(u, w))
+        return np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+
+    def _spans(self, homes: np.ndarray, fork_edges: list[np.ndarray], build: Callable[[int, int], BlockPass]) -> np.ndarray:
+        """``S[f, h]``: the span of the pass ``build(f, h)`` with the fork on ``f`` and the home ``h``, for
+        every pair; one pass is built per distinct (home id, fork == home, the ``fork_edges`` matrices at
+        ``[f, h]``): everything else a pass reads depends on its home alone."""
+        D = len(homes)
+        keys = [np.broadcast_to(homes[None, :], (D, D)), np.eye(D), *fork_edges]
+        _, first, inverse = np.unique(np.stack(keys, axis=-1).reshape(D * D, -1), axis=0, return_index=True, return_inverse=True)
+        values = np.array([self._span(build(*divmod(int(i), D))) for i in first])
+        return values[inverse.reshape(-1)].reshape(D, D)
 
     def _span(self, block: BlockPass) -> float:
         key = _signature(block)

@@ -121,3 +121,23 @@ def test_span_count_grows_with_classes_not_devices(monkeypatch: pytest.MonkeyPat
     built.update(forward=0, backward=0)
     assert lower_bound(fork_joins(4, ("X", "Y")), hosts(8, 8, ("X", "Y"))).series_ms > 0
     assert built == {"forward": 2 * 3 * 4, "backward": 2 * 3 * 4}
+
+
+def test_route_times_take_measured_transfers_per_device_label() -> None:
+    # u -> v measured gpu->cpu only (5 ms), u -> w measured between any pair (2 ms); the route is 3 ms.
+    # An edge's own measurement wins for its pair; elsewhere a sibling's measurement caps the route.
+    devices = [Device("g0", "X", "gpu", "h", {"float32": 1e12}, 1e11, 1e12), Device("g1", "X", "gpu", "h", {"float32": 1e12}, 1e11, 1e12),
+               Device("c", "cpu", "cpu", "h", {"float32": 1e11}, 1e10, 1e12)]
+    c = Cluster("box", devices, [Link(d.name, "sw", "pcie", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    g = Graph("measured")
+    for name in "uvw":
+        node(g, name, 1, 1, ("X", "cpu"))
+    g.add_edge("u", "v", EdgeData(bytes=3e6, transfer_ms={"gpu->cpu": 5.0}))
+    g.add_edge("u", "w", EdgeData(bytes=3e6, transfer_ms={"*": 2.0}))
+    lw = lower(g, c, CostModel(c), "training")
+    delays = _Delays(timed_graph(lw, lw.fwd, lw.bwd))
+    u, v, w = (lw.index[name] for name in "uvw")
+    assert delays.matrix(u, v).tolist() == [[0, 2, 5], [2, 0, 5], [2, 2, 0]]
+    assert delays.matrix(u, w).tolist() == [[0, 2, 2], [2, 0, 2], [2, 2, 0]]
+    from_home, to_home = delays.mins(u, v)
+    assert from_home.tolist() == [2, 2, 2] and to_home.tolist() == [2, 2, 5]

@@ -229,6 +229,13 @@ class Hosts:
             raise RuntimeFault(f"hosts: the command on {', '.join(late)} was still running after {timeout_s:g} s and was killed")
         return [subprocess.CompletedProcess(p.args, p.returncode, *outputs[h]) for h, p in started.items()]
 
+    def kill(self, host: Host) -> list[int]:
+        """SIGKILL every process running in ``host`` (a host that dies); returns their ids."""
+        pids = net.pids_in(host.namespace)
+        for pid in pids:
+            _signal_pid(pid, signal.SIGKILL)
+        return pids
+
     def set_link(self, host: Host, up: bool) -> None:
         """Cut (``up=False``) or restore ``host``'s link, at the bridge's end."""
         state = "up" if up else "down"
@@ -324,13 +331,17 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _remove_namespace(name: str) -> None:
     """Kill what still runs in namespace ``name`` and delete it."""
     for pid in net.pids_in(name):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal_pid(pid, signal.SIGKILL)
     net.run(["ip", "netns", "del", name], f"deleting network namespace {name}", check=False)
 
 

@@ -8,26 +8,23 @@ trains the plan across the hosts' link.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 import torch
+from hosts_cases import DEVICES, MODEL, crossing_bytes, gpt2_plan, graphc_run_argv
 from runtime_cases import RTOL, build
 
-import graphc
 from graphc.zoo import zoo_loss
 from placement.plan import Plan
-from runtime import DistributedExecutor, contiguous_plan, init_from_env
+from runtime import DistributedExecutor, init_from_env
 from runtime.hosts import spawn_on_hosts
 from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-MODEL = "gpt2"
 STEPS = 2
-DEVICES = ["h0/cpu0", "h1/cpu0"]
 
 
 def sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -47,12 +44,6 @@ def train(model: str, plan: dict[str, Any], steps: int) -> dict[str, Any]:
     params = {n: p.detach() for n, p in executor.named_parameters()}
     executor.close()
     return {"losses": losses, "params": params}
-
-
-def gpt2_plan(microbatches: int) -> Plan:
-    zm = build(MODEL)
-    graph = graphc.trace(zm.model, zm.example_inputs, name=MODEL, granularity="op").graph
-    return contiguous_plan(graph, DEVICES, microbatches=microbatches)
 
 
 @pytest.mark.parametrize("microbatches", [1, 2], ids=["placed", "pipeline"])
@@ -77,18 +68,16 @@ def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
     plan_path, out = tmp_path / "plan.json", tmp_path / "measured.json"
     plan = gpt2_plan(2)
     plan.save(plan_path)
-    crossing = sum(e.bytes for a, b, e in plan.graph.edges() if plan.assignment[a] != plan.assignment[b])
-    argv = [sys.executable, "-m", "graphc.app.cli", "run", MODEL, "--plan", str(plan_path), "--size", "small", "--knob", "dropout=0.0"]
-    argv += ["--steps", "2", "--warmup", "1", "--json", str(out), "--nnodes", "2", "--master-addr", hosts[0].address]
     before = [hosts.traffic(h) for h in hosts]
-    finished = hosts.run_all({h: [*argv, "--node-rank", str(h.index)] for h in hosts}, timeout_s=240)
+    options = ("--steps", "2", "--warmup", "1", "--json", str(out))
+    finished = hosts.run_all({h: graphc_run_argv(hosts, h, plan_path, *options) for h in hosts}, timeout_s=240)
     for host, done in zip(hosts, finished):
         assert done.returncode == 0, f"graphc run on {host.name} failed: {done.stderr[-3000:]}"
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2 and set(measured["peak_memory_bytes"]) == set(DEVICES)
     assert "gpt2 on 2 rank(s)" in finished[1].stdout  # the output device's host prints the table
     for host, bytes_before in zip(hosts, before):  # 4 steps (warmup, 2 timed, memory), forward and backward
-        assert hosts.traffic(host) - bytes_before > 4 * 2 * crossing, "the steps' tensors did not cross the hosts' link"
+        assert hosts.traffic(host) - bytes_before > 4 * 2 * crossing_bytes(plan), "the steps' tensors did not cross the hosts' link"
 
 
 def test_plain_values_only_cross_between_hosts(make_hosts):

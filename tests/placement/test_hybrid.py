@@ -8,7 +8,8 @@ import pytest
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import Cluster, ConfigurationError, Device, InfeasibleError, Link, Switch
 from placement.collectives import duration_ms, ring_allreduce
-from placement.hybrid import replica_counts, replica_groups, ring_order, worker_devices
+from placement.constraints import Constraints
+from placement.hybrid import group_problem, replica_counts, replica_groups, ring_order, worker_devices
 from placement.plan import Plan
 from placement.problem import make_problem
 from placement.solvers import solve
@@ -202,3 +203,15 @@ def test_data_parallel_rings_follow_nvlink_on_a_dgx1() -> None:
     assert duration_ms(ring_allreduce(dgx1, ring, 1e8)) < duration_ms(ring_allreduce(dgx1, dgx1.device_names, 1e8)) / 2
     plan = solve(chain(), dgx1, objective="throughput", parallel="data", time_limit_s=2.0)
     assert plan.stages[0].devices == ring_order(dgx1, plan.stages[0].devices, chain().total_param_bytes())
+
+
+def test_a_group_problem_keeps_budgets_and_refuses_a_group_a_pin_keeps_out() -> None:
+    cluster = hosts()
+    problem = make_problem(chain(), cluster, objective="throughput", constraints=Constraints(memory_budget={"h1d1": 4e9}))
+    sub = group_problem(problem, ["h1d0", "h1d1"], 1.0)
+    assert sub is not None and sub.cluster.device_names == ["h1d0", "h1d1"]
+    assert sub.resolved.capacity == [16e9, 4e9] and sub.time_limit == 1.0
+    assert sub.cluster.route("h1d0", "h1d1").bandwidth == cluster.route("h1d0", "h1d1").bandwidth
+    pinned = make_problem(chain(), cluster, objective="throughput", constraints=Constraints(pins={"n0": "h0d0"}))
+    assert group_problem(pinned, ["h1d0", "h1d1"], 1.0) is None
+    assert group_problem(pinned, ["h0d0", "h0d1"], 1.0).resolved.allowed["n0"] == [0]

@@ -12,7 +12,8 @@
   microbatches chosen by simulation as the pipeline's are); the shorter simulated step wins, the
   pipeline on a tie. With ``parallel`` other than ``"pipeline"`` (or a ``sync`` asked for), the layouts
   of :func:`placement.hybrid.solve_parallel` (data parallel, hybrid, pipeline; the one-device plan
-  among them under ``"auto"``) and their synchronisation are chosen by simulation instead.
+  among them under ``"auto"`` and ``"pipeline"``) and their synchronisation are chosen by simulation
+  instead.
 
 Sizes: the model covers the whole graph up to ``nodes x devices = full_limit``; beyond, a coarsening.
 The LNS window and base partition shrink with the devices so that one step stays small.
@@ -58,8 +59,7 @@ def auto(
     if problem.objective == "throughput":
         if parallel == "pipeline" and sync is None and servers is None:
             return _throughput(problem, **pipeline_options)
-        single = single_device_pipeline(problem) if parallel == "auto" else None
-        extra = [("single", single)] if parallel == "auto" else []
+        extra = [("single", single_device_pipeline(problem))] if parallel in ("auto", "pipeline") else []
         return solve_parallel(problem, parallel=parallel, sync=sync or "auto", servers=servers, extra=extra, **pipeline_options)
     D = instance(problem).num_devices
     cfg = CpSatSettings(lns_window=max(12, 48 // max(1, D // 2)), lns_base=max(24, 480 // D))

@@ -26,7 +26,15 @@ from typing import Any
 
 from graphc.ir.errors import RunFailed
 from runtime.hosts.fixture import Hosts
-from runtime.launch import PARENT_ENV, RankOutcome, error_from_doc, function_name, load_plain, plain, save_plain
+from runtime.launch import (
+    PARENT_ENV,
+    RankOutcome,
+    error_from_doc,
+    function_name,
+    load_plain,
+    plain,
+    save_plain,
+)
 
 MASTER_PORT = 29500
 

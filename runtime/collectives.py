@@ -20,7 +20,9 @@ What a collective does on this rank, with ``g`` a bucket's flat gradients and ``
 * ``AR``, ring: ``all_reduce(g)`` over the stage's replicas (the backend's ring or tree), ``g <- sum_r g_r``;
 * ``AR``, hierarchical over islands ``I_1..I_n`` with leaders ``l_i``: ``reduce(g, dst=l_i)`` inside each
   island (launched by the hook), then, when finished, ``all_reduce`` among the leaders and
-  ``broadcast(g, src=l_i)`` inside each island: ``g <- sum_i sum_{r in I_i} g_r``, the same sum;
+  ``broadcast(g, src=l_i)`` inside each island: ``g <- sum_i sum_{r in I_i} g_r``, the same sum. Only
+  the first step overlaps the backward; the other two run, for all the buckets at once, in
+  :meth:`BucketCollectives.finish`;
 * ``RD`` onto server ``s``: a replica sends ``g`` (zeros for a parameter without a gradient), the server
   contributes zeros and keeps the sum as its copy's gradient (:mod:`runtime.servers`);
 * ``BC`` from ``s``: the server sends ``w`` of its copy, a replica copies it into its parameters.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +179,7 @@ class BucketCollectives:
         """Launch an all-reduce of ``grads``: over the group (ring), or its first step, the reduce onto
         the island's leader (hierarchical)."""
         launched = _Launched(work, _flats(grads), peer=_next(action.group, self.device))
-        if action.algorithm != "hierarchical":
+        if not _hierarchical(action):
             group = self.groups[action.group]
             launched.handles = self._each(launched, lambda f: dist.all_reduce(f, group=group, async_op=True))
             return launched
@@ -211,38 +214,54 @@ class BucketCollectives:
 
     # -- finishing ----------------------------------------------------------------------------
     def finish(self) -> None:
-        """Wait for every launched collective, in launch order, and copy the results back."""
+        """Wait for every launched collective, in launch order, finish the hierarchical all-reduces
+        (:meth:`_across_islands`), and copy the results back."""
         order, self._order = self._order, []
         for launched in order:
-            work = launched.work
             for handle in launched.handles:
-                self._wait(launched.peer, _describe(work, _WHAT[work.kind]), handle.wait)
-            if isinstance(work.action, AllReduce) and work.action.algorithm == "hierarchical":
-                self._across_islands(launched, work.action)
+                self._wait(launched.peer, _describe(launched.work, _WHAT[launched.work.kind]), handle.wait)
+        self._across_islands([launched for launched in order if _hierarchical(launched.work.action)])
+        for launched in order:
+            work = launched.work
             is_root = self.device == getattr(work.action, "root", "")
             if work.kind == ALLREDUCE or (work.kind == REDUCE and is_root) or (work.kind == BROADCAST and not is_root):
                 _copy_back(launched.flats)  # the sums into the gradients (a server's), the server's weights
         self._launched.clear()
 
-    def _across_islands(self, launched: _Launched, action: AllReduce) -> None:
-        """The rest of a hierarchical all-reduce, its island's reduce done: all-reduce among the leaders,
-        broadcast inside the island."""
-        islands = action.islands
-        island = next(i for i in islands if self.device in i)
-        leaders = tuple(i[0] for i in islands)
-        for flat, _ in launched.flats:
-            if self.device == island[0] and len(leaders) > 1:
-                peer = _next(leaders, self.device)
-                op = _describe(launched.work, "all-reduce among the islands' leaders")
-                self._wait(peer, op, lambda f=flat: dist.all_reduce(f, group=self.groups[leaders]))
-            if len(island) > 1:
-                peer = island[0] if island[0] != self.device else island[1]
-                op = _describe(launched.work, "broadcast inside the island")
-                self._wait(peer, op, lambda f=flat: dist.broadcast(f, src=self.groups.rank_of[island[0]], group=self.groups[island]))
+    def _across_islands(self, reduced: list[_Launched]) -> None:
+        """The rest of the hierarchical all-reduces ``reduced``, their islands' reduces done: the leaders
+        all-reduce every bucket, then each island broadcasts every bucket from its leader (each step
+        launched for all the buckets before any is waited for, in bucket order on every rank)."""
+        across: list[tuple[str, str, Any]] = []  # (peer, op, work handle)
+        inside: list[tuple[str, str, Callable[[], Any]]] = []
+        for launched in reduced:
+            action = launched.work.action
+            assert isinstance(action, AllReduce)
+            island = next(i for i in action.islands if self.device in i)
+            leaders = tuple(i[0] for i in action.islands)
+            for flat, _ in launched.flats:
+                if self.device == island[0] and len(leaders) > 1:
+                    peer, op = _next(leaders, self.device), _describe(launched.work, "all-reduce among the islands' leaders")
+                    call = functools.partial(dist.all_reduce, flat, group=self.groups[leaders], async_op=True)
+                    across.append((peer, op, self.guard(peer, op, call)))
+                if len(island) > 1:
+                    op = _describe(launched.work, "broadcast inside the island")
+                    src, group = self.groups.rank_of[island[0]], self.groups[island]
+                    call = functools.partial(dist.broadcast, flat, src=src, group=group, async_op=True)
+                    inside.append((island[0] if island[0] != self.device else island[1], op, call))
+        for peer, op, handle in across:
+            self._wait(peer, op, handle.wait)
+        broadcasts = [(peer, op, self.guard(peer, op, call)) for peer, op, call in inside]
+        for peer, op, handle in broadcasts:
+            self._wait(peer, op, handle.wait)
 
     def _wait(self, peer: str, op: str, call: Callable[[], Any]) -> None:
         with self.waiting(self.groups.rank_of[peer], op):
             self.guard(peer, op, call)
+
+
+def _hierarchical(action: BucketCollective | None) -> bool:
+    return isinstance(action, AllReduce) and action.algorithm == "hierarchical"
 
 
 def _next(members: Sequence[str], device: str) -> str:

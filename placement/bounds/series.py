@@ -32,25 +32,27 @@ measured time when the edge has one for the device pair; else the route time of 
 measured time of another edge of the same producer (a send carries all edges of one producer to one
 device and takes the largest measured time among them when one has it), whichever is smaller.
 
-Classes of device pairs. A block's pass with the fork on ``f`` and the join's home on ``h`` reads of
-``h`` only its speed class, whether its routes share a link, and each block edge's least transfer into
-and out of ``h``; of the pair only ``f == h`` and the transfers of the fork's edges from ``f`` to ``h``
-(forward: the edges out of ``c_i``; backward: those into ``c_{i+1}``). Homes alike in the first are
-given one id, and one pass is built and bounded per distinct (home id, ``f == h``, fork-edge times):
-every pair with that key gets exactly the same span, so the sharing changes no value. On a cluster of
-alike hosts the keys are few (same device, same host, other host, per speed class), so the passes
-built grow with the classes, not with ``D^2``.
+Classes of device pairs. An edge's time from ``s`` to ``t`` depends only on the route's latency and
+bandwidth, on ``s == t`` and (for measured transfers) on the two devices' labels: pairs alike in these
+form a *route class*. A block's pass with the fork on ``f`` and the join's home on ``h`` reads of ``h``
+its speed class, whether its routes share a link and each edge's least time into and out of ``h`` (a
+function of the sets of route classes into and out of ``h``), and of the pair the fork edges' times
+from ``f`` to ``h`` (a function of the pair's route class). So devices with equal speed class, shared
+links and sets of route classes form a *home class*, and every pair of one (home class, route class)
+gets exactly the same span: one pass is built per such class and block, and the sharing changes no
+value. On a cluster of alike hosts the classes are few (same device, same host, other host, per speed
+class), so the passes built grow with the classes, not with ``D^2``.
 
-Cost: linear in nodes and edges for the structure and the path pieces; ``O(D^2)`` array work per block
-and edge (the route times and the keys) and ``O(k D^2)`` for the dynamic programme; one pass per class
-of pairs; the enumeration of a block's patterns is capped (:data:`PATTERN_BUDGET`) so the whole is
-bounded; blocks past the budget keep their path bound.
+Cost: linear in nodes and edges for the structure and the path pieces; the classes once, ``O(D^2)``;
+``O(D^2)`` array work per block (its direct edge, its spans spread over the pairs) and per edge (the
+least times into and out of each device); one pass per class of pairs and block; the enumeration of a
+block's patterns is capped (:data:`PATTERN_BUDGET`) so the whole is bounded; blocks past the budget
+keep their path bound.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -194,6 +196,31 @@ class _Delays:
         self._labelled = [self.devices[labels.index(x)] for x in sorted(set(labels))]
         self._mins: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.patterns: dict[tuple, dict[str, np.ndarray]] = {}  # summarised patterns per component (bounds_forkjoin)
+        measured = any(e.transfer_ms for e in tg.edges.values())
+        self.pair_class, self.representatives = self._pair_classes(lw.device_class, measured)
+
+    def _pair_classes(self, device_class: np.ndarray, measured: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """``C[f, h]``: the class of the (fork, home) pair (module docstring), and one pair of each class.
+
+        Route classes: ordered pairs with the same latency, bandwidth and ``f == h`` (and the ends' labels
+        when measured transfers apply) give every edge the same least time. Home classes: devices of one
+        speed class, with the same shared links and the same sets of route classes out of and into them.
+        A pair's class is its home's class and its route class."""
+        D = len(self.devices)
+        columns = [self.latency, self.per_byte, np.eye(D)]
+        if measured:
+            columns += [np.broadcast_to(self._label_of[:, None], (D, D)), np.broadcast_to(self._label_of[None, :], (D, D))]
+        route = np.unique(np.stack(columns, axis=-1).reshape(D * D, -1), axis=0, return_inverse=True)[1].reshape(D, D)
+        off = ~np.eye(D, dtype=bool)
+        homes: dict[tuple, int] = {}
+        home = np.array([
+            homes.setdefault((int(device_class[h]), self.into[h], self.out_of[h], frozenset(route[h][off[h]].tolist()),
+                              frozenset(route[:, h][off[:, h]].tolist())), len(homes))
+            for h in range(D)
+        ])  # fmt: skip
+        code = home[None, :] * (int(route.max()) + 1) + route
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        return inverse.reshape(D, D), [divmod(int(i), D) for i in first]
 
     def matrix(self, u: int, v: int) -> np.ndarray:
         """``M[s, t]``: the least time of the edge's data (either direction's gradient too) from s to t."""
@@ -266,34 +293,11 @@ class _BlockCosts:
             if self.training:
                 bwd = np.maximum(bwd, m.T)
         if self.refine:
-            homes = self._home_classes()
-            tg, dl, a, b = self.tg, self.delays, self.a, self.b
-            out_of_a = [dl.matrix(a, w) for w in tg.succs[a]]
-            fwd = np.maximum(fwd, self._spans(homes, out_of_a, self._forward))
-            if self.training:
-                into_b = [dl.matrix(u, b) for u in tg.preds[b]]
-                bwd = np.maximum(bwd, self._spans(homes, into_b, lambda f, h: self._backward(h, f)).T)
+            pairs, reps = self.delays.pair_class, self.delays.representatives
+            fwd = np.maximum(fwd, np.array([self._span(self._forward(f, h)) for f, h in reps])[pairs])
+            if self.training:  # bwd[p, q]: home p, fork q
+                bwd = np.maximum(bwd, np.array([self._span(self._backward(h, f)) for f, h in reps])[pairs.T])
         return fwd + bwd
-
-    def _home_classes(self) -> np.ndarray:
-        """``(D,)`` ids: devices with one id look alike as a home (same times, shared links and least
-        transfers into and out of them for every edge of the block), so every pass homed there reads the same."""
-        dl, tg = self.delays, self.tg
-        columns = [tg.lowered.device_class, np.array(dl.into), np.array(dl.out_of)]
-        for u in [self.a, *self.inner]:
-            for w in tg.succs[u]:
-                columns.extend(dl.mins(u, w))
-        return np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
-
-    def _spans(self, homes: np.ndarray, fork_edges: list[np.ndarray], build: Callable[[int, int], BlockPass]) -> np.ndarray:
-        """``S[f, h]``: the span of the pass ``build(f, h)`` with the fork on ``f`` and the home ``h``, for
-        every pair; one pass is built per distinct (home id, fork == home, the ``fork_edges`` matrices at
-        ``[f, h]``): everything else a pass reads depends on its home alone."""
-        D = len(homes)
-        keys = [np.broadcast_to(homes[None, :], (D, D)), np.eye(D), *fork_edges]
-        _, first, inverse = np.unique(np.stack(keys, axis=-1).reshape(D * D, -1), axis=0, return_index=True, return_inverse=True)
-        values = np.array([self._span(build(*divmod(int(i), D))) for i in first])
-        return values[inverse.reshape(-1)].reshape(D, D)
 
     def _span(self, block: BlockPass) -> float:
         key = _signature(block)

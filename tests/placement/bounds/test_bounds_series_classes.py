@@ -3,6 +3,7 @@ grows with the classes of devices and routes, not with the devices."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -54,7 +55,7 @@ def blocks_of(g: Graph, c: Cluster) -> list[_BlockCosts]:
     tg = timed_graph(lw, lw.fwd, lw.bwd)
     cuts = cut_nodes(tg.preds, tg.succs)
     delays, budget = _Delays(tg), [series.PATTERN_BUDGET]
-    return [_BlockCosts(tg, delays, a, b, list(range(a + 1, b)), True, budget) for a, b in zip(cuts, cuts[1:])]
+    return [_BlockCosts(tg, delays, a, b, list(range(a + 1, b)), True, budget) for a, b in itertools.pairwise(cuts)]
 
 
 @pytest.mark.parametrize("seed", range(3))

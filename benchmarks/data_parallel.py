@@ -2,20 +2,21 @@
 
 For every zoo network (traced at its published size on the meta device, module granularity, as
 ``graphc compare`` does; cached under ``results/zoo_graphs/``) and every cluster, three throughput plans
-are made independently (sharing the problem's lowering and lower bounds), each the predicted time of one global batch (the simulated step of all
-microbatches of all replicas):
+are made independently (sharing the problem's lowering and lower bounds), each the predicted time of
+one global batch (the simulated step of all microbatches of all replicas):
 
-* **pipeline**: ``solve(..., parallel="pipeline", replication=False)`` (here ``auto`` on the problem), the pipeline solver's split
-  without replicated stages;
+* **pipeline**: ``solve(..., parallel="pipeline", replication=False)`` (here ``auto`` on the problem):
+  the pipeline solver's split without replicated stages, or the one-device plan when that is faster;
 * **data**: ``solve(..., parallel="data")``, the fastest number of whole-model replicas and its sync;
 * **planner**: ``solve(..., parallel="auto")``: data parallel, pipeline (with PipeDream's replicated
   stages or without), one device and hybrids (replica groups of a pipeline), the fastest that fits.
 
 The planner must never be slower than either (it tries both with the same budgets); a row where it is
 is printed in red and makes the script exit with status 1. The rows where it is faster than both are
-named. Prints a table and writes ``results/data_parallel/data_parallel.json``. Run::
+named. Prints a table and writes ``results/data_parallel/data_parallel.json`` (and the table as Markdown
+with ``--markdown``). Run::
 
-    python benchmarks/data_parallel.py [--models alexnet,vgg16] [--clusters dgx1-v100] [-t 3] [-b 32]
+    python benchmarks/data_parallel.py [--models alexnet,vgg16] [--clusters dgx1-v100] [-t 3] [-b 32] [--markdown t.md]
 """
 
 from __future__ import annotations
@@ -83,29 +84,35 @@ def plan_row(graph: Graph, cluster: str, time_limit_s: float, seed: int) -> dict
     return row
 
 
+HEADER = ("model", "cluster", "pipeline ms", "data ms", "planner ms", "planner's layout", "gain")
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    """A row's cells under :data:`HEADER`; gain: the better pure layout's time over the planner's."""
+    best = min((row[m]["ms"] for m in ("pipeline", "data") if row[m]["ms"] is not None), default=None)
+    planner = row["planner"]["ms"]
+    data = "—" if row["data"]["ms"] is None else f"{row['data']['ms']:.1f} ({row['data']['layout']})"
+    layout = row["planner"].get("layout", row["planner"].get("error", ""))
+    gain = f"{best / planner:.2f}x" if best and planner else "—"
+    return [row["model"], row["cluster"], _ms(row["pipeline"]["ms"]), data, _ms(planner), layout, gain]
+
+
 def table(rows: list[dict[str, Any]]) -> Table:
-    out = Table(
-        "model",
-        "cluster",
-        "pipeline ms",
-        "data ms",
-        "planner ms",
-        "planner's layout",
-        "gain",
-        title="time per global batch (predicted)",
-    )
+    out = Table(*HEADER, title="time per global batch (predicted)")
     for r in rows:
-        cells = [r[m]["ms"] for m in ("pipeline", "data")]
-        best = min((c for c in cells if c is not None), default=None)
-        planner = r["planner"]["ms"]
-        gain = f"{best / planner:.2f}x" if best and planner else "—"
-        style = "bold red" if r["violation"] else ("green" if r["better"] else None)
-        data = "—" if r["data"]["ms"] is None else f"{r['data']['ms']:.1f} ({r['data']['layout']})"
-        out.add_row(
-            r["model"], r["cluster"], _ms(r["pipeline"]["ms"]), data, _ms(planner),
-            r["planner"].get("layout", r["planner"].get("error", "")), gain, style=style,
-        )  # fmt: skip
+        out.add_row(*cells(r), style="bold red" if r["violation"] else ("green" if r["better"] else None))
     return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown, the planner's time in bold where it beats both pure layouts."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        row = cells(r)
+        if r["better"]:
+            row[4] = f"**{row[4]}**"
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _ms(value: float | None) -> str:
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-t", "--time-limit", type=float, default=3.0, help="seconds per solve")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/data_parallel/data_parallel.json"))
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 140)
     started, load = time.perf_counter(), os.getloadavg()
@@ -140,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"batch_size": args.batch_size, "time_limit_s": args.time_limit, "seed": args.seed, "seconds": seconds,
             "load_average_at_start": load, "load_average_at_end": os.getloadavg(), "machine": platform.platform()}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    if args.markdown:
+        args.markdown.write_text(markdown(rows))
     console.print(f"wrote {args.out} ({len(rows)} rows in {seconds:.0f} s, load average {load[0]:.1f} at the start)")
     violations = [f"{r['model']} on {r['cluster']}" for r in rows if r["violation"]]
     if violations:

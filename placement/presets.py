@@ -15,6 +15,12 @@ Interconnect figures used below (bandwidth is per direction; decimal GB/s):
   (DGX H100): 4 links x 16 GT/s; 64 GB/s effective used.
 - InfiniBand EDR 100 Gb/s = 12.5 GB/s per direction per port (DGX-1: 4 ports); NDR 400 Gb/s = 50 GB/s
   (DGX H100: 8 compute ports). The fabric is a non-blocking fat tree modelled as one switch.
+- Commodity Ethernet, 10 GbE and 1 GbE: 10 and 1 Gb/s line rate per direction; TCP over 1500-byte
+  frames carries 1448 payload bytes per 1538 on the wire (Ethernet preamble, header, FCS and gap; IP and
+  TCP headers with timestamps), 94%: 1.18 GB/s and 0.118 GB/s per direction are used. No RDMA: a GPU's
+  message is staged through host memory and the kernel's TCP stack, 25 µs per NIC-to-switch hop (one
+  store-and-forward switch, a socket send and receive each side: the order of magnitude of a small
+  TCP message's one-way time on such a network, not a measurement).
 - Latencies are per link and only matter for small messages: 1 µs for NVLink, PCIe and socket links,
   1.5 µs for a NIC's PCIe attachment and 1 µs for each fabric hop. They stand for the order of
   magnitude, not for a measurement.
@@ -63,6 +69,9 @@ QPI_P2P = 9 * GB
 UPI_SPR = 64 * GB
 IB_EDR = 12.5 * GB
 IB_NDR = 50 * GB
+#: TCP goodput of Ethernet per direction, per Gb/s of line rate (1448 payload bytes per 1538 on the wire).
+ETHERNET_PER_GBIT = 1e9 / 8 * 1448 / 1538
+ETHERNET_LATENCY_S = 25e-6
 CPU_MEMORY_LINK = 68 * GB  # a socket's DDR4 channels, for a CPU device reaching its own socket
 LINK_LATENCY_S = 1e-6
 NIC_LATENCY_S = 1.5e-6
@@ -119,14 +128,16 @@ class _Builder:
         return Cluster(name, self.devices, self.links, self.switches, self.hosts, description)
 
 
-def _gpu_switches(b: _Builder, host: str, gpu: DeviceSpec, uplinks: list[str], per_switch: int, first: int = 0) -> None:
+def _gpu_switches(
+    b: _Builder, host: str, gpu: DeviceSpec, uplinks: list[str], per_switch: int, first: int = 0, prefix: str = ""
+) -> None:
     """PCIe switch ``pcie{first + i}`` under ``uplinks[i]`` for each uplink, each with ``per_switch`` GPUs
-    (``gpu0``, ``gpu1``, ... across the switches in order); every hop PCIe 3.0 x16."""
+    (``gpu0``, ``gpu1``, ... across the switches in order; names after ``prefix``); every hop PCIe 3.0 x16."""
     for i, uplink in enumerate(uplinks):
-        sw = b.switch(f"pcie{first + i}", "pcie_switch", host)
+        sw = b.switch(f"{prefix}pcie{first + i}", "pcie_switch", host)
         b.link(uplink, sw, "pcie", PCIE3_X16)
         for j in range(per_switch):
-            b.link(sw, b.device(f"gpu{per_switch * i + j}", gpu, host), "pcie", PCIE3_X16)
+            b.link(sw, b.device(f"{prefix}gpu{per_switch * i + j}", gpu, host), "pcie", PCIE3_X16)
 
 
 # -- single hosts ---------------------------------------------------------------------------------
@@ -314,6 +325,37 @@ def infiniband_cluster(hosts: int = 2, host_type: str = "dgx1-v100") -> Cluster:
     return b.build(name, f"{hosts} x {host_type} over InfiniBand")
 
 
+def ethernet_cluster(hosts: int = 4, gpus: int = 8, gbit: float = 10, kind: str = "V100-PCIe") -> Cluster:
+    """``hosts`` PCIe servers of ``gpus`` GPUs each on commodity Ethernet through one switch
+    (``4x8-v100-10gbe``, ``8x1-v100-10gbe``, ``8x1-v100-1gbe``).
+
+    Each host: one Xeon E5-2699 v3 socket whose CPU is a device too (``h{i}/cpu0``, 68 GB/s to its socket:
+    a parameter server, as the talk's CPU servers), GPUs under PCIe 3.0 switches of four on that socket
+    (one switch with ``gpus <= 4``; 12 GB/s effective per hop), and one Ethernet NIC on the socket's PCIe
+    (x8 at 12 GB/s is far above the wire). NICs link at ``gbit`` Gb/s to one non-blocking switch:
+    ``gbit`` x 0.118 GB/s per direction (TCP goodput, module notes), 25 µs per NIC-switch hop. A GPU's
+    traffic to another host goes GPU -> PCIe -> socket -> NIC -> switch -> NIC -> socket -> PCIe -> GPU
+    (staged through host memory: no RDMA). Default GPUs: V100 PCIe (Tesla V100 datasheet). Devices are
+    named ``h{i}/gpu{j}``.
+    """
+    if hosts < 1 or gpus < 1 or not gbit > 0:
+        raise ConfigurationError(f"ethernet_cluster: expected hosts >= 1, gpus >= 1 and gbit > 0, got {hosts}, {gpus}, {gbit}")
+    b = _Builder()
+    ethernet = b.switch("eth", "network", None)
+    for i in range(hosts):
+        h, prefix = b.host(f"h{i}", f"{gpus} x {kind} on PCIe, {gbit:g} GbE"), f"h{i}/"
+        socket = b.switch(f"{prefix}socket0", "cpu_socket", h)
+        switches = -(-gpus // 4)
+        _gpu_switches(b, h, spec(kind), [socket] * switches, gpus // switches, prefix=prefix)
+        # The CPU after the GPUs: with as many CPUs as GPUs, the GPUs are the first kind, the replicas'.
+        b.link(b.device(f"{prefix}cpu0", spec("Xeon-E5-2699v3"), h, kind="cpu"), socket, "membus", CPU_MEMORY_LINK)
+        nic = b.switch(f"{prefix}nic0", "nic", h)
+        b.link(socket, nic, "pcie", PCIE3_X16, NIC_LATENCY_S)
+        b.link(nic, ethernet, "ethernet", gbit * ETHERNET_PER_GBIT, ETHERNET_LATENCY_S)
+    short = kind.split("-")[0].lower()
+    return b.build(f"{hosts}x{gpus}-{short}-{gbit:g}gbe", f"{hosts} x {gpus} {kind} over {gbit:g} Gb Ethernet")
+
+
 def accelerators_with_cpu(
     accelerators: int = 6, cpus: int = 1, accelerator_memory_bytes: float = 16 * GiB
 ) -> Cluster:
@@ -422,6 +464,9 @@ _PRESETS: dict[str, tuple[Callable[..., Cluster], dict[str, Any]]] = {
     "16x8-v100-ib": (infiniband_cluster, {"hosts": 16, "host_type": "dgx1-v100"}),
     "2x8-h100-ib": (infiniband_cluster, {"hosts": 2, "host_type": "dgx-h100"}),
     "16x8-h100-ib": (infiniband_cluster, {"hosts": 16, "host_type": "dgx-h100"}),
+    "4x8-v100-10gbe": (ethernet_cluster, {"hosts": 4, "gpus": 8, "gbit": 10}),
+    "8x1-v100-10gbe": (ethernet_cluster, {"hosts": 8, "gpus": 1, "gbit": 10}),
+    "8x1-v100-1gbe": (ethernet_cluster, {"hosts": 8, "gpus": 1, "gbit": 1}),
     "accelerators-cpu": (accelerators_with_cpu, {}),
     "local": (local, {}),
 }

@@ -19,6 +19,20 @@ backwards run, whose parameter bytes reach ``bucket_bytes`` (the last bucket hol
 default cap is 25 MiB (``bucket_cap_mb=25``); ``bucket_bytes=None`` makes one bucket of the whole stage,
 all-reduced after its last backward.
 
+The averaging strategies of issue 16 are records of the same kind, for planning (their time to accuracy,
+:mod:`placement.time_to_accuracy`) and for the JSON that carries that choice; the schedule generator,
+the simulator and the executors run the two gradient syncs above (:data:`Sync`), and
+:mod:`runtime.averaging` runs these:
+
+* **elastic averaging** (:class:`ElasticAveragingSync`; Zhang, Choromanska, LeCun 2015): every replica
+  trains alone and, every ``tau`` steps, it and a center variable move toward each other by ``alpha``
+  (``beta = N alpha``, the paper's ``beta = 0.9``): synchronously over one all-reduce of the parameters
+  (EASGD; EAMSGD with Nesterov momentum on the workers), or asynchronously against the center sharded
+  over parameter servers, fetched ``prefetch`` local steps ahead of the exchange;
+* **local SGD** (:class:`LocalSGDSync`): every ``period`` (``H``) steps the replicas average their
+  parameters (one all-reduce; ``outer="average"``), or take DiLoCo's outer Nesterov step on the averaged
+  change (``outer="nesterov"``).
+
 Torch-free: the schedule generator turns a plan's sync into actions, the simulator prices them, the
 executors run them.
 """
@@ -26,7 +40,7 @@ executors run them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from placement.errors import ConfigurationError, PlanFormatError
@@ -87,40 +101,123 @@ class ParameterServerSync:
             raise ConfigurationError(f"bucket_bytes={self.bucket_bytes!r}: expected a number of bytes > 0, or None")
 
 
+OUTER_STEPS = ("average", "nesterov")
+
+
+@dataclass(frozen=True)
+class ElasticAveragingSync:
+    """Replicas train alone and exchange with a center variable every ``tau`` steps (module docstring).
+
+    Attributes:
+        tau: local steps between exchanges (the paper's and the talk's 10).
+        alpha: the moving rate; None: ``beta / N`` with the paper's ``beta = N alpha = 0.9``.
+        momentum: the workers' Nesterov momentum (EAMSGD, ``delta``); 0: plain SGD on the workers (EASGD).
+        asynchronous: the center sharded over parameter servers, each worker exchanging without waiting
+            for the others; False: every worker at once over one all-reduce.
+        prefetch: asynchronous only, ``0 <= prefetch < tau``: the center is fetched this many local steps
+            before the exchange, so the fetch overlaps them (the talk's 5).
+    """
+
+    KIND: ClassVar[str] = "elastic-averaging"
+    tau: int = 10
+    alpha: float | None = None
+    momentum: float = 0.0
+    asynchronous: bool = False
+    prefetch: int = 0
+
+    def __post_init__(self) -> None:
+        _check_period("tau", self.tau)
+        if self.alpha is not None and (not _is_real(self.alpha) or not 0 < self.alpha <= 1):
+            raise ConfigurationError(f"alpha={self.alpha!r}: expected 0 < alpha <= 1, or None for beta / N with beta = 0.9")
+        if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
+            raise ConfigurationError(f"momentum={self.momentum!r}: expected 0 <= momentum < 1 (0: EASGD, > 0: EAMSGD)")
+        if not isinstance(self.asynchronous, bool):
+            raise ConfigurationError(f"asynchronous={self.asynchronous!r}: expected true or false")
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or not 0 <= self.prefetch < self.tau:
+            raise ConfigurationError(f"prefetch={self.prefetch!r}: expected an integer 0 <= prefetch < tau = {self.tau}")
+        if self.prefetch and not self.asynchronous:
+            raise ConfigurationError(f"prefetch={self.prefetch}: only asynchronous EASGD fetches the center ahead; set asynchronous=True or prefetch=0")
+
+
+@dataclass(frozen=True)
+class LocalSGDSync:
+    """Replicas train alone and average every ``period`` steps (module docstring).
+
+    Attributes:
+        period: local steps between averagings, ``H``.
+        outer: ``"average"`` (local SGD: every replica takes the mean) or ``"nesterov"`` (DiLoCo: an outer
+            SGD step with Nesterov momentum on the mean change of the round).
+    """
+
+    KIND: ClassVar[str] = "local-sgd"
+    period: int = 10
+    outer: str = "average"
+
+    def __post_init__(self) -> None:
+        _check_period("period", self.period)
+        if self.outer not in OUTER_STEPS:
+            raise ConfigurationError(f"outer={self.outer!r}: expected one of {OUTER_STEPS} (local SGD, DiLoCo)")
+
+
+def _check_period(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name}={value!r}: expected an integer >= 1 (local steps between exchanges)")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The gradient syncs a plan's schedule runs (the simulator and the executors take these).
 Sync = AllReduceSync | ParameterServerSync
+#: The averaging strategies (planned by time to accuracy, run by :mod:`runtime.averaging`).
+AveragingSync = ElasticAveragingSync | LocalSGDSync
+AnySync = Sync | AveragingSync
+GRADIENT_SYNCS: tuple[type, ...] = (AllReduceSync, ParameterServerSync)
+ALL_SYNCS: tuple[type, ...] = (*GRADIENT_SYNCS, ElasticAveragingSync, LocalSGDSync)
 
 
-def sync_to_dict(sync: Sync) -> dict[str, Any]:
-    """The JSON form of ``sync`` (:func:`sync_from_dict` reads it back)."""
-    if isinstance(sync, AllReduceSync):
-        return {"kind": sync.KIND, "algorithm": sync.algorithm, "bucket_bytes": sync.bucket_bytes}
-    return {
-        "kind": sync.KIND,
-        "servers": list(sync.servers),
-        "staleness": sync.staleness,
-        "bucket_bytes": sync.bucket_bytes,
-    }
+def sync_to_dict(sync: AnySync) -> dict[str, Any]:
+    """The JSON form of ``sync``: its kind and fields (:func:`sync_from_dict` reads it back)."""
+    doc: dict[str, Any] = {"kind": sync.KIND}
+    for f in fields(sync):
+        value = getattr(sync, f.name)
+        doc[f.name] = list(value) if isinstance(value, tuple) else value
+    return doc
 
 
 def sync_from_dict(doc: Any, source: str = "<dict>") -> Sync:
-    """Validate and build a sync record; a bad one raises :class:`PlanFormatError` naming ``source``."""
-    if not isinstance(doc, dict) or doc.get("kind") not in (AllReduceSync.KIND, ParameterServerSync.KIND):
-        raise PlanFormatError(
-            f"{source}: sync: expected an object with kind {AllReduceSync.KIND!r} or {ParameterServerSync.KIND!r}"
-        )
-    fields = {k: v for k, v in doc.items() if k != "kind"}
-    cls = AllReduceSync if doc["kind"] == AllReduceSync.KIND else ParameterServerSync
-    allowed = set(cls.__dataclass_fields__)
-    unknown = sorted(set(fields) - allowed)
+    """Validate and build a plan's sync record (a gradient sync, :data:`Sync`); a bad one raises
+    :class:`PlanFormatError` naming ``source``."""
+    sync = _record(doc, source, GRADIENT_SYNCS)
+    assert isinstance(sync, (AllReduceSync, ParameterServerSync))
+    return sync
+
+
+def any_sync_from_dict(doc: Any, source: str = "<dict>") -> AnySync:
+    """Validate and build any sync record, the averaging strategies included (:func:`sync_from_dict`)."""
+    return _record(doc, source, ALL_SYNCS)
+
+
+def _record(doc: Any, source: str, kinds: Sequence[type]) -> AnySync:
+    """The record of ``doc``, whose kind must be one of ``kinds``' (error messages name ``source``)."""
+    by_kind = {cls.KIND: cls for cls in kinds}  # type: ignore[attr-defined]
+    if not isinstance(doc, dict) or doc.get("kind") not in by_kind:
+        expected = " or ".join(repr(k) for k in by_kind)
+        raise PlanFormatError(f"{source}: sync: expected an object with kind {expected}")
+    given = {k: v for k, v in doc.items() if k != "kind"}
+    cls = by_kind[doc["kind"]]
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - allowed)
     if unknown:
         raise PlanFormatError(f"{source}: sync.{unknown[0]}: unknown field for kind {doc['kind']!r}")
     if cls is ParameterServerSync:
-        servers = fields.get("servers")
+        servers = given.get("servers")
         if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
             raise PlanFormatError(f"{source}: sync.servers: expected a list of device names")
-        fields["servers"] = tuple(servers)
+        given["servers"] = tuple(servers)
     try:
-        return cls(**fields)
+        return cls(**given)
     except (TypeError, ConfigurationError) as exc:
         raise PlanFormatError(f"{source}: sync: {exc}") from None
 

@@ -59,14 +59,19 @@ def blocks_of(g: Graph, c: Cluster) -> list[_BlockCosts]:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_shared_spans_equal_the_span_of_every_device_pair(seed: int) -> None:
-    # Two speeds on two hosts: 16 device pairs share 6 passes per direction, and each pair's entry is the
+@pytest.mark.parametrize("measured", [False, True])
+def test_shared_spans_equal_the_span_of_every_device_pair(seed: int, measured: bool) -> None:
+    # Two speeds on two hosts: 16 device pairs share 6 passes per direction (8 when measured transfers
+    # make the ends' labels matter: X->X and Y->X from another host differ), and each pair's entry is the
     # one its own passes give: max(path base, the edge a -> b's transfer, the pass's span), both ways.
     g = random_graph(random.Random(300 + seed), ("X", "Y"))
+    if measured:
+        for _, _, e in g.edges():
+            e.transfer_ms = {"X->Y": 0.05}
     c = hosts(2, 2, ("X", "Y"))
     D = len(c.devices)
     refined = [costs for costs in blocks_of(g, c) if costs.refine]
-    assert refined
+    assert refined and len(refined[0].delays.representatives) == (8 if measured else 6)
     for costs in refined:
         shared = costs.matrix(1.0, 2.0)
         edge = costs.delays.matrix(costs.a, costs.b) if (costs.a, costs.b) in costs.tg.edges else np.zeros((D, D))

@@ -193,7 +193,8 @@ def replica_counts(problem: Problem, workers: Sequence[str]) -> list[int]:
 def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, list[tuple[str, ...]]]]:
     """Ways to split ``workers`` into equal replica groups of 2 to :data:`MAX_GROUP_DEVICES` devices, each
     with the word for one group: per host, per PCIe switch (or host when several), then consecutive runs
-    of 2, 4, 8... devices; duplicates removed, at most :data:`MAX_HYBRIDS`."""
+    of 2, 4, 8... devices (``"2 hosts"`` for a run of whole hosts); duplicates removed, at most
+    :data:`MAX_HYBRIDS`."""
     hosts: dict[str, list[str]] = {}
     for w in workers:
         hosts.setdefault(cluster.device(w).host, []).append(w)
@@ -203,7 +204,10 @@ def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, 
     ways.append(("PCIe switch", [g for h in hosts.values() for g in islands(cluster, h)]))
     size = 2
     while size <= len(workers) // 2:
-        ways.append((f"run of {size} devices", [tuple(workers[i : i + size]) for i in range(0, len(workers), size)]))
+        runs = [tuple(workers[i : i + size]) for i in range(0, len(workers), size)]
+        spans = [{cluster.device(d).host for d in run} for run in runs]
+        whole = all(len(hs) > 1 and set(run) == {d for h in hs for d in hosts[h]} for run, hs in zip(runs, spans))
+        ways.append((f"{len(spans[0])} hosts" if whole else f"run of {size} devices", runs))
         size *= 2
     seen: set[tuple[tuple[str, ...], ...]] = set()
     kept = []

@@ -193,7 +193,7 @@ def replica_counts(problem: Problem, workers: Sequence[str]) -> list[int]:
 def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, list[tuple[str, ...]]]]:
     """Ways to split ``workers`` into equal replica groups of 2 to :data:`MAX_GROUP_DEVICES` devices, each
     with the word for one group: per host, per PCIe switch (or host when several), then consecutive runs
-    of 2, 4, 8... devices (``"2 hosts"`` for a run of whole hosts); duplicates removed, at most
+    of 2, 4, 8... devices (``"group of 2 hosts"`` for a run of whole hosts); duplicates removed, at most
     :data:`MAX_HYBRIDS`."""
     hosts: dict[str, list[str]] = {}
     for w in workers:
@@ -207,7 +207,7 @@ def replica_groups(cluster: Cluster, workers: Sequence[str]) -> list[tuple[str, 
         runs = [tuple(workers[i : i + size]) for i in range(0, len(workers), size)]
         spans = [{cluster.device(d).host for d in run} for run in runs]
         whole = all(len(hs) > 1 and set(run) == {d for h in hs for d in hosts[h]} for run, hs in zip(runs, spans))
-        ways.append((f"{len(spans[0])} hosts" if whole else f"run of {size} devices", runs))
+        ways.append((f"group of {len(spans[0])} hosts" if whole else f"run of {size} devices", runs))
         size *= 2
     seen: set[tuple[tuple[str, ...], ...]] = set()
     kept = []

@@ -40,20 +40,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from elastic_convergence import BATCH, mlp  # the sibling example: the network the steps were measured on
+from elastic_convergence import (  # the sibling example: the network the steps were measured on
+    BATCH,
+    mlp,
+)
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from list_schedulers import graph_for  # noqa: E402  -- the benchmarks' cached tracing of zoo networks
+from list_schedulers import graph_for  # the benchmarks' cached tracing of zoo networks
 
-from graphc import trace  # noqa: E402
-from graphc.ir.graph import Graph  # noqa: E402
-from placement import Cluster  # noqa: E402
-from placement.hybrid import ring_order, sync_options, worker_devices  # noqa: E402
-from placement.problem import make_problem  # noqa: E402
-from placement.sync import AllReduceSync  # noqa: E402
-from placement.time_to_accuracy import (  # noqa: E402
+from graphc import trace
+from graphc.ir.graph import Graph
+from placement import Cluster
+from placement.hybrid import ring_order, sync_options, worker_devices
+from placement.problem import make_problem
+from placement.sync import AllReduceSync
+from placement.time_to_accuracy import (
     Choice,
     Estimate,
     Run,

@@ -10,7 +10,10 @@ from placement.errors import PlanFormatError
 from placement.sync import (
     AllReduceSync,
     Bucket,
+    ElasticAveragingSync,
+    LocalSGDSync,
     ParameterServerSync,
+    any_sync_from_dict,
     gradient_buckets,
     islands,
     sync_from_dict,
@@ -46,6 +49,48 @@ def test_one_bucket_without_a_cap_and_none_without_parameters() -> None:
 def test_sync_json_round_trip() -> None:
     for sync in (AllReduceSync(), AllReduceSync("hierarchical", None), ParameterServerSync(("cpu0", "cpu1"), 2, 1e6)):
         assert sync_from_dict(sync_to_dict(sync)) == sync
+
+
+def test_averaging_sync_json_round_trip_and_a_plan_refuses_them() -> None:
+    records = (
+        ElasticAveragingSync(),
+        ElasticAveragingSync(tau=4, alpha=0.2, momentum=0.9),
+        ElasticAveragingSync(tau=10, asynchronous=True, prefetch=5),
+        LocalSGDSync(),
+        LocalSGDSync(period=500, outer="nesterov"),
+    )
+    for sync in records:
+        assert any_sync_from_dict(sync_to_dict(sync)) == sync
+    assert sync_to_dict(records[2]) == {"kind": "elastic-averaging", "tau": 10, "alpha": None, "momentum": 0.0, "asynchronous": True, "prefetch": 5}
+    assert any_sync_from_dict(sync_to_dict(AllReduceSync("hierarchical", None))) == AllReduceSync("hierarchical", None)
+    with pytest.raises(PlanFormatError, match="plan.json: sync: expected an object with kind 'allreduce' or 'parameter-server'"):
+        sync_from_dict(sync_to_dict(LocalSGDSync()), "plan.json")
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"kind": "elastic-averaging", "tau": 0}, "tau=0: expected an integer >= 1"),
+        ({"kind": "elastic-averaging", "tau": 2.5}, "tau=2.5: expected an integer >= 1"),
+        ({"kind": "elastic-averaging", "alpha": 1.5}, "alpha=1.5: expected 0 < alpha <= 1"),
+        ({"kind": "elastic-averaging", "alpha": 0}, "alpha=0: expected 0 < alpha <= 1"),
+        ({"kind": "elastic-averaging", "momentum": 1.0}, "momentum=1.0: expected 0 <= momentum < 1"),
+        ({"kind": "elastic-averaging", "tau": 10, "prefetch": 10, "asynchronous": True}, "prefetch=10: expected an integer 0 <= prefetch < tau = 10"),
+        ({"kind": "elastic-averaging", "prefetch": 5}, "only asynchronous EASGD fetches the center ahead"),
+        ({"kind": "elastic-averaging", "asynchronous": "yes"}, "asynchronous='yes': expected true or false"),
+        ({"kind": "elastic-averaging", "beta": 0.9}, "sync.beta: unknown field for kind 'elastic-averaging'"),
+        ({"kind": "local-sgd", "period": 0}, "period=0: expected an integer >= 1"),
+        ({"kind": "local-sgd", "outer": "adam"}, "outer='adam': expected one of"),
+    ],
+)
+def test_bad_averaging_sync_is_refused_naming_the_field(doc: dict, message: str) -> None:
+    with pytest.raises(PlanFormatError, match=message):
+        any_sync_from_dict(doc, "choice.json")
+    fields = {k: v for k, v in doc.items() if k != "kind"}
+    if "beta" not in fields:  # the same error in code, as a ConfigurationError
+        cls = ElasticAveragingSync if doc["kind"] == "elastic-averaging" else LocalSGDSync
+        with pytest.raises(ConfigurationError, match=message):
+            cls(**fields)
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
-"""Training across namespace hosts (runtime.hosts): one rank per host, torchrun on each host meeting at host 0.
+"""Training across namespace hosts (runtime.hosts): torchrun on each host, meeting at host 0.
 
-A placed (latency) plan and a pipeline over ``h0/cpu0`` and ``h1/cpu0`` give eager PyTorch's losses and
-parameters, and ``graphc run`` itself, run on each host with ``--nnodes 2 --node-rank i --master-addr``,
-trains the plan across the hosts' link.
+On 2 hosts of 1 or 2 CPU ranks, a placed (latency) plan, pipelines, data parallelism (ring and
+hierarchical all-reduce) and parameter servers give eager PyTorch's losses and parameters
+(:func:`runtime.hosts.spawn_on_hosts`), and ``graphc run`` itself, run on each host with ``--nnodes 2
+--node-rank i --master-addr``, trains a pipeline across the hosts' link to eager's losses.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,9 +17,12 @@ import torch
 from hosts_cases import DEVICES, MODEL, crossing_bytes, gpt2_plan, graphc_run_argv
 from runtime_cases import RTOL, build
 
+import graphc
+from graphc.ir.errors import ConfigurationError
 from graphc.zoo import zoo_loss
 from placement.plan import Plan
-from runtime import DistributedExecutor, init_from_env
+from placement.sync import AllReduceSync, ParameterServerSync, Sync
+from runtime import DistributedExecutor, contiguous_plan, init_from_env
 from runtime.hosts import spawn_on_hosts
 from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
@@ -33,11 +38,11 @@ def sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.1)
 
 
-def train(model: str, plan: dict[str, Any], steps: int) -> dict[str, Any]:
-    """What every rank runs: ``steps`` SGD steps of the zoo ``model`` placed by ``plan``; this rank's
-    losses (where the loss is computed) and parameters."""
+def train(model: str, plan: dict[str, Any], steps: int, batch: int = 2) -> dict[str, Any]:
+    """What every rank runs: ``steps`` SGD steps of the zoo ``model`` at ``batch`` placed by ``plan``; this
+    rank's losses (where the loss is computed) and parameters."""
     init_from_env()
-    zm = build(model)
+    zm = build(model, batch)
     program = partition_model(zm.model, zm.example_inputs, Plan.from_dict(plan), granularity="op", name=model)
     executor = DistributedExecutor(program, loss_fn=zoo_loss(zm), optimizer=sgd, timeout_s=60)
     losses = [executor.step(zm.example_inputs, zm.targets).loss for _ in range(steps)]
@@ -46,21 +51,53 @@ def train(model: str, plan: dict[str, Any], steps: int) -> dict[str, Any]:
     return {"losses": losses, "params": params}
 
 
-@pytest.mark.parametrize("microbatches", [1, 2], ids=["placed", "pipeline"])
-def test_training_across_two_hosts_equals_eager(make_hosts, microbatches):
-    hosts = make_hosts(2, bandwidth=100e6 / 8)
-    plan = gpt2_plan(microbatches)
-    outcomes = spawn_on_hosts(hosts, train, (MODEL, plan.to_dict(), STEPS), timeout_s=240)
+@dataclass(frozen=True)
+class HostsCase:
+    """A plan across 2 hosts of ``per_host`` CPU ranks: its stages (devices, or a list of replicas), its
+    microbatches, batch and synchronisation of replicas."""
+
+    stages: list
+    microbatches: int = 1
+    per_host: int = 1
+    batch: int = 2
+    sync: Sync | None = None
+
+
+ALL_FOUR = ["h0/cpu0", "h0/cpu1", "h1/cpu0", "h1/cpu1"]
+HOSTS_CASES = {
+    "placed": HostsCase(DEVICES),
+    "pipeline": HostsCase(DEVICES, microbatches=2),
+    "pipeline-2x2": HostsCase(ALL_FOUR, microbatches=4, per_host=2, batch=4),
+    "data-parallel-ring": HostsCase([DEVICES], microbatches=2, sync=AllReduceSync("ring")),
+    "data-parallel-hierarchical-2x2": HostsCase([ALL_FOUR], microbatches=4, per_host=2, batch=4, sync=AllReduceSync("hierarchical")),
+    "parameter-servers-2x2": HostsCase([DEVICES], microbatches=2, per_host=2, batch=4, sync=ParameterServerSync(("h0/cpu1", "h1/cpu1"))),
+}
+
+
+@pytest.mark.parametrize("name", HOSTS_CASES)
+def test_training_across_two_hosts_equals_eager(make_hosts, name):
+    """Placed, pipelined, data parallel (ring; hierarchical with one island per host) and parameter
+    servers (one per host), each rank of a host reaching the other host's only over the shaped link."""
+    case = HOSTS_CASES[name]
+    hosts = make_hosts(2, bandwidth=100e6 / 8, workers=case.per_host)
+    zm = build(MODEL, case.batch)
+    graph = graphc.trace(zm.model, zm.example_inputs, name=MODEL, granularity="op").graph
+    plan = contiguous_plan(graph, case.stages, microbatches=case.microbatches)
+    plan.cluster = hosts.cluster()  # the hierarchical all-reduce's islands are its hosts
+    if case.sync is not None:
+        plan.sync = case.sync
+    before = [hosts.traffic(h) for h in hosts]
+    outcomes = spawn_on_hosts(hosts, train, (MODEL, plan.to_dict(), STEPS, case.batch), nproc_per_host=case.per_host, timeout_s=300)
     for outcome in outcomes:
         assert outcome.ok, f"rank {outcome.rank} failed: {outcome.error}"
-    ref = build(MODEL)
+    ref = build(MODEL, case.batch)
     eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), sgd, steps=STEPS)
-    (losses,) = [o.result["losses"] for o in outcomes if o.result["losses"][0] is not None]
-    assert losses == pytest.approx(eager.losses, rel=RTOL)
+    for losses in (o.result["losses"] for o in outcomes if o.result["losses"] and o.result["losses"][0] is not None):
+        assert losses == pytest.approx(eager.losses, rel=RTOL)
     params = {n: p for o in outcomes for n, p in o.result["params"].items()}
     worst, where = relative_difference(params, eager.params)
     assert worst < RTOL, f"parameter {where} differs from eager's by {worst:.2e}"
-    assert all(o.result["params"] for o in outcomes)  # both hosts hold part of the model
+    assert all(hosts.traffic(h) > b for h, b in zip(hosts, before))
 
 
 def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
@@ -75,14 +112,16 @@ def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
         assert done.returncode == 0, f"graphc run on {host.name} failed: {done.stderr[-3000:]}"
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2 and set(measured["peak_memory_bytes"]) == set(DEVICES)
+    ref = build(MODEL)
+    sgd_001 = lambda params: torch.optim.SGD(params, lr=0.01)
+    eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), sgd_001, steps=4)
+    assert measured["losses"] == pytest.approx(eager.losses, rel=RTOL)  # warmup, 2 timed steps, the memory step
     assert "gpt2 on 2 rank(s)" in finished[1].stdout  # the output device's host prints the table
     for host, bytes_before in zip(hosts, before):  # 4 steps (warmup, 2 timed, memory), forward and backward
         assert hosts.traffic(host) - bytes_before > 4 * 2 * crossing_bytes(plan), "the steps' tensors did not cross the hosts' link"
 
 
 def test_plain_values_only_cross_between_hosts(make_hosts):
-    from graphc.ir.errors import ConfigurationError
-
     hosts = make_hosts(1)
     with pytest.raises(ConfigurationError, match="ranks take and return only"):
         spawn_on_hosts(hosts, train, (MODEL, torch.nn.Linear(1, 1), 1))

@@ -16,6 +16,9 @@ waits on rank 1, which is healthy but waits on rank 2. So ranks leave notes in t
   in a long one, is named with what it was doing;
 * ``report/<rank>``: a rank that fails writes whom it blames, before it raises.
 
+A store that stops answering (its host cut off) would block a note forever, so a rank that cannot get
+to the store within a poll interval goes without notes and blames its direct peer.
+
 :meth:`FaultMonitor.failure` then names the culprit: the peer's own report if it failed first, else
 the end of the chain of waits starting at the peer (the rank that is not waiting for anyone is the one
 that hangs), else the peer. Without a store (a process group made by hand) the peer is named.
@@ -195,7 +198,9 @@ class FaultMonitor:
             return {}
         deadline = time.monotonic() + patience_s
         while True:
-            with self._lock:
+            with self._store_turn() as mine:
+                if not mine:
+                    return {}
                 try:
                     if self.store.check([key]):
                         return json.loads(self.store.get(key).decode() or "{}")
@@ -205,10 +210,24 @@ class FaultMonitor:
                 return {}
             time.sleep(0.02)
 
+    @contextlib.contextmanager
+    def _store_turn(self) -> Iterator[bool]:
+        """This thread's turn at the store: True once it holds the lock, False when another thread has held
+        it for a poll interval (that thread is stuck in a store call: the store's host is cut off, and a
+        TCP connection without a reset blocks for many minutes), so notes are skipped, not waited for."""
+        mine = self._lock.acquire(timeout=self.poll_s)
+        try:
+            yield mine
+        finally:
+            if mine:
+                self._lock.release()
+
     def _write(self, key: str, value: dict) -> None:
         if self.store is None:
             return
-        with self._lock:
+        with self._store_turn() as mine:
+            if not mine:
+                return
             try:
                 self.store.set(key, json.dumps(value))
                 self.store.check([key])  # a round trip: the note is in the store before this rank goes on

@@ -26,7 +26,9 @@ presets: one Xeon per host); the DGX presets model none.
 Prints, for ``--workers`` and ``--target``, a table per framing (time per step, steps to target, time
 and bytes to target; the choice per cluster and tier marked) and whether, on Ethernet, a strategy that
 sends at least 10x fewer bytes than synchronous SGD reaches the target sooner, and why; writes every N
-and every target of the convergence file to ``OUT/time_to_accuracy.json``.
+and every target of the convergence file to ``OUT/time_to_accuracy.json``, and the summary of the printed
+N and target (sync SGD, local SGD H=10 and the choice, per model, cluster and tier) to
+``OUT/time_to_accuracy.md``.
 
     .venv/bin/python examples/time_to_accuracy.py [--out results/time_to_accuracy] [--workers 8] [--target 0.95]
 """
@@ -179,6 +181,33 @@ def _seconds(s: float) -> str:
     return f"{s:.3g} s" if s >= 0.1 else f"{1e3 * s:.3g} ms"
 
 
+def summary(rows: list[dict[str, Any]], workers: int, target: float) -> str:
+    """A markdown table of every (model, cluster, tier) at ``workers`` and ``target``: sync SGD against the
+    strategy chosen, and local SGD H=10 (which took as many steps as sync SGD in the digits run)."""
+    lines = [
+        f"| model | cluster | tier | ms/step sync SGD | ms/step local SGD H=10 | time to {target:.0%}: sync SGD | local SGD H=10 | chosen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["workers"] != workers:
+            continue
+        _, found, choice = row["_live"][target]
+        by_name = {e.name: e for e in found}
+        sgd, local = by_name["sync SGD"], by_name.get("local SGD H=10")
+        chosen = choice.chosen
+        lines.append(
+            f"| {row['model']} | {row['cluster']} | {row['tier']} | {sgd.step_ms:.3g} | {local.step_ms if local else float('nan'):.3g} "
+            f"| {_cell(sgd)} | {_cell(local)} | {chosen.name}: {_cell(chosen)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(e: Estimate | None) -> str:
+    if e is None or e.seconds is None:
+        return "—"
+    return f"{_seconds(e.seconds)} ({e.steps} steps)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Needs results/convergence/convergence.json: run examples/elastic_convergence.py first (about 2 minutes).")
     parser.add_argument("--convergence", type=Path, default=Path("results/convergence/convergence.json"))
@@ -204,13 +233,15 @@ def main() -> None:
                 console.print(f"[bold]{model}, {row['cluster']}, {row['tier']}:[/bold] {row['targets'][f'{args.target:g}']['finding']}")
                 console.print(f"  sync='auto' chooses {choice.chosen.name}: {choice.reason}")
         rows += mine
+    args.out.mkdir(parents=True, exist_ok=True)
+    markdown = args.out / "time_to_accuracy.md"
+    markdown.write_text(summary(rows, args.workers, args.target))
     for row in rows:
         del row["_live"]
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "time_to_accuracy.json"
     settings = {"convergence": str(args.convergence), "targets": targets, "zoo_batch_per_worker": ZOO_BATCH, "digits_batch_per_worker": BATCH}
     path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} and {markdown}")
 
 
 if __name__ == "__main__":

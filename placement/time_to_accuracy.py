@@ -31,7 +31,8 @@ the CPU time its messages cost a device without a copy engine (as the simulator 
 * :math:`E = \text{push} + \text{pull}`, one exchange of asynchronous EASGD with the center sharded over
   servers :math:`V` (:math:`|V| = K`): every worker sends its :math:`P / K` bytes to every server at
   once (:func:`~placement.collectives.reduce` onto each server, all in one phase: the servers' links are
-  shared by the :math:`N` workers), then every server sends its shard of the center back
+  shared by the :math:`N` workers; by default the servers are the CPU devices of the replicas' hosts),
+  then every server sends its shard of the center back
   (:func:`~placement.collectives.broadcast`). All workers exchanging at once is the worst case of the
   asynchronous exchanges; the servers' arithmetic is left out (a few operations per byte on a CPU).
 
@@ -205,7 +206,8 @@ def step_times(
     """The step figures of ``len(devices)`` replicas of ``problem``'s graph (at the global batch) on its
     cluster (module docstring). ``devices`` in ring order (:func:`placement.hybrid.ring_order`);
     ``gradient_syncs``: the syncs sync SGD may use, the fastest kept; ``servers``: the asynchronous
-    center's devices (default: the cluster's CPU devices not among ``devices``; none: not priced)."""
+    center's devices (default: the CPU devices of the replicas' hosts, as the talk's servers sit beside
+    its clients; none: asynchronous EASGD is not priced)."""
     cluster, graph = problem.cluster, problem.graph
     n = len(devices)
     if n < 2 or len(set(devices)) != n:
@@ -227,10 +229,11 @@ def step_times(
         collective_ms(ring_allreduce(cluster, devices, p), cpus, message_ms),
         collective_ms(hierarchical_allreduce(cluster, islands(cluster, devices), p), cpus, message_ms),
     )
-    chosen = tuple(servers if servers is not None else (c for c in sorted(cpus) if c not in devices))
+    hosts = {cluster.device(d).host for d in devices}
+    beside = (d.name for d in cluster.devices if d.name in cpus and d.host in hosts and d.name not in devices)
+    chosen = tuple(servers if servers is not None else beside)
     exchange = server_exchange_ms(cluster, devices, chosen, p, cpus, message_ms) if chosen else None
     link, _ = busiest_link(cluster, [Flow(a, b, p) for a, b in zip(devices, [*devices[1:], devices[0]])])
-    hosts = {cluster.device(d).host for d in devices}
     return StepTimes(
         devices=tuple(devices), param_bytes=p, compute_ms=best[1], sync_sgd_ms=best[0], gradient_sync=best[2],
         allreduce_ms=allreduce, exchange_ms=exchange, servers=chosen,

@@ -126,7 +126,11 @@ def test_async_easgd_is_left_out_without_servers() -> None:
     asynchronous = Run("async EASGD tau=10 p=5", ElasticAveragingSync(10, asynchronous=True, prefetch=5), 4, ((100, 0.95),))
     assert times.exchange_ms is None
     assert [e.name for e in estimates(times, [*runs(100, 120), asynchronous], 0.95)] == ["sync SGD", "local SGD H=10"]
-    assert step_times(problem, GPUS).servers == ("cpu0",)  # by default the cluster's CPU devices
+    assert step_times(problem, GPUS).servers == ("cpu0",)  # by default the CPU devices of the replicas' hosts
+    ethernet = Cluster.preset("4x8-v100-10gbe")
+    across = make_problem(chain(), ethernet, objective="throughput")
+    assert step_times(across, ["h0/gpu0", "h1/gpu0"]).servers == ("h0/cpu0", "h1/cpu0")
+    assert step_times(across, ["h0/gpu0", "h0/gpu1"]).servers == ("h0/cpu0",)
 
 
 def test_convergence_runs_become_sync_records_and_steps_to_a_target() -> None:

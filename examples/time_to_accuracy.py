@@ -55,6 +55,7 @@ from list_schedulers import graph_for  # the benchmarks' cached tracing of zoo n
 from graphc import trace
 from graphc.ir.graph import Graph
 from placement import Cluster
+from placement.errors import ConfigurationError
 from placement.hybrid import ring_order, sync_options, worker_devices
 from placement.problem import make_problem
 from placement.sync import AllReduceSync
@@ -107,10 +108,13 @@ def rows_for(model: str, cluster: Cluster, runs: list[Run], targets: list[float]
             }  # fmt: skip
             for target in targets:
                 found = estimates(times, runs, target)
-                choice = fastest(found, times)
+                try:
+                    choice: Choice | None = fastest(found, times)
+                except ConfigurationError as why:  # no strategy reached this target with n workers
+                    choice, refused = None, str(why)
                 row["targets"][f"{target:g}"] = {
                     "estimates": [e.to_dict() for e in found],
-                    "choice": choice.to_dict(),
+                    "choice": choice.to_dict() if choice else {"error": refused},
                     "finding": finding(times, found),
                 }
                 row.setdefault("_live", {})[target] = (times, found, choice)
@@ -166,7 +170,7 @@ def table(model: str, rows: list[dict[str, Any]], workers: int, target: float) -
             continue
         _, found, choice = row["_live"][target]
         for e in found:
-            chosen = e.name == choice.chosen.name
+            chosen = choice is not None and e.name == choice.chosen.name
             seconds = "—" if e.seconds is None else _seconds(e.seconds)
             mb = "—" if e.bytes is None else f"{e.bytes / 1e6:.3g}"
             out.add_row(
@@ -194,10 +198,10 @@ def summary(rows: list[dict[str, Any]], workers: int, target: float) -> str:
         _, found, choice = row["_live"][target]
         by_name = {e.name: e for e in found}
         sgd, local = by_name["sync SGD"], by_name.get("local SGD H=10")
-        chosen = choice.chosen
+        chosen = f"{choice.chosen.name}: {_cell(choice.chosen)}" if choice else "none reached it"
         lines.append(
             f"| {row['model']} | {row['cluster']} | {row['tier']} | {sgd.step_ms:.3g} | {local.step_ms if local else float('nan'):.3g} "
-            f"| {_cell(sgd)} | {_cell(local)} | {chosen.name}: {_cell(chosen)} |"
+            f"| {_cell(sgd)} | {_cell(local)} | {chosen} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -229,9 +233,10 @@ def main() -> None:
         console.print(table(model, mine, args.workers, args.target))
         for row in mine:
             if row["workers"] == args.workers and row["cluster"] in ETHERNET:
-                choice: Choice = row["_live"][args.target][2]
+                choice = row["_live"][args.target][2]
                 console.print(f"[bold]{model}, {row['cluster']}, {row['tier']}:[/bold] {row['targets'][f'{args.target:g}']['finding']}")
-                console.print(f"  sync='auto' chooses {choice.chosen.name}: {choice.reason}")
+                if choice is not None:
+                    console.print(f"  sync='auto' chooses {choice.chosen.name}: {choice.reason}")
         rows += mine
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = args.out / "time_to_accuracy.md"

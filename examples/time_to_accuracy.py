@@ -186,8 +186,8 @@ def _seconds(s: float) -> str:
 
 
 def summary(rows: list[dict[str, Any]], workers: int, target: float) -> str:
-    """A markdown table of every (model, cluster, tier) at ``workers`` and ``target``: sync SGD against the
-    strategy chosen, and local SGD H=10 (which took as many steps as sync SGD in the digits run)."""
+    """A markdown table of every (model, cluster, tier) at ``workers`` and ``target``: sync SGD, local SGD
+    H=10 (the plain average every 10 steps: its step time is the links' whole effect) and the choice."""
     lines = [
         f"| model | cluster | tier | ms/step sync SGD | ms/step local SGD H=10 | time to {target:.0%}: sync SGD | local SGD H=10 | chosen |",
         "|---|---|---|---|---|---|---|---|",

@@ -9,7 +9,9 @@ thread), traced at module granularity:
 2. make the plans (:func:`plan_cases`): everything on one device; every published heuristic
    (:data:`placement.solvers.HEURISTICS`) and ``auto`` with that cost model; five random valid placements
    (the topological order cut at 1 to 6 random points, the runs dealt to the two devices in turn); the
-   two contiguous halves as a GPipe and as a 1F1B pipeline of 2, 4 and 8 microbatches;
+   two contiguous halves as a GPipe and as a 1F1B pipeline of 2, 4 and 8 microbatches; data parallel on
+   both devices (the whole model replicated, 2 and 4 microbatches, gradients all-reduced in one bucket
+   after the backward, in DDP's 25 MiB buckets, or in 1 MiB buckets overlapping the backward: issue 15);
 3. measure each on one process per device (:func:`graphc.app.measure_plans.measure_plans`: interleaved
    rounds, medians, peak memory per rank, no optimizer, as the calibration times the eager step),
    recording the cores other processes used, and each rank's CPU time per step;
@@ -37,6 +39,7 @@ Every plan runs, and is simulated with, one :class:`placement.schedules.Schedule
 ``schedule``: ``node-order`` for a latency plan, ``gpipe`` or ``1f1b`` for a pipeline).
 
     python benchmarks/prediction_accuracy.py [--models gpt2,gnmt] [--rounds 3] [--steps 5] [--quick] [--recalibrate]
+        [--only data-parallel]   # the one-device anchor and the data-parallel plans alone
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from graphc.frontend.tracing import TracedProgram
 from graphc.ir.errors import GraphcError
 from graphc.ir.graph import Graph
 from placement import CostModel
+from placement.sync import AllReduceSync
 from placement.solvers import HEURISTICS, solve
 from runtime import contiguous_plan, partition, single_device_plan
 from runtime.plans import plan_from_assignment
@@ -90,6 +94,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 DEVICES = ["cpu0", "cpu1"]
 MICROBATCHES = (2, 4, 8)
 RANDOM_PLANS = 5
+# The data-parallel plans: label -> gradient bucket bytes (None: one bucket, all-reduced after the backward).
+DATA_PARALLEL_SYNCS: dict[str, float | None] = {"1 bucket": None, "25 MiB buckets": 25 * 2**20, "1 MiB buckets": 2**20}
+FAMILIES = ("all", "data-parallel")
 AUTO_TIME_LIMIT_S = 10.0
 # Targets of issue 12.
 MEDIAN_TARGET, WORST_TARGET, TAU_TARGET, MEMORY_TARGET = 0.07, 0.15, 0.8, 0.10
@@ -133,9 +140,15 @@ def random_placement(graph: Graph, devices: list[str], seed: int) -> dict[str, s
     return assignment
 
 
-def plan_cases(zm: zoo.ZooModel, program: TracedProgram, calibration: Calibration, quick: bool, console: Console) -> list[PlanCase]:
-    """The plans of the module docstring (a few of them with ``quick``), partitioned."""
+def plan_cases(
+    zm: zoo.ZooModel, program: TracedProgram, calibration: Calibration, quick: bool, console: Console, only: str = "all"
+) -> list[PlanCase]:
+    """The plans of the module docstring (a few of them with ``quick``; the one-device plan and the
+    data-parallel ones alone with ``only="data-parallel"``), partitioned."""
     graph, cluster, cost_model = program.graph, calibration.cluster, calibration.cost_model
+    if only == "data-parallel":
+        single = single_device_plan(graph)
+        return [PlanCase("1 device", single, partition(program, single)), *data_parallel_cases(zm, graph, quick)]
     heuristics = ("heft",) if quick else HEURISTICS
     cases = [PlanCase("1 device", single := single_device_plan(graph), partition(program, single))]
     for name in (*heuristics, "auto"):
@@ -157,6 +170,20 @@ def plan_cases(zm: zoo.ZooModel, program: TracedProgram, calibration: Calibratio
             if quick and (schedule == "gpipe") != (m == MICROBATCHES[0]):
                 continue  # quick: GPipe with the fewest microbatches, 1F1B with the next
             cases.append(PlanCase(f"{schedule} x{m}", pipe, parts, schedule=schedule))
+    return cases + data_parallel_cases(zm, graph, quick)
+
+
+def data_parallel_cases(zm: zoo.ZooModel, graph: Graph, quick: bool) -> list[PlanCase]:
+    """The whole model replicated on both devices, ``m`` microbatches (``m / 2`` per replica), for each
+    gradient sync of :data:`DATA_PARALLEL_SYNCS` (the first and last alone with ``quick``)."""
+    cases = []
+    syncs = dict(list(DATA_PARALLEL_SYNCS.items())[:: len(DATA_PARALLEL_SYNCS) - 1]) if quick else DATA_PARALLEL_SYNCS
+    for m in MICROBATCHES[:1] if quick else MICROBATCHES[:2]:
+        micro = trace(zm.model, split_batch(zm.example_inputs, m)[0], granularity="module", name=graph.name)
+        for label, bucket_bytes in syncs.items():
+            plan = contiguous_plan(graph, [DEVICES], microbatches=m)
+            plan.sync = AllReduceSync("ring", bucket_bytes)
+            cases.append(PlanCase(f"data x{m} {label}", plan, partition(micro.graph_module, plan, graph)))
     return cases
 
 
@@ -259,6 +286,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per plan and round")
     parser.add_argument("--recalibrate", action="store_true", help="measure the calibration again instead of loading it")
     parser.add_argument("--quick", action="store_true", help="a few plans per network (a smoke run)")
+    parser.add_argument("--only", choices=FAMILIES, default="all", help="which plans: all, or the data-parallel ones and the one-device anchor")
     parser.add_argument("--out", default="results/prediction_accuracy.json")
     args = parser.parse_args()
     models = args.models.split(",")
@@ -279,7 +307,7 @@ def main() -> None:
                 copy.deepcopy(zm.model), zm.example_inputs, loss=zm.loss, program=program, refresh=args.recalibrate,
                 console=console,
             )  # fmt: skip
-            cases = plan_cases(zm, program, calibration, args.quick, console)
+            cases = plan_cases(zm, program, calibration, args.quick, console, args.only)
         load = OtherLoad()
         load.start()
         with console.status(f"{model}: measuring {len(cases)} plans in {args.rounds} interleaved rounds ..."):

@@ -48,7 +48,7 @@ from graphc.frontend import zoo
 from graphc.ir.errors import ConfigurationError, GraphcError, RuntimeFault
 from graphc.ir.graph import Graph
 from placement import Cluster, CostModel, simulate
-from placement.plan import Plan
+from placement.plan import Plan, stage_replicas
 from placement.schedules import SCHEDULES, Schedule, make_schedule
 from runtime import DistributedExecutor, PartitionedProgram, init_from_env
 from runtime.launch import spawn
@@ -251,7 +251,7 @@ def predict(case: PlanCase, graph: Graph, cluster: Cluster, cost_model: CostMode
     plan = case.plan
     result = simulate(
         graph, cluster, plan.assignment, cost_model, microbatches=plan.microbatches, schedule=case.actions,
-        optimizer_state_factor=0.0,
+        replicas=stage_replicas(plan.stages), sync=plan.sync, optimizer_state_factor=0.0,
     )  # fmt: skip
     used = case.program.devices
     return Predicted(result.step_ms, {d: int(result.peak_memory_bytes[d]) for d in used}, {d: result.busy_ms[d] for d in used})

@@ -48,8 +48,9 @@ async EASGD, :math:`\tau`, prefetch p   :math:`c + \max(0, E - p\,c) / \tau`    
 ======================================  ===================================================  =================================
 
 (prefetch: the center is fetched :math:`p` local steps ahead, so :math:`p\,c` of the exchange hides
-behind them; bytes count the ring's :math:`2 (N-1)/N` parameter vectors per all-reduce, as
-:mod:`runtime.averaging` counts its traffic; DiLoCo's outer step is a few operations per parameter,
+behind them; bytes count the ring's :math:`2 (N-1)/N` parameter vectors per all-reduce and the
+asynchronous worker's :math:`P` out per exchange, as :mod:`runtime.averaging` counts its traffic, less
+its two 8-byte headers per server; DiLoCo's outer step is a few operations per parameter,
 left out). Time to target :math:`T = S\,t`, bytes to target :math:`S \times` bytes per step.
 
 **The choice** (:func:`fastest`, :func:`choose_sync`): among the strategies whose run reached the target,

@@ -161,7 +161,7 @@ class Hosts:
             return
         self.closed = True
         for process in self.processes:
-            _kill_group(process)
+            kill_group(process)
         for name in reversed(self.made):
             _remove_namespace(name)
         _unregister(self)
@@ -225,7 +225,7 @@ class Hosts:
         late = [host.name for host, process in started.items() if process.poll() is None]
         if late:
             for process in started.values():
-                _kill_group(process)
+                kill_group(process)
             raise RuntimeFault(f"hosts: the command on {', '.join(late)} was still running after {timeout_s:g} s and was killed")
         return [subprocess.CompletedProcess(p.args, p.returncode, *outputs[h]) for h, p in started.items()]
 
@@ -311,8 +311,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM to ``process``'s group, SIGKILL :data:`KILL_GRACE_S` later if it still runs."""
+def kill_group(process: subprocess.Popen) -> None:
+    """End ``process`` and its process group (one :meth:`Hosts.popen` made): SIGTERM to ``process``'s group, SIGKILL :data:`KILL_GRACE_S` later if it still runs."""
     if process.poll() is not None:
         _signal_group(process.pid, signal.SIGKILL)  # its group may outlive it
         return

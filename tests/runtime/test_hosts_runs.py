@@ -9,6 +9,7 @@ hierarchical all-reduce) and parameter servers give eager PyTorch's losses and p
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from placement.plan import Plan
 from placement.sync import AllReduceSync, ParameterServerSync, Sync
 from runtime import DistributedExecutor, contiguous_plan, init_from_env
 from runtime.hosts import spawn_on_hosts
+from runtime.hosts.net import pids_in
 from runtime.rebuild import partition_model
 from runtime.testing import eager_run, relative_difference
 
@@ -125,3 +127,12 @@ def test_plain_values_only_cross_between_hosts(make_hosts):
     hosts = make_hosts(1)
     with pytest.raises(ConfigurationError, match="ranks take and return only"):
         spawn_on_hosts(hosts, train, (MODEL, torch.nn.Linear(1, 1), 1))
+
+
+def test_a_rank_still_running_at_the_timeout_is_killed_and_named(make_hosts):
+    hosts = make_hosts(1)
+    start = time.monotonic()
+    (outcome,) = spawn_on_hosts(hosts, "time:sleep", (600,), timeout_s=5)
+    assert time.monotonic() - start < 5 + 10
+    assert not outcome.ok and "rank 0 on h0 was still running at the timeout and was killed" in str(outcome.error)
+    assert pids_in(hosts[0].namespace) == []  # torchrun and its rank are gone

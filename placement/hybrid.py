@@ -263,7 +263,12 @@ def _finished(
     """The candidate of ``stages`` (each stage's nodes assigned to its first device) with the fastest
     microbatch count of ``counts`` that fits; dropped with the reason when it is refused."""
     if not counts:
-        return Candidate(label, None, f"batch {problem.graph.batch_size()} does not split over its replicas")
+        replicas = len(stages[0].devices)
+        if problem.microbatches is not None:
+            why = f"microbatches={problem.microbatches} is not a multiple of its {replicas} replicas"
+        else:
+            why = f"batch {problem.graph.batch_size()} does not split over its {replicas} replicas"
+        return Candidate(label, None, why)
     assignment = {n: st.devices[0] for st in stages for n in st.nodes}
     try:
         m = choose_microbatches(problem, assignment, candidates=counts, stages=stages).microbatches

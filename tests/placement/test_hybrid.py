@@ -215,3 +215,10 @@ def test_a_group_problem_keeps_budgets_and_refuses_a_group_a_pin_keeps_out() -> 
     pinned = make_problem(chain(), cluster, objective="throughput", constraints=Constraints(pins={"n0": "h0d0"}))
     assert group_problem(pinned, ["h1d0", "h1d1"], 1.0) is None
     assert group_problem(pinned, ["h0d0", "h0d1"], 1.0).resolved.allowed["n0"] == [0]
+
+
+def test_a_fixed_microbatch_count_keeps_the_replica_counts_that_divide_it() -> None:
+    plan = solve(chain(), hosts(), objective="throughput", parallel="data", microbatches=2, time_limit_s=2.0)
+    parallel = plan.settings["parallel"]
+    assert list(parallel["candidates"]) == ["data x2"] and plan.microbatches == 2
+    assert parallel["dropped"] == {"data x4": "microbatches=2 is not a multiple of its 4 replicas"}

@@ -8,9 +8,10 @@ plan per candidate through :func:`~placement.problem.finish_plan` and keeps the 
 
 * **pipeline** (``pipeline(S)``): the pipeline solver's split (:func:`placement.pipeline.solve_throughput`)
   without replicated stages;
-* **PipeDream** (``pipeline(S: r1+r2+...)``): the same solver letting the contiguous DP replicate stages
-  (the pipeline solver's default), and the whole graph on one device (``single``; from
-  :func:`placement.solvers.auto.single_device_pipeline`, passed in by the caller);
+* **PipeDream** (``pipeline(S: r1+r2+...)``; ``data xR (pipeline solver)`` when its one stage is
+  replicated): the same solver letting the contiguous DP replicate stages (the pipeline solver's default);
+* **one device** (``single``): :func:`placement.solvers.auto.single_device_pipeline`'s plan, passed in by
+  the caller (``extra``);
 * **data parallel** (``data xR``): one stage of every node on :math:`R` devices of the most numerous kind
   (the first :math:`R` in cluster order, listed in the ring order of the fastest all-reduce,
   :func:`ring_order`), :math:`R` over :func:`replica_counts` (powers of two, whole
@@ -23,7 +24,8 @@ plan per candidate through :func:`~placement.problem.finish_plan` and keeps the 
   :math:`(g_j(d_q))_{q \le r, j \le R}` listed ``q``-major, where :math:`g_j` maps a device of group 0 to
   the one at the same position in group :math:`j`. Microbatch :math:`k` then runs on replica
   :math:`k \bmod rR`, in group :math:`(k \bmod rR) \bmod R = k \bmod R` at every stage: pipeline traffic
-  stays inside a group, and only each stage's gradient all-reduce crosses groups.
+  stays inside a group, and only each stage's gradient all-reduce crosses groups. :math:`m = R j`
+  microbatches, :math:`j \in` :data:`HYBRID_MULTIPLES`, the fastest that fits.
 
 **Synchronisation.** A candidate with replicated stages is first built with the first of the requested
 syncs (:func:`sync_options`; for ``"auto"`` DDP's default, a ring with 25 MiB buckets); the
@@ -43,9 +45,9 @@ solver's); the choice reads simulated times only, never the clock. The whole-clu
 get the full time limit each, as ``parallel="pipeline"`` gives them, so the ``"auto"`` choice is never
 slower than what any single mode returns.
 
-The plan records ``settings["parallel"]``: ``candidates`` (label -> predicted ms), ``dropped`` (label
--> why), ``chosen`` (label), ``reason`` (in words) and ``sync_ms`` (the sync choices of the chosen
-layout -> predicted ms).
+The plan records ``settings["parallel"]``: ``mode`` (``parallel``), ``candidates`` (label -> predicted
+ms), ``dropped`` (label -> why), ``chosen`` (label), ``reason`` (in words), ``sync`` (the chosen sync's
+JSON) and ``sync_ms`` (each sync tried on the chosen layout -> predicted ms).
 """
 
 from __future__ import annotations

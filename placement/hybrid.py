@@ -64,6 +64,7 @@ from placement.pipeline import choose_microbatches, solve_throughput
 from placement.plan import Plan, Stage
 from placement.problem import Problem, finish_plan, predict
 from placement.sync import AllReduceSync, ParameterServerSync, Sync, islands, sync_to_dict
+from placement.time_to_accuracy import Run, choose_sync
 
 PARALLEL = ("auto", "data", "pipeline", "hybrid")
 SYNCS = ("auto", "ring", "hierarchical", "parameter-server")
@@ -80,6 +81,8 @@ MAX_GROUP_DEVICES = 16
 HYBRID_SHARE = 0.5
 #: How many of the fastest candidates try every sync.
 SYNC_FINALISTS = 2
+#: The held-out accuracy a time-to-accuracy choice aims at by default.
+DEFAULT_TARGET = 0.95
 #: A candidate must be faster by this fraction to displace an earlier one (float noise).
 TIE = 1e-9
 
@@ -102,6 +105,8 @@ def solve_parallel(
     sync: str = "auto",
     servers: Sequence[str] | None = None,
     extra: Sequence[tuple[str, Plan | None]] = (),
+    convergence: Sequence[Run] | None = None,
+    target: float = DEFAULT_TARGET,
     **pipeline_options: object,
 ) -> Plan:
     """The fastest plan of the layouts ``parallel`` allows, with its sync (module docstring).
@@ -113,6 +118,10 @@ def solve_parallel(
         sync: ``"auto"`` (ring or hierarchical all-reduce), ``"ring"``, ``"hierarchical"`` or
             ``"parameter-server"`` (with ``servers``, default the cluster's CPU devices).
         extra: more finished candidates, (label, plan or None), tried first (the one-device plan).
+        convergence: measured convergence runs (:func:`placement.time_to_accuracy.runs_from_convergence`);
+            with them, a data-parallel plan also records which synchronisation strategy (all-reduce every
+            step, elastic averaging, local SGD, DiLoCo) reaches ``target`` held-out accuracy soonest on
+            its replicas' links (``settings["parallel"]["sync_choice"]``, :func:`record_sync_choice`).
         pipeline_options: ``method`` and ``replication`` for the pipeline solver.
 
     Raises:
@@ -135,7 +144,28 @@ def solve_parallel(
         families["hybrid"] = _hybrids(problem, workers, syncs[0], pipeline_options)
     if server_names:
         families = {k: [_refuse_servers(c, server_names) for c in cs] for k, cs in families.items()}
-    return _choose(problem, families, syncs, parallel)
+    plan = _choose(problem, families, syncs, parallel)
+    if convergence is not None:
+        record_sync_choice(problem, plan, convergence, target, syncs)
+    return plan
+
+
+def record_sync_choice(problem: Problem, plan: Plan, runs: Sequence[Run], target: float, syncs: Sequence[Sync]) -> None:
+    """Record in ``plan.settings["parallel"]["sync_choice"]`` the strategy with the shortest predicted time
+    to ``target`` for the replicas of a pure data-parallel plan (:func:`placement.time_to_accuracy.choose_sync`:
+    measured steps to the target x predicted time per step on the replicas' links), or why there is none
+    (another layout, no run with that many workers, no run reaching the target). ``plan.sync`` stays the
+    gradient sync its schedule runs: the averaging strategies train through ``graphc run --sync``."""
+    replicated = [st for st in plan.stages if len(st.devices) > 1]
+    if len(plan.stages) != 1 or not replicated:
+        choice: dict[str, object] = {"none": "the chosen layout is not pure data parallel"}
+    else:
+        gradient = [s for s in syncs if not isinstance(s, ParameterServerSync)] or [AllReduceSync()]
+        try:
+            choice = choose_sync(problem, plan.stages[0].devices, runs, target, gradient_syncs=gradient).to_dict()
+        except ConfigurationError as exc:
+            choice = {"none": str(exc)}
+    plan.settings.setdefault("parallel", {})["sync_choice"] = choice
 
 
 def sync_options(cluster: Cluster, sync: str, servers: Sequence[str] | None = None) -> list[Sync]:
@@ -506,6 +536,7 @@ __all__ = [
     "Candidate",
     "group_problem",
     "reason",
+    "record_sync_choice",
     "replica_counts",
     "replica_groups",
     "solve_parallel",

@@ -4,12 +4,14 @@ convergence file read into runs, tiers of replicas, the Ethernet presets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from graphc.ir.graph import Graph, NodeData
 from placement import Cluster, ConfigurationError, Device, Link, Switch
 from placement.cost_model import CostModel
-from placement.hybrid import worker_devices
+from placement.hybrid import solve_parallel, worker_devices
 from placement.presets import ETHERNET_PER_GBIT
 from placement.problem import make_problem
 from placement.simulate import simulate
@@ -174,3 +176,22 @@ def test_tiers_put_replicas_inside_one_host_or_round_robin_across_hosts() -> Non
     assert tier_devices(cluster, workers, 2)["across hosts"] == ["h0/gpu0", "h1/gpu0"]
     assert list(tier_devices(Cluster.preset("dgx1-v100"), worker_devices(Cluster.preset("dgx1-v100")), 4)) == ["inside a host"]
     assert list(tier_devices(Cluster.preset("8x1-v100-1gbe"), worker_devices(Cluster.preset("8x1-v100-1gbe")), 4)) == ["across hosts"]
+
+
+def test_the_planner_records_the_time_to_accuracy_choice_of_a_data_parallel_plan() -> None:
+    measured = [replace(r, workers=n) for r in runs(sgd_steps=100, local_steps=120) for n in (2, 4)]
+    slow = make_problem(chain(), star(1e8, 1e-4, 1e8), objective="throughput")
+    plan = solve_parallel(slow, parallel="data", sync="ring", convergence=measured, target=0.95)
+    (stage,) = plan.stages
+    expected = choose_sync(slow, stage.devices, measured, 0.95, gradient_syncs=[plan.sync]).to_dict()
+    assert plan.settings["parallel"]["sync_choice"] == expected
+    assert expected["chosen"] == "local SGD H=10"  # the slow link: as the choice test above finds
+    assert isinstance(plan.sync, AllReduceSync)  # the schedule still runs the gradient all-reduce
+    three = solve_parallel(slow, parallel="data", sync="ring", convergence=[replace(r, workers=3) for r in measured])
+    assert "no convergence run with" in three.settings["parallel"]["sync_choice"]["none"]  # said, not guessed
+
+
+def test_no_time_to_accuracy_choice_for_a_pipeline() -> None:
+    problem = make_problem(chain(), star(1e8, 1e-4, 1e8), objective="throughput")
+    plan = solve_parallel(problem, parallel="pipeline", convergence=runs(100, 120))
+    assert plan.settings["parallel"]["sync_choice"] == {"none": "the chosen layout is not pure data parallel"}

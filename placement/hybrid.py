@@ -63,7 +63,13 @@ from placement.errors import ConfigurationError, PlacementError
 from placement.pipeline import choose_microbatches, solve_throughput
 from placement.plan import Plan, Stage
 from placement.problem import Problem, finish_plan, predict
-from placement.sync import AllReduceSync, ParameterServerSync, Sync, islands, sync_to_dict
+from placement.sync import (
+    AllReduceSync,
+    ParameterServerSync,
+    Sync,
+    islands,
+    sync_to_dict,
+)
 from placement.time_to_accuracy import Run, choose_sync
 
 PARALLEL = ("auto", "data", "pipeline", "hybrid")

@@ -1,4 +1,4 @@
-"""The local executor: one process drives every device of a partitioned program.
+r"""The local executor: one process drives every device of a partitioned program.
 
 Each plan device maps to a torch device: ``cuda:i`` names itself, other GPU names take the CUDA devices
 in order when there are enough, and everything else, like the ``cpuN`` workers of the ``local``
@@ -20,8 +20,19 @@ A differentiable call (:meth:`LocalExecutor.__call__`) and :meth:`LocalExecutor.
 schedule: the device programs run interleaved in the partition's global order
 (:attr:`PartitionedProgram.schedule`), node by node, microbatch after microbatch, with differentiable
 copies, so that a ``backward`` of anything computed from the outputs carries the gradients across every
-cut. It cannot sum gradients that a later ``backward`` makes, so it refuses a program with replicated
-stages.
+cut. A replicated stage runs microbatch ``k`` on its replica ``k mod r`` as in a step, but for the call
+every replica's module holds, instead of its own copies, its stage device's parameters moved to the
+replica's torch device by ``Tensor.to`` (the same tensors where the replica's torch device is the
+owner's, as for logical CPU devices; else a differentiable copy, the broadcast of
+``torch.nn.DataParallel``). The caller's ``backward`` then sums, in autograd, every replica's gradient
+into the owner's ``.grad``, once:
+
+.. math:: \nabla_\theta L = \sum_{k} \nabla_{\theta_{k \bmod r}} L_k, \qquad \theta_j = \theta \text{ for every replica } j,
+
+the full batch's gradient, as eager's. This is the sum the plan's sync (all-reduce of its buckets, or
+the parameter servers' reduce and broadcast) makes in a step and in the distributed executor; the call
+makes none of that traffic, which the plan's prediction prices. Replicas keep their own buffers (batch
+norm's running statistics), as in a step.
 
 On CUDA the kernels of different GPUs overlap because launches are asynchronous; on logical CPU
 devices the run is sequential. Either way the numbers are those of eager PyTorch on one device (up to
@@ -167,20 +178,17 @@ class LocalExecutor:
 
     def __call__(self, *inputs: Any) -> Any:
         """The model's outputs for ``inputs``, differentiable: a ``backward`` of anything computed from
-        them sends gradients back across every cut into the parameters (as ``graphc.compile`` needs)."""
-        if self.program.replicas:
-            raise MismatchError(
-                f"the program replicates stages ({', '.join(self.program.replicas)}), whose gradients a step sums "
-                "over the replicas: train it with step(), or partition a plan without replicated stages"
-            )
+        them sends gradients back across every cut into the parameters (as ``graphc.compile`` needs), a
+        replicated stage's summed over its replicas into its stage device's (module docstring)."""
         check_inputs(self.program, inputs)
-        return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(tuple(inputs)))])
+        with self._replicas_bound():
+            return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(tuple(inputs)))])
 
     def forward(self, inputs: Any) -> Any:
         """The model's outputs for ``inputs`` without gradients (inference)."""
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
-        with torch.no_grad():
+        with torch.no_grad(), self._replicas_bound():
             return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(inputs))])
 
     def step(self, inputs: Any, targets: Any = None, *, measure_memory: bool = False) -> StepResult:
@@ -232,6 +240,34 @@ class LocalExecutor:
         m = self.program.microbatches
         per_input = [split_batch(t, m) for t in inputs]
         return [{name: chunks[k] for name, chunks in zip(self.program.input_names, per_input)} for k in range(m)]
+
+    @contextlib.contextmanager
+    def _replicas_bound(self) -> Iterator[None]:
+        """While open, every replica's module holds its stage device's parameters moved to the replica's
+        torch device (module docstring), in place of its own copies, which it gets back on exit."""
+        swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+        try:
+            for stage, replicas in self.program.replicas.items():
+                owner = self.program.programs[stage].parameters
+                for device in replicas[1:]:
+                    for holder, leaf, name in self._parameter_slots(device):
+                        swapped.append((holder, leaf, holder._parameters[leaf]))
+                        holder._parameters[leaf] = owner[name].to(self.devices[device])
+            yield
+        finally:
+            for holder, leaf, own in reversed(swapped):
+                holder._parameters[leaf] = own
+
+    def _parameter_slots(self, device: str) -> list[tuple[nn.Module, str, str]]:
+        """(submodule, attribute, name in the traced model) of every parameter of ``device``'s module,
+        each alias of a shared parameter included."""
+        part = self.program.programs[device]
+        name_of = {id(p): name for name, p in part.parameters.items()}
+        slots = []
+        for path, p in part.module.named_parameters(remove_duplicate=False):
+            prefix, _, leaf = path.rpartition(".")
+            slots.append((part.module.get_submodule(prefix), leaf, name_of[id(p)]))
+        return slots
 
     def _forward(self, feeds: dict[str, torch.Tensor], microbatch: int) -> Any:
         """Microbatch ``microbatch`` through every stage in the global order, each on the device that runs

@@ -1,0 +1,232 @@
+"""Asynchronous parameter servers with bounded staleness (runtime.servers): one worker at staleness 0
+is eager SGD (and Adam) exactly; two workers leave the servers' weights equal to the update equations
+applied in the recorded arrival order, each worker's weights equal to the answer to its push s steps
+back and its gradients computed on them; no worker runs more than s steps ahead (from its log); a
+killed worker is named by the server while the other finishes; a dead server is named on the worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from averaging_cases import batch, model
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from graphc.ir.errors import ConfigurationError, RankFailure
+from placement.plan import Plan, Stage
+from placement.sync import ParameterServerSync
+from runtime import init_from_env
+from runtime.averaging import AsyncLayout
+from runtime.launch import spawn
+from runtime.servers import (
+    AsyncServerWorker,
+    AsyncShardServer,
+    async_layout,
+    train_async,
+)
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+LR = 0.05
+OPTIMIZERS = {"sgd": lambda ps: torch.optim.SGD(ps, lr=LR), "adam": lambda ps: torch.optim.Adam(ps, lr=LR)}
+
+
+def loss_of(net: torch.nn.Module, rank: int, step: int) -> torch.Tensor:
+    x, y = batch(rank, step)
+    return torch.nn.functional.mse_loss(net(x), y)
+
+
+def serve_or_work(servers: int, staleness: int, steps: int, kind: str) -> dict:
+    """One run on this rank: the last ``servers`` ranks serve; a worker records, per step, the weights
+    it computed on and the gradient it pushed."""
+    rank = dist.get_rank()
+    layout = AsyncLayout.servers_last(dist.get_world_size(), servers)
+    net = model(0)
+    if rank in layout.servers:
+        server = AsyncShardServer(layout, sum(p.numel() for p in net.parameters()), OPTIMIZERS[kind])
+        start = server.weights.detach().clone()
+        final = server.serve()
+        return {"start": start, "final": final.clone(), "shard": [server.shard.start, server.shard.stop],
+                "arrivals": [[a.worker, a.step] for a in server.arrivals], "lost": server.lost}  # fmt: skip
+    worker = AsyncServerWorker(net, layout, staleness=staleness)
+    weights, gradients = [], []
+    for step in range(steps):
+        net.zero_grad()
+        loss_of(net, rank, step).backward()
+        weights.append(parameters_to_vector(net.parameters()).detach().clone())
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).clone())
+        worker.step()
+    worker.finish()
+    return {"weights": weights, "gradients": gradients, "final": parameters_to_vector(net.parameters()).detach(),
+            "log": [[r.step, r.version] for r in worker.log]}  # fmt: skip
+
+
+def one_worker_runs(steps: int) -> dict:
+    init_from_env(timeout_s=60)
+    return {kind: serve_or_work(2, 0, steps, kind) for kind in OPTIMIZERS}
+
+
+def test_one_worker_at_staleness_0_is_eager_sgd_and_adam_exactly():
+    steps = 4
+    outcomes = spawn(one_worker_runs, 3, (steps,), timeout_s=120)  # worker 0, servers 1 and 2
+    for o in outcomes:
+        assert o.ok, (o.rank, o.error, o.traceback)
+    for kind, make in OPTIMIZERS.items():
+        net = model(0)
+        opt = make(list(net.parameters()))
+        for step in range(steps):
+            opt.zero_grad()
+            loss_of(net, 0, step).backward()
+            opt.step()
+        eager = parameters_to_vector(net.parameters()).detach()
+        worker = outcomes[0].result[kind]
+        assert torch.equal(worker["final"], eager), kind
+        halves = [outcomes[r].result[kind] for r in (1, 2)]
+        assert torch.equal(torch.cat([h["final"] for h in halves]), eager), kind
+        assert [h["shard"] for h in halves] == [[0, eager.numel() // 2], [eager.numel() // 2, eager.numel()]]
+
+
+def two_worker_run(staleness: int, steps: int) -> dict:
+    init_from_env(timeout_s=60)
+    return serve_or_work(2, staleness, steps, "sgd")
+
+
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_two_workers_match_the_update_equations_in_the_recorded_arrival_order(staleness):
+    steps = 6
+    outcomes = spawn(two_worker_run, 4, (staleness, steps), timeout_s=120)  # workers 0, 1; servers 2, 3
+    for o in outcomes:
+        assert o.ok, (o.rank, o.error, o.traceback)
+    workers = {r: outcomes[r].result for r in (0, 1)}
+    for r, w in workers.items():
+        # the bound, from the log: step t computed on the answers to the pushes 0 .. t - s - 1
+        assert w["log"] == [[t, max(0, t - staleness)] for t in range(steps)]
+        # every pushed gradient is the gradient of the worker's loss at the weights it held
+        for t in range(steps):
+            net = model(0)
+            vector_to_parameters(w["weights"][t], net.parameters())
+            loss_of(net, r, t).backward()
+            assert torch.allclose(torch.cat([p.grad.reshape(-1) for p in net.parameters()]), w["gradients"][t], atol=1e-7)
+    for server in (outcomes[2].result, outcomes[3].result):
+        lo, hi = server["shard"]
+        assert sorted(map(tuple, server["arrivals"])) == sorted((r, t) for r in (0, 1) for t in range(steps))
+        for r in (0, 1):  # each worker's pushes arrive in the order it sent them
+            assert [t for w, t in server["arrivals"] if w == r] == list(range(steps))
+        x = server["start"].clone()
+        after: dict[tuple[int, int], torch.Tensor] = {}
+        for r, t in server["arrivals"]:  # x_k = x_{k-1} - lr g_{a_k}, in arrival order
+            x = x - LR * workers[r]["gradients"][t][lo:hi]
+            after[(r, t)] = x
+        assert torch.allclose(server["final"], x, atol=1e-6)
+        for r, w in workers.items():
+            for t in range(staleness + 1, steps):  # x^w_t is the answer to its push t - s - 1
+                assert torch.allclose(w["weights"][t][lo:hi], after[(r, t - staleness - 1)], atol=1e-6)
+            assert torch.allclose(w["final"][lo:hi], after[(r, steps - 1)], atol=1e-6)
+
+
+STEPS, DIES_AFTER = 40, 5
+
+
+def a_worker_dies() -> dict:
+    init_from_env(timeout_s=30)
+    rank = dist.get_rank()
+    layout = AsyncLayout.servers_last(dist.get_world_size(), 1)
+    net = model(0)
+    if rank in layout.servers:
+        server = AsyncShardServer(layout, sum(p.numel() for p in net.parameters()), OPTIMIZERS["sgd"])
+        server.serve()
+        return {"lost": {str(w): why for w, why in server.lost.items()}, "arrivals": [[a.worker, a.step] for a in server.arrivals]}
+    worker = AsyncServerWorker(net, layout, staleness=2)
+    losses = []
+    for step in range(STEPS):
+        if rank == 1 and step == DIES_AFTER:
+            os._exit(1)
+        net.zero_grad()
+        loss = loss_of(net, rank, step)
+        loss.backward()
+        worker.step()
+        losses.append(loss.item())
+    worker.finish()
+    return {"losses": losses}
+
+
+def test_a_killed_worker_is_named_by_the_server_and_the_other_finishes():
+    outcomes = spawn(a_worker_dies, 3, timeout_s=120, grace_s=100)
+    assert outcomes[1].exitcode == 1
+    for o in (outcomes[0], outcomes[2]):
+        assert o.ok, (o.rank, o.error, o.traceback)
+    server = outcomes[2].result
+    assert list(server["lost"]) == ["1"] and "waiting for its next push" in server["lost"]["1"]
+    assert [t for w, t in server["arrivals"] if w == 0] == list(range(STEPS))
+    assert [t for w, t in server["arrivals"] if w == 1] == list(range(DIES_AFTER))
+    losses = outcomes[0].result["losses"]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+GROUP_TIMEOUT_S = 60
+
+
+def a_server_dies() -> dict:
+    init_from_env(timeout_s=GROUP_TIMEOUT_S)
+    rank = dist.get_rank()
+    layout = AsyncLayout.servers_last(dist.get_world_size(), 1)
+    net = model(0)
+    if rank in layout.servers:
+        server = AsyncShardServer(layout, sum(p.numel() for p in net.parameters()), OPTIMIZERS["sgd"])
+        threading.Thread(target=server.serve, daemon=True).start()
+        time.sleep(1.0)
+        os._exit(1)
+    worker = AsyncServerWorker(net, layout, staleness=1)
+    for step in range(100_000):  # far more than a second's worth: the server dies mid-run
+        net.zero_grad()
+        loss_of(net, rank, step).backward()
+        worker.step()
+        time.sleep(0.002)
+    return {"finished": True}
+
+
+def test_a_dead_server_is_an_error_naming_it_on_the_workers_within_the_timeout():
+    began = time.monotonic()
+    outcomes = spawn(a_server_dies, 3, timeout_s=120, grace_s=60)
+    assert time.monotonic() - began < 0.75 * GROUP_TIMEOUT_S
+    assert outcomes[2].exitcode == 1
+    for worker in outcomes[:2]:
+        assert isinstance(worker.error, RankFailure), (worker.rank, worker.error, worker.traceback)
+        assert worker.error.rank == 2 and "server rank 2" in str(worker.error)
+
+
+def entry_point_run(staleness: int, steps: int, layout: list) -> dict:
+    init_from_env(timeout_s=60)
+    x, y = batch(0, 0, size=32)
+    run = train_async(model(0), torch.nn.functional.mse_loss, (x,), y, AsyncLayout(tuple(layout[0]), tuple(layout[1])),
+                      optimizer=OPTIMIZERS["sgd"], staleness=staleness, steps=steps)  # fmt: skip
+    return {"role": run.role, "losses": run.losses, "versions": [r.version for r in run.log], "arrivals": len(run.arrivals)}
+
+
+def test_the_entry_point_of_a_data_parallel_plan_trains_on_each_workers_half_of_the_batch():
+    plan = Plan(graph_name="g", graph_fingerprint="", cluster_name="c", objective="throughput", mode="training",
+                assignment={"a": "cpu0"}, stages=[Stage(0, ["a"], ["cpu0", "cpu2"])],
+                sync=ParameterServerSync(("cpu1",), staleness=1))  # fmt: skip
+    layout = async_layout(plan)
+    assert layout == AsyncLayout(workers=(0, 2), servers=(1,))  # ranks in natural order of device names
+    steps = 12
+    outcomes = spawn(entry_point_run, 3, (1, steps, [list(layout.workers), list(layout.servers)]), timeout_s=120)
+    for o in outcomes:
+        assert o.ok, (o.rank, o.error, o.traceback)
+    assert outcomes[1].result["role"] == "server" and outcomes[1].result["arrivals"] == 2 * steps
+    for r in (0, 2):
+        run = outcomes[r].result
+        assert run["versions"] == [max(0, t - 1) for t in range(steps)]
+        assert run["losses"][-1] < 0.5 * run["losses"][0]
+
+
+def test_async_layout_refuses_a_plan_that_is_not_pure_data_parallel():
+    plan = Plan(graph_name="g", graph_fingerprint="", cluster_name="c", objective="throughput", mode="training",
+                assignment={"a": "cpu0", "b": "cpu1"}, stages=[Stage(0, ["a"], ["cpu0"]), Stage(1, ["b"], ["cpu1"])],
+                sync=ParameterServerSync(("cpu2",), staleness=1))  # fmt: skip
+    with pytest.raises(ConfigurationError, match="pure data-parallel plan"):
+        async_layout(plan)

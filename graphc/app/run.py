@@ -51,6 +51,16 @@ from graphc.app.argtypes import (
     positive_int,
     positive_number,
 )
+from graphc.app.run_averaging import (
+    AVERAGING_OPTIONS,
+    STRATEGIES,
+    add_averaging_arguments,
+    averaging_worker_args,
+    averaging_workers,
+    check_averaging_run,
+    no_exchange_warning,
+    train_averaging,
+)
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.ir.errors import ConfigurationError, GraphcError, MismatchError
@@ -109,6 +119,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     hosts.add_argument("--master-port", type=port_number, default=29500, help="a free port on host 0 (default: %(default)s)")
     hosts.add_argument("--nproc-per-node", type=positive_int, help="ranks on this host (default: the plan's devices / nnodes)")
     parser.add_argument("--dry-run", action="store_true", help="print the command and the partitioned programs; start nothing (default: off)")
+    add_averaging_arguments(parser)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -126,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     args.granularity = plan_granularity(args.granularity, plan)
     args.batch_size = plan_batch_size(args.batch_size, plan)
-    devices = len(plan_ranks(plan))
+    devices = _ranks(args, plan)
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
         raise ConfigurationError(
@@ -139,13 +150,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = torchrun_command(args, nproc)
     if args.dry_run:
         print(shlex.join(command))
-        print(_partition(args, plan)[1])
+        print(_averaging_ranks(args, plan) if args.sync else _partition(args, plan)[1])
         return 0
     # Refuse a plan made for another model or other shapes here, once, before any rank starts (traced
     # on the meta device: nothing is allocated).
     zm = _build(args, "meta")
     plan.check_matches(trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model).graph)
     return supervise(command)
+
+
+def _ranks(args: argparse.Namespace, plan: Plan) -> int:
+    """How many ranks the run starts: the plan's devices and servers, or with ``--sync`` the workers and
+    async EASGD's servers (:mod:`graphc.app.run_averaging`); averaging options without ``--sync`` are refused."""
+    if args.sync:
+        warning = no_exchange_warning(args)
+        if warning:
+            print(f"graphc run: warning: {warning}", file=sys.stderr)
+        return check_averaging_run(args, plan)
+    given = [f"--{name.replace('_', '-')}" for name in AVERAGING_OPTIONS if getattr(args, name) not in (None, False)]
+    if given:
+        raise ConfigurationError(f"{', '.join(given)}: options of an averaging strategy; choose one with --sync ({', '.join(STRATEGIES)})")
+    return len(plan_ranks(plan))
+
+
+def _averaging_ranks(args: argparse.Namespace, plan: Plan) -> str:
+    """What each rank of a ``--sync`` run does, one line per rank (for ``--dry-run``)."""
+    workers = averaging_workers(plan, args.sync)
+    lines = [f"rank {r}: {args.sync} worker on {device}, share {r + 1} of {len(workers)} of each batch" for r, device in enumerate(workers)]
+    lines += [f"rank {r}: center server" for r in range(len(workers), check_averaging_run(args, plan))]
+    return "\n".join(lines)
 
 
 def plan_granularity(given: str | None, plan: Plan) -> str:
@@ -223,6 +256,8 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     worker += ["--timeout", str(args.timeout), "--threads", str(args.threads)]
     if args.json_out:
         worker += ["--json", str(Path(args.json_out).resolve())]
+    if args.sync:
+        worker += averaging_worker_args(args)
     return command + ["-m", "graphc.app.run", *worker]
 
 
@@ -337,10 +372,16 @@ def worker_main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rank, device = int(os.environ.get("RANK", "0")), ""
     try:
-        init_from_env()
         plan = Plan.load(args.plan)
         args.granularity = plan_granularity(args.granularity, plan)
         args.batch_size = plan_batch_size(args.batch_size, plan)
+        if args.sync:  # every rank gloo: async EASGD's servers are CPU ranks on the one process group
+            init_from_env("gloo", timeout_s=args.timeout)
+            workers = averaging_workers(plan, args.sync)
+            device = workers[rank] if rank < len(workers) else f"center server rank {rank}"
+            _train_averaging(args, plan)
+            return 0
+        init_from_env()
         zm, parts = _partition(args, plan)
         device = parts.ranks[rank] if rank < len(parts.ranks) else ""
         _train(args, plan, zm, parts)
@@ -376,6 +417,17 @@ def _train(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, parts: Partit
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(result.to_dict(), indent=1))
     executor.close()
+
+
+def _train_averaging(args: argparse.Namespace, plan: Plan) -> None:
+    """This rank's part of ``graphc run --sync`` (:func:`~graphc.app.run_averaging.train_averaging`);
+    rank 0 prints (and saves) what every rank recorded."""
+    optimizer = OPTIMIZERS[args.optimizer]
+    run = train_averaging(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
+    if run is not None:
+        Console().print(run.table(f"{args.model}: {len(run.workers)} workers with {args.sync}, plan {Path(args.plan).name}"))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(run.to_dict(), indent=1))
 
 
 def _report(error: BaseException, rank: int, device: str, status: int, message: str | None = None) -> int:

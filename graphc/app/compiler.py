@@ -26,10 +26,18 @@ program) is planned within ``reshape_time_limit_s`` seconds. The progress displa
 ``model.train()`` / ``model.eval()`` are followed on every call: an eval-mode call never runs the
 training program, and leaves batch norm's running statistics alone, as eager PyTorch does.
 
-With ``objective="throughput"`` the plan is a pipeline (stages, microbatches; no replicated stages:
-the differentiable call cannot sum a replica's gradients after the caller's ``backward``) and the model
-is traced a second time on one microbatch, which the executor runs microbatch after microbatch; the
-outputs must have a batch dimension to be put back together (a scalar loss is refused with what to do).
+With ``objective="throughput"`` the plan splits the batch into microbatches and the model is traced a
+second time on one microbatch, which the executor runs microbatch after microbatch; the outputs must
+have a batch dimension to be put back together (a scalar loss is refused with what to do). ``parallel``
+chooses the layouts the planner may take (:func:`placement.solve`): ``"pipeline"`` (stages, possibly
+replicated), ``"data"`` (replicas of the whole model), ``"hybrid"`` (replicas of a pipeline) or
+``"auto"`` (the fastest that fits); ``sync`` how replicas combine their gradients (ring or
+hierarchical all-reduce, or ``"parameter-server"`` on ``servers``). A replica runs microbatches
+``k, k + r, ...`` on its stage's parameters (:class:`runtime.LocalExecutor`), so the caller's
+``backward`` sums every replica's gradient into the model's parameters: gradients are eager's on the
+full batch. In this one process that sum is autograd's; the plan's all-reduce or parameter-server
+traffic is what ``graphc run`` and the distributed executor perform, and what the plan's prediction
+prices. A replicated plan is searched again at a new batch size (its reuse would lose its sync).
 
 On the ``local`` cluster of CPU workers, ``calibrate=True`` measures this machine before planning
 (:func:`graphc.app.calibrate.calibrate`, through its disk cache): each new program's ops profiled on one
@@ -47,6 +55,7 @@ import functools
 import inspect
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +71,8 @@ from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster, ClusterLike
 from placement.constraints import Constraints
 from placement.cost_model import CostModel
+from placement.hybrid import PARALLEL, SYNCS
+from placement.inspect import describe_sync
 from placement.plan import Plan
 from placement.solvers import make_problem, solve
 from placement.solvers.reuse import PlacementNotReusable, reuse_placement
@@ -130,9 +141,9 @@ class CompiledModel:
     call signature may spend searching when the placement of an earlier plan does not apply to it.
     ``calibrate``: measure the ``local`` cluster of CPU workers on this machine before planning each new
     program (module docstring; refused for another cluster).
-    ``parallel`` and ``sync``: the throughput layout (:func:`placement.solve`); only ``"pipeline"`` and
-    no sync, as the call is differentiable (module docstring): any other is refused, saying where
-    data-parallel replicas are planned and trained instead.
+    ``parallel``, ``sync`` and ``servers``: the throughput layout, the replicas' synchronisation and the
+    parameter-server devices (:func:`placement.solve`; module docstring); only with
+    ``objective="throughput"``.
     (``time_limit`` and ``reshape_time_limit``, their old names, still work this release, with a
     ``DeprecationWarning``.)
     """
@@ -154,14 +165,9 @@ class CompiledModel:
         calibrate: bool = False,
         parallel: str = "pipeline",
         sync: str | None = None,
+        servers: Sequence[str] | None = None,
     ) -> None:
-        if parallel != "pipeline" or sync is not None:
-            raise ConfigurationError(
-                f"compile(parallel={parallel!r}, sync={sync!r}): the compiled call is differentiable, and the caller's "
-                "backward cannot sum the gradients of data-parallel replicas; compile plans pipelines "
-                "(parallel='pipeline', no sync). Plan replicas with placement.solve(..., parallel=, sync=) or "
-                "`graphc plan --objective throughput --parallel data -o plan.json`, and train with `graphc run --plan plan.json`"
-            )
+        check_layout(objective, parallel, sync, servers)
         self.fn = fn
         self.cluster = Cluster.resolve(cluster)
         self.calibrate = calibrate
@@ -177,6 +183,9 @@ class CompiledModel:
         self.reshape_time_limit_s = reshape_time_limit_s
         self.granularity = granularity
         self.seed = seed
+        self.parallel = parallel
+        self.sync = sync
+        self.servers = list(servers) if servers is not None else None
         show = progress if progress is not None else os.environ.get("GRAPHC_PROGRESS", "1") != "0"
         self.console = Console(stderr=True, quiet=not show)
         self.cache: dict[CallSignature, CompiledEntry] = {}
@@ -214,8 +223,10 @@ class CompiledModel:
             mode = "training" if any(training_flags(self.fn, args)) else "inference"
             plan, how = self._plan(program, mode, status, cost_model)
             seconds["solve"] = time.perf_counter() - start
+            replicated = [", ".join(st.devices) for st in plan.stages if len(st.devices) > 1]
+            replicas = f", replicas [{'; '.join(replicated)}] synchronised by {describe_sync(plan)}" if replicated else ""
             self.console.log(
-                f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s), predicted step "
+                f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s){replicas}, predicted step "
                 f"{plan.predicted_step_ms:.2f} ms, {seconds['solve']:.1f} s"
             )
             status.update("graphc: partitioning ...")
@@ -272,16 +283,20 @@ class CompiledModel:
         return f"reused the placement {plan.solver} found for batch {source['batch_size']} (no search)"
 
     def _reuse(self, earlier: Plan, program: TracedProgram, mode: str, cost_model: CostModel | None) -> Plan:
+        """``earlier``'s placement at ``program``'s shape; a plan with replicated stages is not reused
+        (:func:`reuse_placement` keeps neither its sync nor a microbatch per replica)."""
+        replicated = [s.devices for s in earlier.stages if len(s.devices) > 1]
+        if replicated:
+            raise PlacementNotReusable(f"it replicates stages on {replicated}, which a reused placement does not keep")
         problem = make_problem(program.graph, self.cluster, objective=self.objective, constraints=self.constraints,
                                cost_model=cost_model, mode=mode, time_limit_s=self.reshape_time_limit_s, seed=self.seed)  # fmt: skip
         return reuse_placement(earlier, problem)
 
     def _solve(self, program: TracedProgram, mode: str, time_limit_s: float, cost_model: CostModel | None) -> Plan:
-        """A searched plan for ``program``. A pipelined plan gets no replicated stages: the executor's
-        differentiable call cannot sum a replica's gradients, which the caller's ``backward`` makes later."""
-        pipeline = {"replication": False} if self.objective == "throughput" else {}
+        """A searched plan for ``program``, in the layouts ``parallel`` allows for the throughput objective."""
+        layout = {"parallel": self.parallel, "sync": self.sync, "servers": self.servers} if self.objective == "throughput" else {}
         return solve(program.graph, self.cluster, objective=self.objective, constraints=self.constraints, mode=mode,
-                     time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, cost_model=cost_model, **pipeline)  # fmt: skip
+                     time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, cost_model=cost_model, **layout)  # fmt: skip
 
     def _microbatch_program(
         self, args: tuple, kwargs: dict[str, Any], program: TracedProgram, plan: Plan
@@ -298,6 +313,22 @@ class CompiledModel:
         first_args, first_kwargs = split_batch((args, kwargs), plan.microbatches)[0]
         return trace(self.fn, first_args, granularity=self.granularity, name=program.graph.name,
                      example_kwargs=first_kwargs)  # fmt: skip
+
+
+def check_layout(objective: str, parallel: str, sync: str | None, servers: Sequence[str] | None) -> None:
+    """Refuse, before anything is traced, a ``parallel``/``sync`` that :func:`placement.solve` does not
+    know, and any layout option with an objective other than throughput."""
+    if parallel not in PARALLEL:
+        raise ConfigurationError(f"compile(parallel={parallel!r}): expected one of {', '.join(PARALLEL)}")
+    if sync is not None and sync not in SYNCS:
+        raise ConfigurationError(f"compile(sync={sync!r}): expected one of {', '.join(SYNCS)}, or None")
+    given = [f"{k}={v!r}" for k, v, default in (("parallel", parallel, "pipeline"), ("sync", sync, None),
+                                                ("servers", servers, None)) if v != default]  # fmt: skip
+    if given and objective != "throughput":
+        raise ConfigurationError(
+            f"compile({', '.join(given)}) plans replicas for objective='throughput', not objective={objective!r}: "
+            "pass objective='throughput'"
+        )
 
 
 def _cpu_workers(cluster: Cluster) -> bool:

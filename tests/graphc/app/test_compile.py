@@ -66,7 +66,6 @@ def test_throughput_objective_pipelines_a_module_and_matches_eager():
     F.cross_entropy(reference(x), y).backward()
     plan = compiled.plan
     assert plan.objective == "throughput" and plan.microbatches > 1 and len(plan.stages) >= 1
-    assert all(len(stage.devices) == 1 for stage in plan.stages)  # compile plans no replicas
     assert torch.allclose(out, reference(x), atol=1e-5)
     for got, want in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(got.grad, want.grad, atol=1e-5)

@@ -7,6 +7,7 @@ killed worker is named by the server while the other finishes; a dead server is 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -128,7 +129,7 @@ def test_two_workers_match_the_update_equations_in_the_recorded_arrival_order(st
             assert torch.allclose(w["final"][lo:hi], after[(r, steps - 1)], atol=1e-6)
 
 
-STEPS, DIES_AFTER = 40, 5
+STEPS, DIES_AFTER, STALENESS = 40, 5, 2
 
 
 def a_worker_dies() -> dict:
@@ -140,7 +141,7 @@ def a_worker_dies() -> dict:
         server = AsyncShardServer(layout, sum(p.numel() for p in net.parameters()), OPTIMIZERS["sgd"])
         server.serve()
         return {"lost": {str(w): why for w, why in server.lost.items()}, "arrivals": [[a.worker, a.step] for a in server.arrivals]}
-    worker = AsyncServerWorker(net, layout, staleness=2)
+    worker = AsyncServerWorker(net, layout, staleness=STALENESS)
     losses = []
     for step in range(STEPS):
         if rank == 1 and step == DIES_AFTER:
@@ -160,9 +161,12 @@ def test_a_killed_worker_is_named_by_the_server_and_the_other_finishes():
     for o in (outcomes[0], outcomes[2]):
         assert o.ok, (o.rank, o.error, o.traceback)
     server = outcomes[2].result
-    assert list(server["lost"]) == ["1"] and "waiting for its next push" in server["lost"]["1"]
+    assert list(server["lost"]) == ["1"]  # what it was doing depends on where the push was cut
+    assert re.match(r"(waiting for its next push|receiving its gradient of step \d|answering its push of step \d)", server["lost"]["1"])
     assert [t for w, t in server["arrivals"] if w == 0] == list(range(STEPS))
-    assert [t for w, t in server["arrivals"] if w == 1] == list(range(DIES_AFTER))
+    # its pushes up to the last answered (step DIES_AFTER - 1 - s) arrived; the s after it were in flight
+    from_dead = [t for w, t in server["arrivals"] if w == 1]
+    assert from_dead == list(range(len(from_dead))) and DIES_AFTER - STALENESS <= len(from_dead) <= DIES_AFTER
     losses = outcomes[0].result["losses"]
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
 

@@ -98,12 +98,34 @@ routes, flows sharing a link resource sharing its bandwidth):
   the listed order, ``2 (r - 1)`` rounds of ``P / r`` bytes: ``2 (r - 1) x latency + 2 (r - 1) / r x P /
   bandwidth`` (slowest ring edge); ``"hierarchical"``: reduce onto each island's leader
   (:func:`placement.sync.islands`), ring all-reduce among the leaders, broadcast inside each island;
-* :class:`~placement.sync.ParameterServerSync` (``staleness=0`` only): the bucket's server
+* :class:`~placement.sync.ParameterServerSync` (``staleness=0``; see below for ``staleness > 0``): the bucket's server
   (:func:`placement.sharding.assign_shards`; a device running no node) receives every replica's ``P``
   bytes (a reduce), applies the optimizer, ``(3 + optimizer_state_factor) x P / memory_bandwidth`` (it
   reads the summed gradient and the parameters, writes the parameters and streams the optimizer state
   once), then sends ``P`` bytes to every replica (a broadcast). The next bucket's reduce waits for this
   one's; a server's updates run one at a time.
+
+Asynchronous parameter servers (``staleness = s > 0``, :mod:`runtime.servers`) have no step of their
+own to simulate: every worker pushes and pulls on its own clock. :func:`async_server_step` prices their
+steady state instead. With ``N`` workers, ``K`` servers holding ``P / K`` bytes each, ``C`` one worker's
+compute step on its share (no synchronisation), all workers pushing at once (the worst case):
+
+    push, pull  = the phases of every worker sending each server its P / K bytes (collectives.reduce
+                  onto every server, one phase: the servers' links are shared by the N workers), and of
+                  every server answering every worker (collectives.broadcast), each lasting at least the
+                  CPU time its messages cost a CPU device (collectives.endpoint_ms)
+    U           = (3 + optimizer_state_factor) x (P / K) / memory_bandwidth   (one gradient's update,
+                  as a synchronous server's; the slowest server)
+    R           = push + N U + pull                        (a push's round trip: its server applies the
+                                                            N gradients one at a time before answering)
+    O           = max(push, pull, N U)                     (a server's busiest resource per step: links
+                  or push + pull + N U on a CPU server      in and out and its updates overlap across
+                                                            workers; a CPU moves messages and updates)
+    T           = max(C, (C + R) / (s + 1), O)
+
+The middle term is the worker's cycle: step ``t + s + 1`` starts ``(s + 1) T`` after step ``t`` and
+waits for the answer to push ``t``, which comes ``C + R`` after step ``t`` began; so up to ``s`` steps
+of compute hide the round trip (``T = C`` once ``R <= s C``). ``s = 0``: ``T = C + R``.
 
 A bucket's steps are booked when it is requested, each on its resources first come first served after
 the step before it (the links of its flows' routes, held for the phase; a server's own resource for an
@@ -183,6 +205,7 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -263,7 +286,8 @@ def simulate(
     ``sync`` (:mod:`placement.sync`; default :class:`~placement.sync.AllReduceSync`: ring, 25 MiB
     buckets) is how replicated stages combine their gradients in training (module docstring,
     "Synchronisation"); a plan's is :attr:`Plan.sync <placement.plan.Plan.sync>`. Raises
-    :class:`ConfigurationError` for parameter servers with ``staleness > 0`` and :class:`PlacementError`
+    :class:`ConfigurationError` for parameter servers with ``staleness > 0`` (:func:`async_server_step`
+    prices those) and :class:`PlacementError`
     for a server that is not a device of the cluster running no node.
 
     ``lowered``: the :class:`~placement.lowering.Lowered` arrays of this graph, cluster, cost model, mode
@@ -576,7 +600,7 @@ class _Simulation:
         back (module docstring); the server holds the bucket's parameters, gradient buffer and state."""
         factor, s = self.lw.optimizer_state_factor, self.cluster.device_index(server)
         self._add_steps("reduce", "", j, collectives.reduce(self.cluster, members, server, nbytes), server)
-        self.step_ms.append(1e3 * (3 + factor) * nbytes / self.devices[s].memory_bandwidth)
+        self.step_ms.append(server_update_ms(nbytes, self.devices[s].memory_bandwidth, factor))
         self.step_flows.append(())
         self.step_server.append(s)
         self.records.append(("update", "", j, len(self.step_ms) - 1, len(self.step_ms), server))
@@ -600,8 +624,9 @@ class _Simulation:
         """Parameter servers must be devices of the cluster that run no node (synchronous only)."""
         if sync.staleness:
             raise ConfigurationError(
-                f"simulate: parameter servers with staleness={sync.staleness}: the simulator prices synchronous "
-                "training only; pass staleness=0"
+                f"simulate: parameter servers with staleness={sync.staleness}: asynchronous servers have no step "
+                "schedule to simulate; price their steady state with placement.simulate.async_server_step, or pass "
+                "staleness=0"
             )
         used = set(self.dev) | {d for stage in self.stages for d in stage}
         for server in sync.servers:
@@ -1591,3 +1616,93 @@ def _merge_resources(route_resources: list[tuple[int, ...]]) -> list[tuple[int, 
     new_id = {x: merged.setdefault(tuple(rs), len(merged)) for x, rs in users.items()}
     return [tuple(dict.fromkeys(new_id[x] for x in res)) for res in route_resources]
 
+
+
+# -- asynchronous parameter servers ---------------------------------------------------------------
+
+
+def server_update_ms(nbytes: float, memory_bandwidth: float, optimizer_state_factor: float) -> float:
+    """Milliseconds a server takes to apply one gradient of ``nbytes`` of parameters: it reads the
+    gradient and the parameters, writes the parameters and streams the optimizer state once,
+    ``(3 + optimizer_state_factor) x nbytes / memory_bandwidth`` (module docstring)."""
+    return 1e3 * (3 + optimizer_state_factor) * nbytes / memory_bandwidth
+
+
+@dataclass(frozen=True)
+class AsyncServerStep:
+    """The steady-state step of asynchronous parameter servers (:func:`async_server_step`), in ms.
+
+    Attributes:
+        step_ms: ``T``, each worker's time per step.
+        compute_ms: ``C``.
+        exposed_ms: ``T - C``, the wait for answers (or the servers) that compute does not hide.
+        round_trip_ms: ``R``.
+        server_ms: ``O``, the busiest server's time per step.
+        push_ms, pull_ms: the two phases of ``R``.
+        updates_ms: ``N U``, one server's updates per step.
+        bound: the term that sets ``T``: ``"compute"``, ``"round trip"`` or ``"servers"``.
+    """
+
+    step_ms: float
+    compute_ms: float
+    exposed_ms: float
+    round_trip_ms: float
+    server_ms: float
+    push_ms: float
+    pull_ms: float
+    updates_ms: float
+    bound: str
+
+
+def async_server_step(
+    cluster: ClusterLike,
+    workers: Sequence[str],
+    servers: Sequence[str],
+    param_bytes: float,
+    compute_ms: float,
+    staleness: int,
+    *,
+    optimizer_state_factor: float = 2.0,
+    message_ms: Callable[[float], float] | None = None,
+) -> AsyncServerStep:
+    """Each worker's steady-state time per step under asynchronous parameter servers with staleness
+    ``s`` (module docstring, "Asynchronous parameter servers"): ``T = max(C, (C + R) / (s + 1), O)``.
+
+    ``workers`` train the whole model (``param_bytes`` of parameters) on their shares, ``compute_ms`` a
+    step each; ``servers`` hold equal shards (as :class:`runtime.servers.AsyncShardServer`);
+    ``message_ms``: what a message of so many bytes costs a CPU end (:meth:`CostModel.endpoint_cpu_ms`;
+    None: nothing). Raises :class:`ConfigurationError` for no worker or server, a device that is both
+    or not in the cluster, or a negative staleness or compute time."""
+    cluster = Cluster.resolve(cluster)
+    if not workers or not servers or set(workers) & set(servers):
+        raise ConfigurationError(
+            f"async_server_step: workers {list(workers)} and servers {list(servers)}: need one or more of each, distinct"
+        )
+    unknown = [d for d in (*workers, *servers) if d not in cluster]
+    if unknown:
+        raise ConfigurationError(f"async_server_step: {unknown[0]!r} is not a device of cluster {cluster.name!r}")
+    if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0 or not compute_ms >= 0:
+        raise ConfigurationError(
+            f"async_server_step: staleness={staleness!r} and compute_ms={compute_ms!r}: expected an integer >= 0 and ms >= 0"
+        )
+    n, shard = len(workers), param_bytes / len(servers)
+    cpus = {d.name for d in cluster.devices if d.category == "cpu"}
+    cost = message_ms or (lambda _: 0.0)
+    push = [f for k in servers for ph in collectives.reduce(cluster, workers, k, shard) for f in ph.flows]
+    pull = [f for k in servers for ph in collectives.broadcast(cluster, k, workers, shard) for f in ph.flows]
+    push_ms, pull_ms = (_phase_ms(cluster, flows, cpus, cost) for flows in (push, pull))
+    updates_ms = n * max(server_update_ms(shard, cluster.device(k).memory_bandwidth, optimizer_state_factor) for k in servers)
+    round_trip = push_ms + updates_ms + pull_ms
+    server_ms = round_trip if cpus.intersection(servers) else max(push_ms, pull_ms, updates_ms)
+    terms = {"compute": compute_ms, "round trip": (compute_ms + round_trip) / (staleness + 1), "servers": server_ms}
+    bound = max(terms, key=terms.__getitem__)
+    step = terms[bound]
+    return AsyncServerStep(step, compute_ms, step - compute_ms, round_trip, server_ms, push_ms, pull_ms, updates_ms, bound)
+
+
+def _phase_ms(cluster: Cluster, flows: list[Flow], cpus: set[str], message_ms: Callable[[float], float]) -> float:
+    """One phase of ``flows`` run together, at least the CPU time its messages cost a CPU end."""
+    if not flows:
+        return 0.0
+    phase = Phase(tuple(flows), collectives.flows_ms(cluster, flows))
+    return max(phase.duration_ms, collectives.endpoint_ms(phase, cpus, message_ms))

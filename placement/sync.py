@@ -82,8 +82,14 @@ class ParameterServerSync:
 
     Attributes:
         servers: the devices (of the plan's cluster, running no node) that hold the parameter shards.
-        staleness: 0 for synchronous training; ``s > 0`` lets a worker run up to ``s`` steps ahead of
-            the weights it last received (asynchronous with bounded staleness).
+        staleness: 0 for synchronous training (the replicas' gradients summed, one update per step:
+            the schedule's Reduce, OptimizerStep, Broadcast); ``s > 0``: asynchronous with bounded
+            staleness, each worker on its own clock: it pushes its step-``t`` gradient and, before step
+            ``t + 1``, waits only for the weights that answer its push of step ``t - s``, so it computes
+            step ``t`` on weights holding at least its first ``t - s`` gradients; each server applies
+            every gradient as it arrives and answers the pusher with its weights then. Run by
+            :func:`runtime.servers.train_async` (a pure data-parallel plan), priced by
+            :func:`placement.simulate.async_server_step`; no schedule is generated for it.
         bucket_bytes: the bytes of parameters one shard-message collects (as :class:`AllReduceSync`).
     """
 

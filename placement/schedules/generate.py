@@ -49,7 +49,10 @@ the bucket's ``nodes`` and its index ``bucket`` (None when the stage has one buc
 * :class:`AllReduceSync`: every replica runs one :class:`AllReduce` per bucket, in bucket order, over the
   stage's devices with the sync's ``algorithm``; a hierarchical one carries its ``islands``
   (:func:`placement.sync.islands` on the plan's cluster, required), then its optimizer step;
-* :class:`ParameterServerSync` (synchronous, ``staleness`` 0; asynchronous servers are refused): the
+* :class:`ParameterServerSync` (synchronous, ``staleness`` 0; ``staleness > 0`` is refused, by design:
+  an asynchronous worker pushes and pulls on its own clock, so there is no step common to all ranks to
+  list; :func:`runtime.servers.train_async` runs them and :func:`placement.simulate.async_server_step`
+  prices them): the
   buckets of each stage are sharded over the servers (:func:`placement.sharding.assign_shards`, balanced
   by bytes over the servers' links from the replicas; the plan's cluster is required). Each replica runs
   a :class:`Reduce` of every bucket onto its server, then a :class:`Broadcast` of every bucket from it,
@@ -386,7 +389,9 @@ def _parameter_servers(
     if sync.staleness > 0:
         raise ScheduleError(
             f"parameter servers with staleness {sync.staleness}: asynchronous parameter servers are not generated "
-            "yet; use staleness=0 (synchronous)"
+            "yet as a step schedule, and are not meant to be (each worker pushes and pulls on its own clock): train "
+            "them with runtime.servers.train_async, price them with placement.simulate.async_server_step, or use "
+            "staleness=0 (synchronous)"
         )
     if plan.cluster is None:
         raise ScheduleError("parameter servers need the plan's cluster to shard the parameters: set plan.cluster")

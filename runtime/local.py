@@ -32,7 +32,8 @@ into the owner's ``.grad``, once:
 the full batch's gradient, as eager's. This is the sum the plan's sync (all-reduce of its buckets, or
 the parameter servers' reduce and broadcast) makes in a step and in the distributed executor; the call
 makes none of that traffic, which the plan's prediction prices. Replicas keep their own buffers (batch
-norm's running statistics), as in a step.
+norm's running statistics), as in a step. Since the caller then updates the stage devices' parameters
+alone, the next :meth:`LocalExecutor.step` first copies them into the replicas' and the servers' copies.
 
 On CUDA the kernels of different GPUs overlap because launches are asynchronous; on logical CPU
 devices the run is sequential. Either way the numbers are those of eager PyTorch on one device (up to
@@ -136,6 +137,7 @@ class LocalExecutor:
         self.servers: dict[str, dict[str, nn.Parameter]] = {}  # parameter server -> its copies
         self._schedule = schedule
         self._assigned: DeviceWork | None = None
+        self._copies_behind = False  # a differentiable call ran: the caller may have updated the owners alone
         if schedule is not None:
             self._assign()
 
@@ -181,6 +183,7 @@ class LocalExecutor:
         them sends gradients back across every cut into the parameters (as ``graphc.compile`` needs), a
         replicated stage's summed over its replicas into its stage device's (module docstring)."""
         check_inputs(self.program, inputs)
+        self._copies_behind = bool(self.program.replicas)
         with self._replicas_bound():
             return concat_microbatches([self._forward(mb, k) for k, mb in enumerate(self._split(tuple(inputs)))])
 
@@ -209,6 +212,8 @@ class LocalExecutor:
         inputs = as_tuple(inputs)
         check_inputs(self.program, inputs)
         m = self.program.microbatches
+        if self._copies_behind:
+            self._catch_up_copies()
         for p in self._every_copy:
             p.grad = None
         tracker = self._tracker() if measure_memory and any(t.type == "cpu" for t in self.devices.values()) else None
@@ -257,6 +262,19 @@ class LocalExecutor:
         finally:
             for holder, leaf, own in reversed(swapped):
                 holder._parameters[leaf] = own
+
+    @torch.no_grad()
+    def _catch_up_copies(self) -> None:
+        """Copy every stage device's parameters into its replicas' and the parameter servers' copies."""
+        owners = dict(self.named_parameters())
+        for replicas in self.program.replicas.values():
+            for device in replicas[1:]:
+                for name, p in self.program.programs[device].parameters.items():
+                    p.copy_(owners[name])
+        for copies in self.servers.values():
+            for name, p in copies.items():
+                p.copy_(owners[name])
+        self._copies_behind = False
 
     def _parameter_slots(self, device: str) -> list[tuple[nn.Module, str, str]]:
         """(submodule, attribute, name in the traced model) of every parameter of ``device``'s module,

@@ -101,3 +101,21 @@ def test_forward_after_the_callers_update_runs_every_replica_on_the_updated_para
         for n, p in reference.named_parameters():
             p.copy_(updated[n])
     torch.testing.assert_close(executor.forward(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["2 replicas x 2 stages", "2 replicas, 1 server"])
+def test_a_step_after_the_callers_update_starts_from_it_on_every_replica_and_server(case):
+    """A step, a caller's SGD step through the call (which updates the stage devices' parameters only),
+    a step: eager's three SGD steps."""
+    x, y = batch()
+    sgd = lambda ps: torch.optim.SGD(ps, lr=0.1)  # stateless: eager's fresh optimizer per step is the same
+    executor = LocalExecutor(program(case), loss_fn=F.cross_entropy, optimizer=sgd)
+    executor.step(x, y)  # makes the servers' copies, which the caller's update leaves behind
+    eager_run(executor, executor.named_parameters(), x, y, F.cross_entropy, sgd)
+    last = executor.step(x, y)
+    reference = mlp()
+    for _ in range(3):
+        eager = eager_run(reference, reference.named_parameters(), x, y, F.cross_entropy, sgd)
+    assert last.loss == pytest.approx(eager.losses[0], rel=1e-5)
+    for n, p in executor.named_parameters():
+        torch.testing.assert_close(p.detach(), eager.params[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")

@@ -71,6 +71,7 @@ from runtime.step import (
     check_inputs,
     concat_microbatches,
     split_batch,
+    to_device,
     unflatten_outputs,
 )
 
@@ -302,7 +303,8 @@ class LocalExecutor:
                 value = interpreters[device].advance(name)
                 if device == self.program.output_device and name == "output":
                     flat = value
-        return unflatten_outputs(self.program, flat)
+        # a replica of the output stage on another torch device: gathered where its stage device is
+        return unflatten_outputs(self.program, to_device(flat, self.devices[self.program.output_device]))
 
     # -- memory -------------------------------------------------------------------------------
     def _owners(self) -> dict[int, str]:

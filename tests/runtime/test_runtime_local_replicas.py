@@ -119,3 +119,18 @@ def test_a_step_after_the_callers_update_starts_from_it_on_every_replica_and_ser
     assert last.loss == pytest.approx(eager.losses[0], rel=1e-5)
     for n, p in executor.named_parameters():
         torch.testing.assert_close(p.detach(), eager.params[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_replica_on_another_torch_device_trains_through_a_differentiable_copy():
+    """The owner on the CPU, its replica on the GPU: the replica's parameters are copies the caller's
+    backward sums back, and its outputs are gathered on the CPU."""
+    x, y = batch()
+    executor = LocalExecutor(program("2 replicas"), devices={"cpu0": "cpu", "cpu1": "cuda:0"})
+    placed = eager_run(executor, executor.named_parameters(), x, y, F.cross_entropy, OPTIMIZERS["adam"], steps=3)
+    reference = mlp()
+    eager = eager_run(reference, reference.named_parameters(), x, y, F.cross_entropy, OPTIMIZERS["adam"], steps=3)
+    assert placed.outputs.device.type == "cpu"
+    torch.testing.assert_close(placed.losses, eager.losses, rtol=1e-4, atol=1e-5)
+    for n, p in placed.params.items():
+        torch.testing.assert_close(p, eager.params[n], rtol=1e-4, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")

@@ -51,6 +51,11 @@ from graphc.app.argtypes import (
     positive_int,
     positive_number,
 )
+from graphc.app.run_async_servers import (
+    async_server_roles,
+    is_async_server_plan,
+    train_async_servers,
+)
 from graphc.app.run_averaging import (
     AVERAGING_OPTIONS,
     STRATEGIES,
@@ -150,7 +155,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = torchrun_command(args, nproc)
     if args.dry_run:
         print(shlex.join(command))
-        print(_averaging_ranks(args, plan) if args.sync else _partition(args, plan)[1])
+        if args.sync:
+            print(_averaging_ranks(args, plan))
+        else:
+            print(async_server_roles(plan) if is_async_server_plan(plan) else _partition(args, plan)[1])
         return 0
     # Refuse a plan made for another model or other shapes here, once, before any rank starts (traced
     # on the meta device: nothing is allocated).
@@ -170,6 +178,8 @@ def _ranks(args: argparse.Namespace, plan: Plan) -> int:
     given = [f"--{name.replace('_', '-')}" for name in AVERAGING_OPTIONS if getattr(args, name) not in (None, False)]
     if given:
         raise ConfigurationError(f"{', '.join(given)}: options of an averaging strategy; choose one with --sync ({', '.join(STRATEGIES)})")
+    if is_async_server_plan(plan):
+        async_server_roles(plan)  # refuses a plan that is not pure data parallel
     return len(plan_ranks(plan))
 
 
@@ -381,6 +391,11 @@ def worker_main(argv: list[str] | None = None) -> int:
             device = workers[rank] if rank < len(workers) else f"center server rank {rank}"
             _train_averaging(args, plan)
             return 0
+        if is_async_server_plan(plan):  # no schedule: runtime.servers' loop, on gloo (the servers are CPU ranks)
+            init_from_env("gloo", timeout_s=args.timeout)
+            device = plan_ranks(plan)[rank]
+            _train_async_servers(args, plan)
+            return 0
         init_from_env()
         zm, parts = _partition(args, plan)
         device = parts.ranks[rank] if rank < len(parts.ranks) else ""
@@ -426,6 +441,17 @@ def _train_averaging(args: argparse.Namespace, plan: Plan) -> None:
     run = train_averaging(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
     if run is not None:
         Console().print(run.table(f"{args.model}: {len(run.workers)} workers with {args.sync}, plan {Path(args.plan).name}"))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(run.to_dict(), indent=1))
+
+
+def _train_async_servers(args: argparse.Namespace, plan: Plan) -> None:
+    """This rank's part of a run with asynchronous parameter servers
+    (:func:`~graphc.app.run_async_servers.train_async_servers`); rank 0 prints (and saves) the record."""
+    optimizer = OPTIMIZERS[args.optimizer]
+    run = train_async_servers(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
+    if run is not None:
+        Console().print(run.table(f"{args.model}: {len(run.workers)} workers, {len(run.servers)} asynchronous servers, plan {Path(args.plan).name}"))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(run.to_dict(), indent=1))
 

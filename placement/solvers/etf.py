@@ -112,13 +112,24 @@ def etf_schedule(
         return (W[0][0] + slow[v][d], W[0][1], rank[d], v, W[0][0], d, W)
 
     heads: list[tuple | None] = [None] * D
-    dirty = range(D)  # devices whose best offer may have changed
+    # Every device's head by its key, (key, priority, rank, version, device): the least is the best
+    # offer (rank[d] differs between devices, so keys never tie); a head recomputed since is skipped.
+    tops: list[tuple[float, float, int, int, int]] = []
+    version = [0] * D
+    everything = range(D)
+    dirty = everything  # devices whose best offer may have changed
     while sched.placed < n:
+        if dirty is everything:
+            tops.clear()
         for d in dirty:
-            heads[d] = head(d)
-        dirty = range(D)
-        # rank[d] differs between devices, so comparing whole keys never reaches the heap at their end
-        best = min((h for h in heads if h is not None), default=None)
+            h = heads[d] = head(d)
+            version[d] += 1
+            if h is not None:
+                heapq.heappush(tops, (h[0], h[1], h[2], version[d], d))
+        dirty = everything
+        while tops and tops[0][3] != version[tops[0][4]]:
+            heapq.heappop(tops)
+        best = heads[tops[0][4]] if tops else None
         if best is None:
             # Every offer was withdrawn (memory ran out or a group went elsewhere): retry the ready
             # tasks once on every device, and give up on the first that fits nowhere.

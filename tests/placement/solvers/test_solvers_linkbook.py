@@ -140,3 +140,26 @@ def test_the_training_step_is_timed_pass_by_pass() -> None:
     assert step_ms(sched) == 14.0
     assignment = {"a": "d1", "b": "d0", "c": "d1", "d": "d0"}
     assert simulate(g, mesh(2), assignment, order={"d0": ["b", "d"], "d1": ["a", "c"]}).step_ms == 14.0
+
+
+@pytest.mark.parametrize(
+    ("cluster", "mode"),
+    [("2x8-v100-ib", "training"), ("pcie-4gpu", "training"), ("pcie-4gpu", "inference"), ("star", "training")],
+)
+def test_ready_row_prices_every_device_as_ready_does(cluster: str, mode: str, monkeypatch) -> None:
+    # The row's NumPy path even on these few devices (it is kept for more than ROW_DEVICES). Nodes booked one by one on random devices (so inputs arrive from several devices over shared
+    # links, some already sent, a CPU without a copy engine on pcie-4gpu): before each booking, the
+    # row priced for all devices at once equals ready() device by device, to the bit.
+    import random
+
+    from placement.solvers import linkbook
+
+    monkeypatch.setattr(linkbook, "ROW_DEVICES", 0)
+    c = star(4) if cluster == "star" else Cluster.preset(cluster)
+    inst = instance(make_problem(random_graph(3, 40, uniform_bytes=False), c, mode=mode))
+    sched = Schedule(inst)
+    rng = random.Random(0)
+    for v in range(inst.n):
+        row = sched.links.ready_row(v, sched.dev, sched.finish)
+        assert row.tolist() == [sched.links.ready(v, d, sched.dev, sched.finish) for d in range(inst.num_devices)]
+        sched.append(v, rng.randrange(inst.num_devices))

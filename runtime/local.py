@@ -167,7 +167,8 @@ class LocalExecutor:
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Every parameter once, by its name in the traced model, on the device that owns it (a replicated
-        stage's first device; its replicas hold equal copies)."""
+        stage's first device: the parameters the differentiable call trains; its replicas' copies equal
+        them after a step, and are caught up at the step after a call)."""
         for device in self.program.stage_devices:
             yield from self.program.programs[device].parameters.items()
 

@@ -5,7 +5,9 @@ with tbf) run ``graphc run`` each (``--nnodes 2 --node-rank i --master-addr <hos
 host, for a GPT-2 (widened so that the tensors crossing the cut weigh some hundred kilobytes per step):
 
 * ``placed``: the two contiguous halves, one after the other (a latency plan, node order);
-* ``pipeline``: the same halves as a GPipe pipeline of ``--microbatches`` microbatches.
+* ``pipeline``: the same halves as a GPipe pipeline of ``--microbatches`` microbatches;
+* ``data-parallel``: the whole model on each host, half the microbatches each, the gradients
+  all-reduced over the link (a ring of two, DDP's 25 MiB buckets).
 
 For each link speed (``--speeds``, Mbit/s each way) the benchmark measures the link itself (a TCP
 transfer of 5 MB between the hosts, :func:`runtime.hosts.transfer_s`), each plan's median step
@@ -51,10 +53,14 @@ PROBE_BYTES = 5_000_000
 
 
 def plans(microbatches: int) -> tuple[dict[str, Plan], Any]:
-    """The placed and the pipelined plan of the benchmark's GPT-2, and its traced program."""
+    """The placed, pipelined and data-parallel plans of the benchmark's GPT-2, and its traced program."""
     zm = zoo.build(MODEL, batch_size=BATCH, size="small", **KNOBS)
     program = trace(zm.model, zm.example_inputs, name=MODEL, granularity="op")
-    made = {"placed": contiguous_plan(program.graph, DEVICES), "pipeline": contiguous_plan(program.graph, DEVICES, microbatches=microbatches)}
+    made = {
+        "placed": contiguous_plan(program.graph, DEVICES),
+        "pipeline": contiguous_plan(program.graph, DEVICES, microbatches=microbatches),
+        "data-parallel": contiguous_plan(program.graph, [DEVICES], microbatches=microbatches),
+    }
     return made, (zm, program)
 
 
@@ -71,7 +77,7 @@ def schedule_of(plan: Plan) -> str:
 
 def measure(hosts: Hosts, plan: Plan, steps: int, scratch: Path) -> float:
     """The median step (ms) ``graphc run`` measures for ``plan`` across the hosts."""
-    path, out = scratch / f"plan-{plan.microbatches}.json", scratch / f"measured-{plan.microbatches}.json"
+    path, out = scratch / "plan.json", scratch / "measured.json"
     plan.save(path)
     knobs = [item for k, v in KNOBS.items() for item in ("--knob", f"{k}={v}")]
     argv = [sys.executable, "-m", "graphc.app.cli", "run", MODEL, "--plan", str(path), "--size", "small", *knobs]
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "endpoint_cpu_per_byte_s": calibration.link.endpoint_cpu_per_byte_s,
     }
     crossing = sum(e.bytes for a, b, e in program.graph.edges() if made["placed"].assignment[a] != made["placed"].assignment[b])
+    parameters = sum(program.graph.node(n).param_bytes for n in program.graph.node_names())
     rows: list[dict[str, Any]] = []
     for speed in (float(s) for s in args.speeds.split(",")):
         with Hosts(2, bandwidth=speed * 1e6 / 8) as hosts, tempfile.TemporaryDirectory(prefix="graphc-multihost-") as scratch:
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     "microbatches": plan.microbatches, "measured_ms": measured, "predicted_ms": predicted,
                     "error": predicted / measured - 1, "netem_missing": hosts.netem_missing,
                 })  # fmt: skip
-    table = Table(title=f"{MODEL} (batch {BATCH}, {crossing / 1e3:.0f} kB cross the cut per forward) on 2 namespace hosts x 1 CPU rank")
+    title = f"{MODEL} (batch {BATCH}; {crossing / 1e3:.0f} kB cross the cut per forward, {parameters / 1e6:.2f} MB of parameters)"
+    table = Table(title=f"{title} on 2 namespace hosts x 1 CPU rank")
     for column in ("link Mbit/s", "TCP measured Mbit/s", "plan", "measured ms", "predicted ms", "predicted / measured"):
         table.add_column(column, justify="left" if column == "plan" else "right")
     for r in rows:
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows and rows[0]["netem_missing"]:
         console.print(f"link delay not shaped: this kernel has no netem (tc: {rows[0]['netem_missing']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": MODEL, "batch": BATCH, "knobs": KNOBS, "crossing_bytes": crossing, "rows": rows}, indent=1))
+    args.out.write_text(json.dumps({"model": MODEL, "batch": BATCH, "knobs": KNOBS, "crossing_bytes": crossing, "parameter_bytes": parameters, "rows": rows}, indent=1))
     console.print(f"wrote {args.out}")
     return 0
 

@@ -125,4 +125,4 @@ def _outcome(scratch: Path, rank: int, host: str, status: int | None, log: str) 
     if result.exists():
         return RankOutcome(rank, result=load_plain(result), exitcode=0)
     why = "was still running at the timeout and was killed" if status is None else f"left no result; {host}'s torchrun ended with status {status}"
-    return RankOutcome(rank, error=RunFailed(f"rank {rank} on {host} {why}. torchrun said: {log.strip()[-2000:]}"), exitcode=status)
+    return RankOutcome(rank, error=RunFailed(f"rank {rank} on {host} {why}. torchrun said: {log.strip()[-8000:]}"), exitcode=status)

@@ -90,8 +90,8 @@ def test_training_across_two_hosts_equals_eager(make_hosts, name):
         plan.sync = case.sync
     before = [hosts.traffic(h) for h in hosts]
     outcomes = spawn_on_hosts(hosts, train, (MODEL, plan.to_dict(), STEPS, case.batch), nproc_per_host=case.per_host, timeout_s=300)
-    for outcome in outcomes:
-        assert outcome.ok, f"rank {outcome.rank} failed: {outcome.error}"
+    failed = [f"rank {o.rank}: {o.error}\n{o.traceback}" for o in outcomes if not o.ok]
+    assert not failed, "\n".join(failed)
     ref = build(MODEL, case.batch)
     eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), sgd, steps=STEPS)
     for losses in (o.result["losses"] for o in outcomes if o.result["losses"] and o.result["losses"][0] is not None):
@@ -110,8 +110,8 @@ def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
     before = [hosts.traffic(h) for h in hosts]
     options = ("--steps", "2", "--warmup", "1", "--json", str(out))
     finished = hosts.run_all({h: graphc_run_argv(hosts, h, plan_path, *options) for h in hosts}, timeout_s=240)
-    for host, done in zip(hosts, finished):
-        assert done.returncode == 0, f"graphc run on {host.name} failed: {done.stderr[-3000:]}"
+    said = "\n".join(f"--- graphc run on {h.name} (status {d.returncode}):\n{d.stderr[-6000:]}" for h, d in zip(hosts, finished))
+    assert all(d.returncode == 0 for d in finished), said
     measured = json.loads(out.read_text())
     assert len(measured["steps_ms"]) == 2 and set(measured["peak_memory_bytes"]) == set(DEVICES)
     ref = build(MODEL)

@@ -66,7 +66,7 @@ from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import Graph
 from placement.plan import Plan
-from placement.sync import ParameterServerSync
+from placement.sync import AllReduceSync, ParameterServerSync
 from runtime import comm
 from runtime.errors import MismatchError
 from runtime.values import InputSpec, ValueInfo, input_specs, propagate
@@ -261,7 +261,7 @@ class PartitionedProgram:
         for stage, replicas in self.replicas.items():
             runs = "; ".join(f"{d}: microbatches {', '.join(map(str, self.microbatches_of(d)))}" for d in replicas)
             lines.append(
-                f"stage of {stage} replicated on {len(replicas)} devices ({runs}); gradients all-reduced; "
+                f"stage of {stage} replicated on {len(replicas)} devices ({runs}); {self._gradient_sync()}; "
                 f"transfers name {stage}, and each microbatch's go to or from the replica that runs it"
             )
         for device in self.devices:
@@ -283,6 +283,16 @@ class PartitionedProgram:
                 code = code[:max_lines] + [f"    ... {len(code) - max_lines} more line(s)"]
             lines.extend(code)
         return "\n".join(lines)
+
+    def _gradient_sync(self) -> str:
+        """How the replicas combine their gradients, in words (the plan's sync)."""
+        if self.servers:
+            return f"gradients summed on parameter server(s) {', '.join(self.servers)}, weights broadcast back"
+        sync = self.plan.sync if self.plan is not None else None
+        if isinstance(sync, AllReduceSync):
+            buckets = "one bucket" if sync.bucket_bytes is None else f"{_human_bytes(sync.bucket_bytes)} buckets"
+            return f"gradients all-reduced ({sync.algorithm}, {buckets})"
+        return "gradients all-reduced"
 
 
 def _human_bytes(n: float) -> str:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,19 +164,14 @@ class AsyncShardServer:
         self.arrivals: list[Arrival] = []
         self.lost: dict[int, str] = {}
         self._lock = threading.Lock()
-        self._error: BaseException | None = None
 
     def serve(self) -> torch.Tensor:
         """Apply the workers' gradients, one thread per worker, until each has sent DONE or is gone; the
         final shard. A worker that dies or stays silent past the process group's timeout is named in
         :attr:`lost` (and logged) while the others are served on."""
-        threads = [threading.Thread(target=self._serve_worker, args=(w,), name=f"shard-server-for-rank-{w}") for w in self.layout.workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if self._error is not None:
-            raise self._error
+        workers = self.layout.workers
+        with ThreadPoolExecutor(len(workers), thread_name_prefix=f"shard-server-{self.rank}") as pool:
+            list(pool.map(self._serve_worker, workers))  # raises what a thread raised, once all have ended
         return self.weights.detach()
 
     def _serve_worker(self, worker: int) -> None:
@@ -204,8 +201,6 @@ class AsyncShardServer:
             with self._lock:
                 self.lost[worker] = f"{doing}: {str(exc).splitlines()[0]}"
             _log.warning("server rank %d: worker rank %d is gone (%s); serving the other workers", self.rank, worker, self.lost[worker])
-        except BaseException as exc:  # noqa: BLE001 -- raised again by serve(), on the main thread
-            self._error = exc
 
 
 @dataclass(frozen=True)
@@ -282,11 +277,11 @@ class AsyncServerWorker:
         posted = []
         for server, shard in zip(self.layout.servers, self.shards):
             answer = torch.empty(shard.stop - shard.start, dtype=gradient.dtype)
-            receive = self._guard(server, t, "posting the receive of its answer", dist.irecv, answer, server, tag=_answer_tag(t))
             header = torch.tensor([PUSH, t], dtype=torch.int64)
             piece = gradient[shard].clone()
-            sends = [self._guard(server, t, "pushing the gradient", dist.isend, m, server, tag=tag)
-                     for m, tag in ((header, PS_HEADER_TAG), (piece, GRADIENT_TAG))]  # fmt: skip
+            with self._failing(server, t, "pushing its gradient"):
+                receive = dist.irecv(answer, server, tag=_answer_tag(t))
+                sends = [dist.isend(header, server, tag=PS_HEADER_TAG), dist.isend(piece, server, tag=GRADIENT_TAG)]
             posted.append((server, receive, answer, [*sends, header, piece]))
         self._pending[t] = posted
         if t - self.staleness >= 0:
@@ -298,15 +293,17 @@ class AsyncServerWorker:
         """Wait for every server's answer to the push of ``step`` and make them the weights."""
         posted = self._pending.pop(step)
         for server, receive, _, kept in posted:
-            for work in (receive, *kept[:2]):
-                self._guard(server, step, "waiting for its answer", work.wait)
+            with self._failing(server, step, "waiting for its answer"):
+                for work in (receive, *kept[:2]):
+                    work.wait()
         set_flat_parameters(self.parameters, torch.cat([answer for _, _, answer, _ in posted]))
         self.version = step + 1
 
-    def _guard(self, server: int, step: int, op: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(*args, **kwargs)``; gloo's error when the server died or hung becomes a RankFailure naming it."""
+    @contextmanager
+    def _failing(self, server: int, step: int, op: str) -> Iterator[None]:
+        """Gloo's error inside, when ``server`` died or hung, becomes a RankFailure naming it."""
         try:
-            return call(*args, **kwargs)
+            yield
         except RuntimeError as exc:
             raise RankFailure(
                 f"asynchronous parameter-server worker rank {self.rank}: server rank {server} failed while {op} "
@@ -321,7 +318,8 @@ class AsyncServerWorker:
             self._take(step)
         for server in self.layout.servers:
             done = torch.tensor([DONE, self.steps], dtype=torch.int64)
-            self._guard(server, self.steps, "saying it is done", dist.send, done, server, tag=PS_HEADER_TAG)
+            with self._failing(server, self.steps, "saying it is done"):
+                dist.send(done, server, tag=PS_HEADER_TAG)
 
 
 def async_layout(plan: Plan) -> AsyncLayout:

@@ -1,7 +1,7 @@
 """Elastic averaging across namespace hosts (runtime.averaging over runtime.hosts): synchronous EASGD on
 2 hosts x 1 worker and asynchronous EASGD on 2 hosts x 2 ranks (a center server on host 0) converge; when
-every process of host 1 is killed mid-run, the asynchronous run goes on: the server names both lost
-workers and host 0's worker finishes, its center still improving."""
+host 1 is lost mid-run (every process killed, or its link cut), the asynchronous run goes on: the server
+names both lost workers and host 0's worker finishes, its center still improving."""
 
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ def sync_easgd(steps: int) -> dict:
     return {"before": held_out_loss(model(0)), "after": held_out_loss(model(0), strategy.center)}
 
 
-def async_easgd(steps: int, marker: str) -> dict:
-    """A rank of asynchronous EASGD in :data:`LAYOUT`. With a ``marker`` path, host 1's workers write it
-    after :data:`DIES_AFTER` steps and wait there for the test to kill their host."""
-    init_from_env(timeout_s=60)
+def async_easgd(steps: int, marker: str = "", fault: str = "", timeout_s: float = 60) -> dict:
+    """A rank of asynchronous EASGD in :data:`LAYOUT`, waits timing out after ``timeout_s``. With a
+    ``marker`` path, host 1's workers write it after :data:`DIES_AFTER` steps, then wait there for the test
+    to kill their host (``fault="kill"``) or to cut their link (``"cut"``), and train on."""
+    init_from_env(timeout_s=timeout_s)
     rank = dist.get_rank()
     net = model(0)
     if rank in LAYOUT.servers:
@@ -51,7 +52,13 @@ def async_easgd(steps: int, marker: str) -> dict:
     if marker and rank in (2, 3):
         train(strategy, rank, DIES_AFTER)
         Path(f"{marker}-{rank}").touch()
-        time.sleep(600)
+        if fault == "kill":
+            time.sleep(600)
+        while not Path(f"{marker}-cut").exists():  # the test is cutting the link
+            time.sleep(0.05)
+        train(strategy, rank, steps - DIES_AFTER)  # until the cut link's waits time out
+        strategy.finish()
+        return {}
     train(strategy, rank, DIES_AFTER)
     midway = held_out_loss(model(0), strategy.peek_center())
     train(strategy, rank, steps - DIES_AFTER)
@@ -71,7 +78,7 @@ def test_synchronous_easgd_across_two_hosts_converges(make_hosts):
 
 def test_asynchronous_easgd_across_two_hosts_converges(make_hosts):
     hosts = make_hosts(2, bandwidth=100e6 / 8, workers=2)
-    outcomes = spawn_on_hosts(hosts, async_easgd, (STEPS, ""), nproc_per_host=2, timeout_s=180)
+    outcomes = spawn_on_hosts(hosts, async_easgd, (STEPS,), nproc_per_host=2, timeout_s=180)
     for o in outcomes:
         assert o.ok, (o.rank, o.error)
     assert outcomes[0].result["lost"] == {}
@@ -79,21 +86,30 @@ def test_asynchronous_easgd_across_two_hosts_converges(make_hosts):
         assert worker.result["after"] < 0.2 * worker.result["before"]
 
 
-def test_asynchronous_easgd_goes_on_when_a_host_dies(make_hosts, tmp_path):
+@pytest.mark.parametrize("fault", ["kill", "cut"])
+def test_asynchronous_easgd_goes_on_when_a_host_is_lost(make_hosts, tmp_path, fault):
+    """Host 1 is lost with its two workers: its processes killed (the server sees the connections close)
+    or its link cut (the server hears nothing for the timeout). The server names both, host 0's worker
+    trains on and the center keeps improving."""
     hosts = make_hosts(2, bandwidth=100e6 / 8, workers=2)
     marker = str(tmp_path / "host1-reached")
     outcomes: list = []
-    run = threading.Thread(target=lambda: outcomes.extend(spawn_on_hosts(hosts, async_easgd, (STEPS, marker), nproc_per_host=2, timeout_s=180)))
+    call = (STEPS, marker, fault, 8.0)
+    run = threading.Thread(target=lambda: outcomes.extend(spawn_on_hosts(hosts, async_easgd, call, nproc_per_host=2, timeout_s=180)))
     run.start()
     deadline = time.monotonic() + 150
     while not all(Path(f"{marker}-{rank}").exists() for rank in (2, 3)):
-        assert run.is_alive() and time.monotonic() < deadline, "host 1's workers never reached the point where their host dies"
+        assert run.is_alive() and time.monotonic() < deadline, "host 1's workers never reached the point where their host is lost"
         time.sleep(0.1)
-    assert hosts.kill(hosts[1])  # torchrun and both ranks of host 1
+    if fault == "kill":
+        assert hosts.kill(hosts[1])  # torchrun and both ranks of host 1
+    else:
+        hosts.set_link(hosts[1], up=False)
+        Path(f"{marker}-cut").touch()
     run.join(170)
     assert not run.is_alive()
     server, worker = outcomes[0], outcomes[1]
     assert server.ok and worker.ok, (server.error, worker.error)
-    assert set(server.result["lost"]) == {"2", "3"}  # the server names both workers of the lost host
+    assert set(server.result["lost"]) == {"2", "3"}, server.result  # the server names both workers of the lost host
     assert worker.result["after"] < 0.5 * worker.result["midway"]  # host 0's worker went on improving the center
     assert not outcomes[2].ok and not outcomes[3].ok

@@ -15,10 +15,44 @@ each parameter ``p`` of a bucket on the server, with replicas ``r = 1..R`` of it
 The workers' own optimizers skip the parameters a server holds (:func:`served_parameters`), so the
 weights stay equal everywhere. Used by both executors; the collectives themselves are theirs.
 
-Asynchronous servers (``staleness > 0``, and ``staleness = 0`` per worker) are no schedule: each worker
+Asynchronous servers. ``staleness > 0`` (and ``staleness = 0`` per worker) is no schedule: each worker
 pushes and pulls on its own clock, so they run here as a training loop of their own (:func:`train_async`,
-:class:`AsyncServerWorker`, :class:`AsyncShardServer`); their semantics, in equations, are in the comment
-above :class:`AsyncShardServer`, and :func:`placement.simulate.async_server_step` prices their step.
+:class:`AsyncServerWorker`, :class:`AsyncShardServer`; ``graphc run`` calls :func:`train_async` for such a
+plan); :func:`placement.simulate.async_server_step` prices their step.
+
+Semantics (ParameterServerSync(servers, staleness=s), s >= 0; issue 15 item 3). Workers w = 1..N each
+train the whole model on their own share of the batch; the parameters, as one flat vector x (every
+parameter in model.parameters() order), are cut into contiguous shards, one per server
+(:class:`~runtime.averaging.center.AsyncLayout`: equal elements, so equal bytes). Worker w's step t:
+
+    g_t^w = grad L_w(x^w_t)                       on the weights x^w_t it holds
+    push g_t^w to every server, and go on         (no waiting for the other workers)
+    x^w_{t+1} = the answer to its push t - s      (waiting for it only; none for t < s: x^w_{t+1} = x^w_t)
+
+A server applies each gradient as it arrives, whoever sent it, with the optimizer's step on that one
+gradient (plain SGD: x <- x - lr g), and answers the pusher with its shard as it is just after:
+
+    x_k = opt(x_{k-1}, g_{a_k}),   a_1, a_2, ...  the arrival order (AsyncShardServer.arrivals)
+
+Bound. Let v^w_t be the number of worker w's own pushes whose answers the weights x^w_t include (its
+*version*). Then v^w_t = max(0, t - s) and every step satisfies t - v^w_t <= s: a worker never
+computes more than s steps ahead of the weights it has (StepRecord.version, asserted in the tests).
+The weights include every other worker's gradients that reached the servers before that answer.
+
+s = 0 is synchronous *per worker*: each worker waits for the answer to its own push before its next
+step, but the servers still apply the N workers' gradients one at a time, N updates per round
+(x <- x - lr g^1, then x - lr g^2, ...), each worker's gradient computed on weights that miss the
+others' latest pushes. That is not the synchronous data-parallel step (x <- x - lr sum_w g^w over the
+same weights, the schedule's Reduce/OPT/Broadcast); with one worker the two coincide with eager SGD.
+
+Messages (point to point over torch.distributed's default group, CPU tensors, so gloo): a worker posts
+the receive of each server's answer (tag ANSWER_TAG + t mod ANSWER_SLOTS), then sends a header
+[PUSH, t] (tag PS_HEADER_TAG) and its gradient shard (tag GRADIENT_TAG); [DONE, steps] ends it. The
+first worker sends the others its parameters and every server its shard (tag PS_INIT_TAG) at start.
+A server serves each worker on a thread of its own, as :class:`~runtime.averaging.center.CenterServer` does, so
+a worker that dies is noticed on that worker's receive, named in AsyncShardServer.lost, and the
+others are served on (its pushes not yet answered, up to s + 1 of them, may be lost with it); a server that dies is a RankFailure naming its rank on every worker that next
+waits for it, within the process group's timeout.
 """
 
 from __future__ import annotations
@@ -77,41 +111,7 @@ def zero_filled(parameters: Iterable[nn.Parameter]) -> list[torch.Tensor]:
     return [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
 
 
-# -- asynchronous parameter servers with bounded staleness ------------------------------------------
-#
-# Semantics (ParameterServerSync(servers, staleness=s), s >= 0; issue 15 item 3). Workers w = 1..N each
-# train the whole model on their own share of the batch; the parameters, as one flat vector x (every
-# parameter in model.parameters() order), are cut into contiguous shards, one per server
-# (runtime.averaging.center.AsyncLayout: equal elements, so equal bytes). Worker w's step t:
-#
-#     g_t^w = grad L_w(x^w_t)                       on the weights x^w_t it holds
-#     push g_t^w to every server, and go on         (no waiting for the other workers)
-#     x^w_{t+1} = the answer to its push t - s      (waiting for it only; none for t < s: x^w_{t+1} = x^w_t)
-#
-# A server applies each gradient as it arrives, whoever sent it, with the optimizer's step on that one
-# gradient (plain SGD: x <- x - lr g), and answers the pusher with its shard as it is just after:
-#
-#     x_k = opt(x_{k-1}, g_{a_k}),   a_1, a_2, ...  the arrival order (AsyncShardServer.arrivals)
-#
-# Bound. Let v^w_t be the number of worker w's own pushes whose answers the weights x^w_t include (its
-# *version*). Then v^w_t = max(0, t - s) and every step satisfies t - v^w_t <= s: a worker never
-# computes more than s steps ahead of the weights it has (StepRecord.version, asserted in the tests).
-# The weights include every other worker's gradients that reached the servers before that answer.
-#
-# s = 0 is synchronous *per worker*: each worker waits for the answer to its own push before its next
-# step, but the servers still apply the N workers' gradients one at a time, N updates per round
-# (x <- x - lr g^1, then x - lr g^2, ...), each worker's gradient computed on weights that miss the
-# others' latest pushes. That is not the synchronous data-parallel step (x <- x - lr sum_w g^w over the
-# same weights, the schedule's Reduce/OPT/Broadcast); with one worker the two coincide with eager SGD.
-#
-# Messages (point to point over torch.distributed's default group, CPU tensors, so gloo): a worker posts
-# the receive of each server's answer (tag ANSWER_TAG + t mod ANSWER_SLOTS), then sends a header
-# [PUSH, t] (tag PS_HEADER_TAG) and its gradient shard (tag GRADIENT_TAG); [DONE, steps] ends it. The
-# first worker sends the others its parameters and every server its shard (tag PS_INIT_TAG) at start.
-# A server serves each worker on a thread of its own, as runtime.averaging.center.CenterServer does, so
-# a worker that dies is noticed on that worker's receive, named in AsyncShardServer.lost, and the
-# others are served on; a server that dies is a RankFailure naming its rank on every worker that next
-# waits for it, within the process group's timeout.
+# -- asynchronous parameter servers (module docstring, "Asynchronous servers") ---------------------
 
 PS_HEADER_TAG, GRADIENT_TAG, PS_INIT_TAG, ANSWER_TAG = 21, 22, 23, 1000
 ANSWER_SLOTS = 1000  # answers in flight get distinct tags: staleness must stay below this

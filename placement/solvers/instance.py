@@ -65,6 +65,8 @@ class Instance(IndexedSizes):
         modules: per node, the module it belongs to ("" if none), for coarsening by layer.
         lowered: the :class:`~placement.lowering.Lowered` problem the instance was built from, whose
             arrays it shares (read-only); None for an instance made otherwise (coarsening).
+        derived: tables the solvers derive from the instance once and share (read-only), by name
+            (the list schedules' padded routes: :class:`~placement.solvers.linkbook.LinkBook`).
     """
 
     names: list[str]
@@ -94,6 +96,7 @@ class Instance(IndexedSizes):
     resources: list[list[tuple[int, ...]]] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
     lowered: Lowered | None = None
+    derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def work(self) -> np.ndarray:

@@ -39,6 +39,7 @@ their work (HEFT on a 2,000-node graph: 10 s device by device).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +51,49 @@ from placement.solvers.instance import Instance
 ROW_DEVICES = 16
 
 
+@dataclass
+class RouteTables:
+    """What every :class:`LinkBook` of an instance shares, built once per instance (``Instance.derived``).
+
+    Attributes:
+        count: link resources, the devices' copy-engine resources included.
+        engine: per device, its copy-engine resource (a device without a copy engine), else -1.
+        engines: (device, its resource) of those devices.
+        routes: ``routes[a][b]``, the resources a transfer from ``a`` to ``b`` holds, engines included.
+    """
+
+    count: int
+    engine: list[int]
+    engines: list[tuple[int, int]]
+    routes: list[list[tuple[int, ...]]]
+    _ids: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, inst: Instance) -> RouteTables:
+        count = 1 + max((r for row in inst.resources for route in row for r in route), default=-1)
+        # A device without a copy engine (category cpu) is one more resource of its transfers.
+        engine = [-1] * inst.num_devices
+        for d, device in enumerate(inst.devices):
+            if device.category == "cpu":
+                engine[d], count = count, count + 1
+        routes = [
+            [(*route, *(r for r in dict.fromkeys((engine[a], engine[b])) if r >= 0)) for b, route in enumerate(row)]
+            for a, row in enumerate(inst.resources)
+        ]
+        return cls(count, engine, [(d, r) for d, r in enumerate(engine) if r >= 0], routes)
+
+    def route_ids(self) -> np.ndarray:
+        """(D, D, K) the routes' resources, padded with ``count`` (a resource always free at 0)."""
+        if self._ids is None:
+            D = len(self.routes)
+            K = max((len(route) for row in self.routes for route in row), default=0)
+            self._ids = np.full((D, D, max(1, K)), self.count, dtype=np.int64)
+            for a, row in enumerate(self.routes):
+                for b, route in enumerate(row):
+                    self._ids[a, b, : len(route)] = route
+        return self._ids
+
+
 class LinkBook:
     """When each link resource is next free and each producer's output reaches each device (module
     docstring)."""
@@ -58,31 +102,18 @@ class LinkBook:
         """``gradients``: in training, book each transfer's gradient after it (the folded model); False
         books forward transfers only."""
         self.inst = inst
-        count = 1 + max((r for row in inst.resources for route in row for r in route), default=-1)
-        # A device without a copy engine (category cpu) is one more resource of its transfers.
-        self.engine = [-1] * inst.num_devices
-        for d, device in enumerate(inst.devices):
-            if device.category == "cpu":
-                self.engine[d], count = count, count + 1
-        self.engines = [(d, r) for d, r in enumerate(self.engine) if r >= 0]  # (device, its resource)
-        self.routes = [
-            [(*route, *(r for r in dict.fromkeys((self.engine[a], self.engine[b])) if r >= 0)) for b, route in enumerate(row)]
-            for a, row in enumerate(inst.resources)
-        ]
+        tables = inst.derived.get("linkbook")
+        if not isinstance(tables, RouteTables):
+            tables = inst.derived["linkbook"] = RouteTables.of(inst)
+        self.tables = tables
+        self.engine, self.engines, self.routes = tables.engine, tables.engines, tables.routes
+        count = tables.count
         self.free = [0.0] * count
         self.arrival: dict[tuple[int, int], float] = {}  # (producer, device) -> when its output is there
         self.sent: dict[tuple[int, int], float] = {}  # (producer, device) -> bytes sent there so far
         # The same per producer, as (D,) rows for ready_row (sent -1: nothing sent yet).
         self._arrival_rows: dict[int, np.ndarray] = {}
         self._sent_rows: dict[int, np.ndarray] = {}
-        D = inst.num_devices
-        K = max((len(route) for row in self.routes for route in row), default=0)
-        self._pad = count  # a resource that is always free at 0 (the padding of shorter routes)
-        self._route_ids = np.full((D, D, max(1, K)), count, dtype=np.int64)
-        for a, row in enumerate(self.routes):
-            for b, route in enumerate(row):
-                self._route_ids[a, b, : len(route)] = route
-        self._lat_arr, self._inv_bw_arr = inst.lat, inst.inv_bw
         self._grad = inst.needs_grad.tolist() if inst.has_bwd and gradients else [False] * inst.n
         self._nbytes = inst.nbytes.tolist()
         self._lat, self._inv_bw, self._measured = inst.lat.tolist(), inst.inv_bw.tolist(), inst.measured
@@ -174,6 +205,7 @@ class LinkBook:
         ready = np.zeros(D)
         if not preds:
             return ready
+        route_ids, pad, lat, inv_bw = self.tables.route_ids(), self.tables.count, inst.lat, inst.inv_bw
         free = np.asarray(self.free + [0.0])  # the padding resource last
         rows = np.arange(D)
         writes: list[tuple[np.ndarray, np.ndarray]] = []  # (resources (D, K), -1 where none; end (D,))
@@ -185,7 +217,7 @@ class LinkBook:
                 hit = (route[:, :, None] == ids[:, None, :]).any(axis=2)
                 held = np.where(hit, np.maximum(held, end[:, None]), held)
             end = np.maximum(at, held.max(axis=1)) + duration
-            writes.append((np.where(active[:, None] & (route != self._pad), route, -1), end))
+            writes.append((np.where(active[:, None] & (route != pad), route, -1), end))
             return end
 
         for u, e in preds:
@@ -201,11 +233,11 @@ class LinkBook:
             need = self._nbytes[e]
             go = (rows != a) & (need > sent)
             rest = np.where(sent < 0, need, need - sent)
-            there = self._lat_arr[a] + rest * self._inv_bw_arr[a]
-            end = hold(self._route_ids[a], np.full(D, fu), there, go)
+            there = lat[a] + rest * inv_bw[a]
+            end = hold(route_ids[a], np.full(D, fu), there, go)
             if self._grad[u]:
-                back = self._lat_arr[:, a] + rest * self._inv_bw_arr[:, a]
-                end = hold(self._route_ids[:, a], end, back, go)
+                back = lat[:, a] + rest * inv_bw[:, a]
+                end = hold(route_ids[:, a], end, back, go)
             t = np.where(go, np.maximum(arrived, end), arrived)
             t[a] = fu
             scratch[u] = (np.where(go, t, arrived), np.where(go, need, sent))

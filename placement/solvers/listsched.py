@@ -173,15 +173,19 @@ class MemoryLedger:
         inst = self.inst
         g = inst.group[v]
         if not self.unbounded:
+            touched = {d}
             for x, b in self.charges(v, d, dev):
                 self.free[x] -= b
+                touched.add(x)
             for a, b in self._released(v, dev).items():
                 self.pending[a] -= b
+                touched.add(a)
             for u, _ in inst.preds[v]:
                 self.open[u] -= 1
             self.pending[d] += self.share[v] * self.open[v]
-            np.subtract(self.free, self.pending, out=self.usable)
-            self.free_floor = float(self.usable.min())
+            for x in touched:  # free_floor: a lower bound of usable (released shares do not raise it)
+                self.usable[x] = self.free[x] - self.pending[x]
+                self.free_floor = min(self.free_floor, float(self.usable[x]))
         if self.group_dev[g] < 0:
             self.group_dev[g] = d
         for u, _ in inst.preds[v]:

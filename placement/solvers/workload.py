@@ -36,16 +36,19 @@ HEURISTICS_ONLY_SHARE = 0.7
 
 # Nominal seconds of each warm-start heuristic: a + b * nodes x devices + c * nodes^2. The list
 # schedulers try every device for every node and book every link a transfer crosses, hence the weight
-# of nodes x devices; m-SCT's favourite-child LP is quadratic in the nodes. Fitted (CPU seconds, with
-# a third of margin) on random layered DAGs of 300-10,000 nodes on 8 and 128 devices, after the list
-# schedulers began booking link contention (b207e26) and m-TOPO tried every device count (7a307e7).
+# of nodes x devices; m-TOPO packs once per device count (its b is a pack's cost per node times the
+# counts); m-SCT's favourite-child LP is quadratic in the nodes. Fitted (CPU seconds, with about a
+# tenth of margin, measured under a load of 7-8 on the 2-core machine, which inflates CPU time) on
+# random layered DAGs of 1,000-10,000 nodes on 8 and 128 devices, after the list schedulers priced
+# every device at once (LinkBook.ready_row) and the ledger kept producers' cuts owed: on 10,000
+# nodes x 128 devices m-ETF 14.0 s, HEFT 4.4 s, critical path 5.2 s; m-TOPO 6.4 s on 1,000 nodes.
 _HEURISTIC_FIT: dict[str, tuple[float, float, float]] = {
-    "single": (1e-3, 2e-8, 0.0),
-    "m-topo": (5e-3, 3.5e-5, 0.0),
-    "heft": (5e-3, 1e-5, 0.0),
-    "critical-path": (5e-3, 1e-5, 0.0),
-    "m-etf": (5e-3, 3.5e-5, 0.0),
-    "m-sct": (5e-3, 2.4e-5, 5e-7),
+    "single": (1e-3, 5e-7, 0.0),
+    "m-topo": (5e-3, 5.5e-5, 0.0),
+    "heft": (5e-3, 4e-6, 0.0),
+    "critical-path": (5e-3, 4.5e-6, 0.0),
+    "m-etf": (5e-3, 1.2e-5, 0.0),
+    "m-sct": (5e-3, 1.1e-5, 2.5e-7),
 }
 
 #: Building a CP-SAT model: nominal seconds per term (measured on the latency model).

@@ -1,13 +1,18 @@
 """The steady-state step of asynchronous parameter servers (placement.simulate.async_server_step),
-computed by hand on a star of 1 GB/s links: T = max(C, (C + R) / (s + 1), O)."""
+computed by hand on a star of 1 GB/s links: T = max(C, (C + R) / (s + 1), O); the step simulator and
+the schedule generator refuse staleness > 0 naming what runs and prices it."""
 
 from __future__ import annotations
 
 import pytest
 
-from placement import Cluster, Device, Link, Switch
-from placement.errors import ConfigurationError
+from graphc.ir.graph import Graph, NodeData
+from placement import Cluster, Device, Link, Switch, simulate
+from placement.errors import ConfigurationError, ScheduleError
+from placement.plan import Plan, Stage
+from placement.schedules import make_schedule
 from placement.simulate import async_server_step
+from placement.sync import ParameterServerSync
 
 MB = 1e6  # 1 ms on a 1 GB/s link
 
@@ -66,3 +71,16 @@ def test_bad_arguments_are_refused() -> None:
         async_server_step(star("gpu"), ("d0", "x"), ("s0",), P, C, 1)
     with pytest.raises(ConfigurationError, match="staleness=-1"):
         async_server_step(star("gpu"), WORKERS, SERVERS, P, C, -1)
+
+
+def test_the_step_simulator_and_the_schedules_refuse_staleness_and_name_what_runs_and_prices_it() -> None:
+    g = Graph("one")
+    g.add_node(NodeData("a", "op", measured_ms={"X": 1.0}, param_bytes=MB))
+    sync = ParameterServerSync(("s0",), staleness=2)
+    with pytest.raises(ConfigurationError, match="staleness=2.*placement.simulate.async_server_step"):
+        simulate(g, star("cpu"), {"a": "d0"}, microbatches=2, replicas={"d0": ["d0", "d1"]}, sync=sync)
+    plan = Plan(graph_name="one", graph_fingerprint="", cluster_name="star", objective="throughput", mode="training",
+                assignment={"a": "d0"}, stages=[Stage(0, ["a"], ["d0", "d1"])], microbatches=2, sync=sync,
+                graph=g, cluster=star("cpu"))  # fmt: skip
+    with pytest.raises(ScheduleError, match="runtime.servers.train_async.*placement.simulate.async_server_step"):
+        make_schedule(plan, "gpipe")

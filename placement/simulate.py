@@ -105,6 +105,14 @@ routes, flows sharing a link resource sharing its bandwidth):
   once), then sends ``P`` bytes to every replica (a broadcast). The next bucket's reduce waits for this
   one's; a server's updates run one at a time.
 
+A bucket's steps are booked when it is requested, each on its resources first come first served after
+the step before it (the links of its flows' routes, held for the phase; a server's own resource for an
+update): they contend with transfers and other stages' synchronisation. A GPU keeps computing while its
+buckets travel; a device without a copy engine is held by them, and a phase lasts at least the CPU time
+its messages cost such a device (:func:`placement.collectives.endpoint_ms` with
+:meth:`CostModel.endpoint_cpu_ms`, as a transfer with a CPU end does). The step ends when the last task or
+synchronisation step does.
+
 Asynchronous parameter servers (``staleness = s > 0``, :mod:`runtime.servers`) have no step of their
 own to simulate: every worker pushes and pulls on its own clock. :func:`async_server_step` prices their
 steady state instead. With ``N`` workers, ``K`` servers holding ``P / K`` bytes each, ``C`` one worker's
@@ -118,22 +126,14 @@ compute step on its share (no synchronisation), all workers pushing at once (the
                   as a synchronous server's; the slowest server)
     R           = push + N U + pull                        (a push's round trip: its server applies the
                                                             N gradients one at a time before answering)
-    O           = max(push, pull, N U)                     (a server's busiest resource per step: links
-                  or push + pull + N U on a CPU server      in and out and its updates overlap across
-                                                            workers; a CPU moves messages and updates)
+    O           = max(push, pull, N U)                     (a server's time per step: its links in and
+                                                            out and its updates overlap across workers)
+                = push + N U + pull on a CPU server         (it moves the messages and updates itself)
     T           = max(C, (C + R) / (s + 1), O)
 
 The middle term is the worker's cycle: step ``t + s + 1`` starts ``(s + 1) T`` after step ``t`` and
 waits for the answer to push ``t``, which comes ``C + R`` after step ``t`` began; so up to ``s`` steps
 of compute hide the round trip (``T = C`` once ``R <= s C``). ``s = 0``: ``T = C + R``.
-
-A bucket's steps are booked when it is requested, each on its resources first come first served after
-the step before it (the links of its flows' routes, held for the phase; a server's own resource for an
-update): they contend with transfers and other stages' synchronisation. A GPU keeps computing while its
-buckets travel; a device without a copy engine is held by them, and a phase lasts at least the CPU time
-its messages cost such a device (:func:`placement.collectives.endpoint_ms` with
-:meth:`CostModel.endpoint_cpu_ms`, as a transfer with a CPU end does). The step ends when the last task or
-synchronisation step does.
 
 Memory, per device, the terms that :class:`runtime.measure.MemoryTracker` measures (static bytes
 before the step plus the live tensors made during it; the step's inputs exist before it, so a graph

@@ -278,7 +278,7 @@ class AsyncServerWorker:
         for server, shard in zip(self.layout.servers, self.shards):
             answer = torch.empty(shard.stop - shard.start, dtype=gradient.dtype)
             header = torch.tensor([PUSH, t], dtype=torch.int64)
-            piece = gradient[shard].clone()
+            piece = gradient[shard]  # a contiguous view, kept alive with the push until it is answered
             with self._failing(server, t, "pushing its gradient"):
                 receive = dist.irecv(answer, server, tag=_answer_tag(t))
                 sends = [dist.isend(header, server, tag=PS_HEADER_TAG), dist.isend(piece, server, tag=GRADIENT_TAG)]

@@ -3,11 +3,14 @@ where they cannot be made (not root, no iproute2, not Linux)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from runtime.hosts import Hosts, remove_stale, why_unavailable
+from runtime.hosts.fixture import PREFIX
+from runtime.hosts.net import namespaces
 
 
 @pytest.fixture
@@ -29,3 +32,14 @@ def make_hosts() -> Iterator[Callable[..., Hosts]]:
     yield make
     for hosts in made:
         hosts.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_namespace_left_behind() -> Iterator[None]:
+    """After the session, no network namespace this test process made is left (``ip netns list``)."""
+    yield
+    if why_unavailable():
+        return
+    mine = f"{PREFIX}-{os.getpid()}-"
+    left = [name for name in namespaces() if name.startswith(mine)]
+    assert not left, f"the tests left network namespaces behind: {left}"

@@ -12,7 +12,7 @@ import pytest
 
 from graphc.ir.errors import ConfigurationError
 from placement.cluster import Cluster
-from runtime.hosts import Hosts, hosts_cluster, reaches, transfer_s
+from runtime.hosts import Hosts, hosts_cluster, net, reaches, transfer_s
 from runtime.hosts.topology import VETH_LATENCY_S
 
 MBIT = 1e6 / 8  # bytes/s
@@ -140,3 +140,13 @@ def test_hosts_refuse_nonsense_before_making_anything():
         Hosts(0)
     with pytest.raises(ConfigurationError, match="bandwidth is bytes/s"):
         Hosts(2, bandwidth=0)
+
+
+def test_where_namespaces_cannot_be_made_the_reason_says_why(monkeypatch):
+    monkeypatch.setattr(net.os, "geteuid", lambda: 1000)
+    assert "needs root" in net.why_unavailable()
+    with pytest.raises(ConfigurationError, match="cannot make network namespaces: making network namespaces needs root"):
+        Hosts(2).__enter__()
+    monkeypatch.setattr(net.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(net.shutil, "which", lambda tool: None)
+    assert net.why_unavailable() == "ip and tc not found (install iproute2)"

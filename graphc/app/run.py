@@ -17,6 +17,12 @@ independently: tracing and partitioning are deterministic. The batch size and gr
 the plan's, and a plan made for other hardware than this machine's is run with a warning that its
 prediction does not apply.
 
+Two kinds of run have no schedule: ``--sync easgd|eamsgd|async-easgd|local-sgd|diloco`` trains a pure
+data-parallel plan's replicas with an averaging strategy (:mod:`graphc.app.run_averaging`, async EASGD's
+center servers as extra ranks after the workers), and a plan with asynchronous parameter servers
+(``ParameterServerSync`` with ``staleness > 0``) runs :func:`runtime.servers.train_async`
+(:mod:`graphc.app.run_async_servers`). Their ranks are numbered as above and report failures the same way.
+
 Faults. ``graphc run`` supervises torchrun (:func:`supervise`): a rank that fails writes a
 :class:`~runtime.faults.FaultReport` (JSON), and on the first one ``graphc run`` ends torchrun and its
 ranks at once (rather than after torchrun's 30 s grace) and reports the failed rank, its device and
@@ -38,6 +44,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +71,7 @@ from graphc.app.run_averaging import (
     averaging_workers,
     check_averaging_run,
     no_exchange_warning,
+    resolve_chosen,
     train_averaging,
 )
 from graphc.frontend import zoo
@@ -142,6 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     args.granularity = plan_granularity(args.granularity, plan)
     args.batch_size = plan_batch_size(args.batch_size, plan)
+    chosen = resolve_chosen(args, plan)
+    if chosen:
+        print(f"graphc run: {chosen}", file=sys.stderr)
     devices = _ranks(args, plan)
     nproc = args.nproc_per_node or -(-devices // args.nnodes)
     if nproc * args.nnodes != devices:
@@ -389,12 +400,12 @@ def worker_main(argv: list[str] | None = None) -> int:
             init_from_env("gloo", timeout_s=args.timeout)
             workers = averaging_workers(plan, args.sync)
             device = workers[rank] if rank < len(workers) else f"center server rank {rank}"
-            _train_averaging(args, plan)
+            _train_unscheduled(args, plan, train_averaging)
             return 0
         if is_async_server_plan(plan):  # no schedule: runtime.servers' loop, on gloo (the servers are CPU ranks)
             init_from_env("gloo", timeout_s=args.timeout)
             device = plan_ranks(plan)[rank]
-            _train_async_servers(args, plan)
+            _train_unscheduled(args, plan, train_async_servers)
             return 0
         init_from_env()
         zm, parts = _partition(args, plan)
@@ -434,24 +445,14 @@ def _train(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, parts: Partit
     executor.close()
 
 
-def _train_averaging(args: argparse.Namespace, plan: Plan) -> None:
-    """This rank's part of ``graphc run --sync`` (:func:`~graphc.app.run_averaging.train_averaging`);
-    rank 0 prints (and saves) what every rank recorded."""
+def _train_unscheduled(args: argparse.Namespace, plan: Plan, train: Callable[..., Any]) -> None:
+    """This rank's part of a run without a schedule: ``train(args, plan, zoo_model, make_optimizer)``
+    (:func:`~graphc.app.run_averaging.train_averaging` or
+    :func:`~graphc.app.run_async_servers.train_async_servers`), whose record rank 0 prints (and saves)."""
     optimizer = OPTIMIZERS[args.optimizer]
-    run = train_averaging(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
+    run = train(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
     if run is not None:
-        Console().print(run.table(f"{args.model}: {len(run.workers)} workers with {args.sync}, plan {Path(args.plan).name}"))
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(run.to_dict(), indent=1))
-
-
-def _train_async_servers(args: argparse.Namespace, plan: Plan) -> None:
-    """This rank's part of a run with asynchronous parameter servers
-    (:func:`~graphc.app.run_async_servers.train_async_servers`); rank 0 prints (and saves) the record."""
-    optimizer = OPTIMIZERS[args.optimizer]
-    run = train_async_servers(args, plan, _build(args), lambda params: optimizer(params, lr=args.lr))
-    if run is not None:
-        Console().print(run.table(f"{args.model}: {len(run.workers)} workers, {len(run.servers)} asynchronous servers, plan {Path(args.plan).name}"))
+        Console().print(run.table(f"{args.model}, plan {Path(args.plan).name}"))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(run.to_dict(), indent=1))
 
@@ -491,4 +492,10 @@ def _inject_test_fault(executor: DistributedExecutor, spec: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    # os._exit, not sys.exit: the rank has destroyed its process group and said what it had to; skipping the
+    # interpreter's and C++ libraries' teardown avoids an abort seen there now and then after gloo runs without
+    # a schedule ("terminate called without an active exception", no Python frame, about 1 run in 4).
+    status = worker_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

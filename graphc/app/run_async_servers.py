@@ -95,8 +95,8 @@ def train_async_servers(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, 
         zm.model, zoo.zoo_loss(zm), tuple(zm.example_inputs), zm.targets, layout,
         optimizer=optimizer, staleness=plan.sync.staleness, steps=args.warmup + args.steps,
     )  # fmt: skip
-    gathered: list[Any] = [None] * len(ranks) if dist.get_rank() == 0 else []
-    dist.gather_object(mine, gathered if dist.get_rank() == 0 else None, dst=0)
+    gathered: list[Any] = [None] * len(ranks)
+    dist.all_gather_object(gathered, mine)  # all, not gather to 0: no rank leaves with its send in flight
     if dist.get_rank() != 0:
         return None
     losses = {w: gathered[w].losses for w in layout.workers}

@@ -47,6 +47,7 @@ from placement.sync import (
     AveragingSync,
     ElasticAveragingSync,
     LocalSGDSync,
+    any_sync_from_dict,
     sync_to_dict,
 )
 from runtime.averaging import (
@@ -76,6 +77,8 @@ from runtime.step import split_batch
 ELASTIC = ("easgd", "eamsgd", "async-easgd")
 LOCAL = ("local-sgd", "diloco")
 STRATEGIES = (*ELASTIC, *LOCAL)
+#: ``--sync chosen``: the strategy the plan chose by time to accuracy (:func:`resolve_chosen`).
+CHOSEN = "chosen"
 #: Makes a worker's local optimizer over the parameters given.
 MakeOptimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -87,8 +90,9 @@ def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--sync",
-        choices=STRATEGIES,
-        help="train with this strategy instead of the plan's gradient sync (default: the plan's)",
+        choices=(*STRATEGIES, CHOSEN),
+        help="train with this strategy instead of the plan's gradient sync; chosen: the one the plan chose by "
+        "time to accuracy (graphc plan --convergence) (default: the plan's gradient sync)",
     )
     group.add_argument(
         "--tau",
@@ -145,6 +149,38 @@ _TAKEN_BY = {
 
 #: The options above besides --sync (graphc run refuses them without it).
 AVERAGING_OPTIONS = (*_TAKEN_BY, "checkpoint", "resume")
+
+
+def resolve_chosen(args: argparse.Namespace, plan: Plan) -> str | None:
+    """Replace ``--sync chosen`` in ``args`` by the strategy and settings ``plan`` chose by time to accuracy
+    (``plan.settings["parallel"]["sync_choice"]``, :func:`placement.hybrid.record_sync_choice`); a gradient
+    sync chosen (synchronous SGD) sets ``args.sync`` to None: the plan's schedule runs. Returns the
+    choice's reason (None without ``--sync chosen``); a plan without a choice is refused, saying why."""
+    if args.sync != CHOSEN:
+        return None
+    choice = plan.settings.get("parallel", {}).get("sync_choice")
+    if choice is None:
+        raise ConfigurationError(
+            "--sync chosen runs the strategy the plan chose by time to accuracy, and this plan records no choice: "
+            "make it with graphc plan ... --objective throughput --parallel data --convergence convergence.json, "
+            f"or name a strategy ({', '.join(STRATEGIES)})"
+        )
+    if "none" in choice:
+        raise ConfigurationError(f"--sync chosen: the plan chose no strategy ({choice['none']}); name one ({', '.join(STRATEGIES)})")
+    given = [f"--{name.replace('_', '-')}" for name in _TAKEN_BY if getattr(args, name) is not None]
+    if given:
+        raise ConfigurationError(f"{', '.join(given)}: --sync chosen runs the plan's settings; name the strategy with --sync to change them")
+    sync = any_sync_from_dict(choice["sync"], "the plan's sync_choice")
+    if isinstance(sync, ElasticAveragingSync):
+        if sync.momentum not in (0.0, DEFAULT_MOMENTUM):
+            raise ConfigurationError(f"--sync chosen: the plan chose EAMSGD with momentum {sync.momentum}; graphc run's EAMSGD takes {DEFAULT_MOMENTUM}")
+        args.sync = "async-easgd" if sync.asynchronous else "eamsgd" if sync.momentum else "easgd"
+        args.tau, args.alpha, args.prefetch = sync.tau, sync.alpha, (sync.prefetch if sync.asynchronous else None)
+    elif isinstance(sync, LocalSGDSync):
+        args.sync, args.period = ("local-sgd" if sync.outer == "average" else "diloco"), sync.period
+    else:
+        args.sync = None
+    return f"the plan chose {choice['chosen']}: {choice['reason']}"
 
 
 def averaging_sync(args: argparse.Namespace) -> AveragingSync:
@@ -348,8 +384,8 @@ def train_averaging(
         mine = {"traffic": asdict(server.traffic), "arrivals": dict(server.arrivals)}
     else:
         mine = _work(args, sync, layout, zm, len(devices), optimizer)
-    gathered: list[Any] = [None] * world if rank == 0 else []
-    dist.gather_object(mine, gathered if rank == 0 else None, dst=0)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)  # all, not gather to 0: no rank leaves with its send in flight
     if rank != 0:
         return None
     losses = {r: gathered[r]["losses"] for r in range(len(devices))}

@@ -13,6 +13,13 @@ import graphc.app.run
 from graphc import zoo
 from graphc.app import cli
 from placement import presets
+from placement.plan import Plan
+from placement.sync import (
+    AllReduceSync,
+    ElasticAveragingSync,
+    LocalSGDSync,
+    sync_to_dict,
+)
 from runtime import contiguous_plan
 
 MODEL = ["gpt2", "--size", "small", "--knob", "dropout=0.0"]
@@ -109,6 +116,49 @@ def test_fewer_steps_than_the_period_warn_that_the_replicas_never_meet(plans, no
     argv = ["run", *MODEL, "--plan", plans["data"], "--sync", "diloco", "--steps", "5", "--dry-run"]
     assert cli.main(argv) == 0
     assert "7 local steps (--warmup + --steps) take no exchange every 500" in capsys.readouterr().err
+
+
+def _with_choice(plans, tmp_path, sync) -> str:
+    """The data-parallel plan with ``sync`` recorded as its choice by time to accuracy (as graphc plan --convergence records it)."""
+    plan = Plan.load(plans["data"])
+    plan.settings.setdefault("parallel", {})["sync_choice"] = {
+        "chosen": "the choice", "sync": sync_to_dict(sync), "reason": "it reaches 95% soonest", "tier": "inside a host",
+        "target": 0.95, "seconds": {},
+    }  # fmt: skip
+    path = tmp_path / "chosen.json"
+    plan.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "sync, expected",
+    [
+        (LocalSGDSync(period=3, outer="nesterov"), "--sync diloco --period 3"),
+        (ElasticAveragingSync(tau=5, asynchronous=True, prefetch=2), "--sync async-easgd --tau 5 --prefetch 2"),
+        (ElasticAveragingSync(tau=4, momentum=0.9), "--sync eamsgd --tau 4"),
+    ],
+)
+def test_sync_chosen_runs_the_strategy_the_plan_chose(plans, no_rank_starts, tmp_path, capsys, sync, expected):
+    argv = ["run", *MODEL, "--plan", _with_choice(plans, tmp_path, sync), "--sync", "chosen", "--dry-run"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].endswith(expected)
+    assert "the plan chose the choice: it reaches 95% soonest" in err
+
+
+def test_sync_chosen_with_synchronous_sgd_chosen_runs_the_plans_schedule(plans, no_rank_starts, tmp_path, capsys):
+    argv = ["run", *MODEL, "--plan", _with_choice(plans, tmp_path, AllReduceSync()), "--sync", "chosen", "--dry-run"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--sync" not in out.splitlines()[0] and "cpu1: a replica of cpu0" in out  # the partitioned programs
+
+
+def test_sync_chosen_without_a_choice_or_with_settings_is_refused(plans, no_rank_starts, tmp_path, capsys):
+    assert cli.main(["run", *MODEL, "--plan", plans["data"], "--sync", "chosen"]) == 2
+    assert "this plan records no choice: make it with graphc plan" in capsys.readouterr().err
+    chosen = _with_choice(plans, tmp_path, LocalSGDSync(period=3))
+    assert cli.main(["run", *MODEL, "--plan", chosen, "--sync", "chosen", "--period", "5"]) == 2
+    assert "--period: --sync chosen runs the plan's settings" in capsys.readouterr().err
 
 
 # -- two CPU ranks train with each strategy ---------------------------------------------------------

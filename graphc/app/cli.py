@@ -38,6 +38,7 @@ from graphc.app.compare import (
     write_csv,
 )
 from graphc.app.demo import run_demo
+from graphc.app.hosts import add_hosts_arguments, cmd_hosts
 from graphc.app.report import graph_totals_table, op_breakdown_table
 from graphc.app.run import add_run_arguments, cmd_run
 from graphc.frontend import zoo
@@ -445,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     ran = commands.add_parser("run", help="train a zoo model placed by a plan: one rank per device, via torchrun")
     add_run_arguments(ran)
     ran.set_defaults(run=cmd_run)
+
+    hosted = commands.add_parser("hosts", help="make N network-namespace hosts with shaped links and run one command on each (needs root)")
+    add_hosts_arguments(hosted)
+    hosted.set_defaults(run=cmd_hosts)
 
     imported = commands.add_parser("import", help="import a graph file; print it")
     imported.add_argument("file", help="a PipeDream .txt, dnn-partitioning .json or graphc graph .json file")

@@ -283,3 +283,12 @@ def test_demo_command_prints_and_exits_with_the_results_code(monkeypatch):
 
     monkeypatch.setattr(graphc.app.cli, "run_demo", fake_demo)
     assert main(["demo"]) == 1 and len(seen) == 1
+
+
+def test_graphc_hosts_is_a_command_of_its_own(capsys):
+    """graphc hosts (graphc.app.hosts) is registered: its help, and a missing command refused before any host is made."""
+    with pytest.raises(SystemExit):
+        main(["hosts", "-h"])
+    assert "[-n N] [--mbit MBIT]" in capsys.readouterr().out
+    assert main(["hosts", "-n", "2"]) == 2
+    assert "give the command each host runs after --" in capsys.readouterr().err

@@ -47,6 +47,8 @@ class AsyncServerRun:
         step_ms: their median.
         lag: worker rank -> per step, ``step - version``: how many of its own pushes the weights it
             computed on missed (at most the staleness).
+        wait_ms: worker rank -> per step, the milliseconds it waited for the servers' answer after its
+            push (the exposed part of the round trip; 0 for the first ``s`` steps).
         arrivals: server rank -> worker rank -> the gradients it applied from that worker.
         lost: server rank -> worker rank -> what the server was doing when it found the worker gone.
     """
@@ -59,6 +61,7 @@ class AsyncServerRun:
     steps_ms: list[float]
     step_ms: float
     lag: dict[int, list[int]]
+    wait_ms: dict[int, list[float]]
     arrivals: dict[int, dict[int, int]]
     lost: dict[int, dict[int, str]] = field(default_factory=dict)
 
@@ -68,14 +71,15 @@ class AsyncServerRun:
     def table(self, title: str) -> Table:
         """Per rank: its role and device, first and last loss (workers), gradients applied (servers)."""
         table = Table(title=title)
-        for column in ("rank", "role", "first loss", "last loss", "largest lag", "gradients applied"):
+        for column in ("rank", "role", "first loss", "last loss", "largest lag", "ms waited", "gradients applied"):
             table.add_column(column, justify="left" if column == "role" else "right")
         for rank, device in sorted({**self.workers, **self.servers}.items()):
             if rank in self.workers:
                 losses = self.losses[rank]
-                table.add_row(str(rank), f"worker on {device}", f"{losses[0]:.4f}", f"{losses[-1]:.4f}", str(max(self.lag[rank])), "")
+                waited = f"{sum(self.wait_ms[rank]):.1f}"
+                table.add_row(str(rank), f"worker on {device}", f"{losses[0]:.4f}", f"{losses[-1]:.4f}", str(max(self.lag[rank])), waited, "")
             else:
-                table.add_row(str(rank), f"server on {device}", "", "", "", str(sum(self.arrivals[rank].values())))
+                table.add_row(str(rank), f"server on {device}", "", "", "", "", str(sum(self.arrivals[rank].values())))
         table.caption = f"staleness {self.staleness}; median step {self.step_ms:.1f} ms"
         return table
 
@@ -110,6 +114,7 @@ def train_async_servers(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, 
         steps_ms=first.step_ms[args.warmup :],
         step_ms=statistics.median(first.step_ms[args.warmup :]),
         lag={w: [r.step - r.version for r in gathered[w].log] for w in layout.workers},
+        wait_ms={w: [r.wait_ms for r in gathered[w].log] for w in layout.workers},
         arrivals={s: dict(Counter(a.worker for a in gathered[s].arrivals)) for s in layout.servers},
         lost={s: gathered[s].lost for s in layout.servers if gathered[s].lost},
     )

@@ -61,5 +61,7 @@ def test_graphc_run_trains_with_asynchronous_parameter_servers(plans, tmp_path):
     assert len(run["steps_ms"]) == 5 and all(len(losses) == 6 for losses in run["losses"].values())
     for lag in run["lag"].values():  # step t computes on the answer to push t - 2: t - version = min(t, s)
         assert lag == [0, 1, 2, 2, 2, 2]
+    for waits in run["wait_ms"].values():  # no answer is waited for before step s = 2
+        assert waits[:2] == [0.0, 0.0] and all(w >= 0.0 for w in waits)
     assert run["arrivals"] == {"2": {"0": 6, "1": 6}, "3": {"0": 6, "1": 6}}  # every push reaches both shards
     assert run["lost"] == {}

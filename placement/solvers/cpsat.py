@@ -56,7 +56,14 @@ from placement.solvers.instance import Instance, instance
 from placement.solvers.listsched import Schedule, memory_retries, to_plan
 from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
-from placement.solvers.search import Candidate, Evaluator, boundary_moves, polish
+from placement.solvers.search import (
+    PREDICT_ORDER_UNITS,
+    PREDICT_UNITS,
+    Candidate,
+    Evaluator,
+    boundary_moves,
+    polish,
+)
 from placement.solvers.topo import (
     balanced_split,
     layer_split,
@@ -89,6 +96,19 @@ WARM_START: dict[str, Callable[[Instance], Schedule]] = {
     "m-sct": sct_schedule,
     "m-topo": topo_schedule,
 }
+
+# Warm-start heuristics whose own order is not worth keeping (one device: the simulator's is as good;
+# m-TOPO: a packing, not a schedule): their plans are predicted with the simulator's order only.
+UNORDERED = ("single", "m-topo")
+
+
+def warm_cost(name: str, inst: Instance, sim: float) -> float:
+    """Nominal seconds of the warm-start heuristic ``name``: its run and the predictions of its plan
+    (:class:`~placement.solvers.search.Evaluator`: without an order, and with its own unless
+    :data:`UNORDERED`), in simulations of ``sim`` seconds."""
+    units = PREDICT_UNITS + (0 if name in UNORDERED else PREDICT_ORDER_UNITS)
+    return heuristic_seconds(name, inst) + units * sim
+
 
 # CP-SAT on a coarsening is skipped when its model's time of the warm start's best plan is off that
 # plan's simulated step by more than this fraction (a coarsening that serialises an unrolled RNN's
@@ -168,7 +188,7 @@ def warm_start(
             if name != "single":  # "does not fit on one device" says little to a multi-device solver
                 first_error = first_error or exc
             continue
-        seq = None if name in ("single", "m-topo") else sched.seq
+        seq = None if name in UNORDERED else sched.seq
         cand = evaluator(sched.dev, seq, name)
         cand.schedule_seq = seq
         if np.isfinite(cand.step_ms):
@@ -421,11 +441,13 @@ class Budget:
     Attributes:
         heuristics: the warm-start heuristics to run: one device, then those of :data:`WARM_START` whose
             estimated cost fits ``warm_share`` of the work (taken in that order), run cheapest first.
-        splits: the device counts whose balanced and layer splits are simulated too: as many of
+        splits: the device counts whose balanced and layer splits are predicted too (each costing its
+            computation and a prediction of :data:`~placement.solvers.search.PREDICT_UNITS`
+            simulations; a heuristic costs :func:`warm_cost`): as many of
             :func:`~placement.solvers.topo.split_counts` as fit what the heuristics left, spread
             evenly from the fewest devices to all (all of them when only one fits). When neither a
             heuristic nor a split fits, the splits onto every device are the one multi-device
-            candidate (two simulations and a pass over the nodes: cheaper than any heuristic on a
+            candidate (two predictions and a pass over the nodes: cheaper than any heuristic on a
             large graph, and the loosest in memory).
         warm_seconds: nominal seconds of the warm start so planned.
         ilp_seconds: CP-SAT's nominal seconds, its coarsening and model building included (its
@@ -494,8 +516,7 @@ class Budget:
         sim = simulation_seconds(inst, mb, inst.n // 10)  # a cut edge per ten nodes, until a plan is known
         reserve = final_seconds(inst, 2)  # the search's best and one heuristic's plan, known before choosing
         total = max(0.0, NOMINAL_SHARE * problem.time_limit - instance_seconds(inst.n) - reserve)
-        # A heuristic costs its own run and two simulations (with its order and the simulator's).
-        cost = {name: heuristic_seconds(name, inst) + 2 * sim for name in WARM_START}
+        cost = {name: warm_cost(name, inst, sim) for name in WARM_START}
         heuristics_only = inst.num_devices > 1 and not _models_fit(inst, cfg)
         if heuristics_only:  # no CP-SAT nor LNS to come: the heuristics are the search
             cap = max(0.0, HEURISTICS_ONLY_SHARE * problem.time_limit - instance_seconds(inst.n) - reserve)
@@ -509,7 +530,7 @@ class Budget:
                 warm += cost[name]
         names.sort(key=lambda name: (name != "single", cost[name]))  # the cheapest first, should the clock cut
         counts = split_counts(inst)
-        per_split = 2 * sim + split_seconds(inst)
+        per_split = 2 * PREDICT_UNITS * sim + split_seconds(inst)  # a balanced and a layer split, predicted
         fit = min(len(counts), max(0, int((cap - warm) / per_split)))
         # Spread from the fewest devices to all; one count alone is all of them, the loosest in memory.
         splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[len(counts) - fit :]
@@ -636,4 +657,4 @@ def _check_latency(problem: Problem, name: str) -> None:
         )
 
 
-__all__ = ["WARM_START", "CpSatSettings", "cp_sat", "improve", "warm_start"]
+__all__ = ["WARM_START", "CpSatSettings", "cp_sat", "improve", "warm_cost", "warm_start"]

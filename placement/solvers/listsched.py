@@ -133,11 +133,12 @@ class MemoryLedger:
         open producers owe (class docstring), so that filling a device never leaves it unable to send on."""
         if self.unbounded:
             return True
-        # Fast path: even every input arriving from elsewhere fits, here and at its sender.
+        # Fast path: even every input arriving from elsewhere fits here; a sender's charge is the share
+        # it releases, so it fits while no device's usable bytes are negative (free_floor, a lower bound).
         g = self.inst.group[v]
         upper = self._in_factor * self.in_upper[v]
         own = (self.group_need[g] if self.group_dev[g] < 0 else 0.0) + upper + self.share[v] * self.open[v]
-        if own <= self.usable[d] - self.reserve and upper <= self.free_floor:
+        if own <= self.usable[d] - self.reserve and self.free_floor >= 0:
             return True
         return self._overflow(v, d, dev) is None
 
@@ -153,7 +154,7 @@ class MemoryLedger:
         g = inst.group[v]
         upper = self._in_factor * self.in_upper[v]
         own = self.group_need[g] + upper + self.share[v] * self.open[v]
-        fast = ok & (own <= self.usable - self.reserve) if upper <= self.free_floor else np.zeros_like(ok)
+        fast = ok & (own <= self.usable - self.reserve) if self.free_floor >= 0 else np.zeros_like(ok)
         return [d for d in np.flatnonzero(ok).tolist() if fast[d] or self._overflow(v, d, dev) is None]
 
     def _overflow(self, v: int, d: int, dev: np.ndarray) -> tuple[int, float, float] | None:

@@ -34,21 +34,22 @@ NOMINAL_SHARE = 0.5
 #: it needs the headroom.
 HEURISTICS_ONLY_SHARE = 0.7
 
-# Nominal seconds of each warm-start heuristic: a + b * nodes x devices + c * nodes^2. The list
-# schedulers try every device for every node and book every link a transfer crosses, hence the weight
-# of nodes x devices; m-TOPO packs once per device count (its b is a pack's cost per node times the
-# counts); m-SCT's favourite-child LP is quadratic in the nodes. Fitted (CPU seconds, with about a
-# tenth of margin, measured under a load of 7-8 on the 2-core machine, which inflates CPU time) on
-# random layered DAGs of 1,000-10,000 nodes on 8 and 128 devices, after the list schedulers priced
-# every device at once (LinkBook.ready_row) and the ledger kept producers' cuts owed: on 10,000
-# nodes x 128 devices m-ETF 14.0 s, HEFT 4.4 s, critical path 5.2 s; m-TOPO 6.4 s on 1,000 nodes.
-_HEURISTIC_FIT: dict[str, tuple[float, float, float]] = {
-    "single": (1e-3, 5e-7, 0.0),
-    "m-topo": (5e-3, 5.5e-5, 0.0),
-    "heft": (5e-3, 4e-6, 0.0),
-    "critical-path": (5e-3, 4.5e-6, 0.0),
-    "m-etf": (5e-3, 1.2e-5, 0.0),
-    "m-sct": (5e-3, 1.1e-5, 2.5e-7),
+# Nominal seconds of each warm-start heuristic: a + e * nodes + b * nodes x devices + c * nodes^2. The
+# list schedulers try every device for every node and book every link a transfer crosses, hence the
+# weight of nodes x devices (past 16 devices priced all at once with NumPy, LinkBook.ready_row), and a
+# per-node cost that dominates on a few devices; m-TOPO packs once per device count (its b is a pack's
+# cost per node times the counts); m-SCT's favourite-child LP is quadratic in the nodes. Fitted (CPU
+# seconds, with about a tenth of margin, measured under a load of 7-8 on the 2-core machine, which
+# inflates CPU time) on random layered DAGs: 3,000 nodes on 8 devices (HEFT 0.21 s, m-ETF 0.25 s,
+# m-SCT 2.3 s), 1,000 and 10,000 nodes on 128 (m-ETF 14.0 s, HEFT 4.4 s, critical path 5.2 s,
+# m-TOPO 38 s on 10,000; m-SCT 6.0 s on 3,000).
+_HEURISTIC_FIT: dict[str, tuple[float, float, float, float]] = {
+    "single": (1e-3, 0.0, 5e-7, 0.0),
+    "m-topo": (5e-3, 0.0, 4.5e-5, 0.0),
+    "heft": (5e-3, 5e-5, 3.5e-6, 0.0),
+    "critical-path": (5e-3, 4.5e-5, 4e-6, 0.0),
+    "m-etf": (5e-3, 2e-5, 1.15e-5, 0.0),
+    "m-sct": (5e-3, 0.0, 1.1e-5, 2.2e-7),
 }
 
 #: Building a CP-SAT model: nominal seconds per term (measured on the latency model).
@@ -59,8 +60,8 @@ MAX_MODEL_TERMS = 150_000
 
 def heuristic_seconds(name: str, inst: Instance) -> float:
     """Nominal seconds of the warm-start heuristic ``name`` on ``inst``."""
-    a, b, c = _HEURISTIC_FIT[name]
-    return a + b * inst.n * inst.num_devices + c * inst.n * inst.n
+    a, e, b, c = _HEURISTIC_FIT[name]
+    return a + e * inst.n + b * inst.n * inst.num_devices + c * inst.n * inst.n
 
 
 def simulation_seconds(inst: Instance, microbatches: int, cut: int) -> float:

@@ -72,3 +72,38 @@ def test_list_schedulers_place_past_a_full_producer_device(name: str) -> None:
     assert len(set(plan.assignment.values())) > 1
     for device, peak in plan.peak_memory_bytes.items():
         assert peak <= cluster.device(device).memory_bytes
+
+
+@pytest.mark.parametrize(("mode", "memory", "headroom"), [
+    ("training", 1500 * MB, 1.0), ("training", 1500 * MB, 64.0), ("inference", 250 * MB, 1.0),
+])  # fmt: skip
+def test_the_fast_checks_agree_with_the_exact_one(mode: str, memory: float, headroom: float) -> None:
+    # fits() and fitting() take a shortcut when even every input arriving from elsewhere fits; along a
+    # random fill of small devices they accept exactly what the charge-by-charge check accepts.
+    import random
+
+    from test_solvers_common import random_graph
+
+    g = random_graph(5, 60)
+    for node in g.nodes():
+        node.param_bytes = 20 * MB
+    inst = instance(make_problem(g, star(4, memory=memory), mode=mode))
+    sched = Schedule(inst, headroom=headroom)  # a larger reserve: more placements near the fast path's edge
+    ledger = sched.ledger
+    assert not ledger.unbounded
+    rng = random.Random(1)
+    refused = 0
+
+    def exact(w: int) -> list[int]:
+        return [d for d in range(inst.num_devices) if ledger.may_use(w, d) and ledger._overflow(w, d, sched.dev) is None]
+
+    for v in range(inst.n):
+        for w in range(v, inst.n):  # every node not placed yet, on every device
+            assert [d for d in range(inst.num_devices) if ledger.may_use(w, d) and ledger.fits(w, d, sched.dev)] == exact(w)
+            assert ledger.fitting(w, sched.dev) == exact(w)
+        options = exact(v)
+        refused += inst.num_devices - len(options)
+        if not options:
+            break
+        sched.append(v, rng.choice(options))
+    assert refused > 0  # the devices did fill up

@@ -28,14 +28,15 @@ HEADER_BYTES = 8  # async EASGD's message header, one int64
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory) -> dict[str, str]:
-    """GPT-2 (small, batch 4) replicated on cpu0 and cpu1 ("data"), and cut into a 2-stage pipeline ("pipeline")."""
+    """GPT-2 (small, batch 4) replicated on cpu0 and cpu1 ("data"), on cpu0..cpu3 ("four"), and cut into a 2-stage
+    pipeline ("pipeline")."""
     zm = zoo.build("gpt2", batch_size=4, size="small", dropout=0.0)
     graph = graphc.trace(zm.model, zm.example_inputs, name="gpt2", granularity="op").graph
     folder = tmp_path_factory.mktemp("plans")
     paths = {}
-    for kind, devices in (("data", [["cpu0", "cpu1"]]), ("pipeline", ["cpu0", "cpu1"])):
-        plan = contiguous_plan(graph, devices, microbatches=2)
-        plan.cluster = presets.local(workers=2)
+    for kind, devices in (("data", [["cpu0", "cpu1"]]), ("pipeline", ["cpu0", "cpu1"]), ("four", [["cpu0", "cpu1", "cpu2", "cpu3"]])):
+        plan = contiguous_plan(graph, devices, microbatches=len(devices[0]) if kind == "four" else 2)
+        plan.cluster = presets.local(workers=4)
         paths[kind] = str(folder / f"{kind}.json")
         plan.save(paths[kind])
     return paths
@@ -214,3 +215,17 @@ def test_diloco_resumed_from_a_checkpoint_continues_the_same_run(plans, tmp_path
     for rank in ("0", "1"):
         assert first["losses"][rank] + second["losses"][rank] == pytest.approx(whole["losses"][rank], rel=1e-5)
     assert second["traffic"] == whole["traffic"]  # counted from the first step of the run
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["easgd", "eamsgd", "async-easgd", "local-sgd", "diloco"])
+def test_four_workers_train_with_each_strategy(plans, parameter_bytes, tmp_path, strategy):
+    period = ["--period", "2"] if strategy in ("local-sgd", "diloco") else ["--tau", "2"]
+    run = _run(plans["four"], tmp_path / "run.json", "--sync", strategy, *period, "--steps", "4")
+    _falls(run)
+    assert sorted(run["losses"]) == ["0", "1", "2", "3"] and run["servers"] == ([4] if strategy == "async-easgd" else [])
+    exchanged = {rank: moved["exchanges"] for rank, moved in run["traffic"].items()}
+    assert exchanged == ({"0": 2, "1": 2, "2": 2, "3": 2, "4": 8} if strategy == "async-easgd" else dict.fromkeys("0123", 2))
+    if strategy != "async-easgd":  # a ring all-reduce of P over N = 4: 2 (N - 1) / N P per worker and exchange
+        assert run["traffic"]["0"]["sent"] == pytest.approx(2 * 2 * 3 / 4 * parameter_bytes)

@@ -181,6 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _ranks(args: argparse.Namespace, plan: Plan) -> int:
     """How many ranks the run starts: the plan's devices and servers, or with ``--sync`` the workers and
     async EASGD's servers (:mod:`graphc.app.run_averaging`); averaging options without ``--sync`` are refused."""
+    unscheduled = f"--sync {args.sync}" if args.sync else "a plan with asynchronous parameter servers" if is_async_server_plan(plan) else None
+    if unscheduled and args.schedule:
+        raise ConfigurationError(f"--schedule {args.schedule}: {unscheduled} trains in a loop of its own, with no schedule; leave --schedule out")
     if args.sync:
         warning = no_exchange_warning(args)
         if warning:

@@ -77,6 +77,7 @@ def _run(plan: str, out, *options: str) -> dict:
         (["--sync", "eamsgd", "--optimizer", "adam"], "EAMSGD's workers take Nesterov SGD steps, not --optimizer adam"),
         (["--tau", "4"], "--tau: options of an averaging strategy; choose one with --sync"),
         (["--sync", "diloco", "--resume"], "--resume loads the state saved in --checkpoint DIR"),
+        (["--sync", "easgd", "--schedule", "1f1b"], "--schedule 1f1b: --sync easgd trains in a loop of its own, with no schedule"),
     ],
 )
 def test_a_bad_combination_is_refused_before_any_rank_starts(plans, no_rank_starts, capsys, options, message):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,8 @@ def warm_cost(name: str, inst: Instance, sim: float) -> float:
     """Nominal seconds of the warm-start heuristic ``name``: its run and the predictions of its plan
     (:class:`~placement.solvers.search.Evaluator`: without an order, and with its own unless
     :data:`UNORDERED`), in simulations of ``sim`` seconds."""
+    if name == "single" and float(inst.need.sum()) > float(inst.capacity.max(initial=0.0)):
+        return 1e-3  # no device holds the whole graph: single_schedule refuses at once, nothing to predict
     units = PREDICT_UNITS + (0 if name in UNORDERED else PREDICT_ORDER_UNITS)
     return heuristic_seconds(name, inst) + units * sim
 
@@ -190,7 +192,6 @@ def warm_start(
             continue
         seq = None if name in UNORDERED else sched.seq
         cand = evaluator(sched.dev, seq, name)
-        cand.schedule_seq = seq
         if np.isfinite(cand.step_ms):
             candidates.append(cand)
     tried: set[bytes] = set()
@@ -299,9 +300,10 @@ def improve(
     record["proven_optimal"] = proven()
     record["stopped_by_wall_clock"] = sorted(set(cut_by_clock))
     record["simulations"] = evaluator.calls
-    # Every heuristic's plan as it would finish it, the best split, and the search's best.
+    # Every heuristic's plan as it would finish it (its order or the simulator's, whichever the
+    # Evaluator kept, as to_plan would), the best split, and the search's best.
     splits = [c for c in cands if c.source.startswith(("split/", "layers/"))]
-    heuristics = [replace(c, seq=c.schedule_seq) for c in cands if c.source in WARM_START]
+    heuristics = [c for c in cands if c.source in WARM_START]
     finalists = [best, *heuristics, *([min(splits, key=lambda c: c.step_ms)] if splits else [])]
     plan = _final_plan(problem, inst, finalists, solver, record, bound_ms or None)
     return plan, record
@@ -332,7 +334,9 @@ def _final_plan(
             continue
         seen.add(key)
         try:
-            plan = to_plan(problem, inst, cand.dev, solver=solver, settings=record, seq=cand.seq, bound_ms=bound_ms)
+            plan = to_plan(
+                problem, inst, cand.dev, solver=solver, settings=record, seq=cand.seq, bound_ms=bound_ms, judged=True
+            )
         except InfeasibleError as exc:
             first_error = first_error or exc
             continue

@@ -45,7 +45,6 @@ import numpy as np
 
 from placement.solvers.instance import Instance
 
-
 #: Up to this many devices :meth:`LinkBook.ready_row` prices device by device (NumPy's overhead on short
 #: rows costs more than it saves: about 15% more for the list schedulers on 8 devices).
 ROW_DEVICES = 16

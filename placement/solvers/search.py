@@ -40,15 +40,13 @@ from placement.solvers.instance import Instance
 @dataclass
 class Candidate:
     """A judged assignment: device per node, the order it was simulated with (None: the simulator's
-    priority), its simulated step (inf if it does not fit) and where it came from; ``schedule_seq``: a
-    heuristic's own per-device order, which its plan is finished with (``to_plan``)."""
+    priority), its simulated step (inf if it does not fit) and where it came from."""
 
     dev: np.ndarray
     seq: list[list[int]] | None
     step_ms: float
     source: str
     starts: np.ndarray | None = field(default=None, repr=False)
-    schedule_seq: list[list[int]] | None = field(default=None, repr=False)
 
     def better_than(self, other: Candidate | None) -> bool:
         return other is None or self.step_ms < other.step_ms * (1 - 1e-9) - 1e-12

@@ -212,20 +212,26 @@ def test_graphs_too_large_for_any_model_give_their_budget_to_the_heuristics() ->
 
 
 # -- estimates on many devices -------------------------------------------------------------------------
+def _layered_dag(nodes: int):
+    """benchmarks/simulate_scaling.py's random layered DAG (seed 0), the scale benchmark's input."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[3] / "benchmarks"))
+    from simulate_scaling import random_layered_dag
+
+    return random_layered_dag(nodes, seed=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["heft", "m-etf"])
 def test_list_scheduler_estimates_are_of_the_right_order_on_many_devices(name: str) -> None:
     """On 1,500 nodes x 128 devices a list scheduler's CPU time is within a factor of its estimate: under
     it by at most 2.5x (auto plans half its limit, so more would let the wall clock decide), and not
     ten times over (which would leave a heuristic out that fits)."""
-    import sys
     import time
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parents[3] / "benchmarks"))
-    from simulate_scaling import random_layered_dag
-
-    inst = instance(make_problem(random_layered_dag(1500, seed=0), Cluster.preset("16x8-v100-ib")))
+    inst = instance(make_problem(_layered_dag(1500), Cluster.preset("16x8-v100-ib")))
     start = time.process_time()
     WARM_START[name](inst)
     spent = time.process_time() - start
@@ -238,13 +244,7 @@ def test_auto_plans_m_etf_on_ten_thousand_nodes_and_128_devices() -> None:
     get HEURISTICS_ONLY_SHARE; m-ETF (the best list schedule there) fits it, and the work planned with the
     lowering and the final plans (a little more than the two finalists reserved) stays inside 80% of the
     limit."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[3] / "benchmarks"))
-    from simulate_scaling import random_layered_dag
-
-    problem = make_problem(random_layered_dag(10000, seed=0), Cluster.preset("16x8-v100-ib"), time_limit_s=30.0)
+    problem = make_problem(_layered_dag(10000), Cluster.preset("16x8-v100-ib"), time_limit_s=30.0)
     inst = instance(problem)
     D = inst.num_devices
     budget = Budget.of(problem, inst, CpSatSettings(lns_window=max(12, 48 // (D // 2)), lns_base=max(24, 480 // D)))

@@ -17,6 +17,11 @@ the model's calibration of this CPU (:func:`graphc.app.calibrate.calibrate`: pro
 the eager step, the per-message CPU cost of a gloo transfer). Prints a table and writes
 ``results/multihost/multihost.json``.
 
+Then, per link speed, an epoch (:data:`EPOCH_STEPS` steps of a 4 MB MLP on each host's own batches)
+of synchronous SGD (every step's gradients all-reduced over the link, as DDP does) against synchronous
+EASGD (:class:`runtime.averaging.EASGD`, tau = 10: one all-reduce of the parameters every 10 steps),
+each timed on every rank from a barrier to the last step, the slowest rank's time reported.
+
 Not shaped here: link delay (the issue's "100 Mbit/s with 1 ms delay") needs the kernel's netem, which
 this machine lacks; the run says so and shapes bandwidth only. Two ranks on a shared two-core machine
 are slowed by any other load, which the table cannot separate from the link.
@@ -31,9 +36,12 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
 
@@ -43,13 +51,42 @@ from graphc.zoo import zoo_loss
 from placement import CostModel, simulate
 from placement.plan import Plan
 from placement.schedules import make_schedule
-from runtime import contiguous_plan
-from runtime.hosts import Hosts, transfer_s, why_unavailable
+from runtime import contiguous_plan, init_from_env
+from runtime.averaging import EASGD
+from runtime.hosts import Hosts, spawn_on_hosts, transfer_s, why_unavailable
 
 MODEL, BATCH = "gpt2", 16
 KNOBS = {"dropout": 0.0, "n_embd": 128, "n_positions": 64, "seq_len": 64, "n_layer": 2}
 DEVICES = ["h0/cpu0", "h1/cpu0"]
 PROBE_BYTES = 5_000_000
+EPOCH_STEPS, EASGD_TAU, MLP_WIDTH = 40, 10, 1000
+
+
+def epoch_s(strategy: str) -> float:
+    """What each rank runs: one epoch of ``"sync-sgd"`` or ``"easgd"`` on a 3 -> 1000 -> 1000 -> 1 MLP
+    (about 4 MB of parameters), batches of 64 drawn per rank and step; the seconds it took."""
+    init_from_env(timeout_s=120)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, MLP_WIDTH), torch.nn.Tanh(), torch.nn.Linear(MLP_WIDTH, MLP_WIDTH), torch.nn.Tanh(), torch.nn.Linear(MLP_WIDTH, 1))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+    easgd = EASGD(model, sgd, tau=EASGD_TAU) if strategy == "easgd" else None
+    data = torch.Generator().manual_seed(dist.get_rank())
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(EPOCH_STEPS):
+        x = torch.randn(64, 3, generator=data)
+        model.zero_grad()
+        torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True)).backward()
+        if easgd is not None:
+            easgd.step()
+            continue
+        for p in model.parameters():  # synchronous SGD: the mean gradient of the replicas
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+        sgd.step()
+    if easgd is not None:
+        easgd.finish()
+    return time.perf_counter() - start
 
 
 def plans(microbatches: int) -> tuple[dict[str, Plan], Any]:
@@ -113,9 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     crossing = sum(e.bytes for a, b, e in program.graph.edges() if made["placed"].assignment[a] != made["placed"].assignment[b])
     parameters = sum(program.graph.node(n).param_bytes for n in program.graph.node_names())
     rows: list[dict[str, Any]] = []
+    epochs: list[dict[str, Any]] = []
     for speed in (float(s) for s in args.speeds.split(",")):
         with Hosts(2, bandwidth=speed * 1e6 / 8) as hosts, tempfile.TemporaryDirectory(prefix="graphc-multihost-") as scratch:
             probe_s = transfer_s(hosts, hosts[0], hosts[1], PROBE_BYTES)
+            for strategy in ("sync-sgd", "easgd"):
+                outcomes = spawn_on_hosts(hosts, epoch_s, (strategy,), timeout_s=600)
+                failed = [str(o.error) for o in outcomes if not o.ok]
+                if failed:
+                    raise RuntimeError(f"{strategy} across the hosts failed: {failed[0]}")
+                epochs.append({"link_mbit_s": speed, "strategy": strategy, "epoch_s": max(o.result for o in outcomes)})
             for name, plan in made.items():
                 measured = measure(hosts, plan, args.steps, Path(scratch))
                 predicted = predict(plan, hosts, cost)
@@ -132,10 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(f"{r['link_mbit_s']:g}", f"{r['link_measured_mbit_s']:.0f}", f"{r['plan']} (m={r['microbatches']})",
                       f"{r['measured_ms']:.1f}", f"{r['predicted_ms']:.1f}", f"{1 + r['error']:.2f}")  # fmt: skip
     console.print(table)
+    per_epoch = Table(title=f"an epoch of {EPOCH_STEPS} steps of a 4 MB MLP, 2 hosts x 1 worker: synchronous SGD vs EASGD (tau {EASGD_TAU})")
+    for column in ("link Mbit/s", "strategy", "epoch s"):
+        per_epoch.add_column(column, justify="left" if column == "strategy" else "right")
+    for e in epochs:
+        per_epoch.add_row(f"{e['link_mbit_s']:g}", e["strategy"], f"{e['epoch_s']:.2f}")
+    console.print(per_epoch)
     if rows and rows[0]["netem_missing"]:
         console.print(f"link delay not shaped: this kernel has no netem (tc: {rows[0]['netem_missing']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": MODEL, "batch": BATCH, "knobs": KNOBS, "crossing_bytes": crossing, "parameter_bytes": parameters, "rows": rows}, indent=1))
+    args.out.write_text(json.dumps({"model": MODEL, "batch": BATCH, "knobs": KNOBS, "crossing_bytes": crossing, "parameter_bytes": parameters, "rows": rows, "epochs": epochs}, indent=1))
     console.print(f"wrote {args.out}")
     return 0
 

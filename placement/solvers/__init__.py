@@ -31,6 +31,7 @@ short by the wall-clock safety net says so in ``settings["stopped_by_wall_clock"
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.graph import Graph
@@ -48,6 +49,9 @@ from placement.solvers.etf import m_etf
 from placement.solvers.heft import heft
 from placement.solvers.sct import m_sct
 from placement.solvers.topo import m_topo
+
+if TYPE_CHECKING:
+    from placement.time_to_accuracy import Run
 
 Solver = Callable[[Problem], Plan]
 
@@ -91,6 +95,8 @@ def solve(
     parallel: str | None = None,
     sync: str | None = None,
     servers: Sequence[str] | None = None,
+    convergence: Sequence[Run] | None = None,
+    target: float | None = None,
 ) -> Plan:
     """Place ``graph`` on ``cluster`` (a :class:`Cluster`, a preset name or a cluster JSON file) with
     ``solver`` (a name of :data:`SOLVERS`).
@@ -112,6 +118,10 @@ def solve(
     ``"hybrid"``; ``sync`` how replicas combine gradients (``"auto"``, ``"ring"``, ``"hierarchical"``,
     ``"parameter-server"``; default: the pipeline solver's ring, or chosen by simulation when
     ``parallel`` is given); ``servers`` the parameter-server devices (default: the cluster's CPUs).
+    ``convergence``: measured convergence runs (:func:`placement.time_to_accuracy.runs_from_convergence`),
+    with which a data-parallel plan also records the synchronisation strategy that reaches ``target``
+    held-out accuracy soonest (default :data:`placement.hybrid.DEFAULT_TARGET`;
+    ``settings["parallel"]["sync_choice"]``).
 
     Raises :class:`~placement.constraints.InfeasibleError` when the constraints conflict or the graph
     cannot fit, and :class:`~placement.errors.ConfigurationError` for an unknown solver name, a latency
@@ -120,7 +130,8 @@ def solve(
     if solver not in SOLVERS:
         raise ConfigurationError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
     pipeline_options = {k: v for k, v in (("method", method), ("replication", replication), ("parallel", parallel),
-                                          ("sync", sync), ("servers", servers)) if v is not None}  # fmt: skip
+                                          ("sync", sync), ("servers", servers), ("convergence", convergence),
+                                          ("target", target)) if v is not None}  # fmt: skip
     if pipeline_options and objective != "throughput":
         raise ConfigurationError(
             f"{' and '.join(pipeline_options)} only apply to objective='throughput' (a pipeline), "

@@ -33,9 +33,10 @@ result may then differ between runs); throughput plans pass on the pipeline solv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from placement.constraints import InfeasibleError
-from placement.hybrid import solve_parallel
+from placement.hybrid import DEFAULT_TARGET, solve_parallel
 from placement.pipeline import solve_throughput
 from placement.pipeline.microbatches import choose_microbatches
 from placement.plan import Plan, Stage
@@ -44,6 +45,9 @@ from placement.solvers.baselines import single_schedule
 from placement.solvers.cpsat import CpSatSettings, improve
 from placement.solvers.instance import instance
 
+if TYPE_CHECKING:
+    from placement.time_to_accuracy import Run
+
 
 def auto(
     problem: Problem,
@@ -51,16 +55,22 @@ def auto(
     parallel: str = "pipeline",
     sync: str | None = None,
     servers: Sequence[str] | None = None,
+    convergence: Sequence[Run] | None = None,
+    target: float = DEFAULT_TARGET,
     **pipeline_options: object,
 ) -> Plan:
     """Pick and combine solvers by graph size and time budget (module docstring). ``pipeline_options``
     (``method``, ``replication``) go to :func:`~placement.pipeline.solve_throughput`; ``parallel``,
-    ``sync`` and ``servers`` (throughput only) to :func:`~placement.hybrid.solve_parallel`."""
+    ``sync``, ``servers``, ``convergence`` and ``target`` (throughput only) to
+    :func:`~placement.hybrid.solve_parallel`."""
     if problem.objective == "throughput":
-        if parallel == "pipeline" and sync is None and servers is None:
+        if parallel == "pipeline" and sync is None and servers is None and convergence is None:
             return _throughput(problem, **pipeline_options)
         extra = [("single", single_device_pipeline(problem))] if parallel in ("auto", "pipeline") else []
-        return solve_parallel(problem, parallel=parallel, sync=sync or "auto", servers=servers, extra=extra, **pipeline_options)
+        return solve_parallel(
+            problem, parallel=parallel, sync=sync or "auto", servers=servers, extra=extra,
+            convergence=convergence, target=target, **pipeline_options,
+        )  # fmt: skip
     D = instance(problem).num_devices
     cfg = CpSatSettings(lns_window=max(12, 48 // max(1, D // 2)), lns_base=max(24, 480 // D))
     plan, _ = improve(problem, cfg, solver="auto")

@@ -164,3 +164,24 @@ def test_inference_mode_places_forward_only() -> None:
     plan = solve(g, c, solver="heft", mode="inference")
     assert plan.mode == "inference"
     assert plan.predicted_step_ms < 2 + 20 + 2  # forward only, branches in parallel, 1 ms transfers
+
+
+def test_solve_passes_convergence_runs_and_target_to_the_parallel_planner() -> None:
+    from placement.hybrid import solve_parallel
+    from placement.sync import AllReduceSync, LocalSGDSync
+    from placement.time_to_accuracy import Run
+
+    runs = [
+        Run(name, sync, n, ((steps - 20, 0.5), (steps, 0.9)))
+        for name, sync, steps in (("sync SGD", AllReduceSync(), 100), ("local SGD H=10", LocalSGDSync(10), 120))
+        for n in (2, 3, 4)
+    ]
+    g, c = branches(), star(4)
+    for node in g.nodes():
+        node.param_bytes = MB  # something to synchronise
+    plan = solve(g, c, objective="throughput", parallel="data", sync="ring", convergence=runs, target=0.9)
+    direct = solve_parallel(make_problem(g, c, objective="throughput"), parallel="data", sync="ring", convergence=runs, target=0.9)
+    choice = plan.settings["parallel"]["sync_choice"]
+    assert choice == direct.settings["parallel"]["sync_choice"] and "chosen" in choice
+    with pytest.raises(ConfigurationError, match="convergence"):
+        solve(g, c, convergence=runs)  # the latency objective has no replicas to synchronise

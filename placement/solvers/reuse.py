@@ -9,7 +9,9 @@ order and stages, and only re-simulates and re-bounds them on the new graph. It 
   such as the model traced in eval mode without its dropout nodes, needs a new plan);
 * every device still holds its nodes (the simulated peak memory fits, as :func:`finish_plan` checks);
 * a pipelined plan's microbatch count divides the new batch; otherwise the largest count that does
-  (at least 1) is taken, since microbatches must be equal.
+  (at least 1) is taken, since microbatches must be equal; it must still give every replica of a
+  replicated stage a microbatch (microbatch ``k`` runs on replica ``k mod r``);
+* the plan's synchronisation (:attr:`Plan.sync`: all-reduce or parameter servers) is kept.
 
 The reused plan records where it came from in ``settings["reused_from"]`` (the graph fingerprint and
 batch size of the searched plan at the start of a chain of reuses), so a summary or a saved plan says
@@ -28,8 +30,9 @@ from placement.problem import Problem, finish_plan
 def reuse_placement(plan: Plan, problem: Problem) -> Plan:
     """``plan``'s placement checked, simulated and bounded on ``problem``'s graph (module docstring).
 
-    Raises :class:`PlacementNotReusable` when the graph has other nodes than the plan, or when the
-    placement no longer fits the devices' memory at the new shape.
+    Raises :class:`PlacementNotReusable` when the graph has other nodes than the plan, when the new
+    batch leaves a replicated stage's replica without a microbatch, or when the placement no longer
+    fits the devices' memory at the new shape.
     """
     graph = problem.graph
     nodes = set(graph.node_names())
@@ -38,7 +41,14 @@ def reuse_placement(plan: Plan, problem: Problem) -> Plan:
         raise PlacementNotReusable(
             f"graph {graph.name!r} has other nodes than the plan (new: {added[:3]}, gone: {removed[:3]})"
         )
-    microbatches = largest_divisor_at_most(graph.batch_size() or 1, plan.microbatches)
+    batch = graph.batch_size() or 1
+    microbatches = largest_divisor_at_most(batch, plan.microbatches)
+    replicas = max((len(stage.devices) for stage in plan.stages), default=1)
+    if microbatches < replicas:
+        raise PlacementNotReusable(
+            f"a batch of {batch} splits into at most {microbatches} equal microbatch(es) of the plan's "
+            f"{plan.microbatches}, fewer than the {replicas} replicas of a replicated stage: each needs one"
+        )
     origin = plan.settings.get("reused_from") or {
         "graph_fingerprint": plan.graph_fingerprint,
         "batch_size": plan.graph.batch_size() if plan.graph is not None else None,
@@ -52,6 +62,7 @@ def reuse_placement(plan: Plan, problem: Problem) -> Plan:
             stages=plan.stages,
             microbatches=microbatches,
             settings={**plan.settings, "reused_from": origin},
+            sync=plan.sync,
         )
     except InfeasibleError as exc:
         raise PlacementNotReusable(f"the placement does not fit at the new shape: {exc}") from exc

@@ -13,6 +13,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import os
 import sys
 import time
@@ -47,10 +48,18 @@ from graphc.ir.errors import ConfigurationError, GraphcError, MissingFileError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement.cluster import Cluster
-from placement.hybrid import PARALLEL, SYNCS
+from placement.hybrid import (
+    DEFAULT_TARGET,
+    PARALLEL,
+    SYNCS,
+    record_sync_choice,
+    sync_options,
+)
 from placement.plan import Plan
 from placement.presets import cluster_presets
+from placement.problem import make_problem
 from placement.solvers import SOLVERS, solve
+from placement.time_to_accuracy import Run, runs_from_convergence
 
 __all__ = ["DEFAULT_BATCH_SIZE", "build_parser", "main", "trace_model_spec"]
 
@@ -195,6 +204,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console = _console(args)
     cluster = Cluster.resolve(args.cluster)
     parallel = _parallel_options(args)
+    runs = _convergence_runs(args)
     cost_model = None
     if args.calibrate:
         if cluster.name != "local":
@@ -207,9 +217,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
         plan = solve(graph, cluster, objective=args.objective, time_limit_s=args.time_limit, seed=args.seed,
                      solver=args.solver, cost_model=cost_model, **parallel)  # fmt: skip
+    if runs is not None:  # the synchronisation strategy by time to accuracy, recorded as advice in the plan
+        problem = make_problem(graph, cluster, objective="throughput", cost_model=cost_model, time_limit_s=args.time_limit, seed=args.seed)
+        record_sync_choice(problem, plan, runs, args.target, sync_options(problem.cluster, args.sync or "auto", args.servers))
     console.print(plan.summary())
     if "parallel" in plan.settings:
         console.print(f"parallel layout: {plan.settings['parallel']['reason']}")
+        choice = plan.settings["parallel"].get("sync_choice")
+        if choice is not None:
+            console.print(f"sync by time to {choice.get('target', args.target):.0%} accuracy: " + (choice.get("reason") or f"none ({choice.get('none')})"))
     if cluster.name == "local" and not args.calibrate:
         _warn_uncalibrated(args)
     if args.out:
@@ -233,6 +249,29 @@ def _parallel_options(args: argparse.Namespace) -> dict[str, Any]:
     parallel = args.parallel or ("auto" if args.objective == "throughput" else None)
     given_values = {"parallel": parallel, "sync": args.sync, "servers": args.servers}
     return {k: v for k, v in given_values.items() if v is not None}
+
+
+def _convergence_runs(args: argparse.Namespace) -> list[Run] | None:
+    """The runs of ``--convergence`` (examples/elastic_convergence.py's JSON), read before any tracing;
+    None without it. It needs ``--objective throughput`` (replicas); ``--target`` is a held-out accuracy."""
+    if args.convergence is None:
+        if args.target is not None:
+            raise ConfigurationError("--target is the held-out accuracy of --convergence's runs: pass --convergence too")
+        return None
+    if args.objective != "throughput":
+        raise ConfigurationError(f"--convergence chooses how replicas synchronise, which --objective throughput plans, not {args.objective}")
+    path = Path(args.convergence)
+    if not path.is_file():
+        raise MissingFileError(f"--convergence {path}: no such file; examples/elastic_convergence.py --out DIR writes DIR/convergence.json")
+    if args.target is None:
+        args.target = DEFAULT_TARGET
+    elif not 0 < args.target <= 1:
+        raise ConfigurationError(f"--target {args.target}: a held-out accuracy, 0 < target <= 1 (e.g. 0.95)")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"--convergence {path}: not JSON ({exc})") from None
+    return runs_from_convergence(doc, str(path))
 
 
 def _calibrated(args: argparse.Namespace, console: Console, workers: int = 2) -> tuple[TracedProgram, Calibration]:
@@ -411,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "bucket size by simulation), ring, hierarchical, parameter-server")  # fmt: skip
     planned.add_argument("--servers", type=comma_list(str),
                          help="with --sync parameter-server: the server devices, e.g. cpu0,cpu1 (default: the cluster's CPUs)")  # fmt: skip
+    planned.add_argument("--convergence", metavar="PATH",
+                         help="throughput: also choose how the replicas synchronise (all-reduce, EASGD, local SGD, DiLoCo) by "
+                              "predicted time to --target accuracy from these measured runs (examples/elastic_convergence.py)")  # fmt: skip
+    planned.add_argument("--target", type=positive_number, help="with --convergence: the held-out accuracy to reach (default: 0.95)")
     planned.add_argument("-t", "--time-limit", type=positive_number, default=30.0, help="seconds the solver may take (time_limit_s)")
     planned.add_argument("--seed", type=int, default=0, help="fixes every random choice of the solver")
     planned.add_argument("--calibrate", action="store_true",

@@ -292,3 +292,37 @@ def test_graphc_hosts_is_a_command_of_its_own(capsys):
     assert "[-n N] [--mbit MBIT]" in capsys.readouterr().out
     assert main(["hosts", "-n", "2"]) == 2
     assert "give the command each host runs after --" in capsys.readouterr().err
+
+
+
+def test_plan_with_convergence_records_the_sync_choice_that_graphc_run_then_runs(tmp_path, capsys):
+    """graphc plan --convergence chooses the replicas' sync by time to accuracy; graphc run --sync chosen runs it.
+    Two measured runs of 2 workers: sync SGD reaches 90% in 1000 steps, DiLoCo (H = 4) in 100, so DiLoCo wins."""
+    curves = [
+        {"name": "sync SGD", "kind": "local", "period": 1, "workers": 2, "history": [{"step": 1000, "accuracy": 0.9}]},
+        {"name": "DiLoCo H=4", "kind": "diloco", "period": 4, "workers": 2, "history": [{"step": 100, "accuracy": 0.9}]},
+    ]
+    convergence = tmp_path / "convergence.json"
+    convergence.write_text(json.dumps({"curves": curves}))
+    out = tmp_path / "dp.json"
+    argv = ["plan", "gpt2", "--size", "small", "-b", "4", "-c", "local", "--objective", "throughput", "--parallel", "data"]
+    assert main([*argv, "-t", "5", "--convergence", str(convergence), "--target", "0.9", "-o", str(out)]) == 0
+    assert "sync by time to 90% accuracy: inside a host" in " ".join(capsys.readouterr().out.split())
+    choice = Plan.load(out).settings["parallel"]["sync_choice"]
+    assert choice["chosen"] == "DiLoCo H=4" and choice["target"] == 0.9
+    assert main(["run", "gpt2", "--size", "small", "--plan", str(out), "--sync", "chosen", "--dry-run"]) == 0
+    printed, err = capsys.readouterr()
+    assert printed.splitlines()[0].endswith("--sync diloco --period 4") and "the plan chose DiLoCo H=4" in err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--convergence", "c.json"], "--convergence chooses how replicas synchronise, which --objective throughput plans"),
+        (["--objective", "throughput", "--convergence", "no-such.json"], "--convergence no-such.json: no such file"),
+        (["--target", "0.9"], "--target is the held-out accuracy of --convergence's runs: pass --convergence too"),
+    ],
+)
+def test_plan_convergence_options_are_checked_before_tracing(options, message, capsys):
+    assert main(["plan", "no-such-model.py:Net", *options]) == 2
+    assert message in capsys.readouterr().err

@@ -358,16 +358,23 @@ def fastest(candidates: Sequence[Estimate], times: StepTimes) -> Choice:
         reason = f"{where}, {best.name} reaches {goal} in {_at(best)}"
         if rivals:
             runner = min(rivals, key=lambda e: e.seconds)  # type: ignore[arg-type,return-value]
-            fewer = best.bytes_per_step / runner.bytes_per_step
-            reason += f"; the fastest other, {runner.name}, sends {fewer:.3g}x fewer bytes per step but takes {_at(runner)}"
+            reason += f"; the fastest other, {runner.name}, {_fewer_bytes(runner, best)} but takes {_at(runner)}"
     else:
         reason = f"{where}, {best.name}"
         if sgd is not None:
-            reason += f" sends {sgd.bytes_per_step / best.bytes_per_step:.3g}x fewer bytes per step than {sgd.name} and"
+            reason += f" {_fewer_bytes(best, sgd)} and"
         reason += f" reaches {goal} in {_at(best)}"
         if sgd is not None:
             reason += f" against {sgd.name}'s {_at(sgd)}" if sgd.seconds is not None else f"; {sgd.name} did not reach {goal}"
     return Choice(best, reason, times.tier, tuple(candidates))
+
+
+def _fewer_bytes(e: Estimate, other: Estimate) -> str:
+    """How many times fewer bytes per step ``e`` sends than ``other``, in words (a model without
+    parameters sends none: no ratio)."""
+    if e.bytes_per_step <= 0 or other.bytes_per_step <= 0:
+        return f"sends {e.bytes_per_step:.3g} bytes per step against {other.name}'s {other.bytes_per_step:.3g}"
+    return f"sends {other.bytes_per_step / e.bytes_per_step:.3g}x fewer bytes per step than {other.name}"
 
 
 def _at(e: Estimate) -> str:

@@ -102,7 +102,7 @@ def test_the_choice_flips_from_sync_sgd_on_a_fast_link_to_local_sgd_on_a_slow_on
     fast = choose_sync(make_problem(chain(), star(1e11, 1e-6, 1e11), objective="throughput"), GPUS, measured, 0.95)
     assert fast.chosen.name == "sync SGD"
     assert fast.reason.startswith("inside a host (paced by ethernet at 100 GB/s), sync SGD reaches 95% in")
-    assert "local SGD H=10, sends 10x fewer bytes per step but takes" in fast.reason
+    assert "local SGD H=10, sends 10x fewer bytes per step than sync SGD but takes" in fast.reason
     slow = choose_sync(make_problem(chain(), star(1e8, 1e-4, 1e8), objective="throughput"), GPUS, measured, 0.95)
     assert slow.chosen.name == "local SGD H=10"
     assert "local SGD H=10 sends 10x fewer bytes per step than sync SGD and reaches 95% in" in slow.reason
@@ -195,3 +195,11 @@ def test_no_time_to_accuracy_choice_for_a_pipeline() -> None:
     problem = make_problem(chain(), star(1e8, 1e-4, 1e8), objective="throughput")
     plan = solve_parallel(problem, parallel="pipeline", convergence=runs(100, 120))
     assert plan.settings["parallel"]["sync_choice"] == {"none": "the chosen layout is not pure data parallel"}
+
+
+def test_a_model_without_parameters_is_chosen_for_without_a_ratio_of_bytes() -> None:
+    bare = chain()
+    for node in bare.nodes():
+        node.param_bytes = 0.0
+    choice = choose_sync(make_problem(bare, star(1e8, 1e-4, 1e8), objective="throughput"), GPUS, runs(100, 120), 0.95)
+    assert "sends 0 bytes per step against" in choice.reason

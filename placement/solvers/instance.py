@@ -29,6 +29,7 @@ up to the differences listed here:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -98,14 +99,17 @@ class Instance(IndexedSizes):
     lowered: Lowered | None = None
     derived: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    @cached_property
     def work(self) -> np.ndarray:
-        """(n, D) forward + backward time of each node on each device."""
+        """(n, D) forward + backward time of each node on each device (computed once: the arrays are
+        read-only)."""
         return self.fwd + self.bwd
 
-    @property
+    @cached_property
     def need(self) -> np.ndarray:
-        """(n,) bytes a node needs on its own device: static footprint plus what it holds."""
+        """(n,) bytes a node needs on its own device: static footprint plus what it holds (computed once:
+        ``inst.need[v]`` in a loop over the nodes made the balanced split quadratic, 10 s on 100,000
+        nodes)."""
         return self.static + self.held
 
     def comm_row(self, e: int, a: int) -> np.ndarray:

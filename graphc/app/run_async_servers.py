@@ -100,7 +100,7 @@ def train_async_servers(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, 
         optimizer=optimizer, staleness=plan.sync.staleness, steps=args.warmup + args.steps,
     )  # fmt: skip
     gathered: list[Any] = [None] * len(ranks)
-    dist.all_gather_object(gathered, mine)  # all, not gather to 0: no rank leaves with its send in flight
+    dist.all_gather_object(gathered, mine)
     if dist.get_rank() != 0:
         return None
     losses = {w: gathered[w].losses for w in layout.workers}

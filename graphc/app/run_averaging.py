@@ -385,7 +385,7 @@ def train_averaging(
     else:
         mine = _work(args, sync, layout, zm, len(devices), optimizer)
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, mine)  # all, not gather to 0: no rank leaves with its send in flight
+    dist.all_gather_object(gathered, mine)
     if rank != 0:
         return None
     losses = {r: gathered[r]["losses"] for r in range(len(devices))}

@@ -48,16 +48,9 @@ from graphc.ir.errors import ConfigurationError, GraphcError, MissingFileError
 from graphc.ir.graph import Graph
 from graphc.ir.importers import benchmark_files, load_benchmark
 from placement.cluster import Cluster
-from placement.hybrid import (
-    DEFAULT_TARGET,
-    PARALLEL,
-    SYNCS,
-    record_sync_choice,
-    sync_options,
-)
+from placement.hybrid import DEFAULT_TARGET, PARALLEL, SYNCS
 from placement.plan import Plan
 from placement.presets import cluster_presets
-from placement.problem import make_problem
 from placement.solvers import SOLVERS, solve
 from placement.time_to_accuracy import Run, runs_from_convergence
 
@@ -216,10 +209,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             graph = _graph_for(args.model, args.batch_size, args.size, args.granularity)
     with console.status(f"placing {graph.name} on {cluster.name} with {args.solver} (at most {args.time_limit:g} s) ..."):
         plan = solve(graph, cluster, objective=args.objective, time_limit_s=args.time_limit, seed=args.seed,
-                     solver=args.solver, cost_model=cost_model, **parallel)  # fmt: skip
-    if runs is not None:  # the synchronisation strategy by time to accuracy, recorded as advice in the plan
-        problem = make_problem(graph, cluster, objective="throughput", cost_model=cost_model, time_limit_s=args.time_limit, seed=args.seed)
-        record_sync_choice(problem, plan, runs, args.target, sync_options(problem.cluster, args.sync or "auto", args.servers))
+                     solver=args.solver, cost_model=cost_model, convergence=runs, target=args.target, **parallel)  # fmt: skip
     console.print(plan.summary())
     if "parallel" in plan.settings:
         console.print(f"parallel layout: {plan.settings['parallel']['reason']}")

@@ -18,7 +18,10 @@ Settings (``graphc run`` options, recorded as a :mod:`placement.sync` averaging 
 * ``local-sgd``, ``diloco``: ``--period H`` (default 10 for local SGD, DiLoCo's paper's 500), and
   DiLoCo's outer Nesterov step ``--outer-lr`` (default 0.7, momentum 0.9).
 
-All ranks use gloo (the servers are CPU ranks, and one process group carries both kinds of message).
+All ranks use gloo (the servers are CPU ranks, and one process group carries both kinds of message),
+with ``--timeout`` as the process group's timeout: a rank that waits longer for another reports it dead
+or hung, so it must exceed the time between two exchanges (``tau`` local steps), or a server counts a
+slow worker as lost.
 A run takes ``--warmup + --steps`` local steps per worker; ``--checkpoint DIR`` saves every rank's state
 (:func:`runtime.averaging.save_checkpoint`) at the end, and ``--resume`` first loads it, so the run goes
 on from the saved step count. ``--json`` writes :class:`AveragingRun`: every worker's loss per step, the

@@ -60,9 +60,10 @@ class MemoryLedger:
     In training a producer's device is charged ``2 s`` (the tensor kept until its gradient is back,
     and that gradient) when a consumer of its ``s``-byte output goes to another device. So that a full
     device can always send on, a placed producer keeps that much *owed* on its device for each of its
-    consumers not yet placed: ``pending[d] = sum over producers u on d of 2 s_u x (u's consumers left)``,
-    which no other placement may use. Placing a consumer releases one share, which pays the cut when
-    the consumer goes elsewhere. A node whose producer's device is full then goes to another device
+    consumers not yet placed, at most one per other device (a tensor goes once to each device that
+    consumes it): ``pending[d] = sum over producers u on d of 2 s_u x min(u's consumers left, D - 1)``,
+    which no other placement may use. Placing a consumer releases one share when that lowers the
+    minimum, which pays the cut when the consumer goes elsewhere. A node whose producer's device is full then goes to another device
     (its producer paid for the transfer in advance) instead of finding every device refused, as a
     greedy fill of one device left HEFT and m-ETF on a 10,000-node graph on 128 GPUs.
     """
@@ -95,6 +96,7 @@ class MemoryLedger:
         # What a producer keeps owed on its device per consumer left to place (training), and those left.
         self.share = 2.0 * inst.send_bytes * inst.needs_grad if inst.has_bwd else np.zeros(inst.n)
         self.open = np.fromiter((len(s) for s in inst.succs), dtype=np.int64, count=inst.n)
+        self.cap = max(1, inst.num_devices - 1)  # shares owed at most: one per other device
         self.pending = np.zeros(inst.num_devices)
         self.usable = self.free.copy()  # free less pending
         self.free_floor = float(self.usable.min(initial=0.0))
@@ -120,14 +122,20 @@ class MemoryLedger:
                         out.append((int(a), back * b))
         return out
 
+    def _owed(self, v: int) -> float:
+        """What producer ``v`` keeps owed on its device: a share per consumer left, one per other device at most."""
+        return float(self.share[v] * min(int(self.open[v]), self.cap))
+
     def _released(self, v: int, dev: np.ndarray) -> dict[int, float]:
         """Device -> the shares that placing ``v`` releases there (one per input edge from a placed
-        producer: they pay the cuts it makes)."""
+        producer whose owed count it lowers: they pay the cuts it makes)."""
         out: dict[int, float] = {}
+        left = {u: int(self.open[u]) for u, _ in self.inst.preds[v]}
         for u, _ in self.inst.preds[v]:
             a = int(dev[u])
-            if a >= 0 and self.share[u]:
+            if a >= 0 and self.share[u] and left[u] <= self.cap:
                 out[a] = out.get(a, 0.0) + float(self.share[u])
+            left[u] -= 1
         return out
 
     def fits(self, v: int, d: int, dev: np.ndarray) -> bool:
@@ -140,7 +148,7 @@ class MemoryLedger:
         # it releases, so it fits while no device's usable bytes are negative (free_floor, a lower bound).
         g = self.inst.group[v]
         upper = self._in_factor * self.in_upper[v]
-        own = (self.group_need[g] if self.group_dev[g] < 0 else 0.0) + upper + self.share[v] * self.open[v]
+        own = (self.group_need[g] if self.group_dev[g] < 0 else 0.0) + upper + self._owed(v)
         if own <= self.usable[d] - self.reserve and self.free_floor >= 0:
             return True
         return self._overflow(v, d, dev) is None
@@ -156,13 +164,13 @@ class MemoryLedger:
             return np.flatnonzero(ok).tolist()
         g = inst.group[v]
         upper = self._in_factor * self.in_upper[v]
-        own = self.group_need[g] + upper + self.share[v] * self.open[v]
+        own = self.group_need[g] + upper + self._owed(v)
         fast = ok & (own <= self.usable - self.reserve) if self.free_floor >= 0 else np.zeros_like(ok)
         return [d for d in np.flatnonzero(ok).tolist() if fast[d] or self._overflow(v, d, dev) is None]
 
     def _overflow(self, v: int, d: int, dev: np.ndarray) -> tuple[int, float, float] | None:
         """(device, bytes charged, bytes usable) of the first device placing ``v`` on ``d`` overflows."""
-        total: dict[int, float] = {d: float(self.share[v] * self.open[v])}
+        total: dict[int, float] = {d: self._owed(v)}
         for x, b in self.charges(v, d, dev):
             total[x] = total.get(x, 0.0) + b
         released = self._released(v, dev)
@@ -186,7 +194,7 @@ class MemoryLedger:
                 touched.add(a)
             for u, _ in inst.preds[v]:
                 self.open[u] -= 1
-            self.pending[d] += self.share[v] * self.open[v]
+            self.pending[d] += self._owed(v)
             for x in touched:  # free_floor: a lower bound of usable (released shares do not raise it)
                 self.usable[x] = self.free[x] - self.pending[x]
                 self.free_floor = min(self.free_floor, float(self.usable[x]))

@@ -141,6 +141,12 @@ def endpoint_ms(phase: Phase, devices: Collection[str], message_ms: Callable[[fl
     return max(cost.values(), default=0.0)
 
 
+def booked_ms(phase: Phase, devices: Collection[str], message_ms: Callable[[float], float]) -> float:
+    """How long the simulator books ``phase``: its duration, but at least the CPU time its messages cost
+    one of ``devices`` (:func:`endpoint_ms`)."""
+    return max(phase.duration_ms, endpoint_ms(phase, devices, message_ms))
+
+
 def duration_ms(phases: Sequence[Phase]) -> float:
     """The time of a collective: its phases one after another."""
     return sum(p.duration_ms for p in phases)
@@ -166,6 +172,19 @@ def reduce(cluster: Cluster, members: Sequence[str], root: str, nbytes: float) -
 def broadcast(cluster: Cluster, root: str, members: Sequence[str], nbytes: float) -> list[Phase]:
     """The one phase of a broadcast of ``nbytes`` from ``root`` to every member (module docstring)."""
     return _phase(cluster, [Flow(root, m, nbytes) for m in members if m != root])
+
+
+def server_exchange(
+    cluster: Cluster, workers: Sequence[str], servers: Sequence[str], nbytes: float
+) -> tuple[list[Phase], list[Phase]]:
+    """The push and the pull of parameter servers holding equal shards of ``nbytes``: every worker
+    sends its shard of ``nbytes / K`` to each of the ``K`` servers at once (one phase of the reduces onto
+    every server), then every server sends its shard back to every worker (one phase of broadcasts).
+    Each is a list of one phase, or none when nothing moves."""
+    shard = nbytes / len(servers)
+    push = [f for s in servers for ph in reduce(cluster, workers, s, shard) for f in ph.flows]
+    pull = [f for s in servers for ph in broadcast(cluster, s, workers, shard) for f in ph.flows]
+    return _phase(cluster, push), _phase(cluster, pull)
 
 
 def hierarchical_allreduce(cluster: Cluster, islands: Sequence[Sequence[str]], nbytes: float) -> list[Phase]:

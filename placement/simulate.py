@@ -613,7 +613,7 @@ class _Simulation:
         index = self.cluster.device_index
         cpus = {d.name for d in self.devices if d.category == "cpu"}
         for phase in phases:
-            self.step_ms.append(max(phase.duration_ms, collectives.endpoint_ms(phase, cpus, self.cm.endpoint_cpu_ms)))
+            self.step_ms.append(collectives.booked_ms(phase, cpus, self.cm.endpoint_cpu_ms))
             self.step_flows.append(phase.flows)
             self.step_server.append(-1)
             self.flow_pairs += [(index(f.src), index(f.dst)) for f in phase.flows]
@@ -1688,9 +1688,10 @@ def async_server_step(
     n, shard = len(workers), param_bytes / len(servers)
     cpus = {d.name for d in cluster.devices if d.category == "cpu"}
     cost = message_ms or (lambda _: 0.0)
-    push = [f for k in servers for ph in collectives.reduce(cluster, workers, k, shard) for f in ph.flows]
-    pull = [f for k in servers for ph in collectives.broadcast(cluster, k, workers, shard) for f in ph.flows]
-    push_ms, pull_ms = (_phase_ms(cluster, flows, cpus, cost) for flows in (push, pull))
+    push_ms, pull_ms = (
+        sum(collectives.booked_ms(ph, cpus, cost) for ph in phases)
+        for phases in collectives.server_exchange(cluster, workers, servers, param_bytes)
+    )
     updates_ms = n * max(server_update_ms(shard, cluster.device(k).memory_bandwidth, optimizer_state_factor) for k in servers)
     round_trip = push_ms + updates_ms + pull_ms
     server_ms = round_trip if cpus.intersection(servers) else max(push_ms, pull_ms, updates_ms)
@@ -1700,9 +1701,3 @@ def async_server_step(
     return AsyncServerStep(step, compute_ms, step - compute_ms, round_trip, server_ms, push_ms, pull_ms, updates_ms, bound)
 
 
-def _phase_ms(cluster: Cluster, flows: list[Flow], cpus: set[str], message_ms: Callable[[float], float]) -> float:
-    """One phase of ``flows`` run together, at least the CPU time its messages cost a CPU end."""
-    if not flows:
-        return 0.0
-    phase = Phase(tuple(flows), collectives.flows_ms(cluster, flows))
-    return max(phase.duration_ms, collectives.endpoint_ms(phase, cpus, message_ms))

@@ -73,13 +73,11 @@ from placement.cluster import Cluster
 from placement.collectives import (
     Flow,
     Phase,
-    broadcast,
+    booked_ms,
     busiest_link,
-    endpoint_ms,
-    flows_ms,
     hierarchical_allreduce,
-    reduce,
     ring_allreduce,
+    server_exchange,
 )
 from placement.errors import ConfigurationError
 from placement.plan import Stage
@@ -243,9 +241,8 @@ def step_times(
 
 
 def collective_ms(phases: Sequence[Phase], cpus: Collection[str], message_ms: Callable[[float], float]) -> float:
-    """The phases one after another, each lasting at least the CPU time its messages cost a device of
-    ``cpus`` (:func:`placement.collectives.endpoint_ms`), as the simulator books them."""
-    return sum(max(ph.duration_ms, endpoint_ms(ph, cpus, message_ms)) for ph in phases)
+    """The phases one after another, each as the simulator books it (:func:`placement.collectives.booked_ms`)."""
+    return sum(booked_ms(ph, cpus, message_ms) for ph in phases)
 
 
 def server_exchange_ms(
@@ -257,12 +254,9 @@ def server_exchange_ms(
     message_ms: Callable[[float], float] = lambda _: 0.0,
 ) -> float:
     """:math:`E`: every worker pushes its shard of ``nbytes / K`` to each of the ``K`` servers at once,
-    then every server sends its shard back to every worker (module docstring)."""
-    shard = nbytes / len(servers)
-    push = [f for s in servers for ph in reduce(cluster, workers, s, shard) for f in ph.flows]
-    pull = [f for s in servers for ph in broadcast(cluster, s, workers, shard) for f in ph.flows]
-    phases = [Phase(tuple(flows), flows_ms(cluster, flows)) for flows in (push, pull) if flows]
-    return collective_ms(phases, cpus, message_ms)
+    then every server sends its shard back to every worker (:func:`placement.collectives.server_exchange`)."""
+    push, pull = server_exchange(cluster, workers, servers, nbytes)
+    return collective_ms([*push, *pull], cpus, message_ms)
 
 
 @dataclass(frozen=True)

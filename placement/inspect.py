@@ -40,7 +40,7 @@ from rich.table import Table
 
 from graphc.ir.graph import Graph
 from placement.cluster import Cluster
-from placement.sync import AllReduceSync, islands
+from placement.sync import AllReduceSync, Sync, islands
 from placement.timeline import (
     ALLREDUCE,
     BACKWARD,
@@ -126,7 +126,7 @@ def summary_table(plan: Plan, graph: Graph, cluster: Cluster, sim: SimResult) ->
         ("proven gap", gap),
         ("cut edges", f"{len(cut)} carrying {_mib(sum(e.bytes for _, _, e in cut))} MiB"),
         ("stages", str(len(plan.stages)) if plan.stages else "none (latency plan)"),
-        *([("synchronisation", describe_sync(plan))] if _replicated(plan) else []),
+        *([("synchronisation", describe_sync(plan.sync))] if _replicated(plan) else []),
         ("solver", f"{plan.solver} in {plan.solve_seconds:.2f} s"),
     ):
         headline.add_row(what, value)
@@ -139,10 +139,9 @@ def _replicated(plan: Plan) -> list[Stage]:
     return [st for st in plan.stages if len(st.devices) > 1]
 
 
-def describe_sync(plan: Plan) -> str:
-    """How the plan's replicas synchronise, in words: ``ring all-reduce, 25.0 MiB buckets`` or
-    ``parameter servers cpu0, cpu1 (synchronous), 25.0 MiB buckets``."""
-    sync = plan.sync
+def describe_sync(sync: Sync) -> str:
+    """How replicas synchronise under ``sync`` (a plan's), in words: ``ring all-reduce, 25.0 MiB buckets``
+    or ``parameter servers cpu0, cpu1 (synchronous), 25.0 MiB buckets``."""
     size = "one bucket per stage" if sync.bucket_bytes is None else f"{_mib(sync.bucket_bytes)} MiB buckets"
     if isinstance(sync, AllReduceSync):
         return f"{sync.algorithm} all-reduce, {size}"
@@ -154,7 +153,7 @@ def sync_table(plan: Plan, cluster: Cluster, sim: SimResult) -> Table:
     """One row per replicated stage: its devices, microbatches per replica, how it synchronises (the
     algorithm, with a hierarchical all-reduce's islands, or the servers and the MiB each holds), its
     buckets and their MiB, and the simulated ``sync ms`` and ``exposed ms`` (module docstring)."""
-    table = Table(title=f"replicas and synchronisation ({describe_sync(plan)})")
+    table = Table(title=f"replicas and synchronisation ({describe_sync(plan.sync)})")
     for column in ("stage", "devices", "microbatches\nper replica", "sync", "buckets", "MiB", "sync\nms", "exposed\nms"):
         table.add_column(column, justify="left" if column in ("devices", "sync") else "right")
     records = _stage_collectives(plan, sim.raw.collectives)

@@ -65,8 +65,9 @@ from torch.utils._pytree import TreeSpec, tree_flatten
 from graphc.frontend.interpreter import is_input_guard
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.graph import Graph
+from placement.inspect import describe_sync
 from placement.plan import Plan
-from placement.sync import AllReduceSync, ParameterServerSync
+from placement.sync import ParameterServerSync
 from runtime import comm
 from runtime.errors import MismatchError
 from runtime.values import InputSpec, ValueInfo, input_specs, propagate
@@ -286,13 +287,7 @@ class PartitionedProgram:
 
     def _gradient_sync(self) -> str:
         """How the replicas combine their gradients, in words (the plan's sync)."""
-        if self.servers:
-            return f"gradients summed on parameter server(s) {', '.join(self.servers)}, weights broadcast back"
-        sync = self.plan.sync if self.plan is not None else None
-        if isinstance(sync, AllReduceSync):
-            buckets = "one bucket" if sync.bucket_bytes is None else f"{_human_bytes(sync.bucket_bytes)} buckets"
-            return f"gradients all-reduced ({sync.algorithm}, {buckets})"
-        return "gradients all-reduced"
+        return "gradients all-reduced" if self.plan is None else f"gradients by {describe_sync(self.plan.sync)}"
 
 
 def _human_bytes(n: float) -> str:

@@ -224,7 +224,7 @@ class CompiledModel:
             plan, how = self._plan(program, mode, status, cost_model)
             seconds["solve"] = time.perf_counter() - start
             replicated = [", ".join(st.devices) for st in plan.stages if len(st.devices) > 1]
-            replicas = f", replicas [{'; '.join(replicated)}] synchronised by {describe_sync(plan)}" if replicated else ""
+            replicas = f", replicas [{'; '.join(replicated)}] synchronised by {describe_sync(plan.sync)}" if replicated else ""
             self.console.log(
                 f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s){replicas}, predicted step "
                 f"{plan.predicted_step_ms:.2f} ms, {seconds['solve']:.1f} s"

@@ -5,7 +5,7 @@ process dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), elsewhere a thread watches 
 way a rank never outlives a killed benchmark or test. Then it reads the call (``SCRATCH/call.pt``: the
 function's name, plain arguments, intra-op threads), runs it with the environment ``spawn`` set (the
 one torchrun gives), and writes ``SCRATCH/result-RANK.pt`` (a plain value) or ``SCRATCH/error-RANK.json``
-(:func:`runtime.launch.error_doc`), exiting 0 or 1.
+(:func:`runtime.launch.error_doc`), exiting 0 or 1 (by :func:`runtime.launch.end_rank`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from runtime.launch import (
     PARENT_ENV,
+    end_rank,
     error_doc,
     load_plain,
     resolve_function,
@@ -74,4 +75,4 @@ def main(scratch: Path) -> int:
 
 if __name__ == "__main__":
     die_with_parent(int(os.environ[PARENT_ENV]))
-    sys.exit(main(Path(sys.argv[1])))
+    end_rank(main(Path(sys.argv[1])))

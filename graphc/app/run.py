@@ -84,6 +84,7 @@ from placement.schedules import SCHEDULES
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
 from runtime.faults import REPORTS_ENV, FaultReport
+from runtime.launch import end_rank
 from runtime.measure import measure
 from runtime.partition import PartitionedProgram, plan_ranks
 from runtime.rebuild import partition_model
@@ -495,10 +496,4 @@ def _inject_test_fault(executor: DistributedExecutor, spec: str) -> None:
 
 
 if __name__ == "__main__":
-    # os._exit, not sys.exit: the rank has destroyed its process group and said what it had to; skipping the
-    # interpreter's and C++ libraries' teardown avoids an abort seen there now and then after gloo runs without
-    # a schedule ("terminate called without an active exception", no Python frame, about 1 run in 4).
-    status = worker_main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    end_rank(worker_main())

@@ -45,6 +45,16 @@ time a message costs each end, ``endpoint_cpu_s + bytes * endpoint_cpu_per_byte_
 (:meth:`CostModel.endpoint_cpu_ms`; measured by :func:`runtime.link.measure_link` for the calibrated
 ``local`` cluster, 0 otherwise).
 
+Co-running CPU devices. The CPU devices of one host (the ``local`` cluster's worker processes) share its
+memory bandwidth, caches and turbo budget: ``k`` of them computing at once each run slower than one
+alone. ``corun_slowdown`` holds the measured ratio ``s(k) = t_k / t_1 >= 1`` of a step's time with
+``k`` processes computing at once to its time alone (:func:`runtime.corun.measure_corun`, through
+:func:`graphc.app.calibrate.calibrate`), per ``k >= 2``; :meth:`CostModel.corun_factor` reads it, ``s(1) =
+1``, and a ``k`` above the largest measured takes the largest measured ``k``'s figure (an underestimate,
+as contention grows with ``k``). Empty (the default) means ``s = 1`` everywhere: nothing changes. The
+simulator applies it (:mod:`placement.simulate`, "Co-running CPU devices"); a node's own time here is
+always its time alone. GPUs and other accelerators are not slowed.
+
 All times are milliseconds, as in :mod:`graphc.ir.graph`.
 """
 
@@ -52,6 +62,7 @@ All times are milliseconds, as in :mod:`graphc.ir.graph`.
 # ruff: noqa: PLR1730, FURB136
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -100,6 +111,9 @@ class CostModel:
         use_measured: False ignores ``measured_ms`` (sources 1 and 3), to compare the roofline with them.
         endpoint_cpu_s, endpoint_cpu_per_byte_s: the CPU time one message costs each of its ends when it
             is a CPU, per message and per byte (module docstring).
+        corun_slowdown: ``{k: s(k)}``, how much slower each of ``k`` CPU devices of one host computes when
+            all ``k`` compute at once than one alone (module docstring); keys are integers >= 2 (or their
+            decimal strings, as JSON writes them), values finite and >= 1. Empty: no slowdown.
     """
 
     def __init__(
@@ -113,6 +127,7 @@ class CostModel:
         use_measured: bool = True,
         endpoint_cpu_s: float = 0.0,
         endpoint_cpu_per_byte_s: float = 0.0,
+        corun_slowdown: Mapping[int | str, float] | None = None,
     ) -> None:
         if not (0 < compute_efficiency <= 1 and 0 < memory_efficiency <= 1):
             raise ConfigurationError("CostModel: efficiencies must be in (0, 1]")
@@ -120,6 +135,7 @@ class CostModel:
             raise ConfigurationError("CostModel: endpoint_cpu_s and endpoint_cpu_per_byte_s must be >= 0")
         self.endpoint_cpu_s = float(endpoint_cpu_s)
         self.endpoint_cpu_per_byte_s = float(endpoint_cpu_per_byte_s)
+        self.corun_slowdown = _checked_slowdown(corun_slowdown or {})
         self.cluster = Cluster.resolve(cluster)
         self.profiled = profiled
         self.compute_efficiency = compute_efficiency
@@ -134,6 +150,14 @@ class CostModel:
         for d in self.cluster.devices:
             if d.category == "gpu":
                 self._gpu_kinds.setdefault(d.kind, d)
+
+    # -- co-running CPU devices ------------------------------------------------------------------
+    def corun_factor(self, k: int) -> float:
+        """``s(k)``: how much slower each of ``k`` CPU devices of one host computes when all ``k`` compute
+        at once (module docstring): 1 for ``k <= 1`` or when nothing is measured at or below ``k``, else
+        the figure of the largest measured count ``<= k``."""
+        measured = [c for c in self.corun_slowdown if c <= k]
+        return self.corun_slowdown[max(measured)] if measured else 1.0
 
     # -- nodes --------------------------------------------------------------------------------
     def node_ms(self, node: NodeData, device: Device | str, backward: bool = False) -> float:
@@ -335,3 +359,24 @@ class CostModel:
                 if ms is not None:
                     return ms
         return measured.get("*")
+
+
+def _checked_slowdown(slowdown: Mapping[int | str, float]) -> dict[int, float]:
+    """``slowdown`` with integer keys, refused with what is wrong unless every key is a count of at least
+    2 devices and every value a finite factor >= 1."""
+    if not isinstance(slowdown, Mapping):
+        raise ConfigurationError(f"CostModel: corun_slowdown must map device counts to factors, got {type(slowdown).__name__}")
+    checked: dict[int, float] = {}
+    for key, value in slowdown.items():
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            k = 0
+        if isinstance(key, bool) or k < 2 or str(k) != str(key).strip():
+            raise ConfigurationError(f"CostModel: corun_slowdown key {key!r} is not a count of at least 2 devices")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+            raise ConfigurationError(
+                f"CostModel: corun_slowdown[{k}] = {value!r}; a slowdown is a finite factor >= 1 (1: none)"
+            )
+        checked[k] = float(value)
+    return checked

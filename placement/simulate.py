@@ -84,6 +84,20 @@ replica holds the stage's static memory; in training the replicas synchronise th
 ("Synchronisation"). Per replica, with one bucket and a ring, this is the load model of
 :mod:`placement.pipeline.instance`: ``(compute) / r + 2 (r - 1) / r x bytes / bandwidth``.
 
+Co-running CPU devices. The CPU devices of one host share its memory bandwidth and caches: ``k`` of
+them computing at once each run ``s(k)`` times slower than one alone (:meth:`CostModel.corun_factor`,
+measured by :func:`runtime.corun.measure_corun`; 1 unless calibrated). The model is static: every task
+on a CPU device of host ``h`` takes ``s(k_h)`` times its cost-model time, ``k_h`` the number of ``h``'s
+CPU devices that run tasks in this plan (replicas of a stage included); a replicated stage's tasks take
+the largest factor of its devices' hosts (the stage's replicas run the same tasks and synchronise). GPUs
+and other accelerators are not slowed. The exact, dynamic form, a rate ``1 / s(k(t))`` with ``k(t)``
+the devices computing at instant ``t``, would re-time a running task whenever ``k`` changes; this loop
+cannot: it books a transfer's links and its CPU ends, and a synchronisation step's, for a fixed interval
+when it is requested ("Contention", "Devices without a copy engine"), after the task that holds the
+device, so a task ending later would move bookings already made in turn. The static form is exact for
+devices that compute all the time (data parallelism, a full pipeline) and overestimates the slowdown
+where a device waits (a latency plan whose devices take turns); ``busy_ms`` includes it.
+
 Synchronisation (training, replicated stages; ``sync``, :mod:`placement.sync`). A stage's parameter
 gradients travel in buckets: :func:`placement.sync.gradient_buckets` over the stage's nodes in backward
 order (the reverse of the lowering's topological order) with ``sync.bucket_bytes``. Bucket ``b`` is
@@ -482,6 +496,10 @@ class _Simulation:
             split, data, devices = self.cm.microbatch_ms, self.data, self.devices
             fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
             bwd = [split(t, nd, devices[d], m, True) for t, nd, d in zip(bwd, data, dev)]
+        slowdown = self._corun_slowdown()
+        if slowdown is not None:
+            fwd = [t * slowdown[d] for t, d in zip(fwd, dev)]
+            bwd = [t * slowdown[d] for t, d in zip(bwd, dev)]
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
         before_step = lw.static - lw.grad_bytes  # gradients are made by the backward (_peak_memory)
         static = np.bincount(self.dev_np, weights=before_step, minlength=len(self.devices)).tolist()
@@ -492,6 +510,19 @@ class _Simulation:
             for d in stage[1:]:
                 static[d] = static[stage[0]]
         self.static, self.act, self.out = static, act, out
+
+    def _corun_slowdown(self) -> list[float] | None:
+        """Per primary device, the factor its tasks' times take (module docstring, "Co-running CPU
+        devices"): ``s(k)`` of its host's CPU devices running tasks, the largest over a replicated stage's
+        devices; None when every factor is 1."""
+        if not self.cm.corun_slowdown:
+            return None
+        devices = self.devices
+        used = {pm[d] for pm in self.phase_map for d in set(self.dev)}
+        per_host = Counter(devices[d].host for d in used if devices[d].category == "cpu")
+        factor = [self.cm.corun_factor(per_host[d.host]) if d.category == "cpu" else 1.0 for d in devices]
+        slowdown = [max(factor[r] for r in self.group[d]) for d in range(len(devices))]
+        return slowdown if any(f != 1.0 for f in slowdown) else None
 
     def _sync_steps(self, schedule: Schedule | None) -> None:
         """The buckets of every replicated stage (training) and the steps that synchronise each (module

@@ -5,14 +5,18 @@ in some priority order, each on a device chosen by some rule, and keeps a schedu
 and finish times. They share:
 
 * :class:`MemoryLedger`: bytes reserved on each device by the nodes placed so far. A node charges its
-  own device its static footprint and what it holds (a colocation group charges its whole footprint,
-  and all its members could receive, when its first member is placed); an edge whose ends are on two
-  devices charges the receiver the producer's ``send_bytes`` once, and in training twice on each
-  side (the receiver keeps the gradient it sends back, the producer the tensor it sent and the
-  gradient it receives). The total (everything alive at once)
-  leaves out the backward temporaries and the loss that the simulator also counts
-  (:meth:`~placement.lowering.Lowered.memory_upper_bound` adds them), so it is an estimate: the plan's
-  simulation (:func:`~placement.problem.finish_plan`) is the memory check.
+  own device its static footprint, what it holds and, for a graph output, its loss tensors (a
+  colocation group charges its whole footprint, and all its members could receive, when its first
+  member is placed); a device is also charged the largest backward temporary of its nodes; an edge
+  whose ends are on two devices charges the receiver the producer's ``send_bytes`` once, and in
+  training twice on each side (the receiver keeps the gradient it sends back, the producer the tensor
+  it sent and the gradient it receives). These are the terms of
+  :meth:`~placement.lowering.Lowered.memory_upper_bound` (everything alive at once), so a placement the
+  ledger accepts fits when the simulator checks it (:func:`~placement.problem.finish_plan`). Without
+  the loss and the temporaries a graph output that owns no parameter looked free: the zoo GPT-2's
+  ``lm_head`` (its weight tied to ``wte``) holds 18.4 GiB of loss tensors and a 6.4 GiB backward
+  temporary, every list scheduler put it on a 12 GiB GPU of ``pcie-4gpu``, and the simulator refused
+  the plan ("gpu3 needs 32.4 GiB of 12").
 * :class:`Schedule`: device of each node, estimated start and finish, the order on each device, and the
   data-ready time of a node on every device. Times use the *training-folded* model: a node takes
   forward + backward time and an edge across devices costs its forward transfer plus the gradient sent
@@ -41,6 +45,7 @@ import numpy as np
 
 from placement.constraints import InfeasibleError
 from placement.errors import ConfigurationError
+from placement.lowering import LOSS_SCALAR_BYTES
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance
@@ -71,7 +76,8 @@ class MemoryLedger:
     def __init__(self, inst: Instance, headroom: float = 1.0) -> None:
         self.inst = inst
         self.free = inst.capacity.astype(float).copy()
-        need = inst.need
+        loss, temp = loss_and_temp(inst)
+        need = inst.need + loss
         # Bytes a node could receive at most (every input from elsewhere).
         self.in_upper = np.zeros(inst.n)
         if inst.num_edges:
@@ -84,9 +90,13 @@ class MemoryLedger:
             [float(need[m].sum() + (self.in_upper[m].sum() if len(m) > 1 else 0.0)) for m in inst.members]
         )
         self.group_dev = np.full(len(inst.members), -1, dtype=np.int64)
+        # The largest backward temporary of a group's members, and of the groups on each device: a
+        # device runs one backward at a time, so it is charged its largest temporary, not their sum.
+        self.group_temp = np.asarray([float(temp[m].max(initial=0.0)) for m in inst.members])
+        self.temp_top = np.zeros(inst.num_devices)
         self.received: set[tuple[int, int]] = set()
         factor = 4.0 if inst.has_bwd else 1.0
-        total = float(need.sum() + factor * inst.send_bytes.sum() * max(1, inst.num_devices - 1))
+        total = float(need.sum() + temp.max(initial=0.0) + factor * inst.send_bytes.sum() * max(1, inst.num_devices - 1))
         self.unbounded = total <= float(inst.capacity.min(initial=np.inf))
         # Extra room past the owed shares (training): none at the first attempt, where the shares alone
         # keep a device able to send on (the old reserve of one largest tensor on top of them changed
@@ -108,7 +118,7 @@ class MemoryLedger:
         out: list[tuple[int, float]] = []
         g = inst.group[v]
         if self.group_dev[g] < 0:
-            out.append((d, self.group_need[g]))
+            out.append((d, self.group_need[g] + max(0.0, self.group_temp[g] - self.temp_top[d])))
         prepaid = self.prepaid[g]
         for u, _ in inst.preds[v]:
             a = dev[u]
@@ -148,7 +158,8 @@ class MemoryLedger:
         # it releases, so it fits while no device's usable bytes are negative (free_floor, a lower bound).
         g = self.inst.group[v]
         upper = self._in_factor * self.in_upper[v]
-        own = (self.group_need[g] if self.group_dev[g] < 0 else 0.0) + upper + self._owed(v)
+        first = self.group_need[g] + max(0.0, self.group_temp[g] - self.temp_top[d]) if self.group_dev[g] < 0 else 0.0
+        own = first + upper + self._owed(v)
         if own <= self.usable[d] - self.reserve and self.free_floor >= 0:
             return True
         return self._overflow(v, d, dev) is None
@@ -164,7 +175,7 @@ class MemoryLedger:
             return np.flatnonzero(ok).tolist()
         g = inst.group[v]
         upper = self._in_factor * self.in_upper[v]
-        own = self.group_need[g] + upper + self._owed(v)
+        own = self.group_need[g] + np.maximum(0.0, self.group_temp[g] - self.temp_top) + upper + self._owed(v)
         fast = ok & (own <= self.usable - self.reserve) if self.free_floor >= 0 else np.zeros_like(ok)
         return [d for d in np.flatnonzero(ok).tolist() if fast[d] or self._overflow(v, d, dev) is None]
 
@@ -200,6 +211,7 @@ class MemoryLedger:
                 self.free_floor = min(self.free_floor, float(self.usable[x]))
         if self.group_dev[g] < 0:
             self.group_dev[g] = d
+            self.temp_top[d] = max(self.temp_top[d], self.group_temp[g])
         for u, _ in inst.preds[v]:
             if dev[u] != d:
                 self.received.add((u, d))
@@ -233,6 +245,18 @@ class MemoryLedger:
             f"the largest free capacity of a device it may use is {self.free[largest] / GiB:.3f} GiB on "
             f"{inst.devices[largest].name}. Use more devices, a smaller batch, or raise the memory budget."
         )
+
+
+def loss_and_temp(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) bytes each node adds past ``need`` in the simulator: a graph output's loss tensors with the
+    loss and its gradient (one microbatch), and its backward temporary at its largest
+    (:mod:`placement.lowering`, "Memory"). Zeros for an instance built without a lowering (a coarsened
+    one: its nodes' figures are summed by :mod:`placement.solvers.coarsen`)."""
+    lw = inst.lowered
+    if lw is None:
+        return np.zeros(inst.n), np.zeros(inst.n)
+    loss = lw.loss_bytes + 2 * LOSS_SCALAR_BYTES * (lw.loss_bytes > 0)
+    return loss, np.asarray(lw.backward_temp, dtype=float)
 
 
 class Timeline:

@@ -5,7 +5,8 @@ Three layers, one sub-package each (ARCHITECTURE.md): :mod:`graphc.ir` (the cost
 ``calibrate``, the CLI). ``graphc.zoo`` and ``graphc.importers`` are the public names of the zoo and the importers.
 
 The cost-graph types import without torch (a solver never needs it); ``trace``, ``compile`` and the
-other torch-facing names load torch on first use.
+other torch-facing names load torch on first use. ``ElasticAveragingSync`` and ``LocalSGDSync`` (the
+averaging strategies' records, :mod:`placement.sync`) are what ``graphc.compile(sync=...)`` also takes.
 
 Every error graphc raises on purpose is a :class:`GraphcError`; the kinds a caller catches (a bad file,
 a plan for another model, a bad argument, no placement, a failed run) are exported here, and the whole
@@ -38,6 +39,8 @@ _LAZY = {
     "calibrate": "graphc.app.calibrate",
     "Calibration": "graphc.app.calibrate",
     "CompiledModel": "graphc.app.compiler",
+    "ElasticAveragingSync": "placement.sync",
+    "LocalSGDSync": "placement.sync",
 }
 
 __all__ = [
@@ -45,10 +48,12 @@ __all__ = [
     "CompiledModel",
     "ConfigurationError",
     "EdgeData",
+    "ElasticAveragingSync",
     "FormatError",
     "Graph",
     "GraphFormatError",
     "GraphcError",
+    "LocalSGDSync",
     "MismatchError",
     "MissingFileError",
     "NodeData",

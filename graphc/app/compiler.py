@@ -39,6 +39,12 @@ full batch. In this one process that sum is autograd's; the plan's all-reduce or
 traffic is what ``graphc run`` and the distributed executor perform, and what the plan's prediction
 prices. A replicated plan is searched again at a new batch size (its reuse would lose its sync).
 
+``sync`` may also name an averaging strategy (``"easgd"``, ``"eamsgd"``, ``"local-sgd"``, ``"diloco"``, or
+a :mod:`placement.sync` record such as ``ElasticAveragingSync(tau=4)``) with ``parallel="data"``: the
+script then runs on one rank per replica under ``torchrun``, each call runs this rank's replica on its
+share of the batch, and ``compiled.optimizer(opt)`` returns the :mod:`runtime.averaging` strategy whose
+``step()`` the loop calls instead of ``opt.step()`` (:mod:`graphc.app.compile_averaging`).
+
 On the ``local`` cluster of CPU workers, ``calibrate=True`` measures this machine before planning
 (:func:`graphc.app.calibrate.calibrate`, through its disk cache): each new program's ops profiled on one
 thread and scaled to its eager step, and the link between two ranks; the plan is made and predicted
@@ -55,16 +61,22 @@ import functools
 import inspect
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.utils._pytree as pytree
 from rich.console import Console
+from torch import nn
 
+from graphc.app.averaging_strategy import STRATEGIES
 from graphc.app.calibrate import calibrate
+from graphc.app.compile_averaging import (
+    AveragingWorker,
+    averaging_sync_of,
+    check_averaging_layout,
+)
 from graphc.frontend.tracing import TracedProgram, trace
 from graphc.ir.deprecation import renamed_keywords
 from graphc.ir.errors import ConfigurationError
@@ -76,7 +88,9 @@ from placement.inspect import describe_sync
 from placement.plan import Plan
 from placement.solvers import make_problem, solve
 from placement.solvers.reuse import PlacementNotReusable, reuse_placement
+from placement.sync import AveragingSync
 from runtime import LocalExecutor, partition
+from runtime.averaging import Strategy
 from runtime.step import split_batch
 
 CallSignature = tuple[Any, ...]
@@ -129,7 +143,7 @@ class CompiledEntry:
 
     program: TracedProgram
     plan: Plan
-    executor: Any  # runtime.LocalExecutor
+    executor: Any  # runtime.LocalExecutor; None for an averaging run (this rank's replica runs eagerly)
     seconds: dict[str, float]
     how: str
 
@@ -143,7 +157,9 @@ class CompiledModel:
     program (module docstring; refused for another cluster).
     ``parallel``, ``sync`` and ``servers``: the throughput layout, the replicas' synchronisation and the
     parameter-server devices (:func:`placement.solve`; module docstring); only with
-    ``objective="throughput"``.
+    ``objective="throughput"``. An averaging ``sync`` (a name of
+    :data:`graphc.app.compile_averaging.COMPILE_STRATEGIES` or a record) trains one replica per rank
+    (:mod:`graphc.app.compile_averaging`; :attr:`averaging` is this rank's worker).
     (``time_limit`` and ``reshape_time_limit``, their old names, still work this release, with a
     ``DeprecationWarning``.)
     """
@@ -164,10 +180,13 @@ class CompiledModel:
         progress: bool | None = None,
         calibrate: bool = False,
         parallel: str = "pipeline",
-        sync: str | None = None,
+        sync: str | AveragingSync | None = None,
         servers: Sequence[str] | None = None,
     ) -> None:
         check_layout(objective, parallel, sync, servers)
+        averaging = averaging_sync_of(sync)
+        if averaging is not None:
+            check_averaging_layout(averaging, parallel, servers, calibrate)
         self.fn = fn
         self.cluster = Cluster.resolve(cluster)
         self.calibrate = calibrate
@@ -186,6 +205,7 @@ class CompiledModel:
         self.parallel = parallel
         self.sync = sync
         self.servers = list(servers) if servers is not None else None
+        self.averaging = AveragingWorker.join(averaging) if averaging is not None else None
         show = progress if progress is not None else os.environ.get("GRAPHC_PROGRESS", "1") != "0"
         self.console = Console(stderr=True, quiet=not show)
         self.cache: dict[CallSignature, CompiledEntry] = {}
@@ -207,7 +227,37 @@ class CompiledModel:
         if entry is None:
             entry = self.cache[key] = self._build(args, kwargs)
         self.last = entry
+        if self.averaging is not None:
+            return self.averaging.run(self.fn, args, kwargs)
         return entry.executor(*entry.program.flat_inputs(args, kwargs))
+
+    def optimizer(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, *, outer_lr: float | None = None
+    ) -> Strategy:
+        """With an averaging ``sync``: the :mod:`runtime.averaging` strategy of the plan's record around
+        ``model`` (default: the compiled module) and ``optimizer`` over its parameters; the loop calls its
+        ``step()`` instead of ``optimizer.step()``, and ``finish()`` at the end. ``outer_lr``: DiLoCo's
+        outer rate (default 0.7). Refused for any other sync (the one-process replicas share ``model``'s
+        parameters: step ``optimizer`` itself)."""
+        if self.averaging is None:
+            raise ConfigurationError(
+                f"compiled.optimizer(...) wraps the optimizer in an averaging strategy (sync one of "
+                f"{', '.join(STRATEGIES)}), and this model was compiled with sync={self.sync!r}: call optimizer.step() itself"
+            )
+        if model is None:
+            if not isinstance(self.fn, nn.Module):
+                raise ConfigurationError(
+                    "compiled.optimizer(optimizer, model): a compiled function does not say which module it trains; pass it"
+                )
+            model = self.fn
+        return self.averaging.optimizer(optimizer, model, outer_lr)
+
+    def share(self, value: Any) -> Any:
+        """With an averaging ``sync``: this rank's rows of ``value`` (a tensor or nest of them), the share
+        of the batch its replica runs; e.g. the targets of a compiled module's outputs."""
+        if self.averaging is None:
+            raise ConfigurationError(f"compiled.share(...) is this rank's share of a batch under an averaging sync, not sync={self.sync!r}")
+        return self.averaging.share(value)
 
     def _build(self, args: tuple, kwargs: dict[str, Any]) -> CompiledEntry:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -224,11 +274,17 @@ class CompiledModel:
             plan, how = self._plan(program, mode, status, cost_model)
             seconds["solve"] = time.perf_counter() - start
             replicated = [", ".join(st.devices) for st in plan.stages if len(st.devices) > 1]
-            replicas = f", replicas [{'; '.join(replicated)}] synchronised by {describe_sync(plan.sync)}" if replicated else ""
+            synchronised = describe_sync(plan.sync)
+            if self.averaging is not None:
+                self.averaging.check_plan(plan)
+                synchronised = f"{self.averaging.name} (this rank: replica on {self.averaging.device})"
+            replicas = f", replicas [{'; '.join(replicated)}] synchronised by {synchronised}" if replicated else ""
             self.console.log(
                 f"{self._describe(plan, how)}: {len(plan.devices_used())} device(s){replicas}, predicted step "
                 f"{plan.predicted_step_ms:.2f} ms, {seconds['solve']:.1f} s"
             )
+            if self.averaging is not None:
+                return CompiledEntry(program, plan, None, seconds, how)
             status.update("graphc: partitioning ...")
             start = time.perf_counter()
             runs = self._microbatch_program(args, kwargs, program, plan) if plan.microbatches > 1 else program
@@ -294,7 +350,8 @@ class CompiledModel:
 
     def _solve(self, program: TracedProgram, mode: str, time_limit_s: float, cost_model: CostModel | None) -> Plan:
         """A searched plan for ``program``, in the layouts ``parallel`` allows for the throughput objective."""
-        layout = {"parallel": self.parallel, "sync": self.sync, "servers": self.servers} if self.objective == "throughput" else {}
+        gradient_sync = None if self.averaging is not None else self.sync  # its plan prices an all-reduce
+        layout = {"parallel": self.parallel, "sync": gradient_sync, "servers": self.servers} if self.objective == "throughput" else {}
         return solve(program.graph, self.cluster, objective=self.objective, constraints=self.constraints, mode=mode,
                      time_limit_s=time_limit_s, seed=self.seed, solver=self.solver, cost_model=cost_model, **layout)  # fmt: skip
 
@@ -315,13 +372,16 @@ class CompiledModel:
                      example_kwargs=first_kwargs)  # fmt: skip
 
 
-def check_layout(objective: str, parallel: str, sync: str | None, servers: Sequence[str] | None) -> None:
+def check_layout(objective: str, parallel: str, sync: str | AveragingSync | None, servers: Sequence[str] | None) -> None:
     """Refuse, before anything is traced, a ``parallel``/``sync`` that :func:`placement.solve` does not
-    know, and any layout option with an objective other than throughput."""
+    know (nor an averaging strategy), and any layout option with an objective other than throughput."""
     if parallel not in PARALLEL:
         raise ConfigurationError(f"compile(parallel={parallel!r}): expected one of {', '.join(PARALLEL)}")
-    if sync is not None and sync not in SYNCS:
-        raise ConfigurationError(f"compile(sync={sync!r}): expected one of {', '.join(SYNCS)}, or None")
+    if sync is not None and sync not in SYNCS and averaging_sync_of(sync) is None:
+        raise ConfigurationError(
+            f"compile(sync={sync!r}): expected one of {', '.join((*SYNCS, *STRATEGIES))}, an averaging record "
+            "(placement.sync.ElasticAveragingSync, LocalSGDSync), or None"
+        )
     given = [f"{k}={v!r}" for k, v, default in (("parallel", parallel, "pipeline"), ("sync", sync, None),
                                                 ("servers", servers, None)) if v != default]  # fmt: skip
     if given and objective != "throughput":
@@ -345,7 +405,7 @@ def output_shapes(program: TracedProgram) -> list[tuple[int, ...]]:
 
 
 @renamed_keywords(time_limit="time_limit_s", reshape_time_limit="reshape_time_limit_s")
-def compile(  # noqa: A001 - the name users expect, as torch.compile
+def compile(
     fn: nn.Module | Callable | None = None, **options: Any
 ) -> CompiledModel | Callable[[nn.Module | Callable], CompiledModel]:
     """Compile a module or a function of modules and tensors; usable as ``@compile``, ``@compile(...)``

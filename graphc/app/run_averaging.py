@@ -34,7 +34,6 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +42,15 @@ import torch.distributed as dist
 from rich.table import Table
 
 from graphc.app.argtypes import non_negative_int, positive_int, positive_number
+from graphc.app.averaging_strategy import (
+    ELASTIC,
+    LOCAL,
+    STRATEGIES,
+    MakeOptimizer,
+    averaging_record,
+    build_strategy,
+    strategy_name,
+)
 from graphc.frontend import zoo
 from graphc.ir.errors import ConfigurationError
 from placement.plan import Plan
@@ -54,36 +62,21 @@ from placement.sync import (
     sync_to_dict,
 )
 from runtime.averaging import (
-    EAMSGD,
-    EASGD,
-    AsyncEASGD,
     AsyncLayout,
     CenterServer,
     DiLoCo,
-    LocalSGD,
-    Strategy,
     checkpoint_path,
     elastic_rates,
     load_checkpoint,
     save_checkpoint,
 )
 from runtime.averaging.easgd import DEFAULT_MOMENTUM, DEFAULT_TAU
-from runtime.averaging.local_sgd import (
-    DEFAULT_H,
-    DILOCO_H,
-    DILOCO_OUTER_LR,
-    DILOCO_OUTER_MOMENTUM,
-)
+from runtime.averaging.local_sgd import DEFAULT_H, DILOCO_H, DILOCO_OUTER_LR
 from runtime.partition import device_sort_key
 from runtime.step import split_batch
 
-ELASTIC = ("easgd", "eamsgd", "async-easgd")
-LOCAL = ("local-sgd", "diloco")
-STRATEGIES = (*ELASTIC, *LOCAL)
 #: ``--sync chosen``: the strategy the plan chose by time to accuracy (:func:`resolve_chosen`).
 CHOSEN = "chosen"
-#: Makes a worker's local optimizer over the parameters given.
-MakeOptimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,10 +170,10 @@ def resolve_chosen(args: argparse.Namespace, plan: Plan) -> str | None:
     if isinstance(sync, ElasticAveragingSync):
         if sync.momentum not in (0.0, DEFAULT_MOMENTUM):
             raise ConfigurationError(f"--sync chosen: the plan chose EAMSGD with momentum {sync.momentum}; graphc run's EAMSGD takes {DEFAULT_MOMENTUM}")
-        args.sync = "async-easgd" if sync.asynchronous else "eamsgd" if sync.momentum else "easgd"
+        args.sync = strategy_name(sync)
         args.tau, args.alpha, args.prefetch = sync.tau, sync.alpha, (sync.prefetch if sync.asynchronous else None)
     elif isinstance(sync, LocalSGDSync):
-        args.sync, args.period = ("local-sgd" if sync.outer == "average" else "diloco"), sync.period
+        args.sync, args.period = strategy_name(sync), sync.period
     else:
         args.sync = None
     return f"the plan chose {choice['chosen']}: {choice['reason']}"
@@ -199,19 +192,7 @@ def averaging_sync(args: argparse.Namespace) -> AveragingSync:
         raise ConfigurationError(
             f"--sync eamsgd: EAMSGD's workers take Nesterov SGD steps, not --optimizer {args.optimizer}; leave --optimizer out"
         )
-    if args.sync in LOCAL:
-        default = DEFAULT_H if args.sync == "local-sgd" else DILOCO_H
-        return LocalSGDSync(
-            period=args.period or default,
-            outer="average" if args.sync == "local-sgd" else "nesterov",
-        )
-    return ElasticAveragingSync(
-        tau=DEFAULT_TAU if args.tau is None else args.tau,
-        alpha=args.alpha,
-        momentum=DEFAULT_MOMENTUM if args.sync == "eamsgd" else 0.0,
-        asynchronous=args.sync == "async-easgd",
-        prefetch=args.prefetch or 0,
-    )
+    return averaging_record(args.sync, tau=args.tau, alpha=args.alpha, prefetch=args.prefetch, period=args.period)
 
 
 def averaging_workers(plan: Plan, sync: str) -> list[str]:
@@ -433,7 +414,7 @@ def _work(
     ]
     targets = split_batch(zm.targets, workers)[rank].to(device)
     loss_fn = zoo.zoo_loss(zm)
-    strategy = _strategy(args, sync, layout, model, optimizer)
+    strategy = build_strategy(sync, model, optimizer, lr=args.lr, outer_lr=args.outer_lr, layout=layout)
     if args.resume:
         load_checkpoint(strategy, args.checkpoint, rank)
     first_step, losses, steps_ms = strategy.steps, [], []
@@ -465,33 +446,3 @@ def _work(
         "first_step": first_step,
         "rates": rates,
     }
-
-
-def _strategy(
-    args: argparse.Namespace,
-    sync: AveragingSync,
-    layout: AsyncLayout | None,
-    model: torch.nn.Module,
-    optimizer: MakeOptimizer,
-) -> Strategy:
-    """The strategy of ``sync`` around ``model`` and its local optimizer (EAMSGD makes its own, at ``--lr``)."""
-    if isinstance(sync, ElasticAveragingSync) and sync.momentum:
-        return EAMSGD(
-            model, lr=args.lr, momentum=sync.momentum, tau=sync.tau, alpha=sync.alpha
-        )
-    local = optimizer(model.parameters())
-    if isinstance(sync, LocalSGDSync):
-        if sync.outer == "average":
-            return LocalSGD(model, local, period=sync.period)
-        return DiLoCo(
-            model,
-            local,
-            period=sync.period,
-            outer_lr=args.outer_lr or DILOCO_OUTER_LR,
-            outer_momentum=DILOCO_OUTER_MOMENTUM,
-        )
-    if layout is not None:
-        return AsyncEASGD(
-            model, local, layout, tau=sync.tau, alpha=sync.alpha, prefetch=sync.prefetch
-        )
-    return EASGD(model, local, tau=sync.tau, alpha=sync.alpha)

@@ -1,0 +1,152 @@
+"""``graphc.compile(sync="easgd"|...)``: a loop through the compiled model on two ranks ends with the
+parameters (and EASGD's center) EQUAL to the same loop written with :mod:`runtime.averaging` directly,
+whose own tests check the papers' equations; and every layout it cannot train is refused, saying what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from averaging_cases import batch, model
+
+import graphc
+from graphc.app.compile_averaging import AveragingWorker
+from graphc.ir.errors import ConfigurationError
+from placement.presets import local
+from placement.sync import ElasticAveragingSync, LocalSGDSync
+from runtime.averaging import EAMSGD, EASGD, DiLoCo
+from runtime.launch import spawn
+
+BATCH = 16
+STEPS = 5  # with a period of 2: two exchanges, then one local step after which the workers differ
+SYNCS = {
+    "easgd": ElasticAveragingSync(tau=2),
+    "eamsgd": ElasticAveragingSync(tau=2, momentum=0.9),
+    "diloco": LocalSGDSync(period=2, outer="nesterov"),
+}
+OUTER_LR = 0.5
+
+
+def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(net(x), y)
+
+
+def _compiled_loop(kind: str) -> dict:
+    """The user's loop through graphc.compile: the global batch on every rank."""
+    world = 2
+    net = model(0)
+    compiled = graphc.compile(_loss, objective="throughput", parallel="data", sync=SYNCS[kind],
+                              cluster=local(workers=world), progress=False, time_limit_s=5)  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    strategy = compiled.optimizer(opt, net, outer_lr=OUTER_LR if kind == "diloco" else None)
+    for step in range(STEPS):
+        opt.zero_grad()
+        x, y = batch(0, step, size=BATCH)
+        compiled(net, x, y).backward()
+        strategy.step()
+    strategy.finish()
+    out = {"worker": strategy.flat(), "settings": compiled.plan.settings["parallel"]["averaging"]["kind"]}
+    if kind != "diloco":
+        out["center"] = strategy.center
+    try:
+        AveragingWorker(SYNCS[kind], 0, 3).check_plan(compiled.plan)
+    except ConfigurationError as exc:
+        out["three_ranks"] = str(exc)
+    try:
+        compiled.optimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), net)
+    except ConfigurationError as exc:
+        out["other_parameters"] = str(exc)
+    return out
+
+
+def _direct_loop(kind: str) -> dict:
+    """The same loop written with runtime.averaging: each rank slices its rows by hand."""
+    rank = dist.get_rank()
+    net = model(0)
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1)
+    if kind == "easgd":
+        strategy = EASGD(net, sgd, tau=2)
+    elif kind == "eamsgd":
+        strategy = EAMSGD(net, lr=0.1, momentum=0.9, tau=2)
+    else:
+        strategy = DiLoCo(net, sgd, period=2, outer_lr=OUTER_LR)
+    rows = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+    for step in range(STEPS):
+        net.zero_grad()
+        x, y = batch(0, step, size=BATCH)
+        F.mse_loss(net(x[rows]), y[rows]).backward()
+        strategy.step()
+    strategy.finish()
+    out = {"worker": strategy.flat()}
+    if kind != "diloco":
+        out["center"] = strategy.center
+    return out
+
+
+def compiled_and_direct() -> dict:
+    """On each rank: every kind through compile (which joins the process group itself), then directly."""
+    compiled = {kind: _compiled_loop(kind) for kind in SYNCS}
+    return {kind: {"compiled": compiled[kind], "direct": _direct_loop(kind)} for kind in SYNCS}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_compiled_loop_equals_the_strategy_written_by_hand_on_two_ranks():
+    outcomes = spawn(compiled_and_direct, 2, timeout_s=240)
+    for o in outcomes:
+        assert o.ok, (o.rank, o.error, o.traceback)
+    for kind, sync in SYNCS.items():
+        got = [o.result[kind] for o in outcomes]
+        for rank in (0, 1):
+            compiled, direct = got[rank]["compiled"], got[rank]["direct"]
+            assert torch.equal(compiled["worker"], direct["worker"]), (kind, rank)
+            if "center" in direct:
+                assert torch.equal(compiled["center"], direct["center"]), (kind, rank)
+            assert "torchrun --nproc-per-node 2" in compiled["three_ranks"]
+            assert "make it over model.parameters()" in compiled["other_parameters"]
+        assert got[0]["compiled"]["settings"] == sync.KIND
+        # the ranks trained on different rows since the last exchange: the test sees each replica's share
+        assert not torch.equal(got[0]["compiled"]["worker"], got[1]["compiled"]["worker"]), kind
+
+
+@pytest.mark.parametrize("parallel", ["pipeline", "hybrid"])
+def test_an_averaging_sync_with_another_layout_than_data_is_refused(parallel):
+    with pytest.raises(ConfigurationError, match="pass parallel='data', not parallel="):
+        graphc.compile(model(0), objective="throughput", parallel=parallel, sync="easgd")
+
+
+def test_an_averaging_sync_with_the_latency_objective_is_refused():
+    with pytest.raises(ConfigurationError, match="pass objective='throughput'"):
+        graphc.compile(model(0), objective="latency", parallel="data", sync=LocalSGDSync(period=4))
+
+
+def test_an_averaging_sync_without_torch_distributed_says_to_start_the_script_with_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert not dist.is_initialized()
+    with pytest.raises(ConfigurationError, match="torchrun --nproc-per-node N script.py"):
+        graphc.compile(model(0), objective="throughput", parallel="data", sync="diloco")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sync": "async-easgd"}, "graphc run --sync async-easgd"),
+        ({"sync": ElasticAveragingSync(asynchronous=True)}, "graphc run --sync async-easgd"),
+        ({"sync": "easgd", "calibrate": True}, "leave calibrate out"),
+        ({"sync": "easgd", "servers": ["cpu0"]}, "leave servers out"),
+        ({"sync": "elastic"}, "ring, hierarchical, parameter-server, easgd, eamsgd"),
+    ],
+)
+def test_what_compile_cannot_average_is_refused(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        graphc.compile(model(0), objective="throughput", parallel="data", **options)
+
+
+def test_optimizer_and_share_are_refused_without_an_averaging_sync():
+    compiled = graphc.compile(model(0), objective="throughput", parallel="data", sync="ring")
+    with pytest.raises(ConfigurationError, match="call optimizer.step"):
+        compiled.optimizer(torch.optim.SGD(model(0).parameters(), lr=0.1))
+    with pytest.raises(ConfigurationError, match="under an averaging sync"):
+        compiled.share(torch.zeros(4))

@@ -15,7 +15,7 @@ from graphc.app.compile_averaging import AveragingWorker
 from graphc.ir.errors import ConfigurationError
 from placement.presets import local
 from placement.sync import ElasticAveragingSync, LocalSGDSync
-from runtime.averaging import EAMSGD, EASGD, DiLoCo
+from runtime.averaging import EAMSGD, EASGD, DiLoCo, LocalSGD
 from runtime.launch import spawn
 
 BATCH = 16
@@ -23,6 +23,7 @@ STEPS = 5  # with a period of 2: two exchanges, then one local step after which 
 SYNCS = {
     "easgd": ElasticAveragingSync(tau=2),
     "eamsgd": ElasticAveragingSync(tau=2, momentum=0.9),
+    "local-sgd": LocalSGDSync(period=2),
     "diloco": LocalSGDSync(period=2, outer="nesterov"),
 }
 OUTER_LR = 0.5
@@ -33,21 +34,27 @@ def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 def _compiled_loop(kind: str) -> dict:
-    """The user's loop through graphc.compile: the global batch on every rank."""
+    """The user's loop through graphc.compile, the global batch on every rank: a compiled loss function,
+    or for local SGD the compiled module, whose outputs are this rank's rows (``compiled.share(y)``)."""
     world = 2
     net = model(0)
-    compiled = graphc.compile(_loss, objective="throughput", parallel="data", sync=SYNCS[kind],
+    module_form = kind == "local-sgd"
+    compiled = graphc.compile(net if module_form else _loss, objective="throughput", parallel="data", sync=SYNCS[kind],
                               cluster=local(workers=world), progress=False, time_limit_s=5)  # fmt: skip
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    strategy = compiled.optimizer(opt, net, outer_lr=OUTER_LR if kind == "diloco" else None)
+    if module_form:
+        strategy = compiled.optimizer(opt)  # the compiled module is the model
+    else:
+        strategy = compiled.optimizer(opt, net, outer_lr=OUTER_LR if kind == "diloco" else None)
     for step in range(STEPS):
         opt.zero_grad()
         x, y = batch(0, step, size=BATCH)
-        compiled(net, x, y).backward()
+        loss = F.mse_loss(compiled(x), compiled.share(y)) if module_form else compiled(net, x, y)
+        loss.backward()
         strategy.step()
     strategy.finish()
     out = {"worker": strategy.flat(), "settings": compiled.plan.settings["parallel"]["averaging"]["kind"]}
-    if kind != "diloco":
+    if kind in ("easgd", "eamsgd"):
         out["center"] = strategy.center
     try:
         AveragingWorker(SYNCS[kind], 0, 3).check_plan(compiled.plan)
@@ -69,6 +76,8 @@ def _direct_loop(kind: str) -> dict:
         strategy = EASGD(net, sgd, tau=2)
     elif kind == "eamsgd":
         strategy = EAMSGD(net, lr=0.1, momentum=0.9, tau=2)
+    elif kind == "local-sgd":
+        strategy = LocalSGD(net, sgd, period=2)
     else:
         strategy = DiLoCo(net, sgd, period=2, outer_lr=OUTER_LR)
     rows = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
@@ -79,7 +88,7 @@ def _direct_loop(kind: str) -> dict:
         strategy.step()
     strategy.finish()
     out = {"worker": strategy.flat()}
-    if kind != "diloco":
+    if kind in ("easgd", "eamsgd"):
         out["center"] = strategy.center
     return out
 

@@ -135,7 +135,7 @@ class CostModel:
             raise ConfigurationError("CostModel: endpoint_cpu_s and endpoint_cpu_per_byte_s must be >= 0")
         self.endpoint_cpu_s = float(endpoint_cpu_s)
         self.endpoint_cpu_per_byte_s = float(endpoint_cpu_per_byte_s)
-        self.corun_slowdown = _checked_slowdown(corun_slowdown or {})
+        self.corun_slowdown = checked_corun_slowdown(corun_slowdown or {})
         self.cluster = Cluster.resolve(cluster)
         self.profiled = profiled
         self.compute_efficiency = compute_efficiency
@@ -361,9 +361,10 @@ class CostModel:
         return measured.get("*")
 
 
-def _checked_slowdown(slowdown: Mapping[int | str, float]) -> dict[int, float]:
-    """``slowdown`` with integer keys, refused with what is wrong unless every key is a count of at least
-    2 devices and every value a finite factor >= 1."""
+def checked_corun_slowdown(slowdown: Mapping[int | str, float]) -> dict[int, float]:
+    """``slowdown`` (``{k: s(k)}``, module docstring) with integer keys; :class:`ConfigurationError`, saying
+    what is wrong, unless every key is a count of at least 2 devices (or its decimal string, as JSON
+    writes it) and every value a finite factor >= 1."""
     if not isinstance(slowdown, Mapping):
         raise ConfigurationError(f"CostModel: corun_slowdown must map device counts to factors, got {type(slowdown).__name__}")
     checked: dict[int, float] = {}

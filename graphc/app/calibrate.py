@@ -12,7 +12,13 @@ Calibrating replaces them with measurements of this machine:
 2. one factor that scales that table so that the whole graph on one worker simulates to the measured
    eager training step (:func:`placement.calibration.calibration_factor`: ops timed in isolation miss
    what runs between them: the loss, the framework);
-3. the link between two ranks as the runtime meets it (:func:`runtime.link.measure_link`).
+3. the link between two ranks as the runtime meets it (:func:`runtime.link.measure_link`);
+4. when the caller says how another process rebuilds the model (``rebuild``: a zoo network's name and
+   :func:`graphc.frontend.zoo.build` arguments), how much slower each of ``k`` workers computes its
+   training step when ``k`` compute at once, ``s(k)`` for ``k = 2 ..`` the workers (at most the usable
+   cores) (:func:`runtime.corun.measure_corun`, a few steps per rank): the cost model's
+   ``corun_slowdown``. Without ``rebuild`` (a model that lives only in this process) it is not measured
+   and ``s = 1``, as before.
 
 Measuring takes seconds to minutes, so both results are cached on disk as JSON in
 :func:`cache_folder` (``$GRAPHC_CACHE``, else ``$XDG_CACHE_HOME/graphc`` or ``~/.cache/graphc``):
@@ -22,7 +28,8 @@ Measuring takes seconds to minutes, so both results are cached on disk as JSON i
 * ``calibration-<name>-<hash>.json`` (schema ``graphc.calibration``): the profiled table (in
   :class:`graphc.ir.profiled.ProfiledTimes`' own JSON format), the factor and the eager step, keyed by
   what makes them valid (:func:`calibration_key`): the graph's fingerprint, the shapes and dtypes of
-  the example inputs, the torch version, the worker's thread count and the machine.
+  the example inputs, the torch version, the worker's thread count and the machine; and the co-run
+  slowdown, measured later into the same file when a call with ``rebuild`` finds it missing.
 
 A later call with the same key loads the file and says so; ``refresh=True`` measures again (and
 rewrites both files). A file that cannot be read, or was written for another key, is measured again.
@@ -46,7 +53,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,14 +63,17 @@ import torch.utils._pytree as pytree
 from rich.console import Console
 
 from graphc.app.measure_plans import OtherLoad
+from graphc.frontend import zoo
 from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
-from graphc.ir.errors import FormatError, MismatchError, TraceError
+from graphc.ir.errors import ConfigurationError, FormatError, MismatchError, TraceError
 from graphc.ir.jsonfile import check_header, read_json, write_json
 from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
 from placement.calibration import calibration_factor
 from placement.cluster import Cluster
-from placement.cost_model import CostModel
+from placement.cost_model import CostModel, checked_corun_slowdown
+from runtime.corun import measure_corun, usable_cores
+from runtime.launch import function_name
 from runtime.link import LinkSpeed, local_cluster, measure_link
 from runtime.step import split_batch
 
@@ -115,6 +125,8 @@ class Calibration:
         path: the cache file it was written to or read from.
         loaded: True when read from the cache rather than measured by this call.
         cached: False when measured under other load and so not written to the cache (module docstring).
+        corun_slowdown: ``{k: s(k)}``, how much slower each of ``k`` workers computing at once runs than
+            one alone; empty when not measured (module docstring, 4).
         workers: the CPU workers of :attr:`cluster`.
         cluster: the ``local`` preset with ``workers`` workers joined by :attr:`link`, to plan on.
         cost_model: :attr:`cluster` with the :attr:`scaled` table, to plan with.
@@ -131,13 +143,15 @@ class Calibration:
     loaded: bool
     workers: int = 2
     cached: bool = True
+    corun_slowdown: dict[int, float] = field(default_factory=dict)
     cluster: Cluster = field(init=False, repr=False)
     cost_model: CostModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.cluster = local_cluster(self.workers, self.link)
         self.cost_model = CostModel(self.cluster, profiled=self.scaled, endpoint_cpu_s=self.link.endpoint_cpu_s,
-                                    endpoint_cpu_per_byte_s=self.link.endpoint_cpu_per_byte_s)  # fmt: skip
+                                    endpoint_cpu_per_byte_s=self.link.endpoint_cpu_per_byte_s,
+                                    corun_slowdown=self.corun_slowdown)  # fmt: skip
 
     @property
     def scaled(self) -> ProfiledTimes:
@@ -152,9 +166,16 @@ class Calibration:
         return [
             f"calibration {how}",
             f"eager step {self.eager_ms:.1f} ms on one thread: profiled times x {self.factor:.3f}, so that one worker predicts it",
-            f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s; "
-            f"each end's CPU {1e6 * self.link.endpoint_cpu_s:.0f} us + {1e12 * self.link.endpoint_cpu_per_byte_s:.2f} us/MB per message",
+            (f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s; "
+             f"each end's CPU {1e6 * self.link.endpoint_cpu_s:.0f} us + {1e12 * self.link.endpoint_cpu_per_byte_s:.2f} us/MB per message"),
+            self._describe_corun(),
         ]
+
+    def _describe_corun(self) -> str:
+        if not self.corun_slowdown:
+            return "co-run slowdown not measured (calibrate(rebuild=...) measures it): workers computing at once are priced as alone"
+        each = ", ".join(f"{k} at once x {s:.3f}" for k, s in sorted(self.corun_slowdown.items()))
+        return f"workers computing at once each take longer than one alone: {each}"
 
 
 def cache_folder(cache_dir: str | Path | None = None) -> Path:
@@ -209,26 +230,59 @@ def eager_step_ms(
     modules and tensors) on the inputs, in ms, with ``threads`` intra-op threads (the caller's setting is
     restored). The backward is of ``loss(output)``, else of the output when it is a scalar, else of the
     sum of its tensors. Gradients accumulate on ``model``'s parameters: pass a copy to keep them."""
-    kwargs = example_kwargs or {}
-    roots = [model] if isinstance(model, torch.nn.Module) else [a for a in example_inputs if isinstance(a, torch.nn.Module)]
-    params = [p for root in roots for p in root.parameters()]
+    step = training_step(model, example_inputs, loss=loss, example_kwargs=example_kwargs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         times = []
         for _ in range(steps + 2):
             start = time.perf_counter()
-            for p in params:
-                p.grad = None
-            output = model(*example_inputs, **kwargs)
-            value = loss(output) if loss is not None else output
-            if not (isinstance(value, torch.Tensor) and value.dim() == 0):
-                value = sum(t.sum() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor) and t.requires_grad)
-            value.backward()
+            step()
             times.append(1e3 * (time.perf_counter() - start))
     finally:
         torch.set_num_threads(previous)
     return statistics.median(times[2:])
+
+
+def training_step(
+    model: torch.nn.Module | Callable,
+    example_inputs: tuple,
+    *,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+    example_kwargs: dict[str, Any] | None = None,
+) -> Callable[[], torch.Tensor]:
+    """A function running one eager training step of ``model`` on the inputs, as :func:`eager_step_ms`
+    times it: gradients set to None, forward, backward of ``loss(output)`` (else of the output when it is
+    a scalar, else of the sum of its tensors); it returns that scalar, detached."""
+    kwargs = example_kwargs or {}
+    roots = [model] if isinstance(model, torch.nn.Module) else [a for a in example_inputs if isinstance(a, torch.nn.Module)]
+    params = [p for root in roots for p in root.parameters()]
+
+    def step() -> torch.Tensor:
+        for p in params:
+            p.grad = None
+        output = model(*example_inputs, **kwargs)
+        value = loss(output) if loss is not None else output
+        if not (isinstance(value, torch.Tensor) and value.dim() == 0):
+            value = sum(t.sum() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor) and t.requires_grad)
+        value.backward()
+        return value.detach()
+
+    return step
+
+
+def zoo_training_step(name: str, build_kwargs: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    """The eager training step (:func:`training_step`, with the network's loss) of the zoo network
+    ``name`` built with ``build_kwargs`` (:func:`graphc.frontend.zoo.build`): the factory another
+    process runs to measure the co-run slowdown (:func:`runtime.corun.measure_corun`)."""
+    zm = zoo.build(name, **build_kwargs)
+    return training_step(zm.model, zm.example_inputs, loss=zm.loss)
+
+
+def corun_counts(workers: int) -> list[int]:
+    """The worker counts whose co-run slowdown is measured: 2 up to ``workers``, at most the usable cores
+    (more processes than cores would measure time slicing)."""
+    return list(range(2, min(workers, usable_cores()) + 1))
 
 
 def measured_link(
@@ -270,13 +324,16 @@ def calibrate(
     refresh: bool = False,
     cache_dir: str | Path | None = None,
     console: Console | None = None,
+    rebuild: tuple[str, dict[str, Any]] | None = None,
 ) -> Calibration:
     """Calibrate the ``local`` cluster of ``workers`` CPU workers for ``model`` on ``example_inputs``
     (module docstring): profile, scale to the eager step, measure the link; or load all of it from the
     cache. ``program`` is ``model`` already traced on these inputs (else it is traced here, at
     ``granularity``); ``loss`` turns the output into the scalar the eager step backpropagates (default:
     the output itself when scalar, else the sum of its tensors). ``model`` is left as it was: the eager
-    steps run on a copy. ``console``, when given, is told what was measured or loaded."""
+    steps run on a copy. ``console``, when given, is told what was measured or loaded. ``rebuild``,
+    ``(zoo name, zoo.build keyword arguments)`` that build this same model in another process, has the
+    co-run slowdown measured (module docstring, 4) when the cache lacks it."""
     kwargs = example_kwargs or {}
     if program is None:
         program = trace(model, example_inputs, granularity=granularity, example_kwargs=kwargs)
@@ -294,12 +351,19 @@ def calibrate(
         untouched, inputs, kw = copy.deepcopy((model, example_inputs, kwargs))
         eager_ms = eager_step_ms(untouched, inputs, loss=loss, example_kwargs=kw, threads=settings.threads)
         factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
-        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers)
+        corun = _corun(rebuild, workers, {}, console)
+        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers,
+                            corun_slowdown=corun)  # fmt: skip
         if _quiet(load.stop(), "the calibration", "--recalibrate (graphc calibrate --refresh)", console):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": key, "measured_at": found.measured_at,
-                   "eager_ms": eager_ms, "factor": factor, "profiled": profiled.to_dict()}  # fmt: skip
-            write_json(path, doc)
+            _save(found)
+        else:
+            found.cached = False
+    elif rebuild is not None and not set(corun_counts(workers)) <= set(found.corun_slowdown):
+        load = OtherLoad()
+        load.start()
+        found = replace(found, corun_slowdown=_corun(rebuild, workers, found.corun_slowdown, console))
+        if _quiet(load.stop(), "the co-run slowdown", "--recalibrate (graphc calibrate --refresh)", console):
+            _save(found)
         else:
             found.cached = False
     for line in found.describe():
@@ -326,6 +390,29 @@ def _profile(
     return profiled
 
 
+def _corun(
+    rebuild: tuple[str, dict[str, Any]] | None, workers: int, known: dict[int, float], console: Console | None
+) -> dict[int, float]:
+    """``known`` with the co-run slowdown of the counts it lacks measured for the model ``rebuild``
+    describes (:func:`runtime.corun.measure_corun`); ``known`` as it is without ``rebuild``."""
+    missing = [k for k in corun_counts(workers) if k not in known]
+    if rebuild is None or not missing:
+        return dict(known)
+    name, build_kwargs = rebuild
+    _say(console, f"timing {name}'s training step in {', '.join(map(str, missing))} worker processes at once ...")
+    measured = measure_corun(function_name(zoo_training_step), [name, dict(build_kwargs)], missing)
+    return {**known, **measured.slowdown}
+
+
+def _save(found: Calibration) -> None:
+    """Write ``found`` to its cache file (module docstring)."""
+    found.path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": found.key, "measured_at": found.measured_at,
+           "eager_ms": found.eager_ms, "factor": found.factor, "profiled": found.profiled.to_dict(),
+           "corun_slowdown": {str(k): s for k, s in sorted(found.corun_slowdown.items())}}  # fmt: skip
+    write_json(found.path, doc)
+
+
 def _quiet(other_cores: float | None, what: str, rerun: str, console: Console | None) -> bool:
     """Whether a measurement during which other processes used ``other_cores`` may be cached; when not,
     one console line says so and how to measure again."""
@@ -347,9 +434,10 @@ def _load(path: Path, key: dict[str, Any], link: LinkSpeed, machine: Machine, wo
         if doc.get("key") != json.loads(json.dumps(key)):
             return None
         profiled = ProfiledTimes.from_dict(doc["profiled"], f"{path}: profiled")
+        corun = checked_corun_slowdown(doc.get("corun_slowdown", {}))
         return Calibration(profiled, float(doc["factor"]), float(doc["eager_ms"]), link, key, machine,
-                           str(doc["measured_at"]), path, loaded=True, workers=workers)  # fmt: skip
-    except (FormatError, KeyError, TypeError, ValueError):
+                           str(doc["measured_at"]), path, loaded=True, workers=workers, corun_slowdown=corun)  # fmt: skip
+    except (FormatError, ConfigurationError, KeyError, TypeError, ValueError):
         return None
 
 

@@ -15,7 +15,14 @@ from graphc.app.compile_averaging import AveragingWorker
 from graphc.ir.errors import ConfigurationError
 from placement.presets import local
 from placement.sync import ElasticAveragingSync, LocalSGDSync
-from runtime.averaging import EAMSGD, EASGD, DiLoCo, LocalSGD
+from runtime.averaging import (
+    EAMSGD,
+    EASGD,
+    DiLoCo,
+    LocalSGD,
+    load_checkpoint,
+    save_checkpoint,
+)
 from runtime.launch import spawn
 
 BATCH = 16
@@ -117,6 +124,45 @@ def test_a_compiled_loop_equals_the_strategy_written_by_hand_on_two_ranks():
         assert got[0]["compiled"]["settings"] == sync.KIND
         # the ranks trained on different rows since the last exchange: the test sees each replica's share
         assert not torch.equal(got[0]["compiled"]["worker"], got[1]["compiled"]["worker"]), kind
+
+
+def _easgd_run(steps: int, seed: int = 0, resume: str | None = None, save: str | None = None) -> dict:
+    """``steps`` steps of EASGD (tau 2) through a compiled loss function, optionally loaded from and saved
+    to a checkpoint; the batches follow the strategy's step count, so a resumed run sees the whole run's."""
+    net = model(seed)
+    compiled = graphc.compile(_loss, objective="throughput", parallel="data", sync=SYNCS["easgd"],
+                              cluster=local(workers=2), progress=False, time_limit_s=5)  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    strategy = compiled.optimizer(opt, net)
+    if resume:
+        load_checkpoint(strategy, resume, dist.get_rank())
+    for _ in range(steps):
+        opt.zero_grad()
+        compiled(net, *batch(0, strategy.steps, size=BATCH)).backward()
+        strategy.step()
+    strategy.finish()
+    if save:
+        save_checkpoint(strategy, save, dist.get_rank())
+    return {"worker": strategy.flat(), "center": strategy.center, "steps": strategy.steps}
+
+
+def whole_and_resumed(directory: str) -> dict:
+    """6 steps in one run; 3 steps, saved, then loaded into a fresh compile (other initial weights) and 3 more."""
+    whole = _easgd_run(6)
+    _easgd_run(3, save=directory)
+    return {"whole": whole, "resumed": _easgd_run(3, seed=1, resume=directory)}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_compiled_averaging_run_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):
+    outcomes = spawn(whole_and_resumed, 2, (str(tmp_path),), timeout_s=240)
+    for o in outcomes:
+        assert o.ok, (o.rank, o.error, o.traceback)
+    for o in outcomes:
+        whole, resumed = o.result["whole"], o.result["resumed"]
+        assert resumed["steps"] == whole["steps"] == 6
+        assert torch.equal(resumed["worker"], whole["worker"]) and torch.equal(resumed["center"], whole["center"])
 
 
 @pytest.mark.parametrize("parallel", ["pipeline", "hybrid"])

@@ -70,9 +70,9 @@ import torch.utils._pytree as pytree
 from rich.console import Console
 from torch import nn
 
-from graphc.app.averaging_strategy import STRATEGIES
 from graphc.app.calibrate import calibrate
 from graphc.app.compile_averaging import (
+    COMPILE_STRATEGIES,
     AveragingWorker,
     averaging_sync_of,
     check_averaging_layout,
@@ -242,7 +242,7 @@ class CompiledModel:
         if self.averaging is None:
             raise ConfigurationError(
                 f"compiled.optimizer(...) wraps the optimizer in an averaging strategy (sync one of "
-                f"{', '.join(STRATEGIES)}), and this model was compiled with sync={self.sync!r}: call optimizer.step() itself"
+                f"{', '.join(COMPILE_STRATEGIES)}), and this model was compiled with sync={self.sync!r}: call optimizer.step() itself"
             )
         if model is None:
             if not isinstance(self.fn, nn.Module):
@@ -379,7 +379,7 @@ def check_layout(objective: str, parallel: str, sync: str | AveragingSync | None
         raise ConfigurationError(f"compile(parallel={parallel!r}): expected one of {', '.join(PARALLEL)}")
     if sync is not None and sync not in SYNCS and averaging_sync_of(sync) is None:
         raise ConfigurationError(
-            f"compile(sync={sync!r}): expected one of {', '.join((*SYNCS, *STRATEGIES))}, an averaging record "
+            f"compile(sync={sync!r}): expected one of {', '.join((*SYNCS, *COMPILE_STRATEGIES))}, an averaging record "
             "(placement.sync.ElasticAveragingSync, LocalSGDSync), or None"
         )
     given = [f"{k}={v!r}" for k, v, default in (("parallel", parallel, "pipeline"), ("sync", sync, None),

@@ -5,7 +5,8 @@ For Inception-v3, ResNet-50, GPT-2 and GNMT at small sizes (a step of tens to a 
 thread), traced at module granularity:
 
 1. calibrate the ``local`` cluster of two CPU workers for the network (:func:`graphc.app.calibrate.calibrate`:
-   ops profiled on one thread and scaled to the eager step, the link between two ranks measured; cached);
+   ops profiled on one thread and scaled to the eager step, the link between two ranks measured, the
+   slowdown of two ranks computing the network's step at once measured: ``s(2)``; cached);
 2. make the plans (:func:`plan_cases`): everything on one device; every published heuristic
    (:data:`placement.solvers.HEURISTICS`) and ``auto`` with that cost model; five random valid placements
    (the topological order cut at 1 to 6 random points, the runs dealt to the two devices in turn); the
@@ -20,6 +21,9 @@ thread), traced at module granularity:
    rounds: it scales the profiled table so that one device predicts the one-device plan as measured now
    (the eager step the cached calibration measured may have met another load of the machine; the JSON
    keeps both). So the one-device plan is the anchor, predicted exactly, and every other plan is a test.
+   Each plan is also predicted without the co-run slowdown (``s = 1``, the cost model before it was
+   measured), on the same measurements: the columns "alone" and the summary's "before" say what the
+   slowdown changed. The slowdown comes from the calibration, never from these rounds.
 
 Prints a table per network and a summary, and writes ``results/prediction_accuracy.json``. Targets
 (issue 12): median |error| <= 7% and worst <= 15% per network, Kendall tau between predicted and
@@ -40,6 +44,7 @@ Every plan runs, and is simulated with, one :class:`placement.schedules.Schedule
 
     python benchmarks/prediction_accuracy.py [--models gpt2,gnmt] [--rounds 3] [--steps 5] [--quick] [--recalibrate]
         [--only data-parallel]   # the one-device anchor and the data-parallel plans alone
+        [--only placed]          # the anchor, the random placements and the pipelines (no solver runs)
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ MICROBATCHES = (2, 4, 8)
 RANDOM_PLANS = 5
 # The data-parallel plans: label -> gradient bucket bytes (None: one bucket, all-reduced after the backward).
 DATA_PARALLEL_SYNCS: dict[str, float | None] = {"1 bucket": None, "25 MiB buckets": 25 * 2**20, "1 MiB buckets": 2**20}
-FAMILIES = ("all", "data-parallel")
+FAMILIES = ("all", "data-parallel", "placed")
 AUTO_TIME_LIMIT_S = 10.0
 # Targets of issue 12.
 MEDIAN_TARGET, WORST_TARGET, TAU_TARGET, MEMORY_TARGET = 0.07, 0.15, 0.8, 0.10
@@ -123,6 +128,8 @@ class Row:
     predicted_busy_ms: dict[str, float]
     measured_cpu_ms: dict[str, float]
     work_error: float
+    predicted_alone_ms: float
+    error_alone: float
 
 
 def random_placement(graph: Graph, devices: list[str], seed: int) -> dict[str, str]:
@@ -144,14 +151,15 @@ def plan_cases(
     zm: zoo.ZooModel, program: TracedProgram, calibration: Calibration, quick: bool, console: Console, only: str = "all"
 ) -> list[PlanCase]:
     """The plans of the module docstring (a few of them with ``quick``; the one-device plan and the
-    data-parallel ones alone with ``only="data-parallel"``), partitioned."""
+    data-parallel ones alone with ``only="data-parallel"``; with ``only="placed"`` all but the solvers'
+    and the data-parallel ones), partitioned."""
     graph, cluster, cost_model = program.graph, calibration.cluster, calibration.cost_model
     if only == "data-parallel":
         single = single_device_plan(graph)
         return [PlanCase("1 device", single, partition(program, single)), *data_parallel_cases(zm, graph, quick)]
-    heuristics = ("heft",) if quick else HEURISTICS
+    heuristics = () if only == "placed" else ("heft",) if quick else HEURISTICS
     cases = [PlanCase("1 device", single := single_device_plan(graph), partition(program, single))]
-    for name in (*heuristics, "auto"):
+    for name in (*heuristics, "auto") if heuristics else ():
         limit = AUTO_TIME_LIMIT_S if name == "auto" else 30.0
         try:
             plan = solve(graph, cluster, solver=name, cost_model=cost_model, time_limit_s=limit)
@@ -170,7 +178,7 @@ def plan_cases(
             if quick and (schedule == "gpipe") != (m == MICROBATCHES[0]):
                 continue  # quick: GPipe with the fewest microbatches, 1F1B with the next
             cases.append(PlanCase(f"{schedule} x{m}", pipe, parts, schedule=schedule))
-    return cases + data_parallel_cases(zm, graph, quick)
+    return cases if only == "placed" else cases + data_parallel_cases(zm, graph, quick)
 
 
 def data_parallel_cases(zm: zoo.ZooModel, graph: Graph, quick: bool) -> list[PlanCase]:
@@ -187,8 +195,11 @@ def data_parallel_cases(zm: zoo.ZooModel, graph: Graph, quick: bool) -> list[Pla
     return cases
 
 
-def rows_of(model: str, cases: list[PlanCase], predicted: dict[str, Predicted], measured: dict[str, Measured]) -> list[Row]:
-    """The rows of ``cases``; the first case is the one-device plan, the anchor of the work errors."""
+def rows_of(
+    model: str, cases: list[PlanCase], predicted: dict[str, Predicted], measured: dict[str, Measured], alone: dict[str, Predicted]
+) -> list[Row]:
+    """The rows of ``cases``; the first case is the one-device plan, the anchor of the work errors.
+    ``alone``: the predictions without the co-run slowdown."""
     anchor_busy = sum(predicted[cases[0].label].busy_ms.values())
     anchor_cpu = sum(measured[cases[0].label].median_cpu_ms().values())
     rows = []
@@ -203,15 +214,16 @@ def rows_of(model: str, cases: list[PlanCase], predicted: dict[str, Predicted], 
         rows.append(Row(
             model, case.label, case.ranks, case.plan.microbatches, len(case.program.transfers), pred.step_ms,
             meas.median_ms, relative_error(pred.step_ms, meas.median_ms), meas.samples_ms, pred.peak_memory_bytes,
-            meas.peak_memory_bytes, memory, pred.busy_ms, cpu, work,
+            meas.peak_memory_bytes, memory, pred.busy_ms, cpu, work, alone[case.label].step_ms,
+            relative_error(alone[case.label].step_ms, meas.median_ms),
         ))  # fmt: skip
     return rows
 
 
 def model_table(model: str, rows: list[Row]) -> Table:
     table = Table(title=f"{model}: one training step on CPU ranks of one thread each, measured vs predicted")
-    columns = ("plan", "ranks", "transfers", "measured ms", "spread", "predicted ms", "error", "CPU ms meas/pred", "work error",
-               "peak MiB meas/pred", "mem error")  # fmt: skip
+    columns = ("plan", "ranks", "transfers", "measured ms", "spread", "predicted ms", "error", "alone ms", "alone error",
+               "CPU ms meas/pred", "work error", "peak MiB meas/pred", "mem error")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "plan" else "right")
     for r in rows:
@@ -220,7 +232,7 @@ def model_table(model: str, rows: list[Row]) -> Table:
         worst_memory = max(r.memory_errors.values(), key=abs, default=float("nan"))
         table.add_row(
             r.plan, str(r.ranks), str(r.transfers), f"{r.measured_ms:.1f}", f"{q[0]:.0f}-{q[2]:.0f}", f"{r.predicted_ms:.1f}",
-            _coloured(r.error, WORST_TARGET), ", ".join(f"{r.measured_cpu_ms[d]:.0f}/{r.predicted_busy_ms[d]:.0f}" for d in r.measured_cpu_ms),
+            _coloured(r.error, WORST_TARGET), f"{r.predicted_alone_ms:.1f}", _coloured(r.error_alone, WORST_TARGET), ", ".join(f"{r.measured_cpu_ms[d]:.0f}/{r.predicted_busy_ms[d]:.0f}" for d in r.measured_cpu_ms),
             _coloured(r.work_error, WORST_TARGET), memory, _coloured(worst_memory, MEMORY_TARGET),
         )  # fmt: skip
     return table
@@ -239,6 +251,7 @@ class ModelSummary:
     kendall_tau: float
     memory: ErrorSummary
     work: ErrorSummary
+    alone: ErrorSummary
 
     @property
     def passes(self) -> dict[str, bool]:
@@ -255,13 +268,14 @@ def summarise(model: str, rows: list[Row]) -> ModelSummary:
     memory_errors = {f"{r.plan} {d}": e for r in rows for d, e in r.memory_errors.items()}
     tau = kendall_tau([r.predicted_ms for r in rows], [r.measured_ms for r in rows])
     work = error_summary({r.plan: r.work_error for r in rows})
-    return ModelSummary(model, len(rows), error_summary(time_errors), tau, error_summary(memory_errors), work)
+    alone = error_summary({r.plan: r.error_alone for r in rows})
+    return ModelSummary(model, len(rows), error_summary(time_errors), tau, error_summary(memory_errors), work, alone)
 
 
 def summary_table(summaries: list[ModelSummary]) -> Table:
     table = Table(title="prediction accuracy per network (targets: median |error| <= 7%, worst <= 15%, tau >= 0.8, memory <= 10%)")
     for column in ("model", "plans", "median |error|", "worst error (plan)", "Kendall tau", "worst memory error (plan, device)",
-                   "work: median |error|, worst"):
+                   "work: median |error|, worst", "before (s = 1): median |error|, worst"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for s in summaries:
         ok = s.passes
@@ -270,6 +284,7 @@ def summary_table(summaries: list[ModelSummary]) -> Table:
             _mark(f"{s.time.worst:+.1%} ({s.time.worst_label})", ok["worst"]), _mark(f"{s.kendall_tau:.2f}", ok["tau"]),
             _mark(f"{s.memory.worst:+.1%} ({s.memory.worst_label})", ok["memory"]),
             f"{s.work.median_abs:.1%}, {s.work.worst:+.1%} ({s.work.worst_label})",
+            f"{s.alone.median_abs:.1%}, {s.alone.worst:+.1%} ({s.alone.worst_label})",
         )  # fmt: skip
     return table
 
@@ -286,7 +301,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per plan and round")
     parser.add_argument("--recalibrate", action="store_true", help="measure the calibration again instead of loading it")
     parser.add_argument("--quick", action="store_true", help="a few plans per network (a smoke run)")
-    parser.add_argument("--only", choices=FAMILIES, default="all", help="which plans: all, or the data-parallel ones and the one-device anchor")
+    parser.add_argument("--only", choices=FAMILIES, default="all", help="which plans: all; the data-parallel ones and the one-device anchor; or the placed ones without solvers (random, pipelines)")
     parser.add_argument("--out", default="results/prediction_accuracy.json")
     args = parser.parse_args()
     models = args.models.split(",")
@@ -305,7 +320,7 @@ def main() -> None:
             program = trace(zm.model, zm.example_inputs, granularity="module", name=model)
             calibration = calibrate(
                 copy.deepcopy(zm.model), zm.example_inputs, loss=zm.loss, program=program, refresh=args.recalibrate,
-                console=console,
+                console=console, rebuild=(model, CONFIGS[model]),
             )  # fmt: skip
             cases = plan_cases(zm, program, calibration, args.quick, console, args.only)
         load = OtherLoad()
@@ -315,14 +330,17 @@ def main() -> None:
         other_cores = load.stop()
         # The calibration's anchor, the eager step, measured again in these rounds: the one-device plan.
         factor = calibration.factor * measured[cases[0].label].median_ms / calibration.eager_ms
-        cost_model = CostModel(calibration.cluster, profiled=calibration.profiled.scaled(factor))
+        table = calibration.profiled.scaled(factor)
+        cost_model = CostModel(calibration.cluster, profiled=table, corun_slowdown=calibration.corun_slowdown)
         predicted = {c.label: predict(c, program.graph, calibration.cluster, cost_model) for c in cases}
-        model_rows = rows_of(model, cases, predicted, measured)
+        alone = {c.label: predict(c, program.graph, calibration.cluster, CostModel(calibration.cluster, profiled=table)) for c in cases}
+        model_rows = rows_of(model, cases, predicted, measured, alone)
         rows += model_rows
         summaries.append(summarise(model, model_rows))
         runs[model] = dict(
             config=CONFIGS[model], nodes=len(program.graph), calibrated_eager_ms=calibration.eager_ms,
             calibrated_factor=calibration.factor, factor=factor, link=asdict(calibration.link), other_cores=other_cores,
+            corun_slowdown=calibration.corun_slowdown,
         )  # fmt: skip
         console.print(model_table(model, model_rows))
         _say_load(console, model, other_cores)

@@ -3,8 +3,10 @@
 1. trace a small Inception-v3 (branchy, so two devices can work side by side) and calibrate the
    ``local`` cluster for it (:func:`graphc.app.calibrate.calibrate`, cached on disk): its ops profiled
    on this machine's CPU (one thread), scaled until one device predicts the measured eager step (ops
-   timed in isolation miss what runs between them), and the link between two local ranks measured as
-   the runtime meets it (bandwidth, and the cost of one message);
+   timed in isolation miss what runs between them), the link between two local ranks measured as
+   the runtime meets it (bandwidth, and the cost of one message), and how much slower each of two
+   ranks computes the network's step when both compute at once (shared memory bandwidth and caches:
+   the cost model's co-run slowdown, :mod:`runtime.corun`);
 2. place the model with ``solver="auto"`` on the ``local`` cluster of two CPU worker devices joined by
    that link, and print the plan;
 3. execute the plan with the local executor and check loss and every parameter gradient against eager
@@ -166,9 +168,10 @@ def run_demo(console: Console) -> DemoResult:
     console.rule(f"1. trace Inception-v3 (small, batch {CONFIG['batch_size']}) and calibrate the local cluster on this CPU")
     zm = demo_model()
     reference = copy.deepcopy(zm.model)
-    with console.status("tracing and calibrating (profiling the ops, timing the eager step, measuring the link) ..."):
+    with console.status("tracing and calibrating (profiling the ops, timing the eager step alone and two at once, measuring the link) ..."):
         program = trace(zm.model, zm.example_inputs, granularity="module", name=MODEL)
-        calibration = calibrate(reference, zm.example_inputs, loss=zm.loss, program=program, console=console)
+        calibration = calibrate(reference, zm.example_inputs, loss=zm.loss, program=program, console=console,
+                                rebuild=(MODEL, CONFIG))  # fmt: skip
     console.print(graph_totals_table(program.graph))
     eager_ms = calibration.eager_ms
 

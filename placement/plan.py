@@ -359,7 +359,7 @@ class Plan:
         return cls.from_dict(read_json(path, PlanFormatError, "plan"), str(path))
 
 
-_COST_SETTINGS = ("compute_efficiency", "memory_efficiency", "default_dtype", "use_measured", "endpoint_cpu_s", "endpoint_cpu_per_byte_s")
+_COST_SETTINGS = ("compute_efficiency", "memory_efficiency", "default_dtype", "use_measured", "endpoint_cpu_s", "endpoint_cpu_per_byte_s", "corun_slowdown")
 
 
 def _cost_model_to_dict(cost_model: CostModel, graph: Graph | None) -> dict[str, Any]:

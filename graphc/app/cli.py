@@ -267,15 +267,17 @@ def _convergence_runs(args: argparse.Namespace) -> list[Run] | None:
 def _calibrated(args: argparse.Namespace, console: Console, workers: int = 2) -> tuple[TracedProgram, Calibration]:
     """``graphc calibrate`` and ``plan --calibrate``: the zoo model traced with real weights and the
     ``local`` cluster of ``workers`` CPU workers calibrated for it (:func:`graphc.app.calibrate.calibrate`:
-    its ops profiled on this CPU and scaled to its eager step, the link between two ranks measured;
+    its ops profiled on this CPU and scaled to its eager step, the link between two ranks and the
+    slowdown of workers computing at once measured;
     through the cache unless ``--refresh``), printed as it goes."""
     if args.model not in zoo.NAMES:
         raise ConfigurationError(f"--calibrate times an eager training step, which needs a zoo model ({', '.join(zoo.NAMES)}), not {args.model!r}")
-    zm = zoo.build(args.model, batch_size=args.batch_size, size=args.size)
+    build_kwargs = {"batch_size": args.batch_size, "size": args.size}
+    zm = zoo.build(args.model, **build_kwargs)
     with console.status(f"tracing {args.model} and calibrating the local cluster for it ..."):
         program = trace(zm.model, zm.example_inputs, granularity=args.granularity, name=args.model)
         found = calibrate(zm.model, zm.example_inputs, loss=zm.loss, program=program, workers=workers,
-                          refresh=args.refresh, console=console)  # fmt: skip
+                          refresh=args.refresh, console=console, rebuild=(args.model, build_kwargs))  # fmt: skip
     return program, found
 
 

@@ -13,6 +13,7 @@ from graphc.ir.graph import EdgeData, Graph, NodeData
 from graphc.ir.importers import load_benchmark
 from graphc.ir.jsonfile import write_json
 from placement.cluster import Cluster
+from placement.cost_model import CostModel
 from placement.plan import Plan, PlanFormatError, PlanMismatchError, Stage
 from placement.solvers import SOLVERS, solve
 from placement.sync import AllReduceSync, ParameterServerSync
@@ -56,6 +57,16 @@ def test_plan_round_trips_through_json(tmp_path):
     assert loaded.devices_used() == ["gpu0", "gpu1"]
     assert loaded.nodes_on("gpu0") == ["a", "b"]
     assert loaded.ratio_to_bound() == pytest.approx(3.5 / 3.0)
+
+
+def test_a_plans_cost_model_keeps_its_co_run_slowdown_through_json(tmp_path):
+    cluster = Cluster.preset("local", workers=2)
+    graph = _chain()
+    plan = solve(graph, cluster, solver="round-robin", cost_model=CostModel(cluster, corun_slowdown={2: 1.25}))
+    plan.save(tmp_path / "plan.json")
+    loaded = Plan.load(tmp_path / "plan.json")
+    assert loaded.cost_model.corun_slowdown == {2: 1.25}
+    assert loaded.simulate().step_ms == plan.simulate().step_ms
 
 
 @pytest.mark.parametrize(

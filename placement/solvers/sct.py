@@ -20,8 +20,10 @@ favourite child first call on its parent's device. Baechi (Jeon et al., SoCC 202
 memory-aware as m-SCT: the favourite child joins its parent only when it fits there, and devices are
 offered as in m-ETF. As in Baechi, the favourite child takes its parent's device only where it starts
 there no later than elsewhere: it is offered to every device, and on its parent's it goes before any
-other task that could start at the same time. (Offering it to its parent's device alone, whatever the
-wait, cost 31% on the zoo GNMT on four PCIe GPUs: 384.6 ms against 293.2 ms.)
+other task that could start at the same time, and only while its parent is the last task there (a
+device keeps its place for the favourite child of the task it ran last: Baechi's rule; without it,
+307.0 ms against 280.6 ms on the zoo GNMT on the four GPUs of ``pcie-4gpu``). (Offering it to its
+parent's device alone, whatever the wait, cost 31% on that graph: 384.6 ms against 293.2 ms.)
 
 Here ``p_u`` is the node's forward + backward time on its fastest allowed device and ``c_uv`` the
 edge's forward transfer plus gradient averaged over device pairs; the list schedule is

@@ -7,16 +7,19 @@ and finish times. They share:
 * :class:`MemoryLedger`: bytes reserved on each device by the nodes placed so far. A node charges its
   own device its static footprint, what it holds and, for a graph output, its loss tensors (a
   colocation group charges its whole footprint, and all its members could receive, when its first
-  member is placed); a device is also charged the largest backward temporary of its nodes; an edge
-  whose ends are on two devices charges the receiver the producer's ``send_bytes`` once, and in
-  training twice on each side (the receiver keeps the gradient it sends back, the producer the tensor
-  it sent and the gradient it receives). These are the terms of
-  :meth:`~placement.lowering.Lowered.memory_upper_bound` (everything alive at once), so a placement the
-  ledger accepts fits when the simulator checks it (:func:`~placement.problem.finish_plan`). Without
-  the loss and the temporaries a graph output that owns no parameter looked free: the zoo GPT-2's
-  ``lm_head`` (its weight tied to ``wte``) holds 18.4 GiB of loss tensors and a 6.4 GiB backward
-  temporary, every list scheduler put it on a 12 GiB GPU of ``pcie-4gpu``, and the simulator refused
-  the plan ("gpu3 needs 32.4 GiB of 12").
+  member is placed); a device is also charged the largest backward temporary of the graph outputs
+  on it; an edge whose ends are on two devices charges the receiver the producer's ``send_bytes``
+  once, and in training twice on each side (the receiver keeps the gradient it sends back, the
+  producer the tensor it sent and the gradient it receives). The total (everything alive at once)
+  is an estimate, and the plan's simulation (:func:`~placement.problem.finish_plan`) is the memory
+  check. A graph output's loss and backward temporary are counted because the backward starts
+  there, while every activation is still held: without them an output that owns no parameter looked
+  free (the zoo GPT-2's ``lm_head``, its weight tied to ``wte``, holds 18.4 GiB of loss tensors and
+  a 6.4 GiB backward temporary; every list scheduler put it on a 12 GiB GPU of ``pcie-4gpu`` and the
+  simulator refused the plan, "gpu3 needs 32.4 GiB of 12"). An inner node's temporary is not: by its
+  backward the activations of the nodes after it are freed, so adding it to their sum (as
+  :meth:`~placement.lowering.Lowered.memory_upper_bound` does) refused plans that fit (PipeDream's
+  VGG-16 on ``pcie-4gpu``: m-ETF 2,529.8 -> 2,872.3 ms).
 * :class:`Schedule`: device of each node, estimated start and finish, the order on each device, and the
   data-ready time of a node on every device. Times use the *training-folded* model: a node takes
   forward + backward time and an edge across devices costs its forward transfer plus the gradient sent
@@ -90,7 +93,7 @@ class MemoryLedger:
             [float(need[m].sum() + (self.in_upper[m].sum() if len(m) > 1 else 0.0)) for m in inst.members]
         )
         self.group_dev = np.full(len(inst.members), -1, dtype=np.int64)
-        # The largest backward temporary of a group's members, and of the groups on each device: a
+        # The largest backward temporary of a group's outputs, and of the groups on each device: a
         # device runs one backward at a time, so it is charged its largest temporary, not their sum.
         self.group_temp = np.asarray([float(temp[m].max(initial=0.0)) for m in inst.members])
         self.temp_top = np.zeros(inst.num_devices)
@@ -248,15 +251,16 @@ class MemoryLedger:
 
 
 def loss_and_temp(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) bytes each node adds past ``need`` in the simulator: a graph output's loss tensors with the
-    loss and its gradient (one microbatch), and its backward temporary at its largest
-    (:mod:`placement.lowering`, "Memory"). Zeros for an instance built without a lowering (a coarsened
-    one: its nodes' figures are summed by :mod:`placement.solvers.coarsen`)."""
+    """(n,) bytes a graph output adds past ``need`` in the simulator (module docstring): its loss
+    tensors with the loss and its gradient (one microbatch), and its backward temporary at its
+    largest (:mod:`placement.lowering`, "Memory"); zero for every other node. Zeros for an instance
+    built without a lowering (a coarsened one: :mod:`placement.solvers.coarsen` sums its nodes'
+    figures)."""
     lw = inst.lowered
     if lw is None:
         return np.zeros(inst.n), np.zeros(inst.n)
-    loss = lw.loss_bytes + 2 * LOSS_SCALAR_BYTES * (lw.loss_bytes > 0)
-    return loss, np.asarray(lw.backward_temp, dtype=float)
+    output = lw.loss_bytes > 0
+    return lw.loss_bytes + 2 * LOSS_SCALAR_BYTES * output, np.where(output, lw.backward_temp, 0.0)
 
 
 class Timeline:

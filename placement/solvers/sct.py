@@ -23,7 +23,8 @@ there no later than elsewhere: it is offered to every device, and on its parent'
 other task that could start at the same time, and only while its parent is the last task there (a
 device keeps its place for the favourite child of the task it ran last: Baechi's rule; without it,
 307.0 ms against 280.6 ms on the zoo GNMT on the four GPUs of ``pcie-4gpu``). (Offering it to its
-parent's device alone, whatever the wait, cost 31% on that graph: 384.6 ms against 293.2 ms.)
+parent's device alone, whatever the wait, was 31% slower on that graph when it was tried, before the
+last-task rule: 384.6 ms against 293.2 ms.)
 
 Here ``p_u`` is the node's forward + backward time on its fastest allowed device and ``c_uv`` the
 edge's forward transfer plus gradient averaged over device pairs; the list schedule is

@@ -27,7 +27,7 @@ from placement.errors import PlacementError
 from placement.plan import Plan
 from placement.problem import Problem, finish_plan
 from placement.solvers.instance import GiB, Instance, instance
-from placement.solvers.listsched import Schedule, check_complete, memory_retries, to_plan
+from placement.solvers.listsched import Schedule, check_complete, loss_and_temp, memory_retries, to_plan
 from placement.solvers.steptime import step_ms
 
 
@@ -45,7 +45,8 @@ def single_device(problem: Problem) -> Plan:
 def single_schedule(inst: Instance, name: str = "graph") -> Schedule:
     """The placement of :func:`single_device`, scheduled in topological order."""
     totals = np.where(inst.allowed, inst.work, 0.0).sum(axis=0)
-    need = float(inst.need.sum())
+    loss, temp = loss_and_temp(inst)  # what the outputs add in the simulator, as the ledger charges it
+    need = float((inst.need + loss).sum() + temp.max(initial=0.0))
     fitting = [d for d in range(inst.num_devices) if need <= inst.capacity[d]]
     if not fitting:
         d = int(np.argmax(inst.capacity))

@@ -14,6 +14,7 @@ from test_solvers_common import MB, graph, star
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
 from placement import simulate
+from placement.constraints import InfeasibleError
 from placement.lowering import LOSS_SCALAR_BYTES
 from placement.problem import make_problem
 from placement.solvers import SOLVERS
@@ -75,3 +76,15 @@ def test_the_ledger_charges_the_loss_and_the_largest_temporary_once() -> None:
     # The simulator's peak on the outputs' device is within what the ledger charged it.
     result = simulate(g, cluster, inst.assignment_names(sched.dev))
     assert result.peak_memory_bytes["d1"] <= inst.capacity[1] - ledger.free[1]
+
+
+def test_the_single_device_plan_counts_the_outputs_loss_when_it_sizes_the_graph() -> None:
+    # 850 MB of nodes by their own footprints, 1,450 MB in simulation with the head's loss tensors and
+    # temporary: no 1,000 MB device holds the graph, so single must say so, not pick a device the
+    # simulator then refuses (and every heuristic took that plan where its step was shorter).
+    g, cluster = tied_head(4), star(3, memory=1000 * MB)
+    with pytest.raises(InfeasibleError, match="more than any one device holds"):
+        SOLVERS["single"](make_problem(g, cluster))
+    for name in ("m-etf", "m-sct", "heft", "critical-path", "m-topo"):
+        plan = SOLVERS[name](make_problem(g, cluster))
+        assert all(peak <= cluster.device(d).memory_bytes for d, peak in plan.peak_memory_bytes.items()), name

@@ -15,7 +15,10 @@ Last run (``--benchmarks --no-cpu``, 255 rows, 2 shared CPU cores): no row flagg
 step is at most 7.6% above the recorded one (GNMT on ``dgx1-v100``, m-ETF: 67.9 against 73.1 ms) and
 at most 12.5% below it (``bert24_training`` on ``dgx1-v100``, m-TOPO). GNMT on the four GPUs of
 ``pcie-4gpu``, recorded / simulated (ms): m-ETF 296.2 / 293.3, m-SCT 303.7 / 293.2, HEFT 361.8 /
-334.9, CPOP 365.8 / 349.6, m-TOPO 457.0 / 457.0 (one device, as ``single``).
+334.9, CPOP 365.8 / 349.6, m-TOPO 457.0 / 457.0 (one device, as ``single``). Since m-SCT keeps a
+device's slot only for the favourite child of the task it ran last (as Baechi's m-SCT does) and the
+ledger counts the outputs' loss (session 7, GNMT rows only): m-ETF 296.2 / 293.7, m-SCT 282.0 / 280.6,
+simulated HEFT 357.6, CPOP 359.9, m-TOPO 457.1.
 
     python benchmarks/list_schedulers.py [--models gnmt] [--benchmarks] [--clusters pcie-4gpu] [--no-cpu]
 """

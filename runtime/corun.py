@@ -39,7 +39,7 @@ from runtime.distributed import init_from_env
 from runtime.launch import resolve_function, spawn
 
 WARMUP = 1
-STEPS = 4
+STEPS = 6
 TAIL = 1
 
 

@@ -38,7 +38,9 @@ Other load. Measurements taken while other processes run are worth little on a s
 steps several times too slow, a link several times too slow), so each measurement records the cores
 other processes used meanwhile (:class:`graphc.app.measure_plans.OtherLoad`, from ``/proc/stat``); above
 :data:`BUSY_CORES` the result is used for this call but not cached, and one console line says so and
-how to measure again.
+how to measure again. The co-run slowdown, which other load inflates most (two ranks on two cores leave
+none spare), has its own window and a lower bound, :data:`CORUN_BUSY_CORES`: above it, it is neither
+used nor cached (``s = 1`` for this call).
 The ``graphc calibrate`` command, ``graphc plan -c local --calibrate``, ``graphc.compile(...,
 calibrate=True)`` and ``graphc demo`` all call :func:`calibrate`.
 """
@@ -84,6 +86,8 @@ CACHE_VERSION = 2
 PROFILE_SPLIT = 4
 #: Cores other processes may use, on average, while a measurement is taken and still be cached.
 BUSY_CORES = 0.3
+#: The same for the co-run slowdown, which other load inflates most (:func:`_with_corun`).
+CORUN_BUSY_CORES = 0.1
 #: Runs per node when profiling, and timed eager steps (after two warm-up steps).
 PROFILE_REPEATS = 3
 EAGER_STEPS = 5
@@ -351,21 +355,14 @@ def calibrate(
         untouched, inputs, kw = copy.deepcopy((model, example_inputs, kwargs))
         eager_ms = eager_step_ms(untouched, inputs, loss=loss, example_kwargs=kw, threads=settings.threads)
         factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
-        corun = _corun(rebuild, workers, {}, console)
-        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers,
-                            corun_slowdown=corun)  # fmt: skip
+        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers)
         if _quiet(load.stop(), "the calibration", "--recalibrate (graphc calibrate --refresh)", console):
             _save(found)
         else:
             found.cached = False
-    elif rebuild is not None and not set(corun_counts(workers)) <= set(found.corun_slowdown):
-        load = OtherLoad()
-        load.start()
-        found = replace(found, corun_slowdown=_corun(rebuild, workers, found.corun_slowdown, console))
-        if _quiet(load.stop(), "the co-run slowdown", "--recalibrate (graphc calibrate --refresh)", console):
-            _save(found)
-        else:
-            found.cached = False
+    missing = [k for k in corun_counts(workers) if k not in found.corun_slowdown]
+    if rebuild is not None and missing:
+        found = _with_corun(found, rebuild, missing, console)
     for line in found.describe():
         _say(console, line)
     return found
@@ -390,18 +387,26 @@ def _profile(
     return profiled
 
 
-def _corun(
-    rebuild: tuple[str, dict[str, Any]] | None, workers: int, known: dict[int, float], console: Console | None
-) -> dict[int, float]:
-    """``known`` with the co-run slowdown of the counts it lacks measured for the model ``rebuild``
-    describes (:func:`runtime.corun.measure_corun`); ``known`` as it is without ``rebuild``."""
-    missing = [k for k in corun_counts(workers) if k not in known]
-    if rebuild is None or not missing:
-        return dict(known)
+def _with_corun(found: Calibration, rebuild: tuple[str, dict[str, Any]], counts: list[int], console: Console | None) -> Calibration:
+    """``found`` with the co-run slowdown of ``counts`` workers measured for the model ``rebuild``
+    describes (:func:`runtime.corun.measure_corun`), written to its cache file when that holds it. Two
+    ranks on a two-core machine leave no core spare, so other load inflates the ratio: measured while
+    other processes used more than :data:`CORUN_BUSY_CORES`, it is neither used nor cached, and one
+    console line says so."""
     name, build_kwargs = rebuild
-    _say(console, f"timing {name}'s training step in {', '.join(map(str, missing))} worker processes at once ...")
-    measured = measure_corun(function_name(zoo_training_step), [name, dict(build_kwargs)], missing)
-    return {**known, **measured.slowdown}
+    _say(console, f"timing {name}'s training step in {', '.join(map(str, counts))} worker processes at once ...")
+    load = OtherLoad()
+    load.start()
+    measured = measure_corun(function_name(zoo_training_step), [name, dict(build_kwargs)], counts)
+    other_cores = load.stop()
+    if other_cores is not None and other_cores > CORUN_BUSY_CORES:
+        _say(console, f"not using the co-run slowdown: other processes used {other_cores:.2f} cores while it was measured "
+                      f"(more than {CORUN_BUSY_CORES}); measure it on a quieter machine with a later call")  # fmt: skip
+        return found
+    found = replace(found, corun_slowdown={**found.corun_slowdown, **measured.slowdown})
+    if found.cached:
+        _save(found)
+    return found
 
 
 def _save(found: Calibration) -> None:

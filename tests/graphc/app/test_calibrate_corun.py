@@ -101,6 +101,15 @@ def test_a_cached_calibration_without_the_slowdown_measures_only_it_and_rewrites
     assert json.loads(found.path.read_text())["corun_slowdown"] == {"2": 1.5}
 
 
+def test_a_slowdown_measured_under_other_load_is_neither_used_nor_cached(fakes, tmp_path, quiet_machine):
+    quiet_machine.other_cores = 0.2  # quiet enough for the profile, not for two ranks on two cores
+    console = Console(record=True, width=200, file=io.StringIO())
+    found = graphc.calibrate(_model(), (torch.randn(6, 8),), cache_dir=tmp_path, rebuild=REBUILD, console=console)
+    assert fakes.calls["corun"] == 1 and found.cached and found.corun_slowdown == {} and found.cost_model.corun_slowdown == {}
+    assert json.loads(found.path.read_text())["corun_slowdown"] == {}
+    assert "not using the co-run slowdown: other processes used 0.20 cores" in " ".join(console.export_text().split())
+
+
 def test_one_worker_or_one_core_measures_nothing(fakes, tmp_path, monkeypatch):
     found = graphc.calibrate(_model(), (torch.randn(6, 8),), cache_dir=tmp_path, rebuild=REBUILD, workers=1)
     assert found.corun_slowdown == {} and fakes.calls["corun"] == 0

@@ -3,7 +3,8 @@
 On 2 hosts of 1 or 2 CPU ranks, a placed (latency) plan, pipelines, data parallelism (ring and
 hierarchical all-reduce) and parameter servers give eager PyTorch's losses and parameters
 (:func:`runtime.hosts.spawn_on_hosts`), and ``graphc run`` itself, run on each host with ``--nnodes 2
---node-rank i --master-addr``, trains a pipeline across the hosts' link to eager's losses.
+--node-rank i --master-addr``, trains a pipeline and data parallel (ring) across the hosts' link to
+eager's losses, and with ``--sync easgd`` exchanges with the other host every tau steps.
 """
 
 from __future__ import annotations
@@ -121,6 +122,54 @@ def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
     assert "gpt2 on 2 rank(s)" in finished[1].stdout  # the output device's host prints the table
     for host, bytes_before in zip(hosts, before):  # 4 steps (warmup, 2 timed, memory), forward and backward
         assert hosts.traffic(host) - bytes_before > 4 * 2 * crossing_bytes(plan), "the steps' tensors did not cross the hosts' link"
+
+
+def _data_parallel_plan(hosts) -> Plan:
+    """The small GPT-2 replicated on one rank of each host, its two microbatches one per replica, ring all-reduce."""
+    zm = build(MODEL)
+    graph = graphc.trace(zm.model, zm.example_inputs, name=MODEL, granularity="op").graph
+    plan = contiguous_plan(graph, [DEVICES], microbatches=2)
+    plan.cluster, plan.sync = hosts.cluster(), AllReduceSync("ring")
+    return plan
+
+
+def test_graphc_run_on_each_host_trains_data_parallel_across_them(make_hosts, tmp_path):
+    """The replicas' gradients all-reduced over the hosts' link every step: eager's losses on the whole batch."""
+    hosts = make_hosts(2, bandwidth=100e6 / 8)
+    plan_path, out = tmp_path / "plan.json", tmp_path / "measured.json"
+    _data_parallel_plan(hosts).save(plan_path)
+    before = [hosts.traffic(h) for h in hosts]
+    finished = hosts.run_all({h: graphc_run_argv(hosts, h, plan_path, "--steps", "2", "--warmup", "1", "--json", str(out)) for h in hosts}, timeout_s=240)
+    said = "\n".join(f"--- graphc run on {h.name} (status {d.returncode}):\n{d.stderr[-6000:]}" for h, d in zip(hosts, finished))
+    assert all(d.returncode == 0 for d in finished), said
+    ref = build(MODEL)
+    sgd_001 = lambda params: torch.optim.SGD(params, lr=0.01)
+    eager = eager_run(ref.model, ref.model.named_parameters(), ref.example_inputs, ref.targets, zoo_loss(ref), sgd_001, steps=4)
+    assert json.loads(out.read_text())["losses"] == pytest.approx(eager.losses, rel=RTOL)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in ref.model.parameters())
+    for host, bytes_before in zip(hosts, before):  # 4 steps, each an all-reduce of the gradients: P out per replica
+        assert hosts.traffic(host) - bytes_before > 4 * parameter_bytes, "the gradients did not cross the hosts' link"
+
+
+def test_graphc_run_sync_easgd_on_each_host_trains_across_them(make_hosts, tmp_path):
+    """graphc run --sync easgd with one worker per host: every tau = 2 steps an elastic exchange over the
+    hosts' link, counted by hand (a ring all-reduce of the parameters P over N = 2: P sent per worker)."""
+    hosts = make_hosts(2, bandwidth=100e6 / 8)
+    plan_path, out = tmp_path / "plan.json", tmp_path / "run.json"
+    _data_parallel_plan(hosts).save(plan_path)
+    before = [hosts.traffic(h) for h in hosts]
+    options = ("--sync", "easgd", "--tau", "2", "--lr", "0.1", "--steps", "6", "--warmup", "0", "--json", str(out))
+    finished = hosts.run_all({h: graphc_run_argv(hosts, h, plan_path, *options) for h in hosts}, timeout_s=240)
+    said = "\n".join(f"--- graphc run on {h.name} (status {d.returncode}):\n{d.stderr[-6000:]}" for h, d in zip(hosts, finished))
+    assert all(d.returncode == 0 for d in finished), said
+    run = json.loads(out.read_text())
+    assert run["workers"] == {"0": "h0/cpu0", "1": "h1/cpu0"}
+    assert len(run["losses"]["0"]) == len(run["losses"]["1"]) == 6
+    parameter_bytes = sum(p.numel() * p.element_size() for p in build(MODEL).model.parameters())
+    for rank in ("0", "1"):
+        assert run["traffic"][rank] == {"sent": 3 * parameter_bytes, "received": 3 * parameter_bytes, "exchanges": 3}
+    for host, bytes_before in zip(hosts, before):
+        assert hosts.traffic(host) - bytes_before > 3 * parameter_bytes, "the exchanges did not cross the hosts' link"
 
 
 def test_plain_values_only_cross_between_hosts(make_hosts):

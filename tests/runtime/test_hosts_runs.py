@@ -124,7 +124,7 @@ def test_graphc_run_on_each_host_trains_across_them(make_hosts, tmp_path):
         assert hosts.traffic(host) - bytes_before > 4 * 2 * crossing_bytes(plan), "the steps' tensors did not cross the hosts' link"
 
 
-def _data_parallel_plan(hosts, replicas: list[str] = DEVICES, sync: Sync = AllReduceSync("ring")) -> Plan:
+def _data_parallel_plan(hosts, replicas: list[str], sync: Sync) -> Plan:
     """The small GPT-2 replicated on ``replicas``, one microbatch of 2 samples each, synchronised by ``sync``."""
     zm = build(MODEL, 2 * len(replicas))
     graph = graphc.trace(zm.model, zm.example_inputs, name=MODEL, granularity="op").graph
@@ -166,7 +166,7 @@ def test_graphc_run_sync_easgd_on_each_host_trains_across_them(make_hosts, tmp_p
     hosts' link, counted by hand (a ring all-reduce of the parameters P over N = 2: P sent per worker)."""
     hosts = make_hosts(2, bandwidth=100e6 / 8)
     plan_path, out = tmp_path / "plan.json", tmp_path / "run.json"
-    _data_parallel_plan(hosts).save(plan_path)
+    _data_parallel_plan(hosts, DEVICES, AllReduceSync("ring")).save(plan_path)
     before = [hosts.traffic(h) for h in hosts]
     options = ("--sync", "easgd", "--tau", "2", "--lr", "0.1", "--steps", "6", "--warmup", "0", "--json", str(out))
     finished = hosts.run_all({h: graphc_run_argv(hosts, h, plan_path, *options) for h in hosts}, timeout_s=240)

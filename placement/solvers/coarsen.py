@@ -137,8 +137,8 @@ def coarsen(
     allowed_key = [inst.allowed[v].tobytes() for v in range(n)]
     if respect is not None:
         allowed_key = [k + int(r).to_bytes(8, "little", signed=True) for k, r in zip(allowed_key, respect)]
-    succ: list[dict[int, float]] = [dict() for _ in range(n)]
-    pred: list[dict[int, float]] = [dict() for _ in range(n)]
+    succ: list[dict[int, float]] = [{} for _ in range(n)]
+    pred: list[dict[int, float]] = [{} for _ in range(n)]
     for e in range(inst.num_edges):
         u, v = int(inst.src[e]), int(inst.dst[e])
         succ[u][v] = succ[u].get(v, 0.0) + float(comm[e])

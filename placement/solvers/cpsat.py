@@ -45,7 +45,7 @@ import numpy as np
 from placement.constraints import InfeasibleError
 from placement.errors import ConfigurationError
 from placement.plan import Plan
-from placement.problem import Problem
+from placement.problem import Problem, finish_plan
 from placement.solvers.baselines import single_schedule
 from placement.solvers.coarsen import coarsen
 from placement.solvers.cpop import cpop_schedule
@@ -53,7 +53,7 @@ from placement.solvers.etf import etf_schedule, static_priority
 from placement.solvers.heft import heft_schedule
 from placement.solvers.ilp import DETERMINISTIC_PER_SECOND, LatencyModel
 from placement.solvers.instance import Instance, instance
-from placement.solvers.listsched import Schedule, memory_retries, to_plan
+from placement.solvers.listsched import Schedule, memory_retries
 from placement.solvers.lns import lns
 from placement.solvers.sct import sct_schedule
 from placement.solvers.search import (
@@ -112,6 +112,11 @@ def warm_cost(name: str, inst: Instance, sim: float) -> float:
     return heuristic_seconds(name, inst) + units * sim
 
 
+def split_cost(inst: Instance, sim: float) -> float:
+    """Nominal seconds of one device count's balanced and layer splits, computed and predicted."""
+    return 2 * PREDICT_UNITS * sim + split_seconds(inst)
+
+
 # CP-SAT on a coarsening is skipped when its model's time of the warm start's best plan is off that
 # plan's simulated step by more than this fraction (a coarsening that serialises an unrolled RNN's
 # wavefront, say): then the model's optimum says little about the simulator's, and the search makes
@@ -162,6 +167,7 @@ def warm_start(
     splits: list[int] | None = None,
     deadline: float | None = None,
     cut: list[str] | None = None,
+    sim_seconds: float | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """Run the warm-start heuristics (``names`` of :data:`WARM_START`, by default all of them) and the
     balanced split and the layer split onto the ``k`` fastest devices for each ``k`` of ``splits``
@@ -169,20 +175,27 @@ def warm_start(
     ``layers/k``, each distinct placement simulated once); the best candidate and all of them. Raises
     the first heuristic's infeasibility when none finds a placement.
 
-    ``deadline``: the wall-clock safety net; past it, once a candidate exists, the heuristics and splits
-    not yet started are skipped and their names appended to ``cut``."""
+    ``deadline``: the wall-clock safety net; once a candidate exists, a heuristic or split not yet
+    started is skipped, its name appended to ``cut``, when the clock is past it or, given the nominal
+    seconds of a simulation (``sim_seconds``), when its nominal cost (:func:`warm_cost`,
+    :func:`split_cost`) would end past it: a heuristic or a prediction cannot be stopped once started.
+    On a machine as fast as the estimates neither happens (the deadline allows the planned work
+    several times over), so the plan does not depend on the clock there."""
     candidates: list[Candidate] = []
     first_error: Exception | None = None
 
-    def late(name: str) -> bool:
-        if candidates and deadline is not None and time.perf_counter() > deadline:
+    def late(name: str, cost: Callable[[float], float]) -> bool:
+        if not candidates or deadline is None:
+            return False
+        nominal = 0.0 if sim_seconds is None else cost(sim_seconds)
+        if time.perf_counter() + nominal > deadline:
             if cut is not None:
                 cut.append(name)
             return True
         return False
 
     for name in list(WARM_START) if names is None else names:
-        if late(name):
+        if late(name, lambda sim, name=name: warm_cost(name, inst, sim)):
             continue
         try:
             sched = WARM_START[name](inst)
@@ -196,7 +209,7 @@ def warm_start(
             candidates.append(cand)
     tried: set[bytes] = set()
     for k in split_counts(inst) if splits is None else splits:
-        if late(f"splits/{k}"):
+        if late(f"splits/{k}", lambda sim: split_cost(inst, sim)):
             continue
         for name, dev in ((f"split/{k}", balanced_split(inst, k)), (f"layers/{k}", layer_split(inst, k))):
             if dev is None or dev.tobytes() in tried:
@@ -251,6 +264,7 @@ def improve(
             incumbent, cands = warm_start(
                 problem, inst, evaluator, budget.heuristics, splits=budget.splits,
                 deadline=min(hard, time.perf_counter() + WALL_SLACK * budget.warm_seconds + 1.0), cut=skipped,
+                sim_seconds=budget.sim_seconds,
             )  # fmt: skip
         except InfeasibleError:
             # Nothing planned fits in memory: the splits not tried yet, onto the most devices first (the
@@ -301,7 +315,7 @@ def improve(
     record["stopped_by_wall_clock"] = sorted(set(cut_by_clock))
     record["simulations"] = evaluator.calls
     # Every heuristic's plan as it would finish it (its order or the simulator's, whichever the
-    # Evaluator kept, as to_plan would), the best split, and the search's best.
+    # Evaluator kept, as finish_plan records it), the best split, and the search's best.
     splits = [c for c in cands if c.source.startswith(("split/", "layers/"))]
     heuristics = [c for c in cands if c.source in WARM_START]
     finalists = [best, *heuristics, *([min(splits, key=lambda c: c.step_ms)] if splits else [])]
@@ -317,12 +331,13 @@ def _final_plan(
     record: dict[str, Any],
     bound_ms: float | None,
 ) -> Plan:
-    """The finished plan (:func:`~placement.problem.finish_plan`, through ``to_plan``) of each distinct
-    finalist (the search's best, each warm-start heuristic's plan with its own order, one device
-    included, the best split), the one predicted fastest (the first on a tie). The search judges
-    candidates by the figure their plans will predict (:class:`~placement.solvers.search.Evaluator`),
-    so this mostly confirms its choice; comparing the finished plans keeps ``auto`` no slower than the
-    heuristics it ran and than one device by what the plans predict. A finalist
+    """The finished plan (:func:`~placement.problem.finish_plan`) of each distinct finalist (the search's
+    best, each warm-start heuristic's plan with its own order, one device included, the best split),
+    the one predicted fastest (the first on a tie). The search judges candidates by the figure their
+    plans will predict (:class:`~placement.solvers.search.Evaluator`) and each finalist carries that
+    prediction, so finishing it simulates nothing again (on 100,000 nodes a prediction is 8 s of CPU);
+    comparing the finished plans keeps ``auto`` no slower than the heuristics it ran and than one device
+    by what the plans predict. A finalist
     whose finished schedule overflows memory is passed over; when every one does, the first's
     infeasibility is raised."""
     plans: list[tuple[float, Candidate, Plan]] = []
@@ -334,9 +349,11 @@ def _final_plan(
             continue
         seen.add(key)
         try:
-            plan = to_plan(
-                problem, inst, cand.dev, solver=solver, settings=record, seq=cand.seq, bound_ms=bound_ms, judged=True
-            )
+            plan = finish_plan(
+                problem, inst.assignment_names(cand.dev), solver=solver, settings=record,
+                order=inst.order_names(cand.seq) if cand.seq is not None else None,
+                microbatches=problem.microbatches or 1, bound_ms=bound_ms, prediction=cand.prediction,
+            )  # fmt: skip
         except InfeasibleError as exc:
             first_error = first_error or exc
             continue
@@ -534,7 +551,7 @@ class Budget:
                 warm += cost[name]
         names.sort(key=lambda name: (name != "single", cost[name]))  # the cheapest first, should the clock cut
         counts = split_counts(inst)
-        per_split = 2 * PREDICT_UNITS * sim + split_seconds(inst)  # a balanced and a layer split, predicted
+        per_split = split_cost(inst, sim)
         fit = min(len(counts), max(0, int((cap - warm) / per_split)))
         # Spread from the fewest devices to all; one count alone is all of them, the loosest in memory.
         splits = [counts[round(i * (len(counts) - 1) / max(1, fit - 1))] for i in range(fit)] if fit > 1 else counts[len(counts) - fit :]

@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from placement.errors import PlacementError
-from placement.problem import Problem, predict
+from placement.problem import Prediction, Problem, predict
 from placement.simulate import SimResult, simulate
 from placement.solvers.coarsen import coarsen
 from placement.solvers.instance import Instance
@@ -40,13 +40,16 @@ from placement.solvers.instance import Instance
 @dataclass
 class Candidate:
     """A judged assignment: device per node, the order it was simulated with (None: the simulator's
-    priority), its simulated step (inf if it does not fit) and where it came from."""
+    priority), its simulated step (inf if it does not fit) and where it came from; the forward start of
+    every node and the :class:`~placement.problem.Prediction` it was judged by (None when it does not
+    fit), which finishing its plan reuses (:func:`~placement.problem.finish_plan`)."""
 
     dev: np.ndarray
     seq: list[list[int]] | None
     step_ms: float
     source: str
     starts: np.ndarray | None = field(default=None, repr=False)
+    prediction: Prediction | None = field(default=None, repr=False)
 
     def better_than(self, other: Candidate | None) -> bool:
         return other is None or self.step_ms < other.step_ms * (1 - 1e-9) - 1e-12
@@ -74,10 +77,8 @@ class Evaluator:
     def step(self, dev: np.ndarray, seq: list[list[int]] | None = None) -> tuple[float, np.ndarray | None]:
         """The step :func:`~placement.problem.finish_plan` would predict for ``dev`` (with order ``seq``
         when given), inf when memory overflows; and the forward start of every node."""
-        p, m = self.problem, self.microbatches
-        order = self.inst.order_names(seq) if seq is not None else None
-        units = PREDICT_ORDER_UNITS if seq is not None else PREDICT_UNITS
-        return self._judge(units, lambda assignment: predict(p, assignment, order=order, microbatches=m).result, dev)
+        step, starts, _ = self._predict(dev, seq)
+        return step, starts
 
     def quick(self, dev: np.ndarray) -> float:
         """The step of ``dev`` simulated by the ready queues (the search's cheap estimate of :meth:`step`),
@@ -86,6 +87,22 @@ class Evaluator:
         sim = partial(simulate, p.graph, p.cluster, cost_model=p.cost_model, mode=p.mode,
                       microbatches=self.microbatches, lowered=p.lowered())  # fmt: skip
         return self._judge(1, lambda assignment: sim(assignment=assignment), dev)[0]
+
+    def _predict(
+        self, dev: np.ndarray, seq: list[list[int]] | None
+    ) -> tuple[float, np.ndarray | None, Prediction | None]:
+        """:meth:`step`, and the prediction itself when the plan fits."""
+        p, m = self.problem, self.microbatches
+        order = self.inst.order_names(seq) if seq is not None else None
+        units = PREDICT_ORDER_UNITS if seq is not None else PREDICT_UNITS
+        made: list[Prediction] = []
+
+        def run(assignment: dict[str, str]) -> SimResult:
+            made.append(predict(p, assignment, order=order, microbatches=m))
+            return made[0].result
+
+        step, starts = self._judge(units, run, dev)
+        return step, starts, made[0] if np.isfinite(step) else None
 
     def _judge(
         self, units: int, run: Callable[[dict[str, str]], SimResult], dev: np.ndarray
@@ -109,12 +126,12 @@ class Evaluator:
     def __call__(self, dev: np.ndarray, seq: list[list[int]] | None, source: str) -> Candidate:
         """The better of ``dev`` predicted with the order ``seq`` and without one."""
         dev = np.asarray(dev, dtype=np.int64)
-        step, starts = self.step(dev)
-        best = Candidate(dev, None, step, source, starts)
+        step, starts, made = self._predict(dev, None)
+        best = Candidate(dev, None, step, source, starts, made)
         if seq is not None:
-            step, starts = self.step(dev, seq)
+            step, starts, made = self._predict(dev, seq)
             if step < best.step_ms:
-                best = Candidate(dev, seq, step, source, starts)
+                best = Candidate(dev, seq, step, source, starts, made)
         return best
 
 

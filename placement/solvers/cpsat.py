@@ -245,7 +245,9 @@ def improve(
     instance's size: which heuristics run, CP-SAT's deterministic time, its coarsening and model
     building, simulations, LNS steps charged what they build and the deterministic time their solves
     used), so a seed reproduces the plan on a quiet or a loaded machine; the wall clock only stops a
-    stage that overruns, and ``stopped_by_wall_clock`` in the record says which. After the first
+    stage that overruns, or skips one whose nominal cost would end past the limit (a warm-start
+    heuristic once a candidate exists, CP-SAT), and ``stopped_by_wall_clock`` in the record says which.
+    The finalists' plans reuse their predictions, so the final step simulates nothing. After the first
     polish, rounds of LNS steps and polish alternate until the work is spent; a round that finds
     nothing perturbs the best plan (random moves across cut edges) and polishes that instead (iterated
     local search).
@@ -292,7 +294,11 @@ def improve(
 
     if D > 1 and inst.n > 1 and not cut_by_clock:
         # -- CP-SAT on the graph or a coarsening --------------------------------------------
-        if budget.ilp_seconds > 0.05 and not proven():
+        if budget.ilp_seconds > 0.05 and not proven() and time.perf_counter() + budget.ilp_seconds > hard:
+            # a coarsening or a model half built cannot be stopped: not started when it would end late
+            record["ilp"] = {"skipped": "it would end past the time limit by the wall clock", "charged_s": 0.0}
+            cut_by_clock.append("cp-sat")
+        elif budget.ilp_seconds > 0.05 and not proven():
             wall = clock(budget.ilp_seconds)
             cand, info = _ilp_stage(inst, evaluator, best, cfg, budget.ilp_seconds, wall, problem.seed)
             record["ilp"] = info

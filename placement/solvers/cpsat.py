@@ -270,12 +270,16 @@ def improve(
             )  # fmt: skip
         except InfeasibleError:
             # Nothing planned fits in memory: the splits not tried yet, onto the most devices first (the
-            # loosest), before giving up. Decided by the result, not the clock: still reproducible.
+            # loosest), before giving up. Decided by the result, not the clock (still reproducible), but
+            # once one fits, those that would end past the limit are skipped as cut by the clock.
             rest = [k for k in reversed(split_counts(inst)) if k not in budget.splits]
             if not rest:
                 raise
-            incumbent, cands = warm_start(problem, inst, evaluator, [], splits=rest)
-            record["warm_start_fallback"] = f"nothing planned fitted in memory; {len(rest)} more split counts tried"
+            incumbent, cands = warm_start(
+                problem, inst, evaluator, [], splits=rest, deadline=hard, cut=skipped, sim_seconds=budget.sim_seconds
+            )
+            tried = len(rest) - len(skipped)
+            record["warm_start_fallback"] = f"nothing planned fitted in memory; {tried} more split counts tried"
         record["warm_start"] = {c.source: c.step_ms for c in cands}
         if skipped or time.perf_counter() >= hard:
             cut_by_clock.append("warm start")

@@ -51,7 +51,8 @@ class Resolved:
     """A placement problem every solver can honour directly.
 
     Attributes:
-        allowed: node -> indices (into ``cluster.devices``) of the devices it may run on, sorted.
+        allowed: node -> indices (into ``cluster.devices``) of the devices it may run on, sorted; nodes
+            with the same devices share one list, so read it, never change it.
         group_of: node -> the representative node of its colocation group (itself when alone).
         groups: representative -> the nodes of its group, in graph order.
         capacity: device index -> bytes usable on it.
@@ -88,19 +89,27 @@ def resolve(graph: Graph, cluster: Cluster, constraints: Constraints | None = No
         if device not in cluster.device_names:
             raise InfeasibleError(f"constraints name device {device!r}, which cluster {cluster.name!r} lacks")
 
-    allowed = {n.name: set(range(len(devices))) for n in graph.nodes()}
+    # Frozensets, shared between nodes until a rule changes one (most nodes keep every device).
+    every = frozenset(range(len(devices)))
+
+    def of_kinds(kinds: list[str]) -> frozenset[int]:
+        return frozenset(i for i, d in enumerate(devices) if _kind_matches(d, kinds))
+
+    allowed: dict[str, frozenset[int]] = {n.name: every for n in graph.nodes()}
     reasons: dict[str, list[str]] = {n: [] for n in allowed}
     for name, node in ((n.name, n) for n in graph.nodes()):
         if node.allowed_kinds is not None:
-            allowed[name] &= {i for i, d in enumerate(devices) if _kind_matches(d, node.allowed_kinds)}
+            allowed[name] &= of_kinds(node.allowed_kinds)
             reasons[name].append(f"the graph allows only {node.allowed_kinds}")
     if c.forbid_kinds:
+        forbidden = of_kinds(c.forbid_kinds)
         for name in allowed:
-            allowed[name] -= {i for i, d in enumerate(devices) if _kind_matches(d, c.forbid_kinds)}
+            allowed[name] -= forbidden
             reasons[name].append(f"kinds {c.forbid_kinds} are forbidden")
     for selector, kinds in c.forbid_kinds_for.items():
+        forbidden = of_kinds(kinds)
         for name in _select(graph, selector, "forbid_kinds_for"):
-            allowed[name] -= {i for i, d in enumerate(devices) if _kind_matches(d, kinds)}
+            allowed[name] -= forbidden
             reasons[name].append(f"{selector!r} may not use {kinds}")
     pinned: dict[str, tuple[str, str]] = {}
     for selector, device in c.pins.items():
@@ -111,7 +120,7 @@ def resolve(graph: Graph, cluster: Cluster, constraints: Constraints | None = No
                     f"(by {selector!r}): remove one of the pins"
                 )
             pinned[name] = (selector, device)
-            allowed[name] &= {cluster.device_index(device)}
+            allowed[name] &= frozenset((cluster.device_index(device),))
             reasons[name].append(f"pinned to {device!r} by {selector!r}")
 
     group_of = _colocation_groups(graph, c.colocate)
@@ -119,7 +128,7 @@ def resolve(graph: Graph, cluster: Cluster, constraints: Constraints | None = No
     for name in allowed:
         groups.setdefault(group_of[name], []).append(name)
     for rep, members in groups.items():
-        common = set.intersection(*(allowed[m] for m in members))
+        common = allowed[members[0]].intersection(*(allowed[m] for m in members[1:])) if len(members) > 1 else allowed[members[0]]
         if not common:
             why = "; ".join(f"{m}: {', '.join(reasons[m]) or 'no constraint'}" for m in members if reasons[m])
             subject = f"node {members[0]!r}" if len(members) == 1 else f"colocation group {members[:6]}"
@@ -130,8 +139,9 @@ def resolve(graph: Graph, cluster: Cluster, constraints: Constraints | None = No
     capacity = [
         min(d.memory_bytes, c.memory_budget.get(d.name, d.memory_bytes)) for d in devices
     ]
+    sorted_of = {a: sorted(a) for a in set(allowed.values())}  # one list per distinct set, shared
     return Resolved(
-        allowed={n: sorted(a) for n, a in allowed.items()},
+        allowed={n: sorted_of[a] for n, a in allowed.items()},
         group_of=group_of,
         groups=groups,
         capacity=capacity,

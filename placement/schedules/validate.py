@@ -27,12 +27,22 @@ runtime's point-to-point communication provides.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import networkx as nx
 
 from placement.errors import ScheduleError
-from placement.schedules.actions import Action, Broadcast, Collective, Compute, Recv, Reduce, Send, Transfer
+from placement.schedules.actions import (
+    Action,
+    Broadcast,
+    Collective,
+    Compute,
+    Recv,
+    Reduce,
+    Send,
+    Transfer,
+)
 from placement.schedules.schedule import Schedule
 
 SHOWN = 5  # problems listed in one error message
@@ -52,26 +62,37 @@ def _steps(schedule: Schedule) -> Iterator[tuple[str, int, Action]]:
             yield device, step, action
 
 
+@functools.cache
+def _kind(cls: type) -> tuple[bool, bool, bool, bool]:
+    """(collective, reduce or broadcast, send, receive) for an action class, computed once per class: the
+    action classes are ABCs, whose isinstance costs a call into abc for each of a schedule's actions."""
+    return issubclass(cls, Collective), issubclass(cls, (Reduce, Broadcast)), issubclass(cls, Send), issubclass(cls, Recv)
+
+
 def _check_structure(schedule: Schedule) -> None:
-    seen: dict[tuple[str, Action], int] = {}
-    for device, step, action in _steps(schedule):
-        where = f"{device} step {step}, {action.code()}"
-        if action.device != device:
-            raise ScheduleError(f"{where}: the action is for device {action.device!r} but is in {device}'s list")
-        if (device, action) in seen:
-            raise ScheduleError(
-                f"{where}: the same action is already at step {seen[device, action]}; each action runs once"
-            )
-        seen[device, action] = step
-        if isinstance(action, Collective):
-            strangers = [m for m in action.group if m not in schedule.actions]
-            if device not in action.group or strangers:
+    for device, actions in schedule.actions.items():
+        seen: dict[Action, int] = {}
+        for step, action in enumerate(actions):
+            if action.device != device:
+                raise ScheduleError(f"{_where(device, step, action)}: the action is for device {action.device!r} but is in {device}'s list")
+            if seen.setdefault(action, step) != step:
                 raise ScheduleError(
-                    f"{where}: its group {list(action.group)} must hold {device} and only devices of the "
-                    f"schedule ({', '.join(schedule.actions)})"
+                    f"{_where(device, step, action)}: the same action is already at step {seen[action]}; each action runs once"
                 )
-        if isinstance(action, (Reduce, Broadcast)):
-            _check_root(schedule, where, action)
+            collective, rooted, _, _ = _kind(type(action))
+            if collective:
+                strangers = [m for m in action.group if m not in schedule.actions]
+                if device not in action.group or strangers:
+                    raise ScheduleError(
+                        f"{_where(device, step, action)}: its group {list(action.group)} must hold {device} and only "
+                        f"devices of the schedule ({', '.join(schedule.actions)})"
+                    )
+            if rooted:
+                _check_root(schedule, _where(device, step, action), action)
+
+
+def _where(device: str, step: int, action: Action) -> str:
+    return f"{device} step {step}, {action.code()}"
 
 
 def _check_root(schedule: Schedule, where: str, action: Reduce | Broadcast) -> None:
@@ -90,8 +111,12 @@ def _check_root(schedule: Schedule, where: str, action: Reduce | Broadcast) -> N
 
 
 def _check_matching(schedule: Schedule) -> None:
-    sends = {a.key: (d, s, a) for d, s, a in _steps(schedule) if isinstance(a, Send)}
-    recvs = {a.key: (d, s, a) for d, s, a in _steps(schedule) if isinstance(a, Recv)}
+    sends: dict[tuple, tuple[str, int, Transfer]] = {}
+    recvs: dict[tuple, tuple[str, int, Transfer]] = {}
+    for d, s, a in _steps(schedule):
+        _, _, send, recv = _kind(type(a))
+        if send or recv:
+            (sends if send else recvs)[a.key] = (d, s, a)
     problems = [
         f"{d} step {s}, {a.code()}: {a.peer} never sends it; add {_counterpart(a).code()} to {a.peer}'s "
         "actions after the one that produces it, or remove the receive"
@@ -137,15 +162,16 @@ def _execute(schedule: Schedule) -> dict[str, int]:
         for device, seq in actions.items():
             while position[device] < len(seq):
                 action = seq[position[device]]
-                if isinstance(action, Recv) and action.key not in sent:
+                collective, _, send, recv = _kind(type(action))
+                if recv and action.key not in sent:
                     break
-                if isinstance(action, Collective):
+                if collective:
                     if not all(_at(schedule, position, m, action) for m in action.group):
                         break
                     for member in action.group:
                         position[member] += 1
                 else:
-                    if isinstance(action, Send):
+                    if send:
                         sent.add(action.key)
                     position[device] += 1
                 moved = True

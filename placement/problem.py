@@ -45,11 +45,12 @@ from placement.timeline import SimResult
 class Problem:
     """One placement request: the graph, the cluster, how to price it, and what is required.
 
-    ``started`` is the ``time.perf_counter()`` at which solving began (solve time is measured from it);
+    ``started`` is the ``time.perf_counter()`` at which solving began (solve time is measured from it;
+    :func:`make_problem` sets it before resolving the constraints, which is solving time too);
     ``deadline`` the perf_counter value by which a solver must return. ``cache`` holds what solvers
     derive from the problem once and share (the :class:`~placement.lowering.Lowered` arrays, the
     integer-indexed :class:`~placement.solvers.instance.Instance`, the lower bounds per microbatch
-    count, the best plan found so far under ``auto``); it is not part of the request. The problem owns its graph: edit a graph and make a new
+    count, the graph's fingerprint, the best plan found so far under ``auto``); it is not part of the request. The problem owns its graph: edit a graph and make a new
     problem, as what was derived from the old graph stays cached here.
     """
 

@@ -130,3 +130,26 @@ def test_a_tiny_limit_plans_one_device_and_the_split_onto_every_device_only() ->
     assert "status" not in plan.settings.get("ilp", {})  # CP-SAT never solved
     assert plan.settings.get("search", {}).get("lns_steps", 0) == 0
     assert plan.simulate().step_ms == pytest.approx(plan.predicted_step_ms)
+
+
+@pytest.mark.slow
+def test_auto_on_100k_nodes_spends_less_cpu_than_its_limit() -> None:
+    """benchmarks/simulate_scaling.py's random layered DAG of 100,000 nodes on 16x8-v100-ib, 30 s: no
+    model and no list scheduler fits, so auto plans the one-device attempt and the split onto every
+    device, predicts it once and finishes it from that prediction, in well under its limit of CPU time
+    (about 13 s on the 2-core test machine; a load of 2 leaves it inside 30 s of wall clock)."""
+    import sys
+    from pathlib import Path
+
+    from placement import Cluster
+
+    sys.path.insert(0, str(Path(__file__).parents[3] / "benchmarks"))
+    from simulate_scaling import random_layered_dag
+
+    graph = random_layered_dag(100_000, seed=0)
+    start = time.process_time()
+    plan = solve(graph, Cluster.preset("16x8-v100-ib"), solver="auto", time_limit_s=30.0)
+    spent = time.process_time() - start
+    assert plan.settings["budget"]["heuristics"] == ["single"] and plan.settings["budget"]["splits"] == [128]
+    assert plan.settings["found_by"] == "split/128"
+    assert spent < 20.0

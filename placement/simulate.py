@@ -86,17 +86,22 @@ replica holds the stage's static memory; in training the replicas synchronise th
 
 Co-running CPU devices. The CPU devices of one host share its memory bandwidth and caches: ``k`` of
 them computing at once each run ``s(k)`` times slower than one alone (:meth:`CostModel.corun_factor`,
-measured by :func:`runtime.corun.measure_corun`; 1 unless calibrated). The model is static: every task
-on a CPU device of host ``h`` takes ``s(k_h)`` times its cost-model time, ``k_h`` the number of ``h``'s
-CPU devices that run tasks in this plan (replicas of a stage included); a replicated stage's tasks take
-the largest factor of its devices' hosts (the stage's replicas run the same tasks and synchronise). GPUs
-and other accelerators are not slowed. The exact, dynamic form, a rate ``1 / s(k(t))`` with ``k(t)``
-the devices computing at instant ``t``, would re-time a running task whenever ``k`` changes; this loop
-cannot: it books a transfer's links and its CPU ends, and a synchronisation step's, for a fixed interval
-when it is requested ("Contention", "Devices without a copy engine"), after the task that holds the
-device, so a task ending later would move bookings already made in turn. The static form is exact for
-devices that compute all the time (data parallelism, a full pipeline) and overestimates the slowdown
-where a device waits (a latency plan whose devices take turns); ``busy_ms`` includes it.
+measured by :func:`runtime.corun.measure_corun`; 1 unless calibrated). The exact, dynamic form runs a
+task at rate ``1 / s(k(t))``, ``k(t)`` the group's devices computing at instant ``t``, and re-times every
+running task whenever ``k`` changes; this loop cannot: it books a transfer's links and its CPU ends, and
+a synchronisation step's, for a fixed interval when it is requested ("Contention", "Devices without a
+copy engine"), after the task that holds the device, so a task ending later would move bookings
+already made. The step is therefore simulated twice. The first pass prices every task alone; then a
+task on a CPU device of host ``h`` running over ``[a, b]`` gets the factor
+
+    f = (1 / (b - a)) * integral from a to b of s(k_h(t)) dt     (k_h(t): h's CPU tasks running at t)
+
+and every node's forward (backward) time is multiplied by the mean of ``f`` over its microbatches' tasks
+for the second pass, whose timeline is the result (the ready queues' priorities stay those of the
+times alone). Devices that compute all the time (data parallelism, a full pipeline) get ``s(k)``; a
+device that takes turns with the others (a latency plan's chain) keeps its time alone. It is a first
+order of the dynamic form (the second pass's overlaps are not fed back). GPUs and other accelerators
+are never slowed; with no figure, or ``s = 1``, the first pass is the result, as before.
 
 Synchronisation (training, replicated stages; ``sync``, :mod:`placement.sync`). A stage's parameter
 gradients travel in buckets: :func:`placement.sync.gradient_buckets` over the stage's nodes in backward
@@ -496,10 +501,7 @@ class _Simulation:
             split, data, devices = self.cm.microbatch_ms, self.data, self.devices
             fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
             bwd = [split(t, nd, devices[d], m, True) for t, nd, d in zip(bwd, data, dev)]
-        slowdown = self._corun_slowdown()
-        if slowdown is not None:
-            fwd = [t * slowdown[d] for t, d in zip(fwd, dev)]
-            bwd = [t * slowdown[d] for t, d in zip(bwd, dev)]
+        self.corun_group = self._corun_groups()
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
         before_step = lw.static - lw.grad_bytes  # gradients are made by the backward (_peak_memory)
         static = np.bincount(self.dev_np, weights=before_step, minlength=len(self.devices)).tolist()
@@ -511,18 +513,47 @@ class _Simulation:
                 static[d] = static[stage[0]]
         self.static, self.act, self.out = static, act, out
 
-    def _corun_slowdown(self) -> list[float] | None:
-        """Per primary device, the factor its tasks' times take (module docstring, "Co-running CPU
-        devices"): ``s(k)`` of its host's CPU devices running tasks, the largest over a replicated stage's
-        devices; None when every factor is 1."""
-        if not self.cm.corun_slowdown:
+    def _corun_groups(self) -> list[int] | None:
+        """Per device, its co-run group (module docstring, "Co-running CPU devices"): the index of its
+        host among the hosts whose CPU devices may slow each other, -1 for a device that is never slowed
+        (a GPU, an accelerator); None when no device can be slowed (no figure, or ``s = 1`` throughout)."""
+        cm = self.cm
+        if not any(s != 1.0 for s in cm.corun_slowdown.values()):
             return None
-        devices = self.devices
-        used = {pm[d] for pm in self.phase_map for d in set(self.dev)}
-        per_host = Counter(devices[d].host for d in used if devices[d].category == "cpu")
-        factor = [self.cm.corun_factor(per_host[d.host]) if d.category == "cpu" else 1.0 for d in devices]
-        slowdown = [max(factor[r] for r in self.group[d]) for d in range(len(devices))]
-        return slowdown if any(f != 1.0 for f in slowdown) else None
+        hosts: dict[str, int] = {}
+        return [hosts.setdefault(d.host, len(hosts)) if d.category == "cpu" else -1 for d in self.devices]
+
+    def _overlap_factors(self) -> tuple[list[float], list[float]]:
+        """Per node, the factor of its forward and of its backward time (module docstring, "Co-running
+        CPU devices"): over every task of the node (each microbatch), the mean of ``s(k(t))`` across the
+        task's interval in the timeline just simulated, ``k(t)`` the tasks of the device's group running
+        at ``t`` (itself included); a task of no duration, or on a device never slowed, takes 1."""
+        n, m, MN = self.n, self.m, self.m * self.n
+        start = np.frombuffer(self.task_start)
+        durations = np.concatenate((np.tile(np.asarray(self.fwd), m), np.tile(np.asarray(self.bwd), m)))[: len(start)]
+        end = start + durations
+        task_dev = self._task_devices()
+        task_dev = np.concatenate((task_dev, task_dev))[: len(start)]
+        group = np.asarray(self.corun_group, dtype=np.int64)[task_dev]
+        factor = np.ones(len(start))
+        corun = self.cm.corun_factor
+        for g in np.unique(group[group >= 0]).tolist():
+            mine = np.flatnonzero((group == g) & (durations > 0))
+            if not len(mine):
+                continue
+            # k(t) is a step function: +1 at each start, -1 at each end (ends first at ties).
+            times = np.concatenate((end[mine], start[mine]))
+            steps = np.concatenate((-np.ones(len(mine)), np.ones(len(mine))))
+            order = np.lexsort((steps, times))
+            times, k = times[order], np.cumsum(steps[order]).astype(np.int64)
+            rate = np.asarray([corun(c) for c in range(int(k.max()) + 1)])[k]
+            # F(t) = integral of s(k) from the first event: piecewise linear through these points.
+            integral = np.concatenate(([0.0], np.cumsum(rate[:-1] * np.diff(times))))
+            a, b = start[mine], end[mine]
+            factor[mine] = (np.interp(b, times, integral) - np.interp(a, times, integral)) / (b - a)
+        fwd = factor[:MN].reshape(m, n).mean(axis=0).tolist()
+        bwd = factor[MN:].reshape(m, n).mean(axis=0).tolist() if self.has_bwd else [1.0] * n
+        return fwd, bwd
 
     def _sync_steps(self, schedule: Schedule | None) -> None:
         """The buckets of every replicated stage (training) and the steps that synchronise each (module
@@ -1026,6 +1057,17 @@ class _Simulation:
 
     # -- the event loop -------------------------------------------------------------------------
     def run(self) -> SimResult:
+        """The step simulated; with co-running CPU devices, simulated again with every node's times
+        scaled by its overlap factors (module docstring, "Co-running CPU devices")."""
+        result = self._loop()
+        if self.corun_group is None:
+            return result
+        fwd_factor, bwd_factor = self._overlap_factors()
+        self.fwd = [t * f for t, f in zip(self.fwd, fwd_factor)]
+        self.bwd = [t * f for t, f in zip(self.bwd, bwd_factor)]
+        return self._loop()
+
+    def _loop(self) -> SimResult:
         n, m = self.n, self.m
         has_bwd = self.has_bwd
         kdev, fwd, bwd = self.kdev, self.fwd, self.bwd

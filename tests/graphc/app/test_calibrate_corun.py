@@ -20,7 +20,7 @@ import graphc.app.calibrate
 from graphc.app.calibrate import zoo_training_step
 from graphc.frontend import zoo
 from graphc.ir.profiled import ProfiledTimes
-from placement import simulate
+from placement import CostModel, simulate
 from runtime.corun import CorunMeasurement
 from runtime.link import LinkSpeed
 
@@ -78,13 +78,13 @@ def test_rebuild_measures_the_slowdown_caches_it_and_the_cost_model_uses_it(fake
     assert found.corun_slowdown == {2: 1.5} and found.cost_model.corun_slowdown == {2: 1.5}
     assert json.loads(found.path.read_text())["corun_slowdown"] == {"2": 1.5}
     assert "2 at once x 1.500" in " ".join(console.export_text().split())
-    # both workers computing: every task 1.5 times as long as on one worker alone
+    # data parallel on both workers: they compute at once all along, every task 1.5 times as long
     program = graphc.trace(model, (x,))
-    nodes = list(program.graph.node_names())
-    alone = simulate(program.graph, found.cluster, dict.fromkeys(nodes, "cpu0"), found.cost_model)
-    split = {n: ("cpu0" if i < len(nodes) // 2 else "cpu1") for i, n in enumerate(nodes)}
-    both = simulate(program.graph, found.cluster, split, found.cost_model)
-    assert sum(both.busy_ms.values()) == pytest.approx(1.5 * alone.busy_ms["cpu0"])
+    on_cpu0 = dict.fromkeys(program.graph.node_names(), "cpu0")
+    alone = CostModel(found.cluster, profiled=found.scaled)
+    options = {"microbatches": 2, "replicas": {"cpu0": ["cpu0", "cpu1"]}}
+    both = simulate(program.graph, found.cluster, on_cpu0, found.cost_model, **options)
+    assert both.busy_ms == pytest.approx({d: 1.5 * t for d, t in simulate(program.graph, found.cluster, on_cpu0, alone, **options).busy_ms.items()})
 
     again = graphc.calibrate(model, (x,), cache_dir=tmp_path, rebuild=REBUILD)
     assert again.loaded and again.corun_slowdown == {2: 1.5} and fakes.calls["corun"] == 1  # from the cache

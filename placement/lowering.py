@@ -34,8 +34,9 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   output returned, the loss's kept tensor and its gradient).
 * **Memory bounds.** ``static + held`` is what a lower bound may count (:mod:`placement.bounds`) and
   what the solvers' instances count per node (:mod:`placement.solvers.instance`): an estimate that
-  leaves out the backward temporaries and the loss tensors, which :func:`placement.problem.finish_plan`
-  checks by simulation. The simulated peak of a device (:mod:`placement.simulate`, "Memory") is at most
+  leaves out the backward temporaries and the loss tensors (the list schedulers' memory ledger adds the
+  graph outputs' loss tensors and largest temporary, :func:`placement.solvers.listsched.loss_and_temp`),
+  which :func:`placement.problem.finish_plan` checks by simulation. The simulated peak of a device (:mod:`placement.simulate`, "Memory") is at most
   the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
   tensor) and in training, when the producer takes a gradient, twice on the producer's device (the

@@ -365,6 +365,10 @@ _COST_SETTINGS = ("compute_efficiency", "memory_efficiency", "default_dtype", "u
 def _cost_model_to_dict(cost_model: CostModel, graph: Graph | None) -> dict[str, Any]:
     """The cost model's settings, and the profiled times of the graph's nodes when it has a table."""
     doc: dict[str, Any] = {key: getattr(cost_model, key) for key in _COST_SETTINGS}
+    if doc["corun_slowdown"]:  # written only when measured, so plans without it read in older releases
+        doc["corun_slowdown"] = dict(doc["corun_slowdown"])
+    else:
+        del doc["corun_slowdown"]
     table = cost_model.profiled
     if isinstance(table, ProfiledTimes):
         keys = {n.profile_key() for n in graph.nodes()} if graph is not None else None

@@ -380,6 +380,11 @@ def accelerators_with_cpu(
 
 
 # -- this machine ---------------------------------------------------------------------------------
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), what the ``local`` preset counts as workers."""
+    return len(os.sched_getaffinity(0))
+
+
 def local(workers: int | None = None) -> Cluster:
     """The devices of this machine (``local``): its CUDA GPUs when present, else CPU worker processes.
 
@@ -406,7 +411,7 @@ def local(workers: int | None = None) -> Cluster:
             base = spec(kind) if kind else spec("V100")
             b.link(sw, b.device(f"cuda:{i}", base, h, memory or None, kind=kind or name), "pcie", PCIE3_X16)
         return b.build("local", f"{len(gpus)} CUDA GPU(s) of this machine")
-    n = workers or len(os.sched_getaffinity(0))
+    n = workers or usable_cores()
     ghz, per_cycle = _cpu_clock_and_width()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     fp32 = ghz * 1e9 * per_cycle

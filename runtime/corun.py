@@ -25,7 +25,6 @@ refused.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import torch.distributed as dist
 
 from graphc.ir.errors import ConfigurationError, RuntimeFault
+from placement.presets import usable_cores
 from runtime.distributed import init_from_env
 from runtime.launch import resolve_function, spawn
 
@@ -64,11 +64,6 @@ class CorunMeasurement:
             k: max(1.0, statistics.fmean(t / a for t, a in zip(times, self.alone_ms)))
             for k, times in self.together_ms.items()
         }
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 def corun_rank(factory: str, factory_args: list[Any], counts: list[int], warmup: int, steps: int, tail: int) -> list[Any]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from graphc.ir.errors import ConfigurationError
 from placement.sync import AveragingSync, ElasticAveragingSync, LocalSGDSync
 from runtime.averaging import (
     EAMSGD,
@@ -102,6 +103,7 @@ def build_strategy(
             outer_momentum=DILOCO_OUTER_MOMENTUM,
         )
     if sync.asynchronous:
-        assert layout is not None, "asynchronous EASGD needs the layout of its workers and server ranks"
+        if layout is None:
+            raise ConfigurationError("asynchronous EASGD needs the layout of its workers and server ranks: pass layout=")
         return AsyncEASGD(model, local, layout, tau=sync.tau, alpha=sync.alpha, prefetch=sync.prefetch)
     return EASGD(model, local, tau=sync.tau, alpha=sync.alpha)

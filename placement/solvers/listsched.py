@@ -461,23 +461,22 @@ def to_plan(
     seq: list[list[int]] | None = None,
     gap: float | None = None,
     bound_ms: float | None = None,
-    judged: bool = False,
 ) -> Plan:
     """Simulate and record device ids ``dev``. With a per-device order ``seq``, the plan keeps it only
     if the simulator runs the step faster with it than with its own priority (a heuristic's estimate
-    of time is not the simulator's, and either order is a valid plan). ``judged``: an
-    :class:`~placement.solvers.search.Evaluator` already made that choice (``seq`` is the order it
-    kept, None for the simulator's), so the plan is finished without predicting both again."""
+    of time is not the simulator's, and either order is a valid plan); the prediction that choice was
+    made by is the plan's (:func:`~placement.problem.finish_plan`'s ``prediction``), not made again."""
     if problem.objective != "latency":
         raise ConfigurationError(
             f"solver {solver!r} minimises the latency of one step; for objective={problem.objective!r} "
             "use solver='auto' (it calls the pipeline solver)"
         )
     dev = [int(d) for d in dev]
-    if seq is not None and not judged:
+    prediction = None
+    if seq is not None:
         cand = Evaluator(problem, inst)(np.asarray(dev), seq, solver)
         if np.isfinite(cand.step_ms):
-            seq = cand.seq
+            seq, prediction = cand.seq, cand.prediction
     order = inst.order_names(seq) if seq is not None else None
     return finish_plan(
         problem,
@@ -488,6 +487,7 @@ def to_plan(
         microbatches=problem.microbatches or 1,
         gap=gap,
         bound_ms=bound_ms,
+        prediction=prediction,
     )
 
 

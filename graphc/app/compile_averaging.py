@@ -145,11 +145,15 @@ class AveragingWorker:
         record the strategy in ``plan.settings["parallel"]["averaging"]`` and this rank's device."""
         devices = averaging_workers(plan, self.name)
         if len(devices) != self.workers:
+            batch = plan.graph.batch_size() if plan.graph is not None else None
+            divides = "" if batch is None or batch % self.workers == 0 else (
+                f"; the planner only replicates over counts that divide the batch ({batch}), so pass a batch divisible by {self.workers}"
+            )
             raise ConfigurationError(
                 f"compile(sync={self.name!r}): the plan replicates the model over {len(devices)} devices "
                 f"({', '.join(devices)}), but the script runs on {self.workers} ranks, one per replica: start it with "
                 f"torchrun --nproc-per-node {len(devices)}, or compile for a cluster of {self.workers} devices "
-                f"(cluster=placement.presets.local(workers={self.workers}) for CPU workers)"
+                f"(cluster=placement.presets.local(workers={self.workers}) for CPU workers){divides}"
             )
         plan.settings.setdefault("parallel", {})["averaging"] = sync_to_dict(self.sync)
         self.device = devices[self.rank]

@@ -15,6 +15,7 @@ from graphc.app.compile_averaging import AveragingWorker
 from graphc.ir.errors import ConfigurationError
 from placement.presets import local
 from placement.sync import ElasticAveragingSync, LocalSGDSync
+from runtime import contiguous_plan
 from runtime.averaging import (
     EAMSGD,
     EASGD,
@@ -205,3 +206,15 @@ def test_optimizer_and_share_are_refused_without_an_averaging_sync():
         compiled.optimizer(torch.optim.SGD(model(0).parameters(), lr=0.1))
     with pytest.raises(ConfigurationError, match="under an averaging sync"):
         compiled.share(torch.zeros(4))
+
+
+def test_a_replica_count_other_than_the_ranks_says_how_to_match_them():
+    net = model(0)
+    x, _ = batch(0, 0, size=8)
+    graph = graphc.trace(net, (x,), name="mlp").graph
+    plan = contiguous_plan(graph, [["cpu0", "cpu1"]], microbatches=2)
+    with pytest.raises(ConfigurationError, match=r"over 2 devices .* runs on 3 ranks.*--nproc-per-node 2.*batch divisible by 3"):
+        AveragingWorker(SYNCS["easgd"], 0, 3).check_plan(plan)
+    with pytest.raises(ConfigurationError, match=r"runs on 4 ranks") as refused:
+        AveragingWorker(SYNCS["easgd"], 0, 4).check_plan(plan)
+    assert "divisible" not in str(refused.value)  # 4 divides the batch of 8: only the count differs

@@ -77,17 +77,18 @@ def corun_rank(factory: str, factory_args: list[Any], counts: list[int], warmup:
     for turn in range(world):
         dist.barrier()
         if rank == turn:
-            alone = _timed(step, warmup, steps, 0)
+            alone = median_step_ms(step, warmup, steps)
     together: list[float | None] = []
     for k in counts:
         dist.barrier()
-        together.append(_timed(step, warmup, steps, tail) if rank < k else None)
+        together.append(median_step_ms(step, warmup, steps, tail) if rank < k else None)
     dist.barrier()
     return [alone, together]
 
 
-def _timed(step: Callable[[], Any], warmup: int, steps: int, tail: int) -> float:
-    """The median wall time of ``steps`` calls of ``step`` after ``warmup`` calls, ms; ``tail`` calls follow."""
+def median_step_ms(step: Callable[[], Any], warmup: int, steps: int, tail: int = 0) -> float:
+    """The median wall time of ``steps`` calls of ``step`` after ``warmup`` calls, ms; ``tail`` calls follow
+    (kept out of the median: a rank that keeps loading the machine while its neighbours finish)."""
     times = []
     for _ in range(warmup + steps + tail):
         start = time.perf_counter()

@@ -52,8 +52,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -74,7 +72,7 @@ from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
 from placement.calibration import calibration_factor
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, checked_corun_slowdown
-from runtime.corun import measure_corun, usable_cores
+from runtime.corun import measure_corun, median_step_ms, usable_cores
 from runtime.launch import function_name
 from runtime.link import LinkSpeed, local_cluster, measure_link
 from runtime.step import split_batch
@@ -238,14 +236,9 @@ def eager_step_ms(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        times = []
-        for _ in range(steps + 2):
-            start = time.perf_counter()
-            step()
-            times.append(1e3 * (time.perf_counter() - start))
+        return median_step_ms(step, 2, steps)
     finally:
         torch.set_num_threads(previous)
-    return statistics.median(times[2:])
 
 
 def training_step(

@@ -361,7 +361,7 @@ def _final_plan(
         try:
             plan = finish_plan(
                 problem, inst.assignment_names(cand.dev), solver=solver, settings=record,
-                order=inst.order_names(cand.seq) if cand.seq is not None else None,
+                order=inst.order_names(cand.seq) if cand.seq is not None and cand.prediction is None else None,
                 microbatches=problem.microbatches or 1, bound_ms=bound_ms, prediction=cand.prediction,
             )  # fmt: skip
         except InfeasibleError as exc:

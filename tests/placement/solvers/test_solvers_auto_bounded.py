@@ -85,7 +85,7 @@ def test_warm_start_skips_what_would_end_past_its_deadline() -> None:
 
 
 def test_the_time_limit_counts_from_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Resolving the constraints (1.5 s on 100,000 nodes) is inside the limit: the problem starts before it."""
+    """Resolving the constraints (0.2-0.3 s on 100,000 nodes x 128 devices) is inside the limit: the problem starts before it."""
     seen: list[float] = []
     real = problem_module.resolve
 

@@ -132,29 +132,28 @@ class BucketCollectives:
     def armed(self, works: Sequence[Work]) -> Iterator[None]:
         """Launch each of ``works`` (gradient collectives, in order) from the backward run inside the
         block, as soon as its parameters' gradients are final and every earlier one is launched."""
-        pending = {w: 0 for w in works}
-        handles = []
+        # By position: a hook runs once per parameter per backward, and hashing a Work hashes its
+        # parameter names, which made the bookkeeping quadratic in the parameters.
+        pending = [0] * len(works)
+        owners: dict[str, list[int]] = {}
+        for i, w in enumerate(works):
+            for name in w.params:
+                if self.parameters[name].requires_grad:
+                    owners.setdefault(name, []).append(i)
+                    pending[i] += 1
+        first_waiting = [0]  # works before it are launched
 
-        def ready(name: str) -> Callable[[torch.Tensor], None]:
+        def ready(indices: list[int]) -> Callable[[torch.Tensor], None]:
             def hook(_: torch.Tensor) -> None:
-                for w in owners[name]:
-                    pending[w] -= 1
-                for w in works:  # launch the ready prefix
-                    if pending[w] > 0:
-                        break
-                    self.launch(w)
+                for i in indices:
+                    pending[i] -= 1
+                while first_waiting[0] < len(works) and pending[first_waiting[0]] <= 0:  # the ready prefix
+                    self.launch(works[first_waiting[0]])
+                    first_waiting[0] += 1
 
             return hook
 
-        owners: dict[str, list[Work]] = {}
-        for w in works:
-            for name in w.params:
-                p = self.parameters[name]
-                if p.requires_grad:
-                    owners.setdefault(name, []).append(w)
-                    pending[w] += 1
-        for name in owners:
-            handles.append(self.parameters[name].register_post_accumulate_grad_hook(ready(name)))
+        handles = [self.parameters[name].register_post_accumulate_grad_hook(ready(indices)) for name, indices in owners.items()]
         try:
             yield
         finally:

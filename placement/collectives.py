@@ -141,6 +141,22 @@ def endpoint_ms(phase: Phase, devices: Collection[str], message_ms: Callable[[fl
     return max(cost.values(), default=0.0)
 
 
+def bucket_copy_ms(cluster: Cluster, phases: Sequence[Phase], devices: Collection[str], nbytes: float) -> tuple[float, float]:
+    """What a bucket of ``nbytes`` adds to a collective made of ``phases`` where ``devices`` (those without
+    a copy engine) take part, ms: before its first phase, a copy into one flat buffer on the slowest of
+    them that sends; after its last phase, a copy back on the slowest that receives (0 where none does).
+    A copy reads and writes ``nbytes`` at the device's memory bandwidth."""
+
+    def slowest(ends: set[str]) -> float:
+        return max((2e3 * nbytes / cluster.device(d).memory_bandwidth for d in ends), default=0.0)
+
+    if not phases:
+        return 0.0, 0.0
+    senders = {f.src for f in phases[0].flows if f.src in devices}
+    receivers = {f.dst for f in phases[-1].flows if f.dst in devices}
+    return slowest(senders), slowest(receivers)
+
+
 def booked_ms(phase: Phase, devices: Collection[str], message_ms: Callable[[float], float]) -> float:
     """How long the simulator books ``phase``: its duration, but at least the CPU time its messages cost
     one of ``devices`` (:func:`endpoint_ms`)."""

@@ -129,7 +129,13 @@ the step before it (the links of its flows' routes, held for the phase; a server
 update): they contend with transfers and other stages' synchronisation. A GPU keeps computing while its
 buckets travel; a device without a copy engine is held by them, and a phase lasts at least the CPU time
 its messages cost such a device (:func:`placement.collectives.endpoint_ms` with
-:meth:`CostModel.endpoint_cpu_ms`, as a transfer with a CPU end does). The step ends when the last task or
+:meth:`CostModel.endpoint_cpu_ms`, as a transfer with a CPU end does). Such a device also copies each
+bucket into one flat buffer before it sends it and back after it receives it, as the runtime does
+(:mod:`runtime.collectives`): a collective's first phase is longer by a copy of the bucket's bytes at
+the memory bandwidth (read and write) of the slowest such device that sends in it, and its last phase by
+one on the slowest that receives (:func:`placement.collectives.bucket_copy_ms`; a ring all-reduce on CPU
+replicas pays both, a reduce onto a CPU server only the server's copy back). A GPU's copies are left out (kernels at its memory
+bandwidth, a small fraction of the wire's time). The step ends when the last task or
 synchronisation step does.
 
 Asynchronous parameter servers (``staleness = s > 0``, :mod:`runtime.servers`) have no step of their
@@ -670,12 +676,17 @@ class _Simulation:
         self.static[s] += (2 + factor) * nbytes
 
     def _add_steps(self, kind: str, algorithm: str, j: int, phases: list[Phase], root: str) -> None:
-        """Append the phases of one collective of bucket ``j`` as steps, and its timeline record."""
+        """Append the phases of one collective of bucket ``j`` as steps, and its timeline record. Where
+        devices without a copy engine send in the first phase, it also holds them for the bucket's copy
+        into one flat buffer; where they receive in the last, for its copy back (module docstring,
+        "Synchronisation")."""
         lo = len(self.step_ms)
         index = self.cluster.device_index
         cpus = {d.name for d in self.devices if d.category == "cpu"}
-        for phase in phases:
-            self.step_ms.append(collectives.booked_ms(phase, cpus, self.cm.endpoint_cpu_ms))
+        before, after = collectives.bucket_copy_ms(self.cluster, phases, cpus, self.bucket_bytes[j])
+        for i, phase in enumerate(phases):
+            copies = (before if i == 0 else 0.0) + (after if i == len(phases) - 1 else 0.0)
+            self.step_ms.append(collectives.booked_ms(phase, cpus, self.cm.endpoint_cpu_ms) + copies)
             self.step_flows.append(phase.flows)
             self.step_server.append(-1)
             self.flow_pairs += [(index(f.src), index(f.dst)) for f in phase.flows]

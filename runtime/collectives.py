@@ -37,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from graphc.ir.errors import ConfigurationError
 from placement.schedules import AllReduce, BucketCollective
 from runtime.schedule import ALLREDUCE, BROADCAST, REDUCE, Work
 from runtime.servers import zero_filled
@@ -308,3 +311,20 @@ def _copy_back(flats: Sequence[tuple[torch.Tensor, list[torch.Tensor]]]) -> None
     for flat, tensors in flats:
         for t, part in zip(tensors, _split(flat, tensors)):
             t.copy_(part)
+
+
+def copy_bandwidth(tensors: Sequence[torch.Tensor], repeats: int = 5) -> float:
+    """This process's memory bandwidth as a bucket collective meets it, bytes read and written per
+    second: ``tensors`` copied into one flat buffer and back, as :class:`BucketCollectives` copies a
+    bucket's gradients (the median of ``repeats`` after one warm-up); what the simulator charges a CPU
+    device per bucket (:func:`placement.collectives.bucket_copy_ms`)."""
+    tensors = [t.detach().clone() for t in tensors]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    if nbytes == 0 or repeats < 1:
+        raise ConfigurationError(f"copy_bandwidth: need tensors with bytes and repeats >= 1, got {nbytes} bytes, {repeats}")
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        _copy_back(_flats(tensors))
+        times.append(time.perf_counter() - start)
+    return 4 * nbytes / statistics.median(times[1:])  # two copies, each reading and writing every byte

@@ -141,9 +141,13 @@ def measure_link(steps: int = 10) -> LinkSpeed:
     )
 
 
-def local_cluster(workers: int, link: LinkSpeed) -> Cluster:
-    """The ``local`` preset with ``workers`` CPU workers joined by ``link``."""
+def local_cluster(workers: int, link: LinkSpeed, memory_bandwidth: float | None = None) -> Cluster:
+    """The ``local`` preset with ``workers`` CPU workers joined by ``link``, and with each worker's memory
+    bandwidth (bytes read and written per second) where measured (else the preset's assumption)."""
     cluster = Cluster.preset("local", workers=workers)
     for each in cluster.links:  # a route crosses two links (worker -> shared memory -> worker)
         each.bandwidth, each.latency_s = link.bandwidth, link.latency_s / 2
+    if memory_bandwidth is not None:
+        for device in cluster.devices:
+            device.memory_bandwidth = memory_bandwidth
     return cluster

@@ -12,7 +12,10 @@ Calibrating replaces them with measurements of this machine:
 2. one factor that scales that table so that the whole graph on one worker simulates to the measured
    eager training step (:func:`placement.calibration.calibration_factor`: ops timed in isolation miss
    what runs between them: the loss, the framework);
-3. the link between two ranks as the runtime meets it (:func:`runtime.link.measure_link`);
+3. the link between two ranks as the runtime meets it (:func:`runtime.link.measure_link`), and a
+   worker's memory bandwidth as a gradient bucket meets it (:func:`runtime.collectives.copy_bandwidth`
+   over the model's parameters: the copies into one flat buffer and back that the simulator charges a
+   CPU worker per bucket);
 4. when the caller says how another process rebuilds the model (``rebuild``: a zoo network's name and
    :func:`graphc.frontend.zoo.build` arguments), how much slower each of ``k`` workers computes its
    training step when ``k`` compute at once, ``s(k)`` for ``k = 2 ..`` the workers (at most the usable
@@ -72,6 +75,7 @@ from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
 from placement.calibration import calibration_factor
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, checked_corun_slowdown
+from runtime.collectives import copy_bandwidth
 from runtime.corun import measure_corun, median_step_ms, usable_cores
 from runtime.launch import function_name
 from runtime.link import LinkSpeed, local_cluster, measure_link
@@ -79,7 +83,7 @@ from runtime.step import split_batch
 
 CALIBRATION_SCHEMA = "graphc.calibration"
 LINK_SCHEMA = "graphc.link"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the memory bandwidth
 #: The batch is also profiled split in this many microbatches (else in 2) to fit the fixed costs.
 PROFILE_SPLIT = 4
 #: Cores other processes may use, on average, while a measurement is taken and still be cached.
@@ -120,6 +124,8 @@ class Calibration:
         profiled: every node's forward and backward times on one CPU thread, as measured.
         factor: the scale that makes one worker predict the eager step (:attr:`scaled` applies it).
         eager_ms: the measured eager training step on one thread, in ms.
+        memory_bandwidth: a worker's memory bandwidth as the model's gradient buckets meet it, bytes read
+            and written per second; None for a model without parameters (the preset's assumption stays).
         link: the link measured between two ranks.
         key: what the calibration is valid for (:func:`calibration_key`).
         machine: where it was measured.
@@ -137,6 +143,7 @@ class Calibration:
     profiled: ProfiledTimes
     factor: float
     eager_ms: float
+    memory_bandwidth: float | None
     link: LinkSpeed
     key: dict[str, Any]
     machine: Machine
@@ -150,10 +157,15 @@ class Calibration:
     cost_model: CostModel = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.cluster = local_cluster(self.workers, self.link)
-        self.cost_model = CostModel(self.cluster, profiled=self.scaled, endpoint_cpu_s=self.link.endpoint_cpu_s,
-                                    endpoint_cpu_per_byte_s=self.link.endpoint_cpu_per_byte_s,
-                                    corun_slowdown=self.corun_slowdown)  # fmt: skip
+        self.cluster = local_cluster(self.workers, self.link, self.memory_bandwidth)
+        self.cost_model = self.cost_model_with(self.scaled)
+
+    def cost_model_with(self, table: ProfiledTimes, *, corun: bool = True) -> CostModel:
+        """The cost model of :attr:`cluster` with ``table`` for its times, the link's CPU cost per message
+        and, with ``corun``, the co-run slowdown (:attr:`cost_model` is it with :attr:`scaled`)."""
+        return CostModel(self.cluster, profiled=table, endpoint_cpu_s=self.link.endpoint_cpu_s,
+                         endpoint_cpu_per_byte_s=self.link.endpoint_cpu_per_byte_s,
+                         corun_slowdown=self.corun_slowdown if corun else {})  # fmt: skip
 
     @property
     def scaled(self) -> ProfiledTimes:
@@ -168,10 +180,16 @@ class Calibration:
         return [
             f"calibration {how}",
             f"eager step {self.eager_ms:.1f} ms on one thread: profiled times x {self.factor:.3f}, so that one worker predicts it",
+            self._describe_memory(),
             (f"link between two ranks: {1e6 * self.link.latency_s:.0f} us per message, {self.link.bandwidth / 1e9:.2f} GB/s; "
              f"each end's CPU {1e6 * self.link.endpoint_cpu_s:.0f} us + {1e12 * self.link.endpoint_cpu_per_byte_s:.2f} us/MB per message"),
             self._describe_corun(),
         ]
+
+    def _describe_memory(self) -> str:
+        if self.memory_bandwidth is None:
+            return "memory bandwidth not measured (no parameters): the preset's assumption"
+        return f"memory bandwidth {self.memory_bandwidth / 1e9:.1f} GB/s (read + write), copying the gradients into a bucket and back"
 
     def _describe_corun(self) -> str:
         if not self.corun_slowdown:
@@ -252,8 +270,7 @@ def training_step(
     times it: gradients set to None, forward, backward of ``loss(output)`` (else of the output when it is
     a scalar, else of the sum of its tensors); it returns that scalar, detached."""
     kwargs = example_kwargs or {}
-    roots = [model] if isinstance(model, torch.nn.Module) else [a for a in example_inputs if isinstance(a, torch.nn.Module)]
-    params = [p for root in roots for p in root.parameters()]
+    params = parameters_of(model, example_inputs)
 
     def step() -> torch.Tensor:
         for p in params:
@@ -266,6 +283,26 @@ def training_step(
         return value.detach()
 
     return step
+
+
+def parameters_of(model: torch.nn.Module | Callable, example_inputs: tuple) -> list[torch.nn.Parameter]:
+    """The parameters of ``model``, or of the modules among the inputs of a function."""
+    roots = [model] if isinstance(model, torch.nn.Module) else [a for a in example_inputs if isinstance(a, torch.nn.Module)]
+    return [p for root in roots for p in root.parameters()]
+
+
+def memory_bandwidth(model: torch.nn.Module | Callable, example_inputs: tuple, threads: int) -> float | None:
+    """:func:`runtime.collectives.copy_bandwidth` over the parameters of ``model`` (or of the modules among
+    the inputs of a function), on ``threads`` intra-op threads; None when there are none."""
+    params = [p for p in parameters_of(model, example_inputs) if p.numel()]
+    if not params:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return copy_bandwidth(params)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def zoo_training_step(name: str, build_kwargs: dict[str, Any]) -> Callable[[], torch.Tensor]:
@@ -348,7 +385,8 @@ def calibrate(
         untouched, inputs, kw = copy.deepcopy((model, example_inputs, kwargs))
         eager_ms = eager_step_ms(untouched, inputs, loss=loss, example_kwargs=kw, threads=settings.threads)
         factor = calibration_factor(profiled, program.graph, Cluster.preset("local"), eager_ms)
-        found = Calibration(profiled, factor, eager_ms, link, key, machine, _now(), path, loaded=False, workers=workers)
+        bandwidth = memory_bandwidth(model, example_inputs, settings.threads)
+        found = Calibration(profiled, factor, eager_ms, bandwidth, link, key, machine, _now(), path, loaded=False, workers=workers)
         if _quiet(load.stop(), "the calibration", "--recalibrate (graphc calibrate --refresh)", console):
             _save(found)
         else:
@@ -406,7 +444,8 @@ def _save(found: Calibration) -> None:
     """Write ``found`` to its cache file (module docstring)."""
     found.path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": CALIBRATION_SCHEMA, "version": CACHE_VERSION, "key": found.key, "measured_at": found.measured_at,
-           "eager_ms": found.eager_ms, "factor": found.factor, "profiled": found.profiled.to_dict(),
+           "eager_ms": found.eager_ms, "factor": found.factor, "memory_bandwidth": found.memory_bandwidth,
+           "profiled": found.profiled.to_dict(),
            "corun_slowdown": {str(k): s for k, s in sorted(found.corun_slowdown.items())}}  # fmt: skip
     write_json(found.path, doc)
 
@@ -433,7 +472,9 @@ def _load(path: Path, key: dict[str, Any], link: LinkSpeed, machine: Machine, wo
             return None
         profiled = ProfiledTimes.from_dict(doc["profiled"], f"{path}: profiled")
         corun = checked_corun_slowdown(doc.get("corun_slowdown", {}))
-        return Calibration(profiled, float(doc["factor"]), float(doc["eager_ms"]), link, key, machine,
+        bandwidth = doc["memory_bandwidth"]
+        bandwidth = None if bandwidth is None else float(bandwidth)
+        return Calibration(profiled, float(doc["factor"]), float(doc["eager_ms"]), bandwidth, link, key, machine,
                            str(doc["measured_at"]), path, loaded=True, workers=workers, corun_slowdown=corun)  # fmt: skip
     except (FormatError, ConfigurationError, KeyError, TypeError, ValueError):
         return None

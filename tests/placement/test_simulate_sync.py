@@ -155,21 +155,23 @@ def with_servers(*servers: str):
 
 def test_one_parameter_server_exact_timeline_and_memory() -> None:
     # Replicas d0, d1 run F(a) 0-1, F(b) 1-2, B(b) 2-4, B(a) 4-6. Buckets (one node each): 0 = [b] 1 MB,
-    # 1 = [a] 2 MB, both on s0. Bucket 0 at 4: reduce 2 x 1 MB into s0's link 4-6, update (3 + 2) x 1 MB
-    # at 5 GB/s 6-7, broadcast 2 x 1 MB out of s0's link 7-9. s0 is a CPU (no copy engine): its reduce,
-    # update and broadcast hold it, so bucket 1 (ready at 6) reduces 9-13 (4 MB), updates 13-15, and
-    # broadcasts 15-19.
+    # 1 = [a] 2 MB, both on s0. Bucket 0 at 4: reduce 2 x 1 MB into s0's link (2 ms) and s0's copy of the
+    # sum back into its gradients (1 MB read and written at 5 GB/s, 0.4 ms) 4-6.4, update (3 + 2) x 1 MB
+    # at 5 GB/s 6.4-7.4, s0's copy of the weights into one buffer (0.4) and broadcast 2 x 1 MB out of its
+    # link 7.4-9.8 (the replicas are GPUs: their copies are not charged). s0 is a CPU (no copy engine):
+    # its reduce, update and broadcast hold it, so bucket 1 (ready at 6) reduces 9.8-14.6 (4 MB, a 0.8 ms
+    # copy), updates 14.6-16.6, and broadcasts 16.6-21.4.
     r = with_servers("s0")
-    on_s0 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "s0"]
+    on_s0 = [(e.kind, e.name, round(e.start_ms, 9), round(e.end_ms, 9)) for e in r.timeline if e.device == "s0"]
     assert on_s0 == [
-        ("reduce", "d0+d1 bucket 0 @ s0", 4, 6),
-        ("update", "d0+d1 bucket 0 @ s0", 6, 7),
-        ("broadcast", "d0+d1 bucket 0 @ s0", 7, 9),
-        ("reduce", "d0+d1 bucket 1 @ s0", 9, 13),
-        ("update", "d0+d1 bucket 1 @ s0", 13, 15),
-        ("broadcast", "d0+d1 bucket 1 @ s0", 15, 19),
+        ("reduce", "d0+d1 bucket 0 @ s0", 4, 6.4),
+        ("update", "d0+d1 bucket 0 @ s0", 6.4, 7.4),
+        ("broadcast", "d0+d1 bucket 0 @ s0", 7.4, 9.8),
+        ("reduce", "d0+d1 bucket 1 @ s0", 9.8, 14.6),
+        ("update", "d0+d1 bucket 1 @ s0", 14.6, 16.6),
+        ("broadcast", "d0+d1 bucket 1 @ s0", 16.6, 21.4),
     ]
-    assert r.step_ms == 19
+    assert r.step_ms == pytest.approx(21.4)
     # The server holds parameters, a gradient buffer and Adam's state of both buckets: (2 + 2) x 3 MB.
     assert r.static_memory_bytes["s0"] == r.peak_memory_bytes["s0"] == 12 * MB
     # A worker holds its parameters (3 MB) but no optimizer state; then its gradients and a flat copy of
@@ -181,19 +183,20 @@ def test_one_parameter_server_exact_timeline_and_memory() -> None:
 
 def test_two_parameter_servers_share_the_buckets() -> None:
     # assign_shards: bucket 1 (2 MB, largest first) to s0, bucket 0 (1 MB) to s1. Bucket 0 on s1: reduce
-    # 4-6, update 6-7, broadcast 7-9. Bucket 1 on s0 after bucket 0's reduce: reduce 6-10, update 10-12,
-    # broadcast 12-16 (the replicas' links are free again by then).
+    # and copy back 4-6.4, update 6.4-7.4, copy and broadcast 7.4-9.8 (as with one server). Bucket 1 on s0
+    # after bucket 0's reduce: reduce 6.4-11.2 (4 MB, a 0.8 ms copy), update 11.2-13.2, broadcast
+    # 13.2-18 (the replicas' links are free again by then).
     r = with_servers("s0", "s1")
-    servers = [(e.kind, e.device, e.start_ms, e.end_ms) for e in r.timeline if e.device in ("s0", "s1")]
+    servers = [(e.kind, e.device, round(e.start_ms, 9), round(e.end_ms, 9)) for e in r.timeline if e.device in ("s0", "s1")]
     assert servers == [
-        ("reduce", "s1", 4, 6),
-        ("update", "s1", 6, 7),
-        ("reduce", "s0", 6, 10),
-        ("broadcast", "s1", 7, 9),
-        ("update", "s0", 10, 12),
-        ("broadcast", "s0", 12, 16),
+        ("reduce", "s1", 4, 6.4),
+        ("update", "s1", 6.4, 7.4),
+        ("reduce", "s0", 6.4, 11.2),
+        ("broadcast", "s1", 7.4, 9.8),
+        ("update", "s0", 11.2, 13.2),
+        ("broadcast", "s0", 13.2, 18),
     ]
-    assert r.step_ms == 16
+    assert r.step_ms == pytest.approx(18)
     assert r.static_memory_bytes["s0"] == 8 * MB and r.static_memory_bytes["s1"] == 4 * MB
     # Each worker pushes every bucket once and receives it once: 3 MB each way on its link.
     assert r.link_bytes["d0--sw"] == 6 * MB
@@ -235,38 +238,44 @@ def test_the_schedules_buckets_are_what_is_priced() -> None:
         plan.simulate(schedule=with_buckets(("c", "x")))
 
 
-def test_cpu_replicas_are_held_by_their_allreduces() -> None:
-    # Two CPU replicas (no copy engine): bucket 0's all-reduce (5-7) holds both, so B(b), ready at 5,
-    # runs 7-9 and B(a) 9-11; bucket 1 then 11-13. On GPUs the same step takes 11 (first test).
-    devices = [Device(f"d{i}", "X", "cpu", "h", {"float32": 1e11}, 1e10, 1e12) for i in range(2)]
-    cpus = Cluster("cpus", devices, [Link(d.name, "sw", "shm", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+def cpu_pair() -> Cluster:
+    """Two CPU devices (no copy engine) reading and writing memory at 4 GB/s, joined at 1 GB/s."""
+    devices = [Device(f"d{i}", "X", "cpu", "h", {"float32": 1e11}, 4e9, 1e12) for i in range(2)]
+    return Cluster("cpus", devices, [Link(d.name, "sw", "shm", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+
+
+def test_cpu_replicas_are_held_by_their_allreduces_and_their_bucket_copies() -> None:
+    # Two CPU replicas (no copy engine): bucket 0's all-reduce holds both for its copy of 2 MB into one
+    # buffer (2 MB read and written at 4 GB/s: 1 ms), the wire (2 ms) and the copy back (1 ms): 5-9. So
+    # B(b), ready at 5, runs 9-11 and B(a) 11-13; bucket 1 then 13-17. On GPUs the same step takes 11
+    # (first test): neither the copies nor the wire hold a GPU.
     g = chain({"a": 2 * MB, "c": 2 * MB})
-    r = simulate(g, cpus, ON_D0, microbatches=2, replicas=DATA_PARALLEL, sync=AllReduceSync(bucket_bytes=MB))
+    r = simulate(g, cpu_pair(), ON_D0, microbatches=2, replicas=DATA_PARALLEL, sync=AllReduceSync(bucket_bytes=MB))
     on_d1 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "d1" and e.kind != "forward"]
     assert on_d1 == [
         ("backward", "c", 3, 5),
-        ("allreduce", "d0+d1 bucket 0", 5, 7),
-        ("backward", "b", 7, 9),
-        ("backward", "a", 9, 11),
-        ("allreduce", "d0+d1 bucket 1", 11, 13),
+        ("allreduce", "d0+d1 bucket 0", 5, 9),
+        ("backward", "b", 9, 11),
+        ("backward", "a", 11, 13),
+        ("allreduce", "d0+d1 bucket 1", 13, 17),
     ]
-    assert r.step_ms == 13 and r.busy_ms["d1"] == 9
+    assert r.step_ms == 17 and r.busy_ms["d1"] == 9
 
 
 def test_a_cpu_ring_lasts_what_its_messages_cost_the_cpus() -> None:
     # As above, with each message costing each end 0.5 ms + 1 ms per MB of CPU (CostModel.endpoint_cpu_ms):
     # bucket 0 (2 MB over 2 replicas: 2 rounds of 1 MB chunks, each CPU sending and receiving one per
-    # round) takes 4 x 1.5 = 6 ms instead of the wire's 2: 5-11; B(b) 11-13, B(a) 13-15; bucket 1 15-21.
-    devices = [Device(f"d{i}", "X", "cpu", "h", {"float32": 1e11}, 1e10, 1e12) for i in range(2)]
-    cpus = Cluster("cpus", devices, [Link(d.name, "sw", "shm", 1e9) for d in devices], [Switch("sw", "pcie_switch", "h")])
+    # round) takes 4 x 1.5 = 6 ms instead of the wire's 2, and the two copies 2 more: 5-13; B(b) 13-15,
+    # B(a) 15-17; bucket 1 17-25.
+    cpus = cpu_pair()
     cost = CostModel(cpus, endpoint_cpu_s=0.5e-3, endpoint_cpu_per_byte_s=1e-9)
     g = chain({"a": 2 * MB, "c": 2 * MB})
     r = simulate(g, cpus, ON_D0, cost, microbatches=2, replicas=DATA_PARALLEL, sync=AllReduceSync(bucket_bytes=MB))
     on_d1 = [(e.kind, e.name, e.start_ms, e.end_ms) for e in r.timeline if e.device == "d1" and e.kind != "forward"]
     assert on_d1 == [
         ("backward", "c", 3, 5),
-        ("allreduce", "d0+d1 bucket 0", 5, 11),
-        ("backward", "b", 11, 13),
-        ("backward", "a", 13, 15),
-        ("allreduce", "d0+d1 bucket 1", 15, 21),
+        ("allreduce", "d0+d1 bucket 0", 5, 13),
+        ("backward", "b", 13, 15),
+        ("backward", "a", 15, 17),
+        ("allreduce", "d0+d1 bucket 1", 17, 25),
     ]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphc
+from graphc.ir.errors import ConfigurationError
 from placement import presets
 from placement.schedules import AllReduce, Schedule, make_schedule
 from placement.sync import sync_from_dict
@@ -38,7 +39,7 @@ from runtime import (
     init_from_env,
     partition,
 )
-from runtime.collectives import BucketCollectives
+from runtime.collectives import BucketCollectives, copy_bandwidth
 from runtime.launch import spawn
 from runtime.schedule import device_work
 from runtime.testing import eager_run
@@ -350,3 +351,14 @@ def test_a_tied_parameter_is_found_by_either_name_and_summed_once():
     reference = eager_run(ref, ref.named_parameters(), tokens, targets, lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten()), optimizer("adam"), steps=3)
     torch.testing.assert_close(losses, reference.losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(parts.programs["cpu1"].parameters["embed.weight"], reference.params["embed.weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_the_copy_bandwidth_is_measured_on_the_buckets_copies_and_leaves_the_tensors_alone():
+    torch.manual_seed(0)
+    tensors = [torch.randn(256, 256), torch.randn(1000)]
+    before = [t.clone() for t in tensors]
+    bandwidth = copy_bandwidth(tensors, repeats=3)
+    assert 1e8 < bandwidth < 1e13  # bytes read and written per second: from a slow CPU to a fast one
+    assert all(torch.equal(t, b) for t, b in zip(tensors, before))
+    with pytest.raises(ConfigurationError, match="copy_bandwidth: need tensors with bytes"):
+        copy_bandwidth([torch.empty(0)])

@@ -23,17 +23,19 @@ import graphc.app.calibrate
 from graphc.app.calibrate import CALIBRATION_SCHEMA, Machine
 from graphc.ir.errors import ConfigurationError
 from graphc.ir.profiled import ProfiledTimes
-from placement import simulate
+from placement import Cluster, simulate
 from runtime.link import LinkSpeed
 
 LINK = LinkSpeed(latency_s=2e-4, bandwidth=1.5e9, endpoint_cpu_s=3e-4, endpoint_cpu_per_byte_s=1e-10)
 EAGER_MS = 10.0
+MEMORY_BANDWIDTH = 8e9
 
 
 @dataclass
 class FakeMeasurements:
     """Counts the measurements :func:`graphc.calibrate` asks for, and answers them with fixed values:
-    every node 1 ms forward and 2 ms backward, an eager step of :data:`EAGER_MS`, the link :data:`LINK`."""
+    every node 1 ms forward and 2 ms backward, an eager step of :data:`EAGER_MS`, the link :data:`LINK`,
+    a memory bandwidth of :data:`MEMORY_BANDWIDTH` for a model with parameters."""
 
     calls: dict[str, int] = field(default_factory=lambda: {"profile": 0, "eager": 0, "link": 0})
     batches: list[int] = field(default_factory=list)
@@ -52,6 +54,10 @@ class FakeMeasurements:
         self.calls["eager"] += 1
         return EAGER_MS
 
+    def copy_bandwidth(self, tensors):
+        assert tensors and all(t.numel() for t in tensors)
+        return MEMORY_BANDWIDTH
+
     def measure_link(self):
         self.calls["link"] += 1
         return LINK
@@ -60,7 +66,7 @@ class FakeMeasurements:
 @pytest.fixture
 def measured(monkeypatch) -> FakeMeasurements:
     fake = FakeMeasurements()
-    for name in ("profile_program", "eager_step_ms", "measure_link"):
+    for name in ("profile_program", "eager_step_ms", "copy_bandwidth", "measure_link"):
         monkeypatch.setattr(graphc.app.calibrate, name, getattr(fake, name))
     return fake
 
@@ -93,6 +99,18 @@ def test_calibrate_scales_the_profile_to_the_eager_step_and_plans_on_the_measure
     assert f"measured, cached in {found.path}" in text and "link between two ranks: 200 us per message, 1.50 GB/s" in text
     assert "each end's CPU 300 us + 100.00 us/MB per message" in text
     assert f"profiled times x {found.factor:.3f}" in text
+    # The workers' memory bandwidth as a bucket's copies meet it: cached, and the cluster's CPU workers have it.
+    assert found.memory_bandwidth == doc["memory_bandwidth"] == MEMORY_BANDWIDTH
+    assert {d.memory_bandwidth for d in found.cluster.devices} == {MEMORY_BANDWIDTH}
+    assert "memory bandwidth 8.0 GB/s (read + write), copying the gradients into a bucket and back" in text
+
+
+def test_a_model_without_parameters_keeps_the_presets_memory_bandwidth(measured, tmp_path):
+    found = graphc.calibrate(nn.ReLU(), (torch.randn(6, 8, requires_grad=True),), cache_dir=tmp_path)
+    assert found.memory_bandwidth is None
+    assert [d.memory_bandwidth for d in found.cluster.devices] == [d.memory_bandwidth for d in Cluster.preset("local").devices]
+    again = graphc.calibrate(nn.ReLU(), (torch.randn(6, 8, requires_grad=True),), cache_dir=tmp_path)
+    assert again.loaded and again.memory_bandwidth is None
 
 
 def test_a_second_call_loads_the_cache_and_another_batch_shape_or_refresh_measures_again(measured, tmp_path):
@@ -103,6 +121,7 @@ def test_a_second_call_loads_the_cache_and_another_batch_shape_or_refresh_measur
     assert again.loaded and measured.calls == {"profile": 2, "eager": 1, "link": 1}  # nothing measured again
     assert again.path == first.path and again.factor == first.factor and again.profiled.times == first.profiled.times
     assert again.link == LINK  # the link's cache keeps what a message costs each end's CPU
+    assert again.memory_bandwidth == MEMORY_BANDWIDTH
     assert f"calibration loaded from {first.path}" in _printed(console)
 
     other = graphc.calibrate(model, (torch.randn(3, 8),), cache_dir=tmp_path)

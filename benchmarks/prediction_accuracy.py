@@ -80,9 +80,8 @@ from graphc.app.measure_plans import (
 from graphc.frontend.tracing import TracedProgram
 from graphc.ir.errors import GraphcError
 from graphc.ir.graph import Graph
-from placement import CostModel
-from placement.sync import AllReduceSync
 from placement.solvers import HEURISTICS, solve
+from placement.sync import AllReduceSync
 from runtime import contiguous_plan, partition, single_device_plan
 from runtime.plans import plan_from_assignment
 from runtime.step import split_batch
@@ -331,9 +330,10 @@ def main() -> None:
         # The calibration's anchor, the eager step, measured again in these rounds: the one-device plan.
         factor = calibration.factor * measured[cases[0].label].median_ms / calibration.eager_ms
         table = calibration.profiled.scaled(factor)
-        cost_model = CostModel(calibration.cluster, profiled=table, corun_slowdown=calibration.corun_slowdown)
+        cost_model = calibration.cost_model_with(table)
         predicted = {c.label: predict(c, program.graph, calibration.cluster, cost_model) for c in cases}
-        alone = {c.label: predict(c, program.graph, calibration.cluster, CostModel(calibration.cluster, profiled=table)) for c in cases}
+        without_corun = calibration.cost_model_with(table, corun=False)
+        alone = {c.label: predict(c, program.graph, calibration.cluster, without_corun) for c in cases}
         model_rows = rows_of(model, cases, predicted, measured, alone)
         rows += model_rows
         summaries.append(summarise(model, model_rows))

@@ -191,15 +191,15 @@ def broadcast(cluster: Cluster, root: str, members: Sequence[str], nbytes: float
 
 
 def server_exchange(
-    cluster: Cluster, workers: Sequence[str], servers: Sequence[str], nbytes: float
+    cluster: Cluster, workers: Sequence[str], servers: Sequence[str], nbytes: float, fractions: Sequence[float] | None = None
 ) -> tuple[list[Phase], list[Phase]]:
-    """The push and the pull of parameter servers holding equal shards of ``nbytes``: every worker
-    sends its shard of ``nbytes / K`` to each of the ``K`` servers at once (one phase of the reduces onto
-    every server), then every server sends its shard back to every worker (one phase of broadcasts).
-    Each is a list of one phase, or none when nothing moves."""
-    shard = nbytes / len(servers)
-    push = [f for s in servers for ph in reduce(cluster, workers, s, shard) for f in ph.flows]
-    pull = [f for s in servers for ph in broadcast(cluster, s, workers, shard) for f in ph.flows]
+    """The push and the pull of parameter servers holding shards of ``nbytes``, server ``k`` the share
+    ``fractions[k]`` (equal shares when None): every worker sends each server its shard at once (one
+    phase of the reduces onto every server), then every server sends its shard back to every worker (one
+    phase of broadcasts). Each is a list of one phase, or none when nothing moves."""
+    shares = fractions if fractions is not None else [1 / len(servers)] * len(servers)
+    push = [f for s, share in zip(servers, shares) for ph in reduce(cluster, workers, s, nbytes * share) for f in ph.flows]
+    pull = [f for s, share in zip(servers, shares) for ph in broadcast(cluster, s, workers, nbytes * share) for f in ph.flows]
     return _phase(cluster, push), _phase(cluster, pull)
 
 

@@ -11,7 +11,8 @@ that time, not by bytes alone. With ``B_s`` the bandwidth of the slowest route f
 and :func:`assign_shards` minimises the largest load greedily (longest processing time first, Graham
 1969): the buckets, largest first (ties: lower index first), each go to the server whose load would be
 lowest with it (ties: the earlier server in ``servers``). On equal links this balances bytes; a server
-behind a link half as fast ends with about half the bytes.
+behind a link half as fast ends with about half the bytes. Asynchronous servers hold contiguous slices of
+one flat vector instead of buckets, sized by :func:`shard_fractions` to the same rule.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ if TYPE_CHECKING:
     from placement.sync import Bucket
 
 
-def assign_shards(
-    buckets: list[Bucket], servers: Sequence[str], cluster: Cluster, workers: Sequence[str]
-) -> dict[int, str]:
-    """Bucket index -> the server that holds it, by the rule of the module docstring (deterministic).
-
-    Raises :class:`ConfigurationError` when ``servers`` or ``workers`` is empty, or names a device the
-    cluster lacks."""
+def server_bandwidths(servers: Sequence[str], cluster: Cluster, workers: Sequence[str]) -> dict[str, float]:
+    """Server -> ``B_s``, the bandwidth of the slowest route from any of ``workers`` to it (module
+    docstring). Raises :class:`ConfigurationError` when ``servers`` or ``workers`` is empty, or names a
+    device the cluster lacks."""
     if not servers:
         raise ConfigurationError("assign_shards: no parameter server given: name one or more cluster devices")
     if not workers:
@@ -43,7 +41,16 @@ def assign_shards(
             f"assign_shards: {unknown[0]!r} is not a device of cluster {cluster.name!r}; "
             f"devices: {', '.join(cluster.device_names)}"
         )
-    bandwidth = {s: min(cluster.route(w, s).bandwidth for w in workers) for s in servers}
+    return {s: min(cluster.route(w, s).bandwidth for w in workers) for s in servers}
+
+
+def assign_shards(
+    buckets: list[Bucket], servers: Sequence[str], cluster: Cluster, workers: Sequence[str]
+) -> dict[int, str]:
+    """Bucket index -> the server that holds it, by the rule of the module docstring (deterministic).
+
+    Raises :class:`ConfigurationError` as :func:`server_bandwidths` does."""
+    bandwidth = server_bandwidths(servers, cluster, workers)
     held = dict.fromkeys(servers, 0.0)
     owner: dict[int, str] = {}
     for bucket in sorted(buckets, key=lambda b: (-b.nbytes, b.index)):
@@ -51,3 +58,13 @@ def assign_shards(
         held[server] += bucket.nbytes
         owner[bucket.index] = server
     return owner
+
+
+def shard_fractions(servers: Sequence[str], cluster: Cluster, workers: Sequence[str]) -> list[float]:
+    """Each server's share of one flat parameter vector cut into contiguous shards (the asynchronous
+    servers, :mod:`runtime.servers`), in ``servers`` order: ``B_s / sum(B)``, which makes every load
+    ``W_s / B_s`` equal, the rule of the module docstring where the bytes divide freely. On equal links
+    the shares are equal. Raises :class:`ConfigurationError` as :func:`server_bandwidths` does."""
+    bandwidth = server_bandwidths(servers, cluster, workers)
+    total = sum(bandwidth.values())
+    return [bandwidth[s] / total for s in servers]

@@ -140,14 +140,16 @@ synchronisation step does.
 
 Asynchronous parameter servers (``staleness = s > 0``, :mod:`runtime.servers`) have no step of their
 own to simulate: every worker pushes and pulls on its own clock. :func:`async_server_step` prices their
-steady state instead. With ``N`` workers, ``K`` servers holding ``P / K`` bytes each, ``C`` one worker's
-compute step on its share (no synchronisation), all workers pushing at once (the worst case):
+steady state instead. With ``N`` workers, ``K`` servers, server ``k`` holding ``P_k = f_k P`` bytes
+(``f_k`` its link's share of all the servers' link bandwidth, :func:`placement.sharding.shard_fractions`:
+``P / K`` on equal links), ``C`` one worker's compute step on its share (no synchronisation), all workers
+pushing at once (the worst case):
 
-    push, pull  = the phases of every worker sending each server its P / K bytes (collectives.reduce
+    push, pull  = the phases of every worker sending each server its P_k bytes (collectives.reduce
                   onto every server, one phase: the servers' links are shared by the N workers), and of
                   every server answering every worker (collectives.broadcast), each lasting at least the
                   CPU time its messages cost a CPU device (collectives.endpoint_ms)
-    U           = (3 + optimizer_state_factor) x (P / K) / memory_bandwidth   (one gradient's update,
+    U           = (3 + optimizer_state_factor) x P_k / memory_bandwidth   (one gradient's update,
                   as a synchronous server's; the slowest server)
     R           = push + N U + pull                        (a push's round trip: its server applies the
                                                             N gradients one at a time before answering)
@@ -251,7 +253,7 @@ from placement.lowering import (
     send_bytes,
 )
 from placement.schedules import AllReduce, Backward, Compute, Recv, Schedule
-from placement.sharding import assign_shards
+from placement.sharding import assign_shards, shard_fractions
 from placement.sync import (
     AllReduceSync,
     Bucket,
@@ -1753,7 +1755,8 @@ def async_server_step(
     ``s`` (module docstring, "Asynchronous parameter servers"): ``T = max(C, (C + R) / (s + 1), O)``.
 
     ``workers`` train the whole model (``param_bytes`` of parameters) on their shares, ``compute_ms`` a
-    step each; ``servers`` hold equal shards (as :class:`runtime.servers.AsyncShardServer`);
+    step each; ``servers`` hold contiguous shards sized to their links
+    (:func:`placement.sharding.shard_fractions`, as :func:`runtime.servers.async_layout` cuts them);
     ``message_ms``: what a message of so many bytes costs a CPU end (:meth:`CostModel.endpoint_cpu_ms`;
     None: nothing). Raises :class:`ConfigurationError` for no worker or server, a device that is both
     or not in the cluster, or a negative staleness or compute time."""
@@ -1769,14 +1772,17 @@ def async_server_step(
         raise ConfigurationError(
             f"async_server_step: staleness={staleness!r} and compute_ms={compute_ms!r}: expected an integer >= 0 and ms >= 0"
         )
-    n, shard = len(workers), param_bytes / len(servers)
+    n, shares = len(workers), shard_fractions(servers, cluster, workers)
     cpus = {d.name for d in cluster.devices if d.category == "cpu"}
     cost = message_ms or (lambda _: 0.0)
     push_ms, pull_ms = (
         sum(collectives.booked_ms(ph, cpus, cost) for ph in phases)
-        for phases in collectives.server_exchange(cluster, workers, servers, param_bytes)
+        for phases in collectives.server_exchange(cluster, workers, servers, param_bytes, shares)
     )
-    updates_ms = n * max(server_update_ms(shard, cluster.device(k).memory_bandwidth, optimizer_state_factor) for k in servers)
+    updates_ms = n * max(
+        server_update_ms(param_bytes * share, cluster.device(k).memory_bandwidth, optimizer_state_factor)
+        for k, share in zip(servers, shares)
+    )
     round_trip = push_ms + updates_ms + pull_ms
     server_ms = round_trip if cpus.intersection(servers) else max(push_ms, pull_ms, updates_ms)
     terms = {"compute": compute_ms, "round trip": (compute_ms + round_trip) / (staleness + 1), "servers": server_ms}

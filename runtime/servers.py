@@ -23,7 +23,8 @@ plan); :func:`placement.simulate.async_server_step` prices their step.
 Semantics (ParameterServerSync(servers, staleness=s), s >= 0; issue 15 item 3). Workers w = 1..N each
 train the whole model on their own share of the batch; the parameters, as one flat vector x (every
 parameter in model.parameters() order), are cut into contiguous shards, one per server
-(:class:`~runtime.averaging.center.AsyncLayout`: equal elements, so equal bytes). Worker w's step t:
+(:class:`~runtime.averaging.center.AsyncLayout`: sized to the servers' links,
+:func:`placement.sharding.shard_fractions`, so equal bytes on equal links). Worker w's step t:
 
     g_t^w = grad L_w(x^w_t)                       on the weights x^w_t it holds
     push g_t^w to every server, and go on         (no waiting for the other workers)
@@ -72,6 +73,7 @@ from torch import nn
 
 from graphc.ir.errors import ConfigurationError, MismatchError, RankFailure
 from placement.plan import Plan
+from placement.sharding import shard_fractions
 from placement.sync import ParameterServerSync
 from runtime.averaging.center import AsyncLayout
 from runtime.averaging.strategy import flat_parameters, set_flat_parameters
@@ -325,15 +327,18 @@ class AsyncServerWorker:
 def async_layout(plan: Plan) -> AsyncLayout:
     """The ranks of an asynchronous run of ``plan``: a pure data-parallel plan (one stage holding every
     node, on its replicas) under :class:`ParameterServerSync`; ranks numbered as ``graphc run`` numbers
-    a plan's devices (:func:`runtime.partition.plan_ranks`), the replicas working, the servers serving."""
+    a plan's devices (:func:`runtime.partition.plan_ranks`), the replicas working, the servers serving,
+    each server's shard sized to its link in the plan's cluster (:func:`placement.sharding.shard_fractions`;
+    equal without a cluster)."""
     if not isinstance(plan.sync, ParameterServerSync) or len(plan.stages) != 1 or len(plan.stages[0].devices) < 2:
         raise ConfigurationError(
             f"asynchronous parameter servers run a pure data-parallel plan (one stage on two or more replicas) with a "
             f"parameter-server sync; this plan has {len(plan.stages)} stage(s) and sync {type(plan.sync).__name__}: "
             "re-plan with parallel='data' and ParameterServerSync(servers, staleness=s)"
         )
-    ranks = plan_ranks(plan)
-    return AsyncLayout(tuple(ranks.index(d) for d in plan.stages[0].devices), tuple(ranks.index(s) for s in plan.sync.servers))
+    ranks, workers, servers = plan_ranks(plan), plan.stages[0].devices, plan.sync.servers
+    shares = tuple(shard_fractions(servers, plan.cluster, workers)) if plan.cluster is not None else ()
+    return AsyncLayout(tuple(ranks.index(d) for d in workers), tuple(ranks.index(s) for s in servers), shares)
 
 
 @dataclass

@@ -30,6 +30,7 @@ keeps improving. A server that dies is an error on every worker that next waits 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -55,10 +56,14 @@ class AsyncLayout:
     Attributes:
         workers: the worker ranks; the first one's parameters start the run.
         servers: the server ranks, in shard order.
+        fractions: each server's share of the flat vector, in server order (any positive weights; they
+            are normalised); empty: equal shares. Asynchronous parameter servers size them to their links
+            (:func:`placement.sharding.shard_fractions`).
     """
 
     workers: tuple[int, ...]
     servers: tuple[int, ...]
+    fractions: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.workers or not self.servers:
@@ -66,6 +71,13 @@ class AsyncLayout:
         if set(self.workers) & set(self.servers) or len({*self.workers, *self.servers}) != len(self.workers) + len(self.servers):
             raise ConfigurationError(
                 f"async EASGD layout: workers {list(self.workers)} and servers {list(self.servers)} must be distinct ranks"
+            )
+        if self.fractions and (
+            len(self.fractions) != len(self.servers) or not all(math.isfinite(f) and f > 0 for f in self.fractions)
+        ):
+            raise ConfigurationError(
+                f"asynchronous server layout: fractions {list(self.fractions)} for servers {list(self.servers)}: "
+                "expected one positive share per server, or none for equal shares"
             )
 
     @classmethod
@@ -76,9 +88,15 @@ class AsyncLayout:
         return cls(tuple(range(world_size - servers)), tuple(range(world_size - servers, world_size)))
 
     def shard(self, numel: int, server: int) -> slice:
-        """The elements of a flat vector of ``numel`` that server rank ``server`` holds."""
-        s, count = self.servers.index(server), len(self.servers)
-        return slice(numel * s // count, numel * (s + 1) // count)
+        """The elements of a flat vector of ``numel`` that server rank ``server`` holds: contiguous, in
+        server order, about ``numel`` times its share."""
+        s = self.servers.index(server)
+        if not self.fractions:
+            count = len(self.servers)
+            return slice(numel * s // count, numel * (s + 1) // count)
+        total = sum(self.fractions)
+        below = sum(self.fractions[:s])
+        return slice(round(numel * below / total), round(numel * (below + self.fractions[s]) / total))
 
     def shards(self, numel: int) -> list[slice]:
         """Every server's shard, in server order."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from placement import Cluster, ConfigurationError, Device, Link, Switch
-from placement.sharding import assign_shards
+from placement.sharding import assign_shards, shard_fractions
 from placement.sync import Bucket
 
 GB = 1e9
@@ -80,3 +80,13 @@ def test_no_buckets_no_shards_and_one_server_holds_all():
 def test_refusals_name_the_problem(servers, workers, message):
     with pytest.raises(ConfigurationError, match=message):
         assign_shards(buckets([1.0]), servers, cluster({"s0": GB}), workers)
+
+
+def test_shard_fractions_size_contiguous_shards_to_the_servers_links():
+    # s0 behind 3 GB/s, s1 behind 1 GB/s: s0 takes three quarters, so both move their shard in the same time.
+    assert shard_fractions(["s0", "s1"], cluster({"s0": 3 * GB, "s1": GB}), ["w0", "w1"]) == pytest.approx([0.75, 0.25])
+    assert shard_fractions(["s0", "s1"], cluster({"s0": GB, "s1": GB}), ["w0", "w1"]) == [0.5, 0.5]
+    # The slowest route from any worker counts: w1's 0.5 GB/s link caps both servers alike.
+    assert shard_fractions(["s0", "s1"], cluster({"s0": 3 * GB, "s1": GB}, w1_bandwidth=GB / 2), ["w0", "w1"]) == [0.5, 0.5]
+    with pytest.raises(ConfigurationError, match="no parameter server given"):
+        shard_fractions([], cluster({"s0": GB}), ["w0"])

@@ -64,6 +64,20 @@ def test_one_server_behind_one_link_carries_every_workers_bytes() -> None:
     assert r.step_ms == pytest.approx(C + 20.8)
 
 
+def test_servers_behind_unequal_links_hold_shards_sized_to_them() -> None:
+    # Workers on 4 GB/s links; s0 behind 3 GB/s, s1 behind 1 GB/s: s0 holds 3 MB of the 4, s1 1 MB
+    # (placement.sharding.shard_fractions). Push: 2 x 3 MB into s0 at 3 GB/s and 2 x 1 MB into s1 at
+    # 1 GB/s, 2 ms each (a worker's uplink carries 4 MB at 4 GB/s, 1 ms): 2 ms; the pull the same. The
+    # slowest server's update: (3 + 2) x 3 MB / 5 GB/s = 3 ms, two per step: R = 2 + 6 + 2 = 10 ms.
+    # Equal shards would have put 2 x 2 MB through s1's 1 GB/s link: 4 ms each way.
+    devices = [Device(f"d{i}", "X", "gpu", "h", {"float32": 1e12}, 1e11, 1e12) for i in range(2)]
+    devices += [Device(f"s{i}", "gpu", "gpu", "h", {"float32": 1e11}, 5e9, 1e12) for i in range(2)]
+    links = [Link("d0", "sw", "pcie", 4e9), Link("d1", "sw", "pcie", 4e9), Link("s0", "sw", "pcie", 3e9), Link("s1", "sw", "pcie", 1e9)]
+    r = async_server_step(Cluster("uneven", devices, links, [Switch("sw", "pcie_switch", "h")]), WORKERS, SERVERS, P, C, 0)
+    assert (r.push_ms, r.pull_ms) == (pytest.approx(2), pytest.approx(2))
+    assert r.updates_ms == pytest.approx(6) and r.round_trip_ms == pytest.approx(10)
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="distinct"):
         async_server_step(star("gpu"), ("d0", "s0"), ("s0",), P, C, 1)

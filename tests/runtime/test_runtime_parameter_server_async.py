@@ -6,6 +6,7 @@ killed worker is named by the server while the other finishes; a dead server is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -19,6 +20,7 @@ from averaging_cases import batch, model
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from graphc.ir.errors import ConfigurationError, RankFailure
+from placement import presets
 from placement.plan import Plan, Stage
 from placement.sync import ParameterServerSync
 from runtime import init_from_env
@@ -42,19 +44,20 @@ def loss_of(net: torch.nn.Module, rank: int, step: int) -> torch.Tensor:
     return torch.nn.functional.mse_loss(net(x), y)
 
 
-def roles(servers: int, kind: str = "sgd") -> tuple[AsyncLayout, torch.nn.Module, AsyncShardServer | None]:
-    """The last ``servers`` ranks serve: the layout, this rank's model, and its server (None on a worker)."""
-    layout = AsyncLayout.servers_last(dist.get_world_size(), servers)
+def roles(servers: int, kind: str = "sgd", fractions: tuple[float, ...] = ()) -> tuple[AsyncLayout, torch.nn.Module, AsyncShardServer | None]:
+    """The last ``servers`` ranks serve (shares ``fractions``, else equal): the layout, this rank's model,
+    and its server (None on a worker)."""
+    layout = dataclasses.replace(AsyncLayout.servers_last(dist.get_world_size(), servers), fractions=fractions)
     net = model(0)
     if dist.get_rank() not in layout.servers:
         return layout, net, None
     return layout, net, AsyncShardServer(layout, sum(p.numel() for p in net.parameters()), OPTIMIZERS[kind])
 
 
-def serve_or_work(servers: int, staleness: int, steps: int, kind: str) -> dict:
-    """One run on this rank: the last ``servers`` ranks serve; a worker records, per step, the weights
-    it computed on and the gradient it pushed."""
-    layout, net, server = roles(servers, kind)
+def serve_or_work(servers: int, staleness: int, steps: int, kind: str, fractions: tuple[float, ...] = ()) -> dict:
+    """One run on this rank: the last ``servers`` ranks serve (shares ``fractions``); a worker records,
+    per step, the weights it computed on and the gradient it pushed."""
+    layout, net, server = roles(servers, kind, fractions)
     if server is not None:
         start = server.weights.detach().clone()
         final = server.serve()
@@ -73,14 +76,15 @@ def serve_or_work(servers: int, staleness: int, steps: int, kind: str) -> dict:
             "log": [[r.step, r.version] for r in worker.log]}  # fmt: skip
 
 
-def one_worker_runs(steps: int) -> dict:
+def one_worker_runs(steps: int, fractions: list[float]) -> dict:
     init_from_env(timeout_s=60)
-    return {kind: serve_or_work(2, 0, steps, kind) for kind in OPTIMIZERS}
+    return {kind: serve_or_work(2, 0, steps, kind, tuple(fractions)) for kind in OPTIMIZERS}
 
 
-def test_one_worker_at_staleness_0_is_eager_sgd_and_adam_exactly():
+@pytest.mark.parametrize("fractions", [(), (1.0, 3.0)])
+def test_one_worker_at_staleness_0_is_eager_sgd_and_adam_exactly(fractions):
     steps = 4
-    outcomes = spawn(one_worker_runs, 3, (steps,), timeout_s=120)  # worker 0, servers 1 and 2
+    outcomes = spawn(one_worker_runs, 3, (steps, list(fractions)), timeout_s=120)  # worker 0, servers 1 and 2
     for o in outcomes:
         assert o.ok, (o.rank, o.error, o.traceback)
     for kind, make in OPTIMIZERS.items():
@@ -95,7 +99,26 @@ def test_one_worker_at_staleness_0_is_eager_sgd_and_adam_exactly():
         assert torch.equal(worker["final"], eager), kind
         halves = [outcomes[r].result[kind] for r in (1, 2)]
         assert torch.equal(torch.cat([h["final"] for h in halves]), eager), kind
-        assert [h["shard"] for h in halves] == [[0, eager.numel() // 2], [eager.numel() // 2, eager.numel()]]
+        cut = round(eager.numel() / 4) if fractions else eager.numel() // 2  # server 1 holds a quarter with shares 1 : 3
+        assert [h["shard"] for h in halves] == [[0, cut], [cut, eager.numel()]]
+
+
+def test_an_asynchronous_plans_servers_hold_shards_sized_to_their_links():
+    # cpu1's link is three times as fast as cpu3's: it holds three quarters of the parameters, so each
+    # server moves its shard in the same time (placement.sharding.shard_fractions).
+    cluster = presets.local(workers=4)
+    for link in cluster.links:
+        link.bandwidth = 1e9 if link.a == "cpu3" or link.b == "cpu3" else 3e9
+    plan = Plan(graph_name="g", graph_fingerprint="", cluster_name=cluster.name, objective="throughput", mode="training",
+                assignment={"a": "cpu0"}, stages=[Stage(0, ["a"], ["cpu0", "cpu2"])],
+                sync=ParameterServerSync(("cpu1", "cpu3"), staleness=1), cluster=cluster)  # fmt: skip
+    layout = async_layout(plan)
+    assert layout.workers == (0, 2) and layout.servers == (1, 3) and layout.fractions == pytest.approx((0.75, 0.25))
+    assert layout.shards(1000) == [slice(0, 750), slice(750, 1000)]
+    with pytest.raises(ConfigurationError, match="expected one positive share per server"):
+        AsyncLayout((0,), (1, 2), (1.0,))
+    with pytest.raises(ConfigurationError, match="expected one positive share per server"):
+        AsyncLayout((0,), (1, 2), (1.0, 0.0))
 
 
 def two_worker_run(staleness: int, steps: int) -> dict:

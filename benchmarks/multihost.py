@@ -102,8 +102,12 @@ def plans(microbatches: int) -> tuple[dict[str, Plan], Any]:
 
 
 def predict(plan: Plan, hosts: Hosts, cost: dict[str, Any]) -> float:
-    """The simulated step (ms) of ``plan`` on the hosts' cluster with the calibrated op times."""
+    """The simulated step (ms) of ``plan`` on the hosts' cluster with the calibrated op times and, where
+    measured, memory bandwidth (what a gradient bucket's copies cost a CPU rank)."""
     cluster = hosts.cluster()
+    if cost["memory_bandwidth"] is not None:
+        for device in cluster.devices:
+            device.memory_bandwidth = cost["memory_bandwidth"]
     model = CostModel(cluster, profiled=cost["profiled"], endpoint_cpu_s=cost["endpoint_cpu_s"], endpoint_cpu_per_byte_s=cost["endpoint_cpu_per_byte_s"])
     return simulate(plan, cluster, cost_model=model, schedule=make_schedule(plan, schedule_of(plan))).step_ms
 
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiled": calibration.scaled,
         "endpoint_cpu_s": calibration.link.endpoint_cpu_s,
         "endpoint_cpu_per_byte_s": calibration.link.endpoint_cpu_per_byte_s,
+        "memory_bandwidth": calibration.memory_bandwidth,
     }
     crossing = sum(e.bytes for a, b, e in program.graph.edges() if made["placed"].assignment[a] != made["placed"].assignment[b])
     parameters = sum(program.graph.node(n).param_bytes for n in program.graph.node_names())

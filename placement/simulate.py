@@ -34,7 +34,11 @@ transfer that starts or ends there (and of every synchronisation phase with a fl
 CPU parameter server's updates), booked with the links. A transfer
 to or from it waits for the task it is running and holds it from the request until the transfer ends
 (such a transfer lasts at least the CPU time a message costs each end, :meth:`CostModel.endpoint_cpu_ms`:
-on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire);
+on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire). Between
+devices of two hosts the network moves the bytes: a transfer there holds a CPU end only for that CPU time
+from its start, while its links carry it to the end (on a shaped 1 Gbit/s link between two namespace
+hosts a message of 1 MB takes 9 ms on the wire and under 0.4 ms of each end's CPU). The synchronisation
+phases keep holding their CPU ends throughout;
 a task there starts only once the device is free of transfers, and books it until the task ends. So its
 transfers and tasks are serialised, and ``busy_ms`` still counts only its tasks. A GPU's (or another
 accelerator's) transfers overlap its compute.
@@ -806,6 +810,9 @@ class _Simulation:
         # The CPU time a message costs an end without a copy engine, where it exceeds the wire's time.
         endpoint_cpu = self.cm.endpoint_cpu_ms(nbytes)
         cpu_ends = np.asarray([self.cluster.device(r.src).category == "cpu" or self.cluster.device(r.dst).category == "cpu" for r in routes], dtype=bool)
+        # Across hosts the network moves the bytes: a CPU end is held for its CPU time only (module docstring).
+        self.cross_host = [self.cluster.device(r.src).host != self.cluster.device(r.dst).host for r in routes]
+        self.g_endpoint_ms = endpoint_cpu.tolist() if G else []
         measured_ms = self.cm.measured_transfer_ms
         measured: dict[int, list[float | None]] = {}  # the same on every phase: replicas are alike
         for g in dict.fromkeys(measured_groups):
@@ -853,9 +860,12 @@ class _Simulation:
         ids = list(itertools.accumulate(cpu, initial=first))
         cpu_res = [ids[d] if on_cpu else -1 for d, on_cpu in enumerate(cpu)]
         index = self.cluster.device_index
+        self.route_links = list(self.route_resources)
+        self.route_ends: list[tuple[int, ...]] = []
         for q, route in enumerate(self.routes):
-            ends = (cpu_res[index(route.src)], cpu_res[index(route.dst)])
-            self.route_resources[q] += tuple(r for r in dict.fromkeys(ends) if r >= 0)
+            ends = tuple(r for r in dict.fromkeys((cpu_res[index(route.src)], cpu_res[index(route.dst)])) if r >= 0)
+            self.route_resources[q] += ends
+            self.route_ends.append(ends)
         self.cpu_res = cpu_res
 
     def _memory_terms(self) -> None:
@@ -1090,10 +1100,18 @@ class _Simulation:
         # Per microbatch (the lists of its phase): durations and link resources of each group's sends.
         k_fdur = [self.f_dur[k % P] for k in range(m)]
         k_bdur = [self.b_dur[k % P] for k in range(m)]
-        phase_fres = [[route_res[r] for r in routes] for routes in self.f_route]
-        phase_bres = [[route_res[r] for r in routes] for routes in self.b_route]
+        # A send across hosts books its route's links for its time and its CPU ends only for their CPU time
+        # (``held``: the ends and that time; None elsewhere, where the ends are among the resources).
+        split = [self.cpu_res is not None and cross and bool(self.route_ends[q]) for q, cross in enumerate(self.cross_host)]
+        phase_fres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.f_route]
+        phase_bres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.b_route]
         k_fres = [phase_fres[k % P] for k in range(m)]
         k_bres = [phase_bres[k % P] for k in range(m)]
+        endpoint = self.g_endpoint_ms
+        phase_fheld = [[(self.route_ends[r], endpoint[g]) if split[r] else None for g, r in enumerate(routes)] for routes in self.f_route]
+        phase_bheld = [[(self.route_ends[r], endpoint[g]) if split[r] else None for g, r in enumerate(routes)] for routes in self.b_route]
+        k_fheld = [phase_fheld[k % P] for k in range(m)]
+        k_bheld = [phase_bheld[k % P] for k in range(m)]
         stage_of = self.stage_of
         needs_grad, fkey, bkey = self.needs_grad, self.fkey, self.bkey
         ndev = len(self.devices)
@@ -1294,17 +1312,25 @@ class _Simulation:
                         else:
                             heappush(events, (t, T + i))
                 last = now
-                f_res, f_dur = k_fres[k], k_fdur[k]
+                f_res, f_dur, f_held = k_fres[k], k_fdur[k], k_fheld[k]
                 for g in groups_of[v]:
                     # Book every link of the route, first come first served; the data lands at `en`.
                     res = f_res[g]
+                    held = f_held[g]
                     st = now
                     for r in res:
                         if free_at[r] > st:
                             st = free_at[r]
+                    if held is not None:
+                        for r in held[0]:
+                            if free_at[r] > st:
+                                st = free_at[r]
                     en = st + f_dur[g]
                     for r in res:
                         free_at[r] = en
+                    if held is not None:
+                        for r in held[0]:
+                            free_at[r] = st + held[1]
                     x = k * G + g
                     t_start[x] = st
                     t_end[x] = en
@@ -1353,13 +1379,21 @@ class _Simulation:
                         u = g_src[g]
                         if needs_grad[u]:
                             res = k_bres[k][g]
+                            held = k_bheld[k][g]
                             st = now
                             for r in res:
                                 if free_at[r] > st:
                                     st = free_at[r]
+                            if held is not None:
+                                for r in held[0]:
+                                    if free_at[r] > st:
+                                        st = free_at[r]
                             en = st + k_bdur[k][g]
                             for r in res:
                                 free_at[r] = en
+                            if held is not None:
+                                for r in held[0]:
+                                    free_at[r] = st + held[1]
                             t_start[MG + x] = st
                             t_end[MG + x] = en
                             i = base + u

@@ -29,6 +29,7 @@ keeps improving. A server that dies is an error on every worker that next waits 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -73,10 +74,11 @@ class AsyncLayout:
                 f"async EASGD layout: workers {list(self.workers)} and servers {list(self.servers)} must be distinct ranks"
             )
         if self.fractions and (
-            len(self.fractions) != len(self.servers) or not all(math.isfinite(f) and f > 0 for f in self.fractions)
+            len(self.fractions) != len(self.servers)
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0 for f in self.fractions)
         ):
             raise ConfigurationError(
-                f"asynchronous server layout: fractions {list(self.fractions)} for servers {list(self.servers)}: "
+                f"async EASGD layout: fractions {list(self.fractions)} for servers {list(self.servers)}: "
                 "expected one positive share per server, or none for equal shares"
             )
 
@@ -89,14 +91,24 @@ class AsyncLayout:
 
     def shard(self, numel: int, server: int) -> slice:
         """The elements of a flat vector of ``numel`` that server rank ``server`` holds: contiguous, in
-        server order, about ``numel`` times its share."""
+        server order, about ``numel`` times its share (:meth:`cuts`)."""
         s = self.servers.index(server)
+        cuts = self.cuts(numel)
+        return slice(cuts[s], cuts[s + 1])
+
+    def cuts(self, numel: int) -> list[int]:
+        """Where the shards of a flat vector of ``numel`` begin, in server order, then ``numel``: equal
+        shares, or ``numel`` times each cumulative share rounded, every server keeping at least one
+        element when there are enough (the shards tile the vector whatever the shares)."""
+        count = len(self.servers)
         if not self.fractions:
-            count = len(self.servers)
-            return slice(numel * s // count, numel * (s + 1) // count)
-        total = sum(self.fractions)
-        below = sum(self.fractions[:s])
-        return slice(round(numel * below / total), round(numel * (below + self.fractions[s]) / total))
+            return [numel * s // count for s in range(count + 1)]
+        cumulative = list(itertools.accumulate(self.fractions, initial=0.0))
+        cuts = [round(numel * c / cumulative[-1]) for c in cumulative[:-1]] + [numel]
+        if numel >= count:
+            for s in range(1, count):
+                cuts[s] = min(max(cuts[s], cuts[s - 1] + 1), numel - (count - s))
+        return cuts
 
     def shards(self, numel: int) -> list[slice]:
         """Every server's shard, in server order."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import random
 import re
 import threading
 import time
@@ -117,6 +118,22 @@ def test_an_asynchronous_plans_servers_hold_shards_sized_to_their_links():
     assert layout.shards(1000) == [slice(0, 750), slice(750, 1000)]
     with pytest.raises(ConfigurationError, match="expected one positive share per server"):
         AsyncLayout((0,), (1, 2), (1.0,))
+    with pytest.raises(ConfigurationError, match="expected one positive share per server"):
+        AsyncLayout((0,), (1, 2), ("a", 1.0))
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_shards_tile_the_vector_for_any_shares(seed):
+    rng = random.Random(seed)
+    servers = rng.randint(1, 7)
+    fractions = tuple(rng.choice([rng.random(), rng.random() * 1e-3, 1 / 3, 0.7, 0.15]) + 1e-9 for _ in range(servers))
+    layout = AsyncLayout((0,), tuple(range(1, servers + 1)), fractions)
+    for numel in (0, 1, servers, rng.randint(1, 10**6)):
+        shards = layout.shards(numel)
+        assert shards[0].start == 0 and shards[-1].stop == numel
+        assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))
+        if numel >= servers:
+            assert all(s.stop > s.start for s in shards)  # every server holds something
     with pytest.raises(ConfigurationError, match="expected one positive share per server"):
         AsyncLayout((0,), (1, 2), (1.0, 0.0))
 

@@ -34,14 +34,15 @@ transfer that starts or ends there (and of every synchronisation phase with a fl
 CPU parameter server's updates), booked with the links. A transfer
 to or from it waits for the task it is running and holds it from the request until the transfer ends
 (such a transfer lasts at least the CPU time a message costs each end, :meth:`CostModel.endpoint_cpu_ms`:
-on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire). Between
-devices of two hosts the network moves the bytes: a transfer there holds a CPU end only for that CPU time
-from its start, while its links carry it to the end (on a shaped 1 Gbit/s link between two namespace
-hosts a message of 1 MB takes 9 ms on the wire and under 0.4 ms of each end's CPU). The synchronisation
-phases keep holding their CPU ends throughout;
+on the calibrated ``local`` cluster the copies and gloo's work take longer than the wire);
 a task there starts only once the device is free of transfers, and books it until the task ends. So its
-transfers and tasks are serialised, and ``busy_ms`` still counts only its tasks. A GPU's (or another
-accelerator's) transfers overlap its compute.
+transfers inside its host and its tasks are serialised, and ``busy_ms`` still counts only its tasks. A
+GPU's (or another accelerator's) transfers overlap its compute. Between devices of two hosts the network
+moves the bytes: a transfer there holds its sender's CPU (when it has no copy engine) only for the CPU
+time of the message, from when that CPU is free, and then books its links (on a shaped 1 Gbit/s link
+between two namespace hosts a message of 1 MB takes 9 ms on the wire and under 0.4 ms of each end's CPU);
+the receiver's CPU, which takes the message off the network while it computes, is not charged. The
+synchronisation phases keep holding their CPU ends throughout.
 
 Compute. A device runs one task at a time. Among its ready tasks it starts the one first in priority:
 ``priority="topological"`` (default) orders forwards by microbatch then topological position and
@@ -137,8 +138,9 @@ its messages cost such a device (:func:`placement.collectives.endpoint_ms` with
 bucket into one flat buffer before it sends it and back after it receives it, as the runtime does
 (:mod:`runtime.collectives`): a collective's first phase is longer by a copy of the bucket's bytes at
 the memory bandwidth (read and write) of the slowest such device that sends in it, and its last phase by
-one on the slowest that receives (:func:`placement.collectives.bucket_copy_ms`; a ring all-reduce on CPU
-replicas pays both, a reduce onto a CPU server only the server's copy back). A GPU's copies are left out (kernels at its memory
+one on the slowest that receives (:func:`placement.collectives.bucket_copy_ms`): a ring all-reduce on CPU
+replicas pays both; a reduce pays the CPU replicas' copy in and a CPU server's copy back, a broadcast a
+CPU server's copy in and the CPU replicas' copy back. A GPU's copies are left out (kernels at its memory
 bandwidth, a small fraction of the wire's time). The step ends when the last task or
 synchronisation step does.
 
@@ -812,7 +814,7 @@ class _Simulation:
         cpu_ends = np.asarray([self.cluster.device(r.src).category == "cpu" or self.cluster.device(r.dst).category == "cpu" for r in routes], dtype=bool)
         # Across hosts the network moves the bytes: a CPU end is held for its CPU time only (module docstring).
         self.cross_host = [self.cluster.device(r.src).host != self.cluster.device(r.dst).host for r in routes]
-        self.g_endpoint_ms = endpoint_cpu.tolist() if G else []
+        self.g_endpoint_ms = endpoint_cpu.tolist()
         measured_ms = self.cm.measured_transfer_ms
         measured: dict[int, list[float | None]] = {}  # the same on every phase: replicas are alike
         for g in dict.fromkeys(measured_groups):
@@ -850,7 +852,9 @@ class _Simulation:
     def _copy_engines(self) -> None:
         """Devices without a copy engine (category ``cpu``) take part in their transfers: each gets a
         resource of its own, added to every route that starts or ends there (so to the collectives whose
-        flows take those routes), and held by its tasks too, so its transfers and tasks never overlap. ``cpu_res[d]`` is that resource
+        flows take those routes; a send between hosts books only its sender's, for the message's CPU
+        time, :attr:`route_sender`), and held by its tasks too, so its transfers inside its host and its
+        tasks never overlap. ``cpu_res[d]`` is that resource
         (-1 for a device with a copy engine); None when no device lacks one."""
         cpu = [d.category == "cpu" for d in self.devices]
         self.cpu_res: list[int] | None = None
@@ -861,11 +865,11 @@ class _Simulation:
         cpu_res = [ids[d] if on_cpu else -1 for d, on_cpu in enumerate(cpu)]
         index = self.cluster.device_index
         self.route_links = list(self.route_resources)
-        self.route_ends: list[tuple[int, ...]] = []
+        self.route_sender: list[int] = []  # the CPU resource of the route's source, -1 for none
         for q, route in enumerate(self.routes):
-            ends = tuple(r for r in dict.fromkeys((cpu_res[index(route.src)], cpu_res[index(route.dst)])) if r >= 0)
-            self.route_resources[q] += ends
-            self.route_ends.append(ends)
+            ends = (cpu_res[index(route.src)], cpu_res[index(route.dst)])
+            self.route_resources[q] += tuple(r for r in dict.fromkeys(ends) if r >= 0)
+            self.route_sender.append(ends[0])
         self.cpu_res = cpu_res
 
     def _memory_terms(self) -> None:
@@ -1100,16 +1104,24 @@ class _Simulation:
         # Per microbatch (the lists of its phase): durations and link resources of each group's sends.
         k_fdur = [self.f_dur[k % P] for k in range(m)]
         k_bdur = [self.b_dur[k % P] for k in range(m)]
-        # A send across hosts books its route's links for its time and its CPU ends only for their CPU time
-        # (``held``: the ends and that time; None elsewhere, where the ends are among the resources).
-        split = [self.cpu_res is not None and cross and bool(self.route_ends[q]) for q, cross in enumerate(self.cross_host)]
+        # A send across hosts books its route's links only, and its sender's CPU (where it has no copy
+        # engine) for the message's CPU time (``held``: that resource and time; None elsewhere, where
+        # the CPU ends are among the route's resources). Module docstring, "Devices without a copy engine".
+        split = [self.cpu_res is not None and cross for cross in self.cross_host]
         phase_fres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.f_route]
         phase_bres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.b_route]
         k_fres = [phase_fres[k % P] for k in range(m)]
         k_bres = [phase_bres[k % P] for k in range(m)]
-        endpoint = self.g_endpoint_ms
-        phase_fheld = [[(self.route_ends[r], endpoint[g]) if split[r] else None for g, r in enumerate(routes)] for routes in self.f_route]
-        phase_bheld = [[(self.route_ends[r], endpoint[g]) if split[r] else None for g, r in enumerate(routes)] for routes in self.b_route]
+
+        def held_of(routes: list[int], durations: list[float]) -> list[tuple[int, float] | None]:
+            endpoint = self.g_endpoint_ms
+            return [
+                (self.route_sender[r], min(endpoint[g], durations[g])) if split[r] and self.route_sender[r] >= 0 else None
+                for g, r in enumerate(routes)
+            ]
+
+        phase_fheld = [held_of(routes, durations) for routes, durations in zip(self.f_route, self.f_dur)]
+        phase_bheld = [held_of(routes, durations) for routes, durations in zip(self.b_route, self.b_dur)]
         k_fheld = [phase_fheld[k % P] for k in range(m)]
         k_bheld = [phase_bheld[k % P] for k in range(m)]
         stage_of = self.stage_of
@@ -1318,19 +1330,16 @@ class _Simulation:
                     res = f_res[g]
                     held = f_held[g]
                     st = now
+                    if held is not None:  # the sender's CPU first, then the links
+                        if free_at[held[0]] > st:
+                            st = free_at[held[0]]
+                        free_at[held[0]] = st + held[1]
                     for r in res:
                         if free_at[r] > st:
                             st = free_at[r]
-                    if held is not None:
-                        for r in held[0]:
-                            if free_at[r] > st:
-                                st = free_at[r]
                     en = st + f_dur[g]
                     for r in res:
                         free_at[r] = en
-                    if held is not None:
-                        for r in held[0]:
-                            free_at[r] = st + held[1]
                     x = k * G + g
                     t_start[x] = st
                     t_end[x] = en
@@ -1381,19 +1390,16 @@ class _Simulation:
                             res = k_bres[k][g]
                             held = k_bheld[k][g]
                             st = now
+                            if held is not None:  # the sender's CPU first, then the links
+                                if free_at[held[0]] > st:
+                                    st = free_at[held[0]]
+                                free_at[held[0]] = st + held[1]
                             for r in res:
                                 if free_at[r] > st:
                                     st = free_at[r]
-                            if held is not None:
-                                for r in held[0]:
-                                    if free_at[r] > st:
-                                        st = free_at[r]
                             en = st + k_bdur[k][g]
                             for r in res:
                                 free_at[r] = en
-                            if held is not None:
-                                for r in held[0]:
-                                    free_at[r] = st + held[1]
                             t_start[MG + x] = st
                             t_end[MG + x] = en
                             i = base + u

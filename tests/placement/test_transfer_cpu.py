@@ -77,3 +77,22 @@ def test_across_hosts_a_cpu_is_held_for_its_cpu_time_and_within_one_for_the_whol
     starts = {e.name: e.start_ms for e in result.timeline if e.kind == "forward"}
     assert starts["c"] == pytest.approx(c_starts) and starts["b"] == pytest.approx(5.0)
     assert result.step_ms == pytest.approx(max(c_starts + 2.0, 6.0))
+
+
+@pytest.mark.parametrize(("hosts", "c_starts", "step"), [(("h", "h"), 10.0, 12.0), (("h0", "h1"), 3.0, 10.0)])
+def test_a_send_queued_behind_another_on_the_link_does_not_hold_its_cpu(hosts, c_starts, step) -> None:
+    # a1 and a2 on d0 each send 4 MB to d1 (4 ms on the wire, 0.5 ms of the sender's CPU); c follows a2 on
+    # d0. Across hosts: a1 0-1, its send holds d0 1-1.5 and the links 1-5; a2 1.5-2.5, its send holds d0
+    # 2.5-3 and waits for the links, 5-9; c 3-5; b1 5-6, b2 9-10. Inside one host every send holds both
+    # CPUs for its whole time: a2 5-6, its send 6-10, c 10-12.
+    g = Graph("two sends")
+    for name, ms in (("a1", 1.0), ("a2", 1.0), ("c", 2.0), ("b1", 1.0), ("b2", 1.0)):
+        g.add_node(NodeData(name, "op", measured_ms={"X": ms}))
+    for a, b, nbytes in (("a1", "b1", 4 * MB), ("a1", "a2", 0.0), ("a2", "b2", 4 * MB), ("a2", "c", 0.0)):
+        g.add_edge(a, b, EdgeData(bytes=nbytes))
+    devices = [Device(f"d{i}", "X", "cpu", host, {"float32": 1e12}, 1e11, 1e12) for i, host in enumerate(hosts)]
+    cluster = Cluster("pair", devices, [Link(d.name, "sw", "ethernet", 1e9) for d in devices], [Switch("sw", "ethernet_switch", hosts[0])])
+    place = {"a1": "d0", "a2": "d0", "c": "d0", "b1": "d1", "b2": "d1"}
+    result = simulate(g, cluster, place, CostModel(cluster, endpoint_cpu_s=0.5e-3), mode="inference")
+    starts = {e.name: e.start_ms for e in result.timeline if e.kind == "forward"}
+    assert starts["c"] == pytest.approx(c_starts) and result.step_ms == pytest.approx(step)

@@ -54,6 +54,7 @@ from placement.schedules import make_schedule
 from runtime import contiguous_plan, init_from_env
 from runtime.averaging import EASGD
 from runtime.hosts import Hosts, spawn_on_hosts, transfer_s, why_unavailable
+from runtime.link import with_memory_bandwidth
 
 MODEL, BATCH = "gpt2", 16
 KNOBS = {"dropout": 0.0, "n_embd": 128, "n_positions": 64, "seq_len": 64, "n_layer": 2}
@@ -104,10 +105,7 @@ def plans(microbatches: int) -> tuple[dict[str, Plan], Any]:
 def predict(plan: Plan, hosts: Hosts, cost: dict[str, Any]) -> float:
     """The simulated step (ms) of ``plan`` on the hosts' cluster with the calibrated op times and, where
     measured, memory bandwidth (what a gradient bucket's copies cost a CPU rank)."""
-    cluster = hosts.cluster()
-    if cost["memory_bandwidth"] is not None:
-        for device in cluster.devices:
-            device.memory_bandwidth = cost["memory_bandwidth"]
+    cluster = with_memory_bandwidth(hosts.cluster(), cost["memory_bandwidth"])
     model = CostModel(cluster, profiled=cost["profiled"], endpoint_cpu_s=cost["endpoint_cpu_s"], endpoint_cpu_per_byte_s=cost["endpoint_cpu_per_byte_s"])
     return simulate(plan, cluster, cost_model=model, schedule=make_schedule(plan, schedule_of(plan))).step_ms
 

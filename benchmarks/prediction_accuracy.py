@@ -340,7 +340,7 @@ def main() -> None:
         runs[model] = dict(
             config=CONFIGS[model], nodes=len(program.graph), calibrated_eager_ms=calibration.eager_ms,
             calibrated_factor=calibration.factor, factor=factor, link=asdict(calibration.link), other_cores=other_cores,
-            corun_slowdown=calibration.corun_slowdown,
+            corun_slowdown=calibration.corun_slowdown, memory_bandwidth=calibration.memory_bandwidth,
         )  # fmt: skip
         console.print(model_table(model, model_rows))
         _say_load(console, model, other_cores)

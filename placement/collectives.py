@@ -198,8 +198,8 @@ def server_exchange(
     phase of the reduces onto every server), then every server sends its shard back to every worker (one
     phase of broadcasts). Each is a list of one phase, or none when nothing moves."""
     shares = fractions if fractions is not None else [1 / len(servers)] * len(servers)
-    push = [f for s, share in zip(servers, shares) for ph in reduce(cluster, workers, s, nbytes * share) for f in ph.flows]
-    pull = [f for s, share in zip(servers, shares) for ph in broadcast(cluster, s, workers, nbytes * share) for f in ph.flows]
+    push = [f for s, share in zip(servers, shares, strict=True) for ph in reduce(cluster, workers, s, nbytes * share) for f in ph.flows]
+    pull = [f for s, share in zip(servers, shares, strict=True) for ph in broadcast(cluster, s, workers, nbytes * share) for f in ph.flows]
     return _phase(cluster, push), _phase(cluster, pull)
 
 

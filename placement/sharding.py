@@ -32,13 +32,13 @@ def server_bandwidths(servers: Sequence[str], cluster: Cluster, workers: Sequenc
     docstring). Raises :class:`ConfigurationError` when ``servers`` or ``workers`` is empty, or names a
     device the cluster lacks."""
     if not servers:
-        raise ConfigurationError("assign_shards: no parameter server given: name one or more cluster devices")
+        raise ConfigurationError("parameter servers: none given: name one or more cluster devices")
     if not workers:
-        raise ConfigurationError("assign_shards: no worker given: name the devices that push gradients")
+        raise ConfigurationError("parameter servers: no worker given: name the devices that push gradients")
     unknown = [d for d in (*servers, *workers) if d not in cluster]
     if unknown:
         raise ConfigurationError(
-            f"assign_shards: {unknown[0]!r} is not a device of cluster {cluster.name!r}; "
+            f"parameter servers: {unknown[0]!r} is not a device of cluster {cluster.name!r}; "
             f"devices: {', '.join(cluster.device_names)}"
         )
     return {s: min(cluster.route(w, s).bandwidth for w in workers) for s in servers}

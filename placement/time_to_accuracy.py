@@ -241,7 +241,9 @@ def step_times(
 
 
 def collective_ms(phases: Sequence[Phase], cpus: Collection[str], message_ms: Callable[[float], float]) -> float:
-    """The phases one after another, each as the simulator books it (:func:`placement.collectives.booked_ms`)."""
+    """The phases one after another, each as the simulator books it (:func:`placement.collectives.booked_ms`),
+    without the copies of a bucket into one buffer and back that the simulator adds on CPU devices
+    (:func:`placement.collectives.bucket_copy_ms`): an averaging exchange moves the parameters in place."""
     return sum(booked_ms(ph, cpus, message_ms) for ph in phases)
 
 

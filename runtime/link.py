@@ -147,7 +147,14 @@ def local_cluster(workers: int, link: LinkSpeed, memory_bandwidth: float | None 
     cluster = Cluster.preset("local", workers=workers)
     for each in cluster.links:  # a route crosses two links (worker -> shared memory -> worker)
         each.bandwidth, each.latency_s = link.bandwidth, link.latency_s / 2
+    return with_memory_bandwidth(cluster, memory_bandwidth)
+
+
+def with_memory_bandwidth(cluster: Cluster, memory_bandwidth: float | None) -> Cluster:
+    """``cluster`` with every CPU device's memory bandwidth set to ``memory_bandwidth`` (bytes read and
+    written per second, as :func:`graphc.app.calibrate.calibrate` measures it); unchanged for None."""
     if memory_bandwidth is not None:
         for device in cluster.devices:
-            device.memory_bandwidth = memory_bandwidth
+            if device.category == "cpu":
+                device.memory_bandwidth = memory_bandwidth
     return cluster

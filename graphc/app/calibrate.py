@@ -29,7 +29,8 @@ Measuring takes seconds to minutes, so both results are cached on disk as JSON i
 * ``link-<hash>.json`` (schema ``graphc.link``): the link, keyed by the machine alone
   (:class:`Machine`: CPU model, cores, operating system and architecture);
 * ``calibration-<name>-<hash>.json`` (schema ``graphc.calibration``): the profiled table (in
-  :class:`graphc.ir.profiled.ProfiledTimes`' own JSON format), the factor and the eager step, keyed by
+  :class:`graphc.ir.profiled.ProfiledTimes`' own JSON format), the factor, the eager step and the memory
+  bandwidth, keyed by
   what makes them valid (:func:`calibration_key`): the graph's fingerprint, the shapes and dtypes of
   the example inputs, the torch version, the worker's thread count and the machine; and the co-run
   slowdown, measured later into the same file when a call with ``rebuild`` finds it missing.
@@ -53,6 +54,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -136,7 +138,8 @@ class Calibration:
         corun_slowdown: ``{k: s(k)}``, how much slower each of ``k`` workers computing at once runs than
             one alone; empty when not measured (module docstring, 4).
         workers: the CPU workers of :attr:`cluster`.
-        cluster: the ``local`` preset with ``workers`` workers joined by :attr:`link`, to plan on.
+        cluster: the ``local`` preset with ``workers`` workers joined by :attr:`link`, each with the
+            measured :attr:`memory_bandwidth`, to plan on.
         cost_model: :attr:`cluster` with the :attr:`scaled` table, to plan with.
     """
 
@@ -473,7 +476,8 @@ def _load(path: Path, key: dict[str, Any], link: LinkSpeed, machine: Machine, wo
         profiled = ProfiledTimes.from_dict(doc["profiled"], f"{path}: profiled")
         corun = checked_corun_slowdown(doc.get("corun_slowdown", {}))
         bandwidth = doc["memory_bandwidth"]
-        bandwidth = None if bandwidth is None else float(bandwidth)
+        if bandwidth is not None and not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+            return None  # not a bandwidth: measured again
         return Calibration(profiled, float(doc["factor"]), float(doc["eager_ms"]), bandwidth, link, key, machine,
                            str(doc["measured_at"]), path, loaded=True, workers=workers, corun_slowdown=corun)  # fmt: skip
     except (FormatError, ConfigurationError, KeyError, TypeError, ValueError):

@@ -71,7 +71,7 @@ def test_no_buckets_no_shards_and_one_server_holds_all():
 @pytest.mark.parametrize(
     ("servers", "workers", "message"),
     [
-        ([], ["w0"], "no parameter server given"),
+        ([], ["w0"], "parameter servers: none given"),
         (["s0"], [], "no worker given"),
         (["cpu9"], ["w0"], "'cpu9' is not a device of cluster 'star'"),
         (["s0"], ["w7"], "'w7' is not a device"),
@@ -88,5 +88,5 @@ def test_shard_fractions_size_contiguous_shards_to_the_servers_links():
     assert shard_fractions(["s0", "s1"], cluster({"s0": GB, "s1": GB}), ["w0", "w1"]) == [0.5, 0.5]
     # The slowest route from any worker counts: w1's 0.5 GB/s link caps both servers alike.
     assert shard_fractions(["s0", "s1"], cluster({"s0": 3 * GB, "s1": GB}, w1_bandwidth=GB / 2), ["w0", "w1"]) == [0.5, 0.5]
-    with pytest.raises(ConfigurationError, match="no parameter server given"):
+    with pytest.raises(ConfigurationError, match="parameter servers: none given"):
         shard_fractions([], cluster({"s0": GB}), ["w0"])

@@ -38,10 +38,11 @@ on the calibrated ``local`` cluster the copies and gloo's work take longer than 
 a task there starts only once the device is free of transfers, and books it until the task ends. So its
 transfers inside its host and its tasks are serialised, and ``busy_ms`` still counts only its tasks. A
 GPU's (or another accelerator's) transfers overlap its compute. Between devices of two hosts the network
-moves the bytes: a transfer there holds its sender's CPU (when it has no copy engine) only for the CPU
-time of the message, from when that CPU is free, and then books its links (on a shaped 1 Gbit/s link
-between two namespace hosts a message of 1 MB takes 9 ms on the wire and under 0.4 ms of each end's CPU);
-the receiver's CPU, which takes the message off the network while it computes, is not charged. The
+moves the bytes: a transfer there holds each CPU end (without a copy engine) only for the CPU time of
+the message, from when that end is free (on a shaped 1 Gbit/s link between two namespace hosts a message
+of 1 MB takes 9 ms on the wire and under 0.4 ms of each end's CPU). Its wire starts once both ends are
+free, a rendezvous (the receiving rank posts its receive between its tasks, and TCP holds the sender back
+until it does), and once its links are; neither CPU is held while the transfer waits for a link. The
 synchronisation phases keep holding their CPU ends throughout.
 
 Compute. A device runs one task at a time. Among its ready tasks it starts the one first in priority:
@@ -852,8 +853,8 @@ class _Simulation:
     def _copy_engines(self) -> None:
         """Devices without a copy engine (category ``cpu``) take part in their transfers: each gets a
         resource of its own, added to every route that starts or ends there (so to the collectives whose
-        flows take those routes; a send between hosts books only its sender's, for the message's CPU
-        time, :attr:`route_sender`), and held by its tasks too, so its transfers inside its host and its
+        flows take those routes; a send between hosts books its ends, :attr:`route_ends`, only for the
+        message's CPU time), and held by its tasks too, so its transfers inside its host and its
         tasks never overlap. ``cpu_res[d]`` is that resource
         (-1 for a device with a copy engine); None when no device lacks one."""
         cpu = [d.category == "cpu" for d in self.devices]
@@ -865,11 +866,11 @@ class _Simulation:
         cpu_res = [ids[d] if on_cpu else -1 for d, on_cpu in enumerate(cpu)]
         index = self.cluster.device_index
         self.route_links = list(self.route_resources)
-        self.route_sender: list[int] = []  # the CPU resource of the route's source, -1 for none
+        self.route_ends: list[tuple[int, int]] = []  # the CPU resources of the route's source and end, -1 for none
         for q, route in enumerate(self.routes):
             ends = (cpu_res[index(route.src)], cpu_res[index(route.dst)])
             self.route_resources[q] += tuple(r for r in dict.fromkeys(ends) if r >= 0)
-            self.route_sender.append(ends[0])
+            self.route_ends.append(ends)
         self.cpu_res = cpu_res
 
     def _memory_terms(self) -> None:
@@ -1104,19 +1105,20 @@ class _Simulation:
         # Per microbatch (the lists of its phase): durations and link resources of each group's sends.
         k_fdur = [self.f_dur[k % P] for k in range(m)]
         k_bdur = [self.b_dur[k % P] for k in range(m)]
-        # A send across hosts books its route's links only, and its sender's CPU (where it has no copy
-        # engine) for the message's CPU time (``held``: that resource and time; None elsewhere, where
-        # the CPU ends are among the route's resources). Module docstring, "Devices without a copy engine".
+        # A send across hosts books its route's links only, and each CPU end (without a copy engine) for
+        # the message's CPU time (``held``: the sender's and the receiver's resources, -1 for none, and
+        # that time; None elsewhere, where the CPU ends are among the route's resources). Module
+        # docstring, "Devices without a copy engine".
         split = [self.cpu_res is not None and cross for cross in self.cross_host]
         phase_fres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.f_route]
         phase_bres = [[self.route_links[r] if split[r] else route_res[r] for r in routes] for routes in self.b_route]
         k_fres = [phase_fres[k % P] for k in range(m)]
         k_bres = [phase_bres[k % P] for k in range(m)]
 
-        def held_of(routes: list[int], durations: list[float]) -> list[tuple[int, float] | None]:
+        def held_of(routes: list[int], durations: list[float]) -> list[tuple[int, int, float] | None]:
             endpoint = self.g_endpoint_ms
             return [
-                (self.route_sender[r], min(endpoint[g], durations[g])) if split[r] and self.route_sender[r] >= 0 else None
+                (*self.route_ends[r], min(endpoint[g], durations[g])) if split[r] and max(self.route_ends[r]) >= 0 else None
                 for g, r in enumerate(routes)
             ]
 
@@ -1330,10 +1332,12 @@ class _Simulation:
                     res = f_res[g]
                     held = f_held[g]
                     st = now
-                    if held is not None:  # the sender's CPU first, then the links
-                        if free_at[held[0]] > st:
-                            st = free_at[held[0]]
-                        free_at[held[0]] = st + held[1]
+                    if held is not None:  # both ends' CPUs, then the links (module docstring)
+                        for r in held[:2]:
+                            if r >= 0:
+                                if free_at[r] > st:
+                                    st = free_at[r]
+                                free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
                     for r in res:
                         if free_at[r] > st:
                             st = free_at[r]
@@ -1390,10 +1394,12 @@ class _Simulation:
                             res = k_bres[k][g]
                             held = k_bheld[k][g]
                             st = now
-                            if held is not None:  # the sender's CPU first, then the links
-                                if free_at[held[0]] > st:
-                                    st = free_at[held[0]]
-                                free_at[held[0]] = st + held[1]
+                            if held is not None:  # both ends' CPUs, then the links (module docstring)
+                                for r in held[:2]:
+                                    if r >= 0:
+                                        if free_at[r] > st:
+                                            st = free_at[r]
+                                        free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
                             for r in res:
                                 if free_at[r] > st:
                                     st = free_at[r]

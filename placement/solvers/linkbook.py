@@ -22,9 +22,9 @@ keeps it busy, forward and backward passes together.
 
 A device without a copy engine (category ``cpu``, as the simulator has it) moves its tensors itself:
 it is one more resource of every transfer to or from it, and its tasks hold it too (:meth:`LinkBook.run`),
-so its transfers and tasks never overlap. Between hosts the simulator holds only the sender's CPU, for
-the message's CPU time; here such a transfer still holds both CPUs throughout, which can only make a
-list schedule's estimate slower than the simulation that judges its plan.
+so its transfers and tasks never overlap. Between hosts the simulator holds each CPU end only for the
+message's CPU time; here such a transfer still holds both CPUs throughout: a list schedule's
+estimate of it is more pessimistic than the simulation that judges its plan.
 
 Bookings only move forward in time (a link is free from the end of its last booking): a transfer
 requested earlier than one booked before it waits behind it, as in Baechi's channels.

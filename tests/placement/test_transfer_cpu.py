@@ -96,3 +96,19 @@ def test_a_send_queued_behind_another_on_the_link_does_not_hold_its_cpu(hosts, c
     result = simulate(g, cluster, place, CostModel(cluster, endpoint_cpu_s=0.5e-3), mode="inference")
     starts = {e.name: e.start_ms for e in result.timeline if e.kind == "forward"}
     assert starts["c"] == pytest.approx(c_starts) and result.step_ms == pytest.approx(step)
+
+
+def test_across_hosts_a_message_waits_for_its_receiver_which_pays_its_cpu_time() -> None:
+    # d1 computes x 0-3 and then y (x's successor); a (d0, 0-1) sends b 4 MB. The wire starts once d1 is
+    # free to receive (a rendezvous), 3-7; the message's 0.5 ms of d1's CPU is taken then, 3-3.5, so y
+    # runs 3.5-4.5 (not 3-4), and b starts when the data lands, at 7. d0 pays its 0.5 ms at 1-1.5.
+    g = Graph("receiver")
+    for name, ms in (("a", 1.0), ("b", 1.0), ("x", 3.0), ("y", 1.0)):
+        g.add_node(NodeData(name, "op", measured_ms={"X": ms}))
+    g.add_edge("a", "b", EdgeData(bytes=4 * MB))
+    g.add_edge("x", "y", EdgeData(bytes=0.0))
+    devices = [Device(f"d{i}", "X", "cpu", f"h{i}", {"float32": 1e12}, 1e11, 1e12) for i in range(2)]
+    cluster = Cluster("pair", devices, [Link(d.name, "sw", "ethernet", 1e9) for d in devices], [Switch("sw", "ethernet_switch", "h0")])
+    result = simulate(g, cluster, {"a": "d0", "b": "d1", "x": "d1", "y": "d1"}, CostModel(cluster, endpoint_cpu_s=0.5e-3), mode="inference")
+    starts = {e.name: e.start_ms for e in result.timeline if e.kind == "forward"}
+    assert starts == pytest.approx({"a": 0.0, "x": 0.0, "y": 3.5, "b": 7.0})

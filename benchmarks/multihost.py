@@ -14,8 +14,10 @@ transfer of 5 MB between the hosts, :func:`runtime.hosts.transfer_s`), each plan
 (``graphc run --json``) and predicts it: :func:`placement.simulate` of the plan's schedule on the hosts'
 cluster (:meth:`runtime.hosts.Hosts.cluster`: the shaped bandwidth, two veth links between hosts) with
 the model's calibration of this CPU (:func:`graphc.app.calibrate.calibrate`: profiled op times scaled to
-the eager step, the per-message CPU cost of a gloo transfer). Prints a table and writes
-``results/multihost/multihost.json``.
+the eager step, the memory bandwidth) and the CPU time a message costs each rank, measured across the
+hosts at each speed as the calibration measures it between two local ranks
+(:func:`runtime.link.measure_link` with one rank on each host); the last column predicts with the local
+ranks' figure instead. Prints a table and writes ``results/multihost/multihost.json``.
 
 Then, per link speed, an epoch (:data:`EPOCH_STEPS` steps of a 4 MB MLP on each host's own batches)
 of synchronous SGD (every step's gradients all-reduced over the link, as DDP does) against synchronous
@@ -54,7 +56,7 @@ from placement.schedules import make_schedule
 from runtime import contiguous_plan, init_from_env
 from runtime.averaging import EASGD
 from runtime.hosts import Hosts, spawn_on_hosts, transfer_s, why_unavailable
-from runtime.link import with_memory_bandwidth
+from runtime.link import measure_link, with_memory_bandwidth
 
 MODEL, BATCH = "gpt2", 16
 KNOBS = {"dropout": 0.0, "n_embd": 128, "n_positions": 64, "seq_len": 64, "n_layer": 2}
@@ -157,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     for speed in (float(s) for s in args.speeds.split(",")):
         with Hosts(2, bandwidth=speed * 1e6 / 8) as hosts, tempfile.TemporaryDirectory(prefix="graphc-multihost-") as scratch:
             probe_s = transfer_s(hosts, hosts[0], hosts[1], PROBE_BYTES)
+            # What a message across the hosts costs each rank's CPU, measured there as the calibration
+            # measures it between two local ranks (runtime.link.measure_link).
+            across = measure_link(two_ranks=lambda fn, a: spawn_on_hosts(hosts, fn, a, timeout_s=300))
+            console.print(
+                f"{speed:g} Mbit/s: a message across the hosts costs each end's CPU {1e6 * across.endpoint_cpu_s:.0f} us + "
+                f"{1e12 * across.endpoint_cpu_per_byte_s:.2f} us/MB (between two local ranks: {1e6 * cost['endpoint_cpu_s']:.0f} us + "
+                f"{1e12 * cost['endpoint_cpu_per_byte_s']:.2f} us/MB)"
+            )
+            across_cost = {**cost, "endpoint_cpu_s": across.endpoint_cpu_s, "endpoint_cpu_per_byte_s": across.endpoint_cpu_per_byte_s}
             for strategy in ("sync-sgd", "easgd"):
                 outcomes = spawn_on_hosts(hosts, epoch_s, (strategy,), timeout_s=600)
                 failed = [str(o.error) for o in outcomes if not o.ok]
@@ -165,19 +176,24 @@ def main(argv: list[str] | None = None) -> int:
                 epochs.append({"link_mbit_s": speed, "strategy": strategy, "epoch_s": max(o.result for o in outcomes)})
             for name, plan in made.items():
                 measured = measure(hosts, plan, args.steps, Path(scratch))
-                predicted = predict(plan, hosts, cost)
+                predicted = predict(plan, hosts, across_cost)
                 rows.append({
                     "link_mbit_s": speed, "link_measured_mbit_s": PROBE_BYTES * 8 / probe_s / 1e6, "plan": name,
                     "microbatches": plan.microbatches, "measured_ms": measured, "predicted_ms": predicted,
                     "error": predicted / measured - 1, "netem_missing": hosts.netem_missing,
+                    "predicted_loopback_cpu_ms": predict(plan, hosts, cost),
+                    "endpoint_cpu_s": across.endpoint_cpu_s, "endpoint_cpu_per_byte_s": across.endpoint_cpu_per_byte_s,
                 })  # fmt: skip
     title = f"{MODEL} (batch {BATCH}; {crossing / 1e3:.0f} kB cross the cut per forward, {parameters / 1e6:.2f} MB of parameters)"
     table = Table(title=f"{title} on 2 namespace hosts x 1 CPU rank")
-    for column in ("link Mbit/s", "TCP measured Mbit/s", "plan", "measured ms", "predicted ms", "predicted / measured"):
+    columns = ("link Mbit/s", "TCP measured Mbit/s", "plan", "measured ms", "predicted ms", "predicted / measured",
+               "with the local link's CPU cost")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "plan" else "right")
     for r in rows:
         table.add_row(f"{r['link_mbit_s']:g}", f"{r['link_measured_mbit_s']:.0f}", f"{r['plan']} (m={r['microbatches']})",
-                      f"{r['measured_ms']:.1f}", f"{r['predicted_ms']:.1f}", f"{1 + r['error']:.2f}")  # fmt: skip
+                      f"{r['measured_ms']:.1f}", f"{r['predicted_ms']:.1f}", f"{1 + r['error']:.2f}",
+                      f"{r['predicted_loopback_cpu_ms'] / r['measured_ms']:.2f}")  # fmt: skip
     console.print(table)
     per_epoch = Table(title=f"an epoch of {EPOCH_STEPS} steps of a 4 MB MLP, 2 hosts x 1 worker: synchronous SGD vs EASGD (tau {EASGD_TAU})")
     for column in ("link Mbit/s", "strategy", "epoch s"):

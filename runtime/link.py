@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +46,7 @@ from graphc.frontend.tracing import trace
 from placement import Cluster
 from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RuntimeFault
-from runtime.launch import spawn
+from runtime.launch import RankOutcome, spawn
 from runtime.partition import PartitionedProgram, partition
 from runtime.plans import plan_from_assignment
 
@@ -109,11 +111,13 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
     return partition(program, plan_from_assignment(graph, device))
 
 
-def _extra_ms_per_message(numel: int, steps: int) -> tuple[float, float]:
-    """How much longer a step of the chain takes on two ranks than on one, per message, and how much
-    more CPU time it costs each end of a message (half the two ranks' extra CPU time per message)."""
+def _extra_ms_per_message(numel: int, steps: int, two_ranks: TwoRanks | None = None) -> tuple[float, float]:
+    """How much longer a step of the chain takes on two ranks (started by ``two_ranks``, else here) than
+    on one, per message, and how much more CPU time it costs each end of a message (half the two ranks'
+    extra CPU time per message)."""
     one = spawn(chain_step_ms, 1, (1, numel, steps), timeout_s=120)
-    two = spawn(chain_step_ms, 2, (2, numel, steps), timeout_s=120)
+    args = (2, numel, steps)
+    two = two_ranks(chain_step_ms, args) if two_ranks is not None else spawn(chain_step_ms, 2, args, timeout_s=120)
     failed = [str(o.error) for o in [*one, *two] if not o.ok]
     if failed:
         raise RuntimeFault(f"measuring the link between two ranks failed: {failed}")
@@ -123,12 +127,18 @@ def _extra_ms_per_message(numel: int, steps: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure_link(steps: int = 10) -> LinkSpeed:
-    """The link between two gloo ranks of this machine as the runtime meets it (module docstring)."""
-    tiny_ms, tiny_cpu_ms = _extra_ms_per_message(TINY_NUMEL, steps)
+#: Starts ``fn(*args)`` on two ranks and returns their outcomes (:func:`runtime.launch.spawn`'s).
+TwoRanks = Callable[[Callable[..., Any], tuple], list[RankOutcome]]
+
+
+def measure_link(steps: int = 10, two_ranks: TwoRanks | None = None) -> LinkSpeed:
+    """The link between two gloo ranks as the runtime meets it (module docstring): two ranks of this
+    machine, or those ``two_ranks`` starts (for example one on each of two namespace hosts,
+    :func:`runtime.hosts.spawn_on_hosts`); the one-rank baseline runs here."""
+    tiny_ms, tiny_cpu_ms = _extra_ms_per_message(TINY_NUMEL, steps, two_ranks)
     latency_s, cpu_s = max(tiny_ms / 1e3, 1e-6), max(tiny_cpu_ms / 1e3, 0.0)
     for _ in range(ATTEMPTS):  # other work on the machine can make one measurement meaningless
-        large_ms, large_cpu_ms = _extra_ms_per_message(LARGE_BYTES // 4, steps)
+        large_ms, large_cpu_ms = _extra_ms_per_message(LARGE_BYTES // 4, steps, two_ranks)
         large_s = large_ms / 1e3
         per_byte_s = (large_s - latency_s) / (LARGE_BYTES - 4 * TINY_NUMEL)
         if per_byte_s > 0:

@@ -1236,6 +1236,25 @@ class _Simulation:
                 if bucket_left[j] == 0:
                     request(j, now)
 
+        def book_send(res: tuple[int, ...], held: tuple[int, int, float] | None, dur: float, now: float) -> tuple[float, float]:
+            # A send requested at `now`: across hosts both ends' CPUs for the message's CPU time, each
+            # from when it is free, then (and inside a host at once) every resource of the route, first
+            # come first served, for `dur`. Returns when the send starts and when its data lands.
+            st = now
+            if held is not None:
+                for r in held[:2]:
+                    if r >= 0:
+                        if free_at[r] > st:
+                            st = free_at[r]
+                        free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
+            for r in res:
+                if free_at[r] > st:
+                    st = free_at[r]
+            en = st + dur
+            for r in res:
+                free_at[r] = en
+            return st, en
+
         def request(j: int, now: float) -> None:
             # Book the stage's requested buckets in bucket order (one stream per stage), each step on
             # its resources first come first served, after the step before it.
@@ -1329,21 +1348,7 @@ class _Simulation:
                 f_res, f_dur, f_held = k_fres[k], k_fdur[k], k_fheld[k]
                 for g in groups_of[v]:
                     # Book every link of the route, first come first served; the data lands at `en`.
-                    res = f_res[g]
-                    held = f_held[g]
-                    st = now
-                    if held is not None:  # both ends' CPUs, then the links (module docstring)
-                        for r in held[:2]:
-                            if r >= 0:
-                                if free_at[r] > st:
-                                    st = free_at[r]
-                                free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
-                    for r in res:
-                        if free_at[r] > st:
-                            st = free_at[r]
-                    en = st + f_dur[g]
-                    for r in res:
-                        free_at[r] = en
+                    st, en = book_send(f_res[g], f_held[g], f_dur[g], now)
                     x = k * G + g
                     t_start[x] = st
                     t_end[x] = en
@@ -1391,21 +1396,7 @@ class _Simulation:
                         g_free[x] = now
                         u = g_src[g]
                         if needs_grad[u]:
-                            res = k_bres[k][g]
-                            held = k_bheld[k][g]
-                            st = now
-                            if held is not None:  # both ends' CPUs, then the links (module docstring)
-                                for r in held[:2]:
-                                    if r >= 0:
-                                        if free_at[r] > st:
-                                            st = free_at[r]
-                                        free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
-                            for r in res:
-                                if free_at[r] > st:
-                                    st = free_at[r]
-                            en = st + k_bdur[k][g]
-                            for r in res:
-                                free_at[r] = en
+                            st, en = book_send(k_bres[k][g], k_bheld[k][g], k_bdur[k][g], now)
                             t_start[MG + x] = st
                             t_end[MG + x] = en
                             i = base + u

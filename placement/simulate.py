@@ -1246,7 +1246,7 @@ class _Simulation:
                     if r >= 0:
                         if free_at[r] > st:
                             st = free_at[r]
-                        free_at[r] = (free_at[r] if free_at[r] > now else now) + held[2]
+                        free_at[r] = max(now, free_at[r]) + held[2]
             for r in res:
                 if free_at[r] > st:
                     st = free_at[r]

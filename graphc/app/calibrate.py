@@ -51,13 +51,14 @@ calibrate=True)`` and ``graphc demo`` all call :func:`calibrate`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,10 +255,17 @@ def eager_step_ms(
     restored). The backward is of ``loss(output)``, else of the output when it is a scalar, else of the
     sum of its tensors. Gradients accumulate on ``model``'s parameters: pass a copy to keep them."""
     step = training_step(model, example_inputs, loss=loss, example_kwargs=example_kwargs)
+    with intra_op_threads(threads):
+        return median_step_ms(step, 2, steps)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, as a worker does; the caller's setting is restored."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return median_step_ms(step, 2, steps)
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -300,12 +308,8 @@ def memory_bandwidth(model: torch.nn.Module | Callable, example_inputs: tuple, t
     params = [p for p in parameters_of(model, example_inputs) if p.numel()]
     if not params:
         return None
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         return copy_bandwidth(params)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def zoo_training_step(name: str, build_kwargs: dict[str, Any]) -> Callable[[], torch.Tensor]:

@@ -55,6 +55,9 @@ LARGE_BYTES = 1 << 20
 CHAIN_OPS = 16
 ATTEMPTS = 2
 
+#: Starts ``fn(*args)`` on two ranks and returns their outcomes (:func:`runtime.launch.spawn`'s).
+TwoRanks = Callable[[Callable[..., Any], tuple], list[RankOutcome]]
+
 
 @dataclass(frozen=True)
 class LinkSpeed:
@@ -111,13 +114,17 @@ def _chain(devices: int, numel: int) -> PartitionedProgram:
     return partition(program, plan_from_assignment(graph, device))
 
 
+def _two_ranks_here(fn: Callable[..., Any], args: tuple) -> list[RankOutcome]:
+    """``fn(*args)`` on two ranks of this machine."""
+    return spawn(fn, 2, args, timeout_s=120)
+
+
 def _extra_ms_per_message(numel: int, steps: int, two_ranks: TwoRanks | None = None) -> tuple[float, float]:
     """How much longer a step of the chain takes on two ranks (started by ``two_ranks``, else here) than
     on one, per message, and how much more CPU time it costs each end of a message (half the two ranks'
     extra CPU time per message)."""
     one = spawn(chain_step_ms, 1, (1, numel, steps), timeout_s=120)
-    args = (2, numel, steps)
-    two = two_ranks(chain_step_ms, args) if two_ranks is not None else spawn(chain_step_ms, 2, args, timeout_s=120)
+    two = (two_ranks or _two_ranks_here)(chain_step_ms, (2, numel, steps))
     failed = [str(o.error) for o in [*one, *two] if not o.ok]
     if failed:
         raise RuntimeFault(f"measuring the link between two ranks failed: {failed}")
@@ -125,10 +132,6 @@ def _extra_ms_per_message(numel: int, steps: int, two_ranks: TwoRanks | None = N
     wall = (max(o.result[0] for o in two) - one[0].result[0]) / messages
     cpu = (sum(o.result[1] for o in two) - one[0].result[1]) / messages / 2
     return wall, cpu
-
-
-#: Starts ``fn(*args)`` on two ranks and returns their outcomes (:func:`runtime.launch.spawn`'s).
-TwoRanks = Callable[[Callable[..., Any], tuple], list[RankOutcome]]
 
 
 def measure_link(steps: int = 10, two_ranks: TwoRanks | None = None) -> LinkSpeed:

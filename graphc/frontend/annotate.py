@@ -14,7 +14,9 @@ leaves in ``node.meta["graphc_cost"]``:
 * the tensors the node's backward saves (``saved_tensors_hooks``), by storage (a saved view keeps its
   whole storage alive; a storage saved twice counts once): a saved input is charged to the node that
   produced it (its output is kept alive for backward), a saved tensor created inside the op is
-  charged to the node itself, a saved parameter to nobody (parameters are always alive);
+  charged to the node itself, a saved parameter to nobody (parameters are always alive); a workspace
+  that the fake kernel makes empty (oneDNN's LSTM on the CPU) is measured on the real kernel
+  (:mod:`graphc.frontend.workspaces`);
 * parameters and buffers the node reads.
 
 :func:`build_cost_graph` then groups fx nodes into cost-graph nodes (one per op, or one per call of a
@@ -33,6 +35,7 @@ from torch.utils._pytree import tree_map
 
 from graphc.frontend.flops import FlopCounter
 from graphc.frontend.interpreter import CALLS, NodeInterpreter, leaf_copy, tensors_in
+from graphc.frontend.workspaces import WorkspaceCounter
 from graphc.ir.errors import TraceError
 from graphc.ir.graph import EdgeData, Graph, NodeData
 
@@ -126,10 +129,11 @@ class _Annotator(NodeInterpreter):
             (record.params if p.requires_grad else record.buffers)[name] = _nbytes(p)
 
         saved: list[torch.Tensor] = []
-        counter = FlopCounter()
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), counter:
+        counter, workspaces = FlopCounter(), WorkspaceCounter()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t), counter, workspaces:
             out = super().call(n, args, kwargs)
         record.fwd_flops = counter.flops
+        record.internal_saved_bytes += workspaces.saved_bytes()
         outputs = tensors_in(out)
         out_record = _output_record(n.name, out)
         record.output_shapes, record.output_dtypes = out_record.output_shapes, out_record.output_dtypes

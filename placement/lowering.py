@@ -29,7 +29,10 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   step is given). What else the simulator counts
   for a node when ``has_bwd`` (0 otherwise, and for inputs and nodes with ``memory_bytes``):
   ``backward_temp``, its backward's temporary, at most ``output_bytes + bytes of its in-edges from
-  non-inputs`` (the gradient it is given and those it makes, alive together), and ``loss_bytes``,
+  non-inputs`` (the gradient it is given and those it makes, alive together), ``shared_sum``, what
+  more its backward makes where a parameter is shared (``EdgeData.param_bytes``) with a use on the same
+  device: the new sum of its gradients (a user: its shared in-edges' bytes) or the owner's new gradient
+  and that sum (twice its largest shared out-edge), and ``loss_bytes``,
   three output-sized tensors of a graph output (``is_output``: the
   output returned, the loss's kept tensor and its gradient).
 * **Memory bounds.** ``static + held`` is what a lower bound may count (:mod:`placement.bounds`) and
@@ -37,12 +40,14 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   leaves out the backward temporaries and the loss tensors (the list schedulers' memory ledger adds the
   graph outputs' loss tensors and largest temporary, :func:`placement.solvers.listsched.loss_and_temp`),
   which :func:`placement.problem.finish_plan` checks by simulation. The simulated peak of a device (:mod:`placement.simulate`, "Memory") is at most
-  the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp`` among
+  the sum over its nodes of ``static + held + loss_bytes``, plus the largest ``backward_temp + shared_sum`` among
   them, plus, for each edge cut by the placement, its bytes on the consumer's device (the received
   tensor) and in training, when the producer takes a gradient, twice on the producer's device (the
   received gradient and the sent tensor, kept until its backward) and once more on the consumer's
   (the gradient it sends back, kept to the step's end), and each microbatch's loss and its
-  gradient (two scalars, ``LOSS_SCALAR_BYTES``, per graph output) (:meth:`Lowered.memory_upper_bound`):
+  gradient (two scalars, ``LOSS_SCALAR_BYTES``, per graph output), and on an owner's device, for each
+  microbatch after the first, the buffer that sums its shared parameter's gradients before the owner
+  adds it into ``.grad`` (:meth:`Lowered.memory_upper_bound`):
   for any schedule and microbatch count
   without replicated stages and without shared parameters on cut edges (``EdgeData.param_bytes``,
   which every microbatch receives whole), since each microbatch holds ``1/m`` of a tensor, a device runs one
@@ -194,8 +199,9 @@ class Lowered(IndexedSizes):
         scalars = 2 * LOSS_SCALAR_BYTES * microbatches * (self.loss_bytes > 0)  # each microbatch's loss
         bound = np.bincount(dev, weights=self.static + self.held + self.loss_bytes + scalars, minlength=D)
         largest_temp = np.zeros(D)
-        np.maximum.at(largest_temp, dev, self.backward_temp)
+        np.maximum.at(largest_temp, dev, self.backward_temp + self.shared_sum)
         bound += largest_temp
+        bound += (microbatches - 1) * np.bincount(dev, weights=self.shared_owner_bytes, minlength=D)
         cut = dev[self.src] != dev[self.dst]
         bound += np.bincount(dev[self.dst[cut]], weights=self.nbytes[cut], minlength=D)
         if self.has_bwd:  # the gradient received, the sent tensor kept until then, the gradient sent
@@ -209,6 +215,23 @@ class Lowered(IndexedSizes):
         """(E,) the bytes of each edge that are a shared parameter (``EdgeData.param_bytes``, at most the
         edge's bytes): sent whole by every microbatch (built on first use)."""
         return _frozen(np.minimum(self.nbytes, [e.param_bytes for e in self.edge_data]))
+
+    @cached_property
+    def shared_owner_bytes(self) -> np.ndarray:
+        """(n,) the bytes of the largest parameter a node shares with others (its out-edges'
+        ``shared_bytes``), 0 for the rest; the size of the buffer that sums the uses' gradients in a
+        backward (built on first use)."""
+        largest = np.zeros(self.n)
+        np.maximum.at(largest, self.src, self.shared_bytes)
+        return _frozen(largest * self.has_bwd)
+
+    @cached_property
+    def shared_sum(self) -> np.ndarray:
+        """(n,) what a node's backward makes beyond ``backward_temp`` where it shares a parameter with a
+        use on its device (module docstring, "Memory"); counted by the bound only (built on first use)."""
+        users = np.bincount(self.dst, weights=self.shared_bytes * ~self.is_input[self.src], minlength=self.n)
+        counted = ~self.is_input & np.fromiter((d.memory_bytes is None for d in self.data), dtype=bool, count=self.n)
+        return _frozen((users + 2 * self.shared_owner_bytes) * counted * self.has_bwd)
 
     @cached_property
     def grad_bytes(self) -> np.ndarray:

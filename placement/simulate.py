@@ -197,6 +197,11 @@ it). Then, in training:
   So the output's device holds four output-sized tensors there, as measured for cross-entropy. The
   loss itself, a float32 scalar, stays to the end of the step, and its gradient from the output's
   backward on (``LOSS_SCALAR_BYTES`` each, per microbatch);
+* a parameter shared by several nodes (``EdgeData.param_bytes``: the owner and the users it sends the
+  parameter to, as an unrolled cell's): per microbatch, the device's backward sums the gradients of
+  all its uses in one buffer, from the first use's backward on, and each later use makes its gradient
+  and the new sum beside the old one (on the owner's device a gradient received from users elsewhere
+  is the first sum) (``_shared_gradients``);
 * a received activation from its arrival until every consumer on the device finished its backward; a
   received gradient from its arrival until the producer's backward ends; a gradient sent back, on the
   consumers' device, from then (their backwards done) to the end of the step, as
@@ -879,6 +884,7 @@ class _Simulation:
         inputs'), and the graph outputs (``NodeData.is_output``) whose output and loss stay there."""
         n, m, data = self.n, self.m, self.data
         self.grad_tmp = [0.0] * n
+        self.grad_in = np.zeros(n)  # the gradients of its inputs alone, per microbatch
         self.outputs: list[int] = []
         if not self.has_bwd:
             return
@@ -897,6 +903,7 @@ class _Simulation:
         # A graph output's loss backward has freed its own tensors when the output's backward makes the
         # input gradients: there the larger of the two moments (module docstring).
         self.grad_tmp = (np.where(is_output, np.maximum(given, in_grad), given + in_grad) * counted).tolist()
+        self.grad_in = in_grad * counted
         self.outputs = np.flatnonzero(is_output & counted).tolist()
 
     def _priorities(self, priority: str) -> None:
@@ -1500,6 +1507,7 @@ class _Simulation:
             interval(node_dev, f_end, b_end, np.tile(self._kept_for_backward(), m))
             interval(node_dev, b_start, b_end, np.tile(np.asarray(self.grad_tmp), m))
             self._gradients(interval, node_dev, b_start)
+            self._shared_gradients(interval, node_dev, b_start, b_end)
             if self.outputs:  # each microbatch's output to the step's end; the loss (module docstring)
                 out = np.asarray(self.outputs, dtype=np.int64)
                 tasks = (np.arange(m)[:, None] * n + out).reshape(-1)
@@ -1582,6 +1590,75 @@ class _Simulation:
         np.minimum.at(first, key, b_start[tasks])
         made = np.flatnonzero(np.isfinite(first))
         interval(made // n, first[made], np.full(len(made), np.inf), grad[made % n])
+
+    def _shared_gradients(
+        self, interval: Callable[..., None], node_dev: np.ndarray, b_start: np.ndarray, b_end: np.ndarray
+    ) -> None:
+        """The gradient of a parameter that its owner shares with users (edges with
+        ``EdgeData.param_bytes``, as a decoder's cell called at every time step). Per microbatch, a
+        device's one backward call sums the gradients of all the uses on the device in one buffer, made
+        by the first of their backwards; each later use makes its gradient and the new sum while the
+        old sum lives (module docstring, "Memory"). Added, per microbatch and device:
+
+        * the buffer from the first use's backward: on the owner's device to the end of the owner's
+          backward, where it is added into ``.grad`` (for the microbatch whose owner starts its backward
+          first it becomes ``.grad``, which :meth:`_gradients` counts from then on, so only the time
+          before); on a device that received the parameter until its users' backwards end, from where
+          the gradient sent back is counted;
+        * during each later use's backward, the new sum, made once the backward has used (and freed)
+          its output's gradient: beside its inputs' gradients, at most ``grad_tmp``'s moment or that
+          one; and the owner's new gradient (a user's is in ``grad_tmp``);
+        * the first user's gradient, which is the buffer itself, taken out of its ``grad_tmp``."""
+        lw, n = self.lw, self.n
+        edges = np.flatnonzero(lw.shared_bytes > 0)
+        if not len(edges):
+            return
+        uses: dict[int, list[tuple[int, float]]] = {}
+        for e in edges.tolist():
+            uses.setdefault(int(lw.src[e]), []).append((int(lw.dst[e]), float(lw.shared_bytes[e])))
+        devs, alloc, free, size = [], [], [], []
+
+        def add(d: int, a: float, f: float, nbytes: float) -> None:
+            devs.append(d), alloc.append(a), free.append(f), size.append(nbytes)
+
+        for u, users in uses.items():
+            nbytes = max(b for _, b in users)
+            owner_tasks = [k * n + u for k in range(self.m)]
+            grad_from = {}  # device -> the owner task whose backward starts first there
+            for t in owner_tasks:
+                d = int(node_dev[t])
+                if d not in grad_from or b_start[t] < b_start[grad_from[d]]:
+                    grad_from[d] = t
+            for owner in owner_tasks:
+                base, home = owner - u, int(node_dev[owner])
+                by_device: dict[int, list[tuple[int, float]]] = {home: [(owner, 0.0)]}
+                for v, b in users:
+                    by_device.setdefault(int(node_dev[base + v]), []).append((base + v, b))
+                for d, group in by_device.items():
+                    # On the owner's device, a gradient received from a user elsewhere is the first
+                    # sum (counted as a received tensor): every local use then adds to it.
+                    received = d == home and len(by_device) > 1
+                    if len(group) == 1 and not received:
+                        continue
+                    first = min((t for t, _ in group), key=lambda t: b_start[t])
+                    if d == home:
+                        end = b_start[owner] if owner == grad_from[d] else b_end[owner]
+                    else:
+                        end = max(b_end[t] for t, _ in group)
+                    add(d, b_start[first], end, nbytes)
+                    for t, b in group:
+                        v = t - base
+                        if t == first and not received:  # its gradient is the buffer: counted there
+                            add(d, b_start[t], b_end[t], 0.0 if t == owner else -b)
+                            continue
+                        # The owner's new gradient is not in grad_tmp (a user's is). The new sum is
+                        # made once the backward has used, and freed, its output's gradient; the first
+                        # local use's sum is the buffer, counted from its start.
+                        new_gradient = nbytes if t == owner else 0.0
+                        temp = self.grad_tmp[v]
+                        counted = temp + (nbytes if t == first else 0.0)
+                        add(d, b_start[t], b_end[t], max(temp, self.grad_in[v] + nbytes) + new_gradient - counted)
+        interval(np.asarray(devs, dtype=np.int64), np.asarray(alloc), np.asarray(free), np.asarray(size))
 
     def _receive_times(self, start: np.ndarray, t_end: np.ndarray) -> np.ndarray:
         """When each transfer's tensor starts to take memory on the receiving device: its arrival, or

@@ -13,8 +13,10 @@ from placement import Cluster, CostModel, lower, simulate
 from placement.problem import finish_plan, make_problem
 
 
-def random_graph(seed: int, n: int) -> Graph:
-    """A random DAG: an input first, outputs among the rest, some nodes with a whole footprint."""
+def random_graph(seed: int, n: int, shared: bool = False) -> Graph:
+    """A random DAG: an input first, outputs among the rest, some nodes with a whole footprint; with
+    ``shared``, some edges from a node with parameters carry them too (a parameter shared with the
+    edge's consumer, as an unrolled cell's)."""
     rng = random.Random(seed)
     g = Graph(f"random-{seed}")
     for i in range(n):
@@ -25,7 +27,12 @@ def random_graph(seed: int, n: int) -> Graph:
             memory_bytes=rng.choice((None,) * 5 + (3e6,)),
         ))  # fmt: skip
         for j in rng.sample(range(i), min(i, rng.randint(0, 3))):
-            g.add_edge(f"n{j}", f"n{i}", EdgeData(bytes=rng.choice((0.0, 1e5, 3e6)), output_index=rng.choice((None, 0, 1))))
+            edge = EdgeData(bytes=rng.choice((0.0, 1e5, 3e6)), output_index=rng.choice((None, 0, 1)))
+            owner = g.node(f"n{j}")
+            if shared and owner.param_bytes and owner.memory_bytes is None and rng.random() < 0.7:
+                edge.param_bytes = owner.param_bytes
+                edge.bytes += owner.param_bytes
+            g.add_edge(f"n{j}", f"n{i}", edge)
     return g
 
 
@@ -49,6 +56,25 @@ def test_the_simulated_peak_never_exceeds_the_bound(mode: str, m: int, cluster: 
         for result in results:
             for d, peak in result.peak_memory_bytes.items():
                 assert peak <= bound[d] * (1 + 1e-12), (seed, d)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_the_bound_holds_with_shared_parameters_on_one_device(m: int) -> None:
+    """Shared parameters sum their uses' gradients in a buffer (the simulator's ``_shared_gradients``):
+    the bound counts its new sums and, per microbatch after the first, the buffer."""
+    c = Cluster.resolve("local")
+    with_shared = 0
+    for seed in range(20):
+        g = random_graph(seed, 14, shared=True)
+        cm = CostModel(c)
+        lw = lower(g, c, cm, "training")
+        with_shared += bool(lw.shared_bytes.any())
+        assignment = dict.fromkeys([*lw.names, *lw.dropped], c.device_names[0])
+        bound = lw.memory_upper_bound([0] * len(lw.names), m)[0]
+        for priority in ("topological", "critical_path"):
+            peak = simulate(g, c, assignment, cm, microbatches=m, priority=priority, lowered=lw).peak_memory_bytes
+            assert peak[c.device_names[0]] <= bound * (1 + 1e-12), (seed, priority)
+    assert with_shared >= 15
 
 
 def test_the_bound_is_reached_by_one_node_that_holds_everything() -> None:

@@ -217,6 +217,37 @@ def test_a_shared_parameter_is_received_whole_by_every_microbatch() -> None:
     assert simulate(split, star(), {"a": "d0", "b": "d1"}, microbatches=2, optimizer_state_factor=0.0).peak_memory_bytes["d1"] == 140 + 70
 
 
+def shared_parameter_graph() -> Graph:
+    """u owns a 100-byte parameter that v1 and v2 use too (a cell called at three time steps): the
+    edges u -> v1 and u -> v2 carry only the parameter; v1 -> v2 orders them. Every pass takes 1 ms."""
+    g = graph({"u": (1, 1, 0, 0, 100), "v1": (1, 1), "v2": (1, 1)}, [("v1", "v2")])
+    for user in ("v1", "v2"):
+        g.add_edge("u", user, EdgeData(bytes=100.0, param_bytes=100.0))
+    return g
+
+
+def test_the_uses_of_a_shared_parameter_sum_their_gradients_in_one_buffer() -> None:
+    # One device: B(v2) [3, 4] makes the parameter's gradient, the buffer (100); B(v1) [4, 5] makes its
+    # own and the new sum while the old lives (300); so does B(u) [5, 6] (300). With the parameter: 400.
+    # Counting the gradient only from the owner's backward on, as for a parameter used once, said 200.
+    g, c = shared_parameter_graph(), star()
+    r = simulate(g, c, {"u": "d0", "v1": "d0", "v2": "d0"}, optimizer_state_factor=0.0)
+    assert r.peak_memory_bytes["d0"] == 100 + 300
+    # the lowering's bound counts those sums: the parameter and its gradient, and the owner's new
+    # gradient and sum (or a user's sum beside its gradient), reached here
+    lw = lower(g, c, CostModel(c), optimizer_state_factor=0.0)
+    assert lw.memory_upper_bound([0, 0, 0])[0] == 100 + 300
+
+
+def test_a_shared_parameter_gradient_received_from_another_device_is_the_first_sum() -> None:
+    # u on d0, its users on d1. d1 receives the parameter (100), B(v2) makes the gradient that is the
+    # buffer, B(v1) its own and the new sum beside the old: 100 + 300. d0 receives that sum (100) and
+    # keeps it through B(u), which makes its own gradient and the new sum: 100 + 300.
+    r = simulate(shared_parameter_graph(), star(), {"u": "d0", "v1": "d1", "v2": "d1"}, optimizer_state_factor=0.0)
+    assert r.peak_memory_bytes["d1"] == 100 + 300
+    assert r.peak_memory_bytes["d0"] == 100 + 300
+
+
 def test_inference_memory_frees_an_output_after_its_last_consumer() -> None:
     # a's output (100) lives until both b and c ran; peak right after b: 100 + 10.
     g = graph({"a": (1, 0, 0, 100), "b": (1, 0, 0, 10), "c": (1, 0, 0, 10), "d": (1, 0, 0, 1)},

@@ -131,15 +131,21 @@ def test_a_three_layer_mlp_on_two_workers_is_predicted_to_the_byte():
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
     program = graphc.trace(model, (x,), name="mlp", granularity="module")
-    order = program.graph.topological_order()  # the input, then the five layers
-    plan = plan_from_assignment(program.graph, {n: "cpu0" if i < 2 else "cpu1" for i, n in enumerate(order)})
+    predicted, measured = _peaks_split_after(program, 2, x, y)  # the input and the first layer on cpu0
+    assert measured == {d: int(b) for d, b in predicted.items()}
+
+
+def _peaks_split_after(program: graphc.TracedProgram, first: int, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict]:
+    """Predicted and measured (the local executor's second step) peak bytes per device of ``program``
+    with the first ``first`` nodes of its topological order on cpu0, the rest on cpu1."""
+    order = program.graph.topological_order()
+    plan = plan_from_assignment(program.graph, {n: "cpu0" if i < first else "cpu1" for i, n in enumerate(order)})
     parts = partition(program, plan)
     predicted = simulate(program.graph, Cluster.preset("local", workers=2), plan.assignment, order=parts.node_order,
                          optimizer_state_factor=0.0).peak_memory_bytes  # fmt: skip
     executor = LocalExecutor(parts, loss_fn=F.cross_entropy)
     executor.step(x, y)
-    measured = executor.step(x, y, measure_memory=True).peak_memory_bytes
-    assert measured == {d: int(b) for d, b in predicted.items()}
+    return predicted, executor.step(x, y, measure_memory=True).peak_memory_bytes
 
 
 class _Unrolled(nn.Module):
@@ -165,14 +171,8 @@ def test_a_shared_parameters_gradient_sums_are_predicted(on_first):
     model = _Unrolled()
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
     program = graphc.trace(model, (x,), name="unrolled", granularity="module")
-    order = program.graph.topological_order()  # x, cell, tanh, cell@1, tanh_1, cell@2, tanh_2, head
-    plan = plan_from_assignment(program.graph, {n: "cpu0" if i < on_first else "cpu1" for i, n in enumerate(order)})
-    parts = partition(program, plan)
-    predicted = simulate(program.graph, Cluster.preset("local", workers=2), plan.assignment, order=parts.node_order,
-                         optimizer_state_factor=0.0).peak_memory_bytes  # fmt: skip
-    executor = LocalExecutor(parts, loss_fn=F.cross_entropy)
-    executor.step(x, y)
-    measured = executor.step(x, y, measure_memory=True).peak_memory_bytes
+    # in topological order: x, cell, tanh, cell@1, tanh_1, cell@2, tanh_2, head
+    predicted, measured = _peaks_split_after(program, on_first, x, y)
     for device, peak in measured.items():
         assert predicted[device] == pytest.approx(peak, rel=0.01), device
 

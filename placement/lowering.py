@@ -137,7 +137,8 @@ class Lowered(IndexedSizes):
 
     Built on first use (the simulator, which lowers for every call made without a lowering, needs none
     of them): ``grad_bytes``, ``backward_temp`` and ``loss_bytes`` ((n,) bytes, module docstring);
-    ``shared_bytes`` ((E,) bytes); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
+    ``shared_bytes`` ((E,) bytes); ``shared_owner_bytes``, ``shared_sum`` and ``counts_temporaries`` ((n,),
+    module docstring); ``fwd``/``bwd`` per device; ``preds``/``succs``, per node its (other node, edge id) pairs
     in edge order; the routes: ``latency_s``, ``bandwidth`` ((D, D) raw figures), ``lat``, ``inv_bw``
     (the same in ms and ms/byte) and ``resources`` (``resources[a][b]``, the link resources of the route
     from ``a`` to ``b``).
@@ -230,8 +231,12 @@ class Lowered(IndexedSizes):
         """(n,) what a node's backward makes beyond ``backward_temp`` where it shares a parameter with a
         use on its device (module docstring, "Memory"); counted by the bound only (built on first use)."""
         users = np.bincount(self.dst, weights=self.shared_bytes * ~self.is_input[self.src], minlength=self.n)
-        counted = ~self.is_input & np.fromiter((d.memory_bytes is None for d in self.data), dtype=bool, count=self.n)
-        return _frozen((users + 2 * self.shared_owner_bytes) * counted * self.has_bwd)
+        return _frozen((users + 2 * self.shared_owner_bytes) * self.counts_temporaries * self.has_bwd)
+
+    @cached_property
+    def counts_temporaries(self) -> np.ndarray:
+        """(n,) the nodes whose backward temporaries count: not graph inputs, no ``memory_bytes``."""
+        return ~self.is_input & np.fromiter((d.memory_bytes is None for d in self.data), dtype=bool, count=self.n)
 
     @cached_property
     def grad_bytes(self) -> np.ndarray:
@@ -255,7 +260,9 @@ class Lowered(IndexedSizes):
 
     @cached_property
     def _backward_memory(self) -> tuple[np.ndarray, np.ndarray]:
-        temp, loss = _backward_memory(self.data, self.has_bwd, self.is_input, self.src, self.dst, self.nbytes)
+        temp, loss = _backward_memory(
+            self.data, self.has_bwd, self.counts_temporaries, self.is_input, self.src, self.dst, self.nbytes
+        )
         return _frozen(temp), _frozen(loss)
 
     @cached_property
@@ -518,16 +525,17 @@ def _memory(data: list[NodeData], training: bool, has_bwd: bool, factor: float) 
 
 
 def _backward_memory(
-    data: list[NodeData], has_bwd: bool, is_input: np.ndarray, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    data: list[NodeData], has_bwd: bool, counted: np.ndarray, is_input: np.ndarray, src: np.ndarray, dst: np.ndarray,
+    nbytes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``backward_temp`` and ``loss_bytes`` of every node (module docstring): the simulator's backward
-    temporary at its largest, and three output-sized tensors for a graph output."""
+    temporary at its largest, and three output-sized tensors for a graph output, for the ``counted``
+    nodes (0 for the rest)."""
     n = len(data)
     if not has_bwd:
         return np.zeros(n), np.zeros(n)
     output = np.fromiter((d.output_bytes for d in data), dtype=float, count=n)
     is_output = np.fromiter((d.is_output for d in data), dtype=bool, count=n)
-    counted = ~is_input & np.fromiter((d.memory_bytes is None for d in data), dtype=bool, count=n)
     in_grad = np.bincount(dst, weights=nbytes * ~is_input[src], minlength=n)
     return (output + in_grad) * counted, 3.0 * output * (is_output & counted)
 

@@ -898,7 +898,7 @@ class _Simulation:
         # The output's gradient is made here by local consumers or the loss; one from another device
         # is a received tensor, counted as such.
         made_here = is_output | np.fromiter(map(bool, self.local_succ), dtype=bool, count=n)
-        counted = needs_grad & np.fromiter((nd.memory_bytes is None for nd in data), dtype=bool, count=n)
+        counted = self.lw.counts_temporaries
         given = np.where(made_here, output, 0.0)
         # A graph output's loss backward has freed its own tensors when the output's backward makes the
         # input gradients: there the larger of the two moments (module docstring).
@@ -1622,7 +1622,7 @@ class _Simulation:
             devs.append(d), alloc.append(a), free.append(f), size.append(nbytes)
 
         for u, users in uses.items():
-            nbytes = max(b for _, b in users)
+            nbytes = float(lw.shared_owner_bytes[u])
             owner_tasks = [k * n + u for k in range(self.m)]
             grad_from = {}  # device -> the owner task whose backward starts first there
             for t in owner_tasks:

@@ -29,7 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-#: Sequences up to this many steps are probed at their own length; longer ones at half and all of it.
+#: Sequences up to this many steps are probed at their own length; longer ones at half this many and this
+#: many steps, and extrapolated.
 PROBE_STEPS = 16
 
 

@@ -5,7 +5,8 @@ process dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), elsewhere a thread watches 
 way a rank never outlives a killed benchmark or test. Then it reads the call (``SCRATCH/call.pt``: the
 function's name, plain arguments, intra-op threads), runs it with the environment ``spawn`` set (the
 one torchrun gives), and writes ``SCRATCH/result-RANK.pt`` (a plain value) or ``SCRATCH/error-RANK.json``
-(:func:`runtime.launch.error_doc`), exiting 0 or 1 (by :func:`runtime.launch.end_rank`).
+(:func:`runtime.launch.error_doc`), exiting 0 or 1 (by :func:`runtime.launch.end_rank`); only a rank
+that finished destroys its process group first.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def main(scratch: Path) -> int:
         result = resolve_function(call["function"])(*call["args"])
         save_plain(result, scratch / f"result-{rank}.pt", "the result")
     except BaseException as exc:  # noqa: BLE001 -- reported to the caller, whatever it is
+        # No orderly teardown after a failure: destroying a process group with work still posted to a
+        # dead peer can wait out the group's timeout (NCCL's can hang), and the peers learn of this
+        # rank's failure soonest when its process, and with it its sockets, ends at once.
         (scratch / f"error-{rank}.json").write_text(json.dumps(error_doc(exc)))
         return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

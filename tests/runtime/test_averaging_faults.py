@@ -59,7 +59,8 @@ def test_a_dead_worker_is_named_by_the_server_and_the_others_finish_improving_th
         assert worker.result["at_end"] < 0.5 * worker.result["at_death"]
 
 
-GROUP_TIMEOUT_S = 60
+GROUP_TIMEOUT_S = 30
+START_S = 30  # starting three ranks on a busy 2-core CI machine, with room to spare
 
 
 def a_server_dies() -> dict:
@@ -81,10 +82,13 @@ def a_server_dies() -> dict:
 
 def test_a_dead_server_is_an_error_naming_it_on_every_worker_within_the_timeout():
     began = time.monotonic()
-    outcomes = spawn(a_server_dies, 3, timeout_s=120, grace_s=60)
-    # well within the process group's timeout (ranks start, the server lives a second): seen at once
-    assert time.monotonic() - began < 0.75 * GROUP_TIMEOUT_S
+    # spawn's grace outlasts the group's timeout, so a worker that sees the death only at the timeout
+    # still reports it rather than being killed
+    outcomes = spawn(a_server_dies, 3, timeout_s=150, grace_s=GROUP_TIMEOUT_S + 30)
+    took = time.monotonic() - began
     assert outcomes[2].exitcode == 1
     for worker in outcomes[:2]:
         assert isinstance(worker.error, RankFailure), (worker.rank, worker.error, worker.traceback)
         assert worker.error.rank == 2 and "server rank 2" in str(worker.error)
+    # never a hang: within the process group's timeout of the server's death (usually at once)
+    assert took < START_S + GROUP_TIMEOUT_S, (took, [str(w.error) for w in outcomes[:2]])

@@ -30,7 +30,11 @@ the data loader): :func:`graph_inputs` names both, and the simulator and the bou
 sees a node without its graph).
 
 A microbatch (a slice ``1/m`` of the batch) of a pass that takes ``t`` on the whole batch takes
-(:meth:`CostModel.microbatch_ms`), when the time came from a profiled table that fitted the node's fixed
+(:meth:`CostModel.microbatch_ms`), when the time came from a profiled table that measured the node on
+slices of the batch (split times, :func:`graphc.ir.profiled.with_split_times`), the time measured on
+``1/m`` of it, or between two measured slices (the whole batch is one) the straight line through them
+in the batch fraction, below the smallest measured slice the line through the two smallest (at least
+0). Else, when the table fitted the node's fixed
 part (:func:`graphc.ir.profiled.with_fixed_costs`: the node profiled at two batch sizes), ``fixed + (t -
 fixed) / m``: the work that grows with the batch divides, the fixed part (dispatch, what a small slice
 runs less efficiently) is paid by every microbatch. Otherwise (roofline, measured times, a table without
@@ -198,6 +202,9 @@ class CostModel:
         """
         if microbatches == 1 or full_ms == 0:
             return full_ms
+        split = self.profiled_split_ms(full_ms, node, device, microbatches, backward)
+        if split is not None:
+            return split
         fixed = self.profiled_fixed_ms(full_ms, node, device, backward)
         if fixed is not None:
             return fixed + (full_ms - fixed) / microbatches
@@ -205,6 +212,28 @@ class CostModel:
         share = full_ms / microbatches
         least = full_ms if full_ms < floor else floor
         return share if share > least else least
+
+    def profiled_split_ms(
+        self, full_ms: float, node: NodeData, device: Device, microbatches: int, backward: bool = False
+    ) -> float | None:
+        """One of ``microbatches`` slices of a pass taking ``full_ms`` on the whole batch, from the
+        profiled table's split times (:meth:`ProfiledTimes.lookup_split`; module docstring), at most
+        ``full_ms``; None when the node's time does not come from the table or it measured no slice."""
+        lookup_split = getattr(self.profiled, "lookup_split", None)
+        if lookup_split is None or self._resolve(node, device, backward)[1] != SOURCE_PROFILED:
+            return None
+        measured = lookup_split(node, device)
+        if not measured:
+            return None
+        side = 1 if backward else 0
+        if microbatches in measured:
+            return min(measured[microbatches][side], full_ms)
+        # (batch fraction, ms) from the smallest slice to the whole batch
+        points = sorted([(1.0 / m, times[side]) for m, times in measured.items()] + [(1.0, full_ms)])
+        x = 1.0 / microbatches
+        above = next((i for i, (fraction, _) in enumerate(points) if fraction > x), len(points) - 1)
+        (x0, y0), (x1, y1) = points[max(above - 1, 0)], points[max(above, 1)]
+        return min(max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0), full_ms)
 
     def profiled_fixed_ms(self, full_ms: float, node: NodeData, device: Device, backward: bool = False) -> float | None:
         """The part of a pass taking ``full_ms`` on the whole batch that every microbatch pays, ms, as the

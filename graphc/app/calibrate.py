@@ -8,7 +8,9 @@ Calibrating replaces them with measurements of this machine:
    (:func:`graphc.frontend.profile.profile_program`), at the full batch and, traced again, at a quarter
    of it (:data:`PROFILE_SPLIT`: the example inputs split as the runtime splits microbatches,
    :func:`runtime.step.split_batch`; a half, or nothing, when the batch does not split so), which fits
-   each node's fixed cost per microbatch (:func:`graphc.ir.profiled.with_fixed_costs`);
+   each node's fixed cost per microbatch (:func:`graphc.ir.profiled.with_fixed_costs`), and at a half
+   and an eighth (:data:`PROFILE_SPLITS`), so that the microbatches plans use are priced as measured
+   (split times, :func:`graphc.ir.profiled.with_split_times`);
 2. one factor that scales that table so that the whole graph on one worker simulates to the measured
    eager training step (:func:`placement.calibration.calibration_factor`: ops timed in isolation miss
    what runs between them: the loss, the framework);
@@ -74,7 +76,7 @@ from graphc.frontend.profile import ProfileSettings, profile_program
 from graphc.frontend.tracing import TracedProgram, trace
 from graphc.ir.errors import ConfigurationError, FormatError, MismatchError, TraceError
 from graphc.ir.jsonfile import check_header, read_json, write_json
-from graphc.ir.profiled import ProfiledTimes, with_fixed_costs
+from graphc.ir.profiled import ProfiledTimes, with_fixed_costs, with_split_times
 from placement.calibration import calibration_factor
 from placement.cluster import Cluster
 from placement.cost_model import CostModel, checked_corun_slowdown
@@ -89,6 +91,8 @@ LINK_SCHEMA = "graphc.link"
 CACHE_VERSION = 3  # 3: the memory bandwidth
 #: The batch is also profiled split in this many microbatches (else in 2) to fit the fixed costs.
 PROFILE_SPLIT = 4
+#: ... and in each of these, where it splits so, for the split times of the microbatches plans use.
+PROFILE_SPLITS = (2, 4, 8)
 #: Cores other processes may use, on average, while a measurement is taken and still be cached.
 BUSY_CORES = 0.3
 #: The same for the co-run slowdown, which other load inflates most (:func:`_with_corun`).
@@ -238,6 +242,7 @@ def calibration_key(
         "threads": threads,
         "machine": asdict(machine),
         "profile_split": PROFILE_SPLIT,
+        "profile_splits": list(PROFILE_SPLITS),
     }
 
 
@@ -409,20 +414,28 @@ def calibrate(
 def _profile(
     model: torch.nn.Module | Callable, example_inputs: tuple, kwargs: dict[str, Any], program: TracedProgram, settings: ProfileSettings
 ) -> ProfiledTimes:
-    """``program``'s nodes profiled at the full batch, with the fixed cost per microbatch fitted from the
-    model traced again and profiled at 1/:data:`PROFILE_SPLIT` of the batch (1/2 when the batch does not
-    split so, or when the model cannot run on so small a batch, as batch norm over one value per channel;
-    no fixed costs when neither works: the cost model then uses its per-op floor)."""
+    """``program``'s nodes profiled at the full batch and, traced again, on 1/m of it for each m of
+    :data:`PROFILE_SPLITS` the batch splits into (the split times,
+    :func:`graphc.ir.profiled.with_split_times`), with the fixed cost per microbatch fitted from 1/:data:`PROFILE_SPLIT` of
+    the batch (1/2 when the batch does not split so, or when the model cannot run on so small a batch, as
+    batch norm over one value per channel; no fixed costs when neither works: the cost model then uses
+    its per-op floor)."""
     profiled = profile_program(program, program.flat_inputs(example_inputs, kwargs), settings)
-    for parts in (PROFILE_SPLIT, 2):
+    smaller: dict[int, tuple[TracedProgram, ProfiledTimes]] = {}
+    for parts in PROFILE_SPLITS:
         try:
             small_inputs, small_kwargs = split_batch((example_inputs, kwargs), parts)[0]
             small = trace(model, small_inputs, granularity=program.granularity, example_kwargs=small_kwargs, name=program.graph.name)
         except (MismatchError, TraceError):
             continue
-        measured = profile_program(small, small.flat_inputs(small_inputs, small_kwargs), settings)
-        return with_fixed_costs(profiled, program.graph, measured, small.graph, 1 / parts, settings.device_kind)
-    return profiled
+        smaller[parts] = small, profile_program(small, small.flat_inputs(small_inputs, small_kwargs), settings)
+    for parts, (small, measured) in smaller.items():
+        profiled = with_split_times(profiled, program.graph, measured, small.graph, parts, settings.device_kind)
+    fit = next((parts for parts in (PROFILE_SPLIT, 2) if parts in smaller), None)
+    if fit is None:
+        return profiled
+    small, measured = smaller[fit]
+    return with_fixed_costs(profiled, program.graph, measured, small.graph, 1 / fit, settings.device_kind)
 
 
 def _with_corun(found: Calibration, rebuild: tuple[str, dict[str, Any]], counts: list[int], console: Console | None) -> Calibration:

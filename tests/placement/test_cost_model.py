@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from graphc.ir.graph import EdgeData, Graph, NodeData
-from graphc.ir.profiled import with_fixed_costs
+from graphc.ir.profiled import with_fixed_costs, with_split_times
 from placement import (
     Cluster,
     ConfigurationError,
@@ -122,20 +122,29 @@ def test_profile_cache_validation_names_the_field(entry: dict, field: str, tmp_p
         ProfiledTimes.load(path)
 
 
-def test_a_version_1_profile_still_loads_and_a_table_with_fixed_parts_round_trips(tmp_path: Path) -> None:
+def test_a_version_1_profile_still_loads_and_a_table_with_fixed_parts_and_split_times_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "old.json"
     entry = {"key": "k", "device_kind": "cpu", "fwd_ms": 1.5, "bwd_ms": 2.5}
     path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 1, "entries": [entry]}))
     old = ProfiledTimes.load(path)
     assert old.times == {("k", "cpu"): (1.5, 2.5)} and old.fixed == {}
     old.add_fixed_key("k", "cpu", 0.5, 1.0)
+    old.add_split_key("k", "cpu", 8, 0.25, 0.5)
     old.save(tmp_path / "new.json")
-    assert json.loads((tmp_path / "new.json").read_text())["version"] == 2
+    assert json.loads((tmp_path / "new.json").read_text())["version"] == 3
     again = ProfiledTimes.load(tmp_path / "new.json")
     assert again.times == old.times and again.fixed == {("k", "cpu"): (0.5, 1.0)}
+    assert again.split == {("k", "cpu"): {8: (0.25, 0.5)}}
     half = {**entry, "fwd_fixed_ms": 0.5}
     path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 2, "entries": [half]}))
     with pytest.raises(ProfileFormatError, match="go together"):
+        ProfiledTimes.load(path)
+    for split, why in (({"1": [1, 2]}, "parts >= 2"), ({"4": [1]}, "expected \\[fwd_ms, bwd_ms\\]"), ([1, 2], "expected an object")):
+        path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 3, "entries": [{**entry, "split": split}]}))
+        with pytest.raises(ProfileFormatError, match=f"entries\\[0\\].split.*{why}"):
+            ProfiledTimes.load(path)
+    path.write_text(json.dumps({"schema": "graphc.profiled_times", "version": 2, "entries": [{**entry, "split": {"4": [1, 2]}}]}))
+    with pytest.raises(ProfileFormatError, match="unknown field"):  # a version 2 file has none
         ProfiledTimes.load(path)
 
 
@@ -284,6 +293,51 @@ def test_a_microbatch_of_a_profiled_node_pays_its_fitted_fixed_part() -> None:
     assert cm.microbatch_ms(10.0, measured, dev, 2) == 5.0
     scaled = CostModel(Cluster("one", [dev]), profiled=table.scaled(0.5))
     assert scaled.node_times([node], [dev], microbatches=2) == ([1 + 4 / 2], [2 + 8 / 2])
+
+
+def test_a_microbatch_of_a_profiled_node_takes_its_split_time_or_the_line_between_two() -> None:
+    """Split times measured on a half and an eighth of the batch: a half and an eighth as measured, a
+    quarter between them, a sixteenth on the line through the two smallest slices (at least 0), and,
+    where the table has none, the fixed part's line."""
+    dev = Device("c", "cpu-x", "cpu", "h", {"float32": 1e10}, 1e10, 1e10, op_overhead_s=1e-6)
+    node = NodeData("n", "op", fx_nodes=["x"])
+    table = ProfiledTimes()
+    table.add(node, "cpu-x", 16.0, 32.0)
+    table.add_fixed_key(node.profile_key(), "cpu-x", 4.0, 4.0)  # would give 10 / 7 / 5.5 forward
+    table.add_split_key(node.profile_key(), "cpu-x", 2, 9.0, 20.0)
+    table.add_split_key(node.profile_key(), "cpu-x", 8, 3.0, 1.0)
+    cm = CostModel(Cluster("one", [dev]), profiled=table)
+    assert cm.node_times([node], [dev], microbatches=2) == ([9.0], [20.0])
+    assert cm.node_times([node], [dev], microbatches=8) == ([3.0], [1.0])
+    # a quarter: a third of the way from an eighth (0.125) to a half (0.5)
+    fwd, bwd = cm.node_times([node], [dev], microbatches=4)
+    assert fwd == pytest.approx([3 + 6 / 3]) and bwd == pytest.approx([1 + 19 / 3])
+    # a sixteenth: the line through an eighth and a half, 0.0625 below the eighth; the backward's is below 0
+    fwd, bwd = cm.node_times([node], [dev], microbatches=16)
+    assert fwd == pytest.approx([3 - 6 / 6]) and bwd == [0.0]
+    assert cm.node_times([node], [dev], microbatches=1) == ([16.0], [32.0])
+    scaled = CostModel(Cluster("one", [dev]), profiled=table.scaled(0.5))
+    assert scaled.node_times([node], [dev], microbatches=8) == ([1.5], [0.5])
+    only_fixed = ProfiledTimes(table.times, table.fixed)
+    assert CostModel(Cluster("one", [dev]), profiled=only_fixed).node_times([node], [dev], microbatches=4)[0] == [4 + 12 / 4]
+
+
+def test_split_times_are_taken_from_the_nodes_profiled_on_a_slice_of_the_batch() -> None:
+    full, small = Graph("g"), Graph("g")
+    for name in ("a", "b"):
+        full.add_node(NodeData(name, "op", output_shapes=[[8, 4]]))
+        small.add_node(NodeData(name, "op", output_shapes=[[1, 4]]))
+    full.add_node(NodeData("only_full", "op", output_shapes=[[8, 5]]))
+    at_8, at_1 = ProfiledTimes(), ProfiledTimes()
+    at_8.add(full.node("a"), "cpu", 9.0, 17.0)
+    at_1.add(small.node("a"), "cpu", 2.0, 3.0)
+    at_8.add(full.node("b"), "cpu", 4.0, 4.0)  # not profiled on the slice
+    at_8.add(full.node("only_full"), "cpu", 1.0, 1.0)
+    split = with_split_times(at_8, full, at_1, small, 8, "cpu")
+    assert split.times == at_8.times and split.split == {(full.node("a").profile_key(), "cpu"): {8: (2.0, 3.0)}}
+    assert at_8.split == {}  # a new table
+    with pytest.raises(ConfigurationError, match="at least 2"):
+        with_split_times(at_8, full, at_1, small, 1, "cpu")
 
 
 def test_scaled_profiled_times_multiply_every_entry():

@@ -192,23 +192,29 @@ def test_compile_refuses_calibrate_on_another_cluster():
 def test_the_fixed_cost_per_microbatch_is_fitted_from_a_quarter_of_the_batch_or_a_half(measured, tmp_path):
     model = _model()
     found = graphc.calibrate(model, (torch.randn(8, 8),), cache_dir=tmp_path)
-    assert measured.batches == [8, 2]  # the full batch, then a quarter of it
+    assert measured.batches == [8, 4, 2, 1]  # the full batch, then a half, a quarter and an eighth of it
     program = graphc.trace(model, (torch.randn(8, 8),))
     node = next(n for n in program.graph.nodes() if n.op != "input")
-    assert found.profiled.lookup_fixed(node, found.cluster.devices[0]) == pytest.approx((1.0, 2.0))
+    device = found.cluster.devices[0]
+    assert found.profiled.lookup_fixed(node, device) == pytest.approx((1.0, 2.0))
+    # each slice's times as profiled (1 + b / 6 forward, twice that backward), for the cost model to read
+    split = found.profiled.lookup_split(node, device)
+    assert sorted(split) == [2, 4, 8]
+    for parts, times in split.items():
+        assert times == pytest.approx((1 + 8 / parts / 6, 2 + 8 / parts / 3))
     loaded = graphc.calibrate(model, (torch.randn(8, 8),), cache_dir=tmp_path)
-    assert loaded.loaded and loaded.profiled.fixed == found.profiled.fixed
+    assert loaded.loaded and loaded.profiled.fixed == found.profiled.fixed and loaded.profiled.split == found.profiled.split
     graphc.calibrate(model, (torch.randn(6, 8),), cache_dir=tmp_path)
-    assert measured.batches[2:] == [6, 3]  # 6 does not split in 4
+    assert measured.batches[4:] == [6, 3]  # 6 does not split in 4 or 8
     unsplit = graphc.calibrate(model, (torch.randn(1, 8),), cache_dir=tmp_path)
-    assert measured.batches[4:] == [1] and not unsplit.profiled.fixed
+    assert measured.batches[6:] == [1] and not unsplit.profiled.fixed and not unsplit.profiled.split
 
 
 def test_a_model_that_cannot_run_on_a_quarter_of_the_batch_is_fitted_from_a_half(measured, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4))  # batch norm needs 2 samples
     found = graphc.calibrate(model, (torch.randn(4, 8),), cache_dir=tmp_path)
-    assert measured.batches == [4, 2] and found.profiled.fixed
+    assert measured.batches == [4, 2] and found.profiled.fixed  # a quarter (1 sample) and an eighth fail
 
 
 def test_a_calibration_measured_under_other_load_is_used_but_not_cached(measured, quiet_machine, tmp_path):

@@ -18,7 +18,9 @@ consumer sees the same figures as the simulator (:mod:`placement.simulate`, whos
   device); the cost model prices each node once per class, on the whole batch: ``class_fwd[v, c]``,
   ``class_bwd[v, c]`` in ms (zero for inputs, and the backward zero unless ``has_bwd``); ``fwd`` and
   ``bwd`` spread them to every device. ``kinds_ok[v, c]``: the node's ``allowed_kinds`` admit the
-  class's kind or category.
+  class's kind or category. With microbatches, each one's parameter gradients are added into
+  ``.grad`` on the device that ran it (:meth:`Lowered.accumulation_ms`): a memory-bound add, priced at
+  the device's ``memory_bandwidth``, which the split pass times leave out.
 * **Memory** (bytes per node, whole batch): ``static`` = ``memory_bytes`` when the node gives one, else
   ``(2 + optimizer_state_factor) x param_bytes + buffer_bytes`` in training (parameters, gradients,
   optimizer state; the gradients, ``grad_bytes``, are made by the node's backward, which the simulator
@@ -210,6 +212,17 @@ class Lowered(IndexedSizes):
             bound += 2 * np.bincount(dev[self.src[grad]], weights=self.nbytes[grad], minlength=D)
             bound += np.bincount(dev[self.dst[grad]], weights=self.nbytes[grad], minlength=D)
         return bound
+
+    def accumulation_ms(self, dev: Sequence[int] | np.ndarray, runs: Sequence[int]) -> np.ndarray:
+        """(n,) what adding each microbatch's parameter gradients into ``.grad`` adds to one backward of
+        node ``v`` on device ``dev[v]``, which runs ``runs[dev[v]]`` of the step's microbatches (module
+        docstring, "Times"): the device adds ``k - 1`` times (the first backward sets ``.grad``), each
+        reading two and writing one tensor of the node's gradient bytes at its memory bandwidth, spread
+        evenly over its ``k`` backwards. Zero for a node that takes no gradient."""
+        dev = np.asarray(dev, dtype=np.int64)
+        k = np.maximum(np.asarray(runs, dtype=np.float64)[dev], 1.0)
+        bandwidth = np.array([d.memory_bandwidth for d in self.devices])[dev]
+        return (k - 1) / k * 3e3 * self.grad_bytes * self.needs_grad / bandwidth
 
     @cached_property
     def shared_bytes(self) -> np.ndarray:

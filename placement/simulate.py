@@ -82,7 +82,7 @@ divided by ``m`` down to its launch overhead, or, where the profile fitted a fix
 by every microbatch (:meth:`CostModel.microbatch_ms`). In training, a device that runs ``k`` of the
 microbatches adds each one's parameter gradients into ``.grad`` ``k - 1`` times (the first sets it):
 reading two and writing one tensor of a node's parameter bytes at the device's memory bandwidth, spread
-over the node's ``k`` backwards (``_accumulation_ms``). Latency and static memory are not divided.
+over the node's ``k`` backwards (:meth:`placement.lowering.Lowered.accumulation_ms`). Latency and static memory are not divided.
 
 Replicated stages. ``replicas[d]`` lists the devices of a data-parallel stage whose nodes are assigned
 to ``d`` (``d`` first; interchangeable devices that run no other node). Microbatch ``k`` of the stage
@@ -523,8 +523,9 @@ class _Simulation:
             split, data, devices = self.cm.microbatch_ms, self.data, self.devices
             fwd = [split(t, nd, devices[d], m) for t, nd, d in zip(fwd, data, dev)]
             bwd = [split(t, nd, devices[d], m, True) for t, nd, d in zip(bwd, data, dev)]
-            if self.has_bwd:
-                bwd = [t + a for t, a in zip(bwd, self._accumulation_ms())]
+            if self.has_bwd:  # a device runs m / r of the microbatches of a stage on r replicas
+                runs = [m // len(self.group[d]) for d in range(len(self.devices))]
+                bwd = [t + a for t, a in zip(bwd, self.lw.accumulation_ms(self.dev_np, runs).tolist())]
         self.corun_group = self._corun_groups()
         self.fwd, self.bwd, self.needs_grad = fwd, bwd, lw.needs_grad.tolist()
         before_step = lw.static - lw.grad_bytes  # gradients are made by the backward (_peak_memory)
@@ -536,19 +537,6 @@ class _Simulation:
             for d in stage[1:]:
                 static[d] = static[stage[0]]
         self.static, self.act, self.out = static, act, out
-
-    def _accumulation_ms(self) -> list[float]:
-        """Per node, what adding each microbatch's parameter gradients into ``.grad`` adds to one of its
-        backwards (module docstring, "Microbatches"): a device that runs ``k`` of the microbatches (``m``,
-        or ``m / r`` on each of ``r`` replicas) adds ``k - 1`` times (the first backward sets ``.grad``),
-        each reading two and writing one tensor of the node's parameter bytes at the device's memory
-        bandwidth; spread evenly, ``(k - 1) / k`` of one add per backward."""
-        grad, devices, m = self.lw.grad_bytes, self.devices, self.m
-        added = []
-        for v, d in enumerate(self.dev):
-            k = max(m // len(self.group[d]), 1)
-            added.append((k - 1) / k * 3e3 * grad[v] / devices[d].memory_bandwidth if grad[v] else 0.0)
-        return added
 
     def _corun_groups(self) -> list[int] | None:
         """Per device, its co-run group (module docstring, "Co-running CPU devices"): the index of its

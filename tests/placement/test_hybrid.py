@@ -75,8 +75,10 @@ def test_compute_heavy_model_with_few_parameters_on_fast_links_is_data_parallel(
 
 
 def test_huge_parameters_on_slow_links_make_a_pipeline() -> None:
-    # 400 MB of gradients over a 0.1 GB/s network: seconds of all-reduce against 32 ms of compute.
-    plan = plan_of(chain(params=1e8, act=1e5), hosts(inter=1e8))
+    # 400 MB of gradients over a 0.1 GB/s network between four one-device hosts: seconds of all-reduce
+    # against 32 ms of compute. (With two devices a host, data x2 inside one would win: 100 MB of a
+    # node's gradients added into .grad per microbatch makes a pipeline's microbatches dear.)
+    plan = plan_of(chain(params=1e8, act=1e5), hosts(count=4, per=1, inter=1e8))
     chosen = plan.settings["parallel"]["chosen"]
     assert chosen.startswith("pipeline(") and all(len(st.devices) == 1 for st in plan.stages)
     assert plan.settings["parallel"]["candidates"]["data x4"] > 10 * plan.predicted_step_ms

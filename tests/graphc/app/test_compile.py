@@ -50,8 +50,13 @@ def test_compiled_module_call_equals_eager():
     assert compiled.plan.graph_fingerprint == compiled.last.program.graph.fingerprint()
 
 
+PIPELINED_BATCH = 256
+
+
 def _deep_model() -> nn.Module:
-    """Large enough that the pipeline solver splits its batch into microbatches."""
+    """Large enough, at a batch of ``PIPELINED_BATCH``, that the pipeline solver splits the batch into
+    microbatches on the ``local`` preset (at 64 one device wins: each microbatch's gradients are added
+    into ``.grad``)."""
     torch.manual_seed(0)
     return nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(8)], nn.Linear(256, 4))
 
@@ -60,7 +65,7 @@ def test_throughput_objective_pipelines_a_module_and_matches_eager():
     model = _deep_model()
     reference = copy.deepcopy(model)
     compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit_s=5, progress=False)
-    x, y = torch.randn(64, 256), torch.randint(0, 4, (64,))
+    x, y = torch.randn(PIPELINED_BATCH, 256), torch.randint(0, 4, (PIPELINED_BATCH,))
     out = compiled(x)
     F.cross_entropy(out, y).backward()
     F.cross_entropy(reference(x), y).backward()
@@ -79,7 +84,7 @@ def test_throughput_objective_refuses_a_scalar_output_with_what_to_do():
         return F.mse_loss(net(x), y)
 
     with pytest.raises(graphc.GraphcError, match="returns a scalar .* compile the model"):
-        loss_fn(model, torch.randn(64, 256), torch.randn(64, 4))
+        loss_fn(model, torch.randn(PIPELINED_BATCH, 256), torch.randn(PIPELINED_BATCH, 4))
 
 
 class _BatchNormNet(nn.Module):
@@ -142,7 +147,7 @@ def test_new_batch_sizes_reuse_the_placement_without_a_search():
 def test_a_pipelined_plan_reused_at_an_indivisible_batch_takes_fewer_microbatches():
     model = _deep_model()
     compiled = graphc.compile(model, cluster="local", objective="throughput", time_limit_s=5, progress=False)
-    compiled(torch.randn(64, 256))
+    compiled(torch.randn(PIPELINED_BATCH, 256))
     m = compiled.plan.microbatches
     assert m > 1
     x = torch.randn(37, 256)  # prime: only one microbatch divides it

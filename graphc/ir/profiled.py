@@ -19,6 +19,7 @@ reads a measured ``m`` as is and interpolates between the measured batch sizes (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ class ProfiledTimes:
             {k: (f * factor, b * factor) for k, (f, b) in self.fixed.items()},
             {k: {m: (f * factor, b * factor) for m, (f, b) in at.items()} for k, at in self.split.items()},
         )
+
+    def copy(self) -> ProfiledTimes:
+        """A copy whose entries can be added to without changing this table."""
+        return ProfiledTimes(dict(self.times), dict(self.fixed), {k: dict(v) for k, v in self.split.items()})
 
     def restricted(self, keys: set[str]) -> ProfiledTimes:
         """The entries (times and fixed parts) of these node keys only."""
@@ -174,14 +179,8 @@ def with_fixed_costs(
     either table get no fixed part (the cost model then falls back to its per-op floor)."""
     if not 0 < fraction < 1:
         raise ConfigurationError(f"with_fixed_costs: fraction must be in (0, 1), got {fraction}")
-    result = ProfiledTimes(dict(full.times), dict(full.fixed), {k: dict(v) for k, v in full.split.items()})
-    for node in graph.nodes():
-        if node.name not in small_graph:
-            continue
-        key = node.profile_key()
-        big, little = full.get_key(key, device_kind), small.get_key(small_graph.node(node.name).profile_key(), device_kind)
-        if big is None or little is None:
-            continue
+    result = full.copy()
+    for key, big, little in _matched(full, graph, small, small_graph, device_kind):
         fixed = [min(max((s - fraction * t) / (1 - fraction), 0.0), t) for t, s in zip(big, little)]
         result.add_fixed_key(key, device_kind, fixed[0], fixed[1])
     return result
@@ -195,12 +194,21 @@ def with_split_times(
     matched by name), as split times (module docstring). Nodes missing from either table get none."""
     if parts < 2:
         raise ConfigurationError(f"with_split_times: parts must be at least 2, got {parts}")
-    result = ProfiledTimes(dict(full.times), dict(full.fixed), {k: dict(v) for k, v in full.split.items()})
+    result = full.copy()
+    for key, _, little in _matched(full, graph, small, small_graph, device_kind):
+        result.add_split_key(key, device_kind, parts, *little)
+    return result
+
+
+def _matched(
+    full: ProfiledTimes, graph: Graph, small: ProfiledTimes, small_graph: Graph, device_kind: str
+) -> Iterator[tuple[str, tuple[float, float], tuple[float, float]]]:
+    """``(key, full times, small times)`` of each node of ``graph`` that ``small_graph`` has by name
+    and both tables timed on ``device_kind``."""
     for node in graph.nodes():
         if node.name not in small_graph:
             continue
         key = node.profile_key()
-        little = small.get_key(small_graph.node(node.name).profile_key(), device_kind)
-        if full.get_key(key, device_kind) is not None and little is not None:
-            result.add_split_key(key, device_kind, parts, *little)
-    return result
+        big, little = full.get_key(key, device_kind), small.get_key(small_graph.node(node.name).profile_key(), device_kind)
+        if big is not None and little is not None:
+            yield key, big, little

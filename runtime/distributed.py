@@ -59,13 +59,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from placement.schedules import Schedule
 from runtime.collectives import BucketCollectives, Groups
 from runtime.comm import active
 from runtime.errors import MismatchError, RuntimeFault
 from runtime.faults import FaultMonitor, finish_reports_on_sigterm, store_from_env
+from runtime.gather import all_gather_json, all_gather_tensors
 from runtime.measure import MemoryTracker
 from runtime.partition import PartitionedProgram, Transfer
 from runtime.schedule import (
@@ -316,10 +317,9 @@ class DistributedExecutor:
         return StepResult(loss, concat_microbatches([out for _, out in gathered.values()]), step_ms, peaks, order)
 
     def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value``, in rank order, on every rank (a collective: all ranks call it)."""
-        gathered: list[Any] = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(gathered, value, group=self.group)
-        return gathered
+        """Every rank's ``value`` (JSON: :func:`runtime.gather.all_gather_json`; tuples come back as
+        lists), in rank order, on every rank (a collective: all ranks call it)."""
+        return all_gather_json(value, self.group)
 
     def close(self) -> None:
         """Stop the fault monitor (the process group stays; destroy it when the process is done)."""
@@ -349,9 +349,21 @@ class DistributedExecutor:
         (``results`` as is when the output stage is not replicated)."""
         if self.replica_group is None:
             return results
-        gathered: list[Any] = [None] * len(self.program.replicas[self.stage])
-        dist.all_gather_object(gathered, results, group=self.replica_group)
-        merged = {k: v for part in gathered for k, v in part.items()}
+        # Every microbatch's result has the structure of the first (one program): its tensors travel,
+        # the rest (the pytree's shape, any other leaves) is this replica's.
+        mine = sorted(results)
+        flat = [tree_flatten(results[k]) for k in mine]
+        spec, first_leaves = flat[0][1], flat[0][0]
+        tensor_at = [i for i, leaf in enumerate(first_leaves) if isinstance(leaf, torch.Tensor)]
+        keys = all_gather_json(mine, self.replica_group)
+        tensors = all_gather_tensors([leaves[i] for leaves, _ in flat for i in tensor_at], self.replica_group)
+        merged = {}
+        for their_keys, theirs in zip(keys, tensors):
+            for j, k in enumerate(their_keys):
+                leaves = list(first_leaves)
+                for n, i in enumerate(tensor_at):
+                    leaves[i] = theirs[j * len(tensor_at) + n]
+                merged[k] = tree_unflatten(leaves, spec)
         return {k: merged[k] for k in sorted(merged)}
 
     # -- point to point, under the fault monitor ----------------------------------------------

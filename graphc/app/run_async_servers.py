@@ -25,8 +25,9 @@ from rich.table import Table
 from graphc.frontend import zoo
 from placement.plan import Plan
 from placement.sync import ParameterServerSync
+from runtime.gather import all_gather_json
 from runtime.partition import plan_ranks
-from runtime.servers import OptimizerFactory, async_layout, train_async
+from runtime.servers import AsyncRun, OptimizerFactory, async_layout, train_async
 
 
 def is_async_server_plan(plan: Plan) -> bool:
@@ -99,11 +100,10 @@ def train_async_servers(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, 
         zm.model, zoo.zoo_loss(zm), tuple(zm.example_inputs), zm.targets, layout,
         optimizer=optimizer, staleness=plan.sync.staleness, steps=args.warmup + args.steps,
     )  # fmt: skip
-    gathered: list[Any] = [None] * len(ranks)
-    dist.all_gather_object(gathered, mine)
+    gathered = all_gather_json(_plain_run(mine))
     if dist.get_rank() != 0:
         return None
-    losses = {w: gathered[w].losses for w in layout.workers}
+    losses = {w: gathered[w]["losses"] for w in layout.workers}
     first = gathered[layout.workers[0]]
     return AsyncServerRun(
         staleness=plan.sync.staleness,
@@ -111,10 +111,23 @@ def train_async_servers(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, 
         servers={s: ranks[s] for s in layout.servers},
         losses=losses,
         mean_losses=[statistics.fmean(step) for step in zip(*losses.values())],
-        steps_ms=first.step_ms[args.warmup :],
-        step_ms=statistics.median(first.step_ms[args.warmup :]),
-        lag={w: [r.step - r.version for r in gathered[w].log] for w in layout.workers},
-        wait_ms={w: [r.wait_ms for r in gathered[w].log] for w in layout.workers},
-        arrivals={s: dict(Counter(a.worker for a in gathered[s].arrivals)) for s in layout.servers},
-        lost={s: gathered[s].lost for s in layout.servers if gathered[s].lost},
+        steps_ms=first["step_ms"][args.warmup :],
+        step_ms=statistics.median(first["step_ms"][args.warmup :]),
+        lag={w: gathered[w]["lag"] for w in layout.workers},
+        wait_ms={w: gathered[w]["wait_ms"] for w in layout.workers},
+        arrivals={s: dict(Counter(gathered[s]["arrivals"])) for s in layout.servers},
+        lost={s: {int(w): why for w, why in gathered[s]["lost"].items()} for s in layout.servers if gathered[s]["lost"]},
     )
+
+
+def _plain_run(run: AsyncRun) -> dict[str, Any]:
+    """What rank 0 needs of a rank's :class:`~runtime.servers.AsyncRun`, as JSON (for
+    :func:`runtime.gather.all_gather_json`)."""
+    return {
+        "losses": run.losses,
+        "step_ms": run.step_ms,
+        "lag": [r.step - r.version for r in run.log],
+        "wait_ms": [r.wait_ms for r in run.log],
+        "arrivals": [a.worker for a in run.arrivals],
+        "lost": {str(w): why for w, why in run.lost.items()},
+    }

@@ -72,6 +72,7 @@ from runtime.averaging import (
 )
 from runtime.averaging.easgd import DEFAULT_MOMENTUM, DEFAULT_TAU
 from runtime.averaging.local_sgd import DEFAULT_H, DILOCO_H, DILOCO_OUTER_LR
+from runtime.gather import all_gather_json
 from runtime.partition import device_sort_key
 from runtime.step import split_batch
 
@@ -368,8 +369,7 @@ def train_averaging(
         mine = {"traffic": asdict(server.traffic), "arrivals": dict(server.arrivals)}
     else:
         mine = _work(args, sync, layout, zm, len(devices), optimizer)
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, mine)
+    gathered = all_gather_json(mine)
     if rank != 0:
         return None
     losses = {r: gathered[r]["losses"] for r in range(len(devices))}
@@ -387,8 +387,9 @@ def train_averaging(
         if gathered[0]["steps_ms"]
         else 0.0,
         traffic={r: gathered[r]["traffic"] for r in range(world)},
-        server_arrivals={
-            r: gathered[r]["arrivals"] for r in range(len(devices), world)
+        server_arrivals={  # JSON made the worker ranks strings
+            r: {int(w): n for w, n in gathered[r]["arrivals"].items()}
+            for r in range(len(devices), world)
         },
     )
 

@@ -253,7 +253,8 @@ class DistributedExecutor:
             tracker = MemoryTracker({self.device: self._static_bytes()}, default=self.device)
         if self.torch_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.torch_device)
-        start = time.perf_counter()
+        started_ns, start = _clock_pair()
+        spans: list[list[Any]] = []  # [work, start_ms, end_ms] of each unit this rank ran
         comms: dict[int, DistributedComm] = {}
         roots: dict[int, list[torch.Tensor]] = {}
         losses: dict[int, torch.Tensor] = {}
@@ -272,6 +273,7 @@ class DistributedExecutor:
                     self.monitor.doing(f"{work} ({work.action.name})")
                     collectives.launch(work)
                     continue
+                began = time.perf_counter()
                 collectives.finish()
                 if work.kind == OPTIMIZER:
                     self.monitor.doing("sends and optimizer step")
@@ -299,22 +301,26 @@ class DistributedExecutor:
                             torch.autograd.backward(tensors, [torch.ones_like(t) for t in tensors])
                     self._release_answered(comm)
                 ran.append(str(work))
+                spans.append([str(work), 1e3 * (began - start), 1e3 * (time.perf_counter() - start)])
             self.monitor.doing("collectives and sends")
+            began = time.perf_counter()
             collectives.finish()
             self._finish_sends()  # done at the OPT, but a replica fed by servers runs none
             if self.torch_device.type == "cuda":
                 torch.cuda.synchronize(self.torch_device)
             self.monitor.done()
         step_ms = 1e3 * (time.perf_counter() - start)
+        spans.append(["sync", 1e3 * (began - start), step_ms])
         peaks = tracker.peaks() if tracker is not None else {}
         if self.torch_device.type == "cuda" and measure_memory:
             peaks = {self.device: torch.cuda.max_memory_allocated(self.torch_device)}
-        order = {self.device: ran}
+        order, timeline = {self.device: ran}, {self.device: spans}
         if not self.is_output_rank:
-            return StepResult(None, None, step_ms, peaks, order)
+            return StepResult(None, None, step_ms, peaks, order, timeline, started_ns)
         gathered = self._gather_output_stage({k: (losses[k], outputs[k]) for k in losses})
         loss = float(sum(loss for loss, _ in gathered.values()))
-        return StepResult(loss, concat_microbatches([out for _, out in gathered.values()]), step_ms, peaks, order)
+        outputs_all = concat_microbatches([out for _, out in gathered.values()])
+        return StepResult(loss, outputs_all, step_ms, peaks, order, timeline, started_ns)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (JSON: :func:`runtime.gather.all_gather_json`; tuples come back as
@@ -513,3 +519,16 @@ class _RecvGrad(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor, token_grad: torch.Tensor) -> tuple:
         ctx.comm.send_grad(grad, ctx.transfer)
         return None, None, None, None
+
+
+def _clock_pair(attempts: int = 5, within_s: float = 50e-6) -> tuple[int, float]:
+    """The wall clock (``time.time_ns()``) and ``time.perf_counter()`` read together, to line up this
+    rank's timeline with the others' (:attr:`runtime.step.StepResult.started_ns`): read again, up to
+    ``attempts`` times, when the process was preempted between the two readings."""
+    for _ in range(attempts - 1):
+        before = time.perf_counter()
+        wall = time.time_ns()
+        after = time.perf_counter()
+        if after - before <= within_s:
+            return wall, (before + after) / 2
+    return time.time_ns(), time.perf_counter()

@@ -141,6 +141,9 @@ class Measurement:
         predicted_peak_memory_bytes: device -> the plan's predicted peak memory, when known.
         losses: the loss of every step run, in order (the warmup steps, the timed ones, the one that
             measured memory), as the output rank computed it: what the run trained.
+        timeline: device -> ``[work, start_ms, end_ms]`` of each unit it ran in the timed step whose
+            time is the median (:attr:`runtime.step.StepResult.timeline`), from the first rank's start
+            of that step; empty where the executor records none.
     """
 
     step_ms: float
@@ -149,6 +152,7 @@ class Measurement:
     predicted_step_ms: float | None = None
     predicted_peak_memory_bytes: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    timeline: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +194,9 @@ def measure(
     losses = [r.loss for r in results] if results[0].loss is not None else None
     gathered = executor.gather((times, results[-1].peak_memory_bytes, losses))
     per_step = [max(step) for step in zip(*(t for t, _, _ in gathered))]
+    median = sorted(range(len(per_step)), key=per_step.__getitem__)[len(per_step) // 2]
+    chosen = results[warmup + median]
+    timelines = executor.gather((chosen.started_ns, chosen.timeline))
     return Measurement(
         step_ms=statistics.median(per_step),
         steps_ms=per_step,
@@ -197,5 +204,18 @@ def measure(
         predicted_step_ms=plan.predicted_step_ms if plan is not None and plan.predicted_step_ms > 0 else None,
         predicted_peak_memory_bytes=dict(plan.peak_memory_bytes) if plan is not None else {},
         losses=next((ls for _, _, ls in gathered if ls is not None), []),
+        timeline=aligned_timeline(timelines),
     )
+
+
+def aligned_timeline(ranks: list[Any]) -> dict[str, list[list[Any]]]:
+    """One timeline from each rank's ``(started_ns, {device: [[work, start_ms, end_ms], ...]})`` of the
+    same step: every span shifted to ms from the earliest rank's start."""
+    first = min((started for started, _ in ranks), default=0)
+    merged: dict[str, list[list[Any]]] = {}
+    for started, timeline in ranks:
+        shift = (started - first) / 1e6
+        for device, spans in timeline.items():
+            merged.setdefault(device, []).extend([work, begin + shift, end + shift] for work, begin, end in spans)
+    return merged
 

@@ -39,6 +39,10 @@ class StepResult:
         peak_memory_bytes: device -> peak bytes of live tensors during the step, when measured.
         order: device -> the work it ran, in order (``F0``, ``B0``, ``AR``, ``OPT``:
             :class:`runtime.schedule.Work`), for the devices this process runs.
+        timeline: device -> ``[work, start_ms, end_ms]`` of each unit it ran (``sync``: the collectives
+            and sends it waited for at the end), from :attr:`started_ns`; where the executor records it.
+        started_ns: the step's start on the wall clock (``time.time_ns()``), which lines up the
+            timelines of ranks on one machine (of several machines, as far as their clocks agree).
     """
 
     loss: float | None
@@ -46,6 +50,8 @@ class StepResult:
     step_ms: float
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)
     order: dict[str, list[str]] = field(default_factory=dict)
+    timeline: dict[str, list[list[Any]]] = field(default_factory=dict)
+    started_ns: int = 0
 
 
 def as_tuple(inputs: Any) -> tuple:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -30,3 +31,11 @@ positive_int = checked(int, "a whole number of at least 1", lambda v: v >= 1)
 non_negative_int = checked(int, "a whole number of at least 0", lambda v: v >= 0)
 positive_number = checked(float, "a number above 0", lambda v: math.isfinite(v) and v > 0)
 port_number = checked(int, "a port number (1-65535)", lambda v: 1 <= v <= 65535)
+
+
+def output_file(text: str) -> str:
+    """``-o``, ``--trace``, ...: a file to write, in a folder that exists (checked before the work that
+    produces it, not after)."""
+    if not Path(text).expanduser().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: no folder {str(Path(text).parent)!r}")
+    return text

@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Column, Table
 
-from graphc.app.argtypes import positive_int, positive_number
+from graphc.app.argtypes import output_file, positive_int, positive_number
 from graphc.app.calibrate import Calibration, calibrate
 from graphc.app.compare import (
     bar_chart,
@@ -69,14 +69,6 @@ def _console(args: argparse.Namespace, *, stderr: bool = False) -> Console:
 
 
 # -- option values: argparse refuses a bad one with a one-line message and exit status 2 -------------
-def output_file(text: str) -> str:
-    """``-o``, ``--trace``, ...: a file to write, in a folder that exists (checked before the work that
-    produces it, not after)."""
-    if not Path(text).expanduser().parent.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot write {text!r}: no folder {str(Path(text).parent)!r}")
-    return text
-
-
 def cluster_spec(text: str) -> str:
     """``-c``: a cluster preset name or a cluster JSON file, checked now so that a typo fails before any
     tracing; the command resolves it again (:meth:`placement.Cluster.resolve`, cheap)."""

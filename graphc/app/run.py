@@ -54,6 +54,7 @@ from rich.console import Console
 
 from graphc.app.argtypes import (
     non_negative_int,
+    output_file,
     port_number,
     positive_int,
     positive_number,
@@ -74,6 +75,7 @@ from graphc.app.run_averaging import (
     resolve_chosen,
     train_averaging,
 )
+from graphc.app.run_timeline import predicted_units, write_gantt, write_trace
 from graphc.frontend import zoo
 from graphc.frontend.tracing import trace
 from graphc.ir.errors import ConfigurationError, GraphcError, MismatchError
@@ -85,7 +87,7 @@ from runtime.distributed import DistributedExecutor, init_from_env
 from runtime.errors import RunFailed
 from runtime.faults import REPORTS_ENV, FaultReport
 from runtime.launch import end_rank
-from runtime.measure import measure
+from runtime.measure import Measurement, measure
 from runtime.partition import PartitionedProgram, plan_ranks
 from runtime.rebuild import partition_model
 
@@ -126,6 +128,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=positive_int, default=1, help="intra-op threads per rank (default: %(default)s)")
     parser.add_argument("--json", dest="json_out", help="write the measurement as JSON (default: not written)")
+    parser.add_argument("--trace", type=output_file,
+                        help="write the median step's measured timeline beside the predicted one, for Perfetto / chrome://tracing (default: not written)")  # fmt: skip
+    parser.add_argument("--gantt", type=output_file, help="draw the two timelines as a PNG (default: not drawn)")
     hosts = parser.add_argument_group("hosts (torchrun)")
     hosts.add_argument("--nnodes", type=positive_int, default=1, help="hosts taking part (default: %(default)s)")
     hosts.add_argument("--node-rank", type=non_negative_int, default=0, help="this host's index (default: %(default)s)")
@@ -185,6 +190,8 @@ def _ranks(args: argparse.Namespace, plan: Plan) -> int:
     unscheduled = f"--sync {args.sync}" if args.sync else "a plan with asynchronous parameter servers" if is_async_server_plan(plan) else None
     if unscheduled and args.schedule:
         raise ConfigurationError(f"--schedule {args.schedule}: {unscheduled} trains in a loop of its own, with no schedule; leave --schedule out")
+    if unscheduled and (args.trace or args.gantt):
+        raise ConfigurationError(f"--trace and --gantt draw a scheduled step; {unscheduled} trains in a loop of its own: leave them out")
     if args.sync:
         warning = no_exchange_warning(args)
         if warning:
@@ -279,8 +286,9 @@ def torchrun_command(args: argparse.Namespace, nproc: int) -> list[str]:
     if args.schedule:
         worker += ["--schedule", args.schedule]
     worker += ["--timeout", str(args.timeout), "--threads", str(args.threads)]
-    if args.json_out:
-        worker += ["--json", str(Path(args.json_out).resolve())]
+    for option, path in (("--json", args.json_out), ("--trace", args.trace), ("--gantt", args.gantt)):
+        if path:
+            worker += [option, str(Path(path).resolve())]
     if args.sync:
         worker += averaging_worker_args(args)
     return command + ["-m", "graphc.app.run", *worker]
@@ -446,7 +454,25 @@ def _train(args: argparse.Namespace, plan: Plan, zm: zoo.ZooModel, parts: Partit
         Console().print(result.table(f"{args.model} on {devices} rank(s), plan {Path(args.plan).name}"))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(result.to_dict(), indent=1))
+        if args.trace or args.gantt:
+            _write_timelines(args, plan, executor, result)
     executor.close()
+
+
+def _write_timelines(args: argparse.Namespace, plan: Plan, executor: DistributedExecutor, result: Measurement) -> None:
+    """``--trace`` and ``--gantt``: the median step's measured timeline beside the plan's simulation of
+    the schedule the ranks ran (:mod:`graphc.app.run_timeline`), or alone when the plan cannot be
+    simulated here (it carries no graph or cluster)."""
+    try:
+        predicted = plan.simulate(schedule=executor.schedule)
+    except GraphcError as exc:
+        print(f"graphc run: the timelines show the measurement alone: {exc}", file=sys.stderr)
+        predicted = None
+    if args.trace:
+        write_trace(args.trace, result.timeline, predicted)
+    if args.gantt:
+        title = f"{args.model}, plan {Path(args.plan).name}: the median step, predicted (pale) and measured"
+        write_gantt(args.gantt, result.timeline, predicted_units(predicted) if predicted is not None else {}, title)
 
 
 def _train_unscheduled(args: argparse.Namespace, plan: Plan, train: Callable[..., Any]) -> None:

@@ -96,7 +96,7 @@ def test_every_option_says_its_default(capsys):
             entries.append(line)
         elif entries and line.startswith("    "):
             entries[-1] += " " + line.strip()
-    assert len(entries) == 29  # -h, the 19 options of graphc run and its 9 averaging options
+    assert len(entries) == 31  # -h, the 21 options of graphc run and its 9 averaging options
     for entry in entries:
         assert "default" in entry or entry.split()[0] in ("-h,", "--plan"), entry
     assert any("default: the batch size the plan was made for" in entry for entry in entries)

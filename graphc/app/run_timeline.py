@@ -7,7 +7,9 @@ included; ``B3``; ``OPT``: the sends still in flight and the optimizer step; ``s
 and sends waited for at the end). The predicted one is the plan's simulation of the same schedule
 (:meth:`placement.plan.Plan.simulate`), its per-node forwards and backwards gathered into the same
 units (first start to last end of a microbatch's forward or backward on a device), so the two line up
-unit by unit: where a measured bar is longer, or starts later, is where the model is wrong.
+unit by unit: where a measured bar is longer, or starts later, is where the model is wrong. (A
+predicted unit leaves out the CPU time of the transfers it receives, which the simulator prices as
+events of their own; the measured unit includes it.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ back each rank's exit status.
 Nothing crosses between the processes as pickled objects (graphc never unpickles): the function goes by
 its importable name (``module:qualname``), and the arguments and results are *plain values*: None,
 bools, numbers, strings, tensors, and lists, tuples and dicts of them (numpy's scalars become Python
-numbers, as in JSON), written with ``torch.save`` and read with ``torch.load(weights_only=True)``, which
+numbers, as in JSON), written as JSON with the tensors' raw bytes (:mod:`runtime.plainfile`), which
 refuses anything else. A rank therefore builds what
 it runs (a model, its partition) from a description: a zoo name, a plan as JSON. An exception comes back
 as its class name, message, attributes and traceback text; graphc's own errors
@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from graphc.ir import errors as graphc_errors
 from graphc.ir.errors import ConfigurationError, GraphcError, RunFailed
+from runtime import plainfile
 
 PARENT_ENV = "GRAPHC_SPAWN_PARENT"
 """The process id of the process that called :func:`spawn`, in every rank's environment."""
@@ -210,14 +211,15 @@ def plain(value: Any, where: str) -> Any:
 
 
 def save_plain(value: Any, path: Path, where: str) -> None:
-    """Write ``value`` (:func:`plain`; ``where`` names it in an error) to ``path``."""
-    torch.save(plain(value, where), path)
+    """Write ``value`` (:func:`plain`; ``where`` names it in an error) to ``path``
+    (:func:`runtime.plainfile.save_plain`: JSON and raw tensor bytes, no pickle)."""
+    plainfile.save_plain(plain(value, where), path)
 
 
 def load_plain(path: Path) -> Any:
-    """The plain value in ``path``: read with ``weights_only=True``, which builds nothing but tensors and
-    plain containers."""
-    return torch.load(path, weights_only=True)
+    """The plain value in ``path`` (:func:`runtime.plainfile.load_plain`, which builds nothing but
+    tensors and plain containers)."""
+    return plainfile.load_plain(path)
 
 
 # -- errors by name --------------------------------------------------------------------------------

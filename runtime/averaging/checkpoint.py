@@ -1,9 +1,8 @@
 """Checkpoints of an averaging run: each rank saves its strategy (worker: model, optimizer, step count,
 traffic, center or outer optimizer) or its center shard (server) to its own file.
 
-A checkpoint is a ``torch.save`` of a state dict of tensors and plain values, read back with
-``torch.load(weights_only=True)``, which builds nothing but tensors and plain containers (graphc never
-unpickles arbitrary objects). Loading into a freshly built strategy of the same kind, on the same ranks,
+A checkpoint is a state dict of tensors and plain values written as JSON with the tensors' raw bytes
+(:mod:`runtime.plainfile`) and read back building nothing but those (graphc never unpickles). Loading into a freshly built strategy of the same kind, on the same ranks,
 continues the same run: ``k`` steps, save, load, ``k`` steps gives the parameters of ``2 k`` steps
 (given the same data in the same order; the step count restored tells a loop where it stands).
 """
@@ -12,23 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from graphc.ir.errors import ConfigurationError
 from runtime.averaging.center import CenterServer
 from runtime.averaging.strategy import Strategy
+from runtime.plainfile import load_plain, save_plain
 
 
 def checkpoint_path(directory: str | Path, rank: int) -> Path:
     """The file of rank ``rank`` in a checkpoint ``directory``."""
-    return Path(directory) / f"rank-{rank}.pt"
+    return Path(directory) / f"rank-{rank}.plain"
 
 
 def save_checkpoint(owner: Strategy | CenterServer, directory: str | Path, rank: int) -> Path:
     """Write ``owner``'s state to rank ``rank``'s file in ``directory`` (created if needed); its path."""
     path = checkpoint_path(directory, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(owner.state_dict(), path)
+    save_plain(owner.state_dict(), path)
     return path
 
 
@@ -37,4 +35,4 @@ def load_checkpoint(owner: Strategy | CenterServer, directory: str | Path, rank:
     path = checkpoint_path(directory, rank)
     if not path.exists():
         raise ConfigurationError(f"no checkpoint of rank {rank} at {path}; save_checkpoint writes one file per rank into the directory")
-    owner.load_state_dict(torch.load(path, weights_only=True))
+    owner.load_state_dict(load_plain(path))

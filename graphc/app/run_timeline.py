@@ -2,12 +2,12 @@
 timelines as one Trace Event document (Perfetto, chrome://tracing) and ``--gantt`` draws them as a PNG.
 
 The measured timeline is the median timed step's (:attr:`runtime.measure.Measurement.timeline`): per
-device, each unit of work the executor ran (``F3``: the forward of microbatch 3, its receives
-included; ``B3``; ``OPT``: the sends still in flight and the optimizer step; ``sync``: the collectives
-and sends waited for at the end). The predicted one is the plan's simulation of the same schedule
-(:meth:`placement.plan.Plan.simulate`), its per-node forwards and backwards gathered into the same
-units (first start to last end of a microbatch's forward or backward on a device), so the two line up
-unit by unit: where a measured bar is longer, or starts later, is where the model is wrong. (A
+device, each unit of work the executor ran (``F3``: the forward of microbatch 3, its receives included;
+``B3``; ``OPT``: the gradient collectives and sends still in flight, then the optimizer step; ``sync``:
+the collectives and sends waited for at the end). The predicted one is the plan's simulation of the same
+schedule (:meth:`placement.plan.Plan.simulate`), its per-node forwards and backwards gathered into the
+same units (first start to last end of a microbatch's forward or backward on a device), so the two line
+up unit by unit: where a measured bar is longer, or starts later, is where the model is wrong. (A
 predicted unit leaves out the CPU time of the transfers it receives, which the simulator prices as
 events of their own; the measured unit includes it.)
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 MEASURED_PID = 10
 #: Bar colours by the kind of unit, as the first letter of its name says, and the legend's words.
 KIND_COLOURS = {"F": "#4c72b0", "B": "#dd8452", "O": "#8c8c8c", "s": "#8172b3"}
-KIND_NAMES = {"F": "forward (F<microbatch>)", "B": "backward (B<microbatch>)", "O": "sends in flight, optimizer (OPT)",
+KIND_NAMES = {"F": "forward (F<microbatch>)", "B": "backward (B<microbatch>)", "O": "collectives and sends in flight, optimizer (OPT)",
               "s": "collectives and sends at the end (sync)"}  # fmt: skip
 #: The narrowest bar, as a fraction of the step, that gets its unit's name written on it.
 LABEL_FRACTION = 0.035

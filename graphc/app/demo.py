@@ -54,6 +54,7 @@ CONFIG: dict[str, Any] = {"batch_size": 4, "size": "small", "width": 1.0, "image
 TOLERANCE = 1e-3  # float32: the placed run adds gradients in another order than eager
 STEPS = 5  # timed steps per plan and round
 ROUNDS = 2  # interleaved rounds of the plan and the single-device plan
+DRIFT = 0.10  # the single-device plan off its prediction by more than this: the machine changed since calibrated
 
 
 @dataclass
@@ -152,6 +153,28 @@ class DemoResult:
         )
 
     @property
+    def machine_drift(self) -> float | None:
+        """How much slower (positive) or faster the single-device plan ran than the calibration predicts
+        it (its anchor, the eager step then): the machine's own drift since it was calibrated, which no
+        prediction can know; None when it was not measured."""
+        if not self.single_device_ms or not self.single_device_predicted_ms:
+            return None
+        return self.single_device_ms / self.single_device_predicted_ms - 1
+
+    def drift_warning(self, calibration: str) -> str | None:
+        """A line for a machine that runs more than :data:`DRIFT` off the ``calibration`` it loaded (its
+        file and time), saying how to measure it again; None otherwise."""
+        drift = self.machine_drift
+        if drift is None or abs(drift) <= DRIFT:
+            return None
+        return (
+            f"this machine runs {abs(drift):.0%} {'slower' if drift > 0 else 'faster'} than when it was calibrated "
+            f"({calibration}): the single-device plan, which the calibration predicts, measured "
+            f"{self.single_device_ms:.1f} ms against {self.single_device_predicted_ms:.1f} ms, and every prediction "
+            "is off by as much; delete that file (or set GRAPHC_CACHE to an empty folder) to measure it again"
+        )
+
+    @property
     def exit_code(self) -> int:
         """0 when the placed run matched eager and every rank finished, else 1."""
         return 0 if self.matches_eager and self.measured_ms is not None and not self.failure else 1
@@ -236,6 +259,9 @@ def run_demo(console: Console) -> DemoResult:
         f"PyTorch on one thread {eager_ms:.1f} ms (calibration), on all {cores} cores {eager_all_ms:.1f} ms"
     )
     console.print(found.verdict())
+    warning = found.drift_warning(f"{calibration.path}, measured {calibration.measured_at}") if calibration.loaded else None
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]")
     console.print(
         "CPU ranks stand in for devices here: they show that the plan runs exactly as eager and as predicted; "
         "on one CPU, eager PyTorch with every core is the baseline a placement must beat on real devices."

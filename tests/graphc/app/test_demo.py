@@ -39,3 +39,14 @@ def test_the_verdict_says_when_the_model_keeps_one_worker_or_one_device_was_not_
     kept = result(["cpu0"], 50.0, 50.0).verdict()
     assert kept.endswith("by the model, a second worker does not pay for this network and batch.")
     assert result(["cpu0", "cpu1"], 40.0, None).verdict().endswith("The single-device plan was not measured.")
+
+
+def test_a_machine_slower_than_its_cached_calibration_is_said_with_how_to_measure_again():
+    slow = result(["cpu0", "cpu1"], 60.0, 65.0, predicted_single=50.0)
+    assert slow.machine_drift == pytest.approx(0.3)
+    warning = slow.drift_warning("calibration.json, measured 2026-12-07T17:03")
+    assert warning.startswith("this machine runs 30% slower than when it was calibrated (calibration.json, measured 2026-12-07T17:03)")
+    assert "65.0 ms against 50.0 ms" in warning and "GRAPHC_CACHE" in warning
+    assert result(["cpu0", "cpu1"], 40.0, 41.0, predicted_single=40.0).drift_warning("c") is None  # 2.5%: no line
+    assert "faster" in result(["cpu0", "cpu1"], 30.0, 40.0, predicted_single=50.0).drift_warning("c")
+    assert result(["cpu0", "cpu1"], 40.0, None).drift_warning("c") is None  # not measured

@@ -238,14 +238,24 @@ def test_expert_split_follows_the_file() -> None:
 
 
 @pytest.mark.slow
-def test_heuristics_are_fast_on_large_graphs() -> None:
-    """A 3,000-node graph (the benchmark times 10,000): each heuristic well under a second here."""
-    g = random_graph(1, 3000)
+def test_heuristics_scale_to_large_graphs_far_below_quadratically() -> None:
+    """Ten times the nodes (300 -> 3,000) costs each heuristic well under the hundred times a quadratic
+    step would (about 15-26 times here): timed against itself on the same machine, so a slow or busy
+    machine does not fail it. Absolute times are the benchmark's (benchmarks/compare_solvers.py)."""
     c = Cluster.preset("dgx1-v100")
+
+    def fastest(n: int, name: str, repeats: int) -> float:
+        g = random_graph(1, n)
+        times = []
+        for _ in range(repeats):
+            problem = make_problem(g, c)
+            instance(problem)
+            problem.bound()
+            start = time.perf_counter()
+            SOLVERS[name](problem)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
     for name in HEURISTICS:
-        problem = make_problem(g, c)
-        instance(problem)
-        problem.bound()
-        start = time.perf_counter()
-        SOLVERS[name](problem)
-        assert time.perf_counter() - start < 2.0, name
+        small, large = fastest(300, name, 3), fastest(3000, name, 1)
+        assert large < 60 * small, (name, large, small)

@@ -39,7 +39,7 @@ def all_gather_tensors(tensors: Sequence[torch.Tensor], group: dist.ProcessGroup
     gathered: list[list[torch.Tensor]] = [[] for _ in metas]
     for i, tensor in enumerate(tensors):
         kinds = [(shape, getattr(torch, dtype)) for shape, dtype in (m[i] for m in metas)]
-        sizes = [math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in kinds]
+        sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in kinds]
         raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
         for rank, (chunk, (shape, dtype)) in enumerate(zip(_gather_bytes(raw, sizes, group), kinds)):
             gathered[rank].append(chunk.view(dtype).reshape(shape))
